@@ -1,0 +1,1 @@
+"""The `osp` command line: parses arguments, calls osp_core, prints."""

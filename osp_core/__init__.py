@@ -1,0 +1,44 @@
+"""osp: Open-Sora-Plan v1.1.0 as a library.
+
+Heavy classes are imported on first use, so `import osp_core` (and the CLI) starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import DeviceError, HubUnavailableError, InputError, ModelLoadError, OSPError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "CausalVideoVAE": ".models.causal_vae",
+    "LatteT2V": ".models.latte_t2v",
+    "T2VPipeline": ".pipelines.t2v",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.causal_vae import CausalVideoVAE
+    from .models.latte_t2v import LatteT2V
+    from .pipelines.t2v import T2VPipeline
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'osp_core' has no attribute '{name}'")
+
+
+__all__ = [
+    "CausalVideoVAE",
+    "DeviceError",
+    "HubUnavailableError",
+    "InputError",
+    "LatteT2V",
+    "ModelLoadError",
+    "OSPError",
+    "T2VPipeline",
+    "__version__",
+]

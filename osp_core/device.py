@@ -1,0 +1,103 @@
+"""Device, dtype and distributed-backend selection: CUDA, Ascend NPU, MPS, CPU.
+
+`torch_npu` is imported lazily and only when installed: importing it registers `torch.npu`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import torch
+
+from .errors import DeviceError
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def npu_available() -> bool:
+    """True when `torch_npu` is installed and an Ascend NPU is visible."""
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    try:
+        importlib.import_module("torch_npu")
+    except Exception:  # a broken CANN install must not break CPU/GPU users
+        return False
+    npu = getattr(torch, "npu", None)
+    return bool(npu is not None and npu.is_available())
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """The device to run on: `requested` if given, else CUDA, NPU, MPS, CPU in that order."""
+    if requested:
+        name = requested.strip().lower()
+        kind = name.split(":")[0]
+        if kind == "npu":
+            if not npu_available():
+                raise DeviceError(
+                    f"device '{requested}' is not available",
+                    "install torch_npu (pip install 'osp[ascend]') on an Ascend machine, or pick --device cpu",
+                )
+        elif kind == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceError(f"device '{requested}' is not available", "no CUDA GPU is visible; use --device cpu")
+        elif kind == "mps":
+            if not _mps_available():
+                raise DeviceError(f"device '{requested}' is not available", "MPS needs Apple silicon; use --device cpu")
+        elif kind != "cpu":
+            raise DeviceError(f"unknown device '{requested}'", "use cuda, cuda:N, npu, npu:N, mps or cpu")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if npu_available():
+        return torch.device("npu")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on NPU and bf16-capable CUDA, fp16 on older CUDA and MPS, fp32 on CPU."""
+    kind = torch.device(device).type
+    if kind == "npu":
+        return torch.bfloat16
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if kind == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
+    """`name` (fp32/fp16/bf16, or None/'auto' for the device default) as a torch dtype."""
+    if name is None or name == "auto":
+        return default_dtype(device)
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise DeviceError(f"unknown dtype '{name}'", "use fp32, fp16, bf16 or auto") from None
+
+
+def distributed_backend(device: torch.device | str) -> str:
+    """The torch.distributed backend for `device`: nccl, hccl or gloo."""
+    kind = torch.device(device).type
+    return {"cuda": "nccl", "npu": "hccl"}.get(kind, "gloo")
+
+
+def resolve(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype from user options (None picks the defaults)."""
+    dev = select_device(device)
+    return dev, parse_dtype(dtype, dev)

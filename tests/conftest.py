@@ -1,0 +1,46 @@
+"""Shared fixtures: the reference data beside the checkout and a real `osp` subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("OSP_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """`../shared/reference` (or $OSP_REFERENCE_DIR); tests skip when it is absent."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE} (set OSP_REFERENCE_DIR)")
+    return REFERENCE
+
+
+def run_osp(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m osp_cli ARGS` as a user would; returns the completed process (text)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("OSP_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "osp_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+        input=input,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user-facing failure: non-zero exit, one line on stderr, no traceback, naming the problem."""
+    assert proc.returncode != 0, f"expected failure, got exit 0; stdout={proc.stdout!r}"
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
