@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -22,7 +24,18 @@ def progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=transient,
+        disable=not err.is_terminal,
     )
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner on stderr while something loads (silent when stderr is not a terminal)."""
+    if not err.is_terminal:
+        yield
+        return
+    with err.status(message):
+        yield
 
 
 def print_json(data: Any) -> None:

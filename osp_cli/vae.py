@@ -1,7 +1,183 @@
-"""`osp vae`: encode, decode and round-trip videos with the CausalVideoVAE."""
+"""`osp vae`: encode videos to latents, decode latents to mp4, and round trips."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from .console import err, print_json, progress, status
+from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, TileOpt
+
 app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips.", no_args_is_help=True)
+
+VideoArg = Annotated[Path, typer.Argument(help="Video (mp4/webm/mov/mkv/gif) or image file.", show_default=False)]
+FramesOpt = Annotated[str | None, typer.Option("--frames", help="Frames to use: N (4k+1) or 'auto' (longest 4k+1 prefix). Default: all, which must be 4k+1.")]
+StrideOpt = Annotated[int, typer.Option("--stride", min=1, help="Take every S-th frame.")]
+SizeOpt = Annotated[str | None, typer.Option("--size", help="Resize and center-crop to HxW (multiples of 8).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub repo id, model folder (with vae/) or VAE folder, or builtin:NAME.")]
+
+
+def _setup(model: str, device: str | None, dtype: str | None, tile: bool | None):
+    from osp_core.device import resolve
+    from osp_core.pipelines.video_vae import configure_tiling, load_vae
+
+    dev, dt = resolve(device, dtype)
+    with status(f"loading VAE from {model}"):
+        vae = load_vae(model, dev, dt)
+    configure_tiling(vae, tile)
+    return vae, dev, dt
+
+
+def _read(video: Path, frames: str | None, stride: int, size: str | None, vae):
+    from osp_core.pipelines.video_vae import load_clip, parse_size
+
+    return load_clip(video, frames, stride, parse_size(size), (vae.temporal_compression, vae.spatial_compression))
+
+
+def _check_paths(source: Path, output: Path, suffixes: tuple[str, ...]) -> None:
+    """Fail on bad paths before spending seconds on loading a model."""
+    from osp_core.errors import InputError
+
+    if not source.is_file():
+        raise InputError(f"'{source}' does not exist", "check the path")
+    if output.suffix.lower() not in suffixes:
+        raise InputError(f"output '{output}' must end in {' or '.join(suffixes)}", f"e.g. -o {output.with_suffix(suffixes[0]).name}")
+    if output.is_dir():
+        raise InputError(f"output '{output}' is a folder", "give a file name")
+
+
+@app.command()
+def encode(
+    video: VideoArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Latent file to write (.safetensors).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    frames: FramesOpt = None,
+    stride: StrideOpt = 1,
+    size: SizeOpt = None,
+    tile: TileOpt = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Store a posterior sample instead of its mean.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample.")] = 0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Encode a video to latents (safetensors, with fps/frames/size/model in its header)."""
+    import torch
+
+    from osp_core.io import to_model_input
+    from osp_core.pipelines.video_vae import encode as vae_encode
+    from osp_core.pipelines.video_vae import save_latents
+
+    _check_paths(video, output, (".safetensors",))
+    vae, dev, _ = _setup(model, device, dtype, tile)
+    clip = _read(video, frames, stride, size, vae)
+    x = to_model_input(clip.frames)
+    start = time.perf_counter()
+    with progress(transient=True) as bar:
+        task = bar.add_task("encoding", total=vae.num_tiles(x.shape, latent=False))
+        generator = torch.Generator(dev).manual_seed(seed) if sample else None
+        latents = vae_encode(vae, x, sample=sample, generator=generator, progress=lambda: bar.advance(task))
+    seconds = time.perf_counter() - start
+    meta = {
+        "fps": clip.fps,
+        "frames": clip.num_frames,
+        "height": clip.size[0],
+        "width": clip.size[1],
+        "scaling_factor": vae.config.scaling_factor,
+        "model": model,
+        "source": str(video),
+        "posterior": "sample" if sample else "mean",
+    }
+    save_latents(output, latents, meta)
+    summary = {"output": str(output), "latent_shape": list(latents.shape), "seconds": round(seconds, 3), **meta}
+    if json_out:
+        print_json(summary)
+    else:
+        err.print(f"wrote {output}: latents {tuple(latents.shape)} from {clip.num_frames} frames {clip.size[0]}x{clip.size[1]} in {seconds:.1f}s")
+
+
+@app.command()
+def decode(
+    latents: Annotated[Path, typer.Argument(help="Latent file written by `osp vae encode`.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Video to write (.mp4).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="VAE to decode with (default: the model recorded in the latent file).")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of the mp4 (default: recorded in the latent file, else 24).")] = None,
+    tile: TileOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Decode latents to an H.264 mp4."""
+    from osp_core.io import from_model_output, write_video
+    from osp_core.pipelines.video_vae import decode as vae_decode
+    from osp_core.pipelines.video_vae import load_latents
+
+    _check_paths(latents, output, (".mp4",))
+    data = load_latents(latents)
+    model = model or data.metadata.get("model") or DEFAULT_MODEL
+    vae, _, _ = _setup(model, device, dtype, tile)
+    rate = fps or float(json.loads(data.metadata.get("fps", "24")))
+    start = time.perf_counter()
+    with progress(transient=True) as bar:
+        task = bar.add_task("decoding", total=vae.num_tiles(data.latents.shape, latent=True))
+        video = vae_decode(vae, data.latents, progress=lambda: bar.advance(task))
+    seconds = time.perf_counter() - start
+    frames = from_model_output(video[0])
+    write_video(output, frames, fps=rate)
+    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "seconds": round(seconds, 3)}
+    if json_out:
+        print_json(summary)
+    else:
+        err.print(f"wrote {output}: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} at {rate:g} fps in {seconds:.1f}s")
+
+
+@app.command()
+def recon(
+    video: VideoArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Reconstructed video to write (.mp4).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    frames: FramesOpt = None,
+    stride: StrideOpt = 1,
+    size: SizeOpt = None,
+    tile: TileOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Round trip a video through the VAE; prints PSNR and SSIM of the reconstruction."""
+    from osp_core.io import from_model_output, to_model_input, write_video
+    from osp_core.metrics import psnr, ssim
+    from osp_core.pipelines.video_vae import decode as vae_decode
+    from osp_core.pipelines.video_vae import encode as vae_encode
+
+    _check_paths(video, output, (".mp4",))
+    vae, _, _ = _setup(model, device, dtype, tile)
+    clip = _read(video, frames, stride, size, vae)
+    x = to_model_input(clip.frames)
+    start = time.perf_counter()
+    with progress(transient=True) as bar:
+        latent_shape = (1, vae.config.embed_dim, *vae.latent_shape(*x.shape[2:]))
+        task = bar.add_task("round trip", total=vae.num_tiles(x.shape, latent=False) + vae.num_tiles(latent_shape, latent=True))
+        latents = vae_encode(vae, x, progress=lambda: bar.advance(task))
+        decoded = vae_decode(vae, latents, progress=lambda: bar.advance(task))
+    seconds = time.perf_counter() - start
+    frames_out = from_model_output(decoded[0])
+    write_video(output, frames_out, fps=clip.fps)
+    summary = {
+        "output": str(output),
+        "frames": clip.num_frames,
+        "height": clip.size[0],
+        "width": clip.size[1],
+        "psnr": round(psnr(clip.frames, frames_out), 3),
+        "ssim": round(ssim(clip.frames, frames_out), 4),
+        "model": model,
+        "seconds": round(seconds, 3),
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        err.print(f"wrote {output}: {clip.num_frames} frames {clip.size[0]}x{clip.size[1]}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({seconds:.1f}s)")

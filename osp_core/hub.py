@@ -65,9 +65,18 @@ def _snapshot(repo_id: str, subfolders: list[str] | None) -> str:
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise ModelLoadError(f"cannot access Hub repo '{repo_id}' ({type(exc).__name__})", "check the id, or log in with `hf auth login`") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        if _offline():
+            raise HubUnavailableError(
+                f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+                "pass --model DIR with a downloaded copy, or unset HF_HUB_OFFLINE to download it",
+            ) from exc
         raise HubUnavailableError(f"'{repo_id}' is not in the local cache and the Hub cannot be reached", _OFFLINE_HINT) from exc
     except OSError as exc:  # requests/httpx connection errors derive from OSError
         raise HubUnavailableError(f"the Hugging Face Hub cannot be reached for '{repo_id}'", _OFFLINE_HINT) from exc
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def model_subdir(root: Path, subfolder: str | None) -> Path:

@@ -1,0 +1,147 @@
+"""`osp vae encode | decode | recon` as a user runs them, including every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import av
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from osp_core.io import read_video, write_video
+from tests.conftest import assert_one_line_error, run_osp
+
+
+def _moving_square(path, frames=19, size=(40, 48)):
+    video = torch.zeros(frames, *size, 3, dtype=torch.uint8)
+    for i in range(frames):
+        video[i, 10:22, 2 * i : 2 * i + 12] = torch.tensor([230, 40, 40], dtype=torch.uint8)
+    write_video(path, video, fps=8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(reference_dir):
+    return reference_dir / "pipeline" / "tiny-osp-v1.1.0"
+
+
+@pytest.fixture()
+def clip(tmp_path):
+    return _moving_square(tmp_path / "clip.mp4")
+
+
+def test_encode_then_decode_round_trip(tmp_path, clip, tiny_repo):
+    latents = tmp_path / "z.safetensors"
+    proc = run_osp("vae", "encode", str(clip), "-o", str(latents), "--model", str(tiny_repo), "--frames", "auto", "--size", "32x40", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["latent_shape"] == [1, 4, 5, 4, 5]
+    with safe_open(str(latents), framework="pt") as f:
+        meta = f.metadata()
+        assert f.get_tensor("latents").shape == (1, 4, 5, 4, 5)
+    assert json.loads(meta["frames"]) == 17 and json.loads(meta["fps"]) == 8.0
+    assert (json.loads(meta["height"]), json.loads(meta["width"])) == (32, 40)
+    assert json.loads(meta["scaling_factor"]) == pytest.approx(0.18215) and meta["model"] == str(tiny_repo)
+
+    out = tmp_path / "out.mp4"
+    proc = run_osp("vae", "decode", str(latents), "-o", str(out), "--json")  # model taken from the file
+    assert proc.returncode == 0, proc.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert round(float(stream.average_rate)) == 8
+    decoded = read_video(out)
+    assert decoded.num_frames == 17 and decoded.size == (32, 40)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_recon_prints_psnr_and_ssim(tmp_path, clip, tiny_repo):
+    out = tmp_path / "rec.mp4"
+    proc = run_osp("vae", "recon", str(clip), "-o", str(out), "--model", str(tiny_repo), "--frames", "9", "--stride", "2", "--size", "32x32", "--no-tile", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 9 and isinstance(summary["psnr"], float) and -1 <= summary["ssim"] <= 1
+    assert read_video(out).num_frames == 9
+
+
+def test_bad_frame_count_names_valid_counts(tmp_path, clip, tiny_repo):
+    out = tmp_path / "z.safetensors"
+    proc = run_osp("vae", "encode", str(clip), "-o", str(out), "--model", str(tiny_repo), "--size", "32x32")
+    assert_one_line_error(proc, "19 frames", "--frames auto", "17")
+    proc = run_osp("vae", "encode", str(clip), "-o", str(out), "--model", str(tiny_repo), "--frames", "10", "--size", "32x32")
+    assert_one_line_error(proc, "not 4k+1", "9 or 13")
+    assert not out.exists()
+
+
+def test_bad_size_and_missing_or_corrupt_video(tmp_path, clip, tiny_repo):
+    out = tmp_path / "z.safetensors"
+    proc = run_osp("vae", "encode", str(clip), "-o", str(out), "--model", str(tiny_repo), "--frames", "auto", "--size", "30x30")
+    assert_one_line_error(proc, "multiple of 8", "24x24")
+    odd = _moving_square(tmp_path / "odd.mp4", frames=9, size=(36, 36))
+    proc = run_osp("vae", "encode", str(odd), "-o", str(out), "--model", str(tiny_repo))
+    assert_one_line_error(proc, "36x36", "--size 32x32")
+    proc = run_osp("vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(out), "--model", str(tiny_repo))
+    assert_one_line_error(proc, "does not exist")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    proc = run_osp("vae", "recon", str(corrupt), "-o", str(tmp_path / "r.mp4"), "--model", str(tiny_repo))
+    assert_one_line_error(proc, "corrupt.mp4")
+    assert not out.exists() and not (tmp_path / "r.mp4").exists()
+
+
+def test_video_without_frames(tmp_path, tiny_repo):
+    audio_only = tmp_path / "audio.mp4"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    proc = run_osp("vae", "encode", str(audio_only), "-o", str(tmp_path / "z.safetensors"), "--model", str(tiny_repo))
+    assert_one_line_error(proc, "no video stream")
+
+
+def test_latents_with_wrong_channels_and_bad_model_folders(tmp_path, tiny_repo):
+    bad = tmp_path / "bad.safetensors"
+    save_file({"latents": torch.zeros(1, 3, 2, 4, 4)}, str(bad), metadata={"model": str(tiny_repo)})
+    proc = run_osp("vae", "decode", str(bad), "-o", str(tmp_path / "out.mp4"))
+    assert_one_line_error(proc, "(B, 4, t, h, w)")
+    assert not (tmp_path / "out.mp4").exists()
+
+    empty_model = tmp_path / "empty_model"
+    empty_model.mkdir()
+    save_file({"latents": torch.zeros(1, 4, 2, 4, 4)}, str(tmp_path / "ok.safetensors"))
+    proc = run_osp("vae", "decode", str(tmp_path / "ok.safetensors"), "-o", str(tmp_path / "out.mp4"), "--model", str(empty_model))
+    assert_one_line_error(proc, "no VAE config")
+    proc = run_osp("vae", "decode", str(tmp_path / "ok.safetensors"), "-o", str(tmp_path / "out.mp4"), "--model", "LanguageBind/Open-Sora-Plan-v1.1.0")
+    assert_one_line_error(proc, "HF_HUB_OFFLINE", "--model DIR")
+
+
+def test_hub_unreachable_hint(tmp_path, clip):
+    # Online mode with no network (or a bogus endpoint): the error names --model DIR and HF_HUB_OFFLINE.
+    proc = run_osp(
+        "vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--frames", "auto",
+        env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )  # fmt: skip
+    assert_one_line_error(proc, "--model DIR", "HF_HUB_OFFLINE=1")
+
+
+def test_partial_output_is_never_left(tmp_path, clip, tiny_repo):
+    """An existing output survives a failed run untouched."""
+    out = tmp_path / "z.safetensors"
+    out.write_bytes(b"previous")
+    proc = run_osp("vae", "encode", str(clip), "-o", str(out), "--model", str(tiny_repo), "--frames", "10")
+    assert proc.returncode != 0 and out.read_bytes() == b"previous"
+
+
+def test_model_folder_can_be_the_vae_folder_itself(tmp_path, clip, tiny_repo):
+    vae_only = tmp_path / "vae_only"
+    shutil.copytree(tiny_repo / "vae", vae_only)
+    proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(vae_only), "--frames", "5", "--size", "16x16")
+    assert proc.returncode == 0, proc.stderr
