@@ -25,8 +25,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# The released VAE by default; offline: make demo DEMO_MODEL=/path/to/Open-Sora-Plan-v1.1.0
+DEMO_MODEL ?= LanguageBind/Open-Sora-Plan-v1.1.0
+DEMO_OUT ?= demo_out
+
 demo: $(STAMP)
-	$(PY) -m osp_cli.demo
+	$(VENV)/bin/osp data synth --out $(DEMO_OUT)/shapes --num 1 --seed 0 --overwrite
+	$(VENV)/bin/osp vae recon $(DEMO_OUT)/shapes/videos/00000.mp4 -o $(DEMO_OUT)/recon.mp4 --model "$(DEMO_MODEL)"
+	@echo "demo video: $(DEMO_OUT)/recon.mp4 (input: $(DEMO_OUT)/shapes/videos/00000.mp4)"
 
 bench: $(STAMP)
 	$(PY) benchmarks/vae.py

@@ -1,0 +1,70 @@
+"""The synthetic shapes world: exactly the specified clips, captions and files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from osp_core.data import shapes
+from osp_core.errors import InputError
+from osp_core.io import read_video
+from tests.conftest import assert_one_line_error, run_osp
+
+
+def test_sixty_captions_and_parsing():
+    captions = shapes.all_captions()
+    assert len(captions) == len(set(captions)) == 60
+    assert shapes.parse_caption("A red circle moving right ") == ("red", "circle", "right")
+    with pytest.raises(InputError, match="shapes world"):
+        shapes.parse_caption("a purple circle moving right")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_clips_follow_the_spec(seed):
+    rng = np.random.default_rng(seed)
+    for color, shape, direction in [("red", "circle", "right"), ("blue", "square", "up"), ("white", "triangle", "left"), ("yellow", "circle", "down")]:
+        clip = shapes.sample_clip(rng, color, shape, direction)
+        assert 14 <= clip.size_px <= 20 and 1.5 <= clip.speed_px <= 2.5
+        frames = shapes.render(clip)
+        assert frames.shape == (17, 64, 64, 3) and frames.dtype == torch.uint8
+        coverage = frames.float().amax(-1) / max(shapes.COLORS[color])
+        # fully inside in every frame: the visible area never shrinks (a 1 px clip is > 5%)
+        areas = coverage.sum(dim=(1, 2))
+        assert torch.allclose(areas, areas[0].expand_as(areas), rtol=0.02)
+        assert areas[0] / clip.size_px**2 == pytest.approx(shapes.fill_ratio(shape), rel=0.08)
+        # solid interior color, black background
+        interior = frames[0][coverage[0] > 0.999]
+        assert (interior == torch.tensor(shapes.COLORS[color], dtype=torch.uint8)).all()
+        # constant motion in the captioned direction
+        ys, xs = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
+        cy = (coverage * ys).sum(dim=(1, 2)) / areas
+        cx = (coverage * xs).sum(dim=(1, 2)) / areas
+        ey, ex = shapes.expected_displacement(clip)
+        assert float(cy[-1] - cy[0]) == pytest.approx(ey, abs=0.3) and float(cx[-1] - cx[0]) == pytest.approx(ex, abs=0.3)
+        steps = torch.stack([cy.diff(), cx.diff()]).abs().max(dim=0).values
+        assert torch.allclose(steps, torch.full_like(steps, clip.speed_px), atol=0.15)
+
+
+def test_synth_cli_writes_a_reproducible_dataset(tmp_path):
+    proc = run_osp("data", "synth", "--out", str(tmp_path / "a"), "--num", "4", "--seed", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    entries = json.loads((tmp_path / "a" / "annotations.json").read_text())
+    assert len(entries) == 4 and all(set(e) >= {"path", "cap"} for e in entries)
+    root, annotation = (tmp_path / "a" / "data.txt").read_text().strip().split(",")
+    assert annotation == str((tmp_path / "a" / "annotations.json").resolve()) and summary["clips"] == 4
+    video = read_video(f"{root}/{entries[0]['path']}")
+    assert video.num_frames == 17 and video.size == (64, 64) and video.fps == pytest.approx(8)
+
+    again = list(shapes.iter_clips(4, seed=3))
+    assert [c.caption for c in again] == [e["cap"] for e in entries]
+    proc = run_osp("data", "synth", "--out", str(tmp_path / "a"), "--num", "4")
+    assert_one_line_error(proc, "already holds", "--overwrite")
+    assert json.loads((tmp_path / "a" / "annotations.json").read_text()) == entries
+
+
+def test_every_caption_is_covered_in_sixty_clips():
+    assert {c.caption for c in shapes.iter_clips(60, seed=0)} == set(shapes.all_captions())
