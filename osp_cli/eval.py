@@ -1,0 +1,111 @@
+"""`osp eval`: measure videos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .console import err, print_json
+from .options import JsonOpt
+
+app = typer.Typer(help="Measure videos: attributes of the shapes world, reconstruction quality.", no_args_is_help=True)
+
+
+def _expected_captions(videos: list[Path], prompts: Path | None) -> list[str | None]:
+    """Caption each video should show: --prompts lines, else a JSON sidecar's prompt, else the
+    caption in a synthetic dataset's annotations.json, else None."""
+    from osp_core.errors import InputError
+
+    if prompts is not None:
+        if not prompts.is_file():
+            raise InputError(f"prompt file '{prompts}' does not exist", "check the path")
+        lines = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
+        if len(lines) != len(videos):
+            raise InputError(f"{len(lines)} prompts for {len(videos)} videos", "give one prompt per video, in the same order")
+        return lines
+    captions: list[str | None] = []
+    annotation_cache: dict[Path, dict[str, str]] = {}
+    for video in videos:
+        sidecar = video.with_suffix(".json")
+        caption = None
+        if sidecar.is_file():
+            try:
+                caption = json.loads(sidecar.read_text()).get("prompt")
+            except (json.JSONDecodeError, AttributeError):
+                caption = None
+        if caption is None:
+            annotation = video.parent.parent / "annotations.json"
+            if annotation.is_file():
+                if annotation not in annotation_cache:
+                    try:
+                        annotation_cache[annotation] = {e["path"]: e["cap"] for e in json.loads(annotation.read_text())}
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        annotation_cache[annotation] = {}
+                caption = annotation_cache[annotation].get(video.name)
+        captions.append(caption)
+    return captions
+
+
+@app.command()
+def shapes(
+    videos: Annotated[list[Path], typer.Argument(help="Videos of the shapes world to measure.", show_default=False)],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="File with the caption of each video, one per line (default: the video's JSON sidecar or its dataset's annotations.json).")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="Original clip (one video) or folder of originals with the same file names: adds PSNR/SSIM (for `osp vae recon` outputs).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Color, shape and motion direction of each video, graded against its caption."""
+    from rich.table import Table
+
+    from osp_core.data.shapes import parse_caption
+    from osp_core.errors import InputError
+    from osp_core.eval.shapes import accuracy, mean_finite, measure
+    from osp_core.io import read_video
+    from osp_core.metrics import psnr, ssim
+
+    expected = _expected_captions(videos, prompts)
+    rows = []
+    for video, caption in zip(videos, expected):
+        frames = read_video(video).frames
+        row = {"video": str(video), **measure(frames).to_dict(), "caption": caption}
+        if caption is not None:
+            row["expected_color"], row["expected_shape"], row["expected_direction"] = parse_caption(caption)
+        if reference is not None:
+            original = reference / video.name if reference.is_dir() else reference
+            if not original.is_file():
+                raise InputError(f"no reference clip '{original}' for '{video}'", "pass --reference with the original clips (same file names)")
+            ref = read_video(original).frames
+            n = min(len(ref), len(frames))
+            if ref.shape[1:] != frames.shape[1:]:
+                raise InputError(f"'{video}' is {tuple(frames.shape[1:3])}, its reference {tuple(ref.shape[1:3])}", "compare videos of the same size")
+            row["psnr"], row["ssim"] = round(psnr(ref[:n], frames[:n]), 3), round(ssim(ref[:n], frames[:n]), 4)
+        rows.append(row)
+    summary = {
+        "videos": len(rows),
+        "color_accuracy": accuracy(rows, "color"),
+        "shape_accuracy": accuracy(rows, "shape"),
+        "direction_accuracy": accuracy(rows, "direction"),
+        "psnr": mean_finite([r.get("psnr") for r in rows]) if reference is not None else None,
+        "ssim": mean_finite([r.get("ssim") for r in rows]) if reference is not None else None,
+    }
+    if json_out:
+        print_json({"summary": summary, "videos": rows})
+        return
+    table = Table(title="shapes world")
+    for column in ("video", "caption", "color", "shape", "direction", "fill", *(("PSNR", "SSIM") if reference is not None else ())):
+        table.add_column(column)
+    for r in rows:
+        mark = lambda key: r[key] if r.get(f"expected_{key}") in (None, r[key]) else f"[red]{r[key]}[/red]"  # noqa: E731
+        cells = [Path(r["video"]).name, r["caption"] or "-", mark("color"), mark("shape"), mark("direction"), f"{r['fill_ratio']:.2f}"]
+        if reference is not None:
+            cells += [f"{r['psnr']:.2f}", f"{r['ssim']:.4f}"]
+        table.add_row(*[str(c) for c in cells])
+    err.print(table)
+    for key in ("color", "shape", "direction"):
+        value = summary[f"{key}_accuracy"]
+        if value is not None:
+            err.print(f"{key} correct: {value:.1%}")
+    if reference is not None:
+        err.print(f"mean PSNR {summary['psnr']:.2f} dB, mean SSIM {summary['ssim']:.4f}")
