@@ -27,8 +27,9 @@ from ..errors import InputError, ModelLoadError
 from .loading import StrictLoadingMixin
 
 
-def _swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """silu(norm(x)) with one fused kernel, in place on the norm output when no graph is recorded."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -40,6 +41,17 @@ def _per_frame(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
     t = x.shape[2]
     y = module(rearrange(x, "b c t h w -> (b t) c h w"))
     return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+
+
+class PerFrame:
+    """A 2D module applied to every frame. `forward_frames` takes ((B*T), C, H, W); the encoder
+    and decoder keep runs of such modules in that layout instead of refolding per module."""
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _per_frame(self.forward_frames, x) if x.ndim == 5 else self.forward_frames(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,18 +76,29 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
-class FrameConv2d(nn.Conv2d):
+class FrameConv2d(PerFrame, nn.Conv2d):
     """A 2D convolution applied to each frame (the released `Conv2d` block type)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _per_frame(super().forward, x) if x.ndim == 5 else super().forward(x)
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Conv2d.forward(self, x)
 
 
 # ---------------------------------------------------------------------------------------------
 # Blocks
 
 
-class ResnetBlock2D(nn.Module):
+def _residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm-silu-conv twice plus the shortcut, one statement per step so each intermediate is
+    freed as soon as the next exists (at most three activations alive at once)."""
+    h = _norm_silu(block.norm1, x)
+    h = block.conv1(h)
+    h = _norm_silu(block.norm2, h)
+    h = block.conv2(block.dropout(h))
+    # In place: autograd does not need a conv's output.
+    return h.add_(block.nin_shortcut(x) if hasattr(block, "nin_shortcut") else x)
+
+
+class ResnetBlock2D(PerFrame, nn.Module):
     """Per-frame residual block (GroupNorm statistics per frame)."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
@@ -88,14 +111,8 @@ class ResnetBlock2D(nn.Module):
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_swish(self.norm1(x)))
-        h = self.conv2(self.dropout(_swish(self.norm2(h))))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _per_frame(self._forward_2d, x)
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return _residual(self, x)
 
 
 class ResnetBlock3D(nn.Module):
@@ -112,10 +129,7 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_swish(self.norm1(x)))
-        h = self.conv2(self.dropout(_swish(self.norm2(h))))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        return _residual(self, x)
 
 
 class AttnBlock3DFix(nn.Module):
@@ -136,21 +150,18 @@ class AttnBlock3DFix(nn.Module):
         # SDPA picks a fused/memory-efficient kernel; scale 1/sqrt(c) as the original.
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "(b t) 1 (h w) c -> b c t h w", b=b, h=height)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)
 
 
-class Downsample(nn.Module):
+class Downsample(PerFrame, nn.Module):
     """Per-frame 2x spatial downsampling: pad right/bottom by one, 3x3 conv with stride 2."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2)
 
-    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _per_frame(self._forward_2d, x)
 
 
 class SpatialUpsample2x(nn.Module):
@@ -179,7 +190,8 @@ class TimeDownsampleRes2x(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.mix_factor)
         x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
-        return alpha * self.avg_pool(x) + (1 - alpha) * self.conv(x)
+        # lerp(conv, pool, alpha) = alpha * pool + (1 - alpha) * conv, one fused kernel
+        return torch.lerp(self.conv(x), self.avg_pool(x), alpha)
 
 
 class TimeUpsampleRes2x(nn.Module):
@@ -196,7 +208,7 @@ class TimeUpsampleRes2x(nn.Module):
             first, rest = x[:, :, :1], x[:, :, 1:]
             rest = F.interpolate(rest, scale_factor=(2.0, 1.0, 1.0), mode="trilinear")
             x = torch.cat([first, rest], dim=2)
-        return alpha * x + (1 - alpha) * self.conv(x)
+        return torch.lerp(self.conv(x), x, alpha)
 
 
 def _conv_in_out(name: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -244,11 +256,32 @@ class _Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-def _run(module: nn.Module, owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Call `module`, through gradient checkpointing when the owner has it on and grads are needed."""
-    if owner.gradient_checkpointing and torch.is_grad_enabled():
-        return owner._gradient_checkpointing_func(module, x)
-    return module(x)
+class _LayoutRunner:
+    """Runs a sequence of modules on a clip, keeping it in frame layout ((B*T), C, H, W) across
+    consecutive per-frame modules and in video layout (B, C, T, H, W) otherwise: one refold
+    per boundary instead of two per 2D module. Checkpoints when the owner asks for it."""
+
+    def __init__(self, owner: nn.Module, x: torch.Tensor) -> None:
+        self.owner, self.h, self.frames = owner, x, x.shape[2]
+
+    def __call__(self, module: nn.Module, checkpoint: bool = False) -> None:
+        if isinstance(module, PerFrame):
+            if self.h.ndim == 5:
+                self.frames = self.h.shape[2]
+                self.h = rearrange(self.h, "b c t h w -> (b t) c h w")
+            fn = module.forward_frames
+        else:
+            self.h = self.video()
+            fn = module
+        if checkpoint and self.owner.gradient_checkpointing and torch.is_grad_enabled():
+            self.h = self.owner._gradient_checkpointing_func(fn, self.h)
+        else:
+            self.h = fn(self.h)
+
+    def video(self) -> torch.Tensor:
+        if self.h.ndim == 4:
+            return rearrange(self.h, "(b t) c h w -> b c t h w", t=self.frames)
+        return self.h
 
 
 class Encoder(nn.Module):
@@ -294,18 +327,19 @@ class Encoder(nn.Module):
         self.conv_out = _conv_in_out(conv_out, channels, 2 * z_channels if double_z else z_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        run = _LayoutRunner(self, x)
+        run(self.conv_in)
         for stage in self.down:
             for i, block in enumerate(stage.block):
-                h = _run(block, self, h)
+                run(block, checkpoint=True)
                 if len(stage.attn):
-                    h = stage.attn[i](h)
+                    run(stage.attn[i])
             if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
+                run(stage.downsample)
             if hasattr(stage, "time_downsample"):
-                h = stage.time_downsample(h)
-        h = _run(self.mid, self, h)
-        return self.conv_out(_swish(self.norm_out(h)))
+                run(stage.time_downsample)
+        run(self.mid, checkpoint=True)
+        return self.conv_out(_norm_silu(self.norm_out, run.video()))
 
 
 class Decoder(nn.Module):
@@ -354,17 +388,19 @@ class Decoder(nn.Module):
         self.conv_out = _conv_in_out(conv_out, channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = _run(self.mid, self, self.conv_in(z))
+        run = _LayoutRunner(self, z)
+        run(self.conv_in)
+        run(self.mid, checkpoint=True)
         for stage in reversed(self.up):
             for i, block in enumerate(stage.block):
-                h = _run(block, self, h)
+                run(block, checkpoint=True)
                 if len(stage.attn):
-                    h = stage.attn[i](h)
+                    run(stage.attn[i])
             if hasattr(stage, "upsample"):
-                h = stage.upsample(h)
+                run(stage.upsample)
             if hasattr(stage, "time_upsample"):
-                h = stage.time_upsample(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+                run(stage.time_upsample)
+        return self.conv_out(_norm_silu(self.norm_out, run.video()))
 
 
 # ---------------------------------------------------------------------------------------------
