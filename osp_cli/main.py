@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import vae
+from . import data, eval, t2v, vae
 
 app = typer.Typer(
     name="osp",
@@ -17,6 +17,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(vae.app, name="vae")
+app.add_typer(data.app, name="data")
+app.add_typer(eval.app, name="eval")
+app.add_typer(t2v.app, name="t2v")
 
 
 def run() -> None:

@@ -30,6 +30,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..errors import ModelLoadError
+from .loading import StrictLoadingMixin
 
 # number of caption tokens in the PixArt-style null-caption table `y_embedding` (kept for file
 # compatibility: the v1.1.0 sampler never reads it)
@@ -59,11 +60,12 @@ def temporal_position_table(dim: int, num_frames: int, scale: int) -> torch.Tens
     return table.float()
 
 
-class LatteT2V(ModelMixin, ConfigMixin):
+class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """Latte text-to-video transformer with the v1.1.0 config and weight layout.
 
     Only the configuration that v1.1.0 released is supported (patch embedding, AdaLN-single,
-    no RoPE, no KV compression); other values raise `ModelLoadError`. `attention_mode`
+    no RoPE, no KV compression); other values raise `ModelLoadError`. `from_pretrained` is
+    strict: a file missing a released tensor (or with a mis-shaped one) is an error. `attention_mode`
     is kept for config compatibility: attention runs through PyTorch SDPA, which picks a
     flash / memory-efficient kernel by itself.
     """

@@ -1,0 +1,300 @@
+"""`osp t2v`: text-to-video sampling with the Open-Sora-Plan v1.1.0 weights."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .console import err, print_json, progress
+from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt
+
+if TYPE_CHECKING:  # heavy imports stay inside the command, so `osp --help` is fast
+    import torch
+
+app = typer.Typer(help="Text-to-video: sample videos from prompts with LatteT2V + T5 + CausalVideoVAE.", no_args_is_help=True)
+
+DEFAULT_OUTPUT = Path("samples/t2v")
+SLUG_CHARS = 48
+
+
+def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
+    """Prompts from the arguments, or one per non-blank line of a file ('-' = stdin)."""
+    from osp_core.errors import InputError
+
+    if prompts and prompts_file:
+        raise InputError("both PROMPT arguments and --prompts were given", "pass prompts as arguments or in a file, not both")
+    if prompts_file:
+        if prompts_file == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(prompts_file)
+            if not path.is_file():
+                raise InputError(f"prompt file '{prompts_file}' does not exist", "pass a text file with one prompt per line, or - for stdin")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"cannot read prompt file '{prompts_file}': {exc.__class__.__name__}", "pass a UTF-8 text file with one prompt per line") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise InputError(f"prompt file '{prompts_file}' has no prompts", "write one prompt per line")
+        return lines
+    if not prompts:
+        raise InputError("no prompt given", 'pass a prompt, e.g. osp t2v sample "a shiba inu in a beret", or --prompts FILE')
+    joined = " ".join(prompts).strip()
+    if not joined:
+        raise InputError("the prompt is empty", "pass some text to generate from")
+    return [joined]
+
+
+def slugify(text: str) -> str:
+    """A short, filesystem-safe name from a prompt."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:SLUG_CHARS].rstrip("-") or "video"
+
+
+@app.command()
+def sample(
+    prompt: Annotated[list[str] | None, typer.Argument(help="The prompt (words are joined with spaces).", show_default=False)] = None,
+    prompts_file: Annotated[str | None, typer.Option("--prompts", help="File with one prompt per line ('-' reads stdin).")] = None,
+    frames: Annotated[int, typer.Option("--frames", "-f", help="Video frames, 4k+1 (65: 2.7 s at 24 fps; 221: 9.2 s).")] = 65,
+    height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 512,
+    width: Annotated[int, typer.Option("--width", help="Width in pixels (multiple of 16).")] = 512,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 150,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 turns it off).")] = 7.5,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What the video should not show.")] = "",
+    scheduler: Annotated[str, typer.Option("--scheduler", help="PNDM, DDIM, DDPM, EulerDiscrete, EulerAncestralDiscrete, DPMSolverMultistep, DPMSolverSinglestep, HeunDiscrete, DEISMultistep or KDPM2AncestralDiscrete.")] = "PNDM",
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a random one, written to the sidecar). Video k of a run uses seed + k.")] = None,
+    num_videos: Annotated[int, typer.Option("--num-videos", "-n", help="Videos per prompt.")] = 1,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written mp4.")] = 24.0,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the mp4 files and their JSON sidecars.")] = DEFAULT_OUTPUT,
+    save_latents: Annotated[bool, typer.Option("--save-latents", help="Also write the final latents (.safetensors).")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    version: Annotated[str | None, typer.Option("--version", help="Transformer weights folder, e.g. 65x512x512 (default: picked by --frames).")] = None,
+    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 repo id or folder (default: the model's text_encoder/ or DeepFloyd/t5-v1_1-xxl).")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: Annotated[bool, typer.Option("--offload", help="Keep models on the CPU and move each to the device only while it runs.")] = False,
+    tile: TileOpt = None,
+    clean_caption: Annotated[bool, typer.Option("--clean-caption", help="Clean prompts like the PixArt/DeepFloyd captioner (needs beautifulsoup4, ftfy).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate one mp4 (+ JSON sidecar) per prompt and video."""
+    # validate everything cheap before importing torch or loading gigabytes of weights
+    from osp_core.errors import InputError, ModelLoadError
+    from osp_core.hub import BUILTIN_PREFIX, resolve_model_dir
+    from osp_core.pipelines.t2v_inputs import RELEASED_VERSIONS, check_steps, check_video_size, local_versions, parse_version, pick_version, scheduler_name
+
+    prompts = read_prompts(prompt, prompts_file)
+    check_video_size(frames, height, width)
+    for name, value, low, example in (("--num-videos", num_videos, 1, "1"), ("--steps", steps, 1, "150")):
+        if value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}", f"pass e.g. {name} {example}")
+    if fps <= 0:
+        raise InputError(f"--fps must be > 0, got {fps}", "pass e.g. --fps 24")
+    if guidance < 0:
+        raise InputError(f"--guidance must be >= 0, got {guidance}", "pass e.g. --guidance 7.5 (1 turns guidance off)")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise InputError(f"--seed must be a non-negative 64-bit integer, got {seed}", "pass e.g. --seed 42")
+    scheduler = scheduler_name(scheduler)
+    check_steps(scheduler, steps)
+    # a local repository tells which versions it has (and a missing one fails now, not after
+    # the imports); a Hub repo has the released ones
+    path = Path(model).expanduser()
+    hub_id = not model.startswith(BUILTIN_PREFIX) and not path.exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    available = list(RELEASED_VERSIONS) if hub_id else local_versions(resolve_model_dir(model))
+    if version is None:
+        version = pick_version(frames, available)
+    elif parse_version(version) and not hub_id and version not in available:
+        raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {', '.join(available) or 'none'})", "pass --version with one of the available versions")
+
+    from osp_core.device import resolve
+    from osp_core.io import ensure_writable_dir
+
+    ensure_writable_dir(output_dir)
+    torch_device, torch_dtype = resolve(device, dtype)
+
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    summary = run_sampling(
+        prompts=prompts,
+        negative_prompt=negative_prompt,
+        frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        seed=seed,
+        num_videos=num_videos,
+        fps=fps,
+        output_dir=output_dir,
+        save_latents=save_latents,
+        model=model,
+        version=version,
+        text_encoder=text_encoder,
+        torch_device=torch_device,
+        torch_dtype=torch_dtype,
+        offload=offload,
+        tile=tile,
+        clean_caption=clean_caption,
+        show_progress=not json_out,
+    )
+    if json_out:
+        print_json(summary)
+    else:
+        for video in summary["videos"]:
+            err.print(f"[green]wrote[/green] {video['video']}")
+
+
+def run_sampling(
+    *,
+    prompts: list[str],
+    negative_prompt: str,
+    frames: int,
+    height: int,
+    width: int,
+    steps: int,
+    guidance: float,
+    scheduler: str,
+    seed: int,
+    num_videos: int,
+    fps: float,
+    output_dir: Path,
+    save_latents: bool,
+    model: str,
+    version: str,
+    text_encoder: str | None,
+    torch_device: torch.device,
+    torch_dtype: torch.dtype,
+    offload: bool,
+    tile: bool | None,
+    clean_caption: bool,
+    show_progress: bool,
+) -> dict:
+    """Load, encode every prompt, free T5, denoise and decode; returns the --json summary."""
+    import json
+
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from rich.markup import escape
+    from safetensors.torch import save_file
+    from transformers.utils import logging as transformers_logging
+
+    import osp_core
+    from osp_core.device import DTYPES
+    from osp_core.io import atomic_path, write_video
+    from osp_core.pipelines.t2v import T2VPipeline
+
+    # our own progress bar and warnings replace the libraries' bars and log lines
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    logging.getLogger("osp_core.pipelines.t2v").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    with err.status(f"loading {model} ({version}) ..."):
+        pipe = T2VPipeline.from_pretrained(model, version=version, text_encoder=text_encoder, scheduler=scheduler, torch_dtype=torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if tile is False:
+        pipe.vae.disable_tiling()
+    else:
+        pipe.vae.enable_tiling()  # only tiles when the video exceeds a tile
+    use_offload = offload and torch_device.type != "cpu"
+    if offload and not use_offload:
+        err.print("[yellow]note:[/yellow] --offload has no effect on the CPU")
+
+    # T5 only encodes prompts: run it first, then drop it before the transformer needs the memory
+    do_cfg = guidance > 1.0
+    if use_offload:
+        pipe.enable_model_cpu_offload(device=torch_device)
+    else:
+        pipe.text_encoder.to(torch_device)
+    with err.status("encoding prompts ..."):
+        # one prompt at a time, as the original loop (each cut to its own token count)
+        embeddings = [pipe.encode_prompt(p, negative_prompt, do_cfg, clean_caption, device=torch_device) for p in prompts]
+    for index, encoded in enumerate(embeddings):
+        if encoded.truncated[0]:
+            limit = pipe.transformer.config.model_max_length
+            err.print(f"[yellow]warning:[/yellow] prompt {index + 1} is longer than {limit} tokens; cut: {escape(repr(encoded.truncated[0]))}", soft_wrap=True)
+    if not use_offload:
+        pipe.free_text_encoder()
+        pipe.transformer.to(torch_device)
+        pipe.vae.to(torch_device)
+
+    dtype_name = next(name for name, value in DTYPES.items() if value == torch_dtype)
+    settings = {
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "steps": steps,
+        "guidance": guidance,
+        "scheduler": type(pipe.scheduler).__name__,
+        "fps": fps,
+        "num_videos": num_videos,
+        "device": str(torch_device),
+        "dtype": dtype_name,
+        "offload": use_offload,
+        "tile": tile is not False,
+        "clean_caption": clean_caption,
+    }
+    models = {"model": model, "version": version, "text_encoder": pipe.text_encoder_source}
+    videos = []
+    with progress(transient=False) as bar:
+        for prompt_index, (prompt, encoded) in enumerate(zip(prompts, embeddings)):
+            seeds = [seed + prompt_index * num_videos + k for k in range(num_videos)]
+            # CPU generators: the same seed gives the same noise on every device
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            task = bar.add_task(f"video {prompt_index + 1}/{len(prompts)}", total=None, visible=show_progress)
+
+            def on_step(step: int, total: int, _latents: torch.Tensor, task=task) -> None:
+                bar.update(task, completed=step, total=total)
+
+            t0 = time.perf_counter()
+            latents = pipe(
+                prompt_embeds=encoded,
+                num_frames=frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                num_videos_per_prompt=num_videos,
+                generator=generators,
+                output_type="latent",
+                callback=on_step,
+            ).frames
+            seconds_denoise = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            decoded = pipe.decode_latents(latents)
+            seconds_decode = time.perf_counter() - t0
+            for k, video_seed in enumerate(seeds):
+                stem = f"{slugify(prompt)}-{video_seed}"
+                video_path = write_video(output_dir / f"{stem}.mp4", decoded[k], fps=fps)
+                record = {
+                    "prompt": prompt,
+                    "negative_prompt": negative_prompt,
+                    "seed": video_seed,
+                    "settings": settings,
+                    "models": models,
+                    "video": str(video_path),
+                    "num_frames": int(decoded.shape[1]),
+                    "size": [int(decoded.shape[2]), int(decoded.shape[3])],
+                    "truncated_prompt_part": encoded.truncated[0],
+                    "seconds": {"denoise": round(seconds_denoise / num_videos, 3), "decode": round(seconds_decode / num_videos, 3)},
+                    "osp_version": osp_core.__version__,
+                }
+                if save_latents:
+                    latent_path = output_dir / f"{stem}.latents.safetensors"
+                    with atomic_path(latent_path) as tmp:
+                        save_file({"latents": latents[k : k + 1].contiguous().cpu()}, str(tmp), metadata={"prompt": prompt, "seed": str(video_seed)})
+                    record["latents"] = str(latent_path)
+                sidecar = output_dir / f"{stem}.json"
+                with atomic_path(sidecar) as tmp:
+                    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+                record["sidecar"] = str(sidecar)
+                videos.append(record)
+    return {"videos": videos, "seconds_total": round(time.perf_counter() - started, 3)}
+

@@ -1,0 +1,432 @@
+"""Text-to-video: T5 prompt encoding -> LatteT2V denoising -> CausalVideoVAE decoding.
+
+Behaves as the Open-Sora-Plan v1.1.0 sampler (`opensora/sample/pipeline_videogen.py`):
+prompts are lower-cased and stripped, tokenized to `model_max_length` (300) tokens, the
+prompt embedding is cut to its real token count and the negative embedding to the same
+length, classifier-free guidance runs uncond first, the learned-variance channels are dropped
+before the scheduler step, and decoding divides by the VAE scaling factor (0.18215).
+
+Two deliberate differences, both invisible for one prompt in float32:
+- latents and the scheduler math stay in float32 whatever the model dtype;
+- several prompts (or videos per prompt) in one call are padded to the longest prompt and
+  masked, so each video equals what a one-prompt call gives (the original instead zeroed the
+  padding and attended to it when batching).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import schedulers as diffusers_schedulers
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..errors import HubUnavailableError, InputError, ModelLoadError
+from ..hub import DEFAULT_REPO, resolve_model_dir
+from .t2v_inputs import (
+    DEFAULT_TEXT_ENCODER,
+    DEFAULT_VERSION,
+    MIN_STEPS,
+    RELEASED_VERSIONS,
+    check_steps,
+    check_video_size,
+    local_versions,
+    parse_version,
+    pick_version,
+    scheduler_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class T2VPipelineOutput(BaseOutput):
+    """`frames`: uint8 (B, T, H, W, 3) for output_type "pt"; the final latents (B, 4, t, h, w) for "latent"."""
+
+    frames: torch.Tensor
+
+
+@dataclass
+class PromptEmbeddings:
+    """Encoded prompts for one call: (B, L, D) states and (B, L) masks (1 = keep), per item
+    already cut to its prompt's token count; `negative` is None without guidance.
+    `truncated[i]` is the text prompt i lost to the token limit ("" when none)."""
+
+    prompt: torch.Tensor
+    prompt_mask: torch.Tensor
+    negative: torch.Tensor | None
+    negative_mask: torch.Tensor | None
+    truncated: list[str]
+
+    def repeat(self, times: int) -> PromptEmbeddings:
+        """Each item `times` times in a row (several videos per prompt)."""
+        if times == 1:
+            return self
+
+        def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat_interleave(times, dim=0)
+
+        return PromptEmbeddings(rep(self.prompt), rep(self.prompt_mask), rep(self.negative), rep(self.negative_mask), self.truncated)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> PromptEmbeddings:
+        def move(t: torch.Tensor | None, as_dtype: torch.dtype | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=as_dtype or t.dtype)
+
+        return PromptEmbeddings(move(self.prompt, dtype), move(self.prompt_mask, None), move(self.negative, dtype), move(self.negative_mask, None), self.truncated)
+
+
+def make_scheduler(name: str | SchedulerMixin) -> SchedulerMixin:
+    """A diffusers scheduler by the original's name (PNDM, DDIM, ...; case-insensitive, an optional
+    "Scheduler" suffix), built with its default config as the original sampler did."""
+    if isinstance(name, SchedulerMixin):
+        return name
+    return getattr(diffusers_schedulers, scheduler_name(name) + "Scheduler")()
+
+
+class T2VPipeline(DiffusionPipeline):
+    """Open-Sora-Plan v1.1.0 text-to-video sampling.
+
+    Components: `tokenizer` and `text_encoder` (T5; optional once prompts are encoded),
+    `vae` (CausalVideoVAE), `transformer` (LatteT2V), `scheduler` (any diffusers scheduler).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["tokenizer", "text_encoder"]
+
+    def __init__(self, tokenizer: Any, text_encoder: Any, vae: Any, transformer: Any, scheduler: SchedulerMixin) -> None:
+        super().__init__()
+        self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        model: str | Path = DEFAULT_REPO,
+        version: str | None = DEFAULT_VERSION,
+        text_encoder: str | Path | None = None,
+        scheduler: str | SchedulerMixin = "PNDM",
+        torch_dtype: torch.dtype | None = None,
+        load_text_encoder: bool = True,
+    ) -> T2VPipeline:
+        """Load from a repository laid out like `LanguageBind/Open-Sora-Plan-v1.1.0`.
+
+        `model`: Hub repo id, local folder or builtin:NAME; the VAE comes from `vae/`, the
+        transformer from `version/` (None: the only or first version folder). The T5 encoder
+        and tokenizer come from `text_encoder` (repo id or folder) when given, else from the
+        repository's `text_encoder/` and `tokenizer/` when it has them, else from
+        DeepFloyd/t5-v1_1-xxl. Components are loaded on the CPU; move or offload them after.
+        """
+        from ..models.causal_vae import CausalVideoVAE
+        from ..models.latte_t2v import LatteT2V
+
+        if version is not None:
+            parse_version(version)
+        scheduler_obj = make_scheduler(scheduler)
+        wanted = ["vae", "text_encoder", "tokenizer"] + ([version] if version else list(RELEASED_VERSIONS))
+        root = resolve_model_dir(str(model), subfolders=wanted)
+        available = local_versions(root)
+        if version is None:
+            version = pick_version(1, available)
+        if version not in available:
+            known = ", ".join(available) or "none"
+            raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {known})", "pass --version with one of the available versions")
+
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        transformer = LatteT2V.from_pretrained(str(root), subfolder=version, **kwargs)
+        vae = CausalVideoVAE.from_pretrained(str(root), subfolder="vae", **kwargs)
+        tokenizer = encoder = None
+        if load_text_encoder:
+            tokenizer, encoder = load_t5(text_encoder, root, torch_dtype)
+        pipe = cls(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer, scheduler=scheduler_obj)
+        # provenance for sidecars and logs
+        pipe.version = version
+        in_repo = (root / "text_encoder" / "config.json").is_file()
+        pipe.text_encoder_source = str(text_encoder) if text_encoder is not None else (f"{model}/text_encoder" if in_repo else DEFAULT_TEXT_ENCODER)
+        return pipe
+
+    def free_text_encoder(self) -> None:
+        """Drop T5 (the biggest component, needed only to encode prompts) to free its memory."""
+        import gc
+
+        self.register_modules(text_encoder=None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    @staticmethod
+    def preprocess(prompt: str, clean_caption: bool = False) -> str:
+        """Lower-case and strip; with `clean_caption`, PixArt/DeepFloyd caption cleaning
+        (needs beautifulsoup4 and ftfy)."""
+        if not clean_caption:
+            return prompt.lower().strip()
+        try:
+            import bs4  # noqa: F401
+            import ftfy  # noqa: F401
+        except ImportError:
+            raise InputError("caption cleaning needs the beautifulsoup4 and ftfy packages", "pip install beautifulsoup4 ftfy, or turn cleaning off") from None
+        from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import PixArtAlphaPipeline
+
+        # diffusers' cleaner only reads `bad_punct_regex` from its instance; run it twice as the original
+        cleaner = PixArtAlphaPipeline.__new__(PixArtAlphaPipeline)
+        return cleaner._clean_caption(cleaner._clean_caption(prompt))
+
+    @torch.no_grad()
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        do_classifier_free_guidance: bool = True,
+        clean_caption: bool = False,
+        max_length: int | None = None,
+        device: torch.device | None = None,
+    ) -> PromptEmbeddings:
+        """T5 states for `prompt` (and `negative_prompt` when guiding), cut as the original does.
+
+        Each prompt's states are cut to its token count k (EOS included); the negative prompt is
+        encoded at full length and cut to the same k. Items of a batch are padded to the longest
+        k and masked.
+        """
+        if self.tokenizer is None or self.text_encoder is None:
+            raise InputError("this pipeline has no text encoder loaded", "pass prompt embeddings, or load the pipeline with a text encoder")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise InputError(f"{len(negatives)} negative prompts for {len(prompts)} prompts", "give one negative prompt, or one per prompt")
+        max_length = max_length or int(self.transformer.config.model_max_length)
+        device = device or self.text_encoder.device
+
+        prompts = [self.preprocess(p, clean_caption) for p in prompts]
+        ids, mask = self._tokenize(prompts, max_length)
+        truncated = self._truncated_parts(prompts, ids)
+        for part in filter(None, truncated):
+            logger.warning("prompt longer than %d tokens; this part was cut: %s", max_length, part)
+        states = self.text_encoder(ids.to(device), attention_mask=mask.to(device))[0]
+        keep = int(mask.sum(dim=1).max())
+        prompt_states, prompt_mask = states[:, :keep], mask[:, :keep].to(device)
+
+        negative_states = negative_mask = None
+        if do_classifier_free_guidance:
+            negatives = [self.preprocess(n, clean_caption) for n in negatives]
+            neg_ids, neg_attention = self._tokenize(negatives, max_length)
+            negative_states = self.text_encoder(neg_ids.to(device), attention_mask=neg_attention.to(device))[0][:, :keep]
+            # the original attends to the negative's first k tokens, padding included
+            negative_mask = prompt_mask.clone()
+        return PromptEmbeddings(prompt_states, prompt_mask, negative_states, negative_mask, truncated)
+
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            return_attention_mask=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return tokens.input_ids, tokens.attention_mask
+
+    def _truncated_parts(self, texts: list[str], ids: torch.Tensor) -> list[str]:
+        """The text each prompt lost to truncation ("" when nothing was cut); the kept part
+        ends with the EOS token, so the cut starts at the last kept position."""
+        parts = []
+        for text, kept in zip(texts, ids):
+            full = self.tokenizer(text, add_special_tokens=True, return_tensors="pt").input_ids[0]
+            cut = full[kept.shape[0] - 1 : -1] if full.shape[0] > kept.shape[0] else full[:0]
+            parts.append(self.tokenizer.decode(cut, skip_special_tokens=True) if len(cut) else "")
+        return parts
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    def check_inputs(self, num_frames: int, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
+        """Raise `InputError` naming the bad value."""
+        temporal = getattr(self.vae, "temporal_compression", 4)
+        spatial = getattr(self.vae, "spatial_compression", 8)
+        check_video_size(num_frames, height, width, temporal, spatial * self.transformer.config.patch_size)
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}", "use e.g. 50 or 150 steps")
+        if guidance_scale < 0:
+            raise InputError(f"guidance scale must be >= 0, got {guidance_scale}", "use e.g. 7.5 (1 turns guidance off)")
+        name = type(self.scheduler).__name__.removesuffix("Scheduler")
+        if name in MIN_STEPS and not getattr(self.scheduler.config, "skip_prk_steps", False):
+            check_steps(name, num_inference_steps)
+
+    def _denoise_device(self) -> torch.device:
+        # with model offload everything sits on the CPU between uses: ask the hooks
+        if getattr(self, "_offload_device", None) is not None:
+            return self._execution_device
+        return self.transformer.device
+
+    def prepare_latents(
+        self,
+        batch: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Gaussian latents (B, C, (T-1)/4+1, H/8, W/8) in float32, times the scheduler's init sigma."""
+        temporal = getattr(self.vae, "temporal_compression", 4)
+        spatial = getattr(self.vae, "spatial_compression", 8)
+        shape = (batch, self.transformer.config.in_channels, (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}", "pass latents that match the frames, size and batch")
+        else:
+            latents = latents.to(device=device, dtype=torch.float32)
+        return latents * self.scheduler.init_noise_sigma
+
+    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        num_frames: int = 65,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 150,
+        guidance_scale: float = 7.5,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: PromptEmbeddings | None = None,
+        output_type: str = "pt",
+        eta: float = 0.0,
+        clean_caption: bool = False,
+        enable_temporal_attentions: bool = True,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        return_dict: bool = True,
+    ) -> T2VPipelineOutput | tuple[torch.Tensor]:
+        """Generate videos for `prompt` (or for already encoded `prompt_embeds`).
+
+        Returns `frames`: uint8 (B, T, H, W, 3) for output_type "pt", the final latents for
+        "latent". `callback(step, num_steps, latents)` runs after every scheduler step.
+        """
+        if output_type not in ("pt", "latent"):
+            raise InputError(f"unknown output_type '{output_type}'", "use 'pt' or 'latent'")
+        self.check_inputs(num_frames, height, width, num_inference_steps, guidance_scale)
+        do_cfg = guidance_scale > 1.0
+        if prompt_embeds is None:
+            if prompt is None or (not isinstance(prompt, str) and len(prompt) == 0):
+                raise InputError("no prompt given", "pass a prompt or prompt embeddings")
+            prompt_embeds = self.encode_prompt(prompt, negative_prompt, do_cfg, clean_caption)
+        elif do_cfg and prompt_embeds.negative is None:
+            raise InputError("guidance needs negative prompt embeddings", "encode with do_classifier_free_guidance=True, or use guidance_scale 1")
+
+        device = self._denoise_device()
+        embeds = prompt_embeds.repeat(num_videos_per_prompt).to(device, self.transformer.dtype)
+        batch = embeds.prompt.shape[0]
+        if do_cfg:
+            states = torch.cat([embeds.negative, embeds.prompt])  # uncond first, as the original
+            mask = torch.cat([embeds.negative_mask, embeds.prompt_mask])
+        else:
+            states, mask = embeds.prompt, embeds.prompt_mask
+        # an all-ones mask changes nothing: skip it (the original passed none)
+        mask = None if bool(mask.all()) else mask
+
+        try:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        except ValueError as exc:  # e.g. PNDM below 4 steps
+            raise InputError(f"{type(self.scheduler).__name__} cannot run {num_inference_steps} steps ({exc})", "use more steps or another scheduler") from None
+        timesteps = self.scheduler.timesteps
+        latents = self.prepare_latents(batch, num_frames, height, width, device, generator, latents)
+        step_kwargs = self._step_kwargs(generator, eta)
+        latent_channels = self.transformer.config.in_channels
+        learned_variance = self.transformer.config.out_channels // 2 == latent_channels
+
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for index, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t, device=device)
+                noise_pred = self.transformer(
+                    model_input.to(self.transformer.dtype),
+                    timestep,
+                    states,
+                    encoder_attention_mask=mask,
+                    enable_temporal_attentions=enable_temporal_attentions,
+                    return_dict=False,
+                )[0].float()
+                if do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                if learned_variance:
+                    noise_pred = noise_pred[:, :latent_channels]
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                bar.update()
+                if callback is not None:
+                    callback(index + 1, len(timesteps), latents)
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.decode_latents(latents)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return T2VPipelineOutput(frames=frames)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> uint8 (B, T, H, W, 3), as the original: ((x / 2 + 0.5).clamp(0, 1) * 255) truncated."""
+        vae_device = self._execution_device if getattr(self, "_offload_device", None) is not None else self.vae.device
+        scaled = (latents / self.vae.config.scaling_factor).to(device=vae_device, dtype=self.vae.dtype)
+        video = self.vae.decode(scaled).sample.float()
+        video = ((video / 2.0 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu().contiguous()
+
+
+def load_t5(source: str | Path | None, root: Path, torch_dtype: torch.dtype | None) -> tuple[Any, Any]:
+    """(tokenizer, T5EncoderModel): from `source` when given, else the repository's
+    `text_encoder/` + `tokenizer/` folders, else DeepFloyd/t5-v1_1-xxl."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    if source is None and (root / "text_encoder" / "config.json").is_file():
+        encoder_path, tokenizer_path, encoder_sub, tokenizer_sub = str(root), str(root), "text_encoder", "tokenizer"
+        if not (root / "tokenizer").is_dir():
+            tokenizer_sub = "text_encoder"
+    else:
+        name = str(source or DEFAULT_TEXT_ENCODER)
+        local = Path(name).expanduser()
+        if local.is_dir():
+            name = str(local)
+            has_sub = (local / "text_encoder" / "config.json").is_file()
+            encoder_sub = "text_encoder" if has_sub else None
+            tokenizer_sub = "tokenizer" if (local / "tokenizer").is_dir() else encoder_sub
+        else:
+            if name.startswith((".", "/", "~")) or name.count("/") != 1:
+                raise ModelLoadError(f"text encoder folder '{name}' does not exist", f"pass an existing folder or a Hub repo id such as {DEFAULT_TEXT_ENCODER}")
+            encoder_sub = tokenizer_sub = None
+        encoder_path = tokenizer_path = name
+    kwargs: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **({"subfolder": tokenizer_sub} if tokenizer_sub else {}))
+        encoder = T5EncoderModel.from_pretrained(encoder_path, **({"subfolder": encoder_sub} if encoder_sub else {}), **kwargs)
+    except OSError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "offline" in message.lower() or "connect" in message.lower() or "cache" in message.lower():
+            raise HubUnavailableError(f"text encoder '{encoder_path}' is not available offline: {message}", "pass --text-encoder DIR with a downloaded T5, or connect to the Hub") from None
+        raise ModelLoadError(f"cannot load the T5 text encoder from '{encoder_path}': {message}", "pass --text-encoder with a T5 encoder folder or repo id") from None
+    encoder.eval()
+    return tokenizer, encoder
