@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import data, eval, t2v, vae
+from . import caption, data, eval, t2v, vae
 
 app = typer.Typer(
     name="osp",
@@ -20,6 +20,7 @@ app.add_typer(vae.app, name="vae")
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
 app.add_typer(t2v.app, name="t2v")
+app.add_typer(caption.app)  # one command, `osp caption`
 
 
 def run() -> None:

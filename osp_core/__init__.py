@@ -17,9 +17,11 @@ _LAZY = {
     "CausalVideoVAE": ".models.causal_vae",
     "LatteT2V": ".models.latte_t2v",
     "T2VPipeline": ".pipelines.t2v",
+    "Captioner": ".caption.captioner",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .caption.captioner import Captioner
     from .models.causal_vae import CausalVideoVAE
     from .models.latte_t2v import LatteT2V
     from .pipelines.t2v import T2VPipeline
@@ -32,6 +34,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Captioner",
     "CausalVideoVAE",
     "DeviceError",
     "HubUnavailableError",
