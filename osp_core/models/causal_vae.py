@@ -182,7 +182,7 @@ class TimeDownsampleRes2x(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, mix_factor: float = 2.0) -> None:
         super().__init__()
         self.time_pad = kernel_size - 1
-        self.avg_pool = nn.AvgPool3d((kernel_size, 1, 1), stride=(2, 1, 1))
+        self.kernel_size = kernel_size
         # A plain Conv3d (not causal): causal padding is applied once for both branches.
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=(2, 1, 1), padding=(0, 1, 1))
         self.mix_factor = nn.Parameter(torch.tensor([mix_factor]))
@@ -191,7 +191,16 @@ class TimeDownsampleRes2x(nn.Module):
         alpha = torch.sigmoid(self.mix_factor)
         x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
         # lerp(conv, pool, alpha) = alpha * pool + (1 - alpha) * conv, one fused kernel
-        return torch.lerp(self.conv(x), self.avg_pool(x), alpha)
+        return torch.lerp(self.conv(x), self._time_avg_pool(x), alpha)
+
+    def _time_avg_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """AvgPool3d((k, 1, 1), stride (2, 1, 1)) as strided slices: works in every dtype
+        (CPU has no bf16 avg_pool3d kernel)."""
+        n = (x.shape[2] - self.kernel_size) // 2 + 1
+        total = x[:, :, 0 : 2 * n - 1 : 2]
+        for tap in range(1, self.kernel_size):
+            total = total + x[:, :, tap : tap + 2 * n - 1 : 2]
+        return total / self.kernel_size
 
 
 class TimeUpsampleRes2x(nn.Module):
