@@ -246,12 +246,24 @@ def _block(name: str, *args: int, **kwargs: float) -> nn.Module:
 
 
 class _Stage(nn.Module):
-    """One resolution level: resnet blocks (+ optional attention), then optional resampling."""
+    """One resolution level: resnet blocks (+ optional attention), then optional resampling
+    (`downsample`/`time_downsample` in the encoder, `upsample`/`time_upsample` in the decoder)."""
+
+    RESAMPLERS = ("downsample", "time_downsample", "upsample", "time_upsample")
 
     def __init__(self) -> None:
         super().__init__()
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
+
+    def run(self, run: "_LayoutRunner") -> None:
+        for i, block in enumerate(self.block):
+            run(block, checkpoint=True)
+            if len(self.attn):
+                run(self.attn[i])
+        for name in self.RESAMPLERS:
+            if hasattr(self, name):
+                run(getattr(self, name))
 
 
 class _Mid(nn.Module):
@@ -339,14 +351,7 @@ class Encoder(nn.Module):
         run = _LayoutRunner(self, x)
         run(self.conv_in)
         for stage in self.down:
-            for i, block in enumerate(stage.block):
-                run(block, checkpoint=True)
-                if len(stage.attn):
-                    run(stage.attn[i])
-            if hasattr(stage, "downsample"):
-                run(stage.downsample)
-            if hasattr(stage, "time_downsample"):
-                run(stage.time_downsample)
+            stage.run(run)
         run(self.mid, checkpoint=True)
         return self.conv_out(_norm_silu(self.norm_out, run.video()))
 
@@ -401,14 +406,7 @@ class Decoder(nn.Module):
         run(self.conv_in)
         run(self.mid, checkpoint=True)
         for stage in reversed(self.up):
-            for i, block in enumerate(stage.block):
-                run(block, checkpoint=True)
-                if len(stage.attn):
-                    run(stage.attn[i])
-            if hasattr(stage, "upsample"):
-                run(stage.upsample)
-            if hasattr(stage, "time_upsample"):
-                run(stage.time_upsample)
+            stage.run(run)
         return self.conv_out(_norm_silu(self.norm_out, run.video()))
 
 
