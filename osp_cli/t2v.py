@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from . import t2v_train
 from .console import err, print_json, progress
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt
 
 if TYPE_CHECKING:  # heavy imports stay inside the command, so `osp --help` is fast
     import torch
 
-app = typer.Typer(help="Text-to-video: sample videos from prompts with LatteT2V + T5 + CausalVideoVAE.", no_args_is_help=True)
+app = typer.Typer(help="Text-to-video: sample videos from prompts with LatteT2V + T5 + CausalVideoVAE, and training.", no_args_is_help=True)
 
 DEFAULT_OUTPUT = Path("samples/t2v")
 SLUG_CHARS = 48
@@ -298,3 +299,5 @@ def run_sampling(
                 videos.append(record)
     return {"videos": videos, "seconds_total": round(time.perf_counter() - started, 3)}
 
+
+app.command("train")(t2v_train.train)

@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 
+from . import vae_train
 from .console import err, print_json, progress, status
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, TileOpt
 
-app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips.", no_args_is_help=True)
+app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips, training.", no_args_is_help=True)
 
 VideoArg = Annotated[Path, typer.Argument(help="Video (mp4/webm/mov/mkv/gif) or image file.", show_default=False)]
 FramesOpt = Annotated[str | None, typer.Option("--frames", help="Frames to use: N (4k+1) or 'auto' (longest 4k+1 prefix). Default: all, which must be 4k+1.")]
@@ -181,3 +182,6 @@ def recon(
         print_json(summary)
     else:
         err.print(f"wrote {output}: {clip.num_frames} frames {clip.size[0]}x{clip.size[1]}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({seconds:.1f}s)")
+
+
+app.command("train")(vae_train.train)

@@ -191,7 +191,9 @@ class TimeDownsampleRes2x(nn.Module):
         alpha = torch.sigmoid(self.mix_factor)
         x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
         # lerp(conv, pool, alpha) = alpha * pool + (1 - alpha) * conv, one fused kernel
-        return torch.lerp(self.conv(x), self._time_avg_pool(x), alpha)
+        conv = self.conv(x)
+        # Under autocast the conv runs in low precision and the pool does not: mix in one dtype.
+        return torch.lerp(conv, self._time_avg_pool(x).to(conv.dtype), alpha.to(conv.dtype))
 
     def _time_avg_pool(self, x: torch.Tensor) -> torch.Tensor:
         """AvgPool3d((k, 1, 1), stride (2, 1, 1)) as strided slices: works in every dtype
@@ -217,7 +219,8 @@ class TimeUpsampleRes2x(nn.Module):
             first, rest = x[:, :, :1], x[:, :, 1:]
             rest = F.interpolate(rest, scale_factor=(2.0, 1.0, 1.0), mode="trilinear")
             x = torch.cat([first, rest], dim=2)
-        return torch.lerp(self.conv(x), x, alpha)
+        conv = self.conv(x)
+        return torch.lerp(conv, x.to(conv.dtype), alpha.to(conv.dtype))
 
 
 def _conv_in_out(name: str, in_channels: int, out_channels: int) -> nn.Module:

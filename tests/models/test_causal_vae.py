@@ -214,3 +214,13 @@ def test_bf16_on_cpu_runs_close_to_fp32():
         video = model.decode(low.bfloat16()).sample
     assert video.dtype == torch.bfloat16 and video.shape == (1, 3, 9, 16, 16)
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_trains_under_bf16_autocast():
+    """Mixed precision: the time resamplers mix a low-precision conv with a full-precision branch."""
+    model = _tiny().train()
+    x = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, sample_posterior=False).sample
+    out.float().square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

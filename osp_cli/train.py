@@ -1,0 +1,172 @@
+"""Shared parts of `osp vae train` and `osp t2v train`: console reporting, common options,
+and running a command on its own (`python -m osp_cli.vae_train`, handy under torchrun)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from .console import err, print_json
+
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name (see presets/) or a YAML file; CLI options override it.")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl (or, for the VAE, a video folder).")]
+OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Output folder: checkpoints/, logs/, samples/, summary.json.")]
+FramesOpt = Annotated[int | None, typer.Option("--frames", help="Frames per sample (4k+1).")]
+StrideOpt = Annotated[int | None, typer.Option("--stride", help="Take every N-th source frame.")]
+SizeOpt = Annotated[str | None, typer.Option("--size", help="Sample size HxW (or N for square).")]
+MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train (total, across resumes).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per process per step.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise.")]
+PrecisionOpt = Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
+CkptEveryOpt = Annotated[int | None, typer.Option("--checkpoint-every", help="Checkpoint every N steps.")]
+KeepOpt = Annotated[int | None, typer.Option("--keep-last", help="Keep the newest K checkpoints (0: all).")]
+ResumeOpt = Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder.")]
+LogEveryOpt = Annotated[int | None, typer.Option("--log-every", help="Log metrics every N steps.")]
+ReportOpt = Annotated[str | None, typer.Option("--report-to", help="tensorboard, wandb, all or none.")]
+EmaOpt = Annotated[bool | None, typer.Option("--ema/--no-ema", help="Keep an EMA of the weights (model_ema/).")]
+GradCkptOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")]
+WorkersOpt = Annotated[int | None, typer.Option("--num-workers", help="DataLoader workers per process.")]
+DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels (bit-identical resumes on CPU).")]
+DeviceTrainOpt = Annotated[str | None, typer.Option("--device", help="Force cpu (else the launcher's device: CUDA / NPU / CPU).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.")]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.")]
+JsonSummaryOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")]
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (env RANK), or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    from osp_core.errors import InputError
+
+    if size is None:
+        return None
+    parts = size.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
+    return values[0], values[1]
+
+
+def common_overrides(**options: Any) -> dict[str, Any]:
+    """Dotted config keys from the options every trainer shares (None = not given)."""
+    size = parse_size(options.get("size"))
+    mapping = {
+        "data.data": options.get("data"),
+        "data.frames": options.get("frames"),
+        "data.stride": options.get("stride"),
+        "data.height": size[0] if size else None,
+        "data.width": size[1] if size else None,
+        "run.output_dir": options.get("output"),
+        "run.max_steps": options.get("max_steps"),
+        "run.batch_size": options.get("batch_size"),
+        "optim.lr": options.get("lr"),
+        "run.seed": options.get("seed"),
+        "run.mixed_precision": options.get("mixed_precision"),
+        "run.checkpoint_every": options.get("checkpoint_every"),
+        "run.keep_last": options.get("keep_last"),
+        "run.resume": options.get("resume"),
+        "run.log_every": options.get("log_every"),
+        "run.report_to": options.get("report_to"),
+        "run.ema": options.get("ema"),
+        "run.gradient_checkpointing": options.get("gradient_checkpointing"),
+        "run.num_workers": options.get("num_workers"),
+        "run.deterministic": options.get("deterministic"),
+        "run.device": options.get("device"),
+    }
+    return mapping
+
+
+def merge_overrides(cli: dict[str, Any], set_items: list[str] | None) -> dict[str, Any]:
+    """--set values first, then named options (a named option wins over --set for the same key)."""
+    from osp_core.train.config import parse_set_options
+
+    merged = parse_set_options(set_items)
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    return merged
+
+
+def console_reporter() -> Callable[[str, dict[str, Any]], None]:
+    """Metrics and events on stderr (rank 0 only; skipped samples from every rank)."""
+    main = is_main_process()
+
+    def report(event: str, payload: dict[str, Any]) -> None:
+        if event == "skip":
+            err.print(f"[yellow]skipped[/] {payload['path']}: {payload['reason']}", highlight=False, soft_wrap=True)
+            return
+        if not main:
+            return
+        if event == "start":
+            resumed = f", resumed from {payload['resumed_from']}" if payload.get("resumed_from") else ""
+            err.print(
+                f"[bold]{payload['recipe']} training[/]: {payload['samples']} samples, {payload['processes']} process(es) "
+                f"({payload['distributed']}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif event == "log":
+            shown = {k: v for k, v in payload.items() if k not in ("step",)}
+            parts = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            err.print(f"step {payload['step']}: {parts}", highlight=False, soft_wrap=True)
+        elif event == "checkpoint":
+            err.print(f"[green]checkpoint[/] {payload['path']}", highlight=False, soft_wrap=True)
+        elif event == "validate":
+            err.print(f"validation samples: {', '.join(payload.get('samples', []))}", highlight=False, soft_wrap=True)
+        elif event == "stop":
+            err.print(f"[yellow]{payload['signal']}[/]: stopped after step {payload['step']}, checkpoint {payload['checkpoint']}", highlight=False, soft_wrap=True)
+        elif event == "end":
+            skipped = payload["skipped_samples"]
+            err.print(
+                f"[bold]done[/]: {payload['steps']} steps, {payload['samples_seen']} samples, {skipped} skipped, "
+                f"last loss {payload['losses']['last']}, summary in {payload['output_dir']}/summary.json",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    return report
+
+
+def finish(summary: dict[str, Any], json_out: bool) -> None:
+    if json_out and is_main_process():
+        print_json(summary)
+
+
+def run_standalone(command: Callable[..., Any], name: str) -> None:
+    """Run one command as a program (errors as one line, exit codes as `osp`)."""
+    import sys
+
+    from osp_core.errors import OSPError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(name=name)(command)
+    debug = os.environ.get("OSP_DEBUG", "") not in ("", "0")
+    try:
+        app(standalone_mode=False)
+    except OSPError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (set OSP_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)

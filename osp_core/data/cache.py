@@ -1,0 +1,54 @@
+"""On-disk cache of frozen-encoder outputs (VAE latent moments, T5 states), one safetensors file
+per sample, content-addressed: the key names the exact clip (file, size, mtime, window, size)
+or caption and the encoder that produced it, so a changed file or encoder never hits a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..io.atomic import atomic_path, ensure_writable_dir
+
+
+def text_key(caption: str, encoder_id: str, max_tokens: int) -> str:
+    return hashlib.sha1(f"{encoder_id}\0{max_tokens}\0{caption}".encode()).hexdigest()
+
+
+def encoder_key(sample_key: str, encoder_id: str) -> str:
+    return hashlib.sha1(f"{encoder_id}\0{sample_key}".encode()).hexdigest()
+
+
+class FeatureCache:
+    """`get`/`put` of small tensor dicts under `root/<kind>/<key[:2]>/<key>.safetensors`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        ensure_writable_dir(self.root)
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}.safetensors"
+
+    def get(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
+        path = self._path(kind, key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # a truncated file from a killed run: recompute (the put replaces it)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return tensors
+
+    def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        path = self._path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:  # concurrent ranks writing the same key is harmless
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))

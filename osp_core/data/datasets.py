@@ -1,0 +1,251 @@
+"""Training datasets over annotation entries: frame sampling, resize/crop, joint image draws,
+and skip-and-count of samples that cannot be read.
+
+Randomness (start frame, caption choice, joint images) comes from a generator seeded by
+(seed, epoch, index), so a sample is the same whatever the worker count and after a resume.
+A sample that cannot be read is replaced by the next readable one and reported in the item's
+`skipped` list as (path, reason); user files are never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError
+from ..io.video import read_video, resize_center_crop
+from .annotations import Entry
+
+MAX_CONSECUTIVE_SKIPS = 64
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How a video sample is cut: `frames` frames every `stride` source frames, resized and
+    center-cropped to (height, width)."""
+
+    frames: int
+    stride: int
+    height: int
+    width: int
+    random_start: bool = True
+
+
+def probe_num_frames(path: Path) -> int:
+    """Frame count from the container metadata (0 when the container does not say)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            return int(streams[0].frames) if streams else 0
+    except (av.FFmpegError, OSError, ValueError):
+        return 0
+
+
+def _to_unit_range(frames: torch.Tensor) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) float32 in [-1, 1]."""
+    return frames.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _rng(seed: int, epoch: int, index: int, salt: str = "") -> random.Random:
+    # a stable per-sample generator (Python's hash() of strings is salted per process, so avoid it)
+    digest = hashlib.sha1(f"{seed}:{epoch}:{index}:{salt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def clip_key(path: Path, start: int, spec: ClipSpec) -> str:
+    """A content key for a decoded clip: the file (size + mtime) and the exact window taken."""
+    try:
+        stat = path.stat()
+        ident = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        ident = [str(path), 0, 0]
+    payload = json.dumps([*ident, start, spec.frames, spec.stride, spec.height, spec.width])
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+class VideoClipDataset(Dataset):
+    """Video (and optionally caption and joint-image) samples from annotation entries.
+
+    Index with an int or with `(epoch, index)` (what `EpochShardSampler` yields). Items are
+    dicts: `video` (3, T, H, W) in [-1, 1], `caption`, `key` (cache key of the clip),
+    `skipped` [(path, reason)], and with `use_image_num > 0` also `images` (3, N, H, W) and
+    `image_captions`.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        spec: ClipSpec,
+        seed: int = 0,
+        use_image_num: int = 0,
+        image_entries: Sequence[Entry] | None = None,
+    ) -> None:
+        if not entries:
+            raise InputError("the dataset is empty", "check --data")
+        self.entries = list(entries)
+        self.spec = spec
+        self.seed = seed
+        self.use_image_num = use_image_num
+        self.image_entries = list(image_entries or [])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # --- reading -----------------------------------------------------------------------------
+    def _read_clip(self, entry: Entry, rng: random.Random) -> tuple[torch.Tensor, int]:
+        """(frames uint8 (T, H, W, 3) after resize/crop, start frame)."""
+        spec = self.spec
+        span = (spec.frames - 1) * spec.stride + 1
+        if entry.is_image:
+            raise InputError(f"'{entry.path}' is an image, not a video", "put images in the image list (--image-data)")
+        first, last = entry.start, entry.end
+        total = probe_num_frames(entry.path)
+        if last is None and total > 0:
+            last = total
+        start = first
+        if last is not None:
+            room = last - first - span
+            if room < 0:
+                raise InputError(f"too short: {last - first} frames, {span} needed", "lower --frames/--stride or drop the clip")
+            if spec.random_start and room > 0:
+                start = first + rng.randint(0, room)
+        video = read_video(entry.path, num_frames=spec.frames, stride=spec.stride, start=start, end=last)
+        if video.num_frames < spec.frames:
+            raise InputError(f"too short: {video.num_frames} of {spec.frames} frames after frame {start}", "lower --frames/--stride or drop the clip")
+        return resize_center_crop(video.frames, (spec.height, spec.width)), start
+
+    def _read_image(self, entry: Entry) -> torch.Tensor:
+        image = read_video(entry.path, num_frames=1)
+        return resize_center_crop(image.frames, (self.spec.height, self.spec.width))
+
+    def _draw_images(self, rng: random.Random, clip: torch.Tensor, clip_id: str, caption: str, skipped: list) -> tuple[torch.Tensor, list[str], list[str]]:
+        """`use_image_num` images (N, H, W, 3), their captions and cache keys."""
+        n = self.use_image_num
+        if not self.image_entries:
+            # no image list: images are random frames of the video itself, with its caption
+            picks = [rng.randrange(clip.shape[0]) for _ in range(n)]
+            keys = [hashlib.sha1(f"{clip_id}:frame{p}".encode()).hexdigest() for p in picks]
+            return clip[picks], [caption] * n, keys
+        image_spec = ClipSpec(1, 1, self.spec.height, self.spec.width, False)
+        images, captions, keys = [], [], []
+        attempts = 0
+        while len(images) < n:
+            attempts += 1
+            if attempts > n + MAX_CONSECUTIVE_SKIPS:
+                raise InputError("no readable image in the image list", "check --image-data")
+            entry = self.image_entries[rng.randrange(len(self.image_entries))]
+            try:
+                images.append(self._read_image(entry))
+            except Exception as exc:  # any unreadable file is skipped and counted, never fatal
+                skipped.append((str(entry.path), _reason(exc)))
+                continue
+            captions.append(rng.choice(entry.captions))
+            keys.append(clip_key(entry.path, 0, image_spec))
+        return torch.cat(images, dim=0), captions, keys
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        skipped: list[tuple[str, str]] = []
+        for offset in range(min(len(self.entries), MAX_CONSECUTIVE_SKIPS)):
+            current = (index + offset) % len(self.entries)
+            entry = self.entries[current]
+            rng = _rng(self.seed, epoch, current)
+            try:
+                frames, start = self._read_clip(entry, rng)
+            except Exception as exc:  # unreadable / too short: report and take the next sample
+                skipped.append((str(entry.path), _reason(exc)))
+                continue
+            caption = rng.choice(entry.captions)
+            key = clip_key(entry.path, start, self.spec)
+            out: dict[str, Any] = {
+                "video": _to_unit_range(frames),
+                "caption": caption,
+                "key": key,
+                "index": current,
+                "skipped": skipped,
+            }
+            if self.use_image_num > 0:
+                images, image_captions, image_keys = self._draw_images(rng, frames, key, caption, skipped)
+                out["images"] = _to_unit_range(images)
+                out["image_captions"] = image_captions
+                out["image_keys"] = image_keys
+            return out
+        raise InputError(
+            f"{len(skipped)} samples in a row could not be read (last: {skipped[-1][0]}: {skipped[-1][1]})",
+            "check the data list, the media root and --frames/--stride",
+        )
+
+
+def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep captions/keys as lists and concatenate the skip reports."""
+    batch: dict[str, Any] = {
+        "video": torch.stack([i["video"] for i in items]),
+        "caption": [i["caption"] for i in items],
+        "key": [i["key"] for i in items],
+        "index": [i["index"] for i in items],
+        "skipped": [s for i in items for s in i["skipped"]],
+    }
+    if "images" in items[0]:
+        batch["images"] = torch.stack([i["images"] for i in items])
+        batch["image_captions"] = [i["image_captions"] for i in items]
+        batch["image_keys"] = [i["image_keys"] for i in items]
+    return batch
+
+
+class EpochShardSampler(Sampler):
+    """Endless (epoch, index) stream: a seeded permutation per epoch, split across ranks.
+
+    Each epoch's permutation is padded (by repeating its head) to a multiple of the world size,
+    like `DistributedSampler`, so every rank sees the same number of samples. `start` skips the
+    first samples of this rank's stream: the data position of a resumed run.
+    """
+
+    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, start: int = 0) -> None:
+        if num_items < 1:
+            raise InputError("the dataset is empty", "check --data")
+        self.num_items = num_items
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.start = start
+        self.per_rank = -(-num_items // num_replicas)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_items, generator=gen).tolist()
+        else:
+            order = list(range(self.num_items))
+        padded = order + order[: self.per_rank * self.num_replicas - len(order)]
+        while len(padded) < self.per_rank * self.num_replicas:  # tiny datasets, many ranks
+            padded += order
+        return padded[: self.per_rank * self.num_replicas][self.rank :: self.num_replicas]
+
+    def position(self, consumed: int) -> tuple[int, int]:
+        """(epoch, index in epoch) after `consumed` samples of this rank."""
+        return divmod(consumed, self.per_rank)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = self.position(self.start)
+        while True:
+            indices = self.epoch_indices(epoch)
+            for index in indices[offset:]:
+                yield (epoch, index)
+            epoch, offset = epoch + 1, 0

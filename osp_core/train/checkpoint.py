@@ -1,0 +1,175 @@
+"""Checkpoints that a kill at any moment cannot corrupt.
+
+Layout of `OUTPUT/checkpoints/step-000123/`:
+
+    model/              diffusers format (config.json + diffusion_pytorch_model.safetensors)
+    model_ema/          the EMA weights, same format (when EMA is on)
+    accelerate/         optimizers, lr schedulers, grad scaler, per-rank RNG states and the
+                        other trained modules (e.g. the VAE discriminator), through
+                        Accelerate's save_state (FSDP/DeepSpeed shards live here too)
+    trainer_state.json  step, data position, samples seen, skipped samples, config, losses
+
+Everything is written into `.step-000123.tmp/` and renamed when complete, so the newest
+folder with a `trainer_state.json` is always usable; older ones beyond `keep_last` are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError, ModelLoadError
+from .wrapping import diffusers_part
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"checkpoint '{checkpoint}' has no readable {STATE_FILE} ({exc.__class__.__name__})", "pick another checkpoint or --resume latest") from None
+
+
+def _is_diffusers(module: nn.Module) -> bool:
+    return diffusers_part(module)[0] is not None
+
+
+class CheckpointManager:
+    """Saves and restores a run through Accelerate, with the main model in diffusers format.
+
+    `models` is what was passed to `accelerator.prepare` in order; the one diffusers model among
+    them (the trained network) is written to `model/`, the rest through Accelerate.
+    """
+
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3) -> None:
+        self.accelerator = accelerator
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self._sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+        # Skip Accelerate's copy of the diffusers model (model/ already holds it) where the
+        # model is saved as a plain state dict; sharded backends keep their own format.
+        accelerator.register_save_state_pre_hook(self._drop_diffusers_weights)
+        accelerator.register_load_state_pre_hook(self._skip_diffusers_model)
+
+    # --- accelerate hooks -------------------------------------------------------------------
+    def _drop_diffusers_weights(self, models: list, weights: list, output_dir: str) -> None:
+        if self._sharded or not weights:
+            return
+        for index in reversed(range(len(models))):
+            if _is_diffusers(self.accelerator.unwrap_model(models[index])):
+                weights.pop(index)
+
+    def _skip_diffusers_model(self, models: list, input_dir: str) -> None:
+        if self._sharded:
+            return
+        for index in reversed(range(len(models))):
+            if _is_diffusers(self.accelerator.unwrap_model(models[index])):
+                models.pop(index)
+
+    # --- paths ------------------------------------------------------------------------------
+    def latest(self) -> Path | None:
+        found = list_checkpoints(self.root)
+        return found[-1] if found else None
+
+    def resolve(self, resume: str) -> Path | None:
+        """'' -> None; 'latest' -> newest checkpoint or None; else the given folder (checked)."""
+        if not resume:
+            return None
+        if resume == "latest":
+            return self.latest()
+        path = Path(resume).expanduser()
+        if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
+            found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
+            if found:
+                return found[-1]
+        if not (path / STATE_FILE).is_file():
+            raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
+        return path
+
+    # --- save / load ------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        state: dict[str, Any],
+        ema_save: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write checkpoint `step` (collective: every rank must call it). Returns its folder."""
+        acc = self.accelerator
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".{final.name}.tmp"
+        if acc.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "accelerate"))
+        full_state = acc.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3 (collective)
+        if acc.is_main_process:
+            inner, prefix = diffusers_part(acc.unwrap_model(model))
+            model_dir = tmp / "model"
+            model_dir.mkdir()
+            inner.save_config(str(model_dir))
+            from safetensors.torch import save_file
+
+            weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in full_state.items() if k.startswith(prefix)}
+            save_file(weights, str(model_dir / "diffusion_pytorch_model.safetensors"))
+            if ema_save is not None:
+                ema_save(tmp / "model_ema")
+            # the state file goes last: its presence marks the checkpoint complete
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for old in list_checkpoints(self.root)[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, checkpoint: Path, model: nn.Module) -> dict[str, Any]:
+        """Restore weights, optimizer/scheduler/RNG states into the prepared objects; returns the
+        trainer state dict of the checkpoint."""
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        state = read_state(checkpoint)
+        if not self._sharded:
+            weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+            if not weights.is_file():
+                raise ModelLoadError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+            inner, _ = diffusers_part(acc.unwrap_model(model))
+            missing, unexpected = inner.load_state_dict(load_file(str(weights)), strict=False)
+            if missing or unexpected:
+                raise ModelLoadError(f"checkpoint '{checkpoint}' does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})", "resume with the same model config")
+        acc.load_state(str(checkpoint / "accelerate"))
+        return state

@@ -1,0 +1,336 @@
+"""`osp t2v train`: the Latte text-to-video recipe of Open-Sora-Plan v1.1.0.
+
+Each step: clips (and, in joint training, `use_image_num` images per clip) are encoded by the
+frozen CausalVideoVAE (latents = posterior sample x scaling_factor; images as one-frame videos
+appended after the video frames), captions by the frozen T5 (300 tokens with their mask; a
+caption is dropped to "" with probability `text_dropout` for classifier-free guidance), and the
+transformer is trained with the IDDPM hybrid loss at uniform timesteps. With `cache_dir`, the
+VAE posterior moments and the T5 states are stored per sample and the encoders run once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelLoadError
+from .config import T2VTrainConfig
+from .trainer import Built, Recipe
+
+
+def _resolve_transformer_source(cfg: T2VTrainConfig) -> tuple[Path | None, Path | None]:
+    """(folder with the transformer config.json to start from, model repository root)."""
+    from ..hub import resolve_model_dir
+
+    m = cfg.model
+    if m.pretrained:
+        local = Path(m.pretrained).expanduser()
+        if (local / "config.json").is_file():
+            return local, None
+        root = resolve_model_dir(m.model, subfolders=[m.pretrained, "vae"])
+        folder = root / m.pretrained
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"no transformer '{m.pretrained}' in '{m.model}'", "pass --pretrained with a version folder such as 65x512x512, or a folder with config.json")
+        return folder, root
+    return None, None
+
+
+def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tuple[int, int]):
+    """A LatteT2V sized for the training clips, from pretrained weights (the temporal and spatial
+    sizes are set to the data, as the original does when it moves a 65-frame model to 221
+    frames) or from a config file."""
+    from safetensors.torch import load_file
+
+    from ..models.latte_t2v import LatteT2V
+
+    folder, _ = _resolve_transformer_source(cfg)
+    if folder is None:
+        if not cfg.model.config:
+            raise InputError("no transformer to train", "pass --pretrained VERSION|DIR, or set model.config to a LatteT2V config.json")
+        path = Path(cfg.model.config).expanduser()
+        if not path.is_file():
+            raise InputError(f"transformer config '{path}' does not exist", "pass a LatteT2V config.json")
+        config = json.loads(path.read_text())
+        config = config.get("config", config)
+    else:
+        config = dict(LatteT2V.load_config(str(folder)))
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    config["video_length"] = latent_frames
+    config["sample_size"] = list(latent_size)
+    model = LatteT2V.from_config(config)
+    if folder is not None:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"no safetensors weights in '{folder}'", "pass a folder with diffusion_pytorch_model.safetensors")
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        own = model.state_dict()
+        bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        missing = [k for k in own if k not in state]
+        if bad or missing:
+            raise ModelLoadError(
+                f"weights in '{folder}' do not fit the transformer (mis-shaped {bad[:3]}, missing {missing[:3]})",
+                "start from a checkpoint of the same architecture",
+            )
+        model.load_state_dict({k: v for k, v in state.items() if k in own})
+    return model
+
+
+def _caption(text: str) -> str:
+    from ..pipelines.t2v import T2VPipeline
+
+    return T2VPipeline.preprocess(text)
+
+
+class T2VRecipe(Recipe):
+    name = "t2v"
+
+    def __init__(self, config: T2VTrainConfig) -> None:
+        self.config = config
+
+    def check(self, accelerator) -> None:
+        d, df = self.config.data, self.config.diffusion
+        if (d.frames - 1) % 4:
+            lower = (d.frames - 1) // 4 * 4 + 1
+            raise InputError(f"--frames {d.frames} is not 4k+1 (the VAE compresses time 4x)", f"use {lower} or {lower + 4}")
+        if d.height % 16 or d.width % 16:
+            raise InputError(f"size {d.height}x{d.width} is not a multiple of 16 (VAE 8x, patch 2)", "pick a multiple of 16")
+        if not 0.0 <= df.text_dropout <= 1.0:
+            raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
+        if d.use_image_num < 0:
+            raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
+        if self.config.validation.every:
+            from ..pipelines.t2v_inputs import check_steps
+
+            check_steps("PNDM", self.config.validation.steps)
+        if self.config.validation.every and accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
+            raise InputError("validation samples need the full model on one rank, which FSDP shards", "set validation.every 0 under FSDP (sample from a checkpoint instead)")
+
+    # --- building ---------------------------------------------------------------------------
+    def build(self, accelerator) -> Built:
+        from diffusers.optimization import get_scheduler
+
+        from ..hub import resolve_model_dir
+        from ..models.causal_vae import CausalVideoVAE
+        from ..pipelines.t2v import load_t5
+        from .diffusion import GaussianDiffusionObjective
+
+        cfg = self.config
+        device = accelerator.device
+        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
+        self.frozen_dtype = frozen_dtype
+
+        vae_source = cfg.model.vae or cfg.model.model
+        vae_root = resolve_model_dir(vae_source, subfolders=["vae"])
+        vae_dir = vae_root / "vae" if (vae_root / "vae" / "config.json").is_file() else vae_root
+        self.vae = CausalVideoVAE.from_pretrained(str(vae_dir), torch_dtype=frozen_dtype).to(device).eval().requires_grad_(False)
+        self.vae_id = f"{vae_source}:{vae_dir.name}"
+
+        t5_root = Path(cfg.model.text_encoder).expanduser()
+        # T5 overflows in fp16: it runs in bf16 under bf16 training, else in fp32
+        text_dtype = torch.bfloat16 if frozen_dtype == torch.bfloat16 else torch.float32
+        self.tokenizer, self.text_encoder = load_t5(cfg.model.text_encoder, t5_root, text_dtype)
+        self.text_encoder.to(device).requires_grad_(False)
+        self.t5_id = cfg.model.text_encoder
+
+        lt, lh, lw = self.vae.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
+        model = build_transformer(cfg, lt, (lh, lw))
+        if model.config.caption_channels != self.text_encoder.config.d_model:
+            raise InputError(
+                f"the transformer takes {model.config.caption_channels}-d captions, the text encoder gives {self.text_encoder.config.d_model}",
+                "use the text encoder the transformer was trained with",
+            )
+        self.objective = GaussianDiffusionObjective(
+            cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end, cfg.diffusion.learn_sigma
+        )
+        if cfg.diffusion.learn_sigma and model.config.out_channels != 2 * model.config.in_channels:
+            raise InputError("learn_sigma needs a transformer with out_channels = 2 x in_channels", "set diffusion.learn_sigma false for this model")
+
+        self.cache = None
+        if cfg.data.cache_dir:
+            from ..data.cache import FeatureCache
+
+            self.cache = FeatureCache(cfg.data.cache_dir)
+
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        scheduler = get_scheduler(
+            o.lr_scheduler,
+            optimizer,
+            num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=cfg.run.max_steps * accelerator.num_processes,
+        )
+        return Built(model=model, optimizers=[optimizer], schedulers=[scheduler])
+
+    def prepared(self, model, optimizers, schedulers, extra_models) -> None:
+        self.model = model
+        self.optimizer = optimizers[0]
+        self.scheduler = schedulers[0]
+
+    def dataset(self):
+        from ..data.annotations import load_entries
+        from ..data.datasets import ClipSpec, VideoClipDataset
+
+        d = self.config.data
+        entries = load_entries(d.data)
+        images = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
+        spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
+        return VideoClipDataset(entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images)
+
+    # --- encoders (frozen, cached) ----------------------------------------------------------
+    @torch.no_grad()
+    def _latents(self, pixels: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """(B, 3, T, H, W) -> scaled latent samples (B, 4, t, h, w); moments cached by key."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        from ..data.cache import encoder_key
+
+        device = self.trainer.accelerator.device
+        moments: list[torch.Tensor | None] = [None] * len(keys)
+        if self.cache is not None:
+            for i, key in enumerate(keys):
+                hit = self.cache.get("vae", encoder_key(key, self.vae_id))
+                moments[i] = hit["moments"].to(device) if hit else None
+        todo = [i for i, m in enumerate(moments) if m is None]
+        if todo:
+            fresh = self.vae.encode(pixels[todo].to(device, self.frozen_dtype)).latent_dist.parameters
+            for j, i in enumerate(todo):
+                moments[i] = fresh[j]
+                if self.cache is not None:
+                    self.cache.put("vae", encoder_key(keys[i], self.vae_id), {"moments": fresh[j]})
+        posterior = DiagonalGaussianDistribution(torch.stack([m.float() for m in moments]))
+        return posterior.sample() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 states (N, L, D) and mask (N, L) for `captions` (L = max_text_tokens)."""
+        from ..data.cache import text_key
+
+        device = self.trainer.accelerator.device
+        length = self.config.model.max_text_tokens
+        out_states: list[torch.Tensor | None] = [None] * len(captions)
+        keys = [text_key(c, self.t5_id, length) for c in captions]
+        if self.cache is not None:
+            for i, key in enumerate(keys):
+                hit = self.cache.get("t5", key)
+                out_states[i] = hit["states"].to(device) if hit else None
+        todo = [i for i, s in enumerate(out_states) if s is None]
+        if todo:
+            tokens = self.tokenizer(
+                [captions[i] for i in todo], padding="max_length", max_length=length, truncation=True,
+                return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
+            )  # fmt: skip
+            mask = tokens.attention_mask.to(device)
+            states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+            for j, i in enumerate(todo):
+                kept = states[j, : int(mask[j].sum())]  # padding is masked out anyway: store the real tokens
+                out_states[i] = kept
+                if self.cache is not None:
+                    self.cache.put("t5", keys[i], {"states": kept})
+        dim = out_states[0].shape[-1]
+        states = torch.zeros(len(captions), length, dim, device=device)
+        mask = torch.zeros(len(captions), length, device=device, dtype=torch.long)
+        for i, s in enumerate(out_states):
+            states[i, : s.shape[0]] = s.float()
+            mask[i, : s.shape[0]] = 1
+        return states, mask
+
+    # --- the step ---------------------------------------------------------------------------
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        n = self.config.data.use_image_num
+        latents = self._latents(batch["video"], batch["key"])
+        captions = [batch["caption"]] if n == 0 else [batch["caption"], *zip(*batch["image_captions"])]
+        if n > 0:
+            # each image is encoded as a one-frame video, then appended after the video frames
+            images = batch["images"]  # (B, 3, n, H, W)
+            b = images.shape[0]
+            flat = images.permute(0, 2, 1, 3, 4).reshape(b * n, 3, 1, *images.shape[-2:])
+            keys = [k for per_clip in batch["image_keys"] for k in per_clip]
+            image_latents = self._latents(flat, keys).reshape(b, n, *latents.shape[1:2], 1, *latents.shape[-2:])
+            latents = torch.cat([latents, image_latents.squeeze(3).permute(0, 2, 1, 3, 4)], dim=2)
+        # text dropout for classifier-free guidance (torch RNG: per rank, restored on resume)
+        texts: list[list[str]] = [[_caption(c) for c in group] for group in captions]
+        p = self.config.diffusion.text_dropout
+        for group in texts:
+            drop = torch.rand(len(group)) < p
+            for i in range(len(group)):
+                if drop[i]:
+                    group[i] = ""
+        flat_texts = [t for group in texts for t in group]
+        states, mask = self._text(flat_texts)
+        groups = len(texts)
+        b = latents.shape[0]
+        states = states.view(groups, b, *states.shape[1:]).transpose(0, 1)
+        mask = mask.view(groups, b, -1).transpose(0, 1)
+        if n == 0:
+            states, mask = states[:, 0], mask[:, 0]
+        return latents, states, mask, n
+
+    def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
+        acc = self.trainer.accelerator
+        clip = self.config.optim.max_grad_norm
+        self.model.train()
+        totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
+        for batch in micro_batches:
+            latents, states, mask, n = self._inputs(batch)
+            with acc.accumulate(self.model):
+
+                def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    return self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, use_image_num=n, return_dict=False)[0]
+
+                terms = self.objective.training_losses(model_fn, latents)
+                loss = terms["loss"].mean()
+                acc.backward(loss)
+                if acc.sync_gradients and clip > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for key in totals:
+                totals[key] += float(terms[key].detach().mean()) / len(micro_batches)
+        logs = {"loss": totals["loss"], "diffusion/mse": totals["mse"], "diffusion/vb": totals["vb"], "lr": self.scheduler.get_last_lr()[0]}
+        if self.cache is not None:
+            logs["cache/hits"] = float(self.cache.hits)
+            logs["cache/misses"] = float(self.cache.misses)
+        return logs
+
+    # --- validation -------------------------------------------------------------------------
+    def validation_every(self) -> int:
+        return self.config.validation.every
+
+    @torch.no_grad()
+    def validate(self, step: int, out_dir: Path) -> dict[str, Any]:
+        """Sample the fixed prompts with the fixed seed (EMA weights when EMA is on) to mp4."""
+        from ..io.video import write_video
+        from ..pipelines.t2v import T2VPipeline, make_scheduler
+
+        cfg, acc = self.config, self.trainer.accelerator
+        model = acc.unwrap_model(self.model)
+        ema = self.trainer.ema
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        was_training = model.training
+        model.eval()
+        try:
+            pipe = T2VPipeline(self.tokenizer, self.text_encoder, self.vae, model, make_scheduler("PNDM"))
+            written = []
+            for index, prompt in enumerate(cfg.validation.prompts):
+                generator = torch.Generator(device="cpu").manual_seed(cfg.validation.seed + index)
+                out = pipe(
+                    prompt, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width,
+                    num_inference_steps=cfg.validation.steps, guidance_scale=cfg.validation.guidance_scale, generator=generator,
+                )  # fmt: skip
+                path = out_dir / f"{index:02d}.mp4"
+                write_video(path, out.frames[0], fps=8.0)
+                written.append(str(path))
+        finally:
+            model.train(was_training)
+            if ema is not None:
+                ema.restore(model.parameters())
+        return {"samples": written}
+

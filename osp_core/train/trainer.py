@@ -1,0 +1,450 @@
+"""One training loop on Accelerate, shared by the VAE and text-to-video recipes.
+
+The loop owns what every run needs: the Accelerator (single process, DDP, FSDP, DeepSpeed,
+launched by `accelerate launch`, `torchrun` or plainly), seeding, the data order and position,
+checkpoints and resume, EMA, metrics (console callback, TensorBoard, Weights & Biases),
+Ctrl-C/SIGTERM handling and the final summary. A `Recipe` supplies the rest through a few
+narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `validate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..io.atomic import atomic_path, ensure_writable_dir
+from .checkpoint import CheckpointManager
+from .config import config_to_dict, validate_common
+from .wrapping import diffusers_part
+
+logger = logging.getLogger("osp.train")
+
+Reporter = Callable[[str, dict[str, Any]], None]
+"""Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop', 'end'."""
+
+
+def _log_reporter(event: str, payload: dict[str, Any]) -> None:
+    logger.info("%s %s", event, json.dumps(payload, default=str))
+
+
+@dataclass
+class Built:
+    """What a recipe's `build` hands the trainer (before `accelerator.prepare`)."""
+
+    model: nn.Module
+    """The trained diffusers model, or a `TrainingForward` around it: checkpointed to model/ (and EMA'd)."""
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any] = field(default_factory=list)
+    extra_models: list[nn.Module] = field(default_factory=list)
+    """Other trained modules (e.g. the discriminator), prepared and checkpointed through Accelerate."""
+
+
+class Recipe:
+    """Override points of a training recipe. `self.trainer` is set before `build` is called."""
+
+    name = "recipe"
+    find_unused_parameters = False
+    """DDP option: True when some parameters get no gradient in some steps."""
+    trainer: Trainer
+
+    def check(self, accelerator) -> None:
+        """Refuse unsupported setups early (one-line errors)."""
+
+    def build(self, accelerator) -> Built:
+        raise NotImplementedError
+
+    def prepared(self, model: nn.Module, optimizers: list, schedulers: list, extra_models: list) -> None:
+        """Receive the prepared (wrapped) objects."""
+        raise NotImplementedError
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from ..data.datasets import collate_clips
+
+        return collate_clips(items)
+
+    def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
+        """One optimizer step over `micro_batches` (gradient accumulation); returns metrics with
+        a 'loss' entry. `step` counts completed steps before this one."""
+        raise NotImplementedError
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, Any]:
+        """Optional periodic validation (main process); returns what to report."""
+        return {}
+
+    def validation_every(self) -> int:
+        return 0
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able recipe state stored in the checkpoint."""
+        return {}
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a notebook worker)
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (bytes, in state-dict order): equal across ranks iff
+    their weights are bit-identical."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Trainer:
+    """Runs a `Recipe` under the `run` section of `config`."""
+
+    def __init__(self, config: Any, recipe: Recipe, reporter: Reporter | None = None) -> None:
+        validate_common(config)
+        self.config = config
+        self.run_cfg = config.run
+        self.recipe = recipe
+        self.report = reporter or _log_reporter
+        recipe.trainer = self
+        self.output_dir = Path(self.run_cfg.output_dir)
+        self.skipped: dict[str, str] = {}
+        self.loss_history: list[float] = []
+        self.step_seconds: list[float] = []
+
+    # --- setup ------------------------------------------------------------------------------
+    def _accelerator(self, find_unused: bool):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+        from ..device import select_device
+
+        run = self.run_cfg
+        trackers: list[str] = []
+        if run.report_to in ("tensorboard", "all"):
+            trackers.append("tensorboard")
+        if run.report_to in ("wandb", "all"):
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise InputError("report_to wandb needs the wandb package", "pip install wandb, or --report-to tensorboard")
+            trackers.append("wandb")
+        return Accelerator(
+            mixed_precision=run.mixed_precision,
+            gradient_accumulation_steps=run.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+            # accelerate only goes multi-process on CPU (gloo) when told it is a CPU run
+            cpu=run.device == "cpu" or select_device(None).type == "cpu",
+        )
+
+    def _check_device(self) -> None:
+        wanted = self.run_cfg.device
+        if wanted and wanted != "cpu":
+            from ..device import select_device
+
+            select_device(wanted)  # raises DeviceError with a hint when unavailable
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run to `max_steps` (or until stopped); returns the summary (also written to summary.json)."""
+        from accelerate.utils import set_seed
+
+        run = self.run_cfg
+        self._check_device()
+        ensure_writable_dir(self.output_dir)
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        # identical initial weights on every rank: seed before building
+        set_seed(run.seed)
+        accelerator = self._accelerator(find_unused=self.recipe.find_unused_parameters)
+        self.accelerator = accelerator
+        if accelerator.distributed_type.name == "DEEPSPEED":
+            # the DataLoader is ours (sharded by EpochShardSampler), so DeepSpeed learns the batch here
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.batch_size
+        self.recipe.check(accelerator)
+        built = self.recipe.build(accelerator)
+        inner, _ = diffusers_part(built.model)
+        if inner is None:
+            raise TypeError("Built.model must be a diffusers model or a TrainingForward around one")
+        self.inner = inner
+        if run.gradient_checkpointing and getattr(inner, "_supports_gradient_checkpointing", False):
+            inner.enable_gradient_checkpointing()
+        ema = self._make_ema(inner, accelerator)
+        objects = accelerator.prepare(built.model, *built.extra_models, *built.optimizers, *built.schedulers)
+        n_models = 1 + len(built.extra_models)
+        model = objects[0]
+        extra_models = list(objects[1:n_models])
+        optimizers = list(objects[n_models : n_models + len(built.optimizers)])
+        schedulers = list(objects[n_models + len(built.optimizers) :])
+        self.model = model
+        self.ema = ema
+        if ema is not None:
+            ema.to(accelerator.device)
+        self.recipe.prepared(model, optimizers, schedulers, extra_models)
+
+        checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last)
+        self.checkpoints = checkpoints
+        step, consumed = 0, 0
+        resume_from = checkpoints.resolve(run.resume)
+        if resume_from is not None:
+            state = checkpoints.load(resume_from, model)
+            step, consumed = int(state["step"]), int(state["data"]["consumed_per_rank"])
+            self.skipped = dict(state.get("skipped", {}))
+            self.loss_history = list(state.get("loss_history", []))
+            if ema is not None:
+                with self._rng_preserved():  # building the EMA copy must not move the restored RNG
+                    self._load_ema(resume_from / "model_ema", accelerator)
+        else:
+            set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
+
+        dataset = self.recipe.dataset()
+        loader, sampler = self._loader(dataset, consumed)
+        if accelerator.is_main_process:
+            project = run.wandb_project if run.report_to in ("wandb", "all") else self.recipe.name
+            accelerator.init_trackers(project, config=_flatten(config_to_dict(self.config)))
+        self.report(
+            "start",
+            {
+                "recipe": self.recipe.name,
+                "processes": accelerator.num_processes,
+                "distributed": accelerator.distributed_type.name,
+                "device": str(accelerator.device),
+                "samples": len(dataset),
+                "step": step,
+                "max_steps": run.max_steps,
+                "resumed_from": str(resume_from) if resume_from else None,
+                "main": accelerator.is_main_process,
+            },
+        )
+
+        batches = iter(loader)
+        stopped_by = ""
+        last_logs: dict[str, float] = {}
+        last_checkpoint: Path | None = resume_from
+        start_step = step
+        with _StopFlag() as stop:
+            while step < run.max_steps:
+                began = time.perf_counter()
+                micro = [next(batches) for _ in range(run.gradient_accumulation_steps)]  # the sampler is endless
+                consumed += run.batch_size * run.gradient_accumulation_steps
+                for batch in micro:
+                    self._note_skips(batch.get("skipped", []))
+                logs = self.recipe.train_step(micro, step)
+                if ema is not None:
+                    ema.step(self.inner.parameters())
+                step += 1
+                self.step_seconds.append(time.perf_counter() - began)
+                last_logs = logs
+                self.loss_history.append(float(logs.get("loss", math.nan)))
+                if step % run.log_every == 0 or step == run.max_steps:
+                    self._log(step, logs)
+                every = self.recipe.validation_every()
+                if every and step % every == 0:
+                    self._validate(step)
+                want_stop = self._agree_stop(stop.requested)
+                if step % run.checkpoint_every == 0 or step == run.max_steps or want_stop:
+                    last_checkpoint = self._checkpoint(step, consumed)
+                if want_stop:
+                    stopped_by = stop.signal_name or "signal"
+                    self.report("stop", {"step": step, "signal": stopped_by, "checkpoint": str(last_checkpoint)})
+                    break
+        summary = self._summary(step, start_step, consumed, last_logs, last_checkpoint, stopped_by, sampler)
+        accelerator.wait_for_everyone()  # no rank leaves while another is still in a collective
+        accelerator.end_training()
+        torch.use_deterministic_algorithms(was_deterministic)
+        return summary
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _rng_preserved(self):
+        """Run a block without moving the torch RNG of this rank (CPU and its accelerator)."""
+        device = self.accelerator.device
+        devices = [device.index or 0] if device.type in ("cuda", "npu", "xpu") else []
+        return torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda")
+
+    def _make_ema(self, model: nn.Module, accelerator):
+        if not self.run_cfg.ema:
+            return None
+        if accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
+            raise InputError("EMA needs the full weights on every rank, which FSDP shards", "use the DDP or DeepSpeed ZeRO-2 config, or --no-ema")
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(model.parameters(), decay=self.run_cfg.ema_decay, model_cls=type(model), model_config=model.config)
+
+    def _load_ema(self, folder: Path, accelerator) -> None:
+        from diffusers.training_utils import EMAModel
+
+        if not folder.is_dir():
+            return  # a checkpoint from a run without EMA: start the average from the current weights
+        loaded = EMAModel.from_pretrained(str(folder), model_cls=type(self.inner))
+        loaded.to(accelerator.device)
+        self.ema.load_state_dict(loaded.state_dict())
+
+    def _loader(self, dataset, consumed: int):
+        from ..data.datasets import EpochShardSampler
+
+        acc = self.accelerator
+        sampler = EpochShardSampler(len(dataset), acc.num_processes, acc.process_index, seed=self.run_cfg.seed, start=consumed)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.run_cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.run_cfg.num_workers,
+            collate_fn=self.recipe.collate,
+            pin_memory=acc.device.type == "cuda",
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # or a resumed run's noise would be shifted against an uninterrupted one
+            generator=torch.Generator().manual_seed(self.run_cfg.seed),
+        )
+        return loader, sampler
+
+    def _note_skips(self, skipped: list) -> None:
+        for path, reason in skipped:
+            if path not in self.skipped:
+                self.skipped[path] = reason
+                self.report("skip", {"path": path, "reason": reason})
+
+    def _agree_stop(self, local: bool) -> bool:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _log(self, step: int, logs: dict[str, float]) -> None:
+        acc = self.accelerator
+        recent = self.step_seconds[-self.run_cfg.log_every :]
+        payload = {**logs, "sec_per_step": sum(recent) / max(len(recent), 1)}
+        acc.log(payload, step=step)
+        if acc.is_main_process:
+            self.report("log", {"step": step, **payload})
+
+    def _validate(self, step: int) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
+            if out:
+                self.report("validate", {"step": step, **out})
+        acc.wait_for_everyone()
+
+    def _gather_skips(self) -> dict[str, str]:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return dict(self.skipped)
+        from accelerate.utils import gather_object
+
+        merged: dict[str, str] = {}
+        for part in gather_object([self.skipped]):
+            merged.update(part)
+        return merged
+
+    def _checkpoint(self, step: int, consumed: int) -> Path:
+        acc = self.accelerator
+        self.skipped = self._gather_skips()
+        state = {
+            "data": {"consumed_per_rank": consumed, "world_size": acc.num_processes, "batch_size": self.run_cfg.batch_size},
+            "samples_seen": consumed * acc.num_processes,
+            "skipped": self.skipped,
+            "loss_history": self.loss_history[-10000:],
+            "config": config_to_dict(self.config),
+            "recipe": {"name": self.recipe.name, **self.recipe.extra_state()},
+        }
+        ema_save = None
+        if self.ema is not None:
+            ema_save = self.ema.save_pretrained
+        # saving must not move the RNG (building the EMA copy initialises a model): a resumed
+        # run restores the state saved here and must draw what an uninterrupted run draws next
+        with self._rng_preserved():
+            path = self.checkpoints.save(step, self.model, state, ema_save=ema_save)
+        if acc.is_main_process:
+            self.report("checkpoint", {"step": step, "path": str(path)})
+        return path
+
+    def _summary(self, step: int, start_step: int, consumed: int, last_logs: dict, checkpoint: Path | None, stopped_by: str, sampler) -> dict[str, Any]:
+        acc = self.accelerator
+        skipped = self._gather_skips()
+        digests = None
+        if acc.distributed_type.name not in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            from accelerate.utils import gather_object
+
+            mine = weights_digest(self.inner)
+            digests = gather_object([mine]) if acc.num_processes > 1 else [mine]
+        losses = [v for v in self.loss_history if not math.isnan(v)]
+        limit = self.config.data.max_skip_report
+        epoch, _ = sampler.position(consumed)
+        summary = {
+            "recipe": self.recipe.name,
+            "steps": step,
+            "steps_this_run": step - start_step,
+            "samples_seen": consumed * acc.num_processes,
+            "epoch": epoch,
+            "processes": acc.num_processes,
+            "skipped_samples": len(skipped),
+            "skipped": [{"path": p, "reason": r} for p, r in list(skipped.items())[:limit]],
+            "losses": {
+                "first": losses[0] if losses else None,
+                "last": losses[-1] if losses else None,
+                "min": min(losses) if losses else None,
+                "last_logged": last_logs,
+            },
+            "seconds_per_step": (sum(self.step_seconds) / len(self.step_seconds)) if self.step_seconds else None,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "stopped_by_signal": stopped_by or None,
+            "rank_weight_digests": digests,
+            "ranks_in_sync": (len(set(digests)) == 1) if digests else None,
+            "output_dir": str(self.output_dir),
+        }
+        if acc.is_main_process:
+            with atomic_path(self.output_dir / "summary.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=2, default=str))
+            self.report("end", summary)
+        return summary
