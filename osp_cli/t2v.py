@@ -79,6 +79,7 @@ def sample(
     model: ModelOpt = DEFAULT_MODEL,
     version: Annotated[str | None, typer.Option("--version", help="Transformer weights folder, e.g. 65x512x512 (default: picked by --frames).")] = None,
     text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 repo id or folder (default: the model's text_encoder/ or DeepFloyd/t5-v1_1-xxl).")] = None,
+    transformer: Annotated[Path | None, typer.Option("--transformer", help="LatteT2V folder replacing the --version weights, e.g. a training checkpoint's model/ or model_ema/.")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     offload: Annotated[bool, typer.Option("--offload", help="Keep models on the CPU and move each to the device only while it runs.")] = False,
@@ -110,7 +111,13 @@ def sample(
     path = Path(model).expanduser()
     hub_id = not model.startswith(BUILTIN_PREFIX) and not path.exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
     available = list(RELEASED_VERSIONS) if hub_id else local_versions(resolve_model_dir(model))
-    if version is None:
+    if transformer is not None:
+        if version is not None:
+            raise InputError("--transformer and --version both choose the transformer weights", "pass only one of them")
+        if not (transformer / "config.json").is_file():
+            raise ModelLoadError(f"no config.json in transformer folder '{transformer}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
+        version = str(transformer)
+    elif version is None:
         version = pick_version(frames, available)
     elif parse_version(version) and not hub_id and version not in available:
         raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {', '.join(available) or 'none'})", "pass --version with one of the available versions")
@@ -138,6 +145,7 @@ def sample(
         save_latents=save_latents,
         model=model,
         version=version,
+        transformer=transformer,
         text_encoder=text_encoder,
         torch_device=torch_device,
         torch_dtype=torch_dtype,
@@ -170,6 +178,7 @@ def run_sampling(
     save_latents: bool,
     model: str,
     version: str,
+    transformer: Path | None,
     text_encoder: str | None,
     torch_device: torch.device,
     torch_dtype: torch.dtype,
@@ -198,7 +207,14 @@ def run_sampling(
     logging.getLogger("osp_core.pipelines.t2v").setLevel(logging.ERROR)
     started = time.perf_counter()
     with err.status(f"loading {model} ({version}) ..."):
-        pipe = T2VPipeline.from_pretrained(model, version=version, text_encoder=text_encoder, scheduler=scheduler, torch_dtype=torch_dtype)
+        pipe = T2VPipeline.from_pretrained(
+            model,
+            version=None if transformer is not None else version,
+            transformer=transformer,
+            text_encoder=text_encoder,
+            scheduler=scheduler,
+            torch_dtype=torch_dtype,
+        )
     pipe.set_progress_bar_config(disable=True)
     if tile is False:
         pipe.vae.disable_tiling()

@@ -116,6 +116,7 @@ class T2VPipeline(DiffusionPipeline):
         scheduler: str | SchedulerMixin = "PNDM",
         torch_dtype: torch.dtype | None = None,
         load_text_encoder: bool = True,
+        transformer: str | Path | None = None,
     ) -> T2VPipeline:
         """Load from a repository laid out like `LanguageBind/Open-Sora-Plan-v1.1.0`.
 
@@ -123,30 +124,39 @@ class T2VPipeline(DiffusionPipeline):
         transformer from `version/` (None: the only or first version folder). The T5 encoder
         and tokenizer come from `text_encoder` (repo id or folder) when given, else from the
         repository's `text_encoder/` and `tokenizer/` when it has them, else from
-        DeepFloyd/t5-v1_1-xxl. Components are loaded on the CPU; move or offload them after.
+        DeepFloyd/t5-v1_1-xxl. `transformer`, a LatteT2V folder (a training checkpoint's
+        `model/` or `model_ema/`), replaces the repository's version folder. Components are
+        loaded on the CPU; move or offload them after.
         """
         from ..models.causal_vae import CausalVideoVAE
         from ..models.latte_t2v import LatteT2V
 
-        if version is not None:
-            parse_version(version)
         scheduler_obj = make_scheduler(scheduler)
-        wanted = ["vae", "text_encoder", "tokenizer"] + ([version] if version else list(RELEASED_VERSIONS))
-        root = resolve_model_dir(str(model), subfolders=wanted)
-        available = local_versions(root)
-        if version is None:
-            version = pick_version(1, available)
-        if version not in available:
-            known = ", ".join(available) or "none"
-            raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {known})", "pass --version with one of the available versions")
-
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        transformer = LatteT2V.from_pretrained(str(root), subfolder=version, **kwargs)
+        if transformer is not None:
+            transformer_dir = Path(transformer).expanduser()
+            if not (transformer_dir / "config.json").is_file():
+                raise ModelLoadError(f"no config.json in transformer folder '{transformer_dir}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
+            root = resolve_model_dir(str(model), subfolders=["vae", "text_encoder", "tokenizer"])
+            transformer_model = LatteT2V.from_pretrained(str(transformer_dir), **kwargs)
+            version = str(transformer_dir)
+        else:
+            if version is not None:
+                parse_version(version)
+            wanted = ["vae", "text_encoder", "tokenizer"] + ([version] if version else list(RELEASED_VERSIONS))
+            root = resolve_model_dir(str(model), subfolders=wanted)
+            available = local_versions(root)
+            if version is None:
+                version = pick_version(1, available)
+            if version not in available:
+                known = ", ".join(available) or "none"
+                raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {known})", "pass --version with one of the available versions")
+            transformer_model = LatteT2V.from_pretrained(str(root), subfolder=version, **kwargs)
         vae = CausalVideoVAE.from_pretrained(str(root), subfolder="vae", **kwargs)
         tokenizer = encoder = None
         if load_text_encoder:
             tokenizer, encoder = load_t5(text_encoder, root, torch_dtype)
-        pipe = cls(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer, scheduler=scheduler_obj)
+        pipe = cls(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer_model, scheduler=scheduler_obj)
         # provenance for sidecars and logs
         pipe.version = version
         in_repo = (root / "text_encoder" / "config.json").is_file()

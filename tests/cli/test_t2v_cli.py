@@ -136,3 +136,23 @@ def test_unwritable_output_dir(tiny_repo, tmp_path):
 def test_missing_model_folder(tmp_path):
     proc = run_osp("t2v", "sample", "a cat", "--model", str(tmp_path / "nowhere"), "-o", str(tmp_path))
     assert_one_line_error(proc, "does not exist")
+
+
+def test_transformer_folder_from_a_checkpoint(tiny_repo, tmp_path):
+    """`--transformer` samples with a training checkpoint's model/ folder, the rest from --model."""
+    import shutil
+
+    checkpoint_model = tmp_path / "checkpoints" / "step-10" / "model"
+    shutil.copytree(tiny_repo / "9x32x32", checkpoint_model)
+    proc = run_osp(
+        "t2v", "sample", "a red balloon", *SIZE_ARGS, "--steps", "4", "--seed", "1", "--model", str(tiny_repo),
+        "--transformer", str(checkpoint_model), "-o", str(tmp_path / "out"), "--json", env=ONE_THREAD,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    sidecar = json.loads((tmp_path / "out" / "a-red-balloon-1.json").read_text())
+    assert str(checkpoint_model) in json.dumps(sidecar) and video["video"].endswith(".mp4")
+    proc = run_osp("t2v", "sample", "x", *SIZE_ARGS, "--model", str(tiny_repo), "--transformer", str(checkpoint_model), "--version", "9x32x32")
+    assert_one_line_error(proc, "--transformer and --version")
+    proc = run_osp("t2v", "sample", "x", *SIZE_ARGS, "--model", str(tiny_repo), "--transformer", str(tmp_path))
+    assert_one_line_error(proc, "no config.json in transformer folder")
