@@ -97,8 +97,18 @@ def merge_overrides(cli: dict[str, Any], set_items: list[str] | None) -> dict[st
     return merged
 
 
+def quiet_libraries() -> None:
+    """Our own progress and log lines replace diffusers'/transformers' loading bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def console_reporter() -> Callable[[str, dict[str, Any]], None]:
     """Metrics and events on stderr (rank 0 only; skipped samples from every rank)."""
+    quiet_libraries()
     main = is_main_process()
 
     def report(event: str, payload: dict[str, Any]) -> None:

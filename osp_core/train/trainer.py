@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -196,6 +197,16 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run to `max_steps` (or until stopped); returns the summary (also written to summary.json)."""
+        created = not self.output_dir.exists()
+        try:
+            return self._train()
+        except BaseException:
+            # a run refused before it wrote anything leaves no empty output folder behind
+            if created and self.output_dir.is_dir() and not any(p.is_file() for p in self.output_dir.rglob("*")):
+                shutil.rmtree(self.output_dir, ignore_errors=True)
+            raise
+
+    def _train(self) -> dict[str, Any]:
         from accelerate.utils import set_seed
 
         run = self.run_cfg
