@@ -21,10 +21,17 @@ class StrictLoadingMixin:
         where = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         if Path(pretrained_model_name_or_path).is_dir() and not (where / "config.json").is_file():
             raise ModelLoadError(f"no config.json in '{where}'", "point --model at a model folder (with config.json and safetensors weights)")
+        from diffusers.utils import logging as diffusers_logging
+
+        # diffusers' own warnings about missing weights would precede our one-line error
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"cannot load {cls.__name__} from '{where}': {str(exc).splitlines()[0]}", "check that the folder holds a complete checkpoint") from exc
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
         problems = []
         if info.get("missing_keys"):
             problems.append(f"missing {sorted(info['missing_keys'])[:5]}")

@@ -145,3 +145,15 @@ def test_model_folder_can_be_the_vae_folder_itself(tmp_path, clip, tiny_repo):
     shutil.copytree(tiny_repo / "vae", vae_only)
     proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(vae_only), "--frames", "5", "--size", "16x16")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_checkpoint_missing_a_tensor_is_one_line(tmp_path, tiny_repo, clip):
+    from safetensors.torch import load_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_repo / "vae", broken)
+    weights = broken / "diffusion_pytorch_model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("decoder.conv_out")}
+    save_file(state, str(weights))
+    proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(broken), "--frames", "5", "--size", "16x16")
+    assert_one_line_error(proc, "does not fit", "decoder.conv_out")
