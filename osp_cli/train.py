@@ -42,25 +42,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def parse_size(size: str | None) -> tuple[int, int] | None:
-    from osp_core.errors import InputError
-
-    if size is None:
-        return None
-    parts = size.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) <= 0:
-        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
-    return values[0], values[1]
-
-
 def common_overrides(**options: Any) -> dict[str, Any]:
     """Dotted config keys from the options every trainer shares (None = not given)."""
+    from osp_core.io import parse_size
+
     size = parse_size(options.get("size"))
     mapping = {
         "data.data": options.get("data"),

@@ -34,7 +34,8 @@ def _setup(model: str, device: str | None, dtype: str | None, tile: bool | None)
 
 
 def _read(video: Path, frames: str | None, stride: int, size: str | None, vae):
-    from osp_core.pipelines.video_vae import load_clip, parse_size
+    from osp_core.io import parse_size
+    from osp_core.pipelines.video_vae import load_clip
 
     return load_clip(video, frames, stride, parse_size(size), (vae.temporal_compression, vae.spatial_compression))
 

@@ -1,7 +1,7 @@
 """Video/image files and safe writes."""
 
 from .atomic import atomic_dir, atomic_path, ensure_writable_dir
-from .video import Video, from_model_output, read_video, resize_center_crop, to_model_input, write_video
+from .video import Video, from_model_output, parse_size, read_video, resize_center_crop, to_model_input, write_video
 
 __all__ = [
     "Video",
@@ -9,6 +9,7 @@ __all__ = [
     "atomic_path",
     "ensure_writable_dir",
     "from_model_output",
+    "parse_size",
     "read_video",
     "resize_center_crop",
     "to_model_input",

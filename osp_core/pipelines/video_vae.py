@@ -41,21 +41,6 @@ def valid_frame_counts(count: int, compression: int = 4) -> tuple[int, int]:
     return lower, lower + compression
 
 
-def parse_size(size: str | None) -> tuple[int, int] | None:
-    """'HxW' (or 'N' for square) -> (H, W)."""
-    if size is None:
-        return None
-    try:
-        parts = [int(p) for p in size.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
-    return parts[0], parts[1]
-
-
 def load_clip(path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, compression: tuple[int, int] = (4, 8)) -> Video:
     """Read a clip for the VAE: `frames` is a count, 'auto' (the longest 4k+1 prefix) or None
     (all frames, which must then be 4k+1); `size` resizes + center-crops."""
