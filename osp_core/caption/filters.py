@@ -69,6 +69,9 @@ def metadata_drop_reason(clip: Clip, config: FilterConfig, clip_frames: int | No
             return TOO_SHORT
         if clip.duration < config.min_duration:
             return TOO_SHORT
+        # One frame has no motion to measure: say so instead of calling it static.
+        if config.min_motion > 0 and clip.num_frames < 2:
+            return TOO_SHORT
         if config.max_duration is not None and clip.duration > config.max_duration:
             return TOO_LONG
     height, width = clip.info.height, clip.info.width

@@ -4,7 +4,9 @@ Static close-ups hurt the motion a text-to-video model learns, so near-static cl
 The score is the mean absolute difference between consecutive sampled frames, in gray levels
 (0-255), after scaling each frame so its short side is `MOTION_SIZE` pixels: small enough that
 sensor noise and compression grain average out, large enough to see a moving subject. Frames
-are sampled `MOTION_STEP` seconds apart, so the score does not depend on the frame rate.
+are sampled `MOTION_STEP` seconds apart, so the score does not depend on the frame rate; a clip
+shorter than one step compares its first and last frame instead (a shorter gap, so a somewhat
+lower score for the same motion, but a real one rather than "static" by construction).
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ def motion_size(height: int, width: int, short_side: int = MOTION_SIZE) -> tuple
 
 
 def motion_indices(start: int, end: int, fps: float, step: float = MOTION_STEP, max_frames: int = MOTION_MAX_FRAMES) -> list[int]:
-    """Frame indices in [start, end) about `step` seconds apart, at most `max_frames` of them."""
+    """Frame indices in [start, end) about `step` seconds apart, at most `max_frames` of them.
+
+    Clips shorter than one step get their first and last frame, so any clip of two or more
+    frames has two samples to compare (a single frame has no motion to measure).
+    """
     stride = max(1, round(fps * step)) if fps > 0 else 1
     stride = max(stride, -(-(end - start) // max_frames))
-    return list(range(start, end, stride))
+    indices = list(range(start, end, stride))
+    if len(indices) < 2 and end - start >= 2:
+        indices = [start, end - 1]
+    return indices
 
 
 def motion_score(gray: np.ndarray) -> float:

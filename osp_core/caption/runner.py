@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ import torch
 
 from ..device import parse_dtype, select_device
 from ..errors import InputError, OSPError
+from ..io import ensure_writable_dir
 from . import defaults
 from . import journal as jr
 from .captioner import FRAMES_AS, CaptionModel, CaptionRequest
@@ -35,7 +37,7 @@ from .language import is_english
 from .motion import motion_score
 from .probe import probe
 from .sources import MediaItem, collect, default_root, relative_to_root
-from .templates import PromptTemplate, load_template
+from .templates import FIELD_LIST_KEYS, PromptTemplate, load_template
 
 # Ranks finish their shards at different times; the final barrier must outwait the slowest.
 BARRIER_TIMEOUT = timedelta(days=7)
@@ -252,20 +254,39 @@ class _Run:
         self.resumed = 0
         self.batches_ok = 0
         self.batches_failed_in_a_row = 0
+        self.start_over = True  # set by check_output: False when resuming an existing journal
+        self.created_folders: list[Path] = []
 
     # ---- set-up -------------------------------------------------------------------------
     def check_output(self) -> None:
+        """Refuse an output that cannot be written, or that exists without --resume/--overwrite.
+
+        Removes nothing: old outputs go only in `clear_old_outputs`, once the whole run has
+        been validated, so a typo in another option never costs the previous annotations.
+        """
         if self.output.is_dir():
             raise InputError(f"output '{self.job.output}' is a folder", "pass a .json file path")
+        if self.journal_dir.exists() and not self.journal_dir.is_dir():
+            raise InputError(f"'{self.journal_dir}' (where the journal of '{self.job.output}' goes) is a file", "move that file away or pick another output name")
+        self.created_folders = _prepare_output_folder(self.output.parent)
         exists = self.output.exists() or bool(jr.read_journal(self.journal_dir).records)
         if exists and not (self.job.resume or self.job.overwrite):
             raise InputError(f"output '{self.job.output}' already exists", "pass --resume to continue it or --overwrite to start over")
-        self.dist.barrier()  # every rank has looked before rank 0 clears anything
         # A journal without clip records (a run that stopped before its first clip) holds nothing to keep.
-        if (self.job.overwrite or not exists) and self.dist.rank == 0:
+        self.start_over = self.job.overwrite or not exists
+
+    def clear_old_outputs(self) -> None:
+        """With --overwrite (or a journal holding no clips), rank 0 removes the old annotation
+        file and journal, after every rank has validated its run and before any rank writes."""
+        self.dist.barrier()  # every rank got through validation (a failing rank never gets here)
+        if self.start_over and self.dist.rank == 0:
             shutil.rmtree(self.journal_dir, ignore_errors=True)
             self.output.unlink(missing_ok=True)
         self.dist.barrier()
+
+    def remove_created_folders(self) -> None:
+        """Undo `check_output`'s folder creation after a run refused during validation."""
+        _remove_empty(self.created_folders)
 
     def templates(self) -> tuple[PromptTemplate, PromptTemplate | None]:
         """The prompt for every item, and (images, no --prompt) the OCR prompt for items with OCR text."""
@@ -275,6 +296,18 @@ class _Run:
             raise InputError(f"prompt template '{main.name}' is for {main.kind}s, but this run captions {kind}s", f"pick a kind: {kind} template")
         ocr = load_template("image_ocr") if self.job.images and self.job.prompt is None else None
         return main, ocr
+
+    def check_fields(self, template: PromptTemplate, items: list[MediaItem]) -> None:
+        """Refuse a template whose `{}` fields some inputs cannot fill, before the model loads
+        (every such clip would fail). The fields come only from list-file entries."""
+        for name in template.fields:
+            lacking = [item for item in items if not dict(item.prompt_values).get(name)]
+            if lacking:
+                key = FIELD_LIST_KEYS[name]
+                raise InputError(
+                    f"prompt template '{template.name}' needs '{name}' text, but {len(lacking)} of {len(items)} inputs have none (first: '{lacking[0].path}')",
+                    f'list the files in a .json/.jsonl list file with a "{key}" value per entry, or pick another --prompt',
+                )
 
     # ---- records ------------------------------------------------------------------------
     def _record(self, clip: Clip, status: str, **fields: Any) -> None:
@@ -433,21 +466,29 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
     dist = _Dist.from_env()
     run = _Run(job, dist, progress)
     try:
-        run.check_output()
-        items = collect(job.inputs, job.images)
-        root = job.root.expanduser().resolve() if job.root else default_root(job.inputs, items)
-        if not root.is_dir():
-            raise InputError(f"dataset root '{job.root}' is not a folder", "pass an existing folder with --root")
-        for item in items:  # every path must be expressible relative to the root
-            relative_to_root(item.path, root)
-        settings = job.settings(root)
-        state = jr.read_journal(run.journal_dir)
-        jr.check_settings(state, settings, job.output)
-        templates = run.templates()
-        shard = items[dist.rank :: dist.world_size]
-        planned, early = run.plan(shard, root, state.done)
-        if planned and captioner is None:
-            captioner = _load_captioner(job, dist)  # before the journal is touched: a bad model leaves no trace
+        # Validate everything (output, inputs, templates, model) before touching any output:
+        # a refused run leaves the previous annotations and journal as they were.
+        try:
+            run.check_output()
+            items = collect(job.inputs, job.images)
+            root = job.root.expanduser().resolve() if job.root else default_root(job.inputs, items)
+            if not root.is_dir():
+                raise InputError(f"dataset root '{job.root}' is not a folder", "pass an existing folder with --root")
+            for item in items:  # every path must be expressible relative to the root
+                relative_to_root(item.path, root)
+            settings = job.settings(root)
+            state = jr.JournalState() if run.start_over else jr.read_journal(run.journal_dir)
+            jr.check_settings(state, settings, job.output)
+            templates = run.templates()
+            run.check_fields(templates[0], items)
+            shard = items[dist.rank :: dist.world_size]
+            planned, early = run.plan(shard, root, state.done)
+            if planned and captioner is None:
+                captioner = _load_captioner(job, dist)
+        except Exception:
+            run.remove_created_folders()
+            raise
+        run.clear_old_outputs()
         run.writer = jr.JournalWriter(run.journal_dir, dist.rank)
         try:
             run.writer.header(settings, dist.world_size)
@@ -469,6 +510,41 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
         return summary
     finally:
         dist.close()
+
+
+def _prepare_output_folder(folder: Path) -> list[Path]:
+    """Create `folder` if needed and prove a file can be made in it, so an output path that
+    cannot be written fails in one line before the model loads (not with an OSError at the
+    first journal line). Returns the folders it created, deepest first."""
+    missing: list[Path] = []
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():  # e.g. `-o afile/ann.json` where afile is a file
+        raise InputError(f"cannot create output folder '{folder}': '{existing}' is a file", "choose an output path whose folders are folders")
+    try:
+        ensure_writable_dir(folder)
+        try:
+            # os.access trusts root even on read-only pseudo file systems (/sys, /proc): really try.
+            fd, probe_file = tempfile.mkstemp(prefix=".osp-caption-", suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(probe_file)
+        except OSError as exc:
+            raise InputError(f"cannot write in output folder '{folder}': {exc.strerror}", "choose a writable location") from None
+    except InputError:
+        _remove_empty(missing)
+        raise
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: the ones a refused run created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _load_captioner(job: CaptionJob, dist: _Dist) -> CaptionModel:

@@ -60,7 +60,14 @@ def _read_list(path: Path) -> list[MediaItem]:
             if not isinstance(entries, list):
                 raise InputError(f"list file '{path}' is not a JSON list", "write a list of paths or of {\"path\": ...} objects")
         elif suffix == ".jsonl":
-            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+            entries = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        entries.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        # Each line is parsed on its own, so the decoder's own line is always 1.
+                        raise InputError(f"list file '{path}' is not valid JSON (line {number})", "fix the file or use a .txt list") from None
         else:
             entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     except json.JSONDecodeError as exc:

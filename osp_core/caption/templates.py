@@ -16,6 +16,7 @@ from ..errors import InputError
 
 KINDS = ("video", "image")
 KNOWN_FIELDS = ("caption", "ocr")
+FIELD_LIST_KEYS = {"caption": "cap", "ocr": "ocr"}  # the list-file key that supplies each field
 _HINT_NAMES = "use a template name from presets/caption/ (video, image, image_ocr) or a path to a .yaml file"
 
 

@@ -157,3 +157,15 @@ def test_bad_inputs_are_one_line_errors(clips_dir, tiny_vlm, text_only_model, tm
     assert not journal_dir(out).exists()  # a refused model leaves nothing behind
     assert_one_line_error(run_osp("caption", video, "-o", str(out), "-m", str(tiny_vlm), "--prompt", "nope"), "unknown prompt template 'nope'")
     assert not out.exists()
+
+
+def test_unwritable_output_and_unfillable_templates_are_one_line_errors(clips_dir, tiny_vlm, tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    proc = run_osp("caption", str(clips_dir / "moving.mp4"), "-o", str(a_file / "ann.json"), "-m", str(tiny_vlm))
+    assert_one_line_error(proc, "cannot create output folder", "is a file")
+    template = tmp_path / "needs_caption.yaml"
+    template.write_text("kind: video\nprompt: 'Improve this caption: {}'\nfields: [caption]\n")
+    proc = run_osp("caption", str(clips_dir), "-o", str(tmp_path / "v.json"), "-m", str(tiny_vlm), "--prompt", str(template))
+    assert_one_line_error(proc, "needs 'caption' text", '"cap"')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "needs_caption.yaml"]

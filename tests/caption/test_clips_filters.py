@@ -108,6 +108,29 @@ def test_motion_score_math_and_sampling():
     assert len(motion_indices(0, 10_000, fps=30)) <= 64  # long clips widen the step
 
 
+def test_clips_shorter_than_a_motion_step_compare_first_and_last_frame(clips_dir):
+    assert motion_indices(0, 2, fps=8) == [0, 1]  # the step is 2 frames at 8 fps
+    assert motion_indices(10, 13, fps=24) == [10, 12]  # the step is 6 frames at 24 fps
+    assert motion_indices(0, 1, fps=8) == [0]  # one frame: nothing to compare
+    scores = {}
+    for name in ("static.mp4", "moving.mp4"):
+        path = clips_dir / name
+        info = probe(path)
+        clips = [Clip(path, name, s, s + 2, info) for s in range(0, info.num_frames, 2)]
+        results = list(decode_clips(path, clips, 2, 448, with_motion=True))
+        assert len(results) == 12 and all(frames.gray.shape[0] == 2 for _, frames in results)
+        scores[name] = [motion_score(frames.gray) for _, frames in results]
+    # a square moving 2 px per frame is not static, even over one frame's gap; a still scene is
+    assert all(motion_drop_reason(s, FilterConfig()) is None for s in scores["moving.mp4"]), scores
+    assert all(motion_drop_reason(s, FilterConfig()) == flt.STATIC for s in scores["static.mp4"]), scores
+
+
+def test_single_frame_clips_are_too_short_for_the_motion_filter():
+    one = Clip(Path("x.mp4"), "x.mp4", 5, 6, MediaInfo(48, 24.0, 480, 640))
+    assert metadata_drop_reason(one, FilterConfig()) == flt.TOO_SHORT
+    assert metadata_drop_reason(one, FilterConfig(min_motion=0)) is None  # no motion filter, no need
+
+
 def _clip(num_frames=48, fps=24.0, height=480, width=640, image=False):
     return Clip(Path("x.mp4"), "x.mp4", 0, num_frames, MediaInfo(num_frames, fps, height, width), is_image=image)
 
@@ -147,6 +170,18 @@ def test_filter_config_rejects_bad_thresholds(kwargs, needle):
         ("一只猫坐在窗台上，镜头缓慢推进。", False),
         ("Кошка сидит на подоконнике", False),
         ("Un coche rojo conduce por una carretera costera mientras la cámara gira despacio", False),
+        # accented Latin letters and keyword-style captions are English (QA issue 6)
+        ("The café in São Paulo serves crème brûlée.", True),
+        ("Aerial drone footage: snowy mountains, pine forests, winding river, golden hour lighting", True),
+        ("Timelapse, city skyline, neon lights, rain, slow motion, 4K", True),
+        ("The Rio de la Plata flows past Buenos Aires at dusk", True),
+        ("Los Angeles and Las Vegas at night, aerial view", True),
+        ("A shop sign reading 欢迎光临 above the door of a small bakery", True),
+        ("A white van parks outside, filmed at 30 frames per second", True),
+        ("Ein roter Wagen fährt langsam die Küstenstraße entlang, während die Kamera nach links schwenkt.", False),
+        ("Un chat est assis sur le rebord de la fenêtre pendant que la caméra avance lentement.", False),
+        ("Un gatto è seduto sul davanzale mentre la telecamera si avvicina lentamente.", False),
+        ("Рыжий кот спит на диване, камера медленно приближается.", False),
         ("", False),
         ("12345 !!!", False),
     ],

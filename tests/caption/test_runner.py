@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,89 @@ def test_bad_options_are_refused_before_any_work(clips_dir, tmp_path, inputs, ou
     with pytest.raises(InputError, match=needle):
         run_caption(job, captioner=FakeCaptioner())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["file_as_folder", "under_a_file", "proc", "sys"])
+def test_an_unwritable_output_is_refused_before_the_model_loads(tmp_path, clips_dir, where):
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a folder")
+    output = {
+        "file_as_folder": a_file / "ann.json",
+        "under_a_file": a_file / "sub" / "ann.json",
+        "proc": Path("/proc/osp-no-such-process/ann.json"),
+        "sys": Path("/sys/ann.json"),
+    }[where]
+    if not output.parts[1:2] or not Path(*output.parts[:2]).is_dir():
+        pytest.skip(f"{output.parts[1]} does not exist here")
+    # The model does not exist either: the output is checked first, so its error is the one raised.
+    job = CaptionJob(inputs=[clips_dir / "moving.mp4"], output=output, model=str(tmp_path / "no-model"))
+    with pytest.raises(InputError, match="output folder"):
+        run_caption(job)
+    assert a_file.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_refused_run_removes_the_folders_it_created(clips_dir, tmp_path):
+    out = tmp_path / "new" / "deeper" / "ann.json"
+    with pytest.raises(InputError, match="unknown prompt template"):
+        run_caption(_job([clips_dir / "moving.mp4"], out, prompt="nope"), captioner=FakeCaptioner())
+    assert list(tmp_path.iterdir()) == []
+    run_caption(_job([clips_dir / "moving.mp4"], out), captioner=FakeCaptioner())
+    assert out.is_file()
+    blocked = tmp_path / "b.json"
+    jr.journal_dir(blocked).write_text("a file where the journal folder goes")
+    with pytest.raises(InputError, match="journal .* is a file"):
+        run_caption(_job([clips_dir / "moving.mp4"], blocked), captioner=FakeCaptioner())
+
+
+def test_overwrite_removes_nothing_until_the_whole_run_is_validated(clips_dir, tmp_path):
+    out = tmp_path / "cap" / "ann.json"
+    run_caption(_job([clips_dir / "moving.mp4"], out), captioner=FakeCaptioner())
+    journal = jr.journal_dir(out)
+    before = (out.read_text(), (journal / "rank0.jsonl").read_text())
+    needs_caption = tmp_path / "needs_caption.yaml"
+    needs_caption.write_text("kind: video\nprompt: 'Improve this caption: {}'\nfields: [caption]\n")
+    refused = [
+        (dict(prompt="nope"), InputError, "unknown prompt template"),  # a typo in the prompt
+        (dict(prompt=str(needs_caption)), InputError, "needs 'caption' text"),  # fields the inputs lack
+        (dict(model=str(tmp_path / "no-such-model")), OSPError, "no-such-model"),  # a typo in the model
+        (dict(inputs=[clips_dir / "missing.mp4"]), InputError, "does not exist"),
+    ]
+    for kw, error, needle in refused:
+        kw = {"inputs": [clips_dir / "moving.mp4"], **kw}
+        job = CaptionJob(output=out, overwrite=True, num_frames=3, **kw)
+        with pytest.raises(error, match=needle):
+            run_caption(job)  # no captioner given: the model named by the job is loaded
+        assert (out.read_text(), (journal / "rank0.jsonl").read_text()) == before, kw
+    # once everything is valid, --overwrite does start over
+    fake = FakeCaptioner()
+    summary = run_caption(_job([clips_dir / "moving.mp4"], out, num_frames=4, overwrite=True), captioner=fake)
+    assert summary.resumed == 0 and len(fake.requests) == 1 and len(_clip_records(journal)) == 1
+
+
+def test_templates_whose_fields_the_inputs_cannot_fill_are_refused_up_front(clips_dir, tmp_path):
+    from PIL import Image
+
+    needs_caption = tmp_path / "needs_caption.yaml"
+    needs_caption.write_text("kind: video\nprompt: 'Improve this caption: {}'\nfields: [caption]\n")
+    fake = FakeCaptioner()
+    with pytest.raises(InputError, match=r"needs 'caption' text, but 4 of 4 inputs have none") as video_error:
+        run_caption(_job([clips_dir], tmp_path / "v.json", prompt=str(needs_caption)), captioner=fake)
+    assert '"cap"' in video_error.value.hint
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(images / "a.png")
+    with pytest.raises(InputError, match="prompt template 'image_ocr' needs 'caption' text") as image_error:
+        run_caption(_job([images], tmp_path / "i.json", images=True, prompt="image_ocr"), captioner=fake)
+    assert '"cap"' in image_error.value.hint
+    listing = tmp_path / "partly.jsonl"  # one entry has both texts, the other only a caption
+    listing.write_text(json.dumps({"path": "imgs/a.png", "cap": "black", "ocr": "NONE"}) + "\n" + json.dumps({"path": "imgs/b.png", "cap": "x"}) + "\n")
+    with pytest.raises(InputError, match=r"needs 'ocr' text, but 1 of 2") as partly_error:
+        run_caption(_job([listing], tmp_path / "p.json", images=True, prompt="image_ocr"), captioner=fake)
+    assert '"ocr"' in partly_error.value.hint
+    assert not fake.requests and sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "needs_caption.yaml", "partly.jsonl"]
+    # a list file that supplies the field is captioned with it
+    video_list = tmp_path / "videos.jsonl"
+    video_list.write_text(json.dumps({"path": str(clips_dir / "moving.mp4"), "cap": "a yellow square"}) + "\n")
+    summary = run_caption(_job([video_list], tmp_path / "ok.json", prompt=str(needs_caption)), captioner=fake)
+    assert summary.captioned == 1 and [r.prompt for r in fake.requests] == ["Improve this caption: a yellow square"]

@@ -88,6 +88,17 @@ def test_collect_errors(tmp_path):
         relative_to_root(tmp_path / "v.mp4", tmp_path / "empty")
 
 
+def test_a_bad_jsonl_line_is_reported_by_its_line_in_the_file(tmp_path):
+    listing = tmp_path / "list.jsonl"
+    listing.write_text('{"path": "a.mp4"}\n\n{"path": "b.mp4"\n{"path": "c.mp4"}\n')
+    with pytest.raises(InputError, match=r"not valid JSON \(line 3\)"):
+        collect([listing])
+    broken = tmp_path / "bad.json"
+    broken.write_text('[\n  "a.mp4",\n  oops\n]')
+    with pytest.raises(InputError, match=r"not valid JSON \(line 3\)"):  # .json keeps the decoder's line
+        collect([broken])
+
+
 def test_journal_merge_rules_and_partial_lines(tmp_path):
     directory = tmp_path / "out.json.journal"
     w = jr.JournalWriter(directory, rank=0)
