@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -19,33 +20,26 @@ def no_accelerators(monkeypatch):
     monkeypatch.setattr(dev.importlib.util, "find_spec", lambda name, *a: None if name == "torch_npu" else object())
 
 
-@pytest.fixture()
-def fake_npu(monkeypatch):
-    """A stand-in torch_npu: importing it registers `torch.npu`, as the real one does."""
-    module = types.ModuleType("torch_npu")
-    imported = []
+FAKE_TORCH_NPU = """
+# A stand-in for Huawei's torch_npu: importing it does what the real one does for device
+# selection: names the privateuse1 backend "npu" and registers a `torch.npu` module.
+import types
+import torch
 
-    def register():
-        imported.append(True)
-        # The real torch_npu names the privateuse1 backend "npu" (once per process) ...
-        if not hasattr(torch, "_osp_test_npu_renamed"):
-            torch.utils.rename_privateuse1_backend("npu")
-            torch._osp_test_npu_renamed = True
-        # ... and registers the torch.npu module.
-        monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: True), raising=False)
+torch.utils.rename_privateuse1_backend("npu")
+torch.npu = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 1)
+"""
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(dev.importlib.util, "find_spec", lambda name, *a: object())
-    real_import = dev.importlib.import_module
 
-    def import_module(name, *args):
-        if name == "torch_npu":
-            register()
-            return module
-        return real_import(name, *args)
-
-    monkeypatch.setattr(dev.importlib, "import_module", import_module)
-    return imported
+def _in_process_with_fake_npu(tmp_path, code: str) -> str:
+    """Run `code` in a fresh interpreter that can import the stand-in torch_npu (renaming the
+    privateuse1 backend cannot be undone, so it must not happen in the test process)."""
+    (tmp_path / "torch_npu").mkdir()
+    (tmp_path / "torch_npu" / "__init__.py").write_text(FAKE_TORCH_NPU)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 def test_cpu_when_nothing_else(no_accelerators):
@@ -64,12 +58,15 @@ def test_cuda_first(monkeypatch):
     assert dev.default_dtype("cuda") == torch.float16
 
 
-def test_npu_when_torch_npu_is_installed(fake_npu):
-    assert dev.select_device().type == "npu"
-    assert fake_npu, "torch_npu was not imported"
-    assert dev.default_dtype("npu") == torch.bfloat16
-    assert dev.distributed_backend("npu") == "hccl"
-    assert dev.select_device("npu:1") == torch.device("npu:1")
+def test_npu_when_torch_npu_is_installed(tmp_path):
+    out = _in_process_with_fake_npu(tmp_path, (
+        "import sys, torch\n"
+        "from osp_core import device as d\n"
+        "assert 'torch_npu' not in sys.modules  # imported lazily, on first use\n"
+        "dev = d.select_device()\n"
+        "print(dev.type, d.default_dtype(dev), d.distributed_backend(dev), d.select_device('npu:1'), 'torch_npu' in sys.modules)"
+    ))  # fmt: skip
+    assert out == "npu torch.bfloat16 hccl npu:1 True"
 
 
 def test_torch_npu_is_not_imported_when_absent(no_accelerators, monkeypatch):
