@@ -36,9 +36,12 @@ from .t2v_inputs import (
     DEFAULT_VERSION,
     MIN_STEPS,
     RELEASED_VERSIONS,
+    T5Location,
+    check_clean_caption_deps,
     check_steps,
     check_video_size,
     local_versions,
+    locate_t5,
     parse_version,
     pick_version,
     scheduler_name,
@@ -138,7 +141,6 @@ class T2VPipeline(DiffusionPipeline):
             if not (transformer_dir / "config.json").is_file():
                 raise ModelLoadError(f"no config.json in transformer folder '{transformer_dir}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
             root = resolve_model_dir(str(model), subfolders=["vae", "text_encoder", "tokenizer"])
-            transformer_model = LatteT2V.from_pretrained(str(transformer_dir), **kwargs)
             version = str(transformer_dir)
         else:
             if version is not None:
@@ -151,11 +153,13 @@ class T2VPipeline(DiffusionPipeline):
             if version not in available:
                 known = ", ".join(available) or "none"
                 raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {known})", "pass --version with one of the available versions")
-            transformer_model = LatteT2V.from_pretrained(str(root), subfolder=version, **kwargs)
+            transformer_dir = root / version
+        # find and check T5 (and load its small tokenizer) before gigabytes of transformer and VAE weights
+        t5_location = locate_t5(text_encoder, root) if load_text_encoder else None
+        tokenizer = load_t5_tokenizer(t5_location) if t5_location is not None else None
+        transformer_model = LatteT2V.from_pretrained(str(transformer_dir), **kwargs)
         vae = CausalVideoVAE.from_pretrained(str(root), subfolder="vae", **kwargs)
-        tokenizer = encoder = None
-        if load_text_encoder:
-            tokenizer, encoder = load_t5(text_encoder, root, torch_dtype)
+        encoder = load_t5_encoder(t5_location, torch_dtype) if t5_location is not None else None
         pipe = cls(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer_model, scheduler=scheduler_obj)
         # provenance for sidecars and logs
         pipe.version = version
@@ -180,11 +184,7 @@ class T2VPipeline(DiffusionPipeline):
         (needs beautifulsoup4 and ftfy)."""
         if not clean_caption:
             return prompt.lower().strip()
-        try:
-            import bs4  # noqa: F401
-            import ftfy  # noqa: F401
-        except ImportError:
-            raise InputError("caption cleaning needs the beautifulsoup4 and ftfy packages", "pip install beautifulsoup4 ftfy, or turn cleaning off") from None
+        check_clean_caption_deps()
         from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import PixArtAlphaPipeline
 
         # diffusers' cleaner only reads `bad_punct_regex` from its instance; run it twice as the original
@@ -407,36 +407,46 @@ class T2VPipeline(DiffusionPipeline):
         return video.permute(0, 2, 3, 4, 1).cpu().contiguous()
 
 
-def load_t5(source: str | Path | None, root: Path, torch_dtype: torch.dtype | None) -> tuple[Any, Any]:
+def load_t5(source: str | Path | None, root: Path | None, torch_dtype: torch.dtype | None) -> tuple[Any, Any]:
     """(tokenizer, T5EncoderModel): from `source` when given, else the repository's
-    `text_encoder/` + `tokenizer/` folders, else DeepFloyd/t5-v1_1-xxl."""
-    from transformers import AutoTokenizer, T5EncoderModel
+    `text_encoder/` + `tokenizer/` folders, else DeepFloyd/t5-v1_1-xxl (see `locate_t5`)."""
+    location = locate_t5(source, root)
+    return load_t5_tokenizer(location), load_t5_encoder(location, torch_dtype)
 
-    if source is None and (root / "text_encoder" / "config.json").is_file():
-        encoder_path, tokenizer_path, encoder_sub, tokenizer_sub = str(root), str(root), "text_encoder", "tokenizer"
-        if not (root / "tokenizer").is_dir():
-            tokenizer_sub = "text_encoder"
-    else:
-        name = str(source or DEFAULT_TEXT_ENCODER)
-        local = Path(name).expanduser()
-        if local.is_dir():
-            name = str(local)
-            has_sub = (local / "text_encoder" / "config.json").is_file()
-            encoder_sub = "text_encoder" if has_sub else None
-            tokenizer_sub = "tokenizer" if (local / "tokenizer").is_dir() else encoder_sub
-        else:
-            if name.startswith((".", "/", "~")) or name.count("/") != 1:
-                raise ModelLoadError(f"text encoder folder '{name}' does not exist", f"pass an existing folder or a Hub repo id such as {DEFAULT_TEXT_ENCODER}")
-            encoder_sub = tokenizer_sub = None
-        encoder_path = tokenizer_path = name
+
+def load_t5_tokenizer(location: T5Location) -> Any:
+    """The T5 tokenizer from a location found by `locate_t5` (one-line `ModelLoadError`s)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location.tokenizer, **({"subfolder": location.tokenizer_subfolder} if location.tokenizer_subfolder else {}))
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError... for bad files
+        raise _t5_load_error(exc, "tokenizer", location) from None
+    # transformers builds an empty T5 tokenizer from a folder without vocabulary files; it
+    # would map every prompt to <unk>. T5's vocabulary covers plain lower-case English.
+    probe = tokenizer("a photo of a cat", add_special_tokens=False).input_ids
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in probe:
+        raise ModelLoadError(f"the T5 tokenizer from '{location.source}' has no vocabulary (no spiece.model or tokenizer.json)", "pass --text-encoder with a folder holding the T5 tokenizer files, or a tokenizer/ beside text_encoder/")
+    return tokenizer
+
+
+def load_t5_encoder(location: T5Location, torch_dtype: torch.dtype | None) -> Any:
+    """The T5EncoderModel (eval mode) from a location found by `locate_t5` (one-line `ModelLoadError`s)."""
+    from transformers import T5EncoderModel
+
     kwargs: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **({"subfolder": tokenizer_sub} if tokenizer_sub else {}))
-        encoder = T5EncoderModel.from_pretrained(encoder_path, **({"subfolder": encoder_sub} if encoder_sub else {}), **kwargs)
-    except OSError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "offline" in message.lower() or "connect" in message.lower() or "cache" in message.lower():
-            raise HubUnavailableError(f"text encoder '{encoder_path}' is not available offline: {message}", "pass --text-encoder DIR with a downloaded T5, or connect to the Hub") from None
-        raise ModelLoadError(f"cannot load the T5 text encoder from '{encoder_path}': {message}", "pass --text-encoder with a T5 encoder folder or repo id") from None
+        encoder = T5EncoderModel.from_pretrained(location.encoder, **({"subfolder": location.encoder_subfolder} if location.encoder_subfolder else {}), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise _t5_load_error(exc, "encoder", location) from None
     encoder.eval()
-    return tokenizer, encoder
+    return encoder
+
+
+def _t5_load_error(exc: Exception, part: str, location: T5Location) -> ModelLoadError:
+    """One line for whatever transformers raised while loading T5."""
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, OSError) and any(word in message.lower() for word in ("offline", "connect", "cache")):
+        return HubUnavailableError(f"T5 text encoder '{location.source}' is not available offline: {message}", "pass --text-encoder DIR with a downloaded T5 encoder, or connect to the Hub")
+    return ModelLoadError(f"cannot load the T5 {part} from '{location.source}': {message}", "pass --text-encoder with a T5 encoder folder or repo id")

@@ -1,13 +1,17 @@
 """Text-to-video settings that can be checked before any model is imported or loaded:
-frame counts, sizes, weight versions and scheduler names (no torch/diffusers imports here,
-so the CLI reports bad input at once)."""
+frame counts, sizes, weight versions, scheduler names, the T5 encoder's location and optional
+packages (no torch/diffusers imports here, so the CLI reports bad input at once)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, ModelLoadError
+from ..errors import HubUnavailableError, InputError, ModelLoadError
+from ..hub import resolve_model_dir
 
 DEFAULT_TEXT_ENCODER = "DeepFloyd/t5-v1_1-xxl"
 DEFAULT_VERSION = "65x512x512"
@@ -92,3 +96,106 @@ def check_video_size(num_frames: int, height: int, width: int, temporal: int = 4
                 f"{name} {value} is not a multiple of {spatial} (8 for the VAE x 2 for the patches)",
                 f"use e.g. {nearest}",
             )
+
+
+# -- the T5 text encoder's location (checked before any big model is loaded) ---------------
+
+T5_MODEL_TYPES = ("t5",)
+_T5_HINT = f"pass --text-encoder with a T5 v1.1 encoder folder or Hub repo id such as {DEFAULT_TEXT_ENCODER}"
+
+
+@dataclass
+class T5Location:
+    """Where the tokenizer and encoder load from: a folder (plus subfolder) or, for Hub weights
+    not yet in the local cache, the repo id (transformers then downloads one weight format).
+    `source` names it for sidecars and errors."""
+
+    encoder: str
+    encoder_subfolder: str | None
+    tokenizer: str
+    tokenizer_subfolder: str | None
+    source: str
+
+
+def locate_t5(source: str | Path | None, root: Path | None = None) -> T5Location:
+    """Resolve the T5 encoder: `source` (folder or Hub repo id) when given, else the model
+    repository's `text_encoder/` + `tokenizer/` (when `root` has them), else
+    DeepFloyd/t5-v1_1-xxl. Hub ids go through `resolve_model_dir` (only configs are fetched
+    here, so an unreachable Hub fails at once and in one line), and the config must be a T5
+    one. Raises `ModelLoadError` / `HubUnavailableError`."""
+    if source is None and root is not None and (root / "text_encoder" / "config.json").is_file():
+        tokenizer_sub = "tokenizer" if (root / "tokenizer").is_dir() else "text_encoder"
+        location = T5Location(str(root), "text_encoder", str(root), tokenizer_sub, f"{root}/text_encoder")
+        check_t5_config(root / "text_encoder", location.source)
+        return location
+    name = str(source or DEFAULT_TEXT_ENCODER)
+    local = Path(name).expanduser()
+    looks_like_path = local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_like_path and not local.is_dir():
+        raise ModelLoadError(f"text encoder folder '{name}' does not exist", f"pass an existing folder or a Hub repo id such as {DEFAULT_TEXT_ENCODER}")
+    if local.is_dir():
+        folder = local
+    else:
+        try:
+            folder = resolve_model_dir(name, subfolders=["text_encoder", "tokenizer"])
+        except HubUnavailableError as exc:
+            # hub.py's hint names --model; the fix here is the text encoder's own option
+            fix = "unset HF_HUB_OFFLINE to download it" if "HF_HUB_OFFLINE is set" in exc.message else "set HF_HUB_OFFLINE=1 to use the local cache"
+            raise HubUnavailableError(f"T5 text encoder {exc.message}", f"pass --text-encoder DIR with a downloaded T5 encoder, or {fix}") from None
+    encoder_sub = "text_encoder" if (folder / "text_encoder" / "config.json").is_file() else None
+    tokenizer_sub = "tokenizer" if (folder / "tokenizer").is_dir() else encoder_sub
+    check_t5_config(folder / encoder_sub if encoder_sub else folder, name)
+    encoder_dir = folder / encoder_sub if encoder_sub else folder
+    tokenizer_dir = folder / tokenizer_sub if tokenizer_sub else folder
+    if local.is_dir() or (_has_weights(encoder_dir) and _has_tokenizer(tokenizer_dir)):
+        return T5Location(str(folder), encoder_sub, str(folder), tokenizer_sub, name)
+    # configs fetched, weights not cached yet: transformers downloads them by repo id
+    return T5Location(name, encoder_sub, name, tokenizer_sub, name)
+
+
+def check_t5_config(folder: Path, source: str) -> None:
+    """Raise `ModelLoadError` unless `folder/config.json` describes a T5 model."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"no config.json in text encoder folder '{source}'", _T5_HINT)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read '{config_path}': {exc.__class__.__name__}", _T5_HINT) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in T5_MODEL_TYPES:
+        what = f"model_type {model_type}" if model_type else "no model_type"
+        if isinstance(config, dict) and config.get("_class_name"):
+            what += f", a {config['_class_name']}"
+        raise ModelLoadError(f"text encoder '{source}' is not a T5 encoder ({what})", _T5_HINT)
+
+
+def _has_weights(folder: Path) -> bool:
+    """The folder holds complete encoder weights (single file or every shard of an index)."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (folder / single).is_file():
+            return True
+        if (folder / index).is_file():
+            try:
+                shards = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError):
+                return False
+            return all((folder / shard).is_file() for shard in shards)
+    return False
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()
+
+
+def check_clean_caption_deps() -> None:
+    """Raise `InputError` when caption cleaning's packages (beautifulsoup4, ftfy) are missing."""
+    missing = []
+    for module, package in (("bs4", "beautifulsoup4"), ("ftfy", "ftfy")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise InputError(f"--clean-caption needs {' and '.join(missing)}, which {verb} not installed", "pip install 'osp[clean-caption]', or leave out --clean-caption")

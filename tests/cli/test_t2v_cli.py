@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import av
 import pytest
+import torch
 from safetensors import safe_open
 
 from tests.conftest import assert_one_line_error, run_osp
@@ -66,8 +69,13 @@ def test_sidecar_is_complete(sampled, tiny_repo):
     }  # fmt: skip
     assert sidecar["models"] == {"model": str(tiny_repo), "version": "9x32x32", "text_encoder": f"{tiny_repo}/text_encoder"}
     assert sidecar["num_frames"] == 9 and sidecar["size"] == [32, 32]
-    assert sidecar["video"] == video["video"]
-    with safe_open(sidecar["latents"], framework="pt") as handle:
+    # the sidecar names its files relative to itself; the --json summary gives absolute paths
+    assert sidecar["video"] == f"a-shiba-inu-wearing-a-beret-{SEED}.mp4"
+    assert sidecar["latents"] == f"a-shiba-inu-wearing-a-beret-{SEED}.latents.safetensors"
+    for key in ("video", "latents", "sidecar"):
+        assert Path(video[key]).is_absolute() and Path(video[key]).is_file()
+    assert Path(video["video"]).name == sidecar["video"] and Path(video["latents"]).name == sidecar["latents"]
+    with safe_open(str(out / "videos" / sidecar["latents"]), framework="pt") as handle:
         assert handle.get_tensor("latents").shape == (1, 4, 3, 4, 4)
     # the second prompt gets the next seed
     assert json.loads(proc.stdout)["videos"][1]["seed"] == SEED + 1
@@ -82,15 +90,25 @@ def test_long_prompt_warns_with_the_cut_part(sampled):
     assert second["truncated_prompt_part"].endswith("END OF THE LONG PROMPT".lower())
 
 
-def test_same_seed_gives_the_same_file(sampled, tiny_repo, tmp_path):
+def test_same_seed_gives_the_same_file_which_is_kept_unless_overwrite(sampled, tiny_repo, tmp_path):
+    """Same seed, same bytes; and an earlier video of that name is refused unless --overwrite."""
     out, _ = sampled
-    proc = run_osp(
-        "t2v", "sample", "A Shiba Inu", "wearing a beret", *SIZE_ARGS, "--steps", "4", "--seed", str(SEED),
-        "--negative-prompt", "blurry", "--model", str(tiny_repo), "-o", str(tmp_path), "--fps", "12", env=ONE_THREAD,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
     name = f"a-shiba-inu-wearing-a-beret-{SEED}.mp4"
-    assert (tmp_path / name).read_bytes() == (out / "videos" / name).read_bytes()
+    copy = tmp_path / name
+    copy.write_bytes((out / "videos" / name).read_bytes())
+    (tmp_path / name.replace(".mp4", ".json")).write_text("{}")  # an earlier sidecar, to be replaced too
+    args = (
+        "t2v", "sample", "A Shiba Inu", "wearing a beret", *SIZE_ARGS, "--steps", "4", "--seed", str(SEED),
+        "--negative-prompt", "blurry", "--model", str(tiny_repo), "-o", str(tmp_path), "--fps", "12",
+    )  # fmt: skip
+    assert_one_line_error(run_osp(*args), f"{name}' and 1 more outputs already exist", "--overwrite")
+    earlier = copy.stat().st_mtime_ns
+    time.sleep(0.01)
+    proc = run_osp(*args, "--overwrite", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert copy.stat().st_mtime_ns != earlier  # written again ...
+    assert copy.read_bytes() == (out / "videos" / name).read_bytes()  # ... with the same content
+    assert json.loads((tmp_path / name.replace(".mp4", ".json")).read_text())["seed"] == SEED
 
 
 @pytest.mark.parametrize(
@@ -107,6 +125,9 @@ def test_same_seed_gives_the_same_file(sampled, tiny_repo, tmp_path):
         (("   ",), ("prompt is empty",)),
         ((), ("no prompt given",)),
         (("--prompts", "/nonexistent/prompts.txt"), ("does not exist",)),
+        (("--prompts", "/"), ("'/' is a directory",)),
+        # the default --model is a Hub id: an unreleased version is refused before any download
+        (("a cat", "--version", "129x512x512"), ("'129x512x512' is not a released version", "65x512x512, 221x512x512")),
     ],
 )
 def test_bad_input_is_one_line(args, needles, tmp_path):
@@ -156,3 +177,119 @@ def test_transformer_folder_from_a_checkpoint(tiny_repo, tmp_path):
     assert_one_line_error(proc, "--transformer and --version")
     proc = run_osp("t2v", "sample", "x", *SIZE_ARGS, "--model", str(tiny_repo), "--transformer", str(tmp_path))
     assert_one_line_error(proc, "no config.json in transformer folder")
+
+
+def test_saved_latents_decode_with_osp_vae_decode(sampled, tiny_repo, tmp_path):
+    """--save-latents writes what `osp vae encode` writes: unscaled latents and its header, so
+    `osp vae decode FILE` gives the sampled video back."""
+    from osp_core.pipelines.t2v import T2VPipeline
+    from osp_core.pipelines.video_vae import decode, load_latents, load_vae
+
+    out, proc = sampled
+    record = json.loads(proc.stdout)["videos"][0]
+    saved = load_latents(record["latents"])
+    header = saved.metadata
+    assert {k: json.loads(header[k]) for k in ("fps", "frames", "height", "width", "scaling_factor", "seed")} == {
+        "fps": 12.0, "frames": 9, "height": 32, "width": 32, "scaling_factor": 0.18215, "seed": SEED,
+    }  # fmt: skip
+    assert header["model"] == str(tiny_repo) and header["prompt"] == "A Shiba Inu wearing a beret" and header["negative_prompt"] == "blurry"
+
+    # the same sampling in this process: the file holds its final latents / scaling_factor
+    pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
+    pipe.set_progress_bar_config(disable=True)
+    final = pipe(
+        "A Shiba Inu wearing a beret", negative_prompt="blurry", num_frames=9, height=32, width=32,
+        num_inference_steps=4, generator=torch.Generator().manual_seed(SEED), output_type="latent",
+    ).frames  # fmt: skip
+    assert torch.allclose(saved.latents * 0.18215, final, rtol=1e-4, atol=1e-4 * final.abs().max().item())
+    # decoding as `osp vae decode` does gives the pipeline's frames (rounding vs truncation: 1 level)
+    from osp_core.io import from_model_output
+
+    vae = load_vae(header["model"], torch.device("cpu"), torch.float32)
+    vae.enable_tiling()
+    via_vae_decode = from_model_output(decode(vae, saved.latents)[0])
+    assert (via_vae_decode.int() - pipe.decode_latents(final)[0].int()).abs().max() <= 1
+
+    # and the command itself finds the VAE and the frame rate in the header (in this process:
+    # torch is already imported)
+    from typer.testing import CliRunner
+
+    from osp_cli.main import app
+
+    result = CliRunner().invoke(app, ["vae", "decode", record["latents"], "-o", str(tmp_path / "decoded.mp4"), "--json"])
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "decoded.mp4")) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert float(stream.average_rate) == 12
+    assert len(frames) == 9 and frames[0].shape == (32, 32, 3)
+
+
+def test_long_frames_warn_once_and_schedulers_log_nothing(tiny_repo, tmp_path):
+    """--frames past every trained length warns once, naming the weights; DPMSolverSinglestep's
+    diffusers log line (its default config's final step) stays off stderr."""
+    proc = run_osp(
+        "t2v", "sample", "a cat", "--model", str(tiny_repo), "--frames", "13", "--height", "32", "--width", "32",
+        "--steps", "4", "--seed", "3", "--scheduler", "DPMSolverSinglestep", "-o", str(tmp_path), "--json", env=ONE_THREAD,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["warning: 13 frames is longer than any trained length; using the 9x32x32 weights (trained on 9 frames)"]
+    assert json.loads(proc.stdout)["videos"][0]["num_frames"] == 13
+
+
+def test_failed_runs_leave_no_output_folder(tiny_repo, tmp_path):
+    """A run that fails after the checks (device, T5, Hub) leaves no empty -o folder behind."""
+    out = tmp_path / "new" / "videos"
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(tiny_repo), "--device", "cuda", "-o", str(out)), "cuda")
+        assert not (tmp_path / "new").exists()
+    # the Hub is unreachable for a (non-default) Hub repository: fails in the loader, after the folder was made
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", "example/osp-finetune", "-o", str(out), env={"HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(proc, "'example/osp-finetune' is not in the local")
+    assert not (tmp_path / "new").exists()
+
+
+def test_released_repo_checks_t5_before_downloading(tmp_path):
+    """For the default (released) repository T5 comes from DeepFloyd/t5-v1_1-xxl: checked first."""
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "-o", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(proc, "T5 text encoder 'DeepFloyd/t5-v1_1-xxl'", "--text-encoder DIR")
+
+
+def test_missing_t5_fails_at_once_naming_text_encoder(tiny_repo, tmp_path):
+    """The released repository has no text_encoder/ (T5 comes from DeepFloyd/t5-v1_1-xxl): with
+    the Hub out of reach that is one line, before any weights load."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("vae", "9x32x32"):
+        (repo / name).symlink_to(tiny_repo / name)
+    started = time.perf_counter()
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(repo), "-o", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(proc, "DeepFloyd/t5-v1_1-xxl", "--text-encoder DIR", "HF_HUB_OFFLINE")
+    assert time.perf_counter() - started < 30 and not (tmp_path / "out").exists()
+
+
+def test_text_encoder_that_is_not_t5(tiny_repo, tmp_path):
+    vlm = tmp_path / "vlm"
+    vlm.mkdir()
+    (vlm / "config.json").write_text(json.dumps({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}))
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(tiny_repo), "--text-encoder", str(vlm), "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "is not a T5 encoder (model_type llava)", "--text-encoder")
+    assert not (tmp_path / "out").exists()  # (a VAE folder: see tests/pipelines, test_text_encoder_must_be_a_t5)
+
+
+def test_clean_caption_without_its_packages(tiny_repo, tmp_path):
+    """--clean-caption needs beautifulsoup4 and ftfy: said at once (here they are made unimportable)."""
+    shadow = tmp_path / "shadow"
+    for module in ("bs4", "ftfy"):
+        (shadow / module).mkdir(parents=True)
+        (shadow / module / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(tiny_repo), "--clean-caption", "-o", str(tmp_path / "out"), env={"PYTHONPATH": str(shadow)})
+    assert_one_line_error(proc, "--clean-caption needs beautifulsoup4 and ftfy", "pip install 'osp[clean-caption]'")
+
+
+def test_prompt_file_with_a_byte_order_mark(tmp_path):
+    from osp_cli.t2v import read_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("\ufeffA cat\nA dog\n".encode())
+    assert read_prompts(None, str(prompts)) == ["A cat", "A dog"]

@@ -208,3 +208,59 @@ def test_model_offload_and_freed_text_encoder_give_the_same_video(tiny_repo):
     offloaded.set_progress_bar_config(disable=True)
     offloaded.enable_model_cpu_offload(device="cpu")  # the same accelerate hooks as on a GPU
     assert torch.equal(offloaded("a kite", generator=torch.Generator().manual_seed(1), **call).frames, expected)
+
+
+def test_t5_is_located_before_the_big_models(tiny_repo, tmp_path, monkeypatch):
+    """A repository without text_encoder/ (the released one) takes T5 from the Hub: out of
+    reach, that is one HubUnavailableError naming --text-encoder, before any weights load."""
+    import huggingface_hub.constants
+
+    from osp_core.errors import HubUnavailableError
+    from osp_core.models.latte_t2v import LatteT2V
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("vae", "9x32x32"):
+        (repo / name).symlink_to(tiny_repo / name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the transformer was loaded before T5 was found")
+
+    monkeypatch.setattr(LatteT2V, "from_pretrained", must_not_load)
+    with pytest.raises(HubUnavailableError, match="DeepFloyd/t5-v1_1-xxl") as caught:
+        T2VPipeline.from_pretrained(repo, version="9x32x32")
+    assert "--text-encoder DIR" in caught.value.hint and "HF_HUB_OFFLINE" in caught.value.hint
+
+
+def test_text_encoder_must_be_a_t5(tiny_repo, tmp_path):
+    from osp_core.pipelines.t2v import load_t5
+    from osp_core.pipelines.t2v_inputs import locate_t5
+
+    vlm = tmp_path / "vlm"
+    vlm.mkdir()
+    (vlm / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(ModelLoadError, match=r"is not a T5 encoder \(no model_type, a CausalVAEModel\)"):
+        locate_t5(str(tiny_repo / "vae"))
+    with pytest.raises(ModelLoadError, match=r"is not a T5 encoder \(model_type llava\)"):
+        locate_t5(str(vlm))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        locate_t5(str(tmp_path / "nowhere"))
+    # a T5 config without tokenizer files: transformers builds an empty tokenizer; refused
+    with pytest.raises(ModelLoadError, match="has no vocabulary"):
+        load_t5(str(tiny_repo / "text_encoder"), None, None)
+    # a repository folder as --text-encoder: its text_encoder/ and tokenizer/
+    location = locate_t5(str(tiny_repo))
+    assert (location.encoder_subfolder, location.tokenizer_subfolder) == ("text_encoder", "tokenizer")
+    tokenizer, encoder = load_t5(str(tiny_repo), None, None)
+    assert type(tokenizer).__name__ == "ByT5Tokenizer" and not encoder.training
+
+
+def test_clean_caption_names_its_packages(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bs4", None)  # None in sys.modules: `import bs4` raises ImportError
+    with pytest.raises(InputError, match=r"beautifulsoup4.*pip install 'osp\[clean-caption\]'"):
+        T2VPipeline.preprocess("A cat", clean_caption=True)
