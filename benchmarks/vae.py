@@ -16,9 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_CONFIG = ROOT.parent / "shared" / "reference" / "vae_v1.1.0_config.json"
-# Tiled cases: 128x128 spatial tiles and 17-frame temporal windows, so memory is bounded by a
-# tile even at these sizes (the default 256x256x65 tile would not split a 256x256x65 video).
-TILE = {"tile_sample_size": 128, "tile_sample_frames": 17, "tile_overlap_factor": 0.25}
+# Tiled cases: 17-frame temporal rollback windows (256x256 spatial tiles), so memory is bounded
+# by one window however long the video (the default 256x256x65 tile would not split these).
+TILE = {"tile_sample_size": 256, "tile_sample_frames": 17, "tile_overlap_factor": 0.25}
 
 
 def _peak_rss_mb() -> float:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--ops", nargs="+", default=["encode", "decode"], choices=["encode", "decode"])
     parser.add_argument("--tiled", choices=["both", "yes", "no"], default="both")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="OP,FRAMES,tiled|untiled", help="Run only these cases, e.g. decode,65,tiled.")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
@@ -74,17 +75,18 @@ def main() -> None:
         return
     tiles = {"both": [False, True], "yes": [True], "no": [False]}[args.tiled]
     results = []
-    for op in args.ops:
-        for size in args.sizes:
-            for tiled in tiles:
-                for frames in args.frames:
-                    case = f"{op},{frames},{size},{int(tiled)}"
-                    proc = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True)
-                    if proc.returncode:
-                        results.append({"op": op, "frames": frames, "size": size, "tiled": tiled, "error": proc.stderr.strip().splitlines()[-1:]})
-                    else:
-                        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    cases = [(op, size, tiled, frames) for op in args.ops for size in args.sizes for tiled in tiles for frames in args.frames]
+    if args.only:
+        wanted = {tuple(c.split(",")) for c in args.only}
+        cases = [c for c in cases if (c[0], str(c[3]), "tiled" if c[2] else "untiled") in wanted]
+    for op, size, tiled, frames in cases:
+        case = f"{op},{frames},{size},{int(tiled)}"
+        proc = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True)
+        if proc.returncode:
+            results.append({"op": op, "frames": frames, "size": size, "tiled": tiled, "error": proc.stderr.strip().splitlines()[-1:]})
+        else:
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return
