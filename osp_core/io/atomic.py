@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +33,10 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; rename it to `dest` only if the block succeeds."""
     dest = Path(dest)
     ensure_writable_dir(dest.parent if str(dest.parent) else Path("."))
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # Name first, create inside the try: a Ctrl-C at any point leaves no temporary file.
+    tmp_path = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")
     try:
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
         os.replace(tmp_path, dest)
@@ -50,8 +50,9 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `dest`; it replaces `dest` only if the block succeeds."""
     dest = Path(dest)
     ensure_writable_dir(dest.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
+        tmp.mkdir(mode=0o700)
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if dest.exists():
