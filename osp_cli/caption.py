@@ -19,12 +19,12 @@ class _BarProgress:
     """Draws the runner's progress as a rich bar: clips done, clips/s and ETA."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from .console import err
+        from .console import InterruptibleProgress, err
 
         self.enabled = enabled
-        self.bar = Progress(
+        self.bar = InterruptibleProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +15,42 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 err = Console(stderr=True)
 
 
+_interrupted = False
+
+
+def install_interrupt_handler() -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: a KeyboardInterrupt that
+    C code swallows (e.g. raised inside a library callback) still stops the run at the next
+    progress update."""
+
+    def on_sigint(signum: int, frame: object) -> None:
+        global _interrupted
+        _interrupted = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def raise_if_interrupted() -> None:
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
+class InterruptibleProgress(Progress):
+    """rich Progress whose updates stop the run after a Ctrl-C (see install_interrupt_handler)."""
+
+    def advance(self, task_id, advance: float = 1) -> None:  # type: ignore[override]
+        raise_if_interrupted()
+        super().advance(task_id, advance)
+
+    def update(self, task_id, **kwargs) -> None:  # type: ignore[override]
+        raise_if_interrupted()
+        super().update(task_id, **kwargs)
+
+
 def progress(transient: bool = False) -> Progress:
     """A rich progress bar on stderr (silent when stderr is not a terminal)."""
-    return Progress(
+    return InterruptibleProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

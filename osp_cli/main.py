@@ -59,7 +59,10 @@ def run() -> None:
     """Console-script entry point. Set OSP_DEBUG=1 to see tracebacks."""
     from osp_core.errors import OSPError
 
+    from .console import install_interrupt_handler
+
     debug = os.environ.get("OSP_DEBUG", "") not in ("", "0")
+    install_interrupt_handler()
     try:
         # Without standalone mode click returns exit codes (typer.Exit, Ctrl-C -> 130) instead
         # of exiting, and raises usage errors for us to show.

@@ -40,3 +40,19 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
     assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted"
     assert not (out / "annotations.json").exists()  # written last, atomically
     assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".")], "temporary file left"
+
+
+def test_a_swallowed_ctrl_c_still_stops_at_the_next_progress_update(monkeypatch):
+    """C code may swallow the KeyboardInterrupt of a Ctrl-C; the remembered interrupt then
+    stops the run at its next progress update."""
+    import pytest
+
+    from osp_cli import console
+
+    monkeypatch.setattr(console, "_interrupted", False)
+    with console.progress() as bar:
+        task = bar.add_task("work", total=3)
+        bar.advance(task)
+        monkeypatch.setattr(console, "_interrupted", True)
+        with pytest.raises(KeyboardInterrupt):
+            bar.advance(task)
