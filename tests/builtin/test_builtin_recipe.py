@@ -1,0 +1,266 @@
+"""`make builtin` groundwork: the tiny T5 builder, the shapes presets, the export/install/results
+helpers and the build script's guard rails (the full smoke build is a slow test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from osp_core.builtin_recipe import (
+    SIZE_LIMIT_BYTES,
+    VERSION,
+    check_repository,
+    curve_svg,
+    curve_table,
+    export_transformer,
+    export_vae,
+    init_vae,
+    install,
+    latent_scaling_factor,
+    loss_history,
+    write_curve_csv,
+)
+from osp_core.errors import InputError, ModelLoadError
+from osp_core.models.tiny_t5 import TinyT5Config, build_tiny_t5, save_tiny_t5
+from osp_core.pipelines.t2v import load_t5
+from osp_core.train.config import T2VTrainConfig, VAETrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPTIONS = ["a red circle moving right", "a blue circle moving right", "a yellow triangle moving down", ""]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on shared cores: thread hand-offs cost more than they save."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _states(tokenizer, encoder, texts=CAPTIONS, length=32):
+    tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
+
+
+# --- tiny T5 -----------------------------------------------------------------------------------
+
+
+def test_tiny_t5_is_deterministic_and_seeded(tmp_path):
+    save_tiny_t5(tmp_path / "a", TinyT5Config(seed=0))
+    torch.manual_seed(123)  # the global RNG state must not matter
+    save_tiny_t5(tmp_path / "b", TinyT5Config(seed=0))
+    save_tiny_t5(tmp_path / "c", TinyT5Config(seed=1))
+    a, b, c = (load_file(str(tmp_path / n / "text_encoder" / "model.safetensors")) for n in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].numel() > 1)
+    assert json.loads((tmp_path / "a" / "text_encoder" / "tiny_t5.json").read_text())["seed"] == 0
+
+
+def test_tiny_t5_loads_back_through_the_sampler_and_trainer_paths(tmp_path):
+    """`osp t2v sample` reads the repository's text_encoder/ + tokenizer/ (source None);
+    `osp t2v train --text-encoder DIR` passes the folder: both give the built encoder."""
+    spec = TinyT5Config(seed=0)
+    save_tiny_t5(tmp_path, spec)
+    built_tok, built_enc = build_tiny_t5(spec)
+    expected, mask = _states(built_tok, built_enc)
+    for source in (None, str(tmp_path)):
+        tokenizer, encoder = load_t5(source, tmp_path, None)
+        assert type(tokenizer).__name__ == "ByT5Tokenizer" and type(encoder).__name__ == "T5EncoderModel"
+        assert encoder.config.d_model == spec.d_model
+        states, got_mask = _states(tokenizer, encoder)
+        assert torch.equal(got_mask, mask)
+        torch.testing.assert_close(states, expected, rtol=0, atol=0)
+    # byte-level: a caption is its UTF-8 bytes + EOS, so every world caption fits in 32 tokens
+    assert int(mask[0].sum()) == len(CAPTIONS[0]) + 1
+    # different captions give different states at the words that differ
+    assert not torch.allclose(expected[0], expected[1])
+
+
+def test_tiny_t5_refuses_to_overwrite(tmp_path):
+    save_tiny_t5(tmp_path)
+    with pytest.raises(InputError, match="already exists"):
+        save_tiny_t5(tmp_path)
+    save_tiny_t5(tmp_path, TinyT5Config(seed=3), overwrite=True)
+    assert json.loads((tmp_path / "text_encoder" / "tiny_t5.json").read_text())["seed"] == 3
+
+
+# --- presets -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def preset_models():
+    from osp_core.train.t2v_recipe import build_transformer
+    from osp_core.train.vae_recipe import load_vae_for_training
+
+    vae_cfg = load_config(VAETrainConfig, "shapes", group="vae")
+    t2v_cfg = load_config(T2VTrainConfig, "shapes", group="t2v")
+    torch.manual_seed(0)
+    vae, _ = load_vae_for_training(vae_cfg)
+    latent = vae.latent_shape(17, 64, 64)
+    transformer = build_transformer(t2v_cfg, latent[0], latent[1:])
+    return vae_cfg, t2v_cfg, vae, transformer
+
+
+def test_presets_build_models_of_the_intended_size(preset_models):
+    vae_cfg, t2v_cfg, vae, transformer = preset_models
+    # VAE: the v1.1.0 block structure at width 32 (GroupNorm's 32 groups), 4 levels
+    assert vae.config.hidden_size == 32 and list(vae.config.hidden_size_mult) == [1, 2, 2, 2]
+    assert list(vae.config.encoder_resnet_blocks) == ["ResnetBlock2D", "ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"]
+    assert (vae.temporal_compression, vae.spatial_compression) == (4, 8)
+    assert vae.latent_shape(17, 64, 64) == (5, 8, 8)
+    vae_params = sum(p.numel() for p in vae.parameters())
+    assert 3.4e6 < vae_params < 3.7e6
+    # transformer: LatteT2V v1.1.0 structure, narrow; sized for 17x64x64 clips; reads the tiny T5
+    c = transformer.config
+    assert (c.num_layers, c.num_attention_heads * c.attention_head_dim, c.patch_size, c.norm_type) == (4, 192, 2, "ada_norm_single")
+    assert (c.video_length, list(c.sample_size), c.in_channels, c.out_channels) == (5, [8, 8], 4, 8)
+    assert c.caption_channels == TinyT5Config().d_model
+    t2v_params = sum(p.numel() for p in transformer.parameters())
+    assert 4.4e6 < t2v_params < 4.7e6
+    # the whole repository in fp16 (T5 kept in fp32) fits the package budget with room to spare
+    _, t5 = build_tiny_t5()
+    total = 2 * (vae_params + t2v_params) + 4 * sum(p.numel() for p in t5.parameters())
+    assert total <= 0.9 * SIZE_LIMIT_BYTES
+    # training settings the build relies on: native 64x64, no LPIPS, no GAN, cached latents fit
+    assert (vae_cfg.data.height, vae_cfg.data.width, vae_cfg.data.frames) == (64, 64, 9)
+    assert vae_cfg.loss.perceptual_weight == 0 and vae_cfg.loss.disc_factor == 0
+    assert (t2v_cfg.data.frames, t2v_cfg.data.height, t2v_cfg.data.width) == (17, 64, 64)
+    assert t2v_cfg.model.max_text_tokens >= max(len(c) + 1 for c in CAPTIONS)
+    assert t2v_cfg.diffusion.learn_sigma and t2v_cfg.run.ema
+
+
+def test_init_vae_starts_nearly_deterministic_and_reproducible(tmp_path):
+    from osp_core.models.causal_vae import CausalVideoVAE
+
+    config = ROOT / "presets" / "vae" / "shapes-vae.json"
+    init_vae(config, tmp_path / "a", seed=0)
+    init_vae(config, tmp_path / "b", seed=0)
+    a, b = (load_file(str(tmp_path / n / "diffusion_pytorch_model.safetensors")) for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    vae = CausalVideoVAE.from_pretrained(str(tmp_path / "a")).eval()
+    with torch.no_grad():
+        posterior = vae.encode(torch.rand(1, 3, 5, 32, 32) * 2 - 1).latent_dist
+    # std ~ e^-3 instead of ~1: the decoder sees the encoder's means, not noise
+    assert float(posterior.std.max()) < 0.2
+    with pytest.raises(InputError, match="does not exist"):
+        init_vae(tmp_path / "missing.json", tmp_path / "c")
+
+
+# --- export, install, results --------------------------------------------------------------------
+
+
+def _fake_checkpoint(root: Path, model, ema: bool, losses: list[float]) -> Path:
+    """A checkpoint folder as the trainer writes it: model/ (+ model_ema/), trainer_state.json."""
+    root.mkdir(parents=True)
+    model.save_pretrained(str(root / "model"))
+    if ema:
+        model.save_pretrained(str(root / "model_ema"))
+    (root / "trainer_state.json").write_text(json.dumps({"step": len(losses), "loss_history": losses}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def assembled(tmp_path_factory, preset_models):
+    """A repository assembled from randomly initialised preset models, as the build does."""
+    from osp_core.data.shapes import synthesize
+
+    _, _, vae, transformer = preset_models
+    tmp = tmp_path_factory.mktemp("assembled")
+    synthesize(tmp / "clips", 2, seed=0)
+    clips = sorted((tmp / "clips" / "videos").glob("*.mp4"))
+    scale = latent_scaling_factor(vae.eval(), clips, seed=0)
+    repo = tmp / "repo"
+    export_vae(_fake_checkpoint(tmp / "vae-ckpt", vae, False, [3.0, 2.0]), repo, scale)
+    folder, source = export_transformer(_fake_checkpoint(tmp / "t2v-ckpt", transformer, True, [1.0, 0.5]), repo)
+    save_tiny_t5(repo)
+    return repo, scale, clips, source, tmp
+
+
+def test_latent_scaling_factor_is_reproducible(assembled, preset_models):
+    repo, scale, clips, _, _ = assembled
+    assert scale > 0 and scale == latent_scaling_factor(preset_models[2], clips, seed=0)
+    assert json.loads((repo / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(scale)
+
+
+def test_exported_repository_is_fp16_and_samples(assembled):
+    from osp_core.pipelines.t2v import T2VPipeline
+
+    repo, _, _, source, _ = assembled
+    assert source == "model_ema"
+    for part in ("vae", VERSION):
+        weights = load_file(str(repo / part / "diffusion_pytorch_model.safetensors"))
+        assert {t.dtype for t in weights.values()} == {torch.float16}
+    size = check_repository(repo)
+    assert size <= SIZE_LIMIT_BYTES
+    pipe = T2VPipeline.from_pretrained(repo, version=VERSION, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle moving right", num_frames=17, height=64, width=64, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 17, 64, 64, 3) and out.frames.dtype == torch.uint8
+
+
+def test_check_repository_and_install_guard(assembled, tmp_path):
+    repo = assembled[0]
+    with pytest.raises(InputError, match="package limit"):
+        check_repository(repo, limit=1000)
+    with pytest.raises(ModelLoadError, match="lacks"):
+        check_repository(tmp_path)
+    target = tmp_path / "installed"
+    install(repo, target)
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in repo.iterdir())
+    with pytest.raises(InputError, match="--overwrite"):
+        install(repo, target)
+    install(repo, target, overwrite=True)
+    assert check_repository(target) == check_repository(repo)
+
+
+def test_loss_curves(assembled, tmp_path):
+    losses = loss_history(assembled[4] / "vae-ckpt")
+    assert losses == [3.0, 2.0]
+    csv = write_curve_csv(tmp_path / "loss.csv", {"vae": losses, "t2v": [1.0, 0.5, 0.25]})
+    assert csv.read_text().splitlines() == ["step,vae,t2v", "1,3,1", "2,2,0.5", "3,,0.25"]
+    svg = curve_svg([1.0, 0.5, float("nan"), 0.25, 0.2], "loss")
+    assert ET.fromstring(svg).tag.endswith("svg") and svg.count("<polyline") == 2
+    assert "too few" in curve_svg([1.0], "loss")
+    assert curve_table([4.0, 2.0, 2.0, 0.0], rows=2) == [(2, 3.0), (4, 1.0)]
+
+
+# --- the build script ------------------------------------------------------------------------------
+
+
+def _build(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "build_builtin.py"), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_build_refuses_an_existing_model_before_doing_anything(tmp_path):
+    target = tmp_path / "shapes"
+    target.mkdir()
+    proc = _build("--target", str(target), "--work-dir", str(tmp_path / "work"))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_smoke_build_end_to_end(tmp_path):
+    """The whole recipe at tiny step counts (about 3 minutes on 2 shared cores)."""
+    target = tmp_path / "shapes-smoke"
+    proc = _build("--smoke", "--keep", "--target", str(target), "--work-dir", str(tmp_path / "work"), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((target / "results.json").read_text())
+    assert results["smoke"] and results["vae_eval"]["videos"] == 4 and results["vae_eval"]["psnr"] is not None
+    assert results["t2v_eval"][0]["summary"]["videos"] == 3
+    assert results["repository_bytes"] <= SIZE_LIMIT_BYTES
+    assert (target / "RESULTS.md").is_file() and (target / "vae-loss.svg").is_file()
+    assert check_repository(target) > 0
