@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import re
 import secrets
@@ -242,6 +244,26 @@ def sample(
             err.print(f"[green]wrote[/green] {video['video']}")
 
 
+def _diffusers_errors_only(func):
+    """Run `func` with diffusers logging at ERROR: the libraries' log lines (e.g.
+    DPMSolverSinglestep's note on its final sigma with the default config) are not actionable
+    here; our own warnings say what matters."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from diffusers.utils import logging as diffusers_logging
+
+        previous = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            diffusers_logging.set_verbosity(previous)
+
+    return wrapper
+
+
+@_diffusers_errors_only
 def run_sampling(
     *,
     prompts: list[str],
@@ -270,46 +292,6 @@ def run_sampling(
 ) -> dict:
     """Load, encode every prompt, free T5, denoise and decode; returns the --json summary
     (absolute paths; the sidecars name their files relative to themselves)."""
-    arguments = dict(locals())
-    from diffusers.utils import logging as diffusers_logging
-
-    # the libraries' log lines (e.g. DPMSolverSinglestep's note on its final sigma with the
-    # default config) are not actionable here; our own warnings say what matters
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return _run_sampling(**arguments)
-    finally:
-        diffusers_logging.set_verbosity(previous)
-
-
-def _run_sampling(
-    *,
-    prompts: list[str],
-    negative_prompt: str,
-    frames: int,
-    height: int,
-    width: int,
-    steps: int,
-    guidance: float,
-    scheduler: str,
-    seed: int,
-    num_videos: int,
-    fps: float,
-    output_dir: Path,
-    save_latents: bool,
-    model: str,
-    version: str,
-    transformer: Path | None,
-    text_encoder: str | None,
-    torch_device: torch.device,
-    torch_dtype: torch.dtype,
-    offload: bool,
-    tile: bool | None,
-    clean_caption: bool,
-    show_progress: bool,
-) -> dict:
-    """`run_sampling`'s work, with diffusers' log level already lowered."""
     import json
 
     import torch

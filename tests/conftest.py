@@ -21,6 +21,18 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on shared CI cores: thread hand-offs cost far more than they save. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def run_osp(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run `python -m osp_cli ARGS` as a user would; returns the completed process (text)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}

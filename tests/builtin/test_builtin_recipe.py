@@ -37,13 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a red circle moving right", "a blue circle moving right", "a yellow triangle moving down", ""]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on shared cores: thread hand-offs cost more than they save."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _states(tokenizer, encoder, texts=CAPTIONS, length=32):

@@ -16,13 +16,7 @@ from osp_core.pipelines.t2v_inputs import SCHEDULER_NAMES, check_steps, check_vi
 TINY_CALL = dict(num_frames=9, height=32, width=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on shared CI cores, thread hand-offs cost far more than they save."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
