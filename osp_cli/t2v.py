@@ -304,6 +304,7 @@ def run_sampling(
     from osp_core.hub import BUILTIN_PREFIX
     from osp_core.io import atomic_path, write_video
     from osp_core.pipelines.t2v import T2VPipeline
+    from osp_core.pipelines.video_vae import configure_tiling
     from osp_core.pipelines.video_vae import save_latents as write_latents
 
     # our own progress bar and warnings replace the libraries' bars and log lines
@@ -321,10 +322,7 @@ def run_sampling(
             torch_dtype=torch_dtype,
         )
     pipe.set_progress_bar_config(disable=True)
-    if tile is False:
-        pipe.vae.disable_tiling()
-    else:
-        pipe.vae.enable_tiling()  # only tiles when the video exceeds a tile
+    configure_tiling(pipe.vae, tile)  # tiles only when the video exceeds a tile, unless --no-tile
     use_offload = offload and torch_device.type != "cpu"
     if offload and not use_offload:
         err.print("[yellow]note:[/yellow] --offload has no effect on the CPU")

@@ -77,15 +77,3 @@ def _snapshot(repo_id: str, subfolders: list[str] | None) -> str:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def model_subdir(root: Path, subfolder: str | None) -> Path:
-    """`root/subfolder`, checked to exist and to hold a config.json."""
-    path = root / subfolder if subfolder else root
-    if not (path / "config.json").is_file():
-        where = f"'{path}'"
-        raise ModelLoadError(
-            f"no config.json in {where}",
-            "point --model at a model repository folder (with vae/, 65x512x512/ ...) or a model folder with config.json",
-        )
-    return path
