@@ -108,21 +108,21 @@ def remove_empty(folders: list[Path]) -> None:
 def sample(
     prompt: Annotated[list[str] | None, typer.Argument(help="The prompt (words are joined with spaces).", show_default=False)] = None,
     prompts_file: Annotated[str | None, typer.Option("--prompts", help="File with one prompt per line ('-' reads stdin).")] = None,
-    frames: Annotated[int, typer.Option("--frames", "-f", help="Video frames, 4k+1 (65: 2.7 s at 24 fps; 221: 9.2 s).")] = 65,
-    height: Annotated[int, typer.Option("--height", help="Height in pixels (multiple of 16).")] = 512,
-    width: Annotated[int, typer.Option("--width", help="Width in pixels (multiple of 16).")] = 512,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 150,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 turns it off).")] = 7.5,
+    frames: Annotated[int | None, typer.Option("--frames", "-f", help="Video frames, 4k+1 (65: 2.7 s at 24 fps; 221: 9.2 s). Default: what the weights were trained on (65 for the released model).", show_default=False)] = None,
+    height: Annotated[int | None, typer.Option("--height", help="Height in pixels (multiple of 16). Default: the weights' (512).", show_default=False)] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Width in pixels (multiple of 16). Default: the weights' (512).", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps. Default: the model's sampling.json, else 150.", show_default=False)] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (1 turns it off). Default: the model's sampling.json, else 7.5.", show_default=False)] = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="What the video should not show.")] = "",
-    scheduler: Annotated[str, typer.Option("--scheduler", help="PNDM, DDIM, DDPM, EulerDiscrete, EulerAncestralDiscrete, DPMSolverMultistep, DPMSolverSinglestep, HeunDiscrete, DEISMultistep or KDPM2AncestralDiscrete.")] = "PNDM",
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="PNDM, DDIM, DDPM, EulerDiscrete, EulerAncestralDiscrete, DPMSolverMultistep, DPMSolverSinglestep, HeunDiscrete, DEISMultistep or KDPM2AncestralDiscrete. Default: the model's sampling.json, else PNDM.", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a random one, written to the sidecar). Video k of a run uses seed + k.")] = None,
     num_videos: Annotated[int, typer.Option("--num-videos", "-n", help="Videos per prompt.")] = 1,
-    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the written mp4.")] = 24.0,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of the written mp4. Default: the model's sampling.json, else 24.", show_default=False)] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the mp4 files and their JSON sidecars.")] = DEFAULT_OUTPUT,
     save_latents: Annotated[bool, typer.Option("--save-latents", help="Also write the final latents, unscaled as `osp vae encode` writes them (decode with `osp vae decode`).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs of an earlier run with the same prompt and seed (default: refuse).")] = False,
     model: ModelOpt = DEFAULT_MODEL,
-    version: Annotated[str | None, typer.Option("--version", help="Transformer weights folder, e.g. 65x512x512 (default: picked by --frames).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Transformer weights folder, e.g. 65x512x512 (default: picked by --frames, else the shortest).")] = None,
     text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 repo id or folder (default: the model's text_encoder/ or DeepFloyd/t5-v1_1-xxl).")] = None,
     transformer: Annotated[Path | None, typer.Option("--transformer", help="LatteT2V folder replacing the --version weights, e.g. a training checkpoint's model/ or model_ema/.")] = None,
     device: DeviceOpt = None,
@@ -145,22 +145,26 @@ def sample(
         locate_t5,
         parse_version,
         pick_version,
+        sampling_defaults,
         scheduler_name,
+        version_size,
     )
 
     prompts = read_prompts(prompt, prompts_file)
-    check_video_size(frames, height, width)
+    # what the user gave is checked before any model folder is looked at
+    if frames is not None or height is not None or width is not None:
+        check_video_size(1 if frames is None else frames, 16 if height is None else height, 16 if width is None else width)
     for name, value, low, example in (("--num-videos", num_videos, 1, "1"), ("--steps", steps, 1, "150")):
-        if value < low:
+        if value is not None and value < low:
             raise InputError(f"{name} must be >= {low}, got {value}", f"pass e.g. {name} {example}")
-    if fps <= 0:
+    if fps is not None and fps <= 0:
         raise InputError(f"--fps must be > 0, got {fps}", "pass e.g. --fps 24")
-    if guidance < 0:
+    if guidance is not None and guidance < 0:
         raise InputError(f"--guidance must be >= 0, got {guidance}", "pass e.g. --guidance 7.5 (1 turns guidance off)")
     if seed is not None and not 0 <= seed < 2**63:
         raise InputError(f"--seed must be a non-negative 64-bit integer, got {seed}", "pass e.g. --seed 42")
-    scheduler = scheduler_name(scheduler)
-    check_steps(scheduler, steps)
+    if scheduler is not None:
+        scheduler = scheduler_name(scheduler)
     if clean_caption:
         check_clean_caption_deps()
     # a local repository tells which versions it has (and a missing one fails now, not after
@@ -169,6 +173,17 @@ def sample(
     hub_id = not model.startswith(BUILTIN_PREFIX) and not path.exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
     root = None if hub_id else resolve_model_dir(model)
     available = list(RELEASED_VERSIONS) if root is None else local_versions(root)
+    # unset settings come from the model: its sampling.json, and the size its weights were
+    # trained on (so `--model builtin:shapes` samples 17x64x64 at 8 fps without flags)
+    defaults = sampling_defaults(root)
+    fps = float(defaults["fps"]) if fps is None else fps
+    steps = int(defaults["steps"]) if steps is None else steps
+    guidance = float(defaults["guidance"]) if guidance is None else guidance
+    scheduler = scheduler_name(str(defaults["scheduler"])) if scheduler is None else scheduler
+    check_steps(scheduler, steps)
+    size = version_size(version if version is not None else (pick_version(frames, available) if frames is not None and available else None), available)
+    frames, height, width = (size[i] if given is None else given for i, given in enumerate((frames, height, width)))
+    check_video_size(frames, height, width)
     picked = False
     frames_warning = None
     if transformer is not None:

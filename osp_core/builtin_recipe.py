@@ -92,6 +92,31 @@ def init_vae(config_path: str | Path, out_dir: str | Path, seed: int = 0, poster
 
 
 @torch.no_grad()
+def collapse_to_last_tap(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Save the CausalVideoVAE of `model_dir`, trained on single frames, with every temporal
+    kernel's taps summed onto the last one (tail init), as a model folder to train on clips.
+
+    Why it is exact on images: a causal convolution pads a one-frame input with copies of that
+    frame, so all taps see the same frame and only their sum matters. After the collapse each
+    3D convolution sees only its current frame, so on clips the model starts as the image model
+    applied frame by frame (time down/upsampling still mix frames) instead of mixing frames
+    with kernels that were never trained on motion.
+    """
+    from .models.causal_vae import CausalVideoVAE
+
+    vae = CausalVideoVAE.from_pretrained(str(model_dir))
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] > 1:
+            weight = module.weight
+            weight[:, :, -1] = weight.sum(dim=2)
+            weight[:, :, :-1] = 0
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        vae.save_pretrained(str(tmp), safe_serialization=True)
+    return out
+
+
+@torch.no_grad()
 def latent_scaling_factor(vae: Any, videos: Sequence[str | Path], seed: int = 0) -> float:
     """1 / std of posterior samples of `videos`: scales latents to unit variance for diffusion.
 
@@ -154,6 +179,20 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
     folder = Path(repo) / VERSION
     _save_fp16(transformer, folder)
     return folder, source
+
+
+def write_sampling_defaults(repo: str | Path, **settings: float | int | str) -> Path:
+    """`repo/sampling.json`: what `osp t2v sample` uses where the user gives no flag (the
+    shapes world plays at 8 fps, not the released model's 24)."""
+    from .pipelines.t2v_inputs import SAMPLING_FILE, SAMPLING_KEYS
+
+    unknown = sorted(set(settings) - set(SAMPLING_KEYS))
+    if unknown:
+        raise InputError(f"unknown sampling setting(s) {', '.join(unknown)}", f"use only {', '.join(SAMPLING_KEYS)}")
+    path = Path(repo) / SAMPLING_FILE
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(settings, indent=2) + "\n")
+    return path
 
 
 def repository_size(repo: str | Path) -> int:

@@ -4,8 +4,10 @@
 Steps (every one an `osp` command or an osp_core function):
   1. `osp data synth`: training clips and 100 held-out clips of the shapes world;
   2. the tiny frozen T5 (random weights from a seed, byte-level tokenizer);
-  3. `osp vae train --preset shapes --pretrained INIT`, INIT being the preset's architecture
-     initialised with a near-deterministic posterior (osp_core.builtin_recipe.init_vae); the
+  3. `osp vae train --preset shapes-image --pretrained INIT` on single frames, INIT being the
+     preset's architecture initialised with a near-deterministic posterior
+     (osp_core.builtin_recipe.init_vae); its 3D kernels collapsed onto the last tap
+     (collapse_to_last_tap); `osp vae train --preset shapes` on 9-frame clips from there; the
      latent scaling factor is measured on training clips and the VAE exported (fp16);
   4. `osp t2v train --preset shapes` against that VAE and T5, latents and T5 states cached;
   5. the repository (`vae/`, `17x64x64/`, `text_encoder/`, `tokenizer/`) is checked (<= 20 MB)
@@ -50,7 +52,9 @@ class Scale:
 
     train_clips: int
     heldout_clips: int
-    vae_steps: int | None  # None: the preset's
+    vae_image_steps: int | None  # None: the preset's
+    vae_image_batch: int | None
+    vae_steps: int | None
     vae_batch: int | None
     t2v_steps: int | None
     t2v_batch: int | None
@@ -61,12 +65,12 @@ class Scale:
 
 
 FULL = Scale(
-    train_clips=1200, heldout_clips=100, vae_steps=None, vae_batch=None, t2v_steps=None, t2v_batch=None, captions=60,
-    # the sampler's defaults (what `osp t2v sample` gives without flags), then a cheap unguided run
-    evals=(("PNDM", 150, 7.5), ("PNDM", 50, 1.0)),
+    train_clips=1200, heldout_clips=100, vae_image_steps=None, vae_image_batch=None, vae_steps=None, vae_batch=None,
+    t2v_steps=None, t2v_batch=None, captions=60,
+    evals=(("PNDM", 150, 7.5),),  # the sampler's defaults: what `osp t2v sample` gives without flags
 )  # fmt: skip
 SMOKE = Scale(
-    train_clips=60, heldout_clips=4, vae_steps=2, vae_batch=1, t2v_steps=4, t2v_batch=2, captions=3,
+    train_clips=60, heldout_clips=4, vae_image_steps=2, vae_image_batch=2, vae_steps=2, vae_batch=1, t2v_steps=4, t2v_batch=2, captions=3,
     evals=(("PNDM", 4, 7.5),), latent_scale_clips=4, checkpoint_every=2,
 )  # fmt: skip
 
@@ -168,17 +172,19 @@ class Build:
         return extra
 
     def train_vae(self) -> None:
-        from osp_core.builtin_recipe import init_vae
+        from osp_core.builtin_recipe import collapse_to_last_tap, final_checkpoint, init_vae
         from osp_core.train.config import resolve_preset
 
         s = self.scale
-        # the preset's architecture, started as a near-deterministic autoencoder (see init_vae)
+        data = ["--data", str(self.work / "data" / "train" / "data.txt")]
+        # stage 1, single frames: the preset's architecture, started as a near-deterministic
+        # autoencoder (see init_vae)
         init = self.work / "vae-init"
         init_vae(resolve_preset("shapes", "vae").parent / "shapes-vae.json", init, seed=VAE_SEED)
-        self.osp(
-            "vae", "train", "--preset", "shapes", "--pretrained", str(init), "--data", str(self.work / "data" / "train" / "data.txt"),
-            "-o", str(self.work / "vae"), *self._train_args(s.vae_steps, s.vae_batch),
-        )  # fmt: skip
+        self.osp("vae", "train", "--preset", "shapes-image", "--pretrained", str(init), *data, "-o", str(self.work / "vae-image"), *self._train_args(s.vae_image_steps, s.vae_image_batch))
+        # stage 2, clips: from the image model with its temporal kernels collapsed (tail init)
+        inflated = collapse_to_last_tap(final_checkpoint(self.work / "vae-image") / "model", self.work / "vae-inflated")
+        self.osp("vae", "train", "--preset", "shapes", "--pretrained", str(inflated), *data, "-o", str(self.work / "vae"), *self._train_args(s.vae_steps, s.vae_batch))
 
     def export_vae(self) -> None:
         from osp_core.builtin_recipe import export_vae, final_checkpoint, latent_scaling_factor
@@ -200,9 +206,11 @@ class Build:
         )  # fmt: skip
 
     def assemble(self) -> None:
-        from osp_core.builtin_recipe import check_repository, export_transformer, final_checkpoint, install
+        from osp_core.builtin_recipe import check_repository, export_transformer, final_checkpoint, install, write_sampling_defaults
+        from osp_core.data.shapes import FPS
 
         _, self.transformer_weights = export_transformer(final_checkpoint(self.work / "t2v"), self.repo)
+        write_sampling_defaults(self.repo, fps=FPS)  # frames and size come from the 17x64x64 folder
         self.repository_bytes = check_repository(self.repo)
         self.log(f"repository {self.repository_bytes / 1e6:.2f} MB")
         install(self.repo, self.target, overwrite=True)  # refused earlier unless --overwrite
@@ -250,7 +258,7 @@ class Build:
         from osp_core.builtin_recipe import curve_svg, curve_table, final_checkpoint, loss_history, repository_size, results_markdown, write_curve_csv
 
         training, curves = {}, {}
-        for name in ("vae", "t2v"):
+        for name in ("vae-image", "vae", "t2v"):
             run = self.work / name
             summary = json.loads((run / "summary.json").read_text())
             losses = loss_history(final_checkpoint(run))
@@ -293,14 +301,14 @@ class Build:
         if not self.args.resume:
             # a fresh build: stale runs would be resumed into, and the feature cache is keyed by
             # the VAE's folder, not its weights, so latents of an older VAE would be reused
-            for stale in ("vae-init", "vae", "t2v", "cache", "repo", "eval"):
+            for stale in ("vae-init", "vae-image", "vae-inflated", "vae", "t2v", "cache", "repo", "eval"):
                 shutil.rmtree(self.work / stale, ignore_errors=True)
         self.log(f"{'SMOKE ' if self.args.smoke else ''}build of {self.model_ref()} in {self.work}")
         with self.stage("data (osp data synth)"):
             self.data()
         with self.stage("text encoder (tiny T5)"):
             self.text_encoder()
-        with self.stage("VAE training (osp vae train)"):
+        with self.stage("VAE training (osp vae train: frames, then clips)"):
             self.train_vae()
         with self.stage("VAE export + latent scale"):
             self.export_vae()

@@ -37,6 +37,12 @@ MIN_STEPS = {"PNDM": 4}
 
 _VERSION_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
+SAMPLING_FILE = "sampling.json"
+"""Optional file at a model repository's root with its sampling defaults (e.g. {"fps": 8})."""
+SAMPLING_KEYS: dict[str, type] = {"fps": float, "steps": int, "guidance": float, "scheduler": str}
+FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM"}
+"""Defaults of the original sampler, for repositories without sampling.json (the released one)."""
+
 
 def scheduler_name(name: str) -> str:
     """The canonical scheduler name (case-insensitive, optional "Scheduler" suffix)."""
@@ -52,6 +58,43 @@ def check_steps(scheduler: str, steps: int) -> None:
     least = MIN_STEPS.get(scheduler, 1)
     if steps < least:
         raise InputError(f"{scheduler} needs at least {least} steps, got {steps}", f"pass --steps {least} or more")
+
+
+def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
+    """FALLBACK_SAMPLING updated with the repository's sampling.json (if `root` has one): the
+    settings `osp t2v sample` uses where the user gives none. A malformed file is a one-line
+    ModelLoadError naming the key."""
+    defaults: dict[str, float | int | str] = dict(FALLBACK_SAMPLING)
+    path = None if root is None else Path(root) / SAMPLING_FILE
+    if path is None or not path.is_file():
+        return defaults
+    try:
+        given = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"'{path}' is not readable JSON ({exc})", f"fix or delete {SAMPLING_FILE}") from None
+    if not isinstance(given, dict):
+        raise ModelLoadError(f"'{path}' is not a JSON object", 'write e.g. {"fps": 8}')
+    for key, value in given.items():
+        kind = SAMPLING_KEYS.get(key)
+        if kind is None:
+            raise ModelLoadError(f"unknown key '{key}' in '{path}'", f"use only {', '.join(SAMPLING_KEYS)}")
+        ok = isinstance(value, str) if kind is str else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        if not ok:
+            wanted = {int: "an integer", float: "a number", str: "a string"}[kind]
+            raise ModelLoadError(f"'{key}' in '{path}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
+        defaults[key] = kind(value)
+    return defaults
+
+
+def version_size(version: str | None, available: list[str] | tuple[str, ...]) -> tuple[int, int, int]:
+    """(frames, height, width) to sample when the user gives none: those the weights were
+    trained on (`version`, or the shortest available when `version` is None or a folder
+    path such as --transformer), else DEFAULT_VERSION's."""
+    if version is not None and _VERSION_RE.match(version):
+        return parse_version(version)
+    if available:
+        return parse_version(sorted(available, key=parse_version)[0])
+    return parse_version(DEFAULT_VERSION)
 
 
 def parse_version(version: str) -> tuple[int, int, int]:

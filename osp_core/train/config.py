@@ -130,6 +130,10 @@ class VAELossConfig:
 
     kl_weight: float = 1e-6
     """Weight of the KL term."""
+    pixel_loss: str = "l1"
+    """Per-pixel reconstruction error: l1 (v1.1.0), l2, or l1+l2. Sparse scenes (a small shape
+    on black) stall under L1 at an all-black output, its median; the squared term keeps a
+    gradient on the few wrong pixels."""
     perceptual_weight: float = 1.0
     """Weight of LPIPS inside the reconstruction term (0 turns LPIPS off and needs no weights)."""
     lpips_weights: str = ""

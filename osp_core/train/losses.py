@@ -263,6 +263,10 @@ def kl_loss(posterior) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- the VAE loss
 
 
+PIXEL_LOSSES = ("l1", "l2", "l1+l2")
+"""Per-pixel reconstruction errors VAELoss offers (VAELossConfig.pixel_loss)."""
+
+
 class VAELoss(nn.Module):
     """LPIPSWithDiscriminator3D of Open-Sora-Plan, as one module so that DDP synchronises the
     discriminator and the learned log-variance: `forward("generator", ...)` for the VAE step,
@@ -279,6 +283,7 @@ class VAELoss(nn.Module):
         disc_start: int = 2001,
         kl_weight: float = 1e-6,
         perceptual_weight: float = 1.0,
+        pixel_loss: str = "l1",
         disc_weight: float = 0.5,
         disc_factor: float = 1.0,
         logvar_init: float = 0.0,
@@ -290,6 +295,9 @@ class VAELoss(nn.Module):
             raise InputError("LPIPS weights are needed for perceptual_weight > 0", "pass --lpips-weights FILE.safetensors or --perceptual-weight 0")
         # a plain list: not a submodule, so neither DDP nor checkpoints carry the frozen net
         self._lpips: list[LPIPS] = [lpips] if (lpips is not None and perceptual_weight > 0) else []
+        if pixel_loss not in PIXEL_LOSSES:
+            raise InputError(f"unknown pixel loss '{pixel_loss}'", f"use one of: {', '.join(PIXEL_LOSSES)}")
+        self.pixel_loss = pixel_loss
         self.perceptual_weight = perceptual_weight
         self.kl_weight = kl_weight
         self.disc_start = disc_start
@@ -314,10 +322,11 @@ class VAELoss(nn.Module):
         return self.disc_factor if step >= self.disc_start else 0.0
 
     def reconstruction(self, inputs: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(nll summed / (B*T), mean |x - y| + w*LPIPS, mean LPIPS) for (B, 3, T, H, W) videos."""
+        """(nll summed / (B*T), mean pixel error + w*LPIPS, mean LPIPS) for (B, 3, T, H, W) videos."""
         x = rearrange(inputs, "b c t h w -> (b t) c h w")
         y = rearrange(recon, "b c t h w -> (b t) c h w")
-        rec = (x - y).abs()
+        diff = x - y
+        rec = {"l1": lambda: diff.abs(), "l2": lambda: diff.square(), "l1+l2": lambda: diff.abs() + diff.square()}[self.pixel_loss]()
         p_loss = torch.zeros((), device=x.device)
         if self._lpips:
             p_loss = self._lpips[0](x.float(), y.float())

@@ -118,6 +118,7 @@ class VAERecipe(Recipe):
             disc_start=cfg.loss.disc_start,
             kl_weight=cfg.loss.kl_weight,
             perceptual_weight=cfg.loss.perceptual_weight,
+            pixel_loss=cfg.loss.pixel_loss,
             disc_weight=cfg.loss.disc_weight,
             disc_factor=cfg.loss.disc_factor,
             logvar_init=cfg.loss.logvar_init,

@@ -150,6 +150,31 @@ def test_init_vae_starts_nearly_deterministic_and_reproducible(tmp_path):
         init_vae(tmp_path / "missing.json", tmp_path / "c")
 
 
+def test_collapse_to_last_tap_keeps_images_and_codes_clips_frame_by_frame(tmp_path):
+    """On one frame the collapsed VAE equals the original (all taps saw the same frame); on a
+    clip every 3D kernel now reads only its current frame."""
+    from osp_core.builtin_recipe import collapse_to_last_tap
+    from osp_core.models.causal_vae import CausalVideoVAE
+
+    init_vae(ROOT / "presets" / "vae" / "shapes-vae.json", tmp_path / "init", seed=0)
+    original = CausalVideoVAE.from_pretrained(str(tmp_path / "init")).eval()
+    with torch.no_grad():  # random taps: make them differ, so the collapse has work to do
+        for module in original.modules():
+            if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] > 1:
+                module.weight.add_(torch.randn_like(module.weight) * 0.05)
+    original.save_pretrained(str(tmp_path / "trained"))
+    collapse_to_last_tap(tmp_path / "trained", tmp_path / "collapsed")
+    collapsed = CausalVideoVAE.from_pretrained(str(tmp_path / "collapsed")).eval()
+    image = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = original.decode(original.encode(image).latent_dist.mode()).sample
+        got = collapsed.decode(collapsed.encode(image).latent_dist.mode()).sample
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    kernels = [m.weight for m in collapsed.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1]
+    assert kernels and all(float(w[:, :, :-1].abs().max()) == 0 for w in kernels)
+    assert not any(torch.equal(a, b) for a, b in zip(kernels, (m.weight for m in original.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] > 1)))
+
+
 # --- export, install, results --------------------------------------------------------------------
 
 

@@ -293,3 +293,46 @@ def test_prompt_file_with_a_byte_order_mark(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("\ufeffA cat\nA dog\n".encode())
     assert read_prompts(None, str(prompts)) == ["A cat", "A dog"]
+
+
+def _repo_with_sampling(tiny_repo: Path, folder: Path, sampling: str) -> Path:
+    """The tiny repository (its parts linked, not copied) plus a sampling.json."""
+    folder.mkdir()
+    for part in tiny_repo.iterdir():
+        (folder / part.name).symlink_to(part)
+    (folder / "sampling.json").write_text(sampling)
+    return folder
+
+
+def test_unset_settings_come_from_the_model(tiny_repo, tmp_path):
+    """No size flags: the 9x32x32 weights' size; no --fps/--steps/--scheduler: sampling.json's."""
+    repo = _repo_with_sampling(tiny_repo, tmp_path / "repo", '{"fps": 12, "steps": 4, "scheduler": "ddim"}')
+    proc = run_osp("t2v", "sample", "a cat", "--model", str(repo), "--seed", "1", "-o", str(tmp_path / "out"), "--json", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(Path(json.loads(proc.stdout)["videos"][0]["sidecar"]).read_text())["settings"]
+    assert {k: settings[k] for k in ("frames", "height", "width", "fps", "steps", "scheduler", "guidance")} == {
+        "frames": 9, "height": 32, "width": 32, "fps": 12.0, "steps": 4, "scheduler": "DDIMScheduler", "guidance": 7.5,
+    }  # fmt: skip
+    # flags still win over the model's defaults
+    proc = run_osp("t2v", "sample", "a cat", "--model", str(repo), "--seed", "1", "--fps", "6", "--steps", "5", "-o", str(tmp_path / "out2"), "--json", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(Path(json.loads(proc.stdout)["videos"][0]["sidecar"]).read_text())["settings"]
+    assert (settings["fps"], settings["steps"]) == (6.0, 5)
+
+
+@pytest.mark.parametrize(
+    "sampling, needles",
+    [
+        ("{not json", ("sampling.json' is not readable JSON", "fix or delete sampling.json")),
+        ('["fps", 8]', ("is not a JSON object",)),
+        ('{"fps": 8, "frames": 17}', ("unknown key 'frames'", "fps, steps, guidance, scheduler")),
+        ('{"steps": 2.5}', ("'steps'", "must be an integer", "2.5")),
+        ('{"fps": "fast"}', ("'fps'", "must be a number")),
+        ('{"scheduler": "Foo"}', ("unknown scheduler 'Foo'",)),
+    ],
+)
+def test_bad_sampling_json_is_one_line(tiny_repo, tmp_path, sampling, needles):
+    repo = _repo_with_sampling(tiny_repo, tmp_path / "repo", sampling)
+    proc = run_osp("t2v", "sample", "a cat", "--model", str(repo), "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "out").exists()

@@ -106,3 +106,19 @@ def test_vae_loss_switches_gan_on_at_disc_start():
     assert loss("discriminator", x, recon, step=2)["loss"] == 0
     assert loss("discriminator", x, recon, step=3)["loss"] > 0
     assert set(loss.state_dict()) == {"logvar", *("discriminator." + k for k in loss.discriminator.state_dict())}
+
+
+@pytest.mark.parametrize("kind, error", [("l1", lambda d: d.abs()), ("l2", lambda d: d.square()), ("l1+l2", lambda d: d.abs() + d.square())])
+def test_vae_loss_pixel_error(kind, error):
+    torch.manual_seed(0)
+    loss = VAELoss(None, perceptual_weight=0.0, disc_channels=8, pixel_loss=kind)
+    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    recon = x * 0.5
+    out = loss("generator", x, recon, torch.zeros(2, 8, 2, 4, 4), step=0)
+    assert torch.isclose(out["nll"], error(x - recon).sum() / (2 * 5))  # summed / (B*T), logvar 0
+    assert torch.isclose(out["rec"], error(x - recon).mean())
+
+
+def test_vae_loss_rejects_an_unknown_pixel_loss():
+    with pytest.raises(InputError, match="unknown pixel loss 'l3'"):
+        VAELoss(None, perceptual_weight=0.0, pixel_loss="l3")

@@ -1,0 +1,48 @@
+"""The shipped `builtin:shapes` model: it loads offline wherever a model is accepted, samples a
+video of the world's size at its 8 fps without flags, and its VAE reconstructs the world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+
+from osp_core.builtin_recipe import REPOSITORY_PARTS, SIZE_LIMIT_BYTES, repository_size
+from osp_core.hub import BUILTIN_ROOT, resolve_model_dir
+from tests.conftest import run_osp
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+PROMPT = "a red circle moving right"
+
+
+def test_shipped_repository_is_complete_and_small():
+    root = resolve_model_dir("builtin:shapes")
+    assert root == BUILTIN_ROOT / "shapes"
+    for part in REPOSITORY_PARTS:
+        assert (root / part / "config.json").is_file() or part == "tokenizer", part
+        assert any((root / part).glob("*.safetensors")) or part == "tokenizer", part
+    assert json.loads((root / "sampling.json").read_text()) == {"fps": 8}
+    assert repository_size(root) <= SIZE_LIMIT_BYTES
+
+
+def test_samples_a_short_video_without_size_flags(tmp_path):
+    proc = run_osp("t2v", "sample", PROMPT, "--model", "builtin:shapes", "--steps", "10", "--seed", "0", "-o", str(tmp_path), "--json", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    with av.open(video["video"]) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert float(stream.average_rate) == 8
+    assert len(frames) == 17 and frames[0].shape == (64, 64, 3)
+    sidecar = json.loads(Path(video["sidecar"]).read_text())
+    assert sidecar["models"]["version"] == "17x64x64"
+    assert sidecar["models"]["text_encoder"].endswith("shapes/text_encoder")
+
+
+def test_vae_reconstructs_a_held_out_clip(tmp_path):
+    assert run_osp("data", "synth", "--out", str(tmp_path / "clips"), "--num", "2", "--seed", "123").returncode == 0
+    for clip in sorted((tmp_path / "clips" / "videos").glob("*.mp4")):
+        proc = run_osp("vae", "recon", str(clip), "-o", str(tmp_path / clip.name), "--model", "builtin:shapes", "--json", env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["psnr"] >= 25.0, proc.stdout
