@@ -152,8 +152,7 @@ def sample(
 
     prompts = read_prompts(prompt, prompts_file)
     # what the user gave is checked before any model folder is looked at
-    if frames is not None or height is not None or width is not None:
-        check_video_size(1 if frames is None else frames, 16 if height is None else height, 16 if width is None else width)
+    check_video_size(frames, height, width)
     for name, value, low, example in (("--num-videos", num_videos, 1, "1"), ("--steps", steps, 1, "150")):
         if value is not None and value < low:
             raise InputError(f"{name} must be >= {low}, got {value}", f"pass e.g. {name} {example}")
@@ -181,11 +180,7 @@ def sample(
     guidance = float(defaults["guidance"]) if guidance is None else guidance
     scheduler = scheduler_name(str(defaults["scheduler"])) if scheduler is None else scheduler
     check_steps(scheduler, steps)
-    size = version_size(version if version is not None else (pick_version(frames, available) if frames is not None and available else None), available)
-    frames, height, width = (size[i] if given is None else given for i, given in enumerate((frames, height, width)))
-    check_video_size(frames, height, width)
     picked = False
-    frames_warning = None
     if transformer is not None:
         if version is not None:
             raise InputError("--transformer and --version both choose the transformer weights", "pass only one of them")
@@ -193,7 +188,8 @@ def sample(
             raise ModelLoadError(f"no config.json in transformer folder '{transformer}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
         version = str(transformer)
     elif version is None:
-        version, picked = pick_version(frames, available), True
+        # the shortest trained length that covers --frames (the shortest of all without it)
+        version, picked = pick_version(1 if frames is None else frames, available), True
     elif parse_version(version) and version not in available:
         if hub_id:  # rejected before downloading anything
             raise ModelLoadError(
@@ -201,6 +197,10 @@ def sample(
                 "pass one of the released versions, or --model DIR for a repository with other versions",
             )
         raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {', '.join(available) or 'none'})", "pass --version with one of the available versions")
+    size = version_size(version, available)
+    frames, height, width = (size[i] if given is None else given for i, given in enumerate((frames, height, width)))
+    check_video_size(frames, height, width)  # a folder name such as 10x30x30 gives no valid size
+    frames_warning = None
     if transformer is None and frames > parse_version(version)[0]:
         # allowed (the temporal positions interpolate), but the user should know
         trained = parse_version(version)[0]

@@ -184,12 +184,10 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
 def write_sampling_defaults(repo: str | Path, **settings: float | int | str) -> Path:
     """`repo/sampling.json`: what `osp t2v sample` uses where the user gives no flag (the
     shapes world plays at 8 fps, not the released model's 24)."""
-    from .pipelines.t2v_inputs import SAMPLING_FILE, SAMPLING_KEYS
+    from .pipelines.t2v_inputs import SAMPLING_FILE, check_sampling_settings
 
-    unknown = sorted(set(settings) - set(SAMPLING_KEYS))
-    if unknown:
-        raise InputError(f"unknown sampling setting(s) {', '.join(unknown)}", f"use only {', '.join(SAMPLING_KEYS)}")
     path = Path(repo) / SAMPLING_FILE
+    check_sampling_settings(settings, str(path))  # only what the sampler will accept
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(settings, indent=2) + "\n")
     return path

@@ -60,6 +60,24 @@ def check_steps(scheduler: str, steps: int) -> None:
         raise InputError(f"{scheduler} needs at least {least} steps, got {steps}", f"pass --steps {least} or more")
 
 
+def check_sampling_settings(settings: object, source: str) -> dict[str, float | int | str]:
+    """`settings` (a sampling.json's content) with each value as its key's type; a one-line
+    ModelLoadError naming `source` and the key when it is not a valid set of SAMPLING_KEYS."""
+    if not isinstance(settings, dict):
+        raise ModelLoadError(f"'{source}' is not a JSON object", 'write e.g. {"fps": 8}')
+    checked: dict[str, float | int | str] = {}
+    for key, value in settings.items():
+        kind = SAMPLING_KEYS.get(key)
+        if kind is None:
+            raise ModelLoadError(f"unknown key '{key}' in '{source}'", f"use only {', '.join(SAMPLING_KEYS)}")
+        ok = isinstance(value, str) if kind is str else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        if not ok:
+            wanted = {int: "an integer", float: "a number", str: "a string"}[kind]
+            raise ModelLoadError(f"'{key}' in '{source}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
+        checked[key] = kind(value)
+    return checked
+
+
 def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
     """FALLBACK_SAMPLING updated with the repository's sampling.json (if `root` has one): the
     settings `osp t2v sample` uses where the user gives none. A malformed file is a one-line
@@ -72,25 +90,15 @@ def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
         given = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"'{path}' is not readable JSON ({exc})", f"fix or delete {SAMPLING_FILE}") from None
-    if not isinstance(given, dict):
-        raise ModelLoadError(f"'{path}' is not a JSON object", 'write e.g. {"fps": 8}')
-    for key, value in given.items():
-        kind = SAMPLING_KEYS.get(key)
-        if kind is None:
-            raise ModelLoadError(f"unknown key '{key}' in '{path}'", f"use only {', '.join(SAMPLING_KEYS)}")
-        ok = isinstance(value, str) if kind is str else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
-        if not ok:
-            wanted = {int: "an integer", float: "a number", str: "a string"}[kind]
-            raise ModelLoadError(f"'{key}' in '{path}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
-        defaults[key] = kind(value)
+    defaults.update(check_sampling_settings(given, str(path)))
     return defaults
 
 
-def version_size(version: str | None, available: list[str] | tuple[str, ...]) -> tuple[int, int, int]:
-    """(frames, height, width) to sample when the user gives none: those the weights were
-    trained on (`version`, or the shortest available when `version` is None or a folder
-    path such as --transformer), else DEFAULT_VERSION's."""
-    if version is not None and _VERSION_RE.match(version):
+def version_size(version: str, available: list[str] | tuple[str, ...]) -> tuple[int, int, int]:
+    """(frames, height, width) to sample when the user gives none: those the `version` weights
+    were trained on; for a folder path (--transformer), those of the shortest available
+    version, else DEFAULT_VERSION's."""
+    if _VERSION_RE.match(version):
         return parse_version(version)
     if available:
         return parse_version(sorted(available, key=parse_version)[0])
@@ -126,14 +134,15 @@ def pick_version(num_frames: int, available: list[str] | tuple[str, ...]) -> str
     return ordered[-1]
 
 
-def check_video_size(num_frames: int, height: int, width: int, temporal: int = 4, spatial: int = 16) -> None:
+def check_video_size(num_frames: int | None, height: int | None, width: int | None, temporal: int = 4, spatial: int = 16) -> None:
     """Raise `InputError` unless frames = `temporal`k+1 and height, width are multiples of
-    `spatial` (16 = the VAE's 8x downsampling times the transformer's 2x2 patches)."""
-    if num_frames < 1 or (num_frames - 1) % temporal:
+    `spatial` (16 = the VAE's 8x downsampling times the transformer's 2x2 patches). A value
+    of None (not given yet) is not checked."""
+    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % temporal):
         lower = max((num_frames - 1) // temporal * temporal + 1, 1)
         raise InputError(f"frame count {num_frames} is not {temporal}k+1", f"use {lower} or {lower + temporal} frames")
     for name, value in (("height", height), ("width", width)):
-        if value < spatial or value % spatial:
+        if value is not None and (value < spatial or value % spatial):
             nearest = max(round(value / spatial) * spatial, spatial)
             raise InputError(
                 f"{name} {value} is not a multiple of {spatial} (8 for the VAE x 2 for the patches)",

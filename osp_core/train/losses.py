@@ -263,8 +263,8 @@ def kl_loss(posterior) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- the VAE loss
 
 
-PIXEL_LOSSES = ("l1", "l2", "l1+l2")
-"""Per-pixel reconstruction errors VAELoss offers (VAELossConfig.pixel_loss)."""
+PIXEL_ERRORS = {"l1": torch.abs, "l2": torch.square, "l1+l2": lambda d: d.abs() + d.square()}
+"""Per-pixel reconstruction errors VAELoss offers (VAELossConfig.pixel_loss), of x - y."""
 
 
 class VAELoss(nn.Module):
@@ -295,9 +295,9 @@ class VAELoss(nn.Module):
             raise InputError("LPIPS weights are needed for perceptual_weight > 0", "pass --lpips-weights FILE.safetensors or --perceptual-weight 0")
         # a plain list: not a submodule, so neither DDP nor checkpoints carry the frozen net
         self._lpips: list[LPIPS] = [lpips] if (lpips is not None and perceptual_weight > 0) else []
-        if pixel_loss not in PIXEL_LOSSES:
-            raise InputError(f"unknown pixel loss '{pixel_loss}'", f"use one of: {', '.join(PIXEL_LOSSES)}")
-        self.pixel_loss = pixel_loss
+        if pixel_loss not in PIXEL_ERRORS:
+            raise InputError(f"unknown pixel loss '{pixel_loss}'", f"use one of: {', '.join(PIXEL_ERRORS)}")
+        self.pixel_error = PIXEL_ERRORS[pixel_loss]
         self.perceptual_weight = perceptual_weight
         self.kl_weight = kl_weight
         self.disc_start = disc_start
@@ -325,8 +325,7 @@ class VAELoss(nn.Module):
         """(nll summed / (B*T), mean pixel error + w*LPIPS, mean LPIPS) for (B, 3, T, H, W) videos."""
         x = rearrange(inputs, "b c t h w -> (b t) c h w")
         y = rearrange(recon, "b c t h w -> (b t) c h w")
-        diff = x - y
-        rec = {"l1": lambda: diff.abs(), "l2": lambda: diff.square(), "l1+l2": lambda: diff.abs() + diff.square()}[self.pixel_loss]()
+        rec = self.pixel_error(x - y)
         p_loss = torch.zeros((), device=x.device)
         if self._lpips:
             p_loss = self._lpips[0](x.float(), y.float())
