@@ -48,7 +48,7 @@ clean:
 
 # Build the built-in model osp_core/builtin/shapes from scratch with osp itself: synthetic data,
 # tiny T5, `osp vae train --preset shapes`, `osp t2v train --preset shapes`, export (fp16, <= 20 MB),
-# evaluation, RESULTS.md. About 1.3 hours on 2 CPU cores; refuses to replace an existing model
+# evaluation, RESULTS.md. About 2.35 hours on 2 CPU cores; refuses to replace an existing model
 # unless OVERWRITE=1. `make builtin SMOKE=1` (or `make builtin-smoke`) checks the whole recipe in
 # minutes with tiny step counts and a throwaway model (osp_core/builtin/shapes-smoke, removed after).
 OVERWRITE ?=

@@ -305,6 +305,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def run_train_seconds(summary: dict[str, Any], state: dict[str, Any]) -> float | None:
+    """Seconds a training run spent in its steps over all its invocations: the trainer's own
+    count, or (older runs) steps x seconds/step when the last invocation ran every step; None
+    when neither is on record."""
+    for record in (summary, state):
+        if record.get("train_seconds"):
+            return float(record["train_seconds"])
+    if summary.get("seconds_per_step") and summary.get("steps_this_run") == summary.get("steps"):
+        return float(summary["seconds_per_step"]) * summary["steps"]
+    return None
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     """The RESULTS.md page of a build: quality table, settings, wall time, loss curves."""
     lines = [f"# builtin:{results['name']}: build results{' (SMOKE RUN: not a trained model)' if results['smoke'] else ''}", ""]
@@ -341,7 +353,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines.append("")
     for name, run in results["training"].items():
         speed = f"{run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "no steps in the last (resumed) run"
-        lines.append(f"### {name}: {run['steps']} steps, {speed}, batch {run['batch_size']}")
+        seconds = run.get("train_seconds")
+        spent = f", {seconds / 60:.1f} min of training steps" if seconds else ""
+        lines.append(f"### {name}: {run['steps']} steps, {speed}, batch {run['batch_size']}{spent}")
         lines.append("")
         lines.append(f"![{name} loss]({name}-loss.svg)")
         lines.append("")

@@ -16,7 +16,7 @@ Steps (every one an `osp` command or an osp_core function):
      `osp t2v sample` of all 60 captions with fixed seeds + `osp eval shapes` (accuracy);
   7. RESULTS.md (quality table, wall time per stage, loss curves as SVG + CSV) beside the model.
 
-    python scripts/build_builtin.py                 # the full build (about 2 h on 2 busy CPU cores)
+    python scripts/build_builtin.py                 # the full build (about 2.35 h on 2 CPU cores)
     python scripts/build_builtin.py --smoke         # minutes: tiny step counts, a throwaway model
     python scripts/build_builtin.py --overwrite     # replace an existing osp_core/builtin/shapes
 
@@ -171,6 +171,25 @@ class Build:
             extra += ["--resume", "latest"]
         return extra
 
+    def _train(self, group: str, preset: str, out: Path, steps: int | None, batch: int | None, *args: str) -> None:
+        """`osp GROUP train --preset PRESET ARGS -o OUT`. With --resume, a run that already reached
+        its steps is kept as it is, summary.json (with the run's own timing) included."""
+        if self.args.resume and self._finished(group, preset, out, steps):
+            self.log(f"reusing the finished run {out}")
+            return
+        self.osp(group, "train", "--preset", preset, *args, "-o", str(out), *self._train_args(steps, batch))
+
+    @staticmethod
+    def _finished(group: str, preset: str, out: Path, steps: int | None) -> bool:
+        from osp_core.train.config import T2VTrainConfig, VAETrainConfig, load_config
+
+        summary_path = out / "summary.json"
+        if not summary_path.is_file():
+            return False
+        summary = json.loads(summary_path.read_text())
+        wanted = steps if steps is not None else load_config({"vae": VAETrainConfig, "t2v": T2VTrainConfig}[group], preset, group=group).run.max_steps
+        return summary["steps"] >= wanted and not summary.get("stopped_by_signal")
+
     def train_vae(self) -> None:
         from osp_core.builtin_recipe import collapse_to_last_tap, final_checkpoint, init_vae
         from osp_core.train.config import resolve_preset
@@ -181,10 +200,10 @@ class Build:
         # autoencoder (see init_vae)
         init = self.work / "vae-init"
         init_vae(resolve_preset("shapes", "vae").parent / "shapes-vae.json", init, seed=VAE_SEED)
-        self.osp("vae", "train", "--preset", "shapes-image", "--pretrained", str(init), *data, "-o", str(self.work / "vae-image"), *self._train_args(s.vae_image_steps, s.vae_image_batch))
+        self._train("vae", "shapes-image", self.work / "vae-image", s.vae_image_steps, s.vae_image_batch, "--pretrained", str(init), *data)
         # stage 2, clips: from the image model with its temporal kernels collapsed (tail init)
         inflated = collapse_to_last_tap(final_checkpoint(self.work / "vae-image") / "model", self.work / "vae-inflated")
-        self.osp("vae", "train", "--preset", "shapes", "--pretrained", str(inflated), *data, "-o", str(self.work / "vae"), *self._train_args(s.vae_steps, s.vae_batch))
+        self._train("vae", "shapes", self.work / "vae", s.vae_steps, s.vae_batch, "--pretrained", str(inflated), *data)
 
     def export_vae(self) -> None:
         from osp_core.builtin_recipe import export_vae, final_checkpoint, latent_scaling_factor
@@ -199,10 +218,9 @@ class Build:
 
     def train_t2v(self) -> None:
         s = self.scale
-        self.osp(
-            "t2v", "train", "--preset", "shapes", "--data", str(self.work / "data" / "train" / "data.txt"),
+        self._train(
+            "t2v", "shapes", self.work / "t2v", s.t2v_steps, s.t2v_batch, "--data", str(self.work / "data" / "train" / "data.txt"),
             "--vae", str(self.repo / "vae"), "--text-encoder", str(self.repo), "--cache-dir", str(self.work / "cache"),
-            "-o", str(self.work / "t2v"), *self._train_args(s.t2v_steps, s.t2v_batch),
         )  # fmt: skip
 
     def assemble(self) -> None:
@@ -255,7 +273,7 @@ class Build:
             )
 
     def write_results(self, started: float) -> None:
-        from osp_core.builtin_recipe import curve_svg, curve_table, final_checkpoint, loss_history, repository_size, results_markdown, write_curve_csv
+        from osp_core.builtin_recipe import curve_svg, curve_table, final_checkpoint, loss_history, repository_size, results_markdown, run_train_seconds, write_curve_csv
 
         training, curves = {}, {}
         for name in ("vae-image", "vae", "t2v"):
@@ -267,6 +285,7 @@ class Build:
             training[name] = {
                 "steps": summary["steps"],
                 "seconds_per_step": summary["seconds_per_step"] or 0.0,
+                "train_seconds": run_train_seconds(summary, state),
                 "batch_size": state["config"]["run"]["batch_size"],
                 "table": curve_table(losses),
             }

@@ -6,6 +6,7 @@ or caption and the encoder that produced it, so a changed file or encoder never 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,10 @@ def encoder_key(sample_key: str, encoder_id: str) -> str:
     return hashlib.sha1(f"{encoder_id}\0{sample_key}".encode()).hexdigest()
 
 
+def _entry_path(root: Path, kind: str, key: str) -> Path:
+    return root / kind / key[:2] / f"{key}.safetensors"
+
+
 class FeatureCache:
     """`get`/`put` of small tensor dicts under `root/<kind>/<key[:2]>/<key>.safetensors`."""
 
@@ -32,7 +37,7 @@ class FeatureCache:
         self.misses = 0
 
     def _path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}.safetensors"
+        return _entry_path(self.root, kind, key)
 
     def get(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
         path = self._path(kind, key)
@@ -52,3 +57,16 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:  # concurrent ranks writing the same key is harmless
             save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+@dataclass(frozen=True)
+class HasEncoding:
+    """Whether the cache under `root` holds `encoder_id`'s `kind` output for a sample key: the
+    dataset's `is_cached` (a plain picklable object, so DataLoader workers can take it)."""
+
+    root: Path
+    kind: str
+    encoder_id: str
+
+    def __call__(self, sample_key: str) -> bool:
+        return _entry_path(self.root, self.kind, encoder_key(sample_key, self.encoder_id)).is_file()

@@ -4,7 +4,8 @@ and skip-and-count of samples that cannot be read.
 Randomness (start frame, caption choice, joint images) comes from a generator seeded by
 (seed, epoch, index), so a sample is the same whatever the worker count and after a resume.
 A sample that cannot be read is replaced by the next readable one and reported in the item's
-`skipped` list as (path, reason); user files are never modified.
+`skipped` list as (path, reason); user files are never modified. With an `is_cached` predicate,
+clips whose latents a feature cache already holds are not decoded at all (`video` is None).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,13 @@ class VideoClipDataset(Dataset):
     """Video (and optionally caption and joint-image) samples from annotation entries.
 
     Index with an int or with `(epoch, index)` (what `EpochShardSampler` yields). Items are
-    dicts: `video` (3, T, H, W) in [-1, 1], `caption`, `key` (cache key of the clip),
-    `skipped` [(path, reason)], and with `use_image_num > 0` also `images` (3, N, H, W) and
-    `image_captions`.
+    dicts: `video` (3, T, H, W) in [-1, 1], `caption`, `key` (cache key of the clip), `index`
+    and `start` (entry and first frame taken), `skipped` [(path, reason)], and with
+    `use_image_num > 0` also `images` (3, N, H, W) and `image_captions`.
+
+    `is_cached(key)` says whether a clip's latents are already cached: such a clip is not
+    decoded and its `video` is None (decoding is most of a cached training step's data cost).
+    Clips whose frames double as the joint images are always decoded.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         use_image_num: int = 0,
         image_entries: Sequence[Entry] | None = None,
+        is_cached: Callable[[str], bool] | None = None,
     ) -> None:
         if not entries:
             raise InputError("the dataset is empty", "check --data")
@@ -103,13 +109,14 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.use_image_num = use_image_num
         self.image_entries = list(image_entries or [])
+        self.is_cached = is_cached
 
     def __len__(self) -> int:
         return len(self.entries)
 
     # --- reading -----------------------------------------------------------------------------
-    def _read_clip(self, entry: Entry, rng: random.Random) -> tuple[torch.Tensor, int]:
-        """(frames uint8 (T, H, W, 3) after resize/crop, start frame)."""
+    def _clip_window(self, entry: Entry, rng: random.Random) -> tuple[int, int | None]:
+        """(start frame, end bound) of the clip to take, from the container metadata alone."""
         spec = self.spec
         span = (spec.frames - 1) * spec.stride + 1
         if entry.is_image:
@@ -125,10 +132,21 @@ class VideoClipDataset(Dataset):
                 raise InputError(f"too short: {last - first} frames, {span} needed", "lower --frames/--stride or drop the clip")
             if spec.random_start and room > 0:
                 start = first + rng.randint(0, room)
+        return start, last
+
+    def _decode_clip(self, entry: Entry, start: int, last: int | None) -> torch.Tensor:
+        """Frames uint8 (T, H, W, 3) from `start`, after resize/crop."""
+        spec = self.spec
         video = read_video(entry.path, num_frames=spec.frames, stride=spec.stride, start=start, end=last)
         if video.num_frames < spec.frames:
             raise InputError(f"too short: {video.num_frames} of {spec.frames} frames after frame {start}", "lower --frames/--stride or drop the clip")
-        return resize_center_crop(video.frames, (spec.height, spec.width)), start
+        return resize_center_crop(video.frames, (spec.height, spec.width))
+
+    def read_clip(self, index: int, start: int) -> torch.Tensor:
+        """The clip of entry `index` from frame `start`, (3, T, H, W) in [-1, 1]: for an item
+        that came without its video and whose cached latents then turned out unreadable."""
+        entry = self.entries[index]
+        return _to_unit_range(self._decode_clip(entry, start, entry.end))
 
     def _read_image(self, entry: Entry) -> torch.Tensor:
         image = read_video(entry.path, num_frames=1)
@@ -159,6 +177,10 @@ class VideoClipDataset(Dataset):
             keys.append(clip_key(entry.path, 0, image_spec))
         return torch.cat(images, dim=0), captions, keys
 
+    def _skips_decoding(self, key: str) -> bool:
+        images_from_clip = self.use_image_num > 0 and not self.image_entries
+        return self.is_cached is not None and not images_from_clip and self.is_cached(key)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = item if isinstance(item, tuple) else (0, item)
         skipped: list[tuple[str, str]] = []
@@ -167,17 +189,20 @@ class VideoClipDataset(Dataset):
             entry = self.entries[current]
             rng = _rng(self.seed, epoch, current)
             try:
-                frames, start = self._read_clip(entry, rng)
+                start, last = self._clip_window(entry, rng)
+                key = clip_key(entry.path, start, self.spec)
+                # the cached latents were made from this exact window, so it was readable then
+                frames = None if self._skips_decoding(key) else self._decode_clip(entry, start, last)
             except Exception as exc:  # unreadable / too short: report and take the next sample
                 skipped.append((str(entry.path), _reason(exc)))
                 continue
             caption = rng.choice(entry.captions)
-            key = clip_key(entry.path, start, self.spec)
             out: dict[str, Any] = {
-                "video": _to_unit_range(frames),
+                "video": None if frames is None else _to_unit_range(frames),
                 "caption": caption,
                 "key": key,
                 "index": current,
+                "start": start,
                 "skipped": skipped,
             }
             if self.use_image_num > 0:
@@ -193,12 +218,17 @@ class VideoClipDataset(Dataset):
 
 
 def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep captions/keys as lists and concatenate the skip reports."""
+    """Stack tensors, keep captions/keys as lists and concatenate the skip reports.
+
+    `video` is one (B, 3, T, H, W) tensor, or a list with None for the clips that were not
+    decoded (their latents are cached)."""
+    videos = [i["video"] for i in items]
     batch: dict[str, Any] = {
-        "video": torch.stack([i["video"] for i in items]),
+        "video": torch.stack(videos) if all(v is not None for v in videos) else videos,
         "caption": [i["caption"] for i in items],
         "key": [i["key"] for i in items],
         "index": [i["index"] for i in items],
+        "start": [i["start"] for i in items],
         "skipped": [s for i in items for s in i["skipped"]],
     }
     if "images" in items[0]:

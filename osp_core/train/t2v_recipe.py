@@ -11,6 +11,7 @@ VAE posterior moments and the T5 states are stored per sample and the encoders r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +180,24 @@ class T2VRecipe(Recipe):
         entries = load_entries(d.data)
         images = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
         spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
-        return VideoClipDataset(entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images)
+        is_cached = None
+        if self.cache is not None:
+            from ..data.cache import HasEncoding
+
+            is_cached = HasEncoding(self.cache.root, "vae", self.vae_id)
+        self.clips = VideoClipDataset(
+            entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images, is_cached=is_cached
+        )
+        return self.clips
 
     # --- encoders (frozen, cached) ----------------------------------------------------------
     @torch.no_grad()
-    def _latents(self, pixels: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        """(B, 3, T, H, W) -> scaled latent samples (B, 4, t, h, w); moments cached by key."""
+    def _latents(self, pixels: torch.Tensor | list[torch.Tensor | None], keys: list[str], reread: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, 3, T, H, W) -> scaled latent samples (B, 4, t, h, w); moments cached by key.
+
+        `pixels` may hold None for clips the dataset did not decode (cached); should such a
+        cache entry be unreadable after all, `reread(i)` decodes clip i.
+        """
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         from ..data.cache import encoder_key
@@ -197,7 +210,8 @@ class T2VRecipe(Recipe):
                 moments[i] = hit["moments"].to(device) if hit else None
         todo = [i for i, m in enumerate(moments) if m is None]
         if todo:
-            fresh = self.vae.encode(pixels[todo].to(device, self.frozen_dtype)).latent_dist.parameters
+            rows = [pixels[i] if pixels[i] is not None else reread(i) for i in todo]
+            fresh = self.vae.encode(torch.stack(rows).to(device, self.frozen_dtype)).latent_dist.parameters
             for j, i in enumerate(todo):
                 moments[i] = fresh[j]
                 if self.cache is not None:
@@ -242,7 +256,7 @@ class T2VRecipe(Recipe):
     # --- the step ---------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         n = self.config.data.use_image_num
-        latents = self._latents(batch["video"], batch["key"])
+        latents = self._latents(batch["video"], batch["key"], lambda i: self.clips.read_clip(batch["index"][i], batch["start"][i]))
         captions = [batch["caption"]] if n == 0 else [batch["caption"], *zip(*batch["image_captions"])]
         if n > 0:
             # each image is encoded as a one-frame video, then appended after the video frames

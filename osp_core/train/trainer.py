@@ -159,6 +159,7 @@ class Trainer:
         self.skipped: dict[str, str] = {}
         self.loss_history: list[float] = []
         self.step_seconds: list[float] = []
+        self.earlier_train_seconds = 0.0  # spent in training steps by the runs this one resumed
 
     # --- setup ------------------------------------------------------------------------------
     def _accelerator(self, find_unused: bool):
@@ -252,6 +253,7 @@ class Trainer:
             step, consumed = int(state["step"]), int(state["data"]["consumed_per_rank"])
             self.skipped = dict(state.get("skipped", {}))
             self.loss_history = list(state.get("loss_history", []))
+            self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
             if ema is not None:
                 with self._rng_preserved():  # building the EMA copy must not move the restored RNG
                     self._load_ema(resume_from / "model_ema", accelerator)
@@ -398,6 +400,10 @@ class Trainer:
             merged.update(part)
         return merged
 
+    def train_seconds(self) -> float:
+        """Wall seconds in training steps (data, step, EMA) over this run and the runs it resumed."""
+        return self.earlier_train_seconds + sum(self.step_seconds)
+
     def _checkpoint(self, step: int, consumed: int) -> Path:
         acc = self.accelerator
         self.skipped = self._gather_skips()
@@ -406,6 +412,7 @@ class Trainer:
             "samples_seen": consumed * acc.num_processes,
             "skipped": self.skipped,
             "loss_history": self.loss_history[-10000:],
+            "train_seconds": self.train_seconds(),
             "config": config_to_dict(self.config),
             "recipe": {"name": self.recipe.name, **self.recipe.extra_state()},
         }
@@ -448,6 +455,7 @@ class Trainer:
                 "last_logged": last_logs,
             },
             "seconds_per_step": (sum(self.step_seconds) / len(self.step_seconds)) if self.step_seconds else None,
+            "train_seconds": self.train_seconds(),
             "checkpoint": str(checkpoint) if checkpoint else None,
             "stopped_by_signal": stopped_by or None,
             "rank_weight_digests": digests,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import ByT5Tokenizer
 
 from osp_core.builtin_recipe import (
     SIZE_LIMIT_BYTES,
@@ -26,6 +27,7 @@ from osp_core.builtin_recipe import (
     install,
     latent_scaling_factor,
     loss_history,
+    run_train_seconds,
     write_curve_csv,
 )
 from osp_core.errors import InputError, ModelLoadError
@@ -58,6 +60,31 @@ def test_tiny_t5_is_deterministic_and_seeded(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].numel() > 1)
     assert json.loads((tmp_path / "a" / "text_encoder" / "tiny_t5.json").read_text())["seed"] == 0
+
+
+def _occurrence_similarity(spec: TinyT5Config, text: str, byte: str) -> float:
+    """Mean cosine between the encoder states of the occurrences of `byte` in `text`."""
+    tokenizer, encoder = build_tiny_t5(spec)
+    with torch.no_grad():
+        states = encoder(tokenizer([text], return_tensors="pt").input_ids)[0][0]
+    unit = torch.nn.functional.normalize(states[[i for i, ch in enumerate(text) if ch == byte]], dim=-1)
+    sims = unit @ unit.T
+    return float(sims[~torch.eye(len(unit), dtype=torch.bool)].mean())
+
+
+def test_tiny_t5_local_heads_make_a_byte_state_depend_on_its_word(tmp_path):
+    text = "a green triangle moving right"  # 'g' in four different words
+    assert _occurrence_similarity(TinyT5Config(seed=0), text, "g") > 0.9  # random: nearly one state
+    assert _occurrence_similarity(TinyT5Config(seed=0, local_attention_bias=8.0), text, "g") < 0.7
+    spec = TinyT5Config(seed=0, local_attention_bias=8.0)
+    save_tiny_t5(tmp_path, spec)
+    assert json.loads((tmp_path / "text_encoder" / "tiny_t5.json").read_text())["local_attention_bias"] == 8.0
+    # the biases live in the saved weights: the loaded encoder is the built one
+    _, built = build_tiny_t5(spec)
+    _, loaded = load_t5(str(tmp_path), tmp_path, None)
+    torch.testing.assert_close(_states(ByT5Tokenizer(), loaded)[0], _states(ByT5Tokenizer(), built)[0], rtol=0, atol=0)
+    with pytest.raises(InputError, match="local_attention_bias"):
+        build_tiny_t5(TinyT5Config(local_attention_bias=-1.0))
 
 
 def test_tiny_t5_loads_back_through_the_sampler_and_trainer_paths(tmp_path):
@@ -253,6 +280,14 @@ def test_loss_curves(assembled, tmp_path):
     assert curve_table([4.0, 2.0, 2.0, 0.0], rows=2) == [(2, 3.0), (4, 1.0)]
 
 
+def test_run_train_seconds_from_the_trainer_or_a_complete_last_invocation():
+    assert run_train_seconds({"train_seconds": 12.5}, {}) == 12.5
+    assert run_train_seconds({"steps": 10, "steps_this_run": 0, "seconds_per_step": None}, {"train_seconds": 30.0}) == 30.0
+    # older runs: steps x s/step only when the last invocation ran every step
+    assert run_train_seconds({"steps": 10, "steps_this_run": 10, "seconds_per_step": 0.5}, {}) == 5.0
+    assert run_train_seconds({"steps": 10, "steps_this_run": 4, "seconds_per_step": 0.5}, {}) is None
+
+
 # --- the build script ------------------------------------------------------------------------------
 
 
@@ -283,3 +318,10 @@ def test_smoke_build_end_to_end(tmp_path):
     assert results["repository_bytes"] <= SIZE_LIMIT_BYTES
     assert (target / "RESULTS.md").is_file() and (target / "vae-loss.svg").is_file()
     assert check_repository(target) > 0
+    assert all(run["train_seconds"] > 0 for run in results["training"].values())
+    # --resume keeps the finished runs as they are (their timing included) and rebuilds the rest
+    again = _build("--smoke", "--keep", "--resume", "--overwrite", "--target", str(target), "--work-dir", str(tmp_path / "work"), timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("reusing the finished run") == 3
+    rebuilt = json.loads((target / "results.json").read_text())
+    assert {k: v["train_seconds"] for k, v in rebuilt["training"].items()} == {k: v["train_seconds"] for k, v in results["training"].items()}

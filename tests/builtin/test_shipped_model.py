@@ -1,5 +1,6 @@
 """The shipped `builtin:shapes` model: it loads offline wherever a model is accepted, samples a
-video of the world's size at its 8 fps without flags, and its VAE reconstructs the world."""
+video of the world's size at its 8 fps without flags, the demo command draws what it asks for,
+and its VAE reconstructs the world."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ def test_vae_reconstructs_a_held_out_clip(tmp_path):
         proc = run_osp("vae", "recon", str(clip), "-o", str(tmp_path / clip.name), "--model", "builtin:shapes", "--json", env=ONE_THREAD)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["psnr"] >= 25.0, proc.stdout
+
+
+def test_the_demo_command_draws_a_red_circle_moving_right(tmp_path):
+    """`make demo` at the sampler's defaults (150 PNDM steps, guidance 7.5, seed 0), measured."""
+    proc = run_osp("t2v", "sample", PROMPT, "--model", "builtin:shapes", "--seed", "0", "-o", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]["video"]
+    report = run_osp("eval", "shapes", video, "--json")
+    assert report.returncode == 0, report.stderr
+    measured = json.loads(report.stdout)["videos"][0]
+    assert (measured["color"], measured["shape"], measured["direction"]) == ("red", "circle", "right"), measured

@@ -55,6 +55,37 @@ def test_unreadable_and_short_samples_are_skipped_and_reported(data_list, tmp_pa
         too_long[0]  # every clip is too short: a clear error instead of an endless loop
 
 
+def test_clips_with_cached_latents_are_not_decoded(data_list):
+    entries = load_entries(data_list)[:-1]
+    spec = ClipSpec(frames=3, stride=1, height=16, width=16, random_start=True)
+    full = [VideoClipDataset(entries, spec, seed=3)[(1, i)] for i in range(len(entries))]
+    cached_keys = {full[0]["key"]}
+    lazy = VideoClipDataset(entries, spec, seed=3, is_cached=cached_keys.__contains__)
+    items = [lazy[(1, i)] for i in range(len(entries))]
+    # same windows and captions as without the cache; only the cached clip comes without pixels
+    assert [(i["key"], i["caption"], i["start"]) for i in items] == [(i["key"], i["caption"], i["start"]) for i in full]
+    assert items[0]["video"] is None and torch.equal(items[1]["video"], full[1]["video"])
+    assert torch.equal(lazy.read_clip(items[0]["index"], items[0]["start"]), full[0]["video"])
+    mixed = collate_clips(items)["video"]
+    assert isinstance(mixed, list) and mixed[0] is None and torch.equal(mixed[1], full[1]["video"])
+    assert collate_clips(full)["video"].shape == (len(entries), 3, 3, 16, 16)
+    # joint images drawn from the clip's own frames need the frames
+    joint = VideoClipDataset(entries, spec, seed=3, use_image_num=1, is_cached=lambda key: True)
+    assert joint[0]["video"] is not None
+
+
+def test_has_encoding_sees_cache_entries_and_pickles(tmp_path):
+    import pickle
+
+    from osp_core.data.cache import HasEncoding, encoder_key
+
+    cache = FeatureCache(tmp_path)
+    cache.put("vae", encoder_key("clip-a", "vae-1"), {"moments": torch.zeros(2)})
+    has = pickle.loads(pickle.dumps(HasEncoding(cache.root, "vae", "vae-1")))  # DataLoader workers get a copy
+    assert has("clip-a") and not has("clip-b")
+    assert not HasEncoding(cache.root, "vae", "vae-2")("clip-a")  # another encoder's latents do not count
+
+
 def test_joint_images_from_the_video_and_from_an_image_list(data_list, tmp_path):
     from osp_core.io import write_video
 

@@ -73,9 +73,12 @@ def test_resume_gives_the_same_weights_as_a_straight_run(clips, tiny_repo, tmp_p
         "data.cache_dir": str(tmp_path / "cache"),
     }
     straight, _ = _run(_config(clips, tiny_repo, tmp_path / "a", **{"run.max_steps": 4, **extra}))
-    _run(_config(clips, tiny_repo, tmp_path / "b", **{"run.max_steps": 2, **extra}))
+    partial, _ = _run(_config(clips, tiny_repo, tmp_path / "b", **{"run.max_steps": 2, **extra}))
     resumed, _ = _run(_config(clips, tiny_repo, tmp_path / "b", **{"run.max_steps": 4, "run.resume": "latest", **extra}))
     assert resumed["steps_this_run"] == 2 and resumed["samples_seen"] == straight["samples_seen"] == 8
+    # training time adds up over the runs: the resumed run's 2 steps on top of the first run's
+    assert 0 < partial["train_seconds"] < resumed["train_seconds"]
+    assert resumed["train_seconds"] - partial["train_seconds"] >= 2 * resumed["seconds_per_step"] * 0.99
     a, b = checkpoint_weights(Path(straight["checkpoint"])), checkpoint_weights(Path(resumed["checkpoint"]))
     assert set(a) == set(b) and {k.split("/")[0] for k in a} == {"model", "model_ema"}
     for key in a:
@@ -92,6 +95,28 @@ def test_cache_makes_encoders_run_once_per_sample(clips, tiny_repo, tmp_path):
     assert logged["cache/misses"] == 0 and logged["cache/hits"] == 6
     assert len(list((tmp_path / "cache" / "vae").rglob("*.safetensors"))) == 3
     assert len(list((tmp_path / "cache" / "t5").rglob("*.safetensors"))) == 3
+    assert second["losses"]["first"] == first["losses"]["first"]  # same latents, same seed
+
+
+def test_cached_clips_are_not_decoded_and_a_broken_entry_is_rebuilt(clips, tiny_repo, tmp_path, monkeypatch):
+    import osp_core.data.datasets as datasets
+
+    extra = {"run.max_steps": 3, "data.cache_dir": str(tmp_path / "cache"), "data.random_start": False, "diffusion.text_dropout": 0.0, "data.use_image_num": 0}
+    first, _ = _run(_config(clips, tiny_repo, tmp_path / "one", **extra))
+    decoded: list[str] = []
+    real_read_video = datasets.read_video
+    monkeypatch.setattr(datasets, "read_video", lambda path, *a, **k: decoded.append(str(path)) or real_read_video(path, *a, **k))
+    second, _ = _run(_config(clips, tiny_repo, tmp_path / "two", **extra))
+    readable = lambda paths: [p for p in paths if not p.endswith("broken.mp4")]  # noqa: E731 (the corrupt file is always tried)
+    assert readable(decoded) == [] and second["losses"]["first"] == first["losses"]["first"]
+    broken = sorted((tmp_path / "cache" / "vae").rglob("*.safetensors"))[0]
+    broken.write_bytes(b"truncated by a killed run")
+    third, _ = _run(_config(clips, tiny_repo, tmp_path / "three", **extra))
+    assert len(readable(decoded)) == 1 and third["losses"]["last_logged"]["cache/misses"] == 1  # decoded again, only that clip
+    assert third["losses"]["first"] == first["losses"]["first"]
+    from safetensors.torch import load_file
+
+    assert "moments" in load_file(str(broken))  # and cached again
 
 
 def test_checkpoint_samples_and_validation_videos(clips, tiny_repo, tmp_path):
