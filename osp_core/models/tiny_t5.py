@@ -35,8 +35,8 @@ class TinyT5Config:
     # 0: purely random weights. > 0: each head's relative-position bias is this value at one
     # fixed offset (-1, +1, -2, +2, ...) and 0 elsewhere, so heads read neighbouring bytes and
     # a byte's state depends on its word. With random biases (0) attention is nearly uniform:
-    # 'g' in "green" and in "right" get states with cosine 0.97, and the words that share all
-    # their bytes with others (right, down) are hard to tell apart; at 8 that cosine is 0.44.
+    # the same byte gets nearly the same state in every word (mean cosine 0.97 between the
+    # occurrences in the shapes captions); at 8 that cosine is 0.44.
     local_attention_bias: float = 0.0
 
 
