@@ -322,6 +322,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"# builtin:{results['name']}: build results{' (SMOKE RUN: not a trained model)' if results['smoke'] else ''}", ""]
     lines.append(f"Built by `{results['command']}` on {results['finished']} ({results['host']}).")
     lines.append("")
+    if results.get("note"):  # how a build that reused earlier stages was made
+        lines.append(results["note"])
+        lines.append("")
     lines.append("## Quality (`osp eval shapes`)")
     lines.append("")
     lines.append("| check | result | bar |")

@@ -9,14 +9,18 @@ Steps (every one an `osp` command or an osp_core function):
      (osp_core.builtin_recipe.init_vae); its 3D kernels collapsed onto the last tap
      (collapse_to_last_tap); `osp vae train --preset shapes` on 9-frame clips from there; the
      latent scaling factor is measured on training clips and the VAE exported (fp16);
-  4. `osp t2v train --preset shapes` against that VAE and T5, latents and T5 states cached;
+  4. `osp t2v train --preset shapes` against that VAE and T5, latents and T5 states cached
+     (stage 1, the original objective); then `--preset shapes-stage2` (half the timesteps at
+     high noise, x0-weighted loss: the direction word) and `--preset shapes-stage3` (the
+     original objective at a low learning rate), each with --pretrained the previous stage's
+     EMA weights exported as they would ship (fp16);
   5. the repository (`vae/`, `17x64x64/`, `text_encoder/`, `tokenizer/`) is checked (<= 20 MB)
      and installed into osp_core/builtin/shapes;
   6. evaluation: `osp vae recon` of the held-out clips + `osp eval shapes --reference` (PSNR),
      `osp t2v sample` of all 60 captions with fixed seeds + `osp eval shapes` (accuracy);
   7. RESULTS.md (quality table, wall time per stage, loss curves as SVG + CSV) beside the model.
 
-    python scripts/build_builtin.py                 # the full build (about 2.35 h on 2 CPU cores)
+    python scripts/build_builtin.py                 # the full build (about 2.6 h on 2 CPU cores)
     python scripts/build_builtin.py --smoke         # minutes: tiny step counts, a throwaway model
     python scripts/build_builtin.py --overwrite     # replace an existing osp_core/builtin/shapes
 
@@ -58,6 +62,8 @@ class Scale:
     vae_batch: int | None
     t2v_steps: int | None
     t2v_batch: int | None
+    t2v_stage2_steps: int | None
+    t2v_stage3_steps: int | None
     captions: int  # how many of the 60 captions to sample
     evals: tuple[tuple[str, int, float], ...]  # (scheduler, steps, guidance) per sampling run
     latent_scale_clips: int = 32  # training clips the VAE latent std is measured on
@@ -66,15 +72,21 @@ class Scale:
 
 FULL = Scale(
     train_clips=1200, heldout_clips=100, vae_image_steps=None, vae_image_batch=None, vae_steps=None, vae_batch=None,
-    t2v_steps=None, t2v_batch=None, captions=60,
+    t2v_steps=None, t2v_batch=None, t2v_stage2_steps=None, t2v_stage3_steps=None, captions=60,
     evals=(("PNDM", 150, 7.5),),  # the sampler's defaults: what `osp t2v sample` gives without flags
 )  # fmt: skip
 SMOKE = Scale(
-    train_clips=60, heldout_clips=4, vae_image_steps=2, vae_image_batch=2, vae_steps=2, vae_batch=1, t2v_steps=4, t2v_batch=2, captions=3,
+    train_clips=60, heldout_clips=4, vae_image_steps=2, vae_image_batch=2, vae_steps=2, vae_batch=1, t2v_steps=4, t2v_batch=2, t2v_stage2_steps=2, t2v_stage3_steps=2, captions=3,
     evals=(("PNDM", 4, 7.5),), latent_scale_clips=4, checkpoint_every=2,
 )  # fmt: skip
 
 TRAIN_SEED, HELDOUT_SEED, T5_SEED, VAE_SEED, SAMPLE_SEED = 0, 1, 0, 0, 0
+
+# The transformer's stages, in order: (run folder, preset, Scale field with its step count).
+# 1: the original objective learns color, shape and clean motion, but not the direction word;
+# 2: half the timesteps at high noise with the x0-weighted loss teaches the direction word;
+# 3: the original objective at a low learning rate restores low-noise detail (square corners).
+T2V_STAGES = (("t2v", "shapes", "t2v_steps"), ("t2v-stage2", "shapes-stage2", "t2v_stage2_steps"), ("t2v-stage3", "shapes-stage3", "t2v_stage3_steps"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,17 +229,29 @@ class Build:
         export_vae(checkpoint, self.repo, self.scaling_factor)
 
     def train_t2v(self) -> None:
+        from osp_core.builtin_recipe import VERSION, export_transformer, final_checkpoint
+
         s = self.scale
-        self._train(
-            "t2v", "shapes", self.work / "t2v", s.t2v_steps, s.t2v_batch, "--data", str(self.work / "data" / "train" / "data.txt"),
-            "--vae", str(self.repo / "vae"), "--text-encoder", str(self.repo), "--cache-dir", str(self.work / "cache"),
-        )  # fmt: skip
+        inputs = [
+            "--data", str(self.work / "data" / "train" / "data.txt"), "--vae", str(self.repo / "vae"),
+            "--text-encoder", str(self.repo), "--cache-dir", str(self.work / "cache"),
+        ]  # fmt: skip
+        previous = None
+        for run, preset, steps in T2V_STAGES:
+            start = []
+            if previous is not None:
+                # each later stage starts from the previous one's EMA weights exactly as they would ship (fp16)
+                weights = self.work / f"{previous}-weights"
+                export_transformer(final_checkpoint(self.work / previous), weights)
+                start = ["--pretrained", str(weights / VERSION)]
+            self._train("t2v", preset, self.work / run, getattr(s, steps), s.t2v_batch, *start, *inputs)
+            previous = run
 
     def assemble(self) -> None:
         from osp_core.builtin_recipe import check_repository, export_transformer, final_checkpoint, install, write_sampling_defaults
         from osp_core.data.shapes import FPS
 
-        _, self.transformer_weights = export_transformer(final_checkpoint(self.work / "t2v"), self.repo)
+        _, self.transformer_weights = export_transformer(final_checkpoint(self.work / T2V_STAGES[-1][0]), self.repo)
         write_sampling_defaults(self.repo, fps=FPS)  # frames and size come from the 17x64x64 folder
         self.repository_bytes = check_repository(self.repo)
         self.log(f"repository {self.repository_bytes / 1e6:.2f} MB")
@@ -276,7 +300,7 @@ class Build:
         from osp_core.builtin_recipe import curve_svg, curve_table, final_checkpoint, loss_history, repository_size, results_markdown, run_train_seconds, write_curve_csv
 
         training, curves = {}, {}
-        for name in ("vae-image", "vae", "t2v"):
+        for name in ("vae-image", "vae", *(run for run, _, _ in T2V_STAGES)):
             run = self.work / name
             summary = json.loads((run / "summary.json").read_text())
             losses = loss_history(final_checkpoint(run))
@@ -320,7 +344,7 @@ class Build:
         if not self.args.resume:
             # a fresh build: stale runs would be resumed into, and the feature cache is keyed by
             # the VAE's folder, not its weights, so latents of an older VAE would be reused
-            for stale in ("vae-init", "vae-image", "vae-inflated", "vae", "t2v", "cache", "repo", "eval"):
+            for stale in ("vae-init", "vae-image", "vae-inflated", "vae", "cache", "repo", "eval", *(f"{run}{suffix}" for run, _, _ in T2V_STAGES for suffix in ("", "-weights"))):
                 shutil.rmtree(self.work / stale, ignore_errors=True)
         self.log(f"{'SMOKE ' if self.args.smoke else ''}build of {self.model_ref()} in {self.work}")
         with self.stage("data (osp data synth)"):
@@ -331,7 +355,7 @@ class Build:
             self.train_vae()
         with self.stage("VAE export + latent scale"):
             self.export_vae()
-        with self.stage("T2V training (osp t2v train)"):
+        with self.stage("T2V training (osp t2v train: stages 1, 2, 3)"):
             self.train_t2v()
         with self.stage("assemble + install"):
             self.assemble()

@@ -188,6 +188,17 @@ class DiffusionConfig:
     """The model predicts variance channels, trained with the variational bound ('hybrid' loss)."""
     text_dropout: float = 0.1
     """Probability of replacing a caption by the empty caption (classifier-free guidance)."""
+    high_noise_fraction: float = 0.0
+    """Share of training timesteps drawn from `high_noise_range` instead of all steps (0: the
+    original uniform draw). With loss_weighting 'inverse_snr', teaches what the caption says
+    about layout and motion, which are decided at high noise, where the epsilon MSE barely looks."""
+    high_noise_range: tuple[int, int] = (500, 900)
+    """Timesteps [start, end) of the high-noise band."""
+    loss_weighting: str = "uniform"
+    """Per-timestep weight of the epsilon MSE: 'uniform' (the original) or 'inverse_snr':
+    1/SNR(t) clipped to [1, max_loss_weight], which makes it the x0 MSE where 1/SNR is in range."""
+    max_loss_weight: float = 20.0
+    """Cap of the 'inverse_snr' weight."""
 
 
 @dataclass

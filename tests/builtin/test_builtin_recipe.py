@@ -23,10 +23,12 @@ from osp_core.builtin_recipe import (
     curve_table,
     export_transformer,
     export_vae,
+    final_checkpoint,
     init_vae,
     install,
     latent_scaling_factor,
     loss_history,
+    results_markdown,
     run_train_seconds,
     write_curve_csv,
 )
@@ -319,9 +321,32 @@ def test_smoke_build_end_to_end(tmp_path):
     assert (target / "RESULTS.md").is_file() and (target / "vae-loss.svg").is_file()
     assert check_repository(target) > 0
     assert all(run["train_seconds"] > 0 for run in results["training"].values())
+    # each T2V stage trains from the previous stage's exported weights; stage 2 mostly at high noise
+    assert list(results["training"]) == ["vae-image", "vae", "t2v", "t2v-stage2", "t2v-stage3"]
+    configs = {run: json.loads((final_checkpoint(tmp_path / "work" / run) / "trainer_state.json").read_text())["config"] for run in ("t2v-stage2", "t2v-stage3")}
+    assert Path(configs["t2v-stage2"]["model"]["pretrained"]) == tmp_path / "work" / "t2v-weights" / VERSION
+    assert Path(configs["t2v-stage3"]["model"]["pretrained"]) == tmp_path / "work" / "t2v-stage2-weights" / VERSION
+    assert configs["t2v-stage2"]["diffusion"]["high_noise_fraction"] > 0 and configs["t2v-stage2"]["diffusion"]["loss_weighting"] == "inverse_snr"
+    assert configs["t2v-stage3"]["diffusion"]["high_noise_fraction"] == 0 and configs["t2v-stage3"]["diffusion"]["loss_weighting"] == "uniform"
     # --resume keeps the finished runs as they are (their timing included) and rebuilds the rest
     again = _build("--smoke", "--keep", "--resume", "--overwrite", "--target", str(target), "--work-dir", str(tmp_path / "work"), timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("reusing the finished run") == 3
+    assert again.stderr.count("reusing the finished run") == 5
     rebuilt = json.loads((target / "results.json").read_text())
     assert {k: v["train_seconds"] for k, v in rebuilt["training"].items()} == {k: v["train_seconds"] for k, v in results["training"].items()}
+
+
+def test_results_page_shows_a_build_note():
+    results = {
+        "name": "shapes", "smoke": False, "command": "python scripts/build_builtin.py", "finished": "2026-12-01 00:00 UTC", "host": "x86_64",
+        "vae_eval": {"videos": 2, "psnr": 31.0, "ssim": 0.9},
+        "t2v_eval": [{"scheduler": "PNDM", "steps": 150, "guidance": 7.5, "summary": {"videos": 60, "color_accuracy": 1.0, "direction_accuracy": 0.95, "shape_accuracy": 0.8}}],
+        "stages": {"T2V training": 60.0}, "wall_seconds": 60.0, "repository_bytes": 1e6, "part_bytes": {"vae": 1e6},
+        "scaling_factor": 0.4, "transformer_weights": "model_ema",
+        "training": {"t2v-stage2": {"steps": 2, "seconds_per_step": 0.5, "train_seconds": 1.0, "batch_size": 2, "table": [(2, 0.5)]}},
+    }  # fmt: skip
+    page = results_markdown(results)
+    assert "Stages up to" not in page and "| text to video (60 captions, 150 PNDM steps, guidance 7.5): direction correct | 95.0% | >= 90% |" in page
+    assert "### t2v-stage2: 2 steps" in page
+    noted = results_markdown({**results, "note": "Stages up to stage 1 are an earlier build's."})
+    assert "\n\nStages up to stage 1 are an earlier build's.\n\n" in noted

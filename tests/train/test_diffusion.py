@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from osp_core.train.diffusion import GaussianDiffusionObjective, discretized_gaussian_log_likelihood, normal_kl
@@ -69,3 +70,54 @@ def test_helpers_against_closed_forms():
     # a very sharp Gaussian centred on the value puts (almost) all mass in its bin
     ll = discretized_gaussian_log_likelihood(torch.tensor([0.0, 0.5]), torch.tensor([0.0, 0.5]), torch.tensor([-8.0, -8.0]))
     assert ll.abs().max() < 1e-4
+
+
+def test_uniform_timesteps_keep_their_random_stream():
+    # a run without the high-noise band draws exactly what torch.randint draws (reproducible builds)
+    torch.manual_seed(7)
+    drawn = GaussianDiffusionObjective().sample_timesteps(64, "cpu")
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.randint(0, 1000, (64,)))
+
+
+def test_high_noise_band_takes_its_share_of_timesteps():
+    generator = torch.Generator().manual_seed(0)
+    everything = GaussianDiffusionObjective(high_noise_fraction=1.0, high_noise_range=(500, 900)).sample_timesteps(4000, "cpu", generator)
+    assert everything.min() >= 500 and everything.max() < 900
+    mixed = GaussianDiffusionObjective(high_noise_fraction=0.75, high_noise_range=(500, 900)).sample_timesteps(20000, "cpu", generator)
+    # 0.75 from the band + 0.25 x 0.4 of the uniform draws land in [500, 900)
+    in_band = ((mixed >= 500) & (mixed < 900)).float().mean().item()
+    assert abs(in_band - 0.85) < 0.02, in_band
+    assert mixed.min() < 50 and mixed.max() > 950  # the uniform share still covers every step
+
+
+def test_bad_high_noise_settings_are_refused():
+
+
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        GaussianDiffusionObjective(high_noise_fraction=1.5)
+    with pytest.raises(ValueError, match="high_noise_range"):
+        GaussianDiffusionObjective(high_noise_fraction=0.5, high_noise_range=(900, 500))
+    with pytest.raises(ValueError, match="high_noise_range"):
+        GaussianDiffusionObjective(high_noise_range=(0, 1001))
+
+
+def test_inverse_snr_weighting_is_a_clipped_x0_mse():
+    uniform = GaussianDiffusionObjective(learn_sigma=False)
+    weighted = GaussianDiffusionObjective(learn_sigma=False, loss_weighting="inverse_snr", max_loss_weight=20.0)
+    x0 = torch.zeros(3, 4, 2, 2, 2)
+    noise = torch.zeros_like(x0)
+    prediction = torch.full_like(x0, 0.5)  # the same epsilon error at every timestep
+    t = torch.tensor([10, 400, 900])
+    plain = uniform.training_losses(lambda x_t, t_: prediction, x0, t=t, noise=noise)
+    terms = weighted.training_losses(lambda x_t, t_: prediction, x0, t=t, noise=noise)
+    assert torch.equal(terms["mse"], plain["mse"]) and torch.equal(plain["loss"], plain["mse"])
+    cumprod = uniform.tables["sqrt_alphas_cumprod"] ** 2
+    inverse_snr = float((1 - cumprod[400]) / cumprod[400])
+    assert 1.0 < inverse_snr < 20.0
+    # low noise keeps weight 1, mid noise gets 1/SNR (the x0 error), high noise the cap
+    assert torch.allclose(terms["loss"], torch.tensor([1.0, inverse_snr, 20.0]) * plain["mse"], rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        GaussianDiffusionObjective(loss_weighting="snr")
+    with pytest.raises(ValueError, match="max_loss_weight"):
+        GaussianDiffusionObjective(loss_weighting="inverse_snr", max_loss_weight=0.5)

@@ -165,3 +165,12 @@ def test_trains_from_a_released_style_repository(reference_dir, clips, tmp_path)
     cfg = _config(clips, repo, tmp_path, **{"model.pretrained": "9x32x32", "data.frames": 9, "data.stride": 1, "model.max_text_tokens": 300, "run.max_steps": 1, "data.use_image_num": 0})
     summary, _ = _run(cfg)
     assert summary["steps"] == 1 and summary["losses"]["last"] > 0
+
+
+def test_bad_high_noise_band_is_a_one_line_error(clips, tiny_repo, tmp_path):
+    proc = run_module(
+        "osp_cli.t2v_train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--pretrained", "tiny",
+        "--text-encoder", str(tiny_repo), "-o", str(tmp_path / "run"), "--max-steps", "1", "--set", "diffusion.high_noise_range=[900,500]",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "high_noise_range" in proc.stderr and "Traceback" not in proc.stderr
