@@ -174,3 +174,14 @@ def test_bad_high_noise_band_is_a_one_line_error(clips, tiny_repo, tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "high_noise_range" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_objective_options_reach_the_training_step(clips, tiny_repo, tmp_path):
+    extra = {"run.max_steps": 1, "data.use_image_num": 0, "diffusion.high_noise_fraction": 1.0, "diffusion.high_noise_range": [650, 750], "diffusion.loss_weighting": "inverse_snr", "diffusion.max_loss_weight": 50.0}
+    cfg = _config(clips, tiny_repo, tmp_path, **extra)
+    summary, trainer = _run(cfg)
+    objective = trainer.recipe.objective
+    assert summary["steps"] == 1 and objective.high_noise_range == (650, 750)
+    assert all(650 <= t < 750 for t in objective.sample_timesteps(64, "cpu").tolist())
+    # 1/SNR passes 50 before t = 650 (72.6 there), so every step of the band gets the cap
+    assert float(objective.tables["loss_weight"][650:750].min()) == 50.0
