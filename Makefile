@@ -25,7 +25,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The built-in shapes model (shipped in the package): offline, about 15 s on 2 CPU cores;
+# The built-in shapes model (shipped in the package): offline, about 10 s on 2 CPU cores;
 # osp prints where it wrote the mp4.
 DEMO_PROMPT ?= a red circle moving right
 DEMO_OUT ?= demo_out
