@@ -57,6 +57,21 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
 
 
+def check_objective_options(
+    num_train_timesteps: int, high_noise_fraction: float, high_noise_range: tuple[int, int], loss_weighting: str, max_loss_weight: float
+) -> None:
+    """Raise ValueError naming the first option of the objective beyond v1.1.0 that is out of range."""
+    lo, hi = high_noise_range
+    if not 0.0 <= high_noise_fraction <= 1.0:
+        raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
+    if not 0 <= lo < hi <= num_train_timesteps:
+        raise ValueError(f"high_noise_range must satisfy 0 <= start < end <= {num_train_timesteps}, got {list(high_noise_range)}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got '{loss_weighting}'")
+    if max_loss_weight < 1.0:
+        raise ValueError(f"max_loss_weight must be >= 1, got {max_loss_weight}")
+
+
 class GaussianDiffusionObjective:
     """`training_losses(model_fn, x_start)` -> per-sample `loss`, `mse`, `vb` (and the timesteps)."""
 
@@ -71,15 +86,8 @@ class GaussianDiffusionObjective:
         loss_weighting: str = "uniform",
         max_loss_weight: float = 20.0,
     ) -> None:
+        check_objective_options(num_train_timesteps, high_noise_fraction, high_noise_range, loss_weighting, max_loss_weight)
         lo, hi = high_noise_range
-        if not 0.0 <= high_noise_fraction <= 1.0:
-            raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
-        if not 0 <= lo < hi <= num_train_timesteps:
-            raise ValueError(f"high_noise_range must satisfy 0 <= start < end <= {num_train_timesteps}, got {list(high_noise_range)}")
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss_weighting '{loss_weighting}' (choose from {', '.join(LOSS_WEIGHTINGS)})")
-        if max_loss_weight < 1.0:
-            raise ValueError(f"max_loss_weight must be >= 1, got {max_loss_weight}")
         self.scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -162,8 +170,8 @@ class GaussianDiffusionObjective:
     ) -> dict[str, torch.Tensor]:
         """`model_fn(x_t, t)` -> (B, C or 2C, ...) for `x_start` (B, C, ...). Returns per-sample
         `loss` (weight(t) x mse + vb), `mse` (unweighted), `vb` (zeros without learned sigma) and
-        `timesteps`; `mask` (broadcastable
-        to x_start, 1 = keep) restricts both terms to real content."""
+        `timesteps`; `mask` (broadcastable to x_start, 1 = keep) restricts both terms to real
+        content."""
         if t is None:
             t = self.sample_timesteps(x_start.shape[0], x_start.device)
         if noise is None:

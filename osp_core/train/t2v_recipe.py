@@ -6,7 +6,8 @@ appended after the video frames), captions by the frozen T5 (300 tokens with the
 caption is dropped to "" with probability `text_dropout` for classifier-free guidance), and the
 transformer is trained with the IDDPM hybrid loss at uniform timesteps (optionally with a share
 drawn from a high-noise band and an x0-style weight: `diffusion.high_noise_fraction`,
-`diffusion.loss_weighting`). With `cache_dir`, the VAE posterior moments and the T5 states are stored per sample and the encoders run once.
+`diffusion.loss_weighting`). With `cache_dir`, the VAE posterior moments and the T5 states are
+stored per sample and the encoders run once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ..errors import InputError, ModelLoadError
 from .config import T2VTrainConfig
-from .diffusion import LOSS_WEIGHTINGS
+from .diffusion import check_objective_options
 from .trainer import Built, Recipe
 
 
@@ -104,15 +105,10 @@ class T2VRecipe(Recipe):
             raise InputError(f"size {d.height}x{d.width} is not a multiple of 16 (VAE 8x, patch 2)", "pick a multiple of 16")
         if not 0.0 <= df.text_dropout <= 1.0:
             raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
-        if not 0.0 <= df.high_noise_fraction <= 1.0:
-            raise InputError(f"diffusion.high_noise_fraction must be in [0, 1], got {df.high_noise_fraction}", "e.g. 0.75, or 0 for uniform timesteps")
-        if df.loss_weighting not in LOSS_WEIGHTINGS:
-            raise InputError(f"unknown diffusion.loss_weighting '{df.loss_weighting}'", f"use one of: {', '.join(LOSS_WEIGHTINGS)}")
-        if df.max_loss_weight < 1.0:
-            raise InputError(f"diffusion.max_loss_weight must be >= 1, got {df.max_loss_weight}", "e.g. 20")
-        lo, hi = df.high_noise_range
-        if not 0 <= lo < hi <= df.num_train_timesteps:
-            raise InputError(f"diffusion.high_noise_range {list(df.high_noise_range)} is not [start, end) within 0..{df.num_train_timesteps}", "e.g. [500, 900]")
+        try:  # the objective's own checks, before any model is loaded
+            check_objective_options(df.num_train_timesteps, df.high_noise_fraction, tuple(df.high_noise_range), df.loss_weighting, df.max_loss_weight)
+        except ValueError as exc:
+            raise InputError(f"diffusion.{exc}", "fix it in the preset or with --set diffusion.KEY=VALUE") from None
         if d.use_image_num < 0:
             raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
         if self.config.validation.every:

@@ -92,8 +92,6 @@ def test_high_noise_band_takes_its_share_of_timesteps():
 
 
 def test_bad_high_noise_settings_are_refused():
-
-
     with pytest.raises(ValueError, match="high_noise_fraction"):
         GaussianDiffusionObjective(high_noise_fraction=1.5)
     with pytest.raises(ValueError, match="high_noise_range"):
