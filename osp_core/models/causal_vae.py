@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import InputError, ModelLoadError
+from .attention import DEFAULT_BACKEND, attention
 from .loading import StrictLoadingMixin
 
 
@@ -142,13 +143,13 @@ class AttnBlock3DFix(nn.Module):
         self.k = CausalConv3d(channels, channels, 1)
         self.v = CausalConv3d(channels, channels, 1)
         self.proj_out = CausalConv3d(channels, channels, 1)
+        self.attention_backend = DEFAULT_BACKEND  # set_attention_backend() changes it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         b, c, t, height, width = x.shape
         q, k, v = (rearrange(proj(h), "b c t h w -> (b t) 1 (h w) c") for proj in (self.q, self.k, self.v))
-        # SDPA picks a fused/memory-efficient kernel; scale 1/sqrt(c) as the original.
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v, backend=self.attention_backend)  # scale 1/sqrt(c), as the original
         out = rearrange(out, "(b t) 1 (h w) c -> b c t h w", b=b, h=height)
         return self.proj_out(out).add_(x)
 

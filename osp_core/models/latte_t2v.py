@@ -30,6 +30,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..errors import ModelLoadError
+from .attention import DEFAULT_BACKEND, set_attention_backend
 from .loading import StrictLoadingMixin
 
 # number of caption tokens in the PixArt-style null-caption table `y_embedding` (kept for file
@@ -37,6 +38,28 @@ from .loading import StrictLoadingMixin
 Y_EMBEDDING_TOKENS = 120
 # the bias that masked caption tokens get in cross-attention, as in the original
 MASK_BIAS = -10000.0
+
+
+@dataclass
+class LatteBlockInputs:
+    """What `LatteT2V.embed` prepares for the block stack (and `unpatchify` reads back).
+
+    `hidden_states` (B*(F+n), P, D) patch tokens per frame; `modulation_spatial` (B*(F+n), 6D)
+    and `modulation_temporal` (B*P, 6D) the AdaLN-single modulation per block row;
+    `captions` (B*(F+n), L, D) and `caption_bias` (B*(F+n), 1, L) or None.
+    """
+
+    hidden_states: torch.Tensor
+    batch: int
+    num_frames: int
+    use_image_num: int
+    grid: tuple[int, int]
+    modulation_spatial: torch.Tensor
+    modulation_temporal: torch.Tensor
+    embedded_timestep: torch.Tensor
+    captions: torch.Tensor
+    caption_bias: torch.Tensor | None
+    enable_temporal_attentions: bool
 
 
 @dataclass
@@ -66,8 +89,11 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
     Only the configuration that v1.1.0 released is supported (patch embedding, AdaLN-single,
     no RoPE, no KV compression); other values raise `ModelLoadError`. `from_pretrained` is
     strict: a file missing a released tensor (or with a mis-shaped one) is an error. `attention_mode`
-    is kept for config compatibility: attention runs through PyTorch SDPA, which picks a
-    flash / memory-efficient kernel by itself.
+    is kept for config compatibility: every attention runs through `models.attention` (SDPA
+    unless `set_attention_backend` picks another backend).
+
+    `forward` is `unpatchify(run_blocks(embed(...)))`; caches that skip the block stack
+    (TeaCache) compose the same three stages.
     """
 
     _supports_gradient_checkpointing = True
@@ -174,6 +200,7 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
         )
 
         self.gradient_checkpointing = False
+        set_attention_backend(self, DEFAULT_BACKEND)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -220,7 +247,7 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
             return self._gradient_checkpointing_func(block, hidden_states, *args)
         return block(hidden_states, *args)
 
-    # -- forward -----------------------------------------------------------------------------
+    # -- forward, in three stages: embed -> blocks -> output ---------------------------------
 
     def forward(
         self,
@@ -247,12 +274,28 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
         Returns:
             (B, out_channels, F + n, h, w) in `LatteT2VOutput.sample` (or a 1-tuple).
         """
+        inputs = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, use_image_num, enable_temporal_attentions)
+        out = self.unpatchify(self.run_blocks(inputs), inputs)
+        if not return_dict:
+            return (out,)
+        return LatteT2VOutput(sample=out)
+
+    def embed(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        use_image_num: int = 0,
+        enable_temporal_attentions: bool = True,
+    ) -> LatteBlockInputs:
+        """Patches, timestep modulation and captions: what the block stack consumes."""
         batch, _, total_frames, height, width = hidden_states.shape
         num_frames = total_frames - use_image_num
         if num_frames < 1:
             raise ValueError(f"use_image_num={use_image_num} leaves no video frames in {total_frames} frames")
         patch = self.config.patch_size
-        grid_h, grid_w = height // patch, width // patch
+        grid = (height // patch, width // patch)
         dtype = self.pos_embed.proj.weight.dtype
 
         x = self.pos_embed(rearrange(hidden_states, "b c f h w -> (b f) c h w").to(dtype))  # (B*(F+n), P, D)
@@ -262,43 +305,58 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
             timestep = timestep.expand(batch)
         # modulation (B, 6D) for the blocks; embedded_timestep (B, D) for the output layer
         modulation, embedded_timestep = self.adaln_single(timestep, None, batch_size=batch, hidden_dtype=x.dtype)
-        modulation_spatial = repeat(modulation, "b d -> (b f) d", f=total_frames)
-        modulation_temporal = repeat(modulation, "b d -> (b p) d", p=grid_h * grid_w)
-
-        captions, caption_bias = self._caption_inputs(
-            encoder_hidden_states, encoder_attention_mask, num_frames, use_image_num, x.dtype
+        captions, caption_bias = self._caption_inputs(encoder_hidden_states, encoder_attention_mask, num_frames, use_image_num, x.dtype)
+        return LatteBlockInputs(
+            hidden_states=x,
+            batch=batch,
+            num_frames=num_frames,
+            use_image_num=use_image_num,
+            grid=grid,
+            modulation_spatial=repeat(modulation, "b d -> (b f) d", f=total_frames),
+            modulation_temporal=repeat(modulation, "b d -> (b p) d", p=grid[0] * grid[1]),
+            embedded_timestep=embedded_timestep,
+            captions=captions,
+            caption_bias=caption_bias,
+            enable_temporal_attentions=enable_temporal_attentions,
         )
 
+    def run_blocks(self, inputs: LatteBlockInputs) -> torch.Tensor:
+        """The spatial and temporal block pairs: (B*(F+n), P, D) -> the same shape."""
+        x, batch, num_frames = inputs.hidden_states, inputs.batch, inputs.num_frames
         for index, (spatial_block, temporal_block) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
-            x = self._run_block(spatial_block, x, None, captions, caption_bias, modulation_spatial)
-            if not enable_temporal_attentions:
+            x = self._run_block(spatial_block, x, None, inputs.captions, inputs.caption_bias, inputs.modulation_spatial)
+            if not inputs.enable_temporal_attentions:
                 continue
-            x = rearrange(x, "(b f) p d -> (b p) f d", b=batch)
+            # contiguous once here: every linear layer of the block would otherwise copy its
+            # input and write its output back in the permuted layout
+            x = rearrange(x, "(b f) p d -> (b p) f d", b=batch).contiguous()
             # images ride along untouched: temporal attention sees the video frames only
             video, images = x[:, :num_frames], x[:, num_frames:]
             if index == 0:
                 video = video + self._temporal_positions(num_frames, video)
-            video = self._run_block(temporal_block, video, None, None, None, modulation_temporal)
-            x = torch.cat([video, images], dim=1) if use_image_num else video
-            x = rearrange(x, "(b p) f d -> (b f) p d", b=batch)
+            video = self._run_block(temporal_block, video, None, None, None, inputs.modulation_temporal)
+            x = torch.cat([video, images], dim=1) if inputs.use_image_num else video
+            x = rearrange(x, "(b p) f d -> (b f) p d", b=batch).contiguous()
+        return x
 
-        embedded_timestep = repeat(embedded_timestep, "b d -> (b f) d", f=total_frames)
+    def unpatchify(self, x: torch.Tensor, inputs: LatteBlockInputs) -> torch.Tensor:
+        """Final modulation and projection, patches back to latents: -> (B, out_channels, F + n, h, w)."""
+        total_frames = inputs.num_frames + inputs.use_image_num
+        embedded_timestep = repeat(inputs.embedded_timestep, "b d -> (b f) d", f=total_frames)
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale) + shift
         x = self.proj_out(x)
-        out = rearrange(
+        patch = self.config.patch_size
+        return rearrange(
             x,
             "(b f) (gh gw) (ph pw c) -> b c f (gh ph) (gw pw)",
-            b=batch,
-            gh=grid_h,
-            gw=grid_w,
+            b=inputs.batch,
+            gh=inputs.grid[0],
+            gw=inputs.grid[1],
             ph=patch,
             pw=patch,
             c=self.out_channels,
         )
-        if not return_dict:
-            return (out,)
-        return LatteT2VOutput(sample=out)
 
 
 def _check_supported(
