@@ -4,10 +4,14 @@ states, since it only runs once per prompt).
 
     python benchmarks/t2v.py --device cuda --dtype fp16                 # 65x512x512, 10 steps
     python benchmarks/t2v.py --device cuda --dtype fp16 --frames 221 --json
+    python benchmarks/t2v.py --device cuda --dtype bf16 --cache teacache --compile
     python benchmarks/t2v.py --device cpu --tiny --steps 2             # smoke test on the tiny repo configs
 
 Prints a JSON record: seconds per step (after one warm-up step), decode seconds, and the peak
-memory of the denoising and decoding phases (torch.cuda.max_memory_allocated).
+memory of the denoising and decoding phases (torch.cuda.max_memory_allocated). With --cache the
+record adds the cache's counts (TeaCache uses the published v1.1.0 coefficients; on random
+weights its skips say nothing about quality, only about what a skipped step saves).
+benchmarks/gpu_sampling.sh runs the whole GPU table.
 """
 
 from __future__ import annotations
@@ -43,16 +47,26 @@ def main() -> None:
     parser.add_argument("--no-tile", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="use the tiny reference repo configs (CPU smoke test)")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of indented JSON")
+    parser.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, math, flash, npu)")
+    parser.add_argument("--cache", default="none", help="none, pab or teacache")
+    parser.add_argument("--cache-threshold", type=float, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = parser.parse_args()
 
     import torch
 
     from osp_core.device import resolve
+    from osp_core.models.attention import resolve_attention_backend, set_attention_backend
     from osp_core.models.causal_vae import CausalVideoVAE
     from osp_core.models.latte_t2v import LatteT2V
+    from osp_core.pipelines.caching import make_cache
+    from osp_core.pipelines.denoising import StepProgress
+    from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD
+    from osp_core.pipelines.sampling import compile_blocks
     from osp_core.pipelines.t2v import PromptEmbeddings, T2VPipeline, make_scheduler
 
     device, dtype = resolve(args.device, args.dtype)
+    attention = resolve_attention_backend(args.attention, device)
     size = 32 if args.tiny else args.size
     frames = 9 if args.tiny else args.frames
     transformer_config, vae_config = _configs(args.tiny, frames)
@@ -61,6 +75,13 @@ def main() -> None:
     vae = CausalVideoVAE.from_config(vae_config).to(device, dtype).eval()
     if not args.no_tile:
         vae.enable_tiling()
+    set_attention_backend(transformer, attention)
+    set_attention_backend(vae, attention)
+    if args.compile:
+        compile_blocks(transformer)
+    cache = make_cache(args.cache, args.cache_threshold, (RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD))
+    if cache is not None:
+        cache.attach(transformer)
     pipe = T2VPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=make_scheduler("DDIM"))
     pipe.set_progress_bar_config(disable=True)
 
@@ -78,7 +99,7 @@ def main() -> None:
     step_times: list[float] = []
     last = [0.0]
 
-    def on_step(step: int, total: int, _latents: torch.Tensor) -> None:
+    def on_step(step: int, total: int) -> None:
         sync()
         now = time.perf_counter()
         step_times.append(now - last[0])
@@ -91,7 +112,8 @@ def main() -> None:
     last[0] = time.perf_counter()
     latents = pipe(
         prompt_embeds=embeds, num_frames=frames, height=size, width=size, num_inference_steps=args.steps + 1,
-        guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0), output_type="latent", callback=on_step,
+        guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
+        callbacks=([cache] if cache is not None else []) + [StepProgress(on_step)],
     ).frames  # fmt: skip
     denoise_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     if cuda:
@@ -119,6 +141,9 @@ def main() -> None:
         "peak_denoise_gb": None if denoise_peak is None else round(denoise_peak, 2),
         "peak_decode_gb": None if decode_peak is None else round(decode_peak, 2),
         "transformer_params": sum(p.numel() for p in transformer.parameters()),
+        "attention": attention,
+        "compile": args.compile,
+        "cache": cache.describe() if cache is not None else {"method": "none"},
     }
     print(json.dumps(record) if args.json else json.dumps(record, indent=2))
 

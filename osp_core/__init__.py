@@ -17,6 +17,9 @@ _LAZY = {
     "CausalVideoVAE": ".models.causal_vae",
     "LatteT2V": ".models.latte_t2v",
     "T2VPipeline": ".pipelines.t2v",
+    "ModelRepository": ".pipelines.repository",
+    "SamplingJob": ".pipelines.sampling",
+    "run_sampling": ".pipelines.sampling",
     "Captioner": ".caption.captioner",
 }
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .caption.captioner import Captioner
     from .models.causal_vae import CausalVideoVAE
     from .models.latte_t2v import LatteT2V
+    from .pipelines.repository import ModelRepository
+    from .pipelines.sampling import SamplingJob, run_sampling
     from .pipelines.t2v import T2VPipeline
 
 
@@ -41,7 +46,10 @@ __all__ = [
     "InputError",
     "LatteT2V",
     "ModelLoadError",
+    "ModelRepository",
     "OSPError",
+    "SamplingJob",
     "T2VPipeline",
     "__version__",
+    "run_sampling",
 ]

@@ -184,13 +184,9 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
 def write_sampling_defaults(repo: str | Path, **settings: float | int | str) -> Path:
     """`repo/sampling.json`: what `osp t2v sample` uses where the user gives no flag (the
     shapes world plays at 8 fps, not the released model's 24)."""
-    from .pipelines.t2v_inputs import SAMPLING_FILE, check_sampling_settings
+    from .pipelines.t2v_inputs import write_sampling_file
 
-    path = Path(repo) / SAMPLING_FILE
-    check_sampling_settings(settings, str(path))  # only what the sampler will accept
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(settings, indent=2) + "\n")
-    return path
+    return write_sampling_file(Path(repo), settings)
 
 
 def repository_size(repo: str | Path) -> int:

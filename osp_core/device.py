@@ -91,6 +91,11 @@ def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
         raise DeviceError(f"unknown dtype '{name}'", "use fp32, fp16, bf16 or auto") from None
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name osp uses for `dtype` (fp32, fp16, bf16)."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
 def distributed_backend(device: torch.device | str) -> str:
     """The torch.distributed backend for `device`: nccl, hccl or gloo."""
     kind = torch.device(device).type

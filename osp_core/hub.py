@@ -22,13 +22,20 @@ def builtin_models() -> list[str]:
     return sorted(p.name for p in BUILTIN_ROOT.iterdir() if p.is_dir())
 
 
+def is_hub_id(model: str) -> bool:
+    """`model` names a Hub repository (owner/name), not a local folder or builtin:NAME."""
+    if model.startswith(BUILTIN_PREFIX) or Path(model).expanduser().exists():
+        return False
+    return model.count("/") == 1 and not model.startswith((".", "/", "~"))
+
 
 def resolve_model_dir(model: str, subfolders: list[str] | None = None) -> Path:
     """A local folder holding `model` (repo id, folder or builtin:NAME).
 
-    For a Hub repo only `subfolders` are fetched (every file when None). Raises
-    `ModelLoadError` for a missing folder and `HubUnavailableError` when the Hub cannot be
-    reached and the cache does not hold the files.
+    For a Hub repo only `subfolders` and the JSON/markdown files (configs) are fetched (every
+    file when None; configs only for an empty list). Raises `ModelLoadError` for a missing
+    folder and `HubUnavailableError` when the Hub cannot be reached and the cache does not
+    hold the files.
     """
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
@@ -40,7 +47,7 @@ def resolve_model_dir(model: str, subfolders: list[str] | None = None) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+    if not is_hub_id(model):
         raise ModelLoadError(
             f"model folder '{model}' does not exist",
             "pass an existing folder or a Hub repo id such as " + DEFAULT_REPO,
@@ -58,7 +65,7 @@ def _snapshot(repo_id: str, subfolders: list[str] | None) -> str:
     )
 
     patterns = None
-    if subfolders:
+    if subfolders is not None:
         patterns = [f"{s.strip('/')}/*" for s in subfolders] + ["*.json", "*.md"]
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)

@@ -15,10 +15,9 @@ Two deliberate differences, both invisible for one prompt in float32:
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,17 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import HubUnavailableError, InputError, ModelLoadError
-from ..hub import DEFAULT_REPO, resolve_model_dir
+from ..hub import DEFAULT_REPO
+from .denoising import DenoisingCallback, StepProgress, denoise, scheduler_step_kwargs
+from .repository import ModelRepository, check_transformer_folder
 from .t2v_inputs import (
     DEFAULT_TEXT_ENCODER,
-    DEFAULT_VERSION,
     MIN_STEPS,
-    RELEASED_VERSIONS,
     T5Location,
     check_clean_caption_deps,
     check_steps,
     check_video_size,
-    local_versions,
     locate_t5,
-    parse_version,
-    pick_version,
     scheduler_name,
 )
 
@@ -113,8 +109,8 @@ class T2VPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(  # type: ignore[override]
         cls,
-        model: str | Path = DEFAULT_REPO,
-        version: str | None = DEFAULT_VERSION,
+        model: str | Path | ModelRepository = DEFAULT_REPO,
+        version: str | None = None,
         text_encoder: str | Path | None = None,
         scheduler: str | SchedulerMixin = "PNDM",
         torch_dtype: torch.dtype | None = None,
@@ -123,39 +119,34 @@ class T2VPipeline(DiffusionPipeline):
     ) -> T2VPipeline:
         """Load from a repository laid out like `LanguageBind/Open-Sora-Plan-v1.1.0`.
 
-        `model`: Hub repo id, local folder or builtin:NAME; the VAE comes from `vae/`, the
-        transformer from `version/` (None: the only or first version folder). The T5 encoder
-        and tokenizer come from `text_encoder` (repo id or folder) when given, else from the
-        repository's `text_encoder/` and `tokenizer/` when it has them, else from
-        DeepFloyd/t5-v1_1-xxl. `transformer`, a LatteT2V folder (a training checkpoint's
-        `model/` or `model_ema/`), replaces the repository's version folder. Components are
-        loaded on the CPU; move or offload them after.
+        `model`: Hub repo id, local folder, builtin:NAME or a resolved `ModelRepository`; the
+        VAE comes from `vae/`, the transformer from `version/` (None: the shortest version the
+        repository has). The T5 encoder and tokenizer come from `text_encoder` (repo id or
+        folder) when given, else from the repository's `text_encoder/` and `tokenizer/` when it
+        has them, else from DeepFloyd/t5-v1_1-xxl. `transformer`, a LatteT2V folder (a training
+        checkpoint's `model/` or `model_ema/`), replaces the repository's version folder.
+        Components are loaded on the CPU; move or offload them after.
         """
         from ..models.causal_vae import CausalVideoVAE
         from ..models.latte_t2v import LatteT2V
 
+        if isinstance(model, ModelRepository):
+            repository = model if text_encoder is None else replace(model, text_encoder=str(text_encoder))
+        else:
+            repository = ModelRepository.resolve(str(model), text_encoder)
         scheduler_obj = make_scheduler(scheduler)
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         if transformer is not None:
-            transformer_dir = Path(transformer).expanduser()
-            if not (transformer_dir / "config.json").is_file():
-                raise ModelLoadError(f"no config.json in transformer folder '{transformer_dir}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
-            root = resolve_model_dir(str(model), subfolders=["vae", "text_encoder", "tokenizer"])
+            transformer_dir = check_transformer_folder(transformer)
             version = str(transformer_dir)
+            root = repository.fetch_for_sampling(None, with_text_encoder=load_text_encoder)
         else:
-            if version is not None:
-                parse_version(version)
-            wanted = ["vae", "text_encoder", "tokenizer"] + ([version] if version else list(RELEASED_VERSIONS))
-            root = resolve_model_dir(str(model), subfolders=wanted)
-            available = local_versions(root)
-            if version is None:
-                version = pick_version(1, available)
-            if version not in available:
-                known = ", ".join(available) or "none"
-                raise ModelLoadError(f"version '{version}' is not in '{model}' (available: {known})", "pass --version with one of the available versions")
+            version = repository.pick_version(None) if version is None else version
+            repository.check_version(version)
+            root = repository.fetch_for_sampling(version, with_text_encoder=load_text_encoder)
             transformer_dir = root / version
         # find and check T5 (and load its small tokenizer) before gigabytes of transformer and VAE weights
-        t5_location = locate_t5(text_encoder, root) if load_text_encoder else None
+        t5_location = replace(repository, root=root).t5_location() if load_text_encoder else None
         tokenizer = load_t5_tokenizer(t5_location) if t5_location is not None else None
         transformer_model = LatteT2V.from_pretrained(str(transformer_dir), **kwargs)
         vae = CausalVideoVAE.from_pretrained(str(root), subfolder="vae", **kwargs)
@@ -163,8 +154,10 @@ class T2VPipeline(DiffusionPipeline):
         pipe = cls(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer_model, scheduler=scheduler_obj)
         # provenance for sidecars and logs
         pipe.version = version
-        in_repo = (root / "text_encoder" / "config.json").is_file()
-        pipe.text_encoder_source = str(text_encoder) if text_encoder is not None else (f"{model}/text_encoder" if in_repo else DEFAULT_TEXT_ENCODER)
+        if repository.text_encoder is not None:
+            pipe.text_encoder_source = repository.text_encoder
+        else:
+            pipe.text_encoder_source = f"{repository.model}/text_encoder" if repository.has_text_encoder else DEFAULT_TEXT_ENCODER
         return pipe
 
     def free_text_encoder(self) -> None:
@@ -299,15 +292,6 @@ class T2VPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=torch.float32)
         return latents * self.scheduler.init_noise_sigma
 
-    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs: dict[str, Any] = {}
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        if "generator" in accepted:
-            kwargs["generator"] = generator
-        return kwargs
-
     @torch.no_grad()
     def __call__(
         self,
@@ -326,13 +310,14 @@ class T2VPipeline(DiffusionPipeline):
         eta: float = 0.0,
         clean_caption: bool = False,
         enable_temporal_attentions: bool = True,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callbacks: Sequence[DenoisingCallback] = (),
         return_dict: bool = True,
     ) -> T2VPipelineOutput | tuple[torch.Tensor]:
         """Generate videos for `prompt` (or for already encoded `prompt_embeds`).
 
         Returns `frames`: uint8 (B, T, H, W, 3) for output_type "pt", the final latents for
-        "latent". `callback(step, num_steps, latents)` runs after every scheduler step.
+        "latent". `callbacks` hook into the denoising loop (`denoising.DenoisingCallback`:
+        progress, caches, latents replaced between steps).
         """
         if output_type not in ("pt", "latent"):
             raise InputError(f"unknown output_type '{output_type}'", "use 'pt' or 'latent'")
@@ -360,39 +345,33 @@ class T2VPipeline(DiffusionPipeline):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         except ValueError as exc:  # e.g. PNDM below 4 steps
             raise InputError(f"{type(self.scheduler).__name__} cannot run {num_inference_steps} steps ({exc})", "use more steps or another scheduler") from None
-        timesteps = self.scheduler.timesteps
         latents = self.prepare_latents(batch, num_frames, height, width, device, generator, latents)
-        step_kwargs = self._step_kwargs(generator, eta)
         latent_channels = self.transformer.config.in_channels
         learned_variance = self.transformer.config.out_channels // 2 == latent_channels
 
-        with self.progress_bar(total=len(timesteps)) as bar:
-            for index, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t, device=device)
-                noise_pred = self.transformer(
-                    model_input.to(self.transformer.dtype),
-                    timestep,
-                    states,
-                    encoder_attention_mask=mask,
-                    enable_temporal_attentions=enable_temporal_attentions,
-                    return_dict=False,
-                )[0].float()
-                if do_cfg:
-                    uncond, cond = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond - uncond)
-                if learned_variance:
-                    noise_pred = noise_pred[:, :latent_channels]
-                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-                bar.update()
-                if callback is not None:
-                    callback(index + 1, len(timesteps), latents)
+        def predict_noise(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            noise = self.transformer(
+                model_input.to(self.transformer.dtype),
+                timestep,
+                states,
+                encoder_attention_mask=mask,
+                enable_temporal_attentions=enable_temporal_attentions,
+                return_dict=False,
+            )[0].float()
+            # the learned-variance channels are dropped before the scheduler step
+            return noise[:, :latent_channels] if learned_variance else noise
 
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = self.decode_latents(latents)
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            latents = denoise(
+                predict_noise,
+                self.scheduler,
+                latents,
+                guidance_scale=guidance_scale,
+                step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
+                callbacks=[*callbacks, StepProgress(lambda done, total: bar.update())],
+            )
+
+        frames = latents if output_type == "latent" else self.decode_latents(latents)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,21 @@ _VERSION_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 SAMPLING_FILE = "sampling.json"
 """Optional file at a model repository's root with its sampling defaults (e.g. {"fps": 8})."""
-SAMPLING_KEYS: dict[str, type] = {"fps": float, "steps": int, "guidance": float, "scheduler": str}
+SAMPLING_KEYS: dict[str, type] = {
+    "fps": float,
+    "steps": int,
+    "guidance": float,
+    "scheduler": str,
+    # TeaCache's fitted polynomial (highest power first) and its default threshold for this model
+    "teacache_coefficients": list,
+    "teacache_threshold": float,
+}
 FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM"}
 """Defaults of the original sampler, for repositories without sampling.json (the released one)."""
+# the smallest value each number may take, and whether the bound itself is allowed
+_SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False)}
+TEACACHE_MAX_THRESHOLD = 1.0
+CACHE_METHODS = ("none", "pab", "teacache")
 
 
 def scheduler_name(name: str) -> str:
@@ -65,17 +78,33 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
     ModelLoadError naming `source` and the key when it is not a valid set of SAMPLING_KEYS."""
     if not isinstance(settings, dict):
         raise ModelLoadError(f"'{source}' is not a JSON object", 'write e.g. {"fps": 8}')
-    checked: dict[str, float | int | str] = {}
+    checked: dict[str, float | int | str | list[float]] = {}
     for key, value in settings.items():
         kind = SAMPLING_KEYS.get(key)
         if kind is None:
             raise ModelLoadError(f"unknown key '{key}' in '{source}'", f"use only {', '.join(SAMPLING_KEYS)}")
-        ok = isinstance(value, str) if kind is str else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        if kind is list:
+            ok = isinstance(value, list) and 2 <= len(value) <= 10 and all(_is_number(v, float) for v in value)
+        else:
+            ok = isinstance(value, str) if kind is str else _is_number(value, kind)
         if not ok:
-            wanted = {int: "an integer", float: "a number", str: "a string"}[kind]
+            wanted = {int: "an integer", float: "a number", str: "a string", list: "a list of 2 to 10 numbers"}[kind]
             raise ModelLoadError(f"'{key}' in '{source}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
-        checked[key] = kind(value)
+        if key in _SAMPLING_LOWER:
+            low, inclusive = _SAMPLING_LOWER[key]
+            if value < low or (value == low and not inclusive) or (key == "teacache_threshold" and value > TEACACHE_MAX_THRESHOLD):
+                raise ModelLoadError(f"'{key}' in '{source}' is out of range: {value!r}", f"fix {SAMPLING_FILE}")
+        checked[key] = [float(v) for v in value] if kind is list else kind(value)
+    if "scheduler" in checked:
+        checked["scheduler"] = scheduler_name(str(checked["scheduler"]))
     return checked
+
+
+def _is_number(value: object, kind: type) -> bool:
+    """A finite JSON number of `kind` (int accepts whole floats such as 150.0)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return kind is float or float(value).is_integer()
 
 
 def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
@@ -83,15 +112,46 @@ def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
     settings `osp t2v sample` uses where the user gives none. A malformed file is a one-line
     ModelLoadError naming the key."""
     defaults: dict[str, float | int | str] = dict(FALLBACK_SAMPLING)
-    path = None if root is None else Path(root) / SAMPLING_FILE
-    if path is None or not path.is_file():
-        return defaults
+    if root is not None:
+        defaults.update(read_sampling_file(root))
+    return defaults
+
+
+def check_cache_options(method: str, threshold: float | None) -> str:
+    """The canonical cache name; one-line `InputError`s for an unknown method or a threshold that
+    does not apply or is out of range (0 < threshold <= 1)."""
+    key = method.strip().lower()
+    if key not in CACHE_METHODS:
+        raise InputError(f"unknown cache '{method}'", "use " + ", ".join(CACHE_METHODS))
+    if threshold is not None:
+        if key != "teacache":
+            raise InputError(f"--cache-threshold applies to --cache teacache, not to --cache {key}", "leave out --cache-threshold, or pass --cache teacache")
+        if not math.isfinite(threshold) or not 0 < threshold <= TEACACHE_MAX_THRESHOLD:
+            raise InputError(f"--cache-threshold must be in (0, {TEACACHE_MAX_THRESHOLD:g}], got {threshold}", "pass e.g. --cache-threshold 0.1 (higher skips more steps)")
+    return key
+
+
+def read_sampling_file(root: Path) -> dict:
+    """The settings in `root`/sampling.json as written (empty when there is none), checked."""
+    path = Path(root) / SAMPLING_FILE
+    if not path.is_file():
+        return {}
     try:
         given = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"'{path}' is not readable JSON ({exc})", f"fix or delete {SAMPLING_FILE}") from None
-    defaults.update(check_sampling_settings(given, str(path)))
-    return defaults
+    return check_sampling_settings(given, str(path))
+
+
+def write_sampling_file(root: Path, settings: dict) -> Path:
+    """Write `settings` as `root`/sampling.json (checked, strict JSON, atomically)."""
+    from ..io.atomic import atomic_path
+
+    path = Path(root) / SAMPLING_FILE
+    check_sampling_settings(settings, str(path))  # only what the sampler will accept
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(settings, indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def version_size(version: str, available: list[str] | tuple[str, ...]) -> tuple[int, int, int]:

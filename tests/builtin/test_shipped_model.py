@@ -23,7 +23,11 @@ def test_shipped_repository_is_complete_and_small():
     for part in REPOSITORY_PARTS:
         assert (root / part / "config.json").is_file() or part == "tokenizer", part
         assert any((root / part).glob("*.safetensors")) or part == "tokenizer", part
-    assert json.loads((root / "sampling.json").read_text()) == {"fps": 8}
+    sampling = json.loads((root / "sampling.json").read_text())
+    assert sampling["fps"] == 8
+    # TeaCache fitted for this model (osp t2v calibrate-cache), and the threshold measured for it
+    assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold"}
+    assert len(sampling["teacache_coefficients"]) == 5 and 0 < sampling["teacache_threshold"] <= 1
     assert repository_size(root) <= SIZE_LIMIT_BYTES
 
 

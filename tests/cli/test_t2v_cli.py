@@ -65,7 +65,7 @@ def test_sidecar_is_complete(sampled, tiny_repo):
     assert sidecar["settings"] == {
         "frames": 9, "height": 32, "width": 32, "steps": 4, "guidance": 7.5, "scheduler": "PNDMScheduler",
         "fps": 12.0, "num_videos": 1, "device": "cpu", "dtype": "fp32", "offload": False, "tile": True,
-        "clean_caption": False,
+        "clean_caption": False, "attention": "sdpa", "compile": False, "cache": {"method": "none"},
     }  # fmt: skip
     assert sidecar["models"] == {"model": str(tiny_repo), "version": "9x32x32", "text_encoder": f"{tiny_repo}/text_encoder"}
     assert sidecar["num_frames"] == 9 and sidecar["size"] == [32, 32]
@@ -288,7 +288,7 @@ def test_clean_caption_without_its_packages(tiny_repo, tmp_path):
 
 
 def test_prompt_file_with_a_byte_order_mark(tmp_path):
-    from osp_cli.t2v import read_prompts
+    from osp_core.pipelines.sampling import read_prompts
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("\ufeffA cat\nA dog\n".encode())

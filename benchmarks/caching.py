@@ -1,0 +1,179 @@
+"""Sampling caches (none / pab / teacache) and dtypes, measured on the same machine in one run.
+
+  python benchmarks/caching.py shapes [--out DIR] [--chunks 5]
+      builtin:shapes, the 60 captions of its world with seeds 0-59, 150 PNDM steps, guidance
+      7.5 (what `osp t2v sample --model builtin:shapes` does): seconds per video, transformer
+      evaluations, `osp eval shapes` accuracy and PSNR of each setting's videos against the
+      uncached float32 ones. The captions are split into chunks and the settings alternate
+      chunk by chunk, so load on the machine falls on all of them alike.
+  python benchmarks/caching.py wide [--layers 2] [--frames 56] [--size 16] [--steps 20]
+      the full-width LatteT2V (width 1152, 16 heads, T5-XXL caption width) with random weights,
+      221-frame-shaped latents (56 latent frames), for speed only: seconds per denoising run and
+      transformer evaluations per cache.
+
+Prints a markdown table and writes JSON next to the videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SETTINGS = [  # (name, dtype, cache, threshold); "none DTYPE" is each dtype's reference
+    (f"{cache} {dtype}".replace("teacache", f"teacache {threshold}") if threshold else f"{cache} {dtype}", dtype, cache, threshold)
+    for dtype in ("fp32", "bf16")
+    for cache, threshold in (("none", None), ("pab", None), ("teacache", 0.05), ("teacache", 0.1), ("teacache", 0.2))
+]
+
+
+def shapes(args: argparse.Namespace) -> None:
+    from osp_core.data.shapes import all_captions, parse_caption
+    from osp_core.eval.shapes import accuracy, measure
+    from osp_core.io import read_video
+    from osp_core.metrics import psnr
+    from osp_core.pipelines.sampling import SamplingJob, run_sampling
+
+    captions = all_captions()
+    chunk = -(-len(captions) // args.chunks)
+    settings = [s for s in SETTINGS if not args.only or s[0] in args.only]
+    results = {name: {"seconds": 0.0, "videos": [], "evaluations": 0} for name, *_ in settings}
+    for start in range(0, len(captions), chunk):
+        for name, dtype, cache, threshold in settings:
+            job = SamplingJob(
+                prompts=captions[start : start + chunk],
+                model="builtin:shapes",
+                seed=start,  # caption k gets seed k, as the build's evaluation
+                output_dir=args.out / name.replace(" ", "-"),
+                overwrite=True,
+                dtype=dtype,
+                cache=cache,
+                cache_threshold=threshold,
+            )
+            summary = run_sampling(job)
+            for video in summary.videos:
+                results[name]["seconds"] += video["seconds"]["denoise"] + video["seconds"]["decode"]
+                results[name]["evaluations"] += video["settings"]["cache"].get("transformer_evaluations", 0) or 0
+                results[name]["videos"].append(video)
+            print(f"{name}: {start + len(job.prompts)}/{len(captions)}", flush=True)
+
+    # each setting's videos against the uncached ones of its dtype (and bf16's against fp32's)
+    references = {dtype: f"none {dtype}" for _, dtype, _, _ in settings}
+    base = {name: {v["prompt"]: read_video(v["video"]).frames for v in results[name]["videos"]} for name in references.values() if name in results}
+    rows = []
+    for name, dtype, cache, threshold in settings:
+        videos = results[name]["videos"]
+        reference = references[dtype] if name != references[dtype] else ("none fp32" if dtype != "fp32" else None)
+        graded, psnrs = [], []
+        for video in videos:
+            frames = read_video(video["video"]).frames
+            row = measure(frames).to_dict()
+            row["expected_color"], row["expected_shape"], row["expected_direction"] = parse_caption(video["prompt"])
+            graded.append(row)
+            if reference in base:
+                psnrs.append(psnr(base[reference][video["prompt"]], frames))
+        evaluations = results[name]["evaluations"] / len(videos) if cache != "none" else None
+        rows.append(
+            {
+                "setting": name,
+                "seconds_per_video": results[name]["seconds"] / len(videos),
+                "transformer_evaluations": evaluations,
+                "color": accuracy(graded, "color"),
+                "shape": accuracy(graded, "shape"),
+                "direction": accuracy(graded, "direction"),
+                "psnr_reference": reference,
+                "psnr": sum(psnrs) / len(psnrs) if psnrs else None,
+            }
+        )
+    seconds = {r["setting"]: r["seconds_per_video"] for r in rows}
+    print("\n| setting | s / video | speed-up vs none, same dtype | transformer evaluations | color | shape | direction | PSNR (vs) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r, (_, dtype, _, _) in zip(rows, settings):
+        evaluations = "159 (all)" if r["transformer_evaluations"] is None else f"{r['transformer_evaluations']:.1f}"
+        psnr_text = "-" if r["psnr"] is None else f"{r['psnr']:.1f} dB ({r['psnr_reference']})"
+        base_seconds = seconds.get(references[dtype], r["seconds_per_video"])
+        print(
+            f"| {r['setting']} | {r['seconds_per_video']:.2f} | {base_seconds / r['seconds_per_video']:.2f}x | {evaluations} | "
+            f"{r['color']:.1%} | {r['shape']:.1%} | {r['direction']:.1%} | {psnr_text} |"
+        )
+    (args.out / "caching.json").write_text(json.dumps(rows, indent=2))
+
+
+def wide(args: argparse.Namespace) -> None:
+    from diffusers import PNDMScheduler
+
+    from osp_core.models.latte_t2v import LatteT2V
+    from osp_core.pipelines.caching import PABSettings, PyramidAttentionBroadcast, TeaCache
+    from osp_core.pipelines.denoising import denoise
+    from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD
+
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "t2v_v1.1.0_221x512x512_config.json"
+    config = {k: v for k, v in json.loads(reference.read_text()).items() if not k.startswith("_")}
+    config.update(num_layers=args.layers, sample_size=[args.size, args.size])
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = LatteT2V(**config).eval().to(dtype)
+    captions = torch.randn(2, 120, config["caption_channels"], dtype=dtype)
+    noise = torch.randn(1, 4, args.frames, args.size, args.size)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x.to(dtype), t, captions, return_dict=False)[0][:, :4].float()
+
+    def run(cache) -> tuple[float, int]:
+        scheduler = PNDMScheduler()
+        scheduler.set_timesteps(args.steps)
+        if cache is not None:
+            cache.attach(model)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            denoise(predict, scheduler, noise.clone(), guidance_scale=7.5, callbacks=[cache] if cache else [])
+        seconds = time.perf_counter() - t0
+        evaluations = len(scheduler.timesteps)
+        if cache is not None:
+            evaluations = cache.stats()["transformer_evaluations"]
+            cache.detach()
+        return seconds, evaluations
+
+    caches = {
+        "none": lambda: None,
+        "pab": lambda: PyramidAttentionBroadcast(PABSettings()),
+        f"teacache {RELEASED_TEACACHE_THRESHOLD}": lambda: TeaCache(RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD),
+    }
+    times: dict[str, list[float]] = {name: [] for name in caches}
+    evaluations: dict[str, int] = {}
+    for _ in range(args.repeats):  # alternate the settings
+        for name, make in caches.items():
+            seconds, evaluations[name] = run(make())
+            times[name].append(seconds)
+            print(f"{name}: {seconds:.1f} s", flush=True)
+    base = min(times["none"])
+    print(f"\nfull width, {args.layers} block pairs, {args.frames}x{args.size}x{args.size} latents, batch 2 (CFG), {args.steps} PNDM steps, {args.dtype}")
+    print("| cache | s / run (best) | speed-up | transformer evaluations |")
+    print("|---|---:|---:|---:|")
+    for name in caches:
+        print(f"| {name} | {min(times[name]):.1f} | {base / min(times[name]):.2f}x | {evaluations[name]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("shapes")
+    p.add_argument("--out", type=Path, default=Path("/tmp/osp-bench-caching"))
+    p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--only", nargs="*", default=None, help="setting names to run (keep 'none fp32' / 'none bf16' for the PSNR references)")
+    p = sub.add_parser("wide")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--frames", type=int, default=56)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--dtype", default="fp32")
+    args = parser.parse_args()
+    {"shapes": shapes, "wide": wide}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A text-to-video model repository, resolved once and handed on.
+
+`ModelRepository.resolve(model)` finds where a repository laid out like
+`LanguageBind/Open-Sora-Plan-v1.1.0` is (a Hub id, a local folder or builtin:NAME), which
+transformer versions it has, its sampling defaults (`sampling.json`) and where its T5 comes from,
+fetching nothing but small config files. Weights are fetched by `fetch` when a pipeline loads.
+Sampling, editing and the web page all start from one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..hub import BUILTIN_PREFIX, DEFAULT_REPO, is_hub_id, resolve_model_dir
+from .t2v_inputs import (
+    FALLBACK_SAMPLING,
+    RELEASED_VERSIONS,
+    T5Location,
+    local_versions,
+    locate_t5,
+    parse_version,
+    pick_version,
+    sampling_defaults,
+)
+
+# TeaCache's published polynomial for the released v1.1.0 weights (TeaCache, Liu et al. 2024,
+# fitted on Open-Sora-Plan v1.1 65x512x512 sampling); applied to 221x512x512 too, which was
+# trained from the 65-frame weights. Highest power first.
+RELEASED_TEACACHE_COEFFICIENTS = [2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00, 2.39658469e-03]
+RELEASED_TEACACHE_THRESHOLD = 0.1  # the published "slow" setting (0.2 is "fast")
+
+
+@dataclass
+class ModelRepository:
+    """Where a text-to-video model repository is and what it holds.
+
+    `root` is a local folder with at least every config file (for a Hub id: its snapshot in the
+    Hugging Face cache), or None for the released repository before anything is downloaded
+    (its layout is known: `RELEASED_VERSIONS`, no sampling.json, T5 from DeepFloyd).
+    `text_encoder` is the user's T5 override (None: the repository's `text_encoder/`, else
+    DeepFloyd/t5-v1_1-xxl).
+    """
+
+    model: str
+    root: Path | None
+    versions: list[str]
+    sampling: dict = field(default_factory=lambda: dict(FALLBACK_SAMPLING))
+    text_encoder: str | None = None
+
+    @classmethod
+    def resolve(cls, model: str = DEFAULT_REPO, text_encoder: str | Path | None = None) -> ModelRepository:
+        """Find `model` and read its layout and sampling.json (a Hub repo: config files only).
+        Raises `ModelLoadError` (missing folder, malformed sampling.json) and
+        `HubUnavailableError` (a Hub repo neither cached nor reachable)."""
+        model = str(model)
+        encoder = None if text_encoder is None else str(text_encoder)
+        if model == DEFAULT_REPO:
+            # the released repository is frozen at v1.1.0: its layout is known without the Hub
+            sampling = {**FALLBACK_SAMPLING, "teacache_coefficients": RELEASED_TEACACHE_COEFFICIENTS, "teacache_threshold": RELEASED_TEACACHE_THRESHOLD}
+            return cls(model, None, list(RELEASED_VERSIONS), sampling, encoder)
+        root = resolve_model_dir(model, subfolders=[])  # a Hub repo: its JSON files only
+        return cls(model, root, local_versions(root), sampling_defaults(root), encoder)
+
+    # -- what it holds ---------------------------------------------------------------------
+
+    @property
+    def is_hub(self) -> bool:
+        return is_hub_id(self.model)
+
+    @property
+    def vae_source(self) -> str:
+        """How a latents header names the VAE: the Hub id or builtin:NAME as given, a local
+        folder as an absolute path (so `osp vae decode` finds it from any folder)."""
+        if self.model.startswith(BUILTIN_PREFIX) or self.is_hub:
+            return self.model
+        return str(Path(self.model).expanduser().absolute())
+
+    def check_version(self, version: str) -> None:
+        """`ModelLoadError` unless `version` (FRAMESxHxW) is one of this repository's."""
+        parse_version(version)
+        if version in self.versions:
+            return
+        if self.root is None:  # the released repository: refused before anything downloads
+            raise ModelLoadError(
+                f"version '{version}' is not a released version of '{self.model}' (released: {', '.join(RELEASED_VERSIONS)})",
+                "pass one of the released versions, or --model DIR for a repository with other versions",
+            )
+        raise ModelLoadError(f"version '{version}' is not in '{self.model}' (available: {', '.join(self.versions) or 'none'})", "pass --version with one of the available versions")
+
+    def pick_version(self, num_frames: int | None) -> str:
+        """The weights trained for the shortest videos that cover `num_frames` (the shortest of
+        all when None; the longest when none covers it)."""
+        return pick_version(1 if num_frames is None else num_frames, self.versions)
+
+    def t5_location(self) -> T5Location:
+        """Where T5 loads from, checked now (a T5 config, a reachable Hub or cache)."""
+        return locate_t5(self.text_encoder, self.root)
+
+    @property
+    def has_text_encoder(self) -> bool:
+        """The repository ships its own T5 (`text_encoder/`)."""
+        return self.root is not None and (self.root / "text_encoder" / "config.json").is_file()
+
+    def teacache(self) -> tuple[list[float], float] | None:
+        """(coefficients, default threshold) of TeaCache for this model, if it has them."""
+        coefficients = self.sampling.get("teacache_coefficients")
+        if coefficients is None:
+            return None
+        return list(coefficients), float(self.sampling.get("teacache_threshold", RELEASED_TEACACHE_THRESHOLD))
+
+    # -- getting the files -----------------------------------------------------------------
+
+    def fetch(self, parts: list[str]) -> Path:
+        """A local folder holding `parts` (subfolders such as vae/, 65x512x512/): downloaded
+        into the Hugging Face cache for a Hub repository, as is for a local one."""
+        if self.root is not None and not self.is_hub:
+            return self.root
+        return resolve_model_dir(self.model, subfolders=parts)
+
+    def fetch_for_sampling(self, version: str | None, with_text_encoder: bool = True) -> Path:
+        """Fetch the VAE, the `version` weights (None: none, e.g. --transformer) and the
+        repository's own T5 when it is the one used; returns the local root."""
+        parts = ["vae"] + ([version] if version else [])
+        if with_text_encoder and self.text_encoder is None and self.has_text_encoder:
+            parts += ["text_encoder", "tokenizer"]
+        return self.fetch(parts)
+
+
+def check_transformer_folder(folder: str | Path) -> Path:
+    """A LatteT2V folder given in place of a version (a training checkpoint's model/)."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"no config.json in transformer folder '{folder}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
+    return path
+

@@ -1,0 +1,203 @@
+"""Sampling as a library job: the runner the CLI calls, model repositories resolved once (Hub
+repositories included: their sampling.json and their own versions), progress, and the new
+options' bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from osp_core.errors import HubUnavailableError, InputError, ModelLoadError
+from osp_core.pipelines.repository import ModelRepository
+from osp_core.pipelines.sampling import SamplingJob, plan_sampling, run_sampling
+from tests.conftest import assert_one_line_error, run_osp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIZE = {"frames": 9, "height": 32, "width": 32}
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(reference_dir):
+    return reference_dir / "pipeline" / "tiny-osp-v1.1.0"
+
+
+def hub_cache(home: Path, repo_id: str, source: Path, sampling: dict | None = None, rename: dict[str, str] | None = None) -> Path:
+    """A Hugging Face cache under `home` (HF_HOME) holding `repo_id` with the files of `source`
+    (folders renamed by `rename`), as `snapshot_download` leaves it."""
+    folder = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = folder / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    for part in source.iterdir():
+        if part.is_dir():
+            shutil.copytree(part, snapshot / (rename or {}).get(part.name, part.name))
+    if sampling is not None:
+        (snapshot / "sampling.json").write_text(json.dumps(sampling))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def status(self, message):
+        self.events.append(("status", message))
+
+    def video(self, index, total, prompt):
+        self.events.append(("video", index, total, prompt))
+
+    def step(self, done, total):
+        self.events.append(("step", done, total))
+
+    def notice(self, kind, message):
+        self.events.append((kind, message))
+
+
+def test_runner_writes_videos_and_reports_progress(tiny_repo, tmp_path):
+    progress = Recorder()
+    job = SamplingJob(prompts=["a cat", "a dog"], model=str(tiny_repo), steps=4, seed=3, num_videos=2, output_dir=tmp_path / "out", **SIZE)
+    summary = run_sampling(job, progress)
+    assert [v["seed"] for v in summary.videos] == [3, 4, 5, 6]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"a-{a}-{s}.{e}" for a, seeds in (("cat", (3, 4)), ("dog", (5, 6))) for s in seeds for e in ("mp4", "json"))
+    kinds = [e[0] for e in progress.events]
+    assert kinds[:2] == ["status", "status"] and ("video", 1, 2, "a dog") in progress.events
+    steps = [e for e in progress.events if e[0] == "step"]
+    evaluations = steps[0][2]
+    assert len(steps) == 2 * evaluations and steps[evaluations - 1] == ("step", evaluations, evaluations)
+    sidecar = json.loads((tmp_path / "out" / "a-dog-6.json").read_text())
+    assert sidecar["settings"]["cache"] == {"method": "none"} and sidecar["settings"]["attention"] == "sdpa"
+
+
+def test_runner_equals_the_pipeline(tiny_repo, tmp_path):
+    """The runner's latents are the pipeline's for the same prompt and seed (bit for bit)."""
+    from osp_core.pipelines.t2v import T2VPipeline
+    from osp_core.pipelines.video_vae import load_latents
+
+    job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=5, seed=11, negative_prompt="blurry", save_latents=True, output_dir=tmp_path, **SIZE)
+    record = run_sampling(job).videos[0]
+    pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
+    pipe.set_progress_bar_config(disable=True)
+    final = pipe("a red balloon", negative_prompt="blurry", num_inference_steps=5, generator=torch.Generator().manual_seed(11), output_type="latent", **{"num_frames": 9, "height": 32, "width": 32}).frames
+    saved = load_latents(record["latents"]).latents
+    assert torch.equal(saved, (final / 0.18215).float())
+
+
+def test_hub_repository_sampling_json_and_versions_are_used(tiny_repo, tmp_path):
+    """Two bugs of the old CLI: a Hub repository's sampling.json was ignored, and a Hub
+    repository without 65x512x512/ failed unless --version was given."""
+    home = tmp_path / "hf"
+    hub_cache(home, "example/tiny-osp", tiny_repo, sampling={"fps": 12, "steps": 4, "scheduler": "ddim"})
+    proc = run_osp("t2v", "sample", "a cat", "--model", "example/tiny-osp", "--seed", "2", "-o", str(tmp_path / "out"), "--json", env={"HF_HOME": str(home), **ONE_THREAD})
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(Path(json.loads(proc.stdout)["videos"][0]["sidecar"]).read_text())
+    assert sidecar["models"]["version"] == "9x32x32"
+    assert {k: sidecar["settings"][k] for k in ("fps", "steps", "scheduler", "frames", "height", "width")} == {
+        "fps": 12.0, "steps": 4, "scheduler": "DDIMScheduler", "frames": 9, "height": 32, "width": 32,
+    }  # fmt: skip
+    assert sidecar["models"]["text_encoder"] == "example/tiny-osp/text_encoder"
+
+
+def test_repository_resolves_once_from_configs_only(tiny_repo, tmp_path, monkeypatch):
+    home = tmp_path / "hf"
+    snapshot = hub_cache(home, "example/two-versions", tiny_repo, rename={"9x32x32": "17x32x32"}, sampling={"fps": 6})
+    shutil.copytree(snapshot / "17x32x32", snapshot / "33x64x64")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HOME when imported: point its cache constant at the test's cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repository = ModelRepository.resolve("example/two-versions")
+    assert repository.is_hub and repository.root == snapshot
+    assert repository.versions == ["17x32x32", "33x64x64"] and repository.sampling["fps"] == 6.0
+    assert repository.pick_version(None) == "17x32x32" and repository.pick_version(21) == "33x64x64"
+    with pytest.raises(ModelLoadError, match="available: 17x32x32, 33x64x64"):
+        repository.check_version("65x512x512")
+    # the released repository's layout is known without the Hub
+    released = ModelRepository.resolve()
+    assert released.root is None and released.versions == ["65x512x512", "221x512x512"] and released.teacache() is not None
+    with pytest.raises(HubUnavailableError, match="'example/missing' is not in the local Hugging Face cache"):
+        ModelRepository.resolve("example/missing")
+
+
+def test_plan_resolves_defaults_without_loading_weights(tiny_repo, tmp_path):
+    plan = plan_sampling(SamplingJob(prompts=["a cat"], model=str(tiny_repo), seed=1, output_dir=tmp_path))
+    assert (plan.frames, plan.height, plan.width, plan.steps, plan.scheduler, plan.fps, plan.version) == (9, 32, 32, 150, "PNDM", 24.0, "9x32x32")
+    assert plan.attention == "sdpa" and plan.cache == "none" and [v.stem for v in plan.videos] == ["a-cat-1"]
+    assert not tmp_path.joinpath("a-cat-1.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "options, needles",
+    [
+        (("--attention", "xformers"), ("unknown attention backend 'xformers'",)),
+        (("--attention", "npu"), ("--attention npu needs torch_npu", "osp[ascend]")),
+        (("--attention", "flash"), ("--attention flash needs the flash-attn package",)),
+        (("--cache", "deepcache"), ("unknown cache 'deepcache'",)),
+        (("--cache", "pab", "--cache-threshold", "0.1"), ("--cache-threshold applies to --cache teacache",)),
+        (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in (0, 1]",)),
+        (("--cache", "teacache"), ("no TeaCache coefficients", "osp t2v calibrate-cache")),
+        (("--guidance", "nan"), ("--guidance must be a number >= 0",)),
+        (("--fps", "inf"), ("--fps must be a number > 0",)),
+    ],
+)
+def test_bad_options_fail_before_any_model_loads(tiny_repo, tmp_path, options, needles):
+    proc = run_osp("t2v", "sample", "a cat", "--model", str(tiny_repo), *options, "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_attention_math_and_teacache_from_the_command_line(tiny_repo, tmp_path):
+    """--attention math gives sdpa's video; --cache teacache records itself in the sidecar."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for part in tiny_repo.iterdir():
+        (repo / part.name).symlink_to(part)
+    (repo / "sampling.json").write_text(json.dumps({"teacache_coefficients": [1.0, 0.0], "teacache_threshold": 0.5}))
+    common = ("a cat", "--model", str(repo), "--seed", "4", "--steps", "8", "--save-latents", "--json")
+    runs = {}
+    for name, options in (("sdpa", ()), ("math", ("--attention", "math")), ("teacache", ("--cache", "teacache"))):
+        proc = run_osp("t2v", "sample", *common, *options, "-o", str(tmp_path / name), env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = json.loads(proc.stdout)["videos"][0]
+    from osp_core.pipelines.video_vae import load_latents
+
+    sdpa, math_ = (load_latents(runs[n]["latents"]).latents for n in ("sdpa", "math"))
+    assert (sdpa - math_).abs().max() <= 1e-4 * sdpa.abs().max()
+    assert runs["math"]["settings"]["attention"] == "math"
+    cache = runs["teacache"]["settings"]["cache"]
+    assert cache["method"] == "teacache" and cache["threshold"] == 0.5 and cache["coefficients"] == [1.0, 0.0]
+    assert cache["transformer_evaluations"] + cache["transformer_evaluations_skipped"] == 17  # PNDM, 8 steps
+    assert cache["transformer_evaluations_skipped"] > 0
+
+
+def test_calibrate_cache_writes_the_coefficients(tiny_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "sampling.json").write_text(json.dumps({"fps": 12}))
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "a dog", "--model", str(repo), "--steps", "10", "--seed", "0", "--degree", "2", "--write", "--json", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads(proc.stdout)
+    assert len(fit["coefficients"]) == 3 and fit["calibration_steps"] > 10 and fit["written"] == str(repo / "sampling.json")
+    written = json.loads((repo / "sampling.json").read_text())
+    assert written == {"fps": 12.0, "teacache_coefficients": fit["coefficients"]}
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "--write", "-o", "x")
+    assert proc.returncode != 0
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "--model", "example/not-here", "--write")
+    assert_one_line_error(proc, "'example/not-here' is not in the local")
+
+
+def test_job_validation():
+    with pytest.raises(InputError, match="--transformer and --version"):
+        SamplingJob(prompts=["x"], transformer=Path("t"), version="9x32x32").validate()
+    with pytest.raises(InputError, match="the prompt is empty"):
+        SamplingJob(prompts=["  "]).validate()
+    with pytest.raises(InputError, match="--seed must be a non-negative"):
+        SamplingJob(prompts=["x"], seed=-1).validate()
