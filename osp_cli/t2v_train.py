@@ -4,7 +4,6 @@ DeepSpeed via `accelerate launch`, or torchrun). Register with
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -82,7 +81,9 @@ def train(
         overrides.update({"model.pretrained": pretrained or "", "model.config": transformer_config or ""})
     config = load_config(T2VTrainConfig, preset, merge_overrides(overrides, set_values), group="t2v")
     if print_config:
-        typer.echo(json.dumps(config_to_dict(config), indent=2))
+        from osp_core.io.jsonfile import dumps
+
+        typer.echo(dumps(config_to_dict(config), indent=2))
         return
     from osp_core.train.t2v_recipe import T2VRecipe
     from osp_core.train.trainer import Trainer

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -76,7 +75,9 @@ def train(
         overrides.update({key: value or "" for key, value in sources.items()})
     config = load_config(VAETrainConfig, preset, merge_overrides(overrides, set_values), group="vae")
     if print_config:
-        typer.echo(json.dumps(config_to_dict(config), indent=2))
+        from osp_core.io.jsonfile import dumps
+
+        typer.echo(dumps(config_to_dict(config), indent=2))
         return
     from osp_core.train.trainer import Trainer
     from osp_core.train.vae_recipe import VAERecipe

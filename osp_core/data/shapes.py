@@ -9,7 +9,6 @@ Caption: "a {color} {shape} moving {direction}".
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import atomic_path, ensure_writable_dir, write_video
+from ..io import atomic_path, ensure_writable_dir, write_json, write_video
 
 NUM_FRAMES = 17
 SIZE = 64
@@ -157,8 +156,7 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
         entries.append({"path": name, "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
         if on_clip:
             on_clip(index)
-    with atomic_path(annotation) as tmp:
-        tmp.write_text(json.dumps(entries, indent=1))
+    write_json(annotation, entries, indent=1)
     data_list = out / "data.txt"
     with atomic_path(data_list) as tmp:
         tmp.write_text(f"{videos.resolve()},{annotation.resolve()}\n")

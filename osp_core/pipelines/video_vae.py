@@ -6,18 +6,16 @@ metadata needed to decode them (fps, frames, size, scaling factor, model) in the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import InputError, ModelLoadError
 from ..hub import resolve_model_dir
-from ..io import Video, atomic_path, read_video, resize_center_crop
+from ..io import Video, json_dumps, read_video, resize_center_crop, save_safetensors
 from ..models.causal_vae import CausalVideoVAE
 
 LATENTS_KEY = "latents"
@@ -111,10 +109,8 @@ class LatentFile:
 def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, object]) -> Path:
     """Write latents with string metadata in the safetensors header, atomically."""
     path = Path(path)
-    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    with atomic_path(path) as tmp:
-        save_file({LATENTS_KEY: latents.contiguous()}, str(tmp), metadata=header)
-    return path
+    header = {k: v if isinstance(v, str) else json_dumps(v) for k, v in metadata.items()}
+    return save_safetensors(path, {LATENTS_KEY: latents}, header)
 
 
 def load_latents(path: str | Path) -> LatentFile:

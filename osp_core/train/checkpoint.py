@@ -25,6 +25,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError, ModelLoadError
+from ..io.atomic import fsync_path, fsync_tree
+from ..io.jsonfile import dumps
 from .wrapping import diffusers_part
 
 STATE_FILE = "trainer_state.json"
@@ -142,10 +144,12 @@ class CheckpointManager:
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
-            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
+            (tmp / STATE_FILE).write_text(dumps({**state, "step": step}, indent=2, default=str))
+            fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
+            fsync_path(self.root)
             self._prune()
         acc.wait_for_everyone()
         return final

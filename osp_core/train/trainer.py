@@ -10,7 +10,6 @@ narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.atomic import atomic_path, ensure_writable_dir
+from ..io.atomic import ensure_writable_dir
+from ..io.jsonfile import dumps, write_json
 from .checkpoint import CheckpointManager
 from .config import config_to_dict, validate_common
 from .wrapping import diffusers_part
@@ -37,7 +37,7 @@ Reporter = Callable[[str, dict[str, Any]], None]
 
 
 def _log_reporter(event: str, payload: dict[str, Any]) -> None:
-    logger.info("%s %s", event, json.dumps(payload, default=str))
+    logger.info("%s %s", event, dumps(payload, default=str))
 
 
 @dataclass
@@ -131,7 +131,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, (int, float, str, bool)):
             flat[name] = value
         else:
-            flat[name] = json.dumps(value, default=str)
+            flat[name] = dumps(value, default=str)
     return flat
 
 
@@ -252,7 +252,8 @@ class Trainer:
             state = checkpoints.load(resume_from, model)
             step, consumed = int(state["step"]), int(state["data"]["consumed_per_rank"])
             self.skipped = dict(state.get("skipped", {}))
-            self.loss_history = list(state.get("loss_history", []))
+            # strict JSON stored non-finite losses as null
+            self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
             self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
             if ema is not None:
                 with self._rng_preserved():  # building the EMA copy must not move the restored RNG
@@ -463,7 +464,6 @@ class Trainer:
             "output_dir": str(self.output_dir),
         }
         if acc.is_main_process:
-            with atomic_path(self.output_dir / "summary.json") as tmp:
-                tmp.write_text(json.dumps(summary, indent=2, default=str))
+            write_json(self.output_dir / "summary.json", summary, default=str)
             self.report("end", summary)
         return summary
