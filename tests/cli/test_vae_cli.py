@@ -157,3 +157,19 @@ def test_checkpoint_missing_a_tensor_is_one_line(tmp_path, tiny_repo, clip):
     save_file(state, str(weights))
     proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(broken), "--frames", "5", "--size", "16x16")
     assert_one_line_error(proc, "does not fit", "decoder.conv_out")
+
+
+def test_same_latents_decode_to_the_same_video_in_every_run(tmp_path):
+    """Two runs of `osp vae decode` on one latent file write the same mp4 (bytes and decoded
+    frames): the README's "same seed, same video" holds through the H.264 encoding step."""
+    from osp_core.pipelines.video_vae import save_latents
+
+    latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    source = save_latents(tmp_path / "z.safetensors", latents, {"model": "builtin:shapes", "fps": 8})
+    outputs = []
+    for name in ("a.mp4", "b.mp4"):
+        proc = run_osp("vae", "decode", str(source), "-o", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(tmp_path / name)
+    assert torch.equal(read_video(outputs[0]).frames, read_video(outputs[1]).frames)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
