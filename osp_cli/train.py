@@ -139,29 +139,8 @@ def finish(summary: dict[str, Any], json_out: bool) -> None:
 
 def run_standalone(command: Callable[..., Any], name: str) -> None:
     """Run one command as a program (errors as one line, exit codes as `osp`)."""
-    import sys
-
-    from osp_core.errors import OSPError
+    from .errors import run_app
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(name=name)(command)
-    debug = os.environ.get("OSP_DEBUG", "") not in ("", "0")
-    try:
-        app(standalone_mode=False)
-    except OSPError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if debug:
-            raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (set OSP_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+    run_app(app, catch_interrupts=False)
