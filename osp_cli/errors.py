@@ -37,8 +37,9 @@ def usage_error_line(exc: Any) -> str:
     return f"error: {message}{hint}"
 
 
-def run_app(app: typer.Typer, *, catch_interrupts: bool = True) -> NoReturn:
-    """Run `app` as the program: parse sys.argv, run the command, exit with its code.
+def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str | None = None, catch_interrupts: bool = True) -> NoReturn:
+    """Run `app` as the program: parse `args` (default sys.argv), run the command, exit with
+    its code (SystemExit).
 
     `catch_interrupts` installs osp's Ctrl-C handler (exit 130, "interrupted"); the trainers
     install their own (finish the step, checkpoint, exit 0).
@@ -55,7 +56,7 @@ def run_app(app: typer.Typer, *, catch_interrupts: bool = True) -> NoReturn:
     try:
         # Without standalone mode click returns exit codes (typer.Exit, Ctrl-C -> 130) instead
         # of exiting, and raises usage errors for us to show.
-        code = command.main(standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except OSPError as exc:
         if debug:
             raise

@@ -35,7 +35,7 @@ from .decode import decode_clips
 from .filters import FilterConfig, metadata_drop_reason, motion_drop_reason
 from .language import is_english
 from .motion import motion_score
-from .probe import probe
+from ..io.probe import probe
 from .sources import MediaItem, collect, default_root, relative_to_root
 from .templates import FIELD_LIST_KEYS, PromptTemplate, load_template
 

@@ -6,6 +6,7 @@ Frames are uint8 tensors shaped (T, H, W, 3); `to_model_input` turns them into t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,8 +41,9 @@ class Video:
 def _open(path: Path):
     import av
 
-    if not path.is_file():
-        raise InputError(f"video '{path}' does not exist", "check the path")
+    from .paths import check_input_file
+
+    check_input_file(path, "video")
     try:
         return av.open(str(path))
     except (av.FFmpegError, ValueError, OSError) as exc:
@@ -138,6 +140,13 @@ def from_model_output(video: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().contiguous()
 
 
+def check_fps(fps: float, option: str = "--fps") -> float:
+    """`fps` when it is a positive, finite frame rate; a one-line `InputError` naming `option` otherwise."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"{option} must be a positive frame rate, got {fps:g}", f"pass e.g. {option} 24")
+    return fps
+
+
 def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), atomically.
 
@@ -157,8 +166,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: 
     array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {array.shape} {array.dtype}")
-    if not (np.isfinite(fps) and fps > 0):
-        raise InputError(f"frame rate must be a positive number, got {fps}", "pass e.g. --fps 24")
+    check_fps(fps)
     pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
     if pad_h or pad_w:
         array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
