@@ -44,3 +44,23 @@ def check_output(output: str | Path, *, overwrite: bool, inputs: Sequence[str | 
     if output.exists() and not overwrite:
         raise InputError(f"'{output}' already exists", "pass --overwrite to replace it, or choose another -o")
     return output
+
+
+def folders_to_create(directory: str | Path) -> list[Path]:
+    """The folders `directory.mkdir(parents=True)` would create, deepest first (so a refused
+    or failed run can remove exactly those, with `remove_empty_folders`)."""
+    missing = []
+    current = Path(directory).absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: the ones a failed run created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone: leave it and its parents
+            return
