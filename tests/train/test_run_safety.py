@@ -5,7 +5,6 @@ model config, unreadable checkpoints and RNG states, the repository's text encod
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
