@@ -37,7 +37,7 @@ demo: $(STAMP)
 DEMO_VAE ?= LanguageBind/Open-Sora-Plan-v1.1.0
 demo-vae: $(STAMP)
 	$(VENV)/bin/osp data synth --out $(DEMO_OUT)/shapes --num 1 --seed 0 --overwrite
-	$(VENV)/bin/osp vae recon $(DEMO_OUT)/shapes/videos/00000.mp4 -o $(DEMO_OUT)/recon.mp4 --model "$(DEMO_VAE)"
+	$(VENV)/bin/osp vae recon $(DEMO_OUT)/shapes/videos/00000.mp4 -o $(DEMO_OUT)/recon.mp4 --model "$(DEMO_VAE)" --overwrite
 	@echo "demo video: $(DEMO_OUT)/recon.mp4 (input: $(DEMO_OUT)/shapes/videos/00000.mp4)"
 
 bench: $(STAMP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -73,5 +72,7 @@ def status(message: str) -> Iterator[None]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    from osp_core.io.jsonfile import dumps
+
+    sys.stdout.write(dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()

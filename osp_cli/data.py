@@ -18,7 +18,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write videos/, annotations.json and data.txt into.")],
     num: Annotated[int, typer.Option("--num", "-n", help="Number of clips.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same clips).")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (default: refuse when any file this run would write exists).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write clips of the synthetic "shapes" world (17x64x64 @ 8 fps, captioned) in the
@@ -32,4 +32,4 @@ def synth(
     if json_out:
         print_json(summary)
     else:
-        err.print(f"wrote {num} clips to {out / 'videos'}; train with --data {data_list}")
+        err.print(f"wrote {num} clips to {out / 'videos'}; train with --data {data_list} (or --data {out / 'annotations.json'})")

@@ -41,7 +41,8 @@ def _expected_captions(videos: list[Path], prompts: Path | None) -> list[str | N
             if annotation.is_file():
                 if annotation not in annotation_cache:
                     try:
-                        annotation_cache[annotation] = {e["path"]: e["cap"] for e in json.loads(annotation.read_text())}
+                        # by file name: `videos/00000.mp4` (osp data synth), or `00000.mp4` in older datasets
+                        annotation_cache[annotation] = {Path(e["path"]).name: e["cap"] for e in json.loads(annotation.read_text())}
                     except (json.JSONDecodeError, KeyError, TypeError):
                         annotation_cache[annotation] = {}
                 caption = annotation_cache[annotation].get(video.name)

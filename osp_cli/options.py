@@ -1,8 +1,12 @@
-"""Option types shared by every command (`--model`, `--device`, `--dtype`, `--json`)."""
+"""Option types shared by every command (`--model`, `--device`, `--dtype`, `--json`), and the
+rules every option follows (`harden_command`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -26,3 +30,57 @@ TileOpt = Annotated[
     bool | None,
     typer.Option("--tile/--no-tile", help="VAE tiling (default: on when the video exceeds the tile size)."),
 ]
+
+
+# --- what every command gets, applied once to the built command tree ----------------------
+
+
+def _finite_float(ctx: Any, param: Any, value: Any) -> Any:
+    """Refuse nan and inf in a float option (Python's float() accepts them; nothing in osp
+    can use them, and JSON cannot even store them)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise typer.BadParameter(f"{item} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
+def _is_float_option(param: Any) -> bool:
+    descriptor = getattr(param, "type_descriptor", None)  # typer >= 0.25 (its own types)
+    annotation = getattr(descriptor, "annotation", None)
+    if annotation is not None:
+        return annotation is float or typing.get_args(annotation) == (float,)
+    return "Float" in type(getattr(param, "type", None)).__name__  # click's FLOAT / FloatRange
+
+
+def _with_finite_check(callback: Callable[..., Any] | None) -> Callable[..., Any]:
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        value = _finite_float(ctx, param, value)
+        return callback(ctx, param, value) if callback is not None else value
+
+    return check
+
+
+def harden_command(command: Any) -> Any:
+    """Apply osp's rules for options to every command under `command` (a click command tree
+    built from the Typer apps), so no command can forget them:
+
+    - every float option refuses nan and inf (a one-line usage error, exit 2);
+    - flags (`--json`, `--tile/--no-tile`, `--help`, ...) show no `<bool>` value in help
+      screens: they take none.
+    """
+    commands = [command]
+    while commands:
+        current = commands.pop()
+        commands.extend(getattr(current, "commands", {}).values())
+        params = list(current.params)
+        help_option = current.get_help_option(current.context_class(current, info_name=current.name))
+        if help_option is not None:
+            params.append(help_option)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif _is_float_option(param) and not getattr(param, "_osp_finite", False):
+                param.callback = _with_finite_check(param.callback)
+                param._osp_finite = True
+    return command

@@ -4,14 +4,13 @@ DeepSpeed via `accelerate launch`, or torchrun). Register with
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from .train import (
     BatchOpt, CkptEveryOpt, DataOpt, DeterministicOpt, DeviceTrainOpt, EmaOpt, FramesOpt, GradCkptOpt, JsonSummaryOpt,
-    KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
+    KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, OverwriteOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
     SeedOpt, SetOpt, SizeOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
 )  # fmt: skip
 
@@ -31,6 +30,7 @@ def train(
     checkpoint_every: CkptEveryOpt = None,
     keep_last: KeepOpt = None,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
     log_every: LogEveryOpt = None,
     report_to: ReportOpt = None,
     ema: EmaOpt = None,
@@ -42,7 +42,7 @@ def train(
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from this transformer: a version folder of --model (e.g. 65x512x512) or a folder.")] = None,
     transformer_config: Annotated[str | None, typer.Option("--transformer-config", help="LatteT2V config.json for a fresh transformer.")] = None,
     vae: Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id (default: the repository's vae/).")] = None,
-    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default DeepFloyd/t5-v1_1-xxl).")] = None,
+    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")] = None,
     image_data: Annotated[str | None, typer.Option("--image-data", help="Image list for joint training (default: frames of the video).")] = None,
     use_image_num: Annotated[int | None, typer.Option("--use-image-num", help="Images per video sample (joint image-video training).")] = None,
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Cache VAE latents and T5 states here (frozen encoders run once per sample).")] = None,
@@ -59,7 +59,7 @@ def train(
 
     overrides = common_overrides(
         data=data, output=output, frames=frames, stride=stride, size=size, max_steps=max_steps, batch_size=batch_size, lr=lr,
-        seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume,
+        seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume, overwrite=overwrite,
         log_every=log_every, report_to=report_to, ema=ema, gradient_checkpointing=gradient_checkpointing,
         num_workers=num_workers, deterministic=deterministic, device=device,
     )  # fmt: skip
@@ -80,9 +80,11 @@ def train(
     # a transformer source given on the command line replaces the preset's
     if pretrained or transformer_config:
         overrides.update({"model.pretrained": pretrained or "", "model.config": transformer_config or ""})
-    config = load_config(T2VTrainConfig, preset, merge_overrides(overrides, set_values), group="t2v")
+    config = load_config(T2VTrainConfig, preset, merge_overrides(T2VTrainConfig, overrides, set_values), group="t2v")
     if print_config:
-        typer.echo(json.dumps(config_to_dict(config), indent=2))
+        from osp_core.io.jsonfile import dumps
+
+        typer.echo(dumps(config_to_dict(config), indent=2))
         return
     from osp_core.train.t2v_recipe import T2VRecipe
     from osp_core.train.trainer import Trainer

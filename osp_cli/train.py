@@ -24,7 +24,8 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of init, data 
 PrecisionOpt = Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
 CkptEveryOpt = Annotated[int | None, typer.Option("--checkpoint-every", help="Checkpoint every N steps.")]
 KeepOpt = Annotated[int | None, typer.Option("--keep-last", help="Keep the newest K checkpoints (0: all).")]
-ResumeOpt = Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder.")]
+ResumeOpt = Annotated[str | None, typer.Option("--resume", help="'latest' (the newest checkpoint that loads) or a checkpoint folder.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over in an output folder that holds a run (removes its checkpoints, logs, samples, summary.json). Default: refuse.")]
 LogEveryOpt = Annotated[int | None, typer.Option("--log-every", help="Log metrics every N steps.")]
 ReportOpt = Annotated[str | None, typer.Option("--report-to", help="tensorboard, wandb, all or none.")]
 EmaOpt = Annotated[bool | None, typer.Option("--ema/--no-ema", help="Keep an EMA of the weights (model_ema/).")]
@@ -62,6 +63,7 @@ def common_overrides(**options: Any) -> dict[str, Any]:
         "run.checkpoint_every": options.get("checkpoint_every"),
         "run.keep_last": options.get("keep_last"),
         "run.resume": options.get("resume"),
+        "run.overwrite": options.get("overwrite") or None,
         "run.log_every": options.get("log_every"),
         "run.report_to": options.get("report_to"),
         "run.ema": options.get("ema"),
@@ -73,11 +75,13 @@ def common_overrides(**options: Any) -> dict[str, Any]:
     return mapping
 
 
-def merge_overrides(cli: dict[str, Any], set_items: list[str] | None) -> dict[str, Any]:
-    """--set values first, then named options (a named option wins over --set for the same key)."""
-    from osp_core.train.config import parse_set_options
+def merge_overrides(cls: type, cli: dict[str, Any], set_items: list[str] | None) -> dict[str, Any]:
+    """--set values first, then named options (a named option wins over --set for the same key);
+    every --set value is checked against `cls`'s config tree, even one a named option replaces."""
+    from osp_core.train.config import check_overrides, parse_set_options
 
     merged = parse_set_options(set_items)
+    check_overrides(cls, merged)
     merged.update({k: v for k, v in cli.items() if v is not None})
     return merged
 
@@ -118,6 +122,8 @@ def console_reporter() -> Callable[[str, dict[str, Any]], None]:
             err.print(f"[green]checkpoint[/] {payload['path']}", highlight=False, soft_wrap=True)
         elif event == "validate":
             err.print(f"validation samples: {', '.join(payload.get('samples', []))}", highlight=False, soft_wrap=True)
+        elif event == "warning":
+            err.print(f"[yellow]warning[/]: {payload['message']}", highlight=False, soft_wrap=True)
         elif event == "stop":
             err.print(f"[yellow]{payload['signal']}[/]: stopped after step {payload['step']}, checkpoint {payload['checkpoint']}", highlight=False, soft_wrap=True)
         elif event == "end":
@@ -139,29 +145,8 @@ def finish(summary: dict[str, Any], json_out: bool) -> None:
 
 def run_standalone(command: Callable[..., Any], name: str) -> None:
     """Run one command as a program (errors as one line, exit codes as `osp`)."""
-    import sys
-
-    from osp_core.errors import OSPError
+    from .errors import run_app
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(name=name)(command)
-    debug = os.environ.get("OSP_DEBUG", "") not in ("", "0")
-    try:
-        app(standalone_mode=False)
-    except OSPError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if debug:
-            raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (set OSP_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+    run_app(app, catch_interrupts=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,15 +21,25 @@ SizeOpt = Annotated[str | None, typer.Option("--size", help="Resize and center-c
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub repo id, model folder (with vae/) or VAE folder, or builtin:NAME.")]
 
 
-def _setup(model: str, device: str | None, dtype: str | None, tile: bool | None):
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse). An input is never replaced.")]
+
+
+def _plan(model: str, device: str | None, dtype: str | None):
+    """Device, dtype and the VAE folder: everything the memory check needs, no weights loaded."""
     from osp_core.device import resolve
-    from osp_core.pipelines.video_vae import configure_tiling, load_vae
+    from osp_core.pipelines.video_vae import find_vae
 
     dev, dt = resolve(device, dtype)
-    with status(f"loading VAE from {model}"):
-        vae = load_vae(model, dev, dt)
+    return find_vae(model), dev, dt
+
+
+def _load(folder: Path, dev, dt, tile: bool | None):
+    from osp_core.pipelines.video_vae import configure_tiling, load_vae
+
+    with status(f"loading VAE from {folder}"):
+        vae = load_vae(folder, dev, dt)
     configure_tiling(vae, tile)
-    return vae, dev, dt
+    return vae
 
 
 def _read(video: Path, frames: str | None, stride: int, size: str | None, vae):
@@ -40,16 +49,18 @@ def _read(video: Path, frames: str | None, stride: int, size: str | None, vae):
     return load_clip(video, frames, stride, parse_size(size), (vae.temporal_compression, vae.spatial_compression))
 
 
-def _check_paths(source: Path, output: Path, suffixes: tuple[str, ...]) -> None:
+def _check_paths(source: Path, output: Path, suffixes: tuple[str, ...], overwrite: bool, what: str) -> None:
     """Fail on bad paths before spending seconds on loading a model."""
     from osp_core.errors import InputError
+    from osp_core.io.paths import check_input_file, check_output
 
-    if not source.is_file():
-        raise InputError(f"'{source}' does not exist", "check the path")
+    check_input_file(source, what)
     if output.suffix.lower() not in suffixes:
         raise InputError(f"output '{output}' must end in {' or '.join(suffixes)}", f"e.g. -o {output.with_suffix(suffixes[0]).name}")
-    if output.is_dir():
-        raise InputError(f"output '{output}' is a folder", "give a file name")
+    check_output(output, overwrite=overwrite, inputs=[source])
+
+
+MEMORY_HINT = "pass a smaller --size or fewer --frames"
 
 
 @app.command()
@@ -63,23 +74,27 @@ def encode(
     tile: TileOpt = None,
     sample: Annotated[bool, typer.Option("--sample", help="Store a posterior sample instead of its mean.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --sample.")] = 0,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Encode a video to latents (safetensors, with fps/frames/size/model in its header)."""
+    _check_paths(video, output, (".safetensors",), overwrite, "video")  # before the heavy imports
     import torch
 
-    from osp_core.io import to_model_input
+    from osp_core.io import parse_size, to_model_input
+    from osp_core.memory import oom_as_error
+    from osp_core.pipelines.video_vae import check_clip_fits, save_latents
     from osp_core.pipelines.video_vae import encode as vae_encode
-    from osp_core.pipelines.video_vae import save_latents
 
-    _check_paths(video, output, (".safetensors",))
-    vae, dev, _ = _setup(model, device, dtype, tile)
+    folder, dev, dt = _plan(model, device, dtype)
+    shape = check_clip_fits(folder, "encode", video, frames, stride, parse_size(size), dev, dt, tile)
+    vae = _load(folder, dev, dt, tile)
     clip = _read(video, frames, stride, size, vae)
     x = to_model_input(clip.frames)
     start = time.perf_counter()
-    with progress(transient=True) as bar:
+    with progress(transient=True) as bar, oom_as_error(f"encoding {'x'.join(map(str, shape))}", MEMORY_HINT):
         task = bar.add_task("encoding", total=vae.num_tiles(x.shape, latent=False))
         generator = torch.Generator(dev).manual_seed(seed) if sample else None
         latents = vae_encode(vae, x, sample=sample, generator=generator, progress=lambda: bar.advance(task))
@@ -109,22 +124,30 @@ def decode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="VAE to decode with (default: the model recorded in the latent file).")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of the mp4 (default: recorded in the latent file, else 24).")] = None,
     tile: TileOpt = None,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode latents to an H.264 mp4."""
-    from osp_core.io import from_model_output, write_video
-    from osp_core.pipelines.video_vae import decode as vae_decode
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.io.video import check_fps
 
-    _check_paths(latents, output, (".mp4",))
+    _check_paths(latents, output, (".mp4",), overwrite, "latent file")  # before the heavy imports
+    if fps is not None:
+        check_fps(fps)
+    from osp_core.io import from_model_output, write_video
+    from osp_core.memory import oom_as_error
+    from osp_core.pipelines.video_vae import check_latents_fit, latent_fps, load_latents
+    from osp_core.pipelines.video_vae import decode as vae_decode
+
     data = load_latents(latents)
+    rate = fps if fps is not None else (latent_fps(data, latents) or 24.0)
     model = model or data.metadata.get("model") or DEFAULT_MODEL
-    vae, _, _ = _setup(model, device, dtype, tile)
-    rate = fps or float(json.loads(data.metadata.get("fps", "24")))
+    folder, dev, dt = _plan(model, device, dtype)
+    shape = check_latents_fit(folder, data.latents, dev, dt, tile)
+    vae = _load(folder, dev, dt, tile)
     start = time.perf_counter()
-    with progress(transient=True) as bar:
+    with progress(transient=True) as bar, oom_as_error(f"decoding {'x'.join(map(str, shape))}", "decode on a device with more memory, with tiling on"):
         task = bar.add_task("decoding", total=vae.num_tiles(data.latents.shape, latent=True))
         video = vae_decode(vae, data.latents, progress=lambda: bar.advance(task))
     seconds = time.perf_counter() - start
@@ -146,22 +169,27 @@ def recon(
     stride: StrideOpt = 1,
     size: SizeOpt = None,
     tile: TileOpt = None,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Round trip a video through the VAE; prints PSNR and SSIM of the reconstruction."""
-    from osp_core.io import from_model_output, to_model_input, write_video
+    _check_paths(video, output, (".mp4",), overwrite, "video")  # before the heavy imports
+    from osp_core.io import from_model_output, parse_size, to_model_input, write_video
+    from osp_core.memory import oom_as_error
     from osp_core.metrics import psnr, ssim
+    from osp_core.pipelines.video_vae import check_clip_fits
     from osp_core.pipelines.video_vae import decode as vae_decode
     from osp_core.pipelines.video_vae import encode as vae_encode
 
-    _check_paths(video, output, (".mp4",))
-    vae, _, _ = _setup(model, device, dtype, tile)
+    folder, dev, dt = _plan(model, device, dtype)
+    shape = check_clip_fits(folder, "recon", video, frames, stride, parse_size(size), dev, dt, tile)
+    vae = _load(folder, dev, dt, tile)
     clip = _read(video, frames, stride, size, vae)
     x = to_model_input(clip.frames)
     start = time.perf_counter()
-    with progress(transient=True) as bar:
+    with progress(transient=True) as bar, oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", MEMORY_HINT):
         latent_shape = (1, vae.config.embed_dim, *vae.latent_shape(*x.shape[2:]))
         task = bar.add_task("round trip", total=vae.num_tiles(x.shape, latent=False) + vae.num_tiles(latent_shape, latent=True))
         latents = vae_encode(vae, x, progress=lambda: bar.advance(task))

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from .train import (
     BatchOpt, CkptEveryOpt, DataOpt, DeterministicOpt, DeviceTrainOpt, EmaOpt, FramesOpt, GradCkptOpt, JsonSummaryOpt,
-    KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
+    KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, OverwriteOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
     SeedOpt, SetOpt, SizeOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
 )  # fmt: skip
 
@@ -30,6 +29,7 @@ def train(
     checkpoint_every: CkptEveryOpt = None,
     keep_last: KeepOpt = None,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
     log_every: LogEveryOpt = None,
     report_to: ReportOpt = None,
     ema: EmaOpt = None,
@@ -55,7 +55,7 @@ def train(
 
     overrides = common_overrides(
         data=data, output=output, frames=frames, stride=stride, size=size, max_steps=max_steps, batch_size=batch_size, lr=lr,
-        seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume,
+        seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume, overwrite=overwrite,
         log_every=log_every, report_to=report_to, ema=ema, gradient_checkpointing=gradient_checkpointing,
         num_workers=num_workers, deterministic=deterministic, device=device,
     )  # fmt: skip
@@ -74,9 +74,11 @@ def train(
     sources = {"model.pretrained": pretrained, "model.config": model_config, "model.init_from_2d_vae": init_from_2d_vae}
     if any(sources.values()):
         overrides.update({key: value or "" for key, value in sources.items()})
-    config = load_config(VAETrainConfig, preset, merge_overrides(overrides, set_values), group="vae")
+    config = load_config(VAETrainConfig, preset, merge_overrides(VAETrainConfig, overrides, set_values), group="vae")
     if print_config:
-        typer.echo(json.dumps(config_to_dict(config), indent=2))
+        from osp_core.io.jsonfile import dumps
+
+        typer.echo(dumps(config_to_dict(config), indent=2))
         return
     from osp_core.train.trainer import Trainer
     from osp_core.train.vae_recipe import VAERecipe

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, ModelLoadError
-from .io import atomic_dir, atomic_path
+from .io import atomic_dir, atomic_path, write_json
 
 VERSION = "17x64x64"
 """Transformer folder of the shapes model: the clip size it was trained on."""
@@ -51,7 +51,8 @@ def loss_history(checkpoint: str | Path) -> list[float]:
     state = Path(checkpoint) / "trainer_state.json"
     if not state.is_file():
         raise ModelLoadError(f"no trainer_state.json in '{checkpoint}'", "pass a complete checkpoint folder")
-    return [float(v) for v in json.loads(state.read_text()).get("loss_history", [])]
+    # strict JSON stores a non-finite loss as null
+    return [math.nan if v is None else float(v) for v in json.loads(state.read_text()).get("loss_history", [])]
 
 
 # --- VAE latents -----------------------------------------------------------------------------

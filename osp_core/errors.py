@@ -41,3 +41,8 @@ class DeviceError(OSPError):
     """The requested device or dtype is not available here."""
 
     exit_code = 4
+
+
+class InsufficientMemoryError(InputError):
+    """The job, at the size asked for, does not fit the device's memory (the hint names a size
+    that does)."""

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from osp_core.errors import InputError, OSPError  # noqa: E402
 from osp_core.hub import BUILTIN_PREFIX, BUILTIN_ROOT  # noqa: E402
+from osp_core.io import write_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ class Build:
             for name, losses in curves.items():
                 (folder / f"{name}-loss.svg").write_text(curve_svg(losses, f"{name} training loss (log scale)"))
             (folder / "RESULTS.md").write_text(results_markdown(results))
-            (folder / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(folder / "results.json", results, default=str)
 
     # --- all ----------------------------------------------------------------------------------
     def run(self) -> None:

@@ -48,6 +48,28 @@ def run_osp(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     )
 
 
+@pytest.fixture()
+def osp_in_process(capsys, monkeypatch):
+    """`osp_in_process(*args)` runs `osp ARGS` inside this process, through the same entry point
+    and error handling as the console script (without the Ctrl-C handler): for the many quick
+    refusals, which would otherwise each pay a process start and the torch import. Returns
+    what `run_osp` returns."""
+    from osp_cli.errors import run_app
+    from osp_cli.main import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OSP_DEBUG", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_app(app, args=list(args), prog_name="osp", catch_interrupts=False)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["osp", *args], int(exit_info.value.code or 0), out.out, out.err)
+
+    return run
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user-facing failure: non-zero exit, one line on stderr, no traceback, naming the problem."""
     assert proc.returncode != 0, f"expected failure, got exit 0; stdout={proc.stdout!r}"

@@ -68,3 +68,31 @@ def test_synth_cli_writes_a_reproducible_dataset(tmp_path):
 
 def test_every_caption_is_covered_in_sixty_clips():
     assert {c.caption for c in shapes.iter_clips(60, seed=0)} == set(shapes.all_captions())
+
+
+def test_synth_never_replaces_a_file_it_did_not_write(tmp_path, osp_in_process):
+    """A user's file where a clip would go (and no annotation yet) is refused, not replaced;
+    --overwrite replaces it. A bad --seed leaves no folder behind."""
+    out = tmp_path / "d"
+    (out / "videos").mkdir(parents=True)
+    mine = out / "videos" / "00000.mp4"
+    mine.write_bytes(b"my own video")
+    proc = osp_in_process("data", "synth", "--out", str(out), "--num", "2")
+    assert_one_line_error(proc, "00000.mp4", "--overwrite")
+    assert proc.returncode == 2 and mine.read_bytes() == b"my own video" and not (out / "annotations.json").exists()
+    assert osp_in_process("data", "synth", "--out", str(out), "--num", "2", "--overwrite").returncode == 0
+    assert read_video(mine).num_frames == 17
+    fresh = tmp_path / "new" / "data"
+    proc = osp_in_process("data", "synth", "--out", str(fresh), "--num", "2", "--seed", "-1")
+    assert_one_line_error(proc, "--seed")
+    assert proc.returncode == 2 and not (tmp_path / "new").exists()
+
+
+def test_both_the_annotation_and_the_data_list_work_as_training_data(tmp_path):
+    from osp_core.data.annotations import load_entries
+
+    shapes.synthesize(tmp_path / "d", 3, seed=1)
+    by_list = load_entries(tmp_path / "d" / "data.txt")
+    by_annotation = load_entries(tmp_path / "d" / "annotations.json")
+    assert [e.path.resolve() for e in by_list] == [e.path.resolve() for e in by_annotation]
+    assert all(e.path.is_file() for e in by_annotation) and len(by_annotation) == 3

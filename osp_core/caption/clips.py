@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .probe import MediaInfo
+from ..io.probe import MediaInfo
 
 
 @dataclass(frozen=True)

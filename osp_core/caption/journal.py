@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import json_dumps as dumps
+from ..io import write_json
 
 CAPTIONED = "captioned"
 DROPPED = "dropped"
@@ -52,7 +53,7 @@ class JournalWriter:
         self._write({"type": "clip", "key": key, "path": path, "status": status, "t": time.time(), **fields})
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._file.write(dumps(obj, ensure_ascii=False) + "\n")
         self._file.flush()
 
     def sync(self) -> None:
@@ -136,5 +137,4 @@ def annotations(state: JournalState) -> list[dict[str, Any]]:
 
 def write_annotations(output: Path, entries: list[dict[str, Any]]) -> None:
     """The final annotation JSON, written to a temporary file and renamed."""
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(output, entries, indent=2, ensure_ascii=False)

@@ -27,6 +27,8 @@ import torch
 from ..device import parse_dtype, select_device
 from ..errors import InputError, OSPError
 from ..io import ensure_writable_dir
+from ..io.paths import folders_to_create, remove_empty_folders
+from ..io.probe import probe
 from . import defaults
 from . import journal as jr
 from .captioner import FRAMES_AS, CaptionModel, CaptionRequest
@@ -35,7 +37,6 @@ from .decode import decode_clips
 from .filters import FilterConfig, metadata_drop_reason, motion_drop_reason
 from .language import is_english
 from .motion import motion_score
-from .probe import probe
 from .sources import MediaItem, collect, default_root, relative_to_root
 from .templates import FIELD_LIST_KEYS, PromptTemplate, load_template
 
@@ -286,7 +287,7 @@ class _Run:
 
     def remove_created_folders(self) -> None:
         """Undo `check_output`'s folder creation after a run refused during validation."""
-        _remove_empty(self.created_folders)
+        remove_empty_folders(self.created_folders)
 
     def templates(self) -> tuple[PromptTemplate, PromptTemplate | None]:
         """The prompt for every item, and (images, no --prompt) the OCR prompt for items with OCR text."""
@@ -516,11 +517,8 @@ def _prepare_output_folder(folder: Path) -> list[Path]:
     """Create `folder` if needed and prove a file can be made in it, so an output path that
     cannot be written fails in one line before the model loads (not with an OSError at the
     first journal line). Returns the folders it created, deepest first."""
-    missing: list[Path] = []
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        missing.append(existing)
-        existing = existing.parent
+    missing = folders_to_create(folder)
+    existing = missing[-1].parent if missing else folder
     if not existing.is_dir():  # e.g. `-o afile/ann.json` where afile is a file
         raise InputError(f"cannot create output folder '{folder}': '{existing}' is a file", "choose an output path whose folders are folders")
     try:
@@ -533,18 +531,9 @@ def _prepare_output_folder(folder: Path) -> list[Path]:
         except OSError as exc:
             raise InputError(f"cannot write in output folder '{folder}': {exc.strerror}", "choose a writable location") from None
     except InputError:
-        _remove_empty(missing)
+        remove_empty_folders(missing)
         raise
     return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove `folders` (deepest first) while they are empty: the ones a refused run created."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _load_captioner(job: CaptionJob, dist: _Dist) -> CaptionModel:

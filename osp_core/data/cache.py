@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..io.atomic import atomic_path, ensure_writable_dir
+from ..io.atomic import ensure_writable_dir, save_safetensors
 
 
 def text_key(caption: str, encoder_id: str, max_tokens: int) -> str:
@@ -55,8 +55,7 @@ class FeatureCache:
     def put(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self._path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:  # concurrent ranks writing the same key is harmless
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+        save_safetensors(path, tensors)  # atomic: concurrent ranks writing the same key is harmless
 
 
 @dataclass(frozen=True)

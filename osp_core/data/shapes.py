@@ -9,7 +9,6 @@ Caption: "a {color} {shape} moving {direction}".
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import atomic_path, ensure_writable_dir, write_video
+from ..io import atomic_path, ensure_writable_dir, write_json, write_video
+from ..io.paths import folders_to_create, remove_empty_folders
 
 NUM_FRAMES = 17
 SIZE = 64
@@ -135,33 +135,44 @@ def iter_clips(num: int, seed: int) -> Iterator[ShapeClip]:
 
 
 def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None) -> Path:
-    """Write `num` clips as mp4 plus an Open-Sora-Plan annotation (`annotations.json`) and a
-    data list (`data.txt`: `ROOT,ANNOTATION`) into `out_dir`; returns the data list path.
+    """Write `num` clips as mp4 plus an Open-Sora-Plan annotation (`annotations.json`, paths
+    relative to itself: `videos/00000.mp4`) and a data list (`data.txt`: `ROOT,ANNOTATION`)
+    into `out_dir`; returns the data list path. Either one works as `--data`.
 
+    Refuses, before writing anything, when a file it would write exists (unless `overwrite`).
     Each mp4 is written atomically and the annotation last, so an interrupted run leaves no
-    annotation pointing at missing files.
+    annotation pointing at missing files; a failed run leaves no folder it created.
     """
     if num < 1:
         raise InputError(f"--num must be at least 1, got {num}", "pass --num 100, for example")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}", "pass e.g. --seed 0")
     out = Path(out_dir)
     annotation = out / "annotations.json"
-    if annotation.exists() and not overwrite:
-        raise InputError(f"'{out}' already holds a synthetic dataset", "pass --overwrite or another --out")
-    videos = out / "videos"
-    ensure_writable_dir(videos)
-    entries = []
-    digits = max(5, len(str(num - 1)))
-    for index, clip in enumerate(iter_clips(num, seed)):
-        name = f"{index:0{digits}d}.mp4"
-        write_video(videos / name, render(clip), fps=FPS)
-        entries.append({"path": name, "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
-        if on_clip:
-            on_clip(index)
-    with atomic_path(annotation) as tmp:
-        tmp.write_text(json.dumps(entries, indent=1))
     data_list = out / "data.txt"
-    with atomic_path(data_list) as tmp:
-        tmp.write_text(f"{videos.resolve()},{annotation.resolve()}\n")
+    videos = out / "videos"
+    digits = max(5, len(str(num - 1)))
+    names = [f"{index:0{digits}d}.mp4" for index in range(num)]
+    if not overwrite:
+        existing = [path for path in (annotation, data_list, *(videos / name for name in names)) if path.exists()]
+        if existing:
+            what = f"'{existing[0].relative_to(out)}' and {len(existing) - 1} more files" if len(existing) > 1 else f"'{existing[0].relative_to(out)}'"
+            raise InputError(f"'{out}' already holds {what} that this run would write", "pass --overwrite to replace them, or choose another --out")
+    created = folders_to_create(videos)
+    try:
+        ensure_writable_dir(videos)
+        entries = []
+        for index, (name, clip) in enumerate(zip(names, iter_clips(num, seed))):
+            write_video(videos / name, render(clip), fps=FPS)
+            entries.append({"path": f"videos/{name}", "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
+            if on_clip:
+                on_clip(index)
+        write_json(annotation, entries, indent=1)
+        with atomic_path(data_list) as tmp:
+            tmp.write_text(f"{out.resolve()},{annotation.resolve()}\n")
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     return data_list
 
 

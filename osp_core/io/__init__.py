@@ -1,6 +1,8 @@
 """Video/image files and safe writes."""
 
-from .atomic import atomic_dir, atomic_path, ensure_writable_dir
+from .atomic import atomic_dir, atomic_path, ensure_writable_dir, remove_stale_temps, save_safetensors
+from .jsonfile import dumps as json_dumps
+from .jsonfile import write_json
 from .video import Video, from_model_output, parse_size, read_video, resize_center_crop, to_model_input, write_video
 
 __all__ = [
@@ -9,9 +11,13 @@ __all__ = [
     "atomic_path",
     "ensure_writable_dir",
     "from_model_output",
+    "json_dumps",
     "parse_size",
     "read_video",
+    "remove_stale_temps",
     "resize_center_crop",
+    "save_safetensors",
     "to_model_input",
+    "write_json",
     "write_video",
 ]

@@ -1,15 +1,44 @@
-"""Write-then-rename: a crash or Ctrl-C never leaves a half-written output."""
+"""Write-then-rename: a crash or Ctrl-C never leaves a half-written output.
+
+Every output goes to a hidden temporary name beside it (`.NAME.<12 hex>.tmp[.SUFFIX]`), is
+flushed to disk (file, then folder) and renamed. A kill at the exact rename point can still
+leave such a temporary behind; the next write into that folder removes temporaries of this
+pattern that are older than `STALE_AFTER_SECONDS` and that no process holds locked (a writer
+holds an exclusive `flock` on its temporary for as long as it writes).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+try:  # advisory locks mark temporaries that are still being written (absent on Windows)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale files are judged by age alone
+    fcntl = None  # type: ignore[assignment]
+
+STALE_AFTER_SECONDS = 300.0
+"""A temporary untouched this long, and not locked, is a leftover of a killed run."""
+
+# `.NAME.<id>.tmp` (folders), `.NAME.<id>.tmp.SUFFIX` (files), `.NAME.old` (the previous
+# folder during an atomic_dir swap) and the caption runner's write probe `.osp-caption-XXXXXXXX.tmp`
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp(\.[^./]+)?$")
+_OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old$")
+_PROBE_NAME = re.compile(r"^\.osp-caption-[A-Za-z0-9_]{8}\.tmp$")
+
+_swept: set[Path] = set()  # folders already cleaned by this process
 
 
 def _umask() -> int:
@@ -28,33 +57,144 @@ def ensure_writable_dir(directory: Path) -> None:
         raise InputError(f"output folder '{directory}' is not writable", "choose a writable location")
 
 
+def temp_name(dest: Path) -> Path:
+    """The temporary path beside `dest` that atomic writes use (matched by the stale sweep)."""
+    return dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one of osp's temporary names (what `remove_stale_temps` may remove)."""
+    return bool(_TEMP_NAME.match(name) or _OLD_NAME.match(name) or _PROBE_NAME.match(name))
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: age still protects
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _in_use(path: Path) -> bool:
+    """True when another open file description holds `path` locked (it is being written)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # vanished or unreadable: not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock we took
+    return False
+
+
+def remove_stale_temps(directory: str | Path, older_than: float = STALE_AFTER_SECONDS) -> list[Path]:
+    """Remove osp's temporaries in `directory` left by killed runs: names of osp's own pattern,
+    not modified for `older_than` seconds and not locked by a writer. An `.NAME.old` folder is
+    kept while NAME is missing (it is then the only copy). Returns what was removed."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not is_temp_name(entry.name):
+            continue
+        old = _OLD_NAME.match(entry.name)
+        if old and not (directory / old.group("name")).exists():
+            continue
+        path = Path(entry.path)
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than or entry.is_symlink():
+                continue
+        except OSError:
+            continue
+        if _in_use(path):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _sweep_once(directory: Path) -> None:
+    key = directory.absolute()
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temps(directory)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder: the rename is then all we have
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and folder under `root` (deepest first), then `root` itself."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; rename it to `dest` only if the block succeeds."""
+    """Yield a temporary path beside `dest`; rename it to `dest` only if the block succeeds.
+    The file is fsync'd before, and its folder after, the rename."""
     dest = Path(dest)
-    ensure_writable_dir(dest.parent if str(dest.parent) else Path("."))
+    parent = dest.parent if str(dest.parent) else Path(".")
+    ensure_writable_dir(parent)
+    _sweep_once(parent)
     # Name first, create inside the try: a Ctrl-C at any point leaves no temporary file.
-    tmp_path = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.tmp{dest.suffix}")
+    tmp_path = temp_name(dest)
+    fd = -1
     try:
-        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        fd = os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        _lock(fd)  # held until the rename: the stale sweep of another run leaves it alone
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask
+        os.chmod(tmp_path, 0o666 & ~_umask())  # created 0600; outputs follow the umask
+        fsync_path(tmp_path)
         os.replace(tmp_path, dest)
+        fsync_path(parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `dest`; it replaces `dest` only if the block succeeds."""
+    """Yield a temporary folder beside `dest`; it replaces `dest` only if the block succeeds.
+    Everything in it is fsync'd before the rename, the parent folder after."""
     dest = Path(dest)
     ensure_writable_dir(dest.parent)
+    _sweep_once(dest.parent)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = -1
     try:
         tmp.mkdir(mode=0o700)
+        fd = os.open(tmp, os.O_RDONLY)
+        _lock(fd)
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -63,6 +203,29 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
+        fsync_path(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
+    """Write `data` to `dest` atomically (temporary file, fsync, rename)."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+    return dest
+
+
+def save_safetensors(dest: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write tensors as a safetensors file atomically. safetensors' own `save_file` writes
+    through a `.tmpXXXXXX` file of its own that a kill would leave behind; serializing to bytes
+    and writing those through `atomic_path` leaves nothing but osp's (swept) temporary."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=dict(metadata) if metadata else None)
+    return write_bytes_atomic(dest, data)

@@ -18,21 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import InputError
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or a folder's entries') data to disk."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # e.g. folders cannot be opened on some platforms: nothing to sync
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from .atomic import ensure_writable_dir, fsync_path, remove_stale_temps
 
 
 class FileGroup:
@@ -43,8 +29,11 @@ class FileGroup:
         self.destinations = [Path(d) for d in destinations]
         self.overwrite = overwrite
         token = uuid.uuid4().hex[:12]
-        # the pattern of atomic_path's temporaries, so one clean-up rule covers both
+        # atomic_path's pattern: the stale sweep removes what a killed run leaves
         self.temporaries = {d: d.with_name(f".{d.stem}.{token}.tmp{d.suffix}") for d in self.destinations}
+        for folder in {d.parent for d in self.destinations}:
+            ensure_writable_dir(folder)
+            remove_stale_temps(folder)
 
     def __enter__(self) -> FileGroup:
         return self

@@ -6,6 +6,7 @@ Frames are uint8 tensors shaped (T, H, W, 3); `to_model_input` turns them into t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,8 +41,9 @@ class Video:
 def _open(path: Path):
     import av
 
-    if not path.is_file():
-        raise InputError(f"video '{path}' does not exist", "check the path")
+    from .paths import check_input_file
+
+    check_input_file(path, "video")
     try:
         return av.open(str(path))
     except (av.FFmpegError, ValueError, OSError) as exc:
@@ -138,10 +140,25 @@ def from_model_output(video: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().contiguous()
 
 
+def check_fps(fps: float, option: str = "--fps") -> float:
+    """`fps` when it is a positive, finite frame rate; a one-line `InputError` naming `option` otherwise."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"{option} must be a positive frame rate, got {fps:g}", f"pass e.g. {option} 24")
+    return fps
+
+
 def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), atomically.
 
     yuv420p needs even sizes: odd heights/widths are padded by one edge pixel.
+
+    Deterministic: the same frames give the same mp4 bytes, on every run and on every machine
+    with the same PyAV/libx264 build. x264's macroblock-tree rate control (`mbtree`) read
+    uninitialised memory on small frames (64x64 and the like), so the encoded frames depended
+    on what the process had allocated before (a VAE decode made decoded frames differ by up to
+    26 grey levels between runs); it is off, which costs bigger files, not quality. x264 also
+    runs single-threaded, because its output depends on the thread count (i.e. on the
+    machine's cores), and every frame carries its index as timestamp.
     """
     import av
 
@@ -149,6 +166,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: 
     array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {array.shape} {array.dtype}")
+    check_fps(fps)
     pad_h, pad_w = array.shape[1] % 2, array.shape[2] % 2
     if pad_h or pad_w:
         array = np.pad(array, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -158,9 +176,10 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: 
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = array.shape[2], array.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for image in array:
+            stream.options = {"crf": str(crf), "threads": "1", "x264-params": "mbtree=0"}
+            for index, image in enumerate(array):
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = index
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
     return path

@@ -119,6 +119,6 @@ def save_tiny_t5(out_dir: str | Path, spec: TinyT5Config = TinyT5Config(), overw
 
 
 def _json(data: dict) -> str:
-    import json
+    from ..io import json_dumps
 
-    return json.dumps(data, indent=2) + "\n"
+    return json_dumps(data, indent=2) + "\n"

@@ -11,7 +11,6 @@ through the `SamplingProgress` callbacks.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
@@ -427,7 +426,7 @@ class _Run:
         """Decode prompt `prompt_index`'s latents and write each video's files together."""
         import osp_core
 
-        from ..io import write_video
+        from ..io import json_dumps, write_video
         from ..io.outputs import FileGroup
         from .video_vae import save_latents
 
@@ -485,7 +484,7 @@ class _Run:
                     save_latents(group.path(latent_path), (latents[k : k + 1].float() / scaling_factor).cpu(), header)
                     record["latents"] = latent_path.name
                     absolute["latents"] = str(latent_path.absolute())
-                group.path(sidecar).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+                group.path(sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
                 group.commit()
             records.append({**record, **absolute})
         return records

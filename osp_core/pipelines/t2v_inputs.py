@@ -145,13 +145,11 @@ def read_sampling_file(root: Path) -> dict:
 
 def write_sampling_file(root: Path, settings: dict) -> Path:
     """Write `settings` as `root`/sampling.json (checked, strict JSON, atomically)."""
-    from ..io.atomic import atomic_path
+    from ..io.jsonfile import write_json
 
     path = Path(root) / SAMPLING_FILE
     check_sampling_settings(settings, str(path))  # only what the sampler will accept
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(settings, indent=2, allow_nan=False) + "\n")
-    return path
+    return write_json(path, settings)
 
 
 def version_size(version: str, available: list[str] | tuple[str, ...]) -> tuple[int, int, int]:

@@ -7,31 +7,50 @@ metadata needed to decode them (fps, frames, size, scaling factor, model) in the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import InputError, ModelLoadError
 from ..hub import resolve_model_dir
-from ..io import Video, atomic_path, read_video, resize_center_crop
+from ..io import Video, json_dumps, read_video, resize_center_crop, save_safetensors
+from ..io.paths import check_input_file
+from ..io.probe import probe
 from ..models.causal_vae import CausalVideoVAE
 
 LATENTS_KEY = "latents"
 
 
-def load_vae(model: str, device: torch.device, dtype: torch.dtype) -> CausalVideoVAE:
-    """The VAE from a model repository (its `vae/` folder), a VAE folder, a Hub id or builtin:NAME."""
-    root = resolve_model_dir(model, subfolders=["vae"])
+def find_vae(model: str | Path) -> Path:
+    """The folder holding the VAE's config.json and weights: a model repository's `vae/`, a VAE
+    folder, a Hub id (its `vae/` is downloaded) or builtin:NAME."""
+    root = resolve_model_dir(str(model), subfolders=["vae"])
     if (root / "vae" / "config.json").is_file():
-        vae = CausalVideoVAE.from_pretrained(str(root), subfolder="vae", torch_dtype=dtype)
-    elif (root / "config.json").is_file():
-        vae = CausalVideoVAE.from_pretrained(str(root), torch_dtype=dtype)
-    else:
-        raise ModelLoadError(f"no VAE config in '{model}' (looked for vae/config.json and config.json)", "pass a model repository folder or a VAE folder")
+        return root / "vae"
+    if (root / "config.json").is_file():
+        return root
+    raise ModelLoadError(f"no VAE config in '{model}' (looked for vae/config.json and config.json)", "pass a model repository folder or a VAE folder")
+
+
+def read_vae_config(folder: Path) -> dict[str, Any]:
+    """The VAE's config.json (what memory estimates and frame checks need, before loading)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read '{folder / 'config.json'}' ({type(exc).__name__})", "pass a VAE folder with a valid config.json") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"'{folder / 'config.json'}' is not a JSON object", "pass a VAE folder with a valid config.json")
+    return config
+
+
+def load_vae(model: str | Path, device: torch.device, dtype: torch.dtype) -> CausalVideoVAE:
+    """The VAE from a model repository (its `vae/` folder), a VAE folder, a Hub id or builtin:NAME."""
+    vae = CausalVideoVAE.from_pretrained(str(find_vae(model)), torch_dtype=dtype)
     return vae.to(device).eval()
 
 
@@ -41,19 +60,41 @@ def valid_frame_counts(count: int, compression: int = 4) -> tuple[int, int]:
     return lower, lower + compression
 
 
+def _wanted_frames(frames: str | int | None, t_comp: int) -> int | None:
+    """--frames as a count (None for 'auto' and all frames); one-line errors for the rest."""
+    if frames in (None, "auto"):
+        return None
+    try:
+        want = int(frames)
+    except (TypeError, ValueError):
+        raise InputError(f"--frames must be a number or 'auto', got '{frames}'", "e.g. --frames 17 or --frames auto") from None
+    if want < 1 or (want - 1) % t_comp:
+        lo, hi = valid_frame_counts(want, t_comp)
+        raise InputError(f"frame count {want} is not {t_comp}k+1", f"use {lo} or {hi}, or --frames auto")
+    return want
+
+
+def clip_shape(path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, t_comp: int = 4) -> tuple[int, int, int]:
+    """(frames, height, width) that `load_clip` will give for these options, from the file's
+    header (no frame is decoded): what a memory check needs before anything big is read."""
+    want = _wanted_frames(frames, t_comp)
+    if stride < 1:
+        raise InputError(f"stride must be >= 1, got {stride}", "pass --stride 1 or more")
+    info = probe(path)
+    count = len(range(0, info.num_frames, stride))
+    if want is not None:
+        count = min(want, count)
+    elif frames == "auto" and (count - 1) % t_comp:
+        count = valid_frame_counts(count, t_comp)[0]
+    height, width = size if size is not None else (info.height, info.width)
+    return count, height, width
+
+
 def load_clip(path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, compression: tuple[int, int] = (4, 8)) -> Video:
     """Read a clip for the VAE: `frames` is a count, 'auto' (the longest 4k+1 prefix) or None
     (all frames, which must then be 4k+1); `size` resizes + center-crops."""
     t_comp, s_comp = compression
-    want: int | None = None
-    if frames not in (None, "auto"):
-        try:
-            want = int(frames)
-        except (TypeError, ValueError):
-            raise InputError(f"--frames must be a number or 'auto', got '{frames}'", "e.g. --frames 17 or --frames auto") from None
-        if want < 1 or (want - 1) % t_comp:
-            lo, hi = valid_frame_counts(want, t_comp)
-            raise InputError(f"frame count {want} is not {t_comp}k+1", f"use {lo} or {hi}, or --frames auto")
+    want = _wanted_frames(frames, t_comp)
     video = read_video(path, num_frames=want, stride=stride)
     count = video.num_frames
     if want is not None and count < want:
@@ -73,6 +114,43 @@ def load_clip(path: str | Path, frames: str | int | None, stride: int, size: tup
         if h % s_comp or w % s_comp:
             raise InputError(f"frame size {h}x{w} is not a multiple of {s_comp}", f"pass --size {max(s_comp, h // s_comp * s_comp)}x{max(s_comp, w // s_comp * s_comp)}")
     return video
+
+
+def _check_memory(folder: Path, config: dict[str, Any], op: str, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype, tile: bool | None, resizable: bool) -> None:
+    from ..memory import check_vae_memory, safetensors_numel
+
+    params = safetensors_numel(folder, exclude_prefixes=("loss.",))  # training-loss weights are not loaded
+    check_vae_memory(config, op, *shape, num_params=params, device=device, dtype=dtype, tiled=tile is not False, resizable=resizable)
+
+
+def check_clip_fits(folder: Path, op: str, path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, device: torch.device, dtype: torch.dtype, tile: bool | None) -> tuple[int, int, int]:
+    """Refuse, before the weights load and before the clip is read, an `op` ('encode' or
+    'recon') of the clip `load_clip` would read that cannot fit `device` (`osp_core.memory`);
+    the error names the --size that would. Returns the clip's (frames, height, width)."""
+    from ..memory import VAEShape
+
+    config = read_vae_config(folder)
+    shape = clip_shape(path, frames, stride, size, VAEShape.from_config(config).temporal_compression)
+    _check_memory(folder, config, op, shape, device, dtype, tile, resizable=True)
+    return shape
+
+
+def check_latent_shape(latents: torch.Tensor, channels: int) -> None:
+    """Raise `InputError` unless `latents` is (B, `channels`, t, h, w)."""
+    if latents.ndim != 5 or latents.shape[1] != channels:
+        raise InputError(f"latents have shape {tuple(latents.shape)}, this VAE decodes (B, {channels}, t, h, w)", "pass latents written by `osp vae encode` for this model")
+
+
+def check_latents_fit(folder: Path, latents: torch.Tensor, device: torch.device, dtype: torch.dtype, tile: bool | None) -> tuple[int, int, int]:
+    """Refuse, before the weights load, decoding `latents` when the video cannot fit `device`;
+    returns the video's (frames, height, width)."""
+    from ..memory import VAEShape
+
+    config = read_vae_config(folder)
+    check_latent_shape(latents, VAEShape.from_config(config).latent_channels)
+    shape = decoded_shape(latents, config)
+    _check_memory(folder, config, "decode", shape, device, dtype, tile, resizable=False)
+    return shape
 
 
 def configure_tiling(vae: CausalVideoVAE, tile: bool | None) -> None:
@@ -95,9 +173,7 @@ def encode(vae: CausalVideoVAE, video: torch.Tensor, sample: bool = False, gener
 @torch.inference_mode()
 def decode(vae: CausalVideoVAE, latents: torch.Tensor, progress: Callable[[], None] | None = None) -> torch.Tensor:
     """Unscaled latents -> (B, 3, T, H, W) float32 in [-1, 1] on the CPU."""
-    channels = vae.config.embed_dim
-    if latents.ndim != 5 or latents.shape[1] != channels:
-        raise InputError(f"latents have shape {tuple(latents.shape)}, this VAE decodes (B, {channels}, t, h, w)", "pass latents written by `osp vae encode` for this model")
+    check_latent_shape(latents, vae.config.embed_dim)
     param = next(vae.parameters())
     return vae.decode(latents.to(param.device, param.dtype), progress=progress).sample.float().clamp(-1, 1).cpu()
 
@@ -111,23 +187,47 @@ class LatentFile:
 def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, object]) -> Path:
     """Write latents with string metadata in the safetensors header, atomically."""
     path = Path(path)
-    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    with atomic_path(path) as tmp:
-        save_file({LATENTS_KEY: latents.contiguous()}, str(tmp), metadata=header)
-    return path
+    header = {k: v if isinstance(v, str) else json_dumps(v) for k, v in metadata.items()}
+    return save_safetensors(path, {LATENTS_KEY: latents}, header)
 
 
 def load_latents(path: str | Path) -> LatentFile:
-    """Read a latent file written by `save_latents` (one-line errors for anything else)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"latent file '{path}' does not exist", "check the path")
+    """Read a latent file written by `save_latents` (one-line errors for anything else,
+    including a file whose latents have no frames or no pixels)."""
+    path = check_input_file(path, "latent file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             if LATENTS_KEY not in handle.keys():
                 raise InputError(f"'{path}' holds no '{LATENTS_KEY}' tensor", "pass a file written by `osp vae encode`")
-            return LatentFile(handle.get_tensor(LATENTS_KEY).float(), dict(handle.metadata() or {}))
+            data = LatentFile(handle.get_tensor(LATENTS_KEY).float(), dict(handle.metadata() or {}))
     except InputError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise InputError(f"cannot read '{path}' as safetensors ({type(exc).__name__})", "pass a file written by `osp vae encode`") from None
+    if data.latents.numel() == 0:
+        raise InputError(f"latent file '{path}' holds empty latents (shape {tuple(data.latents.shape)})", "pass latents with at least one frame, written by `osp vae encode`")
+    return data
+
+
+def latent_fps(data: LatentFile, path: str | Path) -> float | None:
+    """The frame rate a latent file records (None when it records none); a one-line error
+    when the header holds something that is not a positive number."""
+    raw = data.metadata.get("fps")
+    if raw is None:
+        return None
+    try:
+        value = float(json.loads(raw))
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise InputError(f"latent file '{path}' records fps {raw!r}, not a positive number", "pass --fps F to choose the frame rate")
+    return value
+
+
+def decoded_shape(latents: torch.Tensor, config: dict[str, Any]) -> tuple[int, int, int]:
+    """(frames, height, width) of the video that (B, C, t, h, w) `latents` decode to."""
+    from ..memory import VAEShape
+
+    shape = VAEShape.from_config(config)
+    t, h, w = latents.shape[-3:]
+    return (t - 1) * shape.temporal_compression + 1, h * shape.spatial_compression, w * shape.spatial_compression

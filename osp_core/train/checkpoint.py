@@ -16,6 +16,7 @@ folder with a `trainer_state.json` is always usable; older ones beyond `keep_las
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -25,7 +26,11 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError, ModelLoadError
+from ..io.atomic import fsync_path, fsync_tree
+from ..io.jsonfile import dumps
 from .wrapping import diffusers_part
+
+logger = logging.getLogger("osp.train")
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -47,11 +52,80 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+class CheckpointUnreadableError(ModelLoadError):
+    """A file of a checkpoint is truncated or corrupt (`--resume latest` falls back past it)."""
+
+
 def read_state(checkpoint: Path) -> dict[str, Any]:
     try:
         return json.loads((checkpoint / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"checkpoint '{checkpoint}' has no readable {STATE_FILE} ({exc.__class__.__name__})", "pick another checkpoint or --resume latest") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no readable {STATE_FILE} ({exc.__class__.__name__})", "pick another checkpoint or --resume latest") from None
+
+
+_TORCH_ZIP_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+_CRC_CHECK_LIMIT = 64 * 2**20  # CRC-check whole torch.save files up to this size (RNG, scheduler, scaler states)
+
+
+def verify_checkpoint(checkpoint: Path) -> None:
+    """Raise `CheckpointUnreadableError` naming the first file of `checkpoint` that is truncated
+    or corrupt: safetensors headers and sizes, torch.save zip archives (whole-file CRCs for the
+    small ones, such as the RNG states, which Accelerate would otherwise skip silently when
+    they fail to load), and the trainer state. Cheap: large tensors are not read."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    read_state(checkpoint)
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            elif path.suffix in _TORCH_ZIP_SUFFIXES:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip() if path.stat().st_size <= _CRC_CHECK_LIMIT else None
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"CRC error in {bad}")
+        except Exception as exc:  # noqa: BLE001 - safetensors, zipfile and OS errors alike mean the file is unusable
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise CheckpointUnreadableError(f"checkpoint file '{path}' is unreadable ({type(exc).__name__}: {reason})", "it is truncated or corrupt: resume from another checkpoint") from None
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any], limit: int = 3) -> str:
+    current = json.loads(dumps(current, default=str))  # as it would be saved: tuples are lists
+    keys = [k for k in sorted(set(saved) | set(current)) if not k.startswith("_") and saved.get(k) != current.get(k)]
+    shown = ", ".join(f"{k} {saved.get(k)!r} there, {current.get(k)!r} here" for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module, run_model: str) -> None:
+    """Raise one `ModelLoadError` line when the saved tensors do not fit `module`: the first
+    mis-shaped (or missing / unexpected) tensor, how the two model configs differ, and both
+    configs' sources (the checkpoint's model/config.json and this run's `run_model`)."""
+    own = module.state_dict()
+    mismatched = next((k for k, v in saved.items() if k in own and own[k].shape != v.shape), None)
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    if mismatched is None and not missing and not unexpected:
+        return
+    if mismatched is not None:
+        first = f"'{mismatched}' is {tuple(saved[mismatched].shape)} there, {tuple(own[mismatched].shape)} here"
+    else:
+        first = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    config_file = checkpoint / "model" / "config.json"
+    differences = ""
+    current = dict(getattr(module, "config", {}) or {})
+    if config_file.is_file() and current:
+        try:
+            differences = _config_differences(json.loads(config_file.read_text()), current)
+        except (OSError, ValueError):
+            differences = ""
+    detail = f" ({differences})" if differences else ""
+    raise ModelLoadError(
+        f"checkpoint '{checkpoint}' was trained with another model config than this run's{detail}: {first}; configs: {config_file} vs {run_model}",
+        "resume with the model config the checkpoint was trained with, or start over with --overwrite",
+    )
 
 
 def _is_diffusers(module: nn.Module) -> bool:
@@ -65,8 +139,9 @@ class CheckpointManager:
     them (the trained network) is written to `model/`, the rest through Accelerate.
     """
 
-    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3) -> None:
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3, warn: Callable[[str], None] | None = None) -> None:
         self.accelerator = accelerator
+        self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
         self._sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
@@ -142,10 +217,12 @@ class CheckpointManager:
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
-            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
+            (tmp / STATE_FILE).write_text(dumps({**state, "step": step}, indent=2, default=str))
+            fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
+            fsync_path(self.root)
             self._prune()
         acc.wait_for_everyone()
         return final
@@ -156,20 +233,32 @@ class CheckpointManager:
         for old in list_checkpoints(self.root)[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, checkpoint: Path, model: nn.Module) -> dict[str, Any]:
+    def load(self, checkpoint: Path, model: nn.Module, run_model: str = "this run's model config") -> dict[str, Any]:
         """Restore weights, optimizer/scheduler/RNG states into the prepared objects; returns the
-        trainer state dict of the checkpoint."""
+        trainer state dict of the checkpoint. Every file is checked first
+        (`verify_checkpoint`), so an unreadable one fails before anything is changed; a model
+        that does not fit is one line naming the first mismatched tensor and both configs."""
         from safetensors.torch import load_file
 
         acc = self.accelerator
+        verify_checkpoint(checkpoint)
         state = read_state(checkpoint)
+        rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
+        if not rng_file.is_file():
+            self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
         if not self._sharded:
             weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
             if not weights.is_file():
-                raise ModelLoadError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+                raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
             inner, _ = diffusers_part(acc.unwrap_model(model))
-            missing, unexpected = inner.load_state_dict(load_file(str(weights)), strict=False)
-            if missing or unexpected:
-                raise ModelLoadError(f"checkpoint '{checkpoint}' does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})", "resume with the same model config")
-        acc.load_state(str(checkpoint / "accelerate"))
+            saved = load_file(str(weights))
+            check_weights_fit(checkpoint, saved, inner, run_model)
+            inner.load_state_dict(saved)
+        try:
+            acc.load_state(str(checkpoint / "accelerate"))
+        except Exception as exc:  # noqa: BLE001 - torch/accelerate raise many types; one line each
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            if "size mismatch" in str(exc) or "does not match" in str(exc):
+                raise ModelLoadError(f"checkpoint '{checkpoint}' holds training state of another config ({first})", "resume with the config the checkpoint was trained with, or start over with --overwrite") from None
+            raise CheckpointUnreadableError(f"cannot restore '{checkpoint / 'accelerate'}' ({type(exc).__name__}: {first})", "resume from another checkpoint") from None
         return state

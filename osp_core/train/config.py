@@ -9,6 +9,7 @@ documentation as the string literal under it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ class RunConfig:
     keep_last: int = 3
     """Keep only the newest K checkpoints (0 keeps all)."""
     resume: str = ""
-    """'' (fresh run), 'latest' (newest checkpoint in output_dir, fresh run when none) or a checkpoint folder."""
+    """'' (fresh run), 'latest' (newest checkpoint in output_dir that loads, fresh run when none) or a checkpoint folder."""
+    overwrite: bool = False
+    """Start over in an output_dir that already holds a run: its checkpoints/, logs/, samples/
+    and summary.json are removed once the new run is set up (without it such a folder is refused)."""
     log_every: int = 10
     """Print and log metrics every N steps."""
     report_to: str = "tensorboard"
@@ -168,8 +172,9 @@ class T2VModelConfig:
     """A LatteT2V config.json for a fresh transformer (used when pretrained is '')."""
     vae: str = ""
     """VAE folder or repo id ('' uses `model`/vae)."""
-    text_encoder: str = "DeepFloyd/t5-v1_1-xxl"
-    """T5 encoder (repo id or folder with text_encoder/ and tokenizer/ or a T5 folder)."""
+    text_encoder: str = ""
+    """T5 encoder (repo id or folder with text_encoder/ and tokenizer/ or a T5 folder); '' uses
+    the model repository's text_encoder/ when it has one (as sampling does), else DeepFloyd/t5-v1_1-xxl."""
     max_text_tokens: int = 300
     """Tokens per caption."""
 
@@ -315,6 +320,28 @@ def _resolve_preset_paths(tree: dict[str, Any], base: Path) -> dict[str, Any]:
     return tree
 
 
+def check_overrides(cls: type, overrides: dict[str, Any]) -> None:
+    """Check each dotted key of `overrides` against `cls`'s tree (unknown keys, value types),
+    whatever later overrides it: `--set run.max_steps=abc` is an error even when --max-steps
+    is also given."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node: Any = cls
+        *parents, leaf = dotted.split(".")
+        prefix = ""
+        for part in [*parents, leaf]:
+            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+            if part not in hints:
+                where = prefix.rstrip(".") or "root"
+                valid = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "none (a value, not a section)"
+                raise InputError(f"unknown config key '{prefix}{part}'", f"valid keys in '{where}': {valid}")
+            node, prefix = hints[part], f"{prefix}{part}."
+        if dataclasses.is_dataclass(node):
+            raise InputError(f"config key '{dotted}' is a section, not a value", f"set one of its keys, e.g. {dotted}.{dataclasses.fields(node)[0].name}=...")
+        _coerce(value, node, dotted)
+
+
 def parse_set_options(items: list[str] | None) -> dict[str, Any]:
     """`--set section.key=value` items as dotted overrides (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
@@ -409,9 +436,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise InputError(f"config key '{key}' must be a number, got {value!r}", "use a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise InputError(f"config key '{key}' must be a number, got {value!r}", "use a number such as 1e-4") from None
+        if not math.isfinite(number):
+            raise InputError(f"config key '{key}' must be a finite number, got {value!r}", "use a number such as 1e-4")
+        return number
     if hint is str:
         if isinstance(value, (dict, list)):
             raise InputError(f"config key '{key}' must be a string, got {value!r}", "quote the value")
@@ -434,6 +464,16 @@ def validate_common(cfg: Any) -> None:
         raise InputError(f"run.keep_last must be >= 0, got {run.keep_last}", "0 keeps every checkpoint")
     if not 0.0 <= run.ema_decay < 1.0:
         raise InputError(f"run.ema_decay must be in [0, 1), got {run.ema_decay}", "e.g. 0.9999")
+    if run.resume and run.overwrite:
+        raise InputError("--resume and --overwrite both given", "pass --resume latest to continue the run, or --overwrite to start over")
+    optim: OptimConfig = cfg.optim
+    if optim.lr <= 0:
+        raise InputError(f"optim.lr must be > 0, got {optim.lr:g}", "pass e.g. --lr 1e-4")
+    if not all(0.0 <= beta < 1.0 for beta in optim.betas):
+        raise InputError(f"optim.betas must be in [0, 1), got {list(optim.betas)}", "e.g. --set optim.betas=[0.9,0.999]")
+    for name in ("eps", "weight_decay", "max_grad_norm", "lr_warmup_steps"):
+        if getattr(optim, name) < 0 or (name == "eps" and optim.eps == 0):
+            raise InputError(f"optim.{name} must be {'> 0' if name == 'eps' else '>= 0'}, got {getattr(optim, name):g}", f"fix it with --set optim.{name}=VALUE")
     for name in ("frames", "stride", "height", "width"):
         if getattr(data, name) < 1:
             raise InputError(f"data.{name} must be >= 1, got {getattr(data, name)}", f"set --{name} to 1 or more")

@@ -62,6 +62,8 @@ def check_objective_options(
 ) -> None:
     """Raise ValueError naming the first option of the objective beyond v1.1.0 that is out of range."""
     lo, hi = high_noise_range
+    if num_train_timesteps < 1:  # first: the range check below depends on it
+        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
     if not 0.0 <= high_noise_fraction <= 1.0:
         raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
     if not 0 <= lo < hi <= num_train_timesteps:

@@ -167,17 +167,12 @@ def build_lpips(state: dict[str, torch.Tensor]) -> LPIPS:
 def convert_lpips_weights(vgg16_features: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], out: str | Path) -> Path:
     """Write one LPIPS .safetensors file from a torchvision VGG16 state dict (`features.N.*`) and the
     lpips package's `vgg.pth` heads (`lin{k}.model.1.weight`); load .pth files with weights_only=True."""
-    from safetensors.torch import save_file
-
-    from ..io.atomic import atomic_path
+    from ..io.atomic import save_safetensors
 
     state = _normalise_lpips_keys({k: v for k, v in vgg16_features.items() if k.startswith("features.")})
     state.update({k: v for k, v in heads.items() if k.startswith("lin")})
     build_lpips(state)  # validates completeness and shapes
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    return out
+    return save_safetensors(out, state)
 
 
 # ----------------------------------------------------------------------------------- discriminator

@@ -108,13 +108,16 @@ class T2VRecipe(Recipe):
         try:  # the objective's own checks, before any model is loaded
             check_objective_options(df.num_train_timesteps, df.high_noise_fraction, tuple(df.high_noise_range), df.loss_weighting, df.max_loss_weight)
         except ValueError as exc:
-            raise InputError(f"diffusion.{exc}", "fix it in the preset or with --set diffusion.KEY=VALUE") from None
+            key = str(exc).split()[0]  # the messages start with the option's name
+            raise InputError(f"diffusion.{exc}", f"fix it with --set diffusion.{key}=VALUE or in the preset") from None
         if d.use_image_num < 0:
             raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
-        if self.config.validation.every:
-            from ..pipelines.t2v_inputs import check_steps
+        from ..pipelines.t2v_inputs import MIN_STEPS, check_steps
 
+        try:  # validation samples use PNDM
             check_steps("PNDM", self.config.validation.steps)
+        except InputError as exc:
+            raise InputError(f"--validation-steps: {exc.message}", f"pass --validation-steps {MIN_STEPS['PNDM']} or more") from None
         if self.config.validation.every and accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
             raise InputError("validation samples need the full model on one rank, which FSDP shards", "set validation.every 0 under FSDP (sample from a checkpoint instead)")
 
@@ -122,9 +125,10 @@ class T2VRecipe(Recipe):
     def build(self, accelerator) -> Built:
         from diffusers.optimization import get_scheduler
 
-        from ..hub import resolve_model_dir
+        from ..hub import DEFAULT_REPO, resolve_model_dir
         from ..models.causal_vae import CausalVideoVAE
-        from ..pipelines.t2v import load_t5
+        from ..pipelines.t2v import load_t5_encoder, load_t5_tokenizer
+        from ..pipelines.t2v_inputs import locate_t5
         from .diffusion import GaussianDiffusionObjective
 
         cfg = self.config
@@ -132,18 +136,22 @@ class T2VRecipe(Recipe):
         frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
         self.frozen_dtype = frozen_dtype
 
+        # the model repository is resolved once; its text_encoder/ is the default T5, as in
+        # sampling (the released repository has none: T5 then comes from DeepFloyd)
+        repo_needed = not cfg.model.vae or (not cfg.model.text_encoder and cfg.model.model != DEFAULT_REPO)
+        repo_root = resolve_model_dir(cfg.model.model, subfolders=["vae", "text_encoder", "tokenizer"]) if repo_needed else None
         vae_source = cfg.model.vae or cfg.model.model
-        vae_root = resolve_model_dir(vae_source, subfolders=["vae"])
+        vae_root = repo_root if not cfg.model.vae else resolve_model_dir(vae_source, subfolders=["vae"])
         vae_dir = vae_root / "vae" if (vae_root / "vae" / "config.json").is_file() else vae_root
         self.vae = CausalVideoVAE.from_pretrained(str(vae_dir), torch_dtype=frozen_dtype).to(device).eval().requires_grad_(False)
         self.vae_id = f"{vae_source}:{vae_dir.name}"
 
-        t5_root = Path(cfg.model.text_encoder).expanduser()
+        t5 = locate_t5(cfg.model.text_encoder or None, repo_root)
         # T5 overflows in fp16: it runs in bf16 under bf16 training, else in fp32
         text_dtype = torch.bfloat16 if frozen_dtype == torch.bfloat16 else torch.float32
-        self.tokenizer, self.text_encoder = load_t5(cfg.model.text_encoder, t5_root, text_dtype)
+        self.tokenizer, self.text_encoder = load_t5_tokenizer(t5), load_t5_encoder(t5, text_dtype)
         self.text_encoder.to(device).requires_grad_(False)
-        self.t5_id = cfg.model.text_encoder
+        self.t5_id = t5.source  # names the encoder in cache keys: the --text-encoder given, or the folder found
 
         lt, lh, lw = self.vae.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
         model = build_transformer(cfg, lt, (lh, lw))

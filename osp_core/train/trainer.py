@@ -10,7 +10,6 @@ narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -25,19 +24,24 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.atomic import atomic_path, ensure_writable_dir
-from .checkpoint import CheckpointManager
+from ..io.atomic import ensure_writable_dir
+from ..io.jsonfile import dumps, write_json
+from .checkpoint import CheckpointManager, CheckpointUnreadableError, list_checkpoints
 from .config import config_to_dict, validate_common
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
 
 Reporter = Callable[[str, dict[str, Any]], None]
-"""Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop', 'end'."""
+"""Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop',
+'warning' (payload 'message'), 'end'."""
+
+RUN_FILES = ("checkpoints", "logs", "samples", "summary.json")
+"""What a run writes into its output folder (and what --overwrite removes)."""
 
 
 def _log_reporter(event: str, payload: dict[str, Any]) -> None:
-    logger.info("%s %s", event, json.dumps(payload, default=str))
+    logger.info("%s %s", event, dumps(payload, default=str))
 
 
 @dataclass
@@ -131,7 +135,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, (int, float, str, bool)):
             flat[name] = value
         else:
-            flat[name] = json.dumps(value, default=str)
+            flat[name] = dumps(value, default=str)
     return flat
 
 
@@ -212,6 +216,7 @@ class Trainer:
 
         run = self.run_cfg
         self._check_device()
+        previous_run = self._check_previous_run()
         ensure_writable_dir(self.output_dir)
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if run.deterministic:
@@ -244,24 +249,27 @@ class Trainer:
             ema.to(accelerator.device)
         self.recipe.prepared(model, optimizers, schedulers, extra_models)
 
-        checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last)
+        checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last, warn=self._warn)
         self.checkpoints = checkpoints
         step, consumed = 0, 0
-        resume_from = checkpoints.resolve(run.resume)
+        resume_from = self._restore(checkpoints, model, ema, accelerator)
         if resume_from is not None:
-            state = checkpoints.load(resume_from, model)
+            state = self._restored_state
             step, consumed = int(state["step"]), int(state["data"]["consumed_per_rank"])
             self.skipped = dict(state.get("skipped", {}))
-            self.loss_history = list(state.get("loss_history", []))
+            # strict JSON stored non-finite losses as null
+            self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
             self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
-            if ema is not None:
-                with self._rng_preserved():  # building the EMA copy must not move the restored RNG
-                    self._load_ema(resume_from / "model_ema", accelerator)
         else:
             set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
 
         dataset = self.recipe.dataset()
         loader, sampler = self._loader(dataset, consumed)
+        if previous_run and run.overwrite:
+            # only now, with the new run built and its data found, is the old one removed
+            if accelerator.is_main_process:
+                self._remove_previous_run()
+            accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             project = run.wandb_project if run.report_to in ("wandb", "all") else self.recipe.name
             accelerator.init_trackers(project, config=_flatten(config_to_dict(self.config)))
@@ -318,6 +326,60 @@ class Trainer:
         return summary
 
     # --- helpers ----------------------------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        self.report("warning", {"message": message})
+
+    def _check_previous_run(self) -> bool:
+        """Whether the output folder holds a run (checkpoints or a summary); refuses to train
+        into it unless the run resumes it (--resume) or starts over (--overwrite): checkpoints
+        of two runs must never mix."""
+        run = self.run_cfg
+        done = list_checkpoints(self.output_dir / "checkpoints")
+        held = bool(done) or (self.output_dir / "summary.json").is_file()
+        if held and not run.resume and not run.overwrite:
+            what = f"checkpoints up to step {int(done[-1].name.split('-')[1])}" if done else "a summary.json"
+            raise InputError(
+                f"'{self.output_dir}' already holds a training run ({what})",
+                "pass --resume latest to continue it, or --overwrite to start over (which removes it), or choose another --output",
+            )
+        return held
+
+    def _remove_previous_run(self) -> None:
+        for name in RUN_FILES:
+            path = self.output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def _run_model(self) -> str:
+        """This run's model source, for messages: the config's model section, set keys only."""
+        model = config_to_dict(self.config).get("model", {})
+        chosen = [f"model.{k}={model[k]}" for k in ("config", "pretrained", "init_from_2d_vae") if model.get(k)]
+        return "this run's " + (", ".join(chosen) if chosen else "default architecture")
+
+    def _restore(self, checkpoints: CheckpointManager, model: nn.Module, ema, accelerator) -> Path | None:
+        """Load the checkpoint --resume names (into model, optimizers, RNG, EMA); returns it, or
+        None for a fresh run. With 'latest', a checkpoint with an unreadable file is skipped
+        for the next older one, and the console says so."""
+        run = self.run_cfg
+        first = checkpoints.resolve(run.resume)
+        if first is None:
+            return None
+        candidates = [first] + ([c for c in reversed(list_checkpoints(checkpoints.root)) if c != first] if run.resume == "latest" else [])
+        for index, candidate in enumerate(candidates):
+            try:
+                self._restored_state = checkpoints.load(candidate, model, self._run_model())
+                if ema is not None:
+                    with self._rng_preserved():  # building the EMA copy must not move the restored RNG
+                        self._load_ema(candidate / "model_ema", accelerator)
+                return candidate
+            except CheckpointUnreadableError as exc:
+                if index + 1 == len(candidates):
+                    raise
+                self._warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
+        raise AssertionError("unreachable")
+
     def _rng_preserved(self):
         """Run a block without moving the torch RNG of this rank (CPU and its accelerator)."""
         device = self.accelerator.device
@@ -463,7 +525,6 @@ class Trainer:
             "output_dir": str(self.output_dir),
         }
         if acc.is_main_process:
-            with atomic_path(self.output_dir / "summary.json") as tmp:
-                tmp.write_text(json.dumps(summary, indent=2, default=str))
+            write_json(self.output_dir / "summary.json", summary, default=str)
             self.report("end", summary)
         return summary

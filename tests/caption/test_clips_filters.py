@@ -13,7 +13,7 @@ from osp_core.caption.decode import caption_size, decode_clips
 from osp_core.caption.filters import FilterConfig, metadata_drop_reason, motion_drop_reason
 from osp_core.caption.language import is_english
 from osp_core.caption.motion import motion_indices, motion_score, motion_size
-from osp_core.caption.probe import MediaInfo, probe
+from osp_core.io.probe import MediaInfo, probe
 from osp_core.errors import InputError
 from osp_core.io import read_video
 

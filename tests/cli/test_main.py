@@ -56,3 +56,64 @@ def test_a_swallowed_ctrl_c_still_stops_at_the_next_progress_update(monkeypatch)
         monkeypatch.setattr(console, "_interrupted", True)
         with pytest.raises(KeyboardInterrupt):
             bar.advance(task)
+
+
+def _commands():
+    """(path, click command) of every `osp` command, with osp's option rules applied."""
+    import typer
+
+    from osp_cli.main import app
+    from osp_cli.options import harden_command
+
+    root = harden_command(typer.main.get_command(app))
+    found, todo = [], [((), root)]
+    while todo:
+        path, command = todo.pop()
+        found.append((path, command))
+        todo.extend(((*path, name), sub) for name, sub in getattr(command, "commands", {}).items())
+    return root, found
+
+
+def test_usage_errors_are_one_error_line_with_the_help_hint():
+    from tests.conftest import assert_one_line_error
+
+    for args, needle in (
+        (("vae", "encode", "clip.mp4"), "Missing option '--output'"),
+        (("vae", "encode", "clip.mp4", "-o", "z.safetensors", "--fram", "5"), "--fram"),
+        (("t2v", "sample", "x", "--frames", "abc"), "--frames"),
+        (("bogus",), "No such command"),
+    ):
+        proc = run_osp(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert_one_line_error(proc, needle, "--help")
+        assert proc.stderr.startswith("error: ")
+
+
+def test_every_float_option_refuses_nan_and_inf():
+    """One rule for every float option of every command (not a check per command)."""
+    import pytest
+
+    root, commands = _commands()
+    checked = []
+    for path, command in commands:
+        for param in command.params:
+            if getattr(param, "_osp_finite", False):
+                option = next(o for o in param.opts if o.startswith("--"))
+                for bad in ("nan", "inf", "-inf"):
+                    with pytest.raises(Exception, match="not a finite number") as info:
+                        root.main([*path, option, bad], prog_name="osp", standalone_mode=False)
+                    assert info.value.exit_code == 2
+                checked.append(f"{' '.join(path)} {option}")
+    # the float options of the commands, including those added later, are all covered
+    for expected in ("vae decode --fps", "vae train --lr", "t2v sample --guidance", "t2v sample --fps", "t2v train --text-dropout", "caption --min-motion"):
+        assert expected in checked, checked
+    proc = run_osp("vae", "decode", "z.safetensors", "-o", "out.mp4", "--fps", "nan")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_help_screens_show_no_bool_placeholder_on_flags(capsys):
+    root, commands = _commands()
+    for path, _ in commands:
+        root.main([*path, "--help"], prog_name="osp", standalone_mode=False)
+        text = capsys.readouterr().out
+        assert "--help" in text and "<bool>" not in text, (path, text)

@@ -157,3 +157,82 @@ def test_checkpoint_missing_a_tensor_is_one_line(tmp_path, tiny_repo, clip):
     save_file(state, str(weights))
     proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(broken), "--frames", "5", "--size", "16x16")
     assert_one_line_error(proc, "does not fit", "decoder.conv_out")
+
+
+def test_same_latents_decode_to_the_same_video_in_every_run(tmp_path):
+    """Two runs of `osp vae decode` on one latent file write the same mp4 (bytes and decoded
+    frames): the README's "same seed, same video" holds through the H.264 encoding step."""
+    from osp_core.pipelines.video_vae import save_latents
+
+    latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    source = save_latents(tmp_path / "z.safetensors", latents, {"model": "builtin:shapes", "fps": 8})
+    outputs = []
+    for name in ("a.mp4", "b.mp4"):
+        proc = run_osp("vae", "decode", str(source), "-o", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(tmp_path / name)
+    assert torch.equal(read_video(outputs[0]).frames, read_video(outputs[1]).frames)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+
+
+def test_an_input_or_an_existing_output_is_never_replaced(tmp_path, clip, tiny_repo, osp_in_process):
+    original = clip.read_bytes()
+    proc = osp_in_process("vae", "recon", str(clip), "-o", str(clip), "--model", str(tiny_repo), "--frames", "5", "--overwrite")
+    assert_one_line_error(proc, "is the input")
+    assert proc.returncode == 2 and clip.read_bytes() == original
+    latents = tmp_path / "z.safetensors"
+    latents.write_bytes(b"an earlier result")
+    args = ("vae", "encode", str(clip), "-o", str(latents), "--model", str(tiny_repo), "--frames", "5", "--size", "16x16")
+    proc = osp_in_process(*args)
+    assert_one_line_error(proc, "already exists", "--overwrite")
+    assert proc.returncode == 2 and latents.read_bytes() == b"an earlier result"
+    assert osp_in_process(*args, "--overwrite").returncode == 0
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    proc = osp_in_process("vae", "decode", str(latents), "-o", str(out))
+    assert_one_line_error(proc, "already exists", "--overwrite")
+    assert out.read_bytes() == b"keep me"
+    proc = osp_in_process("vae", "recon", str(tmp_path), "-o", str(tmp_path / "r.mp4"), "--model", str(tiny_repo))
+    assert_one_line_error(proc, "is a folder, not a file", "clip.mp4")  # not "does not exist"
+
+
+def test_bad_frame_rates_and_latent_files_are_input_errors(tmp_path, tiny_repo, osp_in_process):
+    good = tmp_path / "z.safetensors"
+    save_file({"latents": torch.zeros(1, 4, 2, 4, 4)}, str(good), metadata={"model": str(tiny_repo), "fps": "8"})
+    out = tmp_path / "out.mp4"
+    for fps in ("-5", "0", "nan", "inf"):
+        proc = osp_in_process("vae", "decode", str(good), "-o", str(out), "--fps", fps)
+        assert_one_line_error(proc, "--fps")
+        assert proc.returncode == 2
+    cases = {
+        "abc.safetensors": ({"latents": torch.zeros(1, 4, 2, 4, 4)}, {"fps": "abc"}, "fps"),
+        "zero_fps.safetensors": ({"latents": torch.zeros(1, 4, 2, 4, 4)}, {"fps": "0"}, "fps"),
+        "no_frames.safetensors": ({"latents": torch.zeros(1, 4, 0, 4, 4)}, {"fps": "8"}, "empty"),
+    }
+    for name, (tensors, meta, needle) in cases.items():
+        save_file(tensors, str(tmp_path / name), metadata={"model": str(tiny_repo), **meta})
+        proc = osp_in_process("vae", "decode", str(tmp_path / name), "-o", str(out))
+        assert_one_line_error(proc, needle, name)
+        assert proc.returncode == 2
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+    # --fps replaces the header's value; the mp4 plays at the rate reported
+    proc = osp_in_process("vae", "decode", str(tmp_path / "abc.safetensors"), "-o", str(out), "--fps", "12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fps"] == 12 and read_video(out).fps == pytest.approx(12)
+
+
+def test_a_size_that_cannot_fit_is_refused_before_the_weights_load(tmp_path, clip, tiny_repo, osp_in_process):
+    """--size 100000x100000: one line with the --size that fits, not an allocation failure;
+    the weights are not even read (they are truncated here, so loading them would fail)."""
+    import re
+
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_repo / "vae", vae)
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    out = tmp_path / "z.safetensors"
+    proc = osp_in_process("vae", "encode", str(clip), "-o", str(out), "--model", str(vae), "--frames", "17", "--size", "100000x100000")
+    assert_one_line_error(proc, "100000x100000", "available", "--size")
+    assert proc.returncode == 2 and not out.exists()
+    height, width = map(int, re.search(r"--size (\d+)x(\d+)", proc.stderr).groups())
+    assert height == width and 8 <= height < 100000 and height % 8 == 0

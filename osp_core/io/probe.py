@@ -1,7 +1,7 @@
 """Cheap media probes: frame count, frame rate and size from container metadata, no decoding.
 
-Splitting and the duration/resolution/aspect filters need these for every file before any
-frame is decoded, so they must stay cheap: when the container does not store a frame count
+Splitting and the duration/resolution/aspect filters of `osp caption`, and the memory check of
+`osp vae encode|recon`, need these before any frame is decoded, so they must stay cheap: when the container does not store a frame count
 (webm, some gifs) the packets are counted instead of decoding frames.
 """
 
@@ -35,9 +35,9 @@ def probe(path: str | Path, image: bool = False) -> MediaInfo:
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"'{path}' does not exist", "check the path")
+    from .paths import check_input_file
+
+    path = check_input_file(path, "image" if image else "video")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, ValueError, OSError) as exc:

@@ -1,0 +1,358 @@
+"""How much memory a job needs, from its shapes, before any weights are loaded.
+
+The estimates follow the README ("Memory: what fits in 24 GB and 80 GB") and the measurements
+in benchmarks/README.md: a VAE pass holds a few activations of its widest stage at full
+resolution (encode ~4, decode ~7.5 of them, measured on the full-size v1.1.0 VAE), tiling caps
+their extent at one tile, and text-to-video sampling runs in phases that never overlap (T5,
+then denoising with 2 x num_videos samples under guidance, then VAE decoding). They are
+estimates, meant to refuse what cannot fit (a 100000x100000 frame) with the size that would,
+not to predict the last megabyte. `available_memory` reads what the device has free (RAM
+from /proc/meminfo or sysconf on CPU, `mem_get_info` on CUDA / NPU), and `oom_as_error` turns
+an allocation failure that still happens into one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InsufficientMemoryError
+
+# Activations of a VAE pass, in units of one tensor of the widest (first) stage at full size:
+# hidden_size x mult[0] channels x T x H x W. Measured with benchmarks/vae.py on the v1.1.0 VAE
+# in fp32 (encode 2186 MB at 17x256x256 -> 3.8; decode 4070 MB -> 7.1), rounded up.
+VAE_ENCODE_ACTIVATIONS = 4.0
+VAE_DECODE_ACTIVATIONS = 7.5
+# Frames as they pass through a command, per pixel of a (T, H, W, 3) video: uint8 frames (1 B),
+# float copies for resizing or [-1, 1] conversion and the model's output (4 B each, ~3 of them).
+VIDEO_IO_BYTES_PER_VALUE = 13
+# Transformer activations per block in flight, in hidden states (B x tokens x width): the
+# feed-forward inner state (4), attention q/k/v/out (4), the residual and norm outputs (2).
+TRANSFORMER_ACTIVATIONS = 10
+DEFAULT_TILE = (65, 256)  # CausalVideoVAE.enable_tiling's defaults: frames, pixels
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a job needs at its peak, and what they are made of."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+@dataclass(frozen=True)
+class T2VMemoryEstimate:
+    """The phases of `osp t2v sample`, which never overlap; the peak is the largest."""
+
+    text_encoder: MemoryEstimate
+    denoise: MemoryEstimate
+    decode: MemoryEstimate
+
+    @property
+    def phases(self) -> dict[str, MemoryEstimate]:
+        return {"text encoding": self.text_encoder, "denoising": self.denoise, "VAE decoding": self.decode}
+
+    @property
+    def peak(self) -> int:
+        return max(phase.total for phase in self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda name: self.phases[name].total)
+
+
+def format_bytes(count: float) -> str:
+    """1536 -> '1.5 KB', 3.2e10 -> '32.0 GB' (powers of 1000, as the README's tables)."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(count) < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    """Bytes per element of `dtype`."""
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# --- model facts from files, without loading weights -------------------------------------------
+
+
+def safetensors_numel(folder: str | Path, exclude_prefixes: tuple[str, ...] = ()) -> int:
+    """Parameters stored in the .safetensors files of `folder`, read from their headers only.
+    Tensors whose name starts with one of `exclude_prefixes` (e.g. a VAE checkpoint's
+    training-loss weights, 'loss.') are not counted."""
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, info in header.items():
+            if name == "__metadata__" or name.startswith(exclude_prefixes):
+                continue
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            total += count
+    return total
+
+
+@dataclass(frozen=True)
+class VAEShape:
+    """What a VAE's memory depends on, read from its config.json."""
+
+    widest_channels: int
+    temporal_compression: int
+    spatial_compression: int
+    latent_channels: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VAEShape:
+        mult = list(config.get("hidden_size_mult", (1, 2, 4, 4)))
+        hidden = int(config.get("hidden_size", 128))
+        spatial = sum(1 for s in config.get("encoder_spatial_downsample", ("Downsample",) * 3) if s)
+        temporal = sum(1 for s in config.get("encoder_temporal_downsample", ("", "x", "x")) if s)
+        return cls(hidden * int(mult[0]), 2**temporal, 2**spatial, int(config.get("embed_dim", 4)))
+
+
+# --- estimates -----------------------------------------------------------------------------
+
+
+def vae_memory(
+    config: Mapping[str, Any],
+    op: str,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    num_params: int,
+    dtype: torch.dtype = torch.float32,
+    tiled: bool = True,
+    tile: tuple[int, int] = DEFAULT_TILE,
+    batch: int = 1,
+) -> MemoryEstimate:
+    """Peak bytes of `op` ('encode', 'decode' or 'recon') of `batch` videos of `frames` x
+    `height` x `width` pixels with the VAE of `config` (its config.json) holding `num_params`
+    parameters in `dtype`. With `tiled`, activations cover at most one tile (`tile` = frames,
+    pixels; tiles are used only when the video exceeds one, as CausalVideoVAE does)."""
+    if op not in ("encode", "decode", "recon"):
+        raise ValueError(f"op must be encode, decode or recon, got {op!r}")
+    shape = VAEShape.from_config(config)
+    size = dtype_bytes(dtype)
+    t, h, w = frames, height, width
+    if tiled:
+        t, h, w = min(t, tile[0]), min(h, tile[1]), min(w, tile[1])
+    one = batch * shape.widest_channels * t * h * w * size  # one activation of the widest stage
+    video = batch * 3 * frames * height * width * VIDEO_IO_BYTES_PER_VALUE
+    parts = {"weights": num_params * size}
+    if op == "encode":
+        parts["activations"] = int(VAE_ENCODE_ACTIVATIONS * one)
+    else:  # decode, and recon's decode half, which runs while the input frames are still held
+        parts["activations"] = int(VAE_DECODE_ACTIVATIONS * one)
+    parts["frames"] = video if op != "recon" else video + batch * 3 * frames * height * width * 5
+    return MemoryEstimate(parts)
+
+
+def t2v_sample_memory(
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    num_videos: int = 1,
+    guidance: bool = True,
+    transformer_config: Mapping[str, Any],
+    transformer_params: int,
+    vae_config: Mapping[str, Any],
+    vae_params: int,
+    text_encoder_params: int,
+    text_encoder_width: int = 4096,
+    text_tokens: int = 300,
+    dtype: torch.dtype = torch.bfloat16,
+    tiled: bool = True,
+    offload: bool = False,
+) -> T2VMemoryEstimate:
+    """Memory of each phase of text-to-video sampling (`osp t2v sample`) of `num_videos` videos
+    of `frames` x `height` x `width` for one prompt.
+
+    - text encoding: T5 weights and one prompt's states (the prompt and the negative prompt);
+    - denoising: transformer (+ VAE unless `offload`) weights, and activations of a batch of
+      2 x `num_videos` samples under classifier-free guidance (`guidance`), num_videos without;
+      tokens = latent frames x (latent h / patch) x (latent w / patch) per sample; an
+      `attention_mode` of "math" also holds the attention score matrices;
+    - VAE decoding: the `num_videos` videos in one batch (transformer weights still on the
+      device unless `offload`).
+    With `offload` each phase holds only its own model's weights.
+    """
+    size = dtype_bytes(dtype)
+    vae = VAEShape.from_config(vae_config)
+    cfg = transformer_config
+    patch = int(cfg.get("patch_size", 2))
+    heads, head_dim = int(cfg.get("num_attention_heads", 16)), int(cfg.get("attention_head_dim", 72))
+    latent_frames = (frames - 1) // vae.temporal_compression + 1
+    latent_h, latent_w = height // vae.spatial_compression, width // vae.spatial_compression
+    per_frame = (latent_h // patch) * (latent_w // patch)
+    batch = num_videos * (2 if guidance else 1)
+    hidden = batch * latent_frames * per_frame * heads * head_dim * size
+    denoise = {
+        "transformer weights": transformer_params * size,
+        "activations": TRANSFORMER_ACTIVATIONS * hidden,
+        # latents, noise prediction and the scheduler's history (PNDM keeps 4), in float32
+        "latents": 8 * batch * vae.latent_channels * latent_frames * latent_h * latent_w * 4,
+        "prompt states": batch * text_tokens * int(cfg.get("caption_channels", text_encoder_width)) * 4,
+    }
+    if cfg.get("attention_mode") == "math":  # no fused kernel: the score matrices exist
+        denoise["attention scores"] = 2 * batch * heads * (latent_frames * per_frame**2 + per_frame * latent_frames**2) * size
+    if not offload:
+        denoise["VAE weights"] = vae_params * size
+    decode = dict(vae_memory(vae_config, "decode", frames, height, width, num_params=vae_params, dtype=dtype, tiled=tiled, batch=num_videos).parts)
+    decode["VAE weights"] = decode.pop("weights")
+    if not offload:
+        decode["transformer weights"] = transformer_params * size
+    text = {
+        "text encoder weights": text_encoder_params * size,
+        # prompt + negative prompt through the widest layer (feed-forward ~2.5 x width), a few at once
+        "activations": 2 * text_tokens * int(2.5 * text_encoder_width) * size * 4,
+    }
+    return T2VMemoryEstimate(MemoryEstimate(text), MemoryEstimate(denoise), MemoryEstimate(decode))
+
+
+# --- what the device has ---------------------------------------------------------------------
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # other Unixes: free pages (a lower bound: the page cache is not counted)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes `device` can still allocate: free GPU / NPU memory, or the RAM available to new
+    allocations on CPU (and MPS, which shares it). None when it cannot be told."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "npu":
+            return int(torch.npu.mem_get_info(device)[0])  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError):
+        return None
+    return _meminfo_available()
+
+
+# --- refusing what cannot fit ----------------------------------------------------------------
+
+
+def largest_fitting_size(needed: Callable[[int, int], int], height: int, width: int, budget: int, multiple: int = 8) -> tuple[int, int] | None:
+    """The largest (h, w) with the aspect ratio of `height` x `width`, multiples of `multiple`,
+    no larger than it, for which `needed(h, w)` <= `budget`; None when not even the smallest does."""
+
+    def at(scale: float) -> tuple[int, int]:
+        return max(multiple, int(height * scale) // multiple * multiple), max(multiple, int(width * scale) // multiple * multiple)
+
+    if needed(*at(0.0)) > budget:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(40):  # bisection on the scale: sizes are monotone in it
+        mid = (low + high) / 2
+        if needed(*at(mid)) <= budget:
+            low = mid
+        else:
+            high = mid
+    return at(low)
+
+
+def check_fits(needed: int, device: torch.device | str, what: str, hint: str) -> None:
+    """Raise `InsufficientMemoryError` ("`what` needs about X, DEVICE has Y available (`hint`)")
+    when `needed` bytes exceed what `device` has free; nothing when that cannot be told."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise InsufficientMemoryError(f"{what} needs about {format_bytes(needed)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
+
+
+def check_vae_memory(
+    config: Mapping[str, Any],
+    op: str,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    num_params: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    tiled: bool,
+    resizable: bool,
+) -> MemoryEstimate:
+    """Refuse (InsufficientMemoryError) an encode / decode / recon that cannot fit `device`,
+    naming what would: the largest --size of this aspect ratio when the size can change
+    (`resizable`), tiling when it is off and would fit, else the most frames at this size.
+    Returns the estimate when it fits."""
+    estimate = vae_memory(config, op, frames, height, width, num_params=num_params, dtype=dtype, tiled=tiled)
+    free = available_memory(device)
+    if free is None or estimate.total <= free:
+        return estimate
+    what = {"encode": "encoding", "decode": "decoding", "recon": "the round trip of"}[op] + f" {frames} frames of {height}x{width}"
+    if not tiled and vae_memory(config, op, frames, height, width, num_params=num_params, dtype=dtype, tiled=True).total <= free:
+        hint = "leave out --no-tile: tiles fit"
+    elif resizable and (fit := largest_fitting_size(lambda h, w: vae_memory(config, op, frames, h, w, num_params=num_params, dtype=dtype, tiled=tiled).total, height, width, free)):
+        hint = f"use --size {fit[0]}x{fit[1]} or smaller, or fewer --frames"
+    else:
+        step = VAEShape.from_config(config).temporal_compression
+        fitting = [t for t in range(1, frames, step) if vae_memory(config, op, t, height, width, num_params=num_params, dtype=dtype, tiled=tiled).total <= free]
+        hint = f"at {height}x{width} this device fits at most {fitting[-1]} frames" if fitting else "the model alone does not fit: use a device with more memory"
+    raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.total)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
+
+
+def check_t2v_sample_memory(estimate_for: Callable[[int, int, int], T2VMemoryEstimate], height: int, width: int, num_videos: int, device: torch.device | str) -> T2VMemoryEstimate:
+    """Refuse sampling that cannot fit `device`. `estimate_for(height, width, num_videos)`
+    gives the estimate (e.g. a `functools.partial` of `t2v_sample_memory`). The hint names
+    what would fit: fewer --num-videos first (they share one batch), else the largest
+    --height/--width (multiples of 16) of this aspect ratio. Returns the estimate when it fits."""
+    estimate = estimate_for(height, width, num_videos)
+    free = available_memory(device)
+    if free is None or estimate.peak <= free:
+        return estimate
+    what = f"sampling {num_videos} video(s) of {height}x{width} ({estimate.peak_phase})"
+    videos = next((n for n in range(num_videos - 1, 0, -1) if estimate_for(height, width, n).peak <= free), None)
+    if videos is not None:
+        hint = f"use --num-videos {videos} or fewer"
+    elif fit := largest_fitting_size(lambda h, w: estimate_for(h, w, 1).peak, height, width, free, multiple=16):
+        hint = f"use --height {fit[0]} --width {fit[1]} or smaller" + (" and --num-videos 1" if num_videos > 1 else "")
+    else:
+        hint = "the models alone do not fit: try --offload or a device with more memory"
+    raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.peak)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
+
+
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+@contextlib.contextmanager
+def oom_as_error(what: str, hint: str) -> Iterator[None]:
+    """An allocation failure inside the block (CUDA / NPU out of memory, a CPU allocation
+    refused) becomes one `InsufficientMemoryError` line naming `what` ran out and `hint`."""
+    try:
+        yield
+    except MemoryError:
+        raise InsufficientMemoryError(f"out of memory while {what}", hint) from None
+    except RuntimeError as exc:  # torch.OutOfMemoryError derives from RuntimeError
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or any(word in str(exc).lower() for word in _OOM_WORDS):
+            raise InsufficientMemoryError(f"out of memory while {what}", hint) from None
+        raise

@@ -1,0 +1,103 @@
+"""Memory estimates from shapes (osp_core.memory): against the measurements in benchmarks/README.md
+and the README's denoising figures, and the refusals that name what would fit."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+from osp_core import memory
+from osp_core.errors import InsufficientMemoryError
+from osp_core.memory import t2v_sample_memory, vae_memory
+
+GB = 1e9
+MB = 1e6
+
+
+@pytest.fixture(scope="module")
+def vae_config(reference_dir):
+    return json.loads((reference_dir / "vae_v1.1.0_config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def t2v_config(reference_dir):
+    return json.loads((reference_dir / "t2v_v1.1.0_65x512x512_config.json").read_text())
+
+
+def test_vae_activations_follow_the_benchmark(vae_config):
+    """benchmarks/README.md (fp32, 256x256, untiled): activations 2186 MB to encode 17 frames,
+    8282 MB for 65; 4070 MB to decode 17, 14753 MB for 65. Estimates stay within -10%/+25%."""
+    for op, frames, measured in (("encode", 17, 2186), ("encode", 65, 8282), ("decode", 17, 4070), ("decode", 65, 14753)):
+        estimate = vae_memory(vae_config, op, frames, 256, 256, num_params=0, tiled=False).parts["activations"]
+        assert 0.9 * measured * MB <= estimate <= 1.25 * measured * MB, (op, frames, estimate / MB)
+    # tiles cap the activations: 221 frames at 512x512 need what one 65x256x256 tile needs
+    long = vae_memory(vae_config, "decode", 221, 512, 512, num_params=0, tiled=True, dtype=torch.bfloat16)
+    tile = vae_memory(vae_config, "decode", 65, 256, 256, num_params=0, tiled=True, dtype=torch.bfloat16)
+    assert long.parts["activations"] == tile.parts["activations"]
+    assert vae_memory(vae_config, "decode", 221, 512, 512, num_params=0, tiled=False, dtype=torch.bfloat16).parts["activations"] > 8 * long.parts["activations"]
+    assert vae_memory(vae_config, "encode", 17, 64, 64, num_params=10**6).parts["weights"] == 4 * 10**6
+
+
+def test_t2v_estimate_phases_and_batch(t2v_config, vae_config):
+    """README: 65x512x512 is 17,408 tokens per video, 34,816 with guidance; one hidden state
+    (width 1152, bf16) is 80 MB; weights are T5 9.5 GB, LatteT2V 2.1 GB, VAE 0.5 GB."""
+    estimate = functools.partial(
+        t2v_sample_memory, frames=65, height=512, width=512, transformer_config=t2v_config, transformer_params=1_060_000_000,
+        vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000, dtype=torch.bfloat16,
+    )  # fmt: skip
+    default = estimate()
+    hidden = 34_816 * 1152 * 2
+    assert hidden == pytest.approx(80 * MB, rel=0.01)
+    assert default.denoise.parts["activations"] == memory.TRANSFORMER_ACTIVATIONS * hidden
+    assert default.denoise.parts["transformer weights"] == pytest.approx(2.12 * GB) and default.denoise.parts["VAE weights"] == pytest.approx(0.5 * GB)
+    assert default.text_encoder.total == pytest.approx(9.5 * GB, rel=0.02)
+    assert default.peak == max(default.text_encoder.total, default.denoise.total, default.decode.total) < 24 * GB  # README: defaults fit 24 GB
+    assert 2.6 * GB < default.denoise.total < 5 * GB  # README: 2.6 GB of weights + 1 to 2 GB
+    # guidance doubles the denoising batch; more videos scale it; offload keeps one model per phase
+    assert estimate(guidance=False).denoise.parts["activations"] == default.denoise.parts["activations"] // 2
+    assert estimate(num_videos=3).denoise.parts["activations"] == 3 * default.denoise.parts["activations"]
+    assert estimate(num_videos=3).decode.parts["activations"] == 3 * default.decode.parts["activations"]
+    offloaded = estimate(offload=True)
+    assert "VAE weights" not in offloaded.denoise.parts and "transformer weights" not in offloaded.decode.parts
+    assert estimate(tiled=False).decode.total > default.decode.total
+    assert estimate(frames=221).denoise.parts["activations"] == pytest.approx(default.denoise.parts["activations"] * 56 / 17)
+    # a tiny model with math attention also holds the score matrices
+    math_cfg = {**t2v_config, "attention_mode": "math"}
+    assert "attention scores" in estimate(transformer_config=math_cfg).denoise.parts
+
+
+def test_refusals_name_what_would_fit(t2v_config, vae_config, monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 12 * GB)
+    estimate_for = lambda h, w, n: t2v_sample_memory(  # noqa: E731
+        frames=65, height=h, width=w, num_videos=n, transformer_config=t2v_config, transformer_params=1_060_000_000,
+        vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000, dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert memory.check_t2v_sample_memory(estimate_for, 512, 512, 1, "cuda").peak < 12 * GB
+    with pytest.raises(InsufficientMemoryError, match=r"--num-videos \d") as info:
+        memory.check_t2v_sample_memory(estimate_for, 512, 512, 16, "cuda")
+    assert info.value.exit_code == 2
+    with pytest.raises(InsufficientMemoryError, match=r"--height (\d+) --width (\d+)") as info:
+        memory.check_t2v_sample_memory(estimate_for, 4096, 2048, 1, "cuda")
+    h, w = map(int, info.value.hint.split("--height ")[1].replace("--width ", "").split()[:2])
+    assert h % 16 == 0 and w % 16 == 0 and abs(h / w - 2) < 0.05  # the aspect ratio asked for
+    assert estimate_for(h, w, 1).peak <= 12 * GB < estimate_for(int(h * 1.1), int(w * 1.1), 1).peak  # the largest that fits
+    with pytest.raises(InsufficientMemoryError, match="leave out --no-tile"):
+        memory.check_vae_memory(vae_config, "decode", 65, 512, 512, num_params=250_000_000, device="cuda", dtype=torch.bfloat16, tiled=False, resizable=False)
+    with pytest.raises(InsufficientMemoryError, match="at most \\d+ frames"):
+        memory.check_vae_memory(vae_config, "decode", 513, 2048, 2048, num_params=250_000_000, device="cuda", dtype=torch.float32, tiled=True, resizable=False)
+
+
+def test_available_memory_on_cpu_and_oom_as_one_line():
+    free = memory.available_memory("cpu")
+    assert free is None or free > 0
+    for message in ("CUDA out of memory. Tried to allocate 20.00 GiB", "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 120000000000 bytes"):
+        with pytest.raises(InsufficientMemoryError, match="out of memory while decoding") as info:
+            with memory.oom_as_error("decoding 65x512x512", "use tiling"):
+                raise RuntimeError(message)
+        assert "\n" not in str(info.value) and info.value.exit_code == 2
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with memory.oom_as_error("decoding", "hint"):
+            raise RuntimeError("shape mismatch")
