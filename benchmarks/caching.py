@@ -1,6 +1,7 @@
 """Sampling caches (none / pab / teacache) and dtypes, measured on the same machine in one run.
 
-  python benchmarks/caching.py shapes [--out DIR] [--chunks 5]
+  python benchmarks/caching.py shapes [--out DIR] [--chunks 5] [--captions 60] [--dtypes fp32 bf16]
+                                     [--caches none pab teacache:0.05 teacache:0.1 teacache:0.2]
       builtin:shapes, the 60 captions of its world with seeds 0-59, 150 PNDM steps, guidance
       7.5 (what `osp t2v sample --model builtin:shapes` does): seconds per video, transformer
       evaluations, `osp eval shapes` accuracy and PSNR of each setting's videos against the
@@ -23,11 +24,19 @@ from pathlib import Path
 
 import torch
 
-SETTINGS = [  # (name, dtype, cache, threshold); "none DTYPE" is each dtype's reference
-    (f"{cache} {dtype}".replace("teacache", f"teacache {threshold}") if threshold else f"{cache} {dtype}", dtype, cache, threshold)
-    for dtype in ("fp32", "bf16")
-    for cache, threshold in (("none", None), ("pab", None), ("teacache", 0.05), ("teacache", 0.1), ("teacache", 0.2))
-]
+DEFAULT_CACHES = ("none", "pab", "teacache:0.05", "teacache:0.1", "teacache:0.2")
+
+
+def settings_from(dtypes: list[str], caches: list[str]) -> list[tuple[str, str, str, float | None]]:
+    """(name, dtype, cache, threshold) for each dtype x cache ("teacache:0.1" sets a threshold);
+    "none DTYPE" is each dtype's reference."""
+    settings = []
+    for dtype in dtypes:
+        for spec in ("none", *[c for c in caches if c != "none"]):
+            cache, _, threshold = spec.partition(":")
+            name = f"{cache} {threshold} {dtype}" if threshold else f"{cache} {dtype}"
+            settings.append((name, dtype, cache, float(threshold) if threshold else None))
+    return settings
 
 
 def shapes(args: argparse.Namespace) -> None:
@@ -37,19 +46,21 @@ def shapes(args: argparse.Namespace) -> None:
     from osp_core.metrics import psnr
     from osp_core.pipelines.sampling import SamplingJob, run_sampling
 
-    captions = all_captions()
+    captions = all_captions()[: args.captions]
     chunk = -(-len(captions) // args.chunks)
-    settings = [s for s in SETTINGS if not args.only or s[0] in args.only]
+    settings = settings_from(args.dtypes, args.caches)
     results = {name: {"seconds": 0.0, "videos": [], "evaluations": 0} for name, *_ in settings}
-    for start in range(0, len(captions), chunk):
+    rounds = [(r, start) for r in range(args.seeds) for start in range(0, len(captions), chunk)]
+    for r, start in rounds:
         for name, dtype, cache, threshold in settings:
             job = SamplingJob(
                 prompts=captions[start : start + chunk],
                 model="builtin:shapes",
-                seed=start,  # caption k gets seed k, as the build's evaluation
+                # caption k gets seed k (as the build's evaluation), then k + 60, k + 120, ...
+                seed=start + r * len(all_captions()),
                 output_dir=args.out / name.replace(" ", "-"),
                 overwrite=True,
-                dtype=dtype,
+                dtype=None if dtype == "default" else dtype,
                 cache=cache,
                 cache_threshold=threshold,
             )
@@ -58,11 +69,11 @@ def shapes(args: argparse.Namespace) -> None:
                 results[name]["seconds"] += video["seconds"]["denoise"] + video["seconds"]["decode"]
                 results[name]["evaluations"] += video["settings"]["cache"].get("transformer_evaluations", 0) or 0
                 results[name]["videos"].append(video)
-            print(f"{name}: {start + len(job.prompts)}/{len(captions)}", flush=True)
+            print(f"{name}: seed round {r + 1}/{args.seeds}, {start + len(job.prompts)}/{len(captions)}", flush=True)
 
     # each setting's videos against the uncached ones of its dtype (and bf16's against fp32's)
     references = {dtype: f"none {dtype}" for _, dtype, _, _ in settings}
-    base = {name: {v["prompt"]: read_video(v["video"]).frames for v in results[name]["videos"]} for name in references.values() if name in results}
+    base = {name: {(v["prompt"], v["seed"]): read_video(v["video"]).frames for v in results[name]["videos"]} for name in references.values() if name in results}
     rows = []
     for name, dtype, cache, threshold in settings:
         videos = results[name]["videos"]
@@ -74,7 +85,7 @@ def shapes(args: argparse.Namespace) -> None:
             row["expected_color"], row["expected_shape"], row["expected_direction"] = parse_caption(video["prompt"])
             graded.append(row)
             if reference in base:
-                psnrs.append(psnr(base[reference][video["prompt"]], frames))
+                psnrs.append(psnr(base[reference][(video["prompt"], video["seed"])], frames))
         evaluations = results[name]["evaluations"] / len(videos) if cache != "none" else None
         rows.append(
             {
@@ -163,7 +174,10 @@ def main() -> None:
     p = sub.add_parser("shapes")
     p.add_argument("--out", type=Path, default=Path("/tmp/osp-bench-caching"))
     p.add_argument("--chunks", type=int, default=5)
-    p.add_argument("--only", nargs="*", default=None, help="setting names to run (keep 'none fp32' / 'none bf16' for the PSNR references)")
+    p.add_argument("--captions", type=int, default=60, help="the first N of the 60 captions")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per caption (caption k: k, k + 60, ...)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "default"], help="fp32, bf16, fp16, or default (the sampler's choice for the device)")
+    p.add_argument("--caches", nargs="+", default=list(DEFAULT_CACHES), help="none, pab, teacache:THRESHOLD ...")
     p = sub.add_parser("wide")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--frames", type=int, default=56)

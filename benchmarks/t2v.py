@@ -66,7 +66,7 @@ def main() -> None:
     from osp_core.pipelines.t2v import PromptEmbeddings, T2VPipeline, make_scheduler
 
     device, dtype = resolve(args.device, args.dtype)
-    attention = resolve_attention_backend(args.attention, device)
+    attention = resolve_attention_backend(args.attention, device, dtype)
     size = 32 if args.tiny else args.size
     frames = 9 if args.tiny else args.frames
     transformer_config, vae_config = _configs(args.tiny, frames)

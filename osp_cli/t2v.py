@@ -169,21 +169,23 @@ def calibrate_cache(
 
 
 class SamplingBar:
-    """Draws a sampling run's progress on stderr: a spinner while loading, a bar per prompt."""
+    """Draws a sampling run's progress on stderr: a spinner while loading and encoding, then a
+    bar per prompt (one live display at a time, as rich requires)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = progress(transient=False)
+        self.bar_started = False
         self.task = None
         self.spinner = None
 
     def __enter__(self) -> SamplingBar:
-        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop_spinner()
-        self.bar.__exit__(*exc)
+        if self.bar_started:
+            self.bar.__exit__(*exc)
 
     def _stop_spinner(self) -> None:
         if self.spinner is not None:
@@ -192,12 +194,15 @@ class SamplingBar:
 
     def status(self, message: str) -> None:
         self._stop_spinner()
-        if self.enabled:
+        if self.enabled and not self.bar_started:
             self.spinner = status(message)
             self.spinner.__enter__()
 
     def video(self, index: int, total: int, prompt: str) -> None:
         self._stop_spinner()
+        if not self.bar_started:
+            self.bar.__enter__()
+            self.bar_started = True
         self.task = self.bar.add_task(f"video {index + 1}/{total}", total=None, visible=self.enabled)
 
     def step(self, done: int, total: int) -> None:

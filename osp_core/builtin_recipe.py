@@ -182,7 +182,22 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
     return folder, source
 
 
-def write_sampling_defaults(repo: str | Path, **settings: float | int | str) -> Path:
+# TeaCache for builtin:shapes: fitted on these captions and seeds (`osp t2v calibrate-cache`), at
+# the threshold benchmarks/caching.py measured as the fastest that keeps the quality table
+TEACACHE_CALIBRATION_SEED = 1000
+TEACACHE_THRESHOLD = 0.1
+
+
+def teacache_calibration_captions(count: int) -> list[str]:
+    """`count` captions of the shapes world, drawn with a fixed seed, for TeaCache's fit."""
+    import random
+
+    from .data.shapes import all_captions
+
+    return random.Random(TEACACHE_CALIBRATION_SEED).sample(all_captions(), count)
+
+
+def write_sampling_defaults(repo: str | Path, **settings: float | int | str | list[float]) -> Path:
     """`repo/sampling.json`: what `osp t2v sample` uses where the user gives no flag (the
     shapes world plays at 8 fps, not the released model's 24)."""
     from .pipelines.t2v_inputs import write_sampling_file

@@ -91,6 +91,15 @@ def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
         raise DeviceError(f"unknown dtype '{name}'", "use fp32, fp16, bf16 or auto") from None
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU has bf16 matrix instructions (AVX512-BF16 or AMX, as oneDNN detects them), on
+    which bf16 matmuls run 2-4x faster than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name osp uses for `dtype` (fp32, fp16, bf16)."""
     return next(name for name, value in DTYPES.items() if value == dtype)

@@ -69,6 +69,8 @@ class Scale:
     evals: tuple[tuple[str, int, float], ...]  # (scheduler, steps, guidance) per sampling run
     latent_scale_clips: int = 32  # training clips the VAE latent std is measured on
     checkpoint_every: int | None = None
+    calibration_captions: int = 12  # TeaCache's fit (osp t2v calibrate-cache)
+    calibration_steps: int | None = None  # None: the sampler's default (150)
 
 
 FULL = Scale(
@@ -78,7 +80,7 @@ FULL = Scale(
 )  # fmt: skip
 SMOKE = Scale(
     train_clips=60, heldout_clips=4, vae_image_steps=2, vae_image_batch=2, vae_steps=2, vae_batch=1, t2v_steps=4, t2v_batch=2, t2v_stage2_steps=2, t2v_stage3_steps=2, captions=3,
-    evals=(("PNDM", 4, 7.5),), latent_scale_clips=4, checkpoint_every=2,
+    evals=(("PNDM", 4, 7.5),), latent_scale_clips=4, checkpoint_every=2, calibration_captions=2, calibration_steps=8,
 )  # fmt: skip
 
 TRAIN_SEED, HELDOUT_SEED, T5_SEED, VAE_SEED, SAMPLE_SEED = 0, 1, 0, 0, 0
@@ -249,11 +251,18 @@ class Build:
             previous = run
 
     def assemble(self) -> None:
-        from osp_core.builtin_recipe import check_repository, export_transformer, final_checkpoint, install, write_sampling_defaults
+        from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, TEACACHE_THRESHOLD, check_repository, export_transformer, final_checkpoint, install, teacache_calibration_captions, write_sampling_defaults
         from osp_core.data.shapes import FPS
 
         _, self.transformer_weights = export_transformer(final_checkpoint(self.work / T2V_STAGES[-1][0]), self.repo)
-        write_sampling_defaults(self.repo, fps=FPS)  # frames and size come from the 17x64x64 folder
+        # frames and size come from the 17x64x64 folder; TeaCache's threshold was chosen by
+        # benchmarks/caching.py and its coefficients are fitted to this model now
+        write_sampling_defaults(self.repo, fps=FPS, teacache_threshold=TEACACHE_THRESHOLD)
+        prompts = self.work / "eval" / "calibration.txt"
+        prompts.parent.mkdir(parents=True, exist_ok=True)
+        prompts.write_text("\n".join(teacache_calibration_captions(self.scale.calibration_captions)) + "\n")
+        steps = () if self.scale.calibration_steps is None else ("--steps", str(self.scale.calibration_steps))
+        self.osp("t2v", "calibrate-cache", "--prompts", str(prompts), "--model", str(self.repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *steps, "--device", "cpu", "--dtype", "fp32", "--write")
         self.repository_bytes = check_repository(self.repo)
         self.log(f"repository {self.repository_bytes / 1e6:.2f} MB")
         install(self.repo, self.target, overwrite=True)  # refused earlier unless --overwrite
@@ -288,8 +297,8 @@ class Build:
             sampled = self.osp(
                 "t2v", "sample", "--prompts", str(prompts), "--model", self.model_ref(), "--frames", "17", "--height", "64",
                 "--width", "64", "--fps", "8", "--steps", str(steps), "--scheduler", scheduler, "--guidance", str(guidance),
-                "--seed", str(SAMPLE_SEED), "--device", "cpu", "-o", str(out), "--json", capture_json=True,
-            )  # fmt: skip
+                "--seed", str(SAMPLE_SEED), "--device", "cpu", "--dtype", "fp32", "-o", str(out), "--json", capture_json=True,
+            )  # fmt: skip  (fp32: the quality table of record; bf16's is in the README)
             videos = [v["video"] for v in sampled["videos"]]
             per_video = [v["seconds"]["denoise"] + v["seconds"]["decode"] for v in sampled["videos"]]
             report = self.osp("eval", "shapes", *videos, "--json", capture_json=True)

@@ -140,10 +140,10 @@ def _npu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 # -- choosing a backend ---------------------------------------------------------------------
 
 
-def resolve_attention_backend(name: str, device: torch.device | str) -> str:
-    """The backend for `name` (auto or one of ATTENTION_BACKENDS) on `device`, checked: an
-    unknown name, `flash` without flash-attn or off CUDA, and `npu` without torch_npu are
-    one-line `InputError`s (raised before any model loads)."""
+def resolve_attention_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The backend for `name` (auto or one of ATTENTION_BACKENDS) on `device` with models in
+    `dtype`, checked: an unknown name, `flash` without flash-attn, off CUDA or in float32, and
+    `npu` without torch_npu are one-line `InputError`s (raised before any model loads)."""
     key = name.strip().lower()
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]  # "npu" needs torch_npu to parse
     if key == "auto":
@@ -155,6 +155,8 @@ def resolve_attention_backend(name: str, device: torch.device | str) -> str:
             raise InputError("--attention flash needs the flash-attn package, which is not installed", "pip install flash-attn (CUDA), or use --attention sdpa")
         if kind != "cuda":
             raise InputError(f"--attention flash runs on CUDA GPUs only, not on {kind}", "use --attention sdpa, or --device cuda")
+        if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+            raise InputError(f"--attention flash runs in fp16 or bf16, not {str(dtype).removeprefix('torch.')}", "pass --dtype bf16, or use --attention sdpa")
     if key == "npu":
         if importlib.util.find_spec("torch_npu") is None:
             raise InputError("--attention npu needs torch_npu, which is not installed", "pip install 'osp[ascend]' on an Ascend machine with CANN, or use --attention sdpa")

@@ -145,7 +145,7 @@ class PyramidAttentionBroadcast(SamplingCache):
 
 # -- TeaCache -------------------------------------------------------------------------------
 
-_TEACACHE_HOOK = "osp_teacache"
+_BLOCK_STACK_HOOK = "osp_block_stack_cache"
 
 
 def modulated_input(block: nn.Module, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
@@ -161,25 +161,40 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     return float((current.float() - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
 
 
-class _BlockStackHook:
-    """A diffusers ModelHook on LatteT2V: forward = unpatchify(blocks(embed(...))), where the
-    owner decides how the block stack runs."""
+class BlockStackCache(SamplingCache):
+    """A cache that decides how LatteT2V's block stack runs: attached as a diffusers ModelHook
+    whose forward is unpatchify(self.forward(embed(...))), the model's own three stages."""
 
-    def __init__(self, owner: TeaCache | TeaCacheCalibration) -> None:
-        from diffusers.hooks import ModelHook
+    def __init__(self) -> None:
+        self.transformer: nn.Module | None = None
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """(B, C, F, h, w) output of `model` for `inputs` (what `model.embed` returned)."""
+        raise NotImplementedError
+
+    def attach(self, transformer: nn.Module) -> None:
+        from diffusers.hooks import HookRegistry, ModelHook
+
+        from ..models.latte_t2v import LatteT2VOutput
+
+        owner = self
 
         class Hook(ModelHook):
-            def new_forward(hook, module, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None, use_image_num=0, enable_temporal_attentions=True, return_dict=True):  # noqa: N805
-                from ..models.latte_t2v import LatteT2VOutput
-
+            def new_forward(self, module, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask=None, use_image_num=0, enable_temporal_attentions=True, return_dict=True):
                 inputs = module.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, use_image_num, enable_temporal_attentions)
-                out = owner.forward(module, inputs)
+                out = module.unpatchify(owner.forward(module, inputs), inputs)
                 return LatteT2VOutput(sample=out) if return_dict else (out,)
 
-        self.hook = Hook()
+        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(Hook(), _BLOCK_STACK_HOOK)
+        self.transformer = transformer
+
+    def detach(self) -> None:
+        if self.transformer is not None:
+            self.transformer._diffusers_hook.remove_hook(_BLOCK_STACK_HOOK, recurse=False)
+            self.transformer = None
 
 
-class TeaCache(SamplingCache):
+class TeaCache(BlockStackCache):
     """Skips LatteT2V's block stack while the rescaled, accumulated relative L1 change of block
     0's modulated input stays below `threshold`; the first and last steps always run."""
 
@@ -188,9 +203,9 @@ class TeaCache(SamplingCache):
     def __init__(self, coefficients: list[float], threshold: float) -> None:
         if not 0 < threshold <= TEACACHE_MAX_THRESHOLD:
             raise InputError(f"TeaCache threshold must be in (0, {TEACACHE_MAX_THRESHOLD:g}], got {threshold}", "use e.g. 0.1")
+        super().__init__()
         self.coefficients = [float(c) for c in coefficients]
         self.threshold = float(threshold)
-        self.transformer: nn.Module | None = None
         self.step: DenoisingStep | None = None
         self._reset()
 
@@ -208,16 +223,8 @@ class TeaCache(SamplingCache):
             value = value * change + c
         return value
 
-    def attach(self, transformer: nn.Module) -> None:
-        from diffusers.hooks import HookRegistry
-
-        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_BlockStackHook(self).hook, _TEACACHE_HOOK)
-        self.transformer = transformer
-
     def detach(self) -> None:
-        if self.transformer is not None:
-            self.transformer._diffusers_hook.remove_hook(_TEACACHE_HOOK, recurse=False)
-            self.transformer = None
+        super().detach()
         self.previous_modulated = self.residual = None
 
     def on_run_begin(self, timesteps: torch.Tensor) -> None:
@@ -247,9 +254,9 @@ class TeaCache(SamplingCache):
             x = model.run_blocks(inputs)
             self.residual = x - inputs.hidden_states
             self.computed += 1
-            return model.unpatchify(x, inputs)
+            return x
         self.skipped_steps.append(-1 if self.step is None else self.step.index)
-        return model.unpatchify(inputs.hidden_states + self.residual, inputs)
+        return inputs.hidden_states + self.residual
 
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "coefficients": self.coefficients}
@@ -258,7 +265,7 @@ class TeaCache(SamplingCache):
         return {"transformer_evaluations": self.computed, "transformer_evaluations_skipped": len(self.skipped_steps)}
 
 
-class TeaCacheCalibration(SamplingCache):
+class TeaCacheCalibration(BlockStackCache):
     """Runs every step in full and records, per step after the first, the relative L1 change of
     block 0's modulated input (x) and of the transformer output (y): what TeaCache's
     polynomial maps one to the other with."""
@@ -266,20 +273,9 @@ class TeaCacheCalibration(SamplingCache):
     method = "teacache-calibration"
 
     def __init__(self) -> None:
-        self.transformer: nn.Module | None = None
+        super().__init__()
         self.pairs: list[tuple[float, float]] = []
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def attach(self, transformer: nn.Module) -> None:
-        from diffusers.hooks import HookRegistry
-
-        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_BlockStackHook(self).hook, _TEACACHE_HOOK)
-        self.transformer = transformer
-
-    def detach(self) -> None:
-        if self.transformer is not None:
-            self.transformer._diffusers_hook.remove_hook(_TEACACHE_HOOK, recurse=False)
-            self.transformer = None
 
     def on_run_begin(self, timesteps: torch.Tensor) -> None:
         self._previous = None
@@ -289,11 +285,12 @@ class TeaCacheCalibration(SamplingCache):
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         modulated = modulated_input(model.transformer_blocks[0], inputs.hidden_states, inputs.modulation_spatial)
-        out = model.unpatchify(model.run_blocks(inputs), inputs)
+        x = model.run_blocks(inputs)
+        out = model.unpatchify(x, inputs)  # the model's output, what TeaCache's fit maps to
         if self._previous is not None:
             self.pairs.append((relative_l1(modulated, self._previous[0]), relative_l1(out, self._previous[1])))
         self._previous = (modulated, out)
-        return out
+        return x
 
 
 def fit_teacache_coefficients(pairs: list[tuple[float, float]], degree: int = 4) -> list[float]:

@@ -9,6 +9,7 @@ Sampling, editing and the web page all start from one of these.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,22 @@ class ModelRepository:
         if coefficients is None:
             return None
         return list(coefficients), float(self.sampling.get("teacache_threshold", RELEASED_TEACACHE_THRESHOLD))
+
+    def read_config(self, part: str) -> dict:
+        """The config.json of `part` (vae, a version, or a folder path given by --transformer),
+        fetching only config files for a Hub repository."""
+        folder = Path(part) if Path(part).is_absolute() or part.startswith((".", "~")) else None
+        if folder is None:
+            root = self.root if self.root is not None else resolve_model_dir(self.model, subfolders=[])
+            folder = root / part
+        path = folder.expanduser() / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot read '{path}' ({type(exc).__name__})", "pass a model folder with valid config files") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"'{path}' is not a JSON object", "pass a model folder with valid config files")
+        return config
 
     # -- getting the files -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ through the `SamplingProgress` callbacks.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from .repository import ModelRepository, check_transformer_folder
+from .t2v_inputs import T5Location
 from .t2v_inputs import check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
 
 if TYPE_CHECKING:
@@ -210,17 +212,23 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         reason = "longer than any trained length" if job.version is None else f"longer than the {version} weights were trained on"
         warnings.append(f"{frames} frames is {reason}; using the {version} weights (trained on {size[0]} frames)")
 
-    from ..device import resolve
+    import torch
+
+    from ..device import cpu_has_native_bf16, resolve
     from ..models.attention import resolve_attention_backend
 
     device, dtype = resolve(job.device, job.dtype)  # bad --device/--dtype before any Hub access
-    attention = resolve_attention_backend(job.attention, device)
+    if job.dtype is None and device.type == "cpu" and cpu_has_native_bf16():
+        # measured with benchmarks/caching.py on builtin:shapes (180 videos): bf16 samples 1.4x
+        # faster and keeps the quality table within a video or two of fp32's (README)
+        dtype = torch.bfloat16
+    attention = resolve_attention_backend(job.attention, device, dtype)
     cache = check_cache_options(job.cache, job.cache_threshold)
     if cache == "teacache" and repository.teacache() is None:
         from .caching import make_cache
 
         make_cache(cache, job.cache_threshold, None)  # raises: this model has no coefficients
-    repository.t5_location()  # T5 found and checked now, before gigabytes of weights
+    t5 = repository.t5_location()  # T5 found and checked now, before gigabytes of weights
 
     seed = secrets.randbelow(2**31) if job.seed is None else job.seed
     videos = [
@@ -230,7 +238,47 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     ]
     if check_outputs and not job.overwrite:
         check_no_overwrite(job.output_dir, [name for video in videos for name in video.names])
-    return SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings)
+    with _quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
+        check_memory(plan, t5)
+    return plan
+
+
+def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
+    """Refuse a job whose largest phase cannot fit the device (`memory.check_t2v_sample_memory`:
+    the hint names the --num-videos or size that would), from the models' configs alone."""
+    import functools
+
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from ..hub import resolve_model_dir
+    from ..memory import check_t2v_sample_memory, t2v_sample_memory
+    from ..models.causal_vae import CausalVideoVAE
+    from ..models.latte_t2v import LatteT2V
+
+    repository, job = plan.repository, plan.job
+    transformer_config = repository.read_config(plan.version)
+    vae_config = repository.read_config("vae")
+    t5_folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
+    t5_config = json.loads((t5_folder / (t5.encoder_subfolder or "") / "config.json").read_text(encoding="utf-8"))
+    with torch.device("meta"):  # parameter counts from the configs, nothing allocated
+        counts = [sum(p.numel() for p in model.parameters()) for model in (LatteT2V.from_config(transformer_config), CausalVideoVAE.from_config(vae_config), T5EncoderModel(T5Config.from_dict(t5_config)))]
+    estimate = functools.partial(
+        t2v_sample_memory,
+        frames=plan.frames,
+        guidance=plan.guidance > 1.0,
+        transformer_config=transformer_config,
+        transformer_params=counts[0],
+        vae_config=vae_config,
+        vae_params=counts[1],
+        text_encoder_params=counts[2],
+        text_encoder_width=int(t5_config.get("d_model", 4096)),
+        dtype=plan.dtype,
+        tiled=job.tile is not False,
+        offload=job.offload and plan.device.type != "cpu",
+    )
+    check_t2v_sample_memory(lambda h, w, n: estimate(height=h, width=w, num_videos=n), plan.height, plan.width, job.num_videos, plan.device)
 
 
 def check_no_overwrite(output_dir: Path, names: list[str]) -> None:
@@ -290,10 +338,11 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     """Plan (unless given a plan), then load, encode, denoise, decode and write every video.
     A failed run leaves no output folder it created and no partial file."""
     from ..io import ensure_writable_dir
+    from ..io.paths import folders_to_create, remove_empty_folders
 
     plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
     progress = progress or _NoProgress()
-    created = _folders_to_create(plan.output_dir)
+    created = folders_to_create(plan.output_dir)
     ensure_writable_dir(plan.output_dir)
     for message in plan.warnings:  # after every check, so a failing run shows one line
         progress.notice("warning", message)
@@ -301,7 +350,7 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         with _quiet_libraries():
             return _Run(plan, progress).run()
     except BaseException:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
 
 
@@ -357,6 +406,7 @@ class _Run:
         return pipe, embeddings
 
     def run(self) -> SamplingSummary:
+        from ..memory import oom_as_error
         from .caching import make_cache
 
         started = time.perf_counter()
@@ -367,8 +417,9 @@ class _Run:
         try:
             records = []
             for prompt_index, (prompt, encoded) in enumerate(zip(self.plan.job.prompts, embeddings)):
-                latents, seconds_denoise = self.denoise(pipe, prompt_index, encoded, [cache] if cache is not None else [])
-                records += self.write(pipe, prompt_index, prompt, encoded, latents, seconds_denoise, cache)
+                with oom_as_error("sampling", "use fewer --num-videos, a smaller --height/--width, or --offload"):
+                    latents, seconds_denoise = self.denoise(pipe, prompt_index, encoded, [cache] if cache is not None else [])
+                    records += self.write(pipe, prompt_index, prompt, encoded, latents, seconds_denoise, cache)
         finally:
             if cache is not None:
                 cache.detach()
@@ -580,22 +631,3 @@ def _quiet_libraries() -> Iterator[None]:
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
         pipeline_logger.setLevel(previous_pipeline)
-
-
-def _folders_to_create(directory: Path) -> list[Path]:
-    """The folders `directory.mkdir(parents=True)` would create, innermost first."""
-    missing = []
-    current = directory.absolute()
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove folders this run created if nothing was written into them (innermost first)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, or already gone: leave it
-            return

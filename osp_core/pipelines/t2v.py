@@ -377,6 +377,7 @@ class T2VPipeline(DiffusionPipeline):
             return (frames,)
         return T2VPipelineOutput(frames=frames)
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> uint8 (B, T, H, W, 3), as the original: ((x / 2 + 0.5).clamp(0, 1) * 255) truncated."""
         vae_device = self._execution_device if getattr(self, "_offload_device", None) is not None else self.vae.device

@@ -138,6 +138,13 @@ def test_partial_output_is_never_left(tmp_path, clip, tiny_repo):
     out.write_bytes(b"previous")
     proc = run_osp("vae", "encode", str(clip), "-o", str(out), "--model", str(tiny_repo), "--frames", "10")
     assert proc.returncode != 0 and out.read_bytes() == b"previous"
+    # --overwrite lets the run start; it fails reading the video, after the model loaded
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_osp("vae", "encode", str(broken), "-o", str(out), "--model", str(tiny_repo), "--overwrite")
+    assert_one_line_error(proc)
+    assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_model_folder_can_be_the_vae_folder_itself(tmp_path, clip, tiny_repo):

@@ -103,3 +103,14 @@ def test_two_concurrent_sampling_runs_into_one_folder(reference_dir, tmp_path):
     winner = next(json.loads(out) for code, out, _ in results if code == 0)
     assert json.loads((tmp_path / "a-cat-9.json").read_text())["seconds"] == winner["videos"][0]["seconds"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-cat-9.json", "a-cat-9.mp4"]
+
+
+def test_a_group_sweeps_temporaries_a_killed_run_left(tmp_path):
+    """A kill at the rename point left `.NAME.<id>.tmp.mp4`: the next group in the folder
+    removes it once it is old and nobody writes it, and leaves a fresh one alone."""
+    stale, fresh = tmp_path / ".a-cat-9.0123456789ab.tmp.mp4", tmp_path / ".a-cat-9.ba9876543210.tmp.json"
+    stale.write_text("left by a kill")
+    fresh.write_text("being written")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    FileGroup([tmp_path / "b.mp4", tmp_path / "b.json"]).discard()
+    assert not stale.exists() and fresh.exists()

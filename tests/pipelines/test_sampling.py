@@ -80,7 +80,7 @@ def test_runner_equals_the_pipeline(tiny_repo, tmp_path):
     from osp_core.pipelines.t2v import T2VPipeline
     from osp_core.pipelines.video_vae import load_latents
 
-    job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=5, seed=11, negative_prompt="blurry", save_latents=True, output_dir=tmp_path, **SIZE)
+    job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=5, seed=11, negative_prompt="blurry", save_latents=True, output_dir=tmp_path, dtype="fp32", **SIZE)
     record = run_sampling(job).videos[0]
     pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
     pipe.set_progress_bar_config(disable=True)
@@ -144,13 +144,21 @@ def test_plan_resolves_defaults_without_loading_weights(tiny_repo, tmp_path):
         (("--cache", "pab", "--cache-threshold", "0.1"), ("--cache-threshold applies to --cache teacache",)),
         (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in (0, 1]",)),
         (("--cache", "teacache"), ("no TeaCache coefficients", "osp t2v calibrate-cache")),
-        (("--guidance", "nan"), ("--guidance must be a number >= 0",)),
-        (("--fps", "inf"), ("--fps must be a number > 0",)),
+        (("--guidance", "nan"), ("--guidance", "not a finite number")),
+        (("--fps", "inf"), ("--fps", "not a finite number")),
     ],
 )
 def test_bad_options_fail_before_any_model_loads(tiny_repo, tmp_path, options, needles):
     proc = run_osp("t2v", "sample", "a cat", "--model", str(tiny_repo), *options, "-o", str(tmp_path / "out"))
     assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options, hint", [(("--num-videos", "100000"), "use --num-videos"), (("--height", "100000", "--steps", "4"), "use --height")])
+def test_a_job_that_cannot_fit_is_refused_before_the_weights_load(tmp_path, options, hint):
+    """(It once computed for 10+ minutes, or failed at allocation with a raw RuntimeError.)"""
+    proc = run_osp("t2v", "sample", "a cat", "--model", "builtin:shapes", *options, "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "needs about", "of memory", hint)
     assert not (tmp_path / "out").exists()
 
 
@@ -161,7 +169,7 @@ def test_attention_math_and_teacache_from_the_command_line(tiny_repo, tmp_path):
     for part in tiny_repo.iterdir():
         (repo / part.name).symlink_to(part)
     (repo / "sampling.json").write_text(json.dumps({"teacache_coefficients": [1.0, 0.0], "teacache_threshold": 0.5}))
-    common = ("a cat", "--model", str(repo), "--seed", "4", "--steps", "8", "--save-latents", "--json")
+    common = ("a cat", "--model", str(repo), "--seed", "4", "--steps", "8", "--save-latents", "--dtype", "fp32", "--json")
     runs = {}
     for name, options in (("sdpa", ()), ("math", ("--attention", "math")), ("teacache", ("--cache", "teacache"))):
         proc = run_osp("t2v", "sample", *common, *options, "-o", str(tmp_path / name), env=ONE_THREAD)
@@ -194,7 +202,22 @@ def test_calibrate_cache_writes_the_coefficients(tiny_repo, tmp_path):
     assert_one_line_error(proc, "'example/not-here' is not in the local")
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_default_dtype_on_cpu(tiny_repo, tmp_path, monkeypatch, native_bf16):
+    """Sampling on CPUs with bf16 matrix units runs in bf16 (as measured on builtin:shapes),
+    elsewhere in fp32; --dtype wins."""
+    monkeypatch.setattr("osp_core.device.cpu_has_native_bf16", lambda: native_bf16)
+    plan = plan_sampling(SamplingJob(prompts=["a cat"], model=str(tiny_repo), device="cpu", output_dir=tmp_path))
+    assert plan.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    plan = plan_sampling(SamplingJob(prompts=["a cat"], model=str(tiny_repo), device="cpu", dtype="fp32", output_dir=tmp_path))
+    assert plan.dtype == torch.float32
+
+
 def test_job_validation():
+    with pytest.raises(InputError, match="--guidance must be a number >= 0"):
+        SamplingJob(prompts=["x"], guidance=float("nan")).validate()
+    with pytest.raises(InputError, match="--fps must be a number > 0"):
+        SamplingJob(prompts=["x"], fps=float("inf")).validate()
     with pytest.raises(InputError, match="--transformer and --version"):
         SamplingJob(prompts=["x"], transformer=Path("t"), version="9x32x32").validate()
     with pytest.raises(InputError, match="the prompt is empty"):
