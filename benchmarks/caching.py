@@ -7,10 +7,11 @@
       evaluations, `osp eval shapes` accuracy and PSNR of each setting's videos against the
       uncached float32 ones. The captions are split into chunks and the settings alternate
       chunk by chunk, so load on the machine falls on all of them alike.
-  python benchmarks/caching.py wide [--layers 2] [--frames 56] [--size 16] [--steps 20]
+  python benchmarks/caching.py wide [--layers 2] [--frames 56] [--size 16] [--steps 20] [--thresholds 0.1]
       the full-width LatteT2V (width 1152, 16 heads, T5-XXL caption width) with random weights,
       221-frame-shaped latents (56 latent frames), for speed only: seconds per denoising run and
-      transformer evaluations per cache.
+      transformer evaluations per cache (TeaCache with coefficients fitted to these weights in
+      one untimed run first).
 
 Prints a markdown table and writes JSON next to the videos.
 """
@@ -117,7 +118,7 @@ def wide(args: argparse.Namespace) -> None:
     from diffusers import PNDMScheduler
 
     from osp_core.models.latte_t2v import LatteT2V
-    from osp_core.pipelines.caching import PABSettings, PyramidAttentionBroadcast, TeaCache
+    from osp_core.pipelines.caching import PABSettings, PyramidAttentionBroadcast, TeaCache, TeaCacheCalibration, fit_teacache_coefficients
     from osp_core.pipelines.denoising import denoise
     from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD
 
@@ -144,22 +145,29 @@ def wide(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - t0
         evaluations = len(scheduler.timesteps)
         if cache is not None:
-            evaluations = cache.stats()["transformer_evaluations"]
+            evaluations = cache.stats().get("transformer_evaluations", evaluations)
             cache.detach()
         return seconds, evaluations
 
-    caches = {
-        "none": lambda: None,
-        "pab": lambda: PyramidAttentionBroadcast(PABSettings()),
-        f"teacache {RELEASED_TEACACHE_THRESHOLD}": lambda: TeaCache(RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD),
-    }
+    caches = {"none": lambda: None, "pab": lambda: PyramidAttentionBroadcast(PABSettings())}
+    if args.fit_teacache:
+        # TeaCache's polynomial is model-specific: the released weights' coefficients say nothing
+        # about random weights, so fit this model's first (one untimed run), as calibrate-cache does
+        calibration = TeaCacheCalibration()
+        run(calibration)
+        coefficients = fit_teacache_coefficients(calibration.pairs)
+        print(f"fitted TeaCache coefficients: {coefficients}", flush=True)
+        for threshold in args.thresholds:
+            caches[f"teacache {threshold} (fitted)"] = lambda threshold=threshold: TeaCache(coefficients, threshold)
+    else:
+        caches[f"teacache {RELEASED_TEACACHE_THRESHOLD} (released coefficients)"] = lambda: TeaCache(RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD)
     times: dict[str, list[float]] = {name: [] for name in caches}
     evaluations: dict[str, int] = {}
     for _ in range(args.repeats):  # alternate the settings
         for name, make in caches.items():
             seconds, evaluations[name] = run(make())
             times[name].append(seconds)
-            print(f"{name}: {seconds:.1f} s", flush=True)
+            print(f"{name}: {seconds:.1f} s, {evaluations[name]} transformer evaluations", flush=True)
     base = min(times["none"])
     print(f"\nfull width, {args.layers} block pairs, {args.frames}x{args.size}x{args.size} latents, batch 2 (CFG), {args.steps} PNDM steps, {args.dtype}")
     print("| cache | s / run (best) | speed-up | transformer evaluations |")
@@ -185,6 +193,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1], help="TeaCache thresholds (with fitted coefficients)")
+    p.add_argument("--released-coefficients", dest="fit_teacache", action="store_false", help="use the released weights' TeaCache coefficients instead of fitting this model's")
     args = parser.parse_args()
     {"shapes": shapes, "wide": wide}[args.part](args)
 
