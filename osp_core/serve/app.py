@@ -21,7 +21,7 @@ from ..io.atomic import ensure_writable_dir
 from ..pipelines.repository import ModelRepository
 from ..pipelines.sampling import SamplingJob
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
-from .jobs import Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, run_text_to_video, run_vae_round_trip
+from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, run_text_to_video, run_vae_round_trip
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,22 @@ class Server:
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
         return str(result.video), [str(result.video), str(result.sidecar)], status
 
-    def cancel(self, request: gr.Request) -> str:
-        """Stop this session's running job at its next step (queued ones the queue drops)."""
+    def start(self, request: gr.Request) -> tuple[None, None, str]:
+        """On a click, before the job queues: the last result and status clear (the page never
+        shows a stale line) and an earlier cancel no longer applies."""
+        self.sessions.cancel_flag(request.session_hash or "").clear()
+        return None, None, ""
+
+    def cancel(self, request: gr.Request) -> None:
+        """Stop this session's job: a running one at its next step, a queued one when its turn
+        comes (it then reports "cancelled"). Gradio's own `cancels=` is not used: it leaves the
+        form's outputs in an error state and does not stop a running thread."""
         self.sessions.cancel_flag(request.session_hash or "").set()
-        return "cancelled"
 
     def failed(self, exc: Exception, empty_outputs: int) -> tuple[Any, ...]:
         if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
             log.error("job failed:\n%s", traceback.format_exc())
-        line = one_line(exc)
+        line = "cancelled" if isinstance(exc, Cancelled) else one_line(exc)
         if empty_outputs == 3:
             return None, None, line, gr.update()
         return None, None, line
@@ -200,7 +207,8 @@ class Server:
                         video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
                         files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
                         status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
-                event = generate.click(
+                # the last result and status clear first, so the page never shows a stale line
+                generate.click(self.start, None, [video, files, status], queue=False, api_visibility="private").then(
                     self.generate,
                     [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
                     [video, files, status, seed],
@@ -208,7 +216,7 @@ class Server:
                     concurrency_limit=1,
                     api_visibility="private",
                 )
-                stop.click(self.cancel, None, [status], cancels=[event], queue=False, api_visibility="private")
+                stop.click(self.cancel, None, None, queue=False, api_visibility="private")
             with gr.Tab("VAE round trip", id="vae"):
                 with gr.Row():
                     with gr.Column():
@@ -221,8 +229,10 @@ class Server:
                         recon = gr.Video(label="Reconstruction", interactive=False, autoplay=True, loop=True, elem_id="vae-video")
                         recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
                         vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
-                vae_event = run.click(self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private")
-                vae_stop.click(self.cancel, None, [vae_status], cancels=[vae_event], queue=False, api_visibility="private")
+                run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
+                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private"
+                )
+                vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
         return demo
 
     def launch(self) -> tuple[gr.Blocks, str]:

@@ -139,9 +139,10 @@ class Device:
 
     @contextmanager
     def turn(self, cancelled: threading.Event) -> Iterator[None]:
-        """Hold the device; the session's cancel flag is cleared when its job starts."""
+        """Hold the device; a job cancelled while it waited does not start."""
         with self.lock:
-            cancelled.clear()
+            if cancelled.is_set():
+                raise Cancelled()
             yield
 
     def load_vae(self, folder: Path, device: Any, dtype: Any, tile: bool | None) -> Any:

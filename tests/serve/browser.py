@@ -140,7 +140,14 @@ class Page:
             if randomize.is_selected():
                 randomize.click()
             self.type_into("#t2v-seed input", str(seed))
-        self.find("#t2v-generate").click()
+        self.click("#t2v-generate", "t2v")
+
+    def click(self, button: str, tab: str) -> None:
+        """Click a button that starts a job, and wait until the page has taken it: the status
+        line is cleared when a job starts (or already changed, for a quick failure)."""
+        previous = self.status(tab)
+        self.find(button).click()
+        self.wait_for(lambda: self.status(tab) != previous or not self.status(tab), 30)
 
     def status(self, tab: str) -> str:
         box = self.find(f"#{tab}-status textarea")
@@ -154,9 +161,10 @@ class Page:
         """The URL of the finished video (raises with the status line if an error shows)."""
 
         def done() -> str | None:
-            if self.status(tab).startswith("Error"):
-                raise AssertionError(self.status(tab))
-            return self.video_url(tab)
+            status = self.status(tab)  # cleared when a job starts, set when it ends
+            if status.startswith("Error"):
+                raise AssertionError(status)
+            return self.video_url(tab) if status else None
 
         return self.wait_for(done)
 
