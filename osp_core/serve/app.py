@@ -204,7 +204,7 @@ class Server:
                             stop = gr.Button("Cancel", elem_id="t2v-cancel")
                         gr.Examples(d.examples, inputs=[prompt], label="Example prompts")
                     with gr.Column():
-                        video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
+                        video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
                         files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
                         status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
                 # the last result and status clear first, so the page never shows a stale line
@@ -226,7 +226,7 @@ class Server:
                             run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
                             vae_stop = gr.Button("Cancel", elem_id="vae-cancel")
                     with gr.Column():
-                        recon = gr.Video(label="Reconstruction", interactive=False, autoplay=True, loop=True, elem_id="vae-video")
+                        recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
                         recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
                         vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
                 run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
