@@ -60,6 +60,14 @@ def test_an_empty_prompt_shows_its_error_and_the_server_goes_on(page):
     assert sidecar_of(page)["prompt"] == "a blue square moving up"
 
 
+def test_single_image_switch_samples_one_frame_without_temporal_attention(page):
+    page.find("#t2v-single input").click()
+    page.generate("a blue circle moving left", steps=STEPS, seed=3)
+    page.wait_for_result()
+    sidecar = sidecar_of(page)
+    assert (sidecar["num_frames"], sidecar["settings"]["frames"], sidecar["settings"]["temporal_attention"]) == (1, 1, False)
+
+
 def test_a_running_job_can_be_cancelled(page, server):
     before = set(server.output_dir.glob("*/t2v-*/*.mp4"))
     page.generate("a green triangle moving left", steps=500, seed=2)  # ~10 s: time to cancel
@@ -77,8 +85,9 @@ def test_two_sessions_at_once_each_get_their_own_video(server, browser):
     try:
         pages = [Page(browser, server.url), Page(other, server.url)]
         prompts = ["a yellow circle moving down", "a purple square moving right"]
-        for page, prompt in zip(pages, prompts):
-            page.generate(prompt, steps=STEPS * 3, seed=4)  # the second waits in the queue
+        pages[0].generate(prompts[0], steps=150, seed=4)  # ~3 s: the second job waits for it
+        pages[1].generate(prompts[1], steps=STEPS, seed=4)
+        assert pages[1].wait_for(lambda: "queue: 1/1" in pages[1].browser.page_source, 10)  # its position
         urls = [page.wait_for_result() for page in pages]
         assert urls[0] != urls[1]
         assert [sidecar_of(page)["prompt"] for page in pages] == prompts
