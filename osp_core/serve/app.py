@@ -239,7 +239,9 @@ class Server:
         """Start serving in the background; returns the page and its URL."""
         # Gradio serves what a handler returns from its cache folder and saves uploads there:
         # inside the output folder, so the page serves files from nowhere else
+        # (and it serves its examples cache: that too, though the examples are not cached)
         os.environ["GRADIO_TEMP_DIR"] = str(self.output_dir / ".gradio")
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(self.output_dir / ".gradio" / "examples")
         demo = self.build()
         demo.queue(max_size=self.options.max_queue, default_concurrency_limit=1)
         # system fonts: the page fetches nothing from third parties (and works offline)

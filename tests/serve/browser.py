@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,18 @@ class ServerProcess:
         """GET `path` on the server: (status, body)."""
         try:
             with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def upload(self, name: str, data: bytes) -> tuple[int, bytes]:
+        """POST a file to Gradio's upload route as the page does: (status, body)."""
+        boundary = uuid.uuid4().hex
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\nContent-Type: video/mp4\r\n\r\n'
+        body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(self.url.rstrip("/") + "/gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -4,6 +4,7 @@ Skips (one line saying how to install it) without the system Chromium."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ STEPS = 10  # ~0.5 s a video on 2 CPU cores (150 would take ~3 s)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    process = ServerProcess(root / "out")
+    process = ServerProcess(root / "out", "--max-upload-mb", "1")
     yield process
     process.stop()
 
@@ -112,6 +113,26 @@ def test_vae_tab_round_trips_an_upload(page, server, tmp_path):
     assert status.startswith("17 frames 64x64  PSNR") and "SSIM" in status
     sidecar = sidecar_of(page, "vae")
     assert sidecar["input"] == "clip.mp4" and sidecar["psnr"] > 15
+
+
+def test_vae_tab_refuses_a_file_that_is_not_a_video(page, tmp_path):
+    """The page refuses it (the server's handler refuses it too: test_serve.py)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    page.tab("VAE round trip")
+    page.find("#vae-upload input[type=file]").send_keys(str(notes))  # past the file picker's filter
+    assert page.wait_for(lambda: "Invalid file type: notes.txt" in page.browser.page_source, 10)
+    assert "notes.txt" not in page.find("#vae-upload").text.replace("\n", "")  # not taken
+
+
+def test_uploads_are_limited_and_stay_inside_the_output_folder(server):
+    """A 2 MB upload over --max-upload-mb 1 is refused; a `../` file name is stored inside."""
+    assert server.upload("big.mp4", b"x" * 2 * 2**20)[0] == 413
+    status, body = server.upload("../../escape.mp4", b"x" * 100)
+    assert status == 200
+    stored = Path(json.loads(body)[0]).resolve()
+    assert stored.is_relative_to((server.output_dir / ".gradio").resolve()) and stored.name == "escape.mp4"
+    assert [p for p in server.output_dir.parent.rglob("escape.mp4") if p.resolve() != stored] == []
 
 
 def test_requests_for_paths_outside_the_output_folder_are_refused(server):
