@@ -7,6 +7,7 @@ handler by its annotation object.
 
 import logging
 import os
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -269,6 +270,9 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
     demo, url = Server(options).launch()
     on_ready(url)
     try:
-        demo.block_thread()  # returns on Ctrl-C, after closing the server
+        while True:  # the server runs in its own threads; this one waits for Ctrl-C
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
     finally:
-        demo.close()
+        demo.close(verbose=False)
