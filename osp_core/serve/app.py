@@ -11,7 +11,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -136,7 +135,7 @@ class Server:
             reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
             summary = run_text_to_video(self.device, job, reporter)
         except Exception as exc:  # one line in the page; the server goes on
-            return self.failed(exc, 3)
+            return None, None, self.failed(exc), gr.update()
         record = summary.videos[0]
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
         status = "; ".join([status, *reporter.notes])
@@ -152,7 +151,7 @@ class Server:
                 self.device, self.options.model, path, output, self.options.device, self.options.dtype, size, lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session)
             )
         except Exception as exc:
-            return self.failed(exc, 2)
+            return None, None, self.failed(exc)
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
         return str(result.video), [str(result.video), str(result.sidecar)], status
 
@@ -168,13 +167,13 @@ class Server:
         form's outputs in an error state and does not stop a running thread."""
         self.sessions.cancel_flag(request.session_hash or "").set()
 
-    def failed(self, exc: Exception, empty_outputs: int) -> tuple[Any, ...]:
+    def failed(self, exc: Exception) -> str:
+        """The status line of a failed job."""
+        if isinstance(exc, Cancelled):
+            return "cancelled"
         if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
             log.error("job failed:\n%s", traceback.format_exc())
-        line = "cancelled" if isinstance(exc, Cancelled) else one_line(exc)
-        if empty_outputs == 3:
-            return None, None, line, gr.update()
-        return None, None, line
+        return one_line(exc)
 
     # -- the page ----------------------------------------------------------------------------
 
@@ -188,6 +187,7 @@ class Server:
                         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2v-prompt")
                         negative = gr.Textbox(label="Negative prompt", elem_id="t2v-negative")
                         with gr.Row():
+                            # longer than trained is allowed (the sidecar notes it), as in the CLI
                             frames = gr.Slider(1, d.max_frames * 2 - 1, value=d.frames, step=4, label="Frames", elem_id="t2v-frames")
                             size = gr.Dropdown(d.sizes, value=d.sizes[0], label="Size (HxW)", elem_id="t2v-size")
                         with gr.Row():
