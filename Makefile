@@ -7,14 +7,14 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.osp-installed
 
-.PHONY: install test test-slow demo demo-vae bench clean builtin builtin-smoke
+.PHONY: install test test-slow demo demo-vae bench clean builtin builtin-smoke serve screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Pin torch first, so no dependency resolves it to a multi-GB CUDA build.
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,train]"
+	$(PY) -m pip install -q -e ".[dev,train,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +32,16 @@ DEMO_OUT ?= demo_out
 demo: $(STAMP)
 	$(VENV)/bin/osp t2v sample "$(DEMO_PROMPT)" --model builtin:shapes --seed 0 --overwrite -o $(DEMO_OUT)
 	@echo "(the line above says where the mp4 and its JSON sidecar are)"
+
+# The web page (`osp serve`) on the built-in model: http://127.0.0.1:7860, Ctrl-C stops it.
+SERVE_PORT ?= 7860
+serve: $(STAMP)
+	$(VENV)/bin/osp serve --model builtin:shapes --port $(SERVE_PORT) --output-dir $(DEMO_OUT)/serve
+
+# docs/serve-*.png: a screenshot of each tab of the page after a run (needs the system Chromium:
+# apt-get install -y chromium chromium-driver)
+screenshots: $(STAMP)
+	$(PY) scripts/screenshots.py --out docs
 
 # A round trip through the released VAE (Hub download), or DEMO_VAE=/path/to/Open-Sora-Plan-v1.1.0
 DEMO_VAE ?= LanguageBind/Open-Sora-Plan-v1.1.0

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import caption, data, eval, t2v, vae
+from . import caption, data, eval, serve, t2v, vae
 
 app = typer.Typer(
     name="osp",
@@ -37,6 +37,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
 app.add_typer(t2v.app, name="t2v")
 app.add_typer(caption.app)  # one command, `osp caption`
+app.command("serve")(serve.serve)
 
 
 def run() -> None:

@@ -176,34 +176,26 @@ def recon(
 ) -> None:
     """Round trip a video through the VAE; prints PSNR and SSIM of the reconstruction."""
     _check_paths(video, output, (".mp4",), overwrite, "video")  # before the heavy imports
-    from osp_core.io import from_model_output, parse_size, to_model_input, write_video
+    from osp_core.io import parse_size, write_video
     from osp_core.memory import oom_as_error
-    from osp_core.metrics import psnr, ssim
-    from osp_core.pipelines.video_vae import check_clip_fits
-    from osp_core.pipelines.video_vae import decode as vae_decode
-    from osp_core.pipelines.video_vae import encode as vae_encode
+    from osp_core.pipelines.video_vae import check_clip_fits, reconstruct
 
     folder, dev, dt = _plan(model, device, dtype)
     shape = check_clip_fits(folder, "recon", video, frames, stride, parse_size(size), dev, dt, tile)
     vae = _load(folder, dev, dt, tile)
     clip = _read(video, frames, stride, size, vae)
-    x = to_model_input(clip.frames)
-    start = time.perf_counter()
     with progress(transient=True) as bar, oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", MEMORY_HINT):
-        latent_shape = (1, vae.config.embed_dim, *vae.latent_shape(*x.shape[2:]))
-        task = bar.add_task("round trip", total=vae.num_tiles(x.shape, latent=False) + vae.num_tiles(latent_shape, latent=True))
-        latents = vae_encode(vae, x, progress=lambda: bar.advance(task))
-        decoded = vae_decode(vae, latents, progress=lambda: bar.advance(task))
-    seconds = time.perf_counter() - start
-    frames_out = from_model_output(decoded[0])
-    write_video(output, frames_out, fps=clip.fps)
+        task = bar.add_task("round trip", total=None)
+        result = reconstruct(vae, clip, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    write_video(output, result.frames, fps=clip.fps)
+    seconds = result.seconds
     summary = {
         "output": str(output),
         "frames": clip.num_frames,
         "height": clip.size[0],
         "width": clip.size[1],
-        "psnr": round(psnr(clip.frames, frames_out), 3),
-        "ssim": round(ssim(clip.frames, frames_out), 4),
+        "psnr": round(result.psnr, 3),
+        "ssim": round(result.ssim, 4),
         "model": model,
         "seconds": round(seconds, 3),
     }

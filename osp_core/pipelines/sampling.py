@@ -18,7 +18,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -334,9 +334,34 @@ class SamplingSummary:
 # -- the run --------------------------------------------------------------------------------
 
 
-def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | None = None) -> SamplingSummary:
+class PipelineCache:
+    """Keeps the last loaded pipeline between runs, so a long-lived caller (the web page) loads
+    a model once, not per video. T5 stays loaded too (prompts keep coming); a run needing other
+    weights, another dtype or device replaces the pipeline, so at most one model is held.
+    One run at a time may use it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, ...] | None = None
+        self._pipe: Any = None
+
+    def get(self, key: tuple[str, ...], load: Callable[[], Any]) -> tuple[Any, bool]:
+        """The pipeline for `key` and whether it was loaded now (`load()` when it is not held)."""
+        if self._key == key:
+            return self._pipe, False
+        import gc
+
+        self._key, self._pipe = None, None
+        gc.collect()  # free the previous model before the next one loads
+        self._pipe = load()
+        self._key = key
+        return self._pipe, True
+
+
+def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | None = None, pipelines: PipelineCache | None = None) -> SamplingSummary:
     """Plan (unless given a plan), then load, encode, denoise, decode and write every video.
-    A failed run leaves no output folder it created and no partial file."""
+    `pipelines` keeps the loaded models for the next run (else they are freed after it; T5 is
+    freed once prompts are encoded). A failed run leaves no output folder it created and no
+    partial file."""
     from ..io import ensure_writable_dir
     from ..io.paths import folders_to_create, remove_empty_folders
 
@@ -348,26 +373,25 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         progress.notice("warning", message)
     try:
         with _quiet_libraries():
-            return _Run(plan, progress).run()
+            return _Run(plan, progress, pipelines).run()
     except BaseException:
         remove_empty_folders(created)
         raise
 
 
 class _Run:
-    def __init__(self, plan: SamplingPlan, progress: SamplingProgress) -> None:
+    def __init__(self, plan: SamplingPlan, progress: SamplingProgress, pipelines: PipelineCache | None = None) -> None:
         self.plan = plan
         self.progress = progress
+        self.pipelines = pipelines
 
-    def load(self) -> tuple[Any, list[Any]]:
-        """The pipeline on the device, ready to denoise, and every prompt's T5 states (T5 is
-        freed once they are encoded)."""
-        from ..models.attention import set_attention_backend
+    def load_pipeline(self) -> Any:
+        """The pipeline on the CPU, every component loaded."""
         from .t2v import T2VPipeline
         from .video_vae import configure_tiling
 
-        plan, job, progress = self.plan, self.plan.job, self.progress
-        progress.status(f"loading {job.model} ({plan.version}) ...")
+        plan, job = self.plan, self.plan.job
+        self.progress.status(f"loading {job.model} ({plan.version}) ...")
         pipe = T2VPipeline.from_pretrained(
             plan.repository,
             version=None if job.transformer is not None else plan.version,
@@ -377,16 +401,35 @@ class _Run:
         )
         pipe.set_progress_bar_config(disable=True)
         configure_tiling(pipe.vae, job.tile)  # tiles only when the video exceeds a tile, unless --no-tile
+        return pipe
+
+    def load(self) -> tuple[Any, list[Any]]:
+        """The pipeline on the device, ready to denoise, and every prompt's T5 states (T5 is
+        freed once they are encoded, unless the pipeline is kept for later runs)."""
+        from ..models.attention import set_attention_backend
+        from .t2v import make_scheduler
+        from .video_vae import configure_tiling
+
+        plan, job, progress = self.plan, self.plan.job, self.progress
         device = plan.device
         use_offload = job.offload and device.type != "cpu"
         if job.offload and not use_offload:
             progress.notice("note", "--offload has no effect on the CPU")
-
-        # T5 only encodes prompts: run it first, then drop it before the transformer needs the memory
-        if use_offload:
-            pipe.enable_model_cpu_offload(device=device)
+        if self.pipelines is not None:
+            key = (job.model, str(plan.repository.root), plan.version, str(job.text_encoder), str(device), str(plan.dtype), str(use_offload))
+            pipe, loaded = self.pipelines.get(key, self.load_pipeline)
+            if loaded:
+                self.place(pipe, use_offload)
+            else:  # the settings a run may change on a kept pipeline
+                pipe.register_modules(scheduler=make_scheduler(plan.scheduler))
+                configure_tiling(pipe.vae, job.tile)
         else:
-            pipe.text_encoder.to(device)
+            pipe = self.load_pipeline()
+            # T5 only encodes prompts: run it first, then drop it before the transformer needs the memory
+            if use_offload:
+                pipe.enable_model_cpu_offload(device=device)
+            else:
+                pipe.text_encoder.to(device)
         progress.status("encoding prompts ...")
         do_cfg = plan.guidance > 1.0
         # one prompt at a time, as the original loop (each cut to its own token count)
@@ -395,15 +438,23 @@ class _Run:
             if encoded.truncated[0]:
                 limit = pipe.transformer.config.model_max_length
                 progress.notice("warning", f"prompt {index + 1} is longer than {limit} tokens; cut: {encoded.truncated[0]!r}")
-        if not use_offload:
+        if self.pipelines is None and not use_offload:
             pipe.free_text_encoder()
-            pipe.transformer.to(device)
-            pipe.vae.to(device)
+            self.place(pipe, use_offload)
         set_attention_backend(pipe.transformer, plan.attention)
         set_attention_backend(pipe.vae, plan.attention)
         if job.compile:
             compile_blocks(pipe.transformer)
         return pipe, embeddings
+
+    def place(self, pipe: Any, use_offload: bool) -> None:
+        """Every loaded component on the device (or behind offload hooks)."""
+        if use_offload:
+            pipe.enable_model_cpu_offload(device=self.plan.device)
+            return
+        for component in (pipe.text_encoder, pipe.transformer, pipe.vae):
+            if component is not None:  # T5 is gone once prompts are encoded, unless kept
+                component.to(self.plan.device)
 
     def run(self) -> SamplingSummary:
         from ..memory import oom_as_error
@@ -446,6 +497,8 @@ class _Run:
             num_videos_per_prompt=job.num_videos,
             generator=generators,
             output_type="latent",
+            # one frame is an image: spatial blocks only, as the original's --force_images
+            enable_temporal_attentions=plan.frames > 1,
             callbacks=[*callbacks, StepProgress(self.progress.step)],
         ).frames
         return latents, time.perf_counter() - t0
@@ -456,6 +509,7 @@ class _Run:
 
         return {
             "frames": plan.frames,
+            "temporal_attention": plan.frames > 1,
             "height": plan.height,
             "width": plan.width,
             "steps": plan.steps,

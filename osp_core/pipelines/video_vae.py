@@ -179,6 +179,42 @@ def decode(vae: CausalVideoVAE, latents: torch.Tensor, progress: Callable[[], No
 
 
 @dataclass
+class Reconstruction:
+    """A clip's round trip: the decoded frames (T, H, W, 3) uint8 and how close they are."""
+
+    frames: torch.Tensor
+    psnr: float
+    ssim: float
+    seconds: float
+
+
+def reconstruct(vae: CausalVideoVAE, clip: Video, progress: Callable[[int, int], None] | None = None) -> Reconstruction:
+    """Encode `clip` (posterior mean) and decode it; PSNR and SSIM against the input.
+    `progress(done, total)` after every tile (encode and decode tiles together)."""
+    import time
+
+    from ..io import from_model_output, to_model_input
+    from ..metrics import psnr, ssim
+
+    x = to_model_input(clip.frames)
+    latent_shape = (1, vae.config.embed_dim, *vae.latent_shape(*x.shape[2:]))
+    total = vae.num_tiles(x.shape, latent=False) + vae.num_tiles(latent_shape, latent=True)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    start = time.perf_counter()
+    decoded = decode(vae, encode(vae, x, progress=tick), progress=tick)
+    seconds = time.perf_counter() - start
+    frames = from_model_output(decoded[0])
+    return Reconstruction(frames, psnr(clip.frames, frames), ssim(clip.frames, frames), seconds)
+
+
+@dataclass
 class LatentFile:
     latents: torch.Tensor
     metadata: dict[str, str]

@@ -64,7 +64,7 @@ def test_sidecar_is_complete(sampled, tiny_repo):
     assert sidecar["negative_prompt"] == "blurry"
     assert sidecar["seed"] == SEED
     assert sidecar["settings"] == {
-        "frames": 9, "height": 32, "width": 32, "steps": 4, "guidance": 7.5, "scheduler": "PNDMScheduler",
+        "frames": 9, "temporal_attention": True, "height": 32, "width": 32, "steps": 4, "guidance": 7.5, "scheduler": "PNDMScheduler",
         "fps": 12.0, "num_videos": 1, "device": "cpu", "dtype": "fp32", "offload": False, "tile": True,
         "clean_caption": False, "attention": "sdpa", "compile": False, "cache": {"method": "none"},
     }  # fmt: skip

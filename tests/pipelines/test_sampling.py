@@ -224,3 +224,42 @@ def test_job_validation():
         SamplingJob(prompts=["  "]).validate()
     with pytest.raises(InputError, match="--seed must be a non-negative"):
         SamplingJob(prompts=["x"], seed=-1).validate()
+
+
+def test_kept_pipeline_loads_once_and_samples_as_a_fresh_one(tiny_repo, tmp_path):
+    """A `PipelineCache` (the web page's) loads the model once, keeps T5, and each run gives the
+    latents a fresh run gives; another scheduler on a kept pipeline is honoured."""
+    from osp_core.pipelines.sampling import PipelineCache
+    from osp_core.pipelines.video_vae import load_latents
+
+    def job(prompt, out, scheduler=None):
+        return SamplingJob(prompts=[prompt], model=str(tiny_repo), steps=4, seed=5, scheduler=scheduler, save_latents=True, output_dir=tmp_path / out, dtype="fp32", **SIZE)
+
+    cache, progress = PipelineCache(), Recorder()
+    kept = [run_sampling(job(p, f"kept{i}", s), progress, pipelines=cache).videos[0] for i, (p, s) in enumerate([("a cat", None), ("a dog", None), ("a dog", "DDIM")])]
+    fresh = [run_sampling(job(p, f"fresh{i}", s)).videos[0] for i, (p, s) in enumerate([("a dog", None), ("a dog", "DDIM")])]
+    assert sum(1 for e in progress.events if e[0] == "status" and e[1].startswith("loading")) == 1
+    latents = [load_latents(r["latents"]).latents for r in (*kept[1:], *fresh)]
+    assert torch.equal(latents[0], latents[2]) and torch.equal(latents[1], latents[3])
+    assert not torch.equal(latents[0], latents[1])  # DDIM really replaced PNDM
+    assert kept[2]["settings"]["scheduler"] == "DDIMScheduler"
+
+
+def test_one_frame_is_an_image_sampled_without_temporal_attention(tiny_repo, tmp_path):
+    """frames=1 samples an image with the spatial blocks only, as the original's
+    --force_images (video_length 1, enable_temporal_attentions False)."""
+    from osp_core.pipelines.t2v import T2VPipeline
+    from osp_core.pipelines.video_vae import load_latents
+
+    job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=2, frames=1, height=32, width=32, save_latents=True, output_dir=tmp_path, dtype="fp32")
+    record = run_sampling(job).videos[0]
+    assert record["num_frames"] == 1 and record["settings"]["temporal_attention"] is False
+    saved = load_latents(record["latents"]).latents
+    pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
+    pipe.set_progress_bar_config(disable=True)
+
+    def final(temporal):
+        latents = pipe("a red balloon", num_inference_steps=4, generator=torch.Generator().manual_seed(2), output_type="latent", num_frames=1, height=32, width=32, enable_temporal_attentions=temporal).frames
+        return (latents / 0.18215).float()
+
+    assert torch.equal(saved, final(False)) and not torch.equal(saved, final(True))

@@ -1,0 +1,278 @@
+"""The web page of `osp serve`: a Gradio face over the sampling runner and the VAE round trip.
+
+Imported only once Gradio is known to be installed (`jobs.check_gradio`). No
+`from __future__ import annotations` here: Gradio finds the `gr.Request` parameter of a
+handler by its annotation object.
+"""
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from ..errors import InputError, OSPError
+from ..hub import BUILTIN_PREFIX
+from ..io.atomic import ensure_writable_dir
+from ..pipelines.repository import ModelRepository
+from ..pipelines.sampling import SamplingJob
+from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
+from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, run_text_to_video, run_vae_round_trip
+
+log = logging.getLogger(__name__)
+
+# a few prompts in the released model's style (any model that is not builtin:shapes)
+GENERAL_EXAMPLES = [
+    "A quiet beach at dawn, the waves gently lapping at the shore and the sky painted in pastel hues.",
+    "A shiba inu wearing a beret and a black turtleneck, sitting in a cafe.",
+    "Time-lapse of clouds drifting over snowy mountains under a blue sky.",
+]
+SHAPES_EXAMPLES = 8  # captions of the shapes world shown under the prompt
+
+
+@dataclass
+class PageDefaults:
+    """What the form starts with: the model's trained sizes and its sampling.json."""
+
+    frames: int
+    max_frames: int
+    sizes: list[str]
+    steps: int
+    guidance: float
+    scheduler: str
+    examples: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, repository: ModelRepository) -> "PageDefaults":
+        shapes = [parse_version(v) for v in repository.versions]
+        sizes = list(dict.fromkeys(f"{h}x{w}" for _, h, w in shapes))
+        sampling = repository.sampling
+        if repository.model.startswith(f"{BUILTIN_PREFIX}shapes"):
+            from ..data.shapes import all_captions
+
+            captions = all_captions()
+            examples = captions[:: max(1, len(captions) // SHAPES_EXAMPLES)][:SHAPES_EXAMPLES]
+        else:
+            examples = list(GENERAL_EXAMPLES)
+        return cls(
+            frames=min(f for f, _, _ in shapes),
+            max_frames=max(f for f, _, _ in shapes),
+            sizes=sizes,
+            steps=int(sampling["steps"]),
+            guidance=float(sampling["guidance"]),
+            scheduler=str(sampling["scheduler"]),
+            examples=examples,
+        )
+
+
+def one_line(exc: BaseException) -> str:
+    """The page's error line: an `OSPError` as the CLI prints it, anything else by type."""
+    if isinstance(exc, OSPError):
+        return f"Error: {exc}"
+    text = str(exc).strip().splitlines()
+    return f"Error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
+
+
+class Server:
+    """The page's handlers and the state behind them (one device, sessions, kept models)."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        from ..device import resolve
+
+        options.validate()
+        resolve(options.device, options.dtype)  # a bad --device/--dtype fails before the page starts
+        self.options = options
+        self.repository = ModelRepository.resolve(options.model)
+        self.defaults = PageDefaults.of(self.repository)
+        self.output_dir = options.output_dir.absolute()
+        ensure_writable_dir(self.output_dir)
+        self.device = Device()
+        self.sessions = Sessions()
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        frames: float,
+        size: str,
+        steps: float,
+        guidance: float,
+        scheduler: str,
+        seed: float | None,
+        randomize: bool,
+        cache: str,
+        single_image: bool,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, Any, str, Any]:
+        """Text to video: (video, [mp4, sidecar], status line, seed used)."""
+        session = request.session_hash or ""
+        try:
+            height, width = (int(v) for v in size.split("x"))
+            job = SamplingJob(
+                prompts=[prompt or ""],
+                negative_prompt=negative_prompt or "",
+                frames=1 if single_image else int(frames),
+                height=height,
+                width=width,
+                steps=int(steps),
+                guidance=float(guidance),
+                scheduler=scheduler,
+                seed=None if randomize or seed is None else int(seed),
+                output_dir=job_folder(self.output_dir, self.sessions.key(session), "t2v"),
+                model=self.options.model,
+                device=self.options.device,
+                dtype=self.options.dtype,
+                cache=cache,
+            )
+            job.validate()  # an empty prompt is refused before the queue's device turn
+            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
+            summary = run_text_to_video(self.device, job, reporter)
+        except Exception as exc:  # one line in the page; the server goes on
+            return None, None, self.failed(exc), gr.update()
+        record = summary.videos[0]
+        status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
+        status = "; ".join([status, *reporter.notes])
+        return record["video"], [record["video"], record["sidecar"]], status, record["seed"]
+
+    def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:
+        """The VAE tab: (reconstruction, [mp4, sidecar], PSNR/SSIM line)."""
+        session = request.session_hash or ""
+        try:
+            path = check_upload(upload, self.options.max_upload_mb * 2**20)
+            output = job_folder(self.output_dir, self.sessions.key(session), "vae")
+            result = run_vae_round_trip(
+                self.device, self.options.model, path, output, self.options.device, self.options.dtype, size, lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session)
+            )
+        except Exception as exc:
+            return None, None, self.failed(exc)
+        status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
+        return str(result.video), [str(result.video), str(result.sidecar)], status
+
+    def start(self, request: gr.Request) -> tuple[None, None, str]:
+        """On a click, before the job queues: the last result and status clear (the page never
+        shows a stale line) and an earlier cancel no longer applies."""
+        self.sessions.cancel_flag(request.session_hash or "").clear()
+        return None, None, ""
+
+    def cancel(self, request: gr.Request) -> None:
+        """Stop this session's job: a running one at its next step, a queued one when its turn
+        comes (it then reports "cancelled"). Gradio's own `cancels=` is not used: it leaves the
+        form's outputs in an error state and does not stop a running thread."""
+        self.sessions.cancel_flag(request.session_hash or "").set()
+
+    def failed(self, exc: Exception) -> str:
+        """The status line of a failed job."""
+        if isinstance(exc, Cancelled):
+            return "cancelled"
+        if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
+            log.error("job failed:\n%s", traceback.format_exc())
+        return one_line(exc)
+
+    # -- the page ----------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        d = self.defaults
+        with gr.Blocks(title="osp", analytics_enabled=False) as demo:
+            gr.Markdown(f"## osp: Open-Sora-Plan v1.1.0 · model `{self.options.model}`")
+            with gr.Tab("Text to video", id="t2v"):
+                with gr.Row():
+                    with gr.Column():
+                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2v-prompt")
+                        negative = gr.Textbox(label="Negative prompt", elem_id="t2v-negative")
+                        with gr.Row():
+                            # longer than trained is allowed (the sidecar notes it), as in the CLI
+                            frames = gr.Slider(1, d.max_frames * 2 - 1, value=d.frames, step=4, label="Frames", elem_id="t2v-frames")
+                            size = gr.Dropdown(d.sizes, value=d.sizes[0], label="Size (HxW)", elem_id="t2v-size")
+                        with gr.Row():
+                            steps = gr.Slider(1, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="t2v-steps")
+                            guidance = gr.Slider(0, 20, value=d.guidance, step=0.1, label="Guidance", elem_id="t2v-guidance")
+                        with gr.Row():
+                            scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value=d.scheduler, label="Scheduler", elem_id="t2v-scheduler")
+                            cache = gr.Radio(list(CACHE_METHODS), value="none", label="Cache", elem_id="t2v-cache")
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="t2v-seed")
+                            randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="t2v-randomize")
+                            single = gr.Checkbox(value=False, label="Single image (1 frame, temporal attention off)", elem_id="t2v-single")
+                        with gr.Row():
+                            generate = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
+                            stop = gr.Button("Cancel", elem_id="t2v-cancel")
+                        gr.Examples(d.examples, inputs=[prompt], label="Example prompts")
+                    with gr.Column():
+                        video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
+                        files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
+                        status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
+                # the last result and status clear first, so the page never shows a stale line
+                generate.click(self.start, None, [video, files, status], queue=False, api_visibility="private").then(
+                    self.generate,
+                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
+                    [video, files, status, seed],
+                    concurrency_id="device",  # both tabs share the device: one job at a time
+                    concurrency_limit=1,
+                    api_visibility="private",
+                )
+                stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+            with gr.Tab("VAE round trip", id="vae"):
+                with gr.Row():
+                    with gr.Column():
+                        upload = gr.File(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
+                        vae_size = gr.Textbox(label="Resize to HxW (optional, multiples of 8)", elem_id="vae-size")
+                        with gr.Row():
+                            run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
+                            vae_stop = gr.Button("Cancel", elem_id="vae-cancel")
+                    with gr.Column():
+                        recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
+                        recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
+                        vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
+                run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
+                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private"
+                )
+                vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+        return demo
+
+    def launch(self) -> tuple[gr.Blocks, str]:
+        """Start serving in the background; returns the page and its URL."""
+        # Gradio serves what a handler returns from its cache folder and saves uploads there:
+        # inside the output folder, so the page serves files from nowhere else
+        # (and it serves its examples cache: that too, though the examples are not cached)
+        os.environ["GRADIO_TEMP_DIR"] = str(self.output_dir / ".gradio")
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(self.output_dir / ".gradio" / "examples")
+        demo = self.build()
+        demo.queue(max_size=self.options.max_queue, default_concurrency_limit=1)
+        # system fonts: the page fetches nothing from third parties (and works offline)
+        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        try:
+            _, url, _ = demo.launch(
+                server_name=self.options.host,
+                server_port=self.options.port,
+                share=False,
+                prevent_thread_lock=True,
+                allowed_paths=[str(self.output_dir)],
+                max_file_size=f"{self.options.max_upload_mb}mb",
+                quiet=True,
+                ssr_mode=False,
+                footer_links=[],
+                theme=theme,
+            )
+        except OSError as exc:
+            raise InputError(f"cannot listen on {self.options.host}:{self.options.port} ({exc})".replace("\n", " "), "pass another --port, or stop what uses it") from None
+        return demo, url
+
+
+def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    """Serve the page until Ctrl-C; `on_ready(url)` once it answers."""
+    demo, url = Server(options).launch()
+    on_ready(url)
+    try:
+        while True:  # the server runs in its own threads; this one waits for Ctrl-C
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close(verbose=False)

@@ -1,0 +1,208 @@
+"""What the web page runs, without the page: per-session output folders, one job at a time on
+the device, cancellation, and the two jobs (text to video through `run_sampling`, the VAE round
+trip through `reconstruct`). `app.py` is the Gradio face over these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, OSPError
+from ..hub import DEFAULT_REPO
+from ..io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..pipelines.sampling import PipelineCache, SamplingJob, SamplingSummary, run_sampling, slugify
+
+UPLOAD_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+Report = Callable[[float | None, str], None]  # (fraction done or None, what is happening)
+
+
+@dataclass
+class ServeOptions:
+    """`osp serve`'s settings (see its --help)."""
+
+    model: str = DEFAULT_REPO
+    host: str = "127.0.0.1"
+    port: int = 7860
+    device: str | None = None
+    dtype: str | None = None
+    output_dir: Path = Path("samples/serve")
+    max_queue: int = 16
+    max_upload_mb: int = 200
+
+    def validate(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise InputError(f"--port must be in 1..65535, got {self.port}", "pass e.g. --port 7860")
+        if self.max_queue < 1:
+            raise InputError(f"--max-queue must be >= 1, got {self.max_queue}", "pass e.g. --max-queue 16")
+        if self.max_upload_mb < 1:
+            raise InputError(f"--max-upload-mb must be >= 1, got {self.max_upload_mb}", "pass e.g. --max-upload-mb 200")
+
+
+class Cancelled(OSPError):
+    """The user cancelled the job in the page."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled", "press Generate to start again")
+
+
+def check_gradio() -> None:
+    """`InputError` naming the extra when Gradio is not installed."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InputError("osp serve needs Gradio, which is not installed", "pip install 'osp[serve]'") from None
+
+
+def job_folder(output_dir: Path, session_key: str, kind: str) -> Path:
+    """A new folder for one job of one browser session, inside `output_dir`. `session_key` is
+    the server's hash of the session id (`Sessions.key`), so no name a client sends reaches the
+    file system."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return output_dir / session_key / f"{kind}-{stamp}-{secrets.token_hex(3)}"
+
+
+def check_upload(path: str | Path | None, max_bytes: int) -> Path:
+    """An uploaded file the VAE can read: a video or image, at most `max_bytes`."""
+    if path is None:
+        raise InputError("no file uploaded", "upload a video (mp4, webm, mov, mkv, avi, gif) or an image")
+    path = Path(path)
+    if path.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise InputError(f"'{path.name}' is not a video or image", "upload one of " + ", ".join(sorted(UPLOAD_SUFFIXES)))
+    if path.stat().st_size > max_bytes:
+        raise InputError(f"'{path.name}' is larger than {max_bytes // 2**20} MB", "upload a shorter or smaller video")
+    return path
+
+
+class StepReporter:
+    """`SamplingProgress` for the page: every callback first checks the session's cancel flag
+    (raising stops the run, as the protocol allows), then reports a fraction and a line."""
+
+    def __init__(self, report: Report, cancelled: threading.Event) -> None:
+        self.report = report
+        self.cancelled = cancelled
+        self.notes: list[str] = []
+        self.prompt_count = 1
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+    def status(self, message: str) -> None:
+        self.check()
+        self.report(None, message)
+
+    def video(self, index: int, total: int, prompt: str) -> None:
+        self.check()
+        self.prompt_count = total
+
+    def step(self, done: int, total: int) -> None:
+        self.check()
+        self.report(done / total, f"denoising step {done}/{total}")
+
+    def notice(self, kind: str, message: str) -> None:
+        self.notes.append(f"{kind}: {message}")
+
+
+@dataclass
+class Sessions:
+    """Per-browser-session state the server keeps: cancel flags, and the folder key.
+
+    The key is a keyed hash of the session id, so a session's folder cannot be derived from a
+    name a client chooses (`../x` becomes hex) and one session cannot name another's folder."""
+
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    flags: dict[str, threading.Event] = field(default_factory=dict)
+
+    def key(self, session_id: str) -> str:
+        return hashlib.sha256(self.secret + session_id.encode()).hexdigest()[:20]
+
+    def cancel_flag(self, session_id: str) -> threading.Event:
+        return self.flags.setdefault(self.key(session_id), threading.Event())
+
+
+class Device:
+    """One job at a time on the device (the page's queue lets one through per device; this
+    lock also holds when a cancelled job is still unwinding), and the models kept loaded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pipelines = PipelineCache()
+        self.vae: tuple[tuple[str, ...], Any] | None = None
+
+    @contextmanager
+    def turn(self, cancelled: threading.Event) -> Iterator[None]:
+        """Hold the device; a job cancelled while it waited does not start."""
+        with self.lock:
+            if cancelled.is_set():
+                raise Cancelled()
+            yield
+
+    def load_vae(self, folder: Path, device: Any, dtype: Any, tile: bool | None) -> Any:
+        """The VAE of `folder`, loaded once per server (and device/dtype)."""
+        from ..pipelines.video_vae import configure_tiling, load_vae
+
+        key = (str(folder), str(device), str(dtype))
+        if self.vae is None or self.vae[0] != key:
+            self.vae = None  # free the previous one first
+            self.vae = (key, load_vae(folder, device, dtype))
+        configure_tiling(self.vae[1], tile)
+        return self.vae[1]
+
+
+def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) -> SamplingSummary:
+    """`run_sampling` with the device's kept models, one job at a time."""
+    with device.turn(reporter.cancelled):
+        return run_sampling(job, reporter, pipelines=device.pipelines)
+
+
+@dataclass
+class Recon:
+    video: Path
+    sidecar: Path
+    psnr: float
+    ssim: float
+    frames: int
+    size: tuple[int, int]
+
+
+def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, device_name: str | None, dtype_name: str | None, size: str | None, report: Report, cancelled: threading.Event) -> Recon:
+    """Round trip `upload` through `model`'s VAE (longest 4k+1 frame prefix, optional resize)
+    and write the result and a JSON sidecar (PSNR, SSIM) together into the folder `output`."""
+    from ..device import resolve
+    from ..io import json_dumps, parse_size, write_video
+    from ..io.outputs import FileGroup
+    from ..memory import oom_as_error
+    from ..pipelines.video_vae import check_clip_fits, find_vae, load_clip, reconstruct
+
+    folder = find_vae(model)
+    dev, dt = resolve(device_name, dtype_name)
+    shape_size = parse_size(size.strip() or None if size else None)
+    shape = check_clip_fits(folder, "recon", upload, "auto", 1, shape_size, dev, dt, None)
+    with device.turn(cancelled):
+        report(None, "loading the VAE ...")
+        vae = device.load_vae(folder, dev, dt, None)
+        clip = load_clip(upload, "auto", 1, shape_size, (vae.temporal_compression, vae.spatial_compression))
+
+        def tick(done: int, total: int) -> None:
+            if cancelled.is_set():
+                raise Cancelled()
+            report(done / total, f"VAE tile {done}/{total}")
+
+        with oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", "pass a smaller size"):
+            result = reconstruct(vae, clip, progress=tick)
+    stem = slugify(upload.stem)
+    video, sidecar = output / f"{stem}-recon.mp4", output / f"{stem}-recon.json"
+    record = {"input": upload.name, "model": model, "frames": clip.num_frames, "size": list(clip.size), "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4), "seconds": round(result.seconds, 3)}
+    with FileGroup([video, sidecar]) as group:
+        write_video(group.path(video), result.frames, fps=clip.fps)
+        group.path(sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
+        group.commit()
+    return Recon(video, sidecar, result.psnr, result.ssim, clip.num_frames, clip.size)
