@@ -63,7 +63,7 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[st
             raise InputError(f"prompt file '{prompts_file}' has no prompts", "write one prompt per line")
         return lines
     if not prompts:
-        raise InputError("no prompt given", 'pass a prompt, e.g. osp t2v sample "a shiba inu in a beret", or --prompts FILE')
+        raise InputError("no prompt given", 'pass a prompt as an argument, e.g. "a shiba inu in a beret", or --prompts FILE')
     joined = " ".join(prompts).strip()
     if not joined:
         raise InputError("the prompt is empty", "pass some text to generate from")
