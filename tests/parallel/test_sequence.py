@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from osp_core.models.latte_t2v import LatteT2V
 from osp_core.parallel.sequence import SequenceParallelLatte, shard_bounds, shard_sizes
+
+from .spawn import run_ranks
 
 TINY = dict(
     num_layers=2,
@@ -49,85 +46,58 @@ def _inputs(frames: int, height: int, width: int, images: int) -> dict:
     }
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        torch.manual_seed(0)
-        model = LatteT2V(**TINY).eval()
-        sharded = SequenceParallelLatte(model, dist.group.WORLD)
-        results = []
-        for case in CASES:
-            inputs = _inputs(*case)
-            with torch.no_grad():
-                expected = model(**inputs, return_dict=False)[0]
-                before = sharded.bytes_sent
-                got = sharded(**inputs, return_dict=False)[0]
-            results.append((case, float((got - expected).abs().max()), float(expected.abs().max()), sharded.bytes_sent - before))
+def _compare(rank: int, world: int) -> tuple[list, float]:
+    torch.manual_seed(0)
+    model = LatteT2V(**TINY).eval()
+    sharded = SequenceParallelLatte(model, dist.group.WORLD)
+    results = []
+    for case in CASES:
+        inputs = _inputs(*case)
+        with torch.no_grad():
+            expected = model(**inputs, return_dict=False)[0]
+            before = sharded.bytes_sent
+            got = sharded(**inputs, return_dict=False)[0]
+        results.append((case, float((got - expected).abs().max()), float(expected.abs().max()), sharded.bytes_sent - before))
 
-        # gradients: every rank computes the same loss on the gathered output; the parameter
-        # gradients summed over ranks equal the unsharded model's
-        inputs = _inputs(*CASES[1])
-        weights = torch.randn(2, 8, 4, 6, 2, generator=torch.Generator().manual_seed(3))
-        model.zero_grad()
-        (model(**inputs, return_dict=False)[0] * weights).sum().backward()
-        expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad()
-        (sharded(**inputs, return_dict=False)[0] * weights).sum().backward()
-        # relative to the largest gradient: some are zero up to rounding (softmax ignores a key bias)
-        scale = max(float(grad.abs().max()) for grad in expected_grads.values())
-        grad_error = 0.0
-        for name, grad in expected_grads.items():
-            summed = model.get_parameter(name).grad.clone()
-            dist.all_reduce(summed)
-            grad_error = max(grad_error, float((summed - grad).abs().max()) / scale)
-        queue.put((rank, results, grad_error, None))
-    except Exception:
-        queue.put((rank, None, None, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # gradients: every rank computes the same loss on the gathered output; the parameter
+    # gradients summed over ranks equal the unsharded model's
+    inputs = _inputs(*CASES[1])
+    weights = torch.randn(2, 8, 4, 6, 2, generator=torch.Generator().manual_seed(3))
+    model.zero_grad()
+    (model(**inputs, return_dict=False)[0] * weights).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    (sharded(**inputs, return_dict=False)[0] * weights).sum().backward()
+    # relative to the largest gradient: some are zero up to rounding (softmax ignores a key bias)
+    scale = max(float(grad.abs().max()) for grad in expected_grads.values())
+    grad_error = 0.0
+    for name, grad in expected_grads.items():
+        summed = model.get_parameter(name).grad.clone()
+        dist.all_reduce(summed)
+        grad_error = max(grad_error, float((summed - grad).abs().max()) / scale)
+    return results, grad_error
 
 
 @pytest.fixture(scope="module")
 def two_rank_results():
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, 2, port, queue)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    results = sorted(queue.get(timeout=300) for _ in processes)
-    for process in processes:
-        process.join(timeout=60)
-    errors = [error for _, _, _, error in results if error is not None]
-    assert not errors, "\n".join(errors)
-    return results
-
+    return [(rank, *result) for rank, result in enumerate(run_ranks(_compare, 2))]
 
 
 def test_dsp_matches_the_unsharded_model(two_rank_results):
-    for rank, results, _, _ in two_rank_results:
+    for rank, results, _ in two_rank_results:
         for case, error, scale, _ in results:
             assert error <= 1e-5 * scale, f"rank {rank}, case {case}: max error {error} at scale {scale}"
 
 
 def test_dsp_gradients_match_the_unsharded_model(two_rank_results):
-    for rank, _, grad_error, _ in two_rank_results:
+    for rank, _, grad_error in two_rank_results:
         assert grad_error < 1e-4, f"rank {rank}: relative gradient error {grad_error}"
 
 
 def test_dsp_traffic_is_what_the_shapes_say(two_rank_results):
     """Per layer pair each rank sends the tokens other ranks own: to the temporal layout and back."""
     dim = TINY["num_attention_heads"] * TINY["attention_head_dim"]
-    for rank, results, _, _ in two_rank_results:
+    for rank, results, _ in two_rank_results:
         for (frames, height, width, _), _, _, sent in results:
             patches = (height // 2) * (width // 2)
             my_frames, my_patches = shard_sizes(frames, 2)[rank], shard_sizes(patches, 2)[rank]
