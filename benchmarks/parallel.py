@@ -11,6 +11,11 @@
       random weights on 1, 2 and 4 CPU processes (DSP over gloo), float32; every process gets
       max(1, cores // processes) threads.
 
+  torchrun --standalone --nproc_per_node N benchmarks/parallel.py device [--layers 28] [--frames 17] [--size 64] [--repeats 5]
+      on accelerators (NCCL / HCCL, `osp_core.device`): the full-size model, bf16, 65x512x512
+      latents by default; checks the DSP output against the plain model on every rank and
+      prints seconds per step of both (`benchmarks/gpu_parallel.sh` runs it on one GPU).
+
 Prints markdown tables. Ulysses-style: the sequence stays sharded, and each self-attention
 (spatial and temporal) switches to head sharding and back with four all-to-alls (q, k, v
 forward, the output back), as the DSP paper accounts for it; cross-attention needs none in
@@ -155,6 +160,49 @@ def speed(args: argparse.Namespace) -> None:
         print(f"| {world} | {max(1, (os.cpu_count() or 1) // world)} | {seconds:.2f} | {base / seconds:.2f}x |", flush=True)
 
 
+def device_check(args: argparse.Namespace) -> None:
+    """The sp code path on accelerators under torchrun (1 rank still runs every all-to-all)."""
+    import torch.distributed as dist
+
+    from osp_core.device import select_device
+    from osp_core.parallel.launch import launched_world, process_group, rank_device
+    from osp_core.parallel.sequence import SequenceParallelLatte
+
+    rank, world, local_rank = launched_world()
+    device = rank_device(select_device(None), local_rank)
+    with process_group(device):
+        model = _wide_model(args.layers, args.frames, args.size).to(device, torch.bfloat16)
+        sharded = SequenceParallelLatte(model, dist.group.WORLD)
+        inputs = {k: v.to(device) for k, v in _wide_inputs(args.frames, args.size).items()}
+        inputs["hidden_states"] = inputs["hidden_states"].to(torch.bfloat16)
+
+        def timed(run) -> tuple[float, torch.Tensor]:
+            seconds = []
+            with torch.no_grad():
+                for _ in range(args.repeats + 1):
+                    dist.barrier()
+                    sync = getattr(torch, device.type, None)
+                    t0 = time.perf_counter()
+                    out = run(**inputs, return_dict=False)[0]
+                    if sync is not None and hasattr(sync, "synchronize"):
+                        sync.synchronize()
+                    seconds.append(time.perf_counter() - t0)
+            return statistics.median(seconds[1:]), out
+
+        plain_seconds, expected = timed(model)
+        dsp_seconds, got = timed(sharded)
+        error = float((got.float() - expected.float()).abs().max() / expected.float().abs().max())
+        if rank == 0:
+            print(f"{device} x {world}, bf16, width {WIDTH}, {args.layers} layer pairs, {args.frames} latent frames x {(args.size // 2) ** 2} positions, CFG batch {CFG_BATCH}")
+            print(f"plain model: {plain_seconds:.3f} s / step; DSP over {world} rank(s): {dsp_seconds:.3f} s / step; "
+                  f"max |DSP - plain| / max |plain| = {error:.2e}; bytes sent by rank 0 per step: {sharded.bytes_sent // (args.repeats + 1):,}")  # fmt: skip
+            peak = getattr(getattr(torch, device.type, None), "max_memory_allocated", None)
+            if peak is not None:
+                print(f"peak memory on rank 0: {peak() / 2**30:.1f} GiB")
+        if error > 2e-2:  # bf16: a few units in the last place of the output scale
+            sys.exit(f"rank {rank}: DSP output differs from the plain model by {error:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,8 +214,13 @@ def main() -> None:
     s.add_argument("--frames", type=int, default=17)
     s.add_argument("--size", type=int, default=16)
     s.add_argument("--repeats", type=int, default=3)
+    d = sub.add_parser("device")
+    d.add_argument("--layers", type=int, default=LAYERS)
+    d.add_argument("--frames", type=int, default=17)
+    d.add_argument("--size", type=int, default=64)
+    d.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    traffic(args) if args.command == "traffic" else speed(args)
+    {"traffic": traffic, "speed": speed, "device": device_check}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OSPError
 
 PARALLEL_MODES = ("auto", "data", "cfg", "sp", "cfg+sp")
 LAUNCH_HINT = "launch with torchrun --nproc_per_node N -m osp_cli t2v sample ..."
@@ -82,6 +82,23 @@ def resolve_parallel(requested: str | None, world_size: int, num_videos: int, gu
             raise InputError(f"--parallel cfg+sp needs an even number of processes >= 4 (2 guidance halves x sp), and this run has {world_size}", "launch 4, 6, 8 ... processes, or use --parallel sp")
         return ParallelLayout("cfg+sp", world_size, cfg=2, sp=world_size // 2)
     return ParallelLayout("sp", world_size, sp=world_size)
+
+
+class PeerProcessFailed(OSPError):
+    """This process stopped because another process of the job failed (that one reports why)."""
+
+    quiet = True
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that broke because a peer process went away (gloo reports
+    a closed connection, NCCL an aborted communicator) rather than a failure of this process."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in ("closed by peer", "reset by peer", "communicator was aborted"))
 
 
 def rank_device(device: torch.device, local_rank: int) -> torch.device:

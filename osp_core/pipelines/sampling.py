@@ -368,7 +368,7 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     from ..errors import OSPError
     from ..io import ensure_writable_dir
     from ..io.paths import folders_to_create, remove_empty_folders
-    from ..parallel.launch import process_group
+    from ..parallel.launch import PeerProcessFailed, is_peer_failure, process_group
 
     try:
         plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
@@ -384,6 +384,12 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     try:
         with _quiet_libraries(), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
             return _Run(plan, progress, mesh).run()
+    except Exception as exc:
+        remove_empty_folders(created)
+        if plan.parallel.world_size > 1 and is_peer_failure(exc):
+            # the process that failed prints the one line; torchrun stops the rest
+            raise PeerProcessFailed(f"stopped: another process of this torchrun job failed ({type(exc).__name__})") from None
+        raise
     except BaseException:
         remove_empty_folders(created)
         raise

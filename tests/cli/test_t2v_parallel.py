@@ -134,3 +134,19 @@ def test_auto_picks_a_mode_for_the_world_and_job(world, videos, guidance, mode, 
     layout = resolve_parallel(None, world, videos, guidance)
     assert (layout.mode, (layout.data, layout.cfg, layout.sp)) == (mode, sizes)
     assert layout.data * layout.cfg * layout.sp == max(world, 1)
+
+
+def test_a_rank_that_fails_stops_the_run_with_one_line(tiny_repo, tmp_path):
+    """Rank 1's sidecar name is taken by a folder: rank 1 fails at its write, rank 0 stops
+    without a line of its own (torchrun's report follows), and only complete files are left."""
+    folder = tmp_path / "videos"
+    (folder / f"{STEMS[1]}.json" / "taken").mkdir(parents=True)
+    proc = run_torchrun(2, *sample_args(tiny_repo, folder), "--parallel", "data", "--overwrite")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"{STEMS[1]}.json" in lines[0], proc.stderr
+    assert 'File "' + str(Path(__file__).parents[2] / "osp_core") not in proc.stderr
+    # rank 0's video is all there or not at all (a kill mid-write leaves only hidden temporaries,
+    # which the next run sweeps); rank 1's is not there
+    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible in ([f"{STEMS[1]}.json"], sorted([f"{STEMS[0]}{ext}" for ext in (".mp4", ".latents.safetensors", ".json")] + [f"{STEMS[1]}.json"]))
