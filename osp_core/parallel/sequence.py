@@ -160,20 +160,12 @@ class SequenceParallelLatte:
         self.layout: DSPLayout | None = None
         self.bytes_sent = 0  # over every call
 
-    def __call__(
-        self,
-        hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None = None,
-        use_image_num: int = 0,
-        enable_temporal_attentions: bool = True,
-        return_dict: bool = True,
-    ) -> LatteT2VOutput | tuple[torch.Tensor]:
+    def __call__(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> LatteT2VOutput | tuple[torch.Tensor]:
+        """`LatteT2V.forward`'s arguments (hidden_states, timestep, encoder_hidden_states, ...)."""
         model = self.model
         # embedding the whole input on every rank costs one patch convolution and keeps what
         # depends on the whole video (caption per frame, image captions) the unsharded model's
-        inputs = model.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, use_image_num, enable_temporal_attentions)
+        inputs = model.embed(*args, **kwargs)
         total_frames = inputs.num_frames + inputs.use_image_num
         num_patches = inputs.grid[0] * inputs.grid[1]
         frames = shard_bounds(total_frames, self.world_size, self.rank)

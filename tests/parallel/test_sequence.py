@@ -9,20 +9,14 @@ import torch.distributed as dist
 from osp_core.models.latte_t2v import LatteT2V
 from osp_core.parallel.sequence import SequenceParallelLatte, shard_bounds, shard_sizes
 
+from tests.models.test_latte_t2v import TINY as LATTE_TINY
+
 from .spawn import run_ranks
 
-TINY = dict(
-    num_layers=2,
-    attention_head_dim=8,
-    num_attention_heads=2,
-    caption_channels=12,
-    cross_attention_dim=16,
-    sample_size=[6, 2],
-    video_length=5,
-    attention_mode="math",
-)
-# (frames incl. images, latent height, width, images): 3 patch positions (6x2 at patch 2) and
-# 5 frames split unevenly over 2 ranks; 1 frame leaves rank 1 without frames
+# 6x2 latents: 3 patch positions, which do not divide by 2 ranks
+TINY = {**LATTE_TINY, "sample_size": [6, 2]}
+# (frames incl. images, latent height, width, images): 5 frames split unevenly over 2 ranks;
+# 1 frame leaves rank 1 without frames
 BATCH = 2
 CASES = [(5, 6, 2, 0), (4, 6, 2, 1), (1, 6, 2, 0), (3, 4, 4, 0)]
 
