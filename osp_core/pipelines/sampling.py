@@ -257,6 +257,9 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     if cache != "none" and parallel.cfg * parallel.sp > 1:
         # a cache decides per process which work to skip; ranks sharing a video must not differ
         raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")
+    if job.offload and parallel.sp > 1 and device.type != "cpu":
+        # offload hooks move the weights when forward runs; DSP calls the model's stages itself
+        raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
     if check_outputs and not job.overwrite:
         check_no_overwrite(job.output_dir, [name for video in videos for name in video.names])
     plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, rank)
