@@ -150,3 +150,19 @@ def test_a_rank_that_fails_stops_the_run_with_one_line(tiny_repo, tmp_path):
     # which the next run sweeps); rank 1's is not there
     visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     assert visible in ([f"{STEMS[1]}.json"], sorted([f"{STEMS[0]}{ext}" for ext in (".mp4", ".latents.safetensors", ".json")] + [f"{STEMS[1]}.json"]))
+
+
+def test_plan_refuses_a_cache_with_shared_videos_and_only_the_first_rank_reports(tiny_repo, tmp_path, monkeypatch):
+    from osp_core.pipelines.sampling import SamplingJob, plan_sampling, run_sampling
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    job = SamplingJob(prompts=["a cat"], frames=9, height=32, width=32, dtype="fp32", model=str(tiny_repo), output_dir=tmp_path / "out", cache="pab", parallel="sp")
+    with pytest.raises(InputError, match="--cache pab cannot run with --parallel sp"):
+        plan_sampling(job)
+    assert plan_sampling(SamplingJob(**{**job.__dict__, "parallel": "data", "prompts": ["a", "b"]})).parallel.mode == "data"
+    for rank, quiet in (("0", False), ("1", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(InputError) as refused:
+            run_sampling(job)
+        assert refused.value.quiet is quiet
+    assert not (tmp_path / "out").exists()
