@@ -39,6 +39,11 @@ class ParallelLayout:
     cfg: int = 1
     sp: int = 1
 
+    @property
+    def shares_videos(self) -> bool:
+        """Whether ranks work on the same video (cfg and/or sp), rather than each on its own."""
+        return self.cfg * self.sp > 1
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "world_size": self.world_size, "data": self.data, "cfg": self.cfg, "sp": self.sp}
 

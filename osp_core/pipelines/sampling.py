@@ -195,7 +195,7 @@ class SamplingPlan:
     def writes(self) -> bool:
         """Whether this process decodes into and writes its videos' files: under cfg / sp the
         ranks share each video and the first rank writes it."""
-        return self.parallel.cfg * self.parallel.sp == 1 or self.rank == 0
+        return not self.parallel.shares_videos or self.rank == 0
 
 
 def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
@@ -254,7 +254,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         for video_seed in video_seeds(index, seed, job.num_videos)
     ]
     parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance)
-    if cache != "none" and parallel.cfg * parallel.sp > 1:
+    if cache != "none" and parallel.shares_videos:
         # a cache decides per process which work to skip; ranks sharing a video must not differ
         raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")
     if job.offload and parallel.sp > 1 and device.type != "cpu":
@@ -387,14 +387,11 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     try:
         with _quiet_libraries(), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
             return _Run(plan, progress, mesh).run()
-    except Exception as exc:
+    except BaseException as exc:
         remove_empty_folders(created)
         if plan.parallel.world_size > 1 and is_peer_failure(exc):
             # the process that failed prints the one line; torchrun stops the rest
             raise PeerProcessFailed(f"stopped: another process of this torchrun job failed ({type(exc).__name__})") from None
-        raise
-    except BaseException:
-        remove_empty_folders(created)
         raise
 
 
@@ -450,7 +447,7 @@ class _Run:
         set_attention_backend(pipe.vae, plan.attention)
         if job.compile:
             compile_blocks(pipe.transformer)
-        if plan.parallel.cfg * plan.parallel.sp > 1:
+        if plan.parallel.shares_videos:
             from ..parallel.launch import build_mesh, parallelize_transformer
 
             self.mesh = self.mesh or build_mesh(plan.parallel, device)
@@ -548,7 +545,7 @@ class _Run:
         plan, job = self.plan, self.plan.job
         videos = [v for v in plan.rank_videos if v.prompt_index == prompt_index]
         t0 = time.perf_counter()
-        if plan.parallel.cfg * plan.parallel.sp > 1:
+        if plan.parallel.shares_videos:
             import functools
 
             from ..parallel.vae import decode_over_ranks
