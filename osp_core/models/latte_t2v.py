@@ -66,9 +66,9 @@ class LatteBlockInputs:
 
 
 class BlockLayout(Protocol):
-    """How `run_blocks` switches between the spatial layout (B*F', P', D) (all patches of
-    some frames per item) and the temporal layout (B*P'', F, D) (all frames of some patch
-    positions per item)."""
+    """How `run_blocks` switches between the spatial layout (B*F', P, D) (all patches of one
+    frame per item, for F' of the frames) and the temporal layout (B*P', F, D) (all frames at
+    one patch position per item, for P' of the positions); one process: F' = F, P' = P."""
 
     def to_temporal(self, x: torch.Tensor, batch: int) -> torch.Tensor: ...
 
