@@ -60,7 +60,8 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
     except OSPError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        if not exc.quiet:
+            typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         code = 130

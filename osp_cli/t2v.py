@@ -65,9 +65,10 @@ def sample(
     cache: Annotated[str, typer.Option("--cache", help="Reuse work between steps: none, pab (Pyramid Attention Broadcast) or teacache (skips whole steps; needs the model's fitted coefficients).")] = "none",
     cache_threshold: Annotated[float | None, typer.Option("--cache-threshold", help="TeaCache threshold in (0, 1]: higher skips more steps. Default: the model's, else 0.1.", show_default=False)] = None,
     compile_blocks: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer blocks (regional compilation).")] = False,
+    parallel: Annotated[str | None, typer.Option("--parallel", help="Under torchrun, how the processes share the job: data (videos over ranks), cfg (guidance halves on 2 ranks), sp (each video's frames and patches over all ranks), cfg+sp, or auto (default under torchrun).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate one mp4 (+ JSON sidecar) per prompt and video."""
+    """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
     from osp_core.pipelines.sampling import SamplingJob, read_prompts, run_sampling
 
     job = SamplingJob(
@@ -98,9 +99,12 @@ def sample(
         cache=cache,
         cache_threshold=cache_threshold,
         compile=compile_blocks,
+        parallel=parallel,
     )
     with SamplingBar(enabled=not json_out) as bar:
         summary = run_sampling(job, progress=bar)
+    if summary.rank != 0:  # under torchrun the first process reports for all
+        return
     if json_out:
         print_json(summary.to_dict())
     else:

@@ -11,6 +11,9 @@ class OSPError(Exception):
     """Base class of errors a user can act on."""
 
     exit_code: int = 1
+    # True when another process of the same torchrun job reports this same error (the CLI
+    # then exits with the code and prints nothing)
+    quiet: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)

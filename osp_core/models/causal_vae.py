@@ -587,10 +587,7 @@ class CausalVideoVAE(StrictLoadingMixin, ModelMixin, ConfigMixin):
         """How many tile passes an encode (latent=False) or decode (latent=True) of `shape` runs."""
         if not (self.use_tiling and self.needs_tiling(shape, latent)):
             return 1
-        size, frames = (self.tile_latent_min_size, self.tile_latent_min_size_t) if latent else (self.tile_sample_min_size, self.tile_sample_min_size_t)
-        stride = int(size * (1 - self.tile_overlap_factor))
-        per_window = len(range(0, shape[-2], stride)) * len(range(0, shape[-1], stride))
-        return per_window * len(_temporal_windows(shape[-3], frames))
+        return sum(len(regions) for window in self.tile_regions(shape, latent) for regions in window)
 
     # -- encode / decode ------------------------------------------------------------------------
 
@@ -630,42 +627,58 @@ class CausalVideoVAE(StrictLoadingMixin, ModelMixin, ConfigMixin):
         """Weight of the decoder's last conv (for the GAN loss's adaptive weight)."""
         return self.decoder.conv_out.conv.weight
 
-    def _tiled(self, x: torch.Tensor, latent: bool, progress: Callable[[], None] | None) -> torch.Tensor:
-        """Temporal rollback windows, each window tiled spatially: every window after the first
-        starts on the previous window's last frame and drops its first output frame."""
+    def tile_regions(self, shape: Sequence[int], latent: bool) -> list[list[list[tuple[slice, slice, slice]]]]:
+        """The input regions (frames, rows, columns) of every tile pass of a tiled encode
+        (latent=False) or decode (latent=True) of a (.., T, H, W) input: per temporal rollback
+        window, per row, per column, in the order the tiled pass runs them."""
         window = self.tile_latent_min_size_t if latent else self.tile_sample_min_size_t
-        pieces = []
-        for index, (start, end) in enumerate(_temporal_windows(x.shape[2], window)):
-            out = self._tiled_2d(x[:, :, start:end], latent, progress)
-            pieces.append(out if index == 0 else out[:, :, 1:])
-        return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
+        size = self.tile_latent_min_size if latent else self.tile_sample_min_size
+        stride = int(size * (1 - self.tile_overlap_factor))
+        return [
+            [[(slice(start, end), slice(top, top + size), slice(left, left + size)) for left in range(0, shape[4], stride)] for top in range(0, shape[3], stride)]
+            for start, end in _temporal_windows(shape[2], window)
+        ]
 
-    def _tiled_2d(self, x: torch.Tensor, latent: bool, progress: Callable[[], None] | None) -> torch.Tensor:
-        """Overlapping spatial tiles, each blended with its (already blended) top and left
-        neighbours, then cropped; only the previous row of tiles is kept in memory."""
-        if latent:
-            in_size, out_size, run = self.tile_latent_min_size, self.tile_sample_min_size, self._decode_latents
-        else:
-            in_size, out_size, run = self.tile_sample_min_size, self.tile_latent_min_size, self._encode_moments
-        stride = int(in_size * (1 - self.tile_overlap_factor))
+    def decode_tile(self, z: torch.Tensor, region: tuple[slice, slice, slice]) -> torch.Tensor:
+        """One tile pass of a tiled decode: the latents in `region` (from `tile_regions`) decoded."""
+        return self._decode_latents(z[(slice(None), slice(None), *region)])
+
+    def decode_tiled(self, z: torch.Tensor, tiles: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """A tiled decode of `z` from tile passes computed elsewhere: `tiles(i)` is the decoded
+        i-th region of `tile_regions(z.shape, latent=True)` flattened (e.g. by other processes)."""
+        return self._tiled(z, latent=True, progress=None, tiles=tiles)
+
+    def _tiled(self, x: torch.Tensor, latent: bool, progress: Callable[[], None] | None, tiles: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+        """Temporal rollback windows, each window tiled spatially: every window after the first
+        starts on the previous window's last frame and drops its first output frame. Within a
+        window each tile is blended with its (already blended) top and left neighbours, then
+        cropped; only the previous row of tiles is kept in memory."""
+        in_size, out_size = (self.tile_latent_min_size, self.tile_sample_min_size) if latent else (self.tile_sample_min_size, self.tile_latent_min_size)
+        run = self._decode_latents if latent else self._encode_moments
         blend_extent = int(out_size * self.tile_overlap_factor)
         keep = out_size - blend_extent
-        rows_out = []
-        prev_row: list[torch.Tensor] = []
-        for top in range(0, x.shape[3], stride):
-            row: list[torch.Tensor] = []
-            for j, left in enumerate(range(0, x.shape[4], stride)):
-                tile = run(x[:, :, :, top : top + in_size, left : left + in_size])
-                if progress:
-                    progress()
-                if prev_row:
-                    _blend(prev_row[j], tile, blend_extent, dim=3)
-                if row:
-                    _blend(row[-1], tile, blend_extent, dim=4)
-                row.append(tile)
-            rows_out.append(torch.cat([t[:, :, :, :keep, :keep] for t in row], dim=4))
-            prev_row = row
-        return torch.cat(rows_out, dim=3)
+        pieces = []
+        passes = 0
+        for index, window in enumerate(self.tile_regions(x.shape, latent)):
+            rows_out = []
+            prev_row: list[torch.Tensor] = []
+            for regions in window:
+                row: list[torch.Tensor] = []
+                for j, region in enumerate(regions):
+                    tile = tiles(passes) if tiles is not None else run(x[(slice(None), slice(None), *region)])
+                    passes += 1
+                    if progress:
+                        progress()
+                    if prev_row:
+                        _blend(prev_row[j], tile, blend_extent, dim=3)
+                    if row:
+                        _blend(row[-1], tile, blend_extent, dim=4)
+                    row.append(tile)
+                rows_out.append(torch.cat([t[:, :, :, :keep, :keep] for t in row], dim=4))
+                prev_row = row
+            out = torch.cat(rows_out, dim=3)
+            pieces.append(out if index == 0 else out[:, :, 1:])
+        return torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
 
 
 def read_loss_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:

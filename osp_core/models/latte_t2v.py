@@ -18,6 +18,7 @@ Shapes: latents (B, C, F, h, w), captions (B, L, D_text) or (B, 1 + n, L, D_text
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -46,7 +47,9 @@ class LatteBlockInputs:
 
     `hidden_states` (B*(F+n), P, D) patch tokens per frame; `modulation_spatial` (B*(F+n), 6D)
     and `modulation_temporal` (B*P, 6D) the AdaLN-single modulation per block row;
-    `captions` (B*(F+n), L, D) and `caption_bias` (B*(F+n), 1, L) or None.
+    `captions` (B*(F+n), L, D) and `caption_bias` (B*(F+n), 1, L) or None. A sequence-parallel
+    shard holds some of the frames in the per-frame fields and some of the patch positions in
+    `modulation_temporal`; `num_frames` and `use_image_num` always count the whole video.
     """
 
     hidden_states: torch.Tensor
@@ -60,6 +63,30 @@ class LatteBlockInputs:
     captions: torch.Tensor
     caption_bias: torch.Tensor | None
     enable_temporal_attentions: bool
+
+
+class BlockLayout(Protocol):
+    """How `run_blocks` switches between the spatial layout (B*F', P, D) (all patches of one
+    frame per item, for F' of the frames) and the temporal layout (B*P', F, D) (all frames at
+    one patch position per item, for P' of the positions); one process: F' = F, P' = P."""
+
+    def to_temporal(self, x: torch.Tensor, batch: int) -> torch.Tensor: ...
+
+    def to_spatial(self, x: torch.Tensor, batch: int) -> torch.Tensor: ...
+
+
+class ContiguousLayout:
+    """Both layouts whole in one process: a rearrange, made contiguous once here (every linear
+    layer of a block would otherwise copy its input and write its output back permuted)."""
+
+    def to_temporal(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        return rearrange(x, "(b f) p d -> (b p) f d", b=batch).contiguous()
+
+    def to_spatial(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        return rearrange(x, "(b p) f d -> (b f) p d", b=batch).contiguous()
+
+
+CONTIGUOUS_LAYOUT = ContiguousLayout()
 
 
 @dataclass
@@ -243,6 +270,8 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
 
     def _run_block(self, block: nn.Module, hidden_states: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
         # BasicTransformerBlock(hidden, attention_mask, encoder_hidden, encoder_mask, timestep)
+        if hidden_states.shape[0] == 0:  # a sequence-parallel shard without items (the block cannot reshape 0 rows)
+            return hidden_states
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             return self._gradient_checkpointing_func(block, hidden_states, *args)
         return block(hidden_states, *args)
@@ -320,23 +349,27 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
             enable_temporal_attentions=enable_temporal_attentions,
         )
 
-    def run_blocks(self, inputs: LatteBlockInputs) -> torch.Tensor:
-        """The spatial and temporal block pairs: (B*(F+n), P, D) -> the same shape."""
-        x, batch, num_frames = inputs.hidden_states, inputs.batch, inputs.num_frames
+    def run_blocks(self, inputs: LatteBlockInputs, layout: BlockLayout | None = None) -> torch.Tensor:
+        """The spatial and temporal block pairs: (B*(F+n), P, D) -> the same shape.
+
+        `layout` switches between the spatial and temporal layouts (default: one rearrange
+        in memory); a sequence-parallel layout hands in a frame shard of `inputs` and moves
+        tokens between processes instead (`osp_core.parallel.sequence`).
+        """
+        layout = layout or CONTIGUOUS_LAYOUT
+        x, num_frames = inputs.hidden_states, inputs.num_frames
         for index, (spatial_block, temporal_block) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
             x = self._run_block(spatial_block, x, None, inputs.captions, inputs.caption_bias, inputs.modulation_spatial)
             if not inputs.enable_temporal_attentions:
                 continue
-            # contiguous once here: every linear layer of the block would otherwise copy its
-            # input and write its output back in the permuted layout
-            x = rearrange(x, "(b f) p d -> (b p) f d", b=batch).contiguous()
+            x = layout.to_temporal(x, inputs.batch)
             # images ride along untouched: temporal attention sees the video frames only
             video, images = x[:, :num_frames], x[:, num_frames:]
             if index == 0:
                 video = video + self._temporal_positions(num_frames, video)
             video = self._run_block(temporal_block, video, None, None, None, inputs.modulation_temporal)
             x = torch.cat([video, images], dim=1) if inputs.use_image_num else video
-            x = rearrange(x, "(b p) f d -> (b f) p d", b=batch).contiguous()
+            x = layout.to_spatial(x, inputs.batch)
         return x
 
     def unpatchify(self, x: torch.Tensor, inputs: LatteBlockInputs) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
+from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
 from .repository import ModelRepository, check_transformer_folder
 from .t2v_inputs import T5Location
 from .t2v_inputs import check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
@@ -113,6 +114,7 @@ class SamplingJob:
     cache: str = "none"
     cache_threshold: float | None = None
     compile: bool = False
+    parallel: str | None = None  # under torchrun: auto, data, cfg, sp, cfg+sp (None: auto)
 
     def validate(self) -> None:
         """`InputError` for given values that cannot work (nothing is loaded or looked up)."""
@@ -177,10 +179,23 @@ class SamplingPlan:
     cache_threshold: float | None
     videos: list[VideoOutput]
     warnings: list[str] = field(default_factory=list)
+    parallel: ParallelLayout = SINGLE_PROCESS
+    rank: int = 0
 
     @property
     def output_dir(self) -> Path:
         return self.job.output_dir
+
+    @property
+    def rank_videos(self) -> list[VideoOutput]:
+        """The videos this process denoises: every rank's share under `data`, else all."""
+        return self.videos[self.rank :: self.parallel.data] if self.parallel.data > 1 else self.videos
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process decodes into and writes its videos' files: under cfg / sp the
+        ranks share each video and the first rank writes it."""
+        return not self.parallel.shares_videos or self.rank == 0
 
 
 def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
@@ -218,6 +233,8 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     from ..models.attention import resolve_attention_backend
 
     device, dtype = resolve(job.device, job.dtype)  # bad --device/--dtype before any Hub access
+    rank, world_size, local_rank = launched_world()
+    device = rank_device(device, local_rank)
     if job.dtype is None and device.type == "cpu" and cpu_has_native_bf16():
         # measured with benchmarks/caching.py on builtin:shapes (180 videos): bf16 samples 1.4x
         # faster and keeps the quality table within a video or two of fp32's (README)
@@ -236,9 +253,16 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         for index, prompt in enumerate(job.prompts)
         for video_seed in video_seeds(index, seed, job.num_videos)
     ]
+    parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance)
+    if cache != "none" and parallel.shares_videos:
+        # a cache decides per process which work to skip; ranks sharing a video must not differ
+        raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")
+    if job.offload and parallel.sp > 1 and device.type != "cpu":
+        # offload hooks move the weights when forward runs; DSP calls the model's stages itself
+        raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
     if check_outputs and not job.overwrite:
         check_no_overwrite(job.output_dir, [name for video in videos for name in video.names])
-    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, rank)
     with _quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
         check_memory(plan, t5)
     return plan
@@ -322,10 +346,12 @@ class _NoProgress:
 
 @dataclass
 class SamplingSummary:
-    """What a run wrote: one record per video (the sidecar's content plus absolute paths)."""
+    """What a run wrote: one record per video (the sidecar's content plus absolute paths); under
+    torchrun every rank's videos, and `rank` says which process this is (the first reports)."""
 
     videos: list[dict[str, Any]]
     seconds_total: float
+    rank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"videos": self.videos, "seconds_total": round(self.seconds_total, 3)}
@@ -357,33 +383,49 @@ class PipelineCache:
         return self._pipe, True
 
 
-def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | None = None, pipelines: PipelineCache | None = None) -> SamplingSummary:
+def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | None = None, mesh: Any = None, pipelines: PipelineCache | None = None) -> SamplingSummary:
     """Plan (unless given a plan), then load, encode, denoise, decode and write every video.
+    A failed run leaves no output folder it created and no partial file.
+
     `pipelines` keeps the loaded models for the next run (else they are freed after it; T5 is
-    freed once prompts are encoded). A failed run leaves no output folder it created and no
-    partial file."""
+    freed once prompts are encoded). Under torchrun the ranks share the job as `plan.parallel`
+    says (`parallel.launch`): the process group is joined here unless the caller joined one,
+    and `mesh` (a (cfg, sp) DeviceMesh) may be passed in; only the first rank reports progress.
+    """
+    from ..errors import OSPError
     from ..io import ensure_writable_dir
     from ..io.paths import folders_to_create, remove_empty_folders
+    from ..parallel.launch import PeerProcessFailed, is_peer_failure, process_group
 
-    plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
-    progress = progress or _NoProgress()
+    try:
+        plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
+    except OSPError as exc:
+        # every rank plans alike and fails alike: the first rank's line is the one shown
+        exc.quiet = launched_world()[0] != 0
+        raise
+    progress = progress if progress is not None and plan.rank == 0 else _NoProgress()
     created = folders_to_create(plan.output_dir)
     ensure_writable_dir(plan.output_dir)
     for message in plan.warnings:  # after every check, so a failing run shows one line
         progress.notice("warning", message)
     try:
-        with _quiet_libraries():
-            return _Run(plan, progress, pipelines).run()
-    except BaseException:
+        with _quiet_libraries(), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
+            return _Run(plan, progress, mesh, pipelines).run()
+    except BaseException as exc:
         remove_empty_folders(created)
+        if plan.parallel.world_size > 1 and is_peer_failure(exc):
+            # the process that failed prints the one line; torchrun stops the rest
+            raise PeerProcessFailed(f"stopped: another process of this torchrun job failed ({type(exc).__name__})") from None
         raise
 
 
 class _Run:
-    def __init__(self, plan: SamplingPlan, progress: SamplingProgress, pipelines: PipelineCache | None = None) -> None:
+    def __init__(self, plan: SamplingPlan, progress: SamplingProgress, mesh: Any = None, pipelines: PipelineCache | None = None) -> None:
         self.plan = plan
         self.progress = progress
+        self.mesh = mesh
         self.pipelines = pipelines
+        self.transformer_forward: Any = None  # the transformer wrapped for cfg / sp, else None
 
     def load_pipeline(self) -> Any:
         """The pipeline on the CPU, every component loaded."""
@@ -403,9 +445,10 @@ class _Run:
         configure_tiling(pipe.vae, job.tile)  # tiles only when the video exceeds a tile, unless --no-tile
         return pipe
 
-    def load(self) -> tuple[Any, list[Any]]:
-        """The pipeline on the device, ready to denoise, and every prompt's T5 states (T5 is
-        freed once they are encoded, unless the pipeline is kept for later runs)."""
+    def load(self) -> tuple[Any, dict[int, Any]]:
+        """The pipeline on the device, ready to denoise, and the T5 states of every prompt this
+        process denoises, by prompt index (T5 is freed once they are encoded, unless the
+        pipeline is kept for later runs)."""
         from ..models.attention import set_attention_backend
         from .t2v import make_scheduler
         from .video_vae import configure_tiling
@@ -433,8 +476,9 @@ class _Run:
         progress.status("encoding prompts ...")
         do_cfg = plan.guidance > 1.0
         # one prompt at a time, as the original loop (each cut to its own token count)
-        embeddings = [pipe.encode_prompt(p, job.negative_prompt, do_cfg, job.clean_caption, device=device) for p in job.prompts]
-        for index, encoded in enumerate(embeddings):
+        prompt_indices = sorted({video.prompt_index for video in plan.rank_videos})
+        embeddings = {i: pipe.encode_prompt(job.prompts[i], job.negative_prompt, do_cfg, job.clean_caption, device=device) for i in prompt_indices}
+        for index, encoded in embeddings.items():
             if encoded.truncated[0]:
                 limit = pipe.transformer.config.model_max_length
                 progress.notice("warning", f"prompt {index + 1} is longer than {limit} tokens; cut: {encoded.truncated[0]!r}")
@@ -445,6 +489,11 @@ class _Run:
         set_attention_backend(pipe.vae, plan.attention)
         if job.compile:
             compile_blocks(pipe.transformer)
+        if plan.parallel.shares_videos:
+            from ..parallel.launch import build_mesh, parallelize_transformer
+
+            self.mesh = self.mesh or build_mesh(plan.parallel, device)
+            self.transformer_forward = parallelize_transformer(pipe.transformer, self.mesh)
         return pipe, embeddings
 
     def place(self, pipe: Any, use_offload: bool) -> None:
@@ -467,14 +516,25 @@ class _Run:
             cache.attach(pipe.transformer)
         try:
             records = []
-            for prompt_index, (prompt, encoded) in enumerate(zip(self.plan.job.prompts, embeddings)):
+            for prompt_index, encoded in embeddings.items():
                 with oom_as_error("sampling", "use fewer --num-videos, a smaller --height/--width, or --offload"):
                     latents, seconds_denoise = self.denoise(pipe, prompt_index, encoded, [cache] if cache is not None else [])
-                    records += self.write(pipe, prompt_index, prompt, encoded, latents, seconds_denoise, cache)
+                    records += self.write(pipe, prompt_index, self.plan.job.prompts[prompt_index], encoded, latents, seconds_denoise, cache)
         finally:
             if cache is not None:
                 cache.detach()
-        return SamplingSummary(records, time.perf_counter() - started)
+        return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.rank)
+
+    def gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every rank's records, in the run's video order (this rank's alone in one process)."""
+        if self.plan.parallel.world_size == 1:
+            return records
+        import torch.distributed as dist
+
+        every: list[list[dict[str, Any]]] = [[] for _ in range(self.plan.parallel.world_size)]
+        dist.all_gather_object(every, records)
+        order = {video.stem: index for index, video in enumerate(self.plan.videos)}
+        return sorted((record for part in every for record in part), key=lambda record: order[Path(record["video"]).stem])
 
     def denoise(self, pipe: Any, prompt_index: int, encoded: Any, callbacks: list[Any]) -> tuple[torch.Tensor, float]:
         """Final latents of prompt `prompt_index`'s videos, and the seconds it took."""
@@ -484,7 +544,7 @@ class _Run:
 
         plan, job = self.plan, self.plan.job
         # CPU generators: the same seed gives the same noise on every device
-        generators = [torch.Generator("cpu").manual_seed(v.seed) for v in plan.videos if v.prompt_index == prompt_index]
+        generators = [torch.Generator("cpu").manual_seed(v.seed) for v in plan.rank_videos if v.prompt_index == prompt_index]
         self.progress.video(prompt_index, len(job.prompts), job.prompts[prompt_index])
         t0 = time.perf_counter()
         latents = pipe(
@@ -494,12 +554,13 @@ class _Run:
             width=plan.width,
             num_inference_steps=plan.steps,
             guidance_scale=plan.guidance,
-            num_videos_per_prompt=job.num_videos,
+            num_videos_per_prompt=len(generators),
             generator=generators,
             output_type="latent",
             # one frame is an image: spatial blocks only, as the original's --force_images
             enable_temporal_attentions=plan.frames > 1,
             callbacks=[*callbacks, StepProgress(self.progress.step)],
+            transformer_forward=self.transformer_forward,
         ).frames
         return latents, time.perf_counter() - t0
 
@@ -525,7 +586,7 @@ class _Run:
             "attention": plan.attention,
             "compile": job.compile,
             "cache": cache.describe() if cache is not None else {"method": "none"},
-        }
+        } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {})
 
     def write(self, pipe: Any, prompt_index: int, prompt: str, encoded: Any, latents: torch.Tensor, seconds_denoise: float, cache: Any) -> list[dict[str, Any]]:
         """Decode prompt `prompt_index`'s latents and write each video's files together."""
@@ -536,10 +597,19 @@ class _Run:
         from .video_vae import save_latents
 
         plan, job = self.plan, self.plan.job
-        videos = [v for v in plan.videos if v.prompt_index == prompt_index]
+        videos = [v for v in plan.rank_videos if v.prompt_index == prompt_index]
         t0 = time.perf_counter()
-        decoded = pipe.decode_latents(latents)
+        if plan.parallel.shares_videos:
+            import functools
+
+            from ..parallel.vae import decode_over_ranks
+
+            decoded = pipe.decode_latents(latents, functools.partial(decode_over_ranks, pipe.vae))
+        else:
+            decoded = pipe.decode_latents(latents)
         seconds_decode = time.perf_counter() - t0
+        if not plan.writes:  # the first rank holds the video and writes it
+            return []
 
         settings = self.settings(pipe, cache)
         models = {"model": job.model, "version": plan.version, "text_encoder": pipe.text_encoder_source}
@@ -560,7 +630,7 @@ class _Run:
                 "num_frames": int(decoded.shape[1]),
                 "size": [int(decoded.shape[2]), int(decoded.shape[3])],
                 "truncated_prompt_part": encoded.truncated[0],
-                "seconds": {"denoise": round(seconds_denoise / job.num_videos, 3), "decode": round(seconds_decode / job.num_videos, 3)},
+                "seconds": {"denoise": round(seconds_denoise / len(videos), 3), "decode": round(seconds_decode / len(videos), 3)},
                 "osp_version": osp_core.__version__,
             }
             absolute = {"video": str(video_path.absolute()), "sidecar": str(sidecar.absolute())}
@@ -630,6 +700,8 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
 
     if degree < 1:
         raise InputError(f"--degree must be >= 1, got {degree}", "pass e.g. --degree 4")
+    if launched_world()[1] > 1:
+        raise InputError("osp t2v calibrate-cache runs in one process", "run it without torchrun")
     plan = plan_sampling(SamplingJob(**{**job.__dict__, "cache": "none", "cache_threshold": None}), check_outputs=False)
     root = plan.repository.root
     if write and (root is None or plan.repository.is_hub):
@@ -641,7 +713,7 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
         pipe, embeddings = run.load()
         calibration.attach(pipe.transformer)
         try:
-            for prompt_index, encoded in enumerate(embeddings):
+            for prompt_index, encoded in embeddings.items():
                 run.denoise(pipe, prompt_index, encoded, [calibration])
         finally:
             calibration.detach()

@@ -16,7 +16,7 @@ Two deliberate differences, both invisible for one prompt in float32:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -311,13 +311,15 @@ class T2VPipeline(DiffusionPipeline):
         clean_caption: bool = False,
         enable_temporal_attentions: bool = True,
         callbacks: Sequence[DenoisingCallback] = (),
+        transformer_forward: Callable[..., Any] | None = None,
         return_dict: bool = True,
     ) -> T2VPipelineOutput | tuple[torch.Tensor]:
         """Generate videos for `prompt` (or for already encoded `prompt_embeds`).
 
         Returns `frames`: uint8 (B, T, H, W, 3) for output_type "pt", the final latents for
         "latent". `callbacks` hook into the denoising loop (`denoising.DenoisingCallback`:
-        progress, caches, latents replaced between steps).
+        progress, caches, latents replaced between steps). `transformer_forward` runs the
+        transformer in its place, called like `LatteT2V.forward` (`parallel.launch.parallelize_transformer`).
         """
         if output_type not in ("pt", "latent"):
             raise InputError(f"unknown output_type '{output_type}'", "use 'pt' or 'latent'")
@@ -349,8 +351,10 @@ class T2VPipeline(DiffusionPipeline):
         latent_channels = self.transformer.config.in_channels
         learned_variance = self.transformer.config.out_channels // 2 == latent_channels
 
+        transformer = transformer_forward or self.transformer
+
         def predict_noise(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            noise = self.transformer(
+            noise = transformer(
                 model_input.to(self.transformer.dtype),
                 timestep,
                 states,
@@ -378,11 +382,18 @@ class T2VPipeline(DiffusionPipeline):
         return T2VPipelineOutput(frames=frames)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> uint8 (B, T, H, W, 3), as the original: ((x / 2 + 0.5).clamp(0, 1) * 255) truncated."""
+    def decode_latents(self, latents: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor | None:
+        """Latents -> uint8 (B, T, H, W, 3), as the original: ((x / 2 + 0.5).clamp(0, 1) * 255) truncated.
+
+        `decode` replaces the VAE call on the unscaled latents (e.g. `parallel.vae.decode_over_ranks`);
+        when it returns None (another process holds the video) so does this.
+        """
         vae_device = self._execution_device if getattr(self, "_offload_device", None) is not None else self.vae.device
         scaled = (latents / self.vae.config.scaling_factor).to(device=vae_device, dtype=self.vae.dtype)
-        video = self.vae.decode(scaled).sample.float()
+        video = self.vae.decode(scaled).sample if decode is None else decode(scaled)
+        if video is None:
+            return None
+        video = video.float()
         video = ((video / 2.0 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu().contiguous()
 

@@ -1,0 +1,1 @@
+"""Running one job over several processes: modes, device mesh, DSP, guidance halves, parallel VAE decoding."""

@@ -1,0 +1,35 @@
+"""Tile passes of one video decoded on two ranks, blended on the first: one process's video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from osp_core.models.causal_vae import CausalVideoVAE
+from osp_core.parallel.vae import decode_over_ranks
+
+from .spawn import run_ranks
+
+
+def _decode(rank: int, world: int, vae_dir: str) -> tuple[int, float | None]:
+    vae = CausalVideoVAE.from_pretrained(vae_dir).eval()
+    # 24 px tiles (3 latents, stride 2) over 4x4 latents and 2-latent-frame rollback windows
+    # over 3 latent frames: 2 windows x 4 tiles
+    vae.enable_tiling(tile_sample_size=24, tile_sample_frames=5, tile_overlap_factor=0.25)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    passes = vae.num_tiles(latents.shape, latent=True)
+    with torch.no_grad():
+        video = decode_over_ranks(vae, latents)
+        if rank != 0:
+            return passes, None if video is None else -1.0
+        expected = vae.decode(latents).sample
+    return passes, float((video - expected).abs().max())
+
+
+def test_tiles_decoded_on_two_ranks_give_one_process_video(reference_dir):
+    vae_dir = str(Path(reference_dir) / "pipeline" / "tiny-osp-v1.1.0" / "vae")
+    (passes, error), (_, other) = run_ranks(_decode, 2, vae_dir)
+    assert passes == 8
+    assert error == 0.0  # the same tile passes, blended in the same order
+    assert other is None  # only the first rank holds the video
