@@ -28,13 +28,28 @@ def _click_exception_types() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def usage_error_line(exc: Any) -> str:
+def usage_error_line(exc: Any, fallback_path: str | None = None) -> str:
     """One line for a click usage error: click's message (its lines joined, no final period)
-    and, when the failing command is known, where its help is."""
+    and where the failing command's help is (`fallback_path` when click's error does not
+    know the command, e.g. an option given without its value)."""
     message = " ".join(exc.format_message().split()).rstrip(".")
+    message = message.replace(" (Possible options: --help)", "")  # not a suggestion worth making
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", None) else ""
+    path = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else fallback_path
+    hint = f" (see '{path} --help')" if path else ""
     return f"error: {message}{hint}"
+
+
+def command_path(command: Any, args: list[str], prog_name: str) -> str:
+    """`prog_name` and the subcommands named at the start of `args` ("osp t2v sample")."""
+    path = [prog_name]
+    for token in args:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands or token not in subcommands:
+            break
+        command = subcommands[token]
+        path.append(token)
+    return " ".join(path)
 
 
 def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str | None = None, catch_interrupts: bool = True) -> NoReturn:
@@ -69,7 +84,8 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
         if type(exc).__name__ == "NoArgsIsHelpError":  # `osp vae` alone: the help is the answer
             exc.show()
         else:
-            typer.echo(usage_error_line(exc), err=True)
+            argv = sys.argv[1:] if args is None else list(args)
+            typer.echo(usage_error_line(exc, command_path(command, argv, prog_name or "osp")), err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         code = 130

@@ -585,7 +585,8 @@ class _Run:
             "clean_caption": job.clean_caption,
             "attention": plan.attention,
             "compile": job.compile,
-            "cache": cache.describe() if cache is not None else {"method": "none"},
+            # uncached, every scheduler timestep ran the transformer once
+            "cache": cache.describe() if cache is not None else {"method": "none", "transformer_evaluations": len(pipe.scheduler.timesteps)},
         } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {})
 
     def write(self, pipe: Any, prompt_index: int, prompt: str, encoded: Any, latents: torch.Tensor, seconds_denoise: float, cache: Any) -> list[dict[str, Any]]:
@@ -696,10 +697,14 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
     import numpy as np
 
     from .caching import TeaCacheCalibration, fit_teacache_coefficients
-    from .t2v_inputs import read_sampling_file, write_sampling_file
+    from ..hub import BUILTIN_PREFIX
+    from .t2v_inputs import TEACACHE_MAX_DEGREE, read_sampling_file, write_sampling_file
 
-    if degree < 1:
-        raise InputError(f"--degree must be >= 1, got {degree}", "pass e.g. --degree 4")
+    if not 1 <= degree <= TEACACHE_MAX_DEGREE:
+        raise InputError(f"--degree must be in 1..{TEACACHE_MAX_DEGREE}, got {degree}", "pass e.g. --degree 4")
+    if write and job.model.startswith(BUILTIN_PREFIX):
+        # the built-in model is package data: writing would change it for every user of this install
+        raise InputError(f"--write would change '{job.model}', which ships inside the package", "copy its folder (osp_core/builtin/NAME) and pass --model DIR, or leave out --write")
     if launched_world()[1] > 1:
         raise InputError("osp t2v calibrate-cache runs in one process", "run it without torchrun")
     plan = plan_sampling(SamplingJob(**{**job.__dict__, "cache": "none", "cache_threshold": None}), check_outputs=False)

@@ -54,6 +54,7 @@ FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "P
 # the smallest value each number may take, and whether the bound itself is allowed
 _SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False)}
 TEACACHE_MAX_THRESHOLD = 1.0
+TEACACHE_MAX_DEGREE = 9  # sampling.json holds 2 to 10 coefficients
 CACHE_METHODS = ("none", "pab", "teacache")
 
 
@@ -84,11 +85,11 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
         if kind is None:
             raise ModelLoadError(f"unknown key '{key}' in '{source}'", f"use only {', '.join(SAMPLING_KEYS)}")
         if kind is list:
-            ok = isinstance(value, list) and 2 <= len(value) <= 10 and all(_is_number(v, float) for v in value)
+            ok = isinstance(value, list) and 2 <= len(value) <= TEACACHE_MAX_DEGREE + 1 and all(_is_number(v, float) for v in value)
         else:
             ok = isinstance(value, str) if kind is str else _is_number(value, kind)
         if not ok:
-            wanted = {int: "an integer", float: "a number", str: "a string", list: "a list of 2 to 10 numbers"}[kind]
+            wanted = {int: "an integer", float: "a number", str: "a string", list: f"a list of 2 to {TEACACHE_MAX_DEGREE + 1} numbers"}[kind]
             raise ModelLoadError(f"'{key}' in '{source}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
         if key in _SAMPLING_LOWER:
             low, inclusive = _SAMPLING_LOWER[key]

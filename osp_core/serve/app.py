@@ -5,6 +5,7 @@ Imported only once Gradio is known to be installed (`jobs.check_gradio`). No
 handler by its annotation object.
 """
 
+import errno
 import logging
 import os
 import time
@@ -85,6 +86,7 @@ class Server:
 
         options.validate()
         resolve(options.device, options.dtype)  # a bad --device/--dtype fails before the page starts
+        check_listen_address(options.host, options.port)  # before anything is loaded or created
         self.options = options
         self.repository = ModelRepository.resolve(options.model)
         self.defaults = PageDefaults.of(self.repository)
@@ -263,6 +265,25 @@ class Server:
         except OSError as exc:
             raise InputError(f"cannot listen on {self.options.host}:{self.options.port} ({exc})".replace("\n", " "), "pass another --port, or stop what uses it") from None
         return demo, url
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """`InputError` unless `host` resolves and `port` is free on it (Gradio's own failures name
+    its API, not the command's options)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InputError(f"--host '{host}' is not an address of this machine or a name that resolves", "pass e.g. --host 127.0.0.1 (or 0.0.0.0 for every interface)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise InputError(f"{host}:{port} {reason}", "pass another --port, or stop what uses it" if exc.errno == errno.EADDRINUSE else "pass an address of this machine with --host") from None
 
 
 def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:

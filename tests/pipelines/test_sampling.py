@@ -72,7 +72,7 @@ def test_runner_writes_videos_and_reports_progress(tiny_repo, tmp_path):
     evaluations = steps[0][2]
     assert len(steps) == 2 * evaluations and steps[evaluations - 1] == ("step", evaluations, evaluations)
     sidecar = json.loads((tmp_path / "out" / "a-dog-6.json").read_text())
-    assert sidecar["settings"]["cache"] == {"method": "none"} and sidecar["settings"]["attention"] == "sdpa"
+    assert sidecar["settings"]["cache"] == {"method": "none", "transformer_evaluations": evaluations} and sidecar["settings"]["attention"] == "sdpa"
 
 
 def test_runner_equals_the_pipeline(tiny_repo, tmp_path):
@@ -200,6 +200,18 @@ def test_calibrate_cache_writes_the_coefficients(tiny_repo, tmp_path):
     assert proc.returncode != 0
     proc = run_osp("t2v", "calibrate-cache", "a cat", "--model", "example/not-here", "--write")
     assert_one_line_error(proc, "'example/not-here' is not in the local")
+
+
+def test_calibrate_cache_refusals_come_before_sampling():
+    """The shipped model is package data (--write would change it for every user), and a
+    degree whose coefficients sampling.json cannot hold is refused up front."""
+    shipped = Path(__file__).resolve().parents[2] / "osp_core" / "builtin" / "shapes" / "sampling.json"
+    before = shipped.read_bytes()
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "--model", "builtin:shapes", "--steps", "10", "--write")
+    assert_one_line_error(proc, "ships inside the package", "--model DIR")
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "--model", "builtin:shapes", "--degree", "10")
+    assert_one_line_error(proc, "--degree must be in 1..9")
+    assert shipped.read_bytes() == before
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])

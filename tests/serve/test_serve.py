@@ -31,6 +31,20 @@ def test_bad_options_are_refused_before_serving(osp_in_process, args, needles, t
     assert_one_line_error(osp_in_process("serve", "--model", "builtin:shapes", "-o", str(tmp_path), *args), *needles)
 
 
+def test_busy_port_and_unknown_host_are_one_line_and_create_nothing(osp_in_process, tmp_path):
+    pytest.importorskip("gradio")
+    import socket
+
+    out = tmp_path / "out"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_one_line_error(osp_in_process("serve", "--model", "builtin:shapes", "-o", str(out), "--port", port), f"127.0.0.1:{port} is in use", "--port")
+    assert_one_line_error(osp_in_process("serve", "--model", "builtin:shapes", "-o", str(out), "--host", "999.1.1.1"), "--host '999.1.1.1'")
+    assert not out.exists()
+
+
 def test_session_folders_stay_inside_the_output_folder(tmp_path):
     """A session id is hashed with a server secret: `../` names cannot leave the output folder,
     and no two sessions (or two servers) share a folder."""
