@@ -11,7 +11,6 @@ through the `SamplingProgress` callbacks.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
@@ -27,8 +26,7 @@ from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
 from .repository import ModelRepository, check_transformer_folder
-from .t2v_inputs import T5Location
-from .t2v_inputs import check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
+from .t2v_inputs import T5Location, check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
 
 if TYPE_CHECKING:
     import torch
@@ -285,7 +283,7 @@ def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
     transformer_config = repository.read_config(plan.version)
     vae_config = repository.read_config("vae")
     t5_folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
-    t5_config = json.loads((t5_folder / (t5.encoder_subfolder or "") / "config.json").read_text(encoding="utf-8"))
+    t5_config = repository.read_config(str((t5_folder / (t5.encoder_subfolder or "")).absolute()))
     with torch.device("meta"):  # parameter counts from the configs, nothing allocated
         counts = [sum(p.numel() for p in model.parameters()) for model in (LatteT2V.from_config(transformer_config), CausalVideoVAE.from_config(vae_config), T5EncoderModel(T5Config.from_dict(t5_config)))]
     estimate = functools.partial(
@@ -696,8 +694,8 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
     `write` stores the coefficients in the model folder's sampling.json."""
     import numpy as np
 
-    from .caching import TeaCacheCalibration, fit_teacache_coefficients
     from ..hub import BUILTIN_PREFIX
+    from .caching import TeaCacheCalibration, fit_teacache_coefficients
     from .t2v_inputs import TEACACHE_MAX_DEGREE, read_sampling_file, write_sampling_file
 
     if not 1 <= degree <= TEACACHE_MAX_DEGREE:
