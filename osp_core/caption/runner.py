@@ -239,6 +239,9 @@ def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+        # No decode thread may outlive the job: a daemon thread still inside PyAV when the
+        # interpreter exits is killed mid-call.
+        thread.join(timeout=10)
 
 
 class _Run:
@@ -501,9 +504,13 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
             run.writer.close()
         counts = dist.gather((run.resumed, run.processed))  # also the barrier: every shard is done
         if dist.rank != 0:
+            # Leave with rank 0: a rank that tears down its gloo group and exits while rank 0 is
+            # still connected can abort in its exit handlers (rarely, under load).
+            dist.barrier()
             return CaptionSummary(str(run.output), str(root), job.model, dist.world_size, is_main=False)
         final = jr.read_journal(run.journal_dir)
         jr.write_annotations(run.output, jr.annotations(final))
+        dist.barrier()
         summary = _summary(final, run.output, root, job.model, dist.world_size)
         summary.resumed = sum(c[0] for c in counts)
         summary.processed = sum(c[1] for c in counts)
