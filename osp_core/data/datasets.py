@@ -279,3 +279,57 @@ class EpochShardSampler(Sampler):
             for index in indices[offset:]:
                 yield (epoch, index)
             epoch, offset = epoch + 1, 0
+
+
+class GlobalBatchSampler(Sampler):
+    """Endless (epoch, index) stream of one data-parallel rank, cut from one global stream.
+
+    The global stream is the concatenation of seeded per-epoch permutations (no padding), so
+    global position p is sample `perm(p // N)[p % N]` whatever the rank count. An optimizer step
+    takes the next `batch_size x accumulation x ranks` positions; micro-batch m of rank r holds
+    positions `step_start + (m x ranks + r) x batch_size + [0, batch_size)`. A run resumed on
+    another rank count (same global batch) therefore sees the samples an uninterrupted run
+    would have seen. `start` is the number of global positions already consumed.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, accumulation: int = 1, num_replicas: int = 1, rank: int = 0, seed: int = 0, start: int = 0, shuffle: bool = True) -> None:
+        if num_items < 1:
+            raise InputError("the dataset is empty", "check --data")
+        self.num_items, self.batch_size, self.accumulation = num_items, batch_size, accumulation
+        self.num_replicas, self.rank, self.seed, self.start, self.shuffle = num_replicas, rank, seed, start, shuffle
+        self._cache: tuple[int, list[int]] | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accumulation * self.num_replicas
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._cache is None or self._cache[0] != epoch:
+            if self.shuffle:
+                order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            else:
+                order = list(range(self.num_items))
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def item_at(self, position: int) -> tuple[int, int]:
+        """(epoch, dataset index) at global position `position`."""
+        epoch, offset = divmod(position, self.num_items)
+        return epoch, self._order(epoch)[offset]
+
+    def position(self, consumed: int) -> tuple[int, int]:
+        """(epoch, index in epoch) after `consumed` global positions."""
+        return divmod(consumed, self.num_items)
+
+    def step_positions(self, step_start: int, micro: int) -> list[int]:
+        """Global positions of this rank's micro-batch `micro` of the step starting at `step_start`."""
+        first = step_start + (micro * self.num_replicas + self.rank) * self.batch_size
+        return list(range(first, first + self.batch_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step_start = self.start
+        while True:
+            for micro in range(self.accumulation):
+                for position in self.step_positions(step_start, micro):
+                    yield self.item_at(position)
+            step_start += self.global_batch

@@ -243,6 +243,11 @@ class CheckpointManager:
         acc = self.accelerator
         verify_checkpoint(checkpoint)
         state = read_state(checkpoint)
+        if state.get("checkpoint_format") == "dcp":
+            raise InputError(
+                f"checkpoint '{checkpoint}' was written by a --strategy fsdp run (Distributed Checkpoint), which this --strategy ddp run does not read",
+                "resume it with --strategy fsdp (on any number of processes), or start over with --overwrite",
+            )
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
             self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
@@ -261,4 +266,120 @@ class CheckpointManager:
             if "size mismatch" in str(exc) or "does not match" in str(exc):
                 raise ModelLoadError(f"checkpoint '{checkpoint}' holds training state of another config ({first})", "resume with the config the checkpoint was trained with, or start over with --overwrite") from None
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / 'accelerate'}' ({type(exc).__name__}: {first})", "resume from another checkpoint") from None
+        return state
+
+
+DCP_DIR = "dcp"
+RNG_DIR = "rng"
+
+
+class DistributedCheckpointManager(CheckpointManager):
+    """Checkpoints of `--strategy fsdp`: PyTorch Distributed Checkpoint (DCP) folders.
+
+    Layout of `OUTPUT/checkpoints/step-000123/`:
+
+        dcp/                model and optimizer state, each rank writing its own shards
+                            (DCP reshards them on load: resume on any number of ranks)
+        rng/rank-N.safetensors  each rank's torch RNG state (restored when the rank count matches)
+        model/, model_ema/  the consolidated diffusers model (rank 0 gathers the full weights)
+        trainer_state.json  as for DDP, plus the lr-scheduler states and the parallel layout
+
+    Every rank writes into `.step-000123.tmp/`; rank 0 renames it once every rank has finished
+    (DCP's own barrier, then ours), so a kill at any moment leaves the last complete checkpoint.
+    """
+
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any]) -> None:
+        self.accelerator = accelerator
+        self.warn = warn or logger.warning
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.optimizers = [getattr(o, "optimizer", o) for o in optimizers]  # Accelerate's wrapper holds the torch optimizer
+        self.schedulers = schedulers
+        self.layout = layout
+
+    def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        return get_state_dict(model, self.optimizers)
+
+    def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
+        """Write checkpoint `step` (collective: every rank must call it). Returns its folder."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        acc = self.accelerator
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".{final.name}.tmp"
+        if acc.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        acc.wait_for_everyone()
+        model_state, optim_state = self._state_dicts(model)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
+        (tmp / RNG_DIR).mkdir(exist_ok=True)
+        save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
+        if acc.is_main_process:
+            inner, prefix = diffusers_part(model)
+            model_dir = tmp / "model"
+            model_dir.mkdir()
+            inner.save_config(str(model_dir))
+            weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in full.items() if k.startswith(prefix)}
+            save_file(weights, str(model_dir / "diffusion_pytorch_model.safetensors"))
+            if ema_save is not None:
+                ema_save(tmp / "model_ema")
+            extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers]}
+            (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
+        acc.wait_for_everyone()  # every rank's shards and RNG file are written
+        if acc.is_main_process:
+            fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            fsync_path(self.root)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, checkpoint: Path, model: nn.Module, run_model: str = "this run's model config") -> dict[str, Any]:
+        """Restore weights and optimizer states (resharded to this run's ranks), lr schedulers and,
+        when the rank count matches, RNG states; returns the trainer state dict."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        acc = self.accelerator
+        verify_checkpoint(checkpoint)
+        state = read_state(checkpoint)
+        if state.get("checkpoint_format") != "dcp" or not (checkpoint / DCP_DIR).is_dir():
+            raise InputError(
+                f"checkpoint '{checkpoint}' was written by a --strategy ddp run, which this --strategy fsdp run cannot reshard",
+                "resume it with --strategy ddp (the strategy it was trained with), or start over with --overwrite",
+            )
+        try:
+            metadata = dcp.FileSystemReader(str(checkpoint / DCP_DIR)).read_metadata()
+        except Exception as exc:  # noqa: BLE001 - a missing or truncated .metadata file
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint / DCP_DIR}' has no readable DCP metadata ({type(exc).__name__})", "resume from another checkpoint") from None
+        inner, prefix = diffusers_part(model)
+        # the saved tensors' shapes, as meta tensors: checked against this run's model before loading
+        head = f"model.{prefix}"
+        saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        model_state, optim_state = self._state_dicts(model)
+        try:
+            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(checkpoint / DCP_DIR))
+        except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
+        set_state_dict(model, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        for scheduler, saved_state in zip(self.schedulers, state.get("schedulers", [])):
+            scheduler.load_state_dict(saved_state)
+        rng_file = checkpoint / RNG_DIR / f"rank-{acc.process_index}.safetensors"
+        if int(state.get("parallel", {}).get("world_size", 0)) == acc.num_processes and rng_file.is_file():
+            torch.set_rng_state(load_file(str(rng_file))["cpu"])
         return state

@@ -1,0 +1,169 @@
+"""`torchrun ... osp t2v train --strategy fsdp [--sequence-parallel N]`: real 2-rank CPU runs
+(gloo) of the CLI against the 1-process run with the same global batch, resumes across rank
+counts, a SIGKILL in the middle of a checkpoint, and the consolidated model in `osp t2v sample`.
+
+Tolerances: 1e-4 relative on each step's loss, and on the final weights (max difference over a
+tensor, relative to the tensor's largest value or 1). The runs use Adam eps 1e-6 rather than
+1e-8: the key biases of attention get an exactly-zero gradient in exact arithmetic (softmax
+ignores a shift shared by every key), so what they get is float rounding, which Adam with a tiny
+eps turns into full learning-rate steps of either sign, whatever the parallel layout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .helpers import run_module
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+TOLERANCE = 1e-4
+
+
+def _common(clips: Path, repo: Path) -> list[str]:
+    return [
+        "--preset", "debug", "--data", str(clips), "--model", str(repo), "--pretrained", "tiny", "--text-encoder", str(repo),
+        "--max-steps", "5", "--checkpoint-every", "3", "--set", "run.keep_last=0", "--set", "optim.eps=1e-6", "--no-ema", "--json",
+    ]  # fmt: skip
+
+
+def _launcher(ranks: int) -> list[str] | None:
+    return [TORCHRUN, "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else None
+
+
+def train(clips: Path, repo: Path, out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
+    proc = run_module("osp_cli.t2v_train", *_common(clips, repo), "-o", str(out), *extra, launcher=_launcher(ranks))
+    return proc
+
+
+def _step(out: Path, step: int = 5) -> Path:
+    return out / "checkpoints" / f"step-{step:08d}"
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model" / "diffusion_pytorch_model.safetensors"))
+
+
+def _losses(checkpoint: Path) -> list[float]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["loss_history"]
+
+
+def assert_follows(reference: Path, other: Path, step: int = 5) -> tuple[float, float]:
+    """Losses and final weights of `other` within TOLERANCE of `reference`; returns the worst of each."""
+    a, b = _losses(_step(reference, step)), _losses(_step(other, step))
+    assert len(a) == len(b) == step
+    loss_error = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    wa, wb = _weights(_step(reference, step)), _weights(_step(other, step))
+    assert set(wa) == set(wb)
+    weight_error = max(float((wa[k] - wb[k]).abs().max()) / max(1.0, float(wa[k].abs().max())) for k in wa)
+    assert loss_error < TOLERANCE and weight_error < TOLERANCE, (loss_error, weight_error)
+    return loss_error, weight_error
+
+
+@pytest.fixture(scope="module")
+def runs(clips, tiny_repo, tmp_path_factory) -> dict[str, Path]:
+    """The 1-process run (batch 2, fsdp on one process) and the 2-rank FSDP2 run (batch 1 per
+    rank): the same global batch of 2, checkpoints at steps 3 and 5."""
+    root = tmp_path_factory.mktemp("fsdp_runs")
+    one = train(clips, tiny_repo, root / "one", 1, "--batch-size", "2", "--strategy", "fsdp")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "nothing to shard" in one.stderr  # the note of fsdp on one process
+    two = train(clips, tiny_repo, root / "two", 2, "--batch-size", "1", "--strategy", "fsdp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    return {"one": root / "one", "two": root / "two", "two_stderr": two.stderr}  # type: ignore[dict-item]
+
+
+def test_fsdp_on_two_ranks_follows_one_process(runs):
+    summary = json.loads((runs["two"] / "summary.json").read_text())
+    assert summary["parallel"] == {"strategy": "fsdp", "world_size": 2, "data_parallel": 2, "sequence_parallel": 1, "replicate": 1}
+    assert summary["samples_seen"] == 10 and summary["global_batch"] == 2
+    # each rank wrote its own shard files
+    assert len(list((_step(runs["two"]) / "dcp").glob("*.distcp"))) == 2
+    assert_follows(runs["one"], runs["two"])
+
+
+def test_sequence_parallel_equals_no_sequence_parallel(runs, clips, tiny_repo, tmp_path):
+    # the same global batch of 2 samples, each one's tokens over 2 ranks (DSP)
+    proc = train(clips, tiny_repo, tmp_path / "sp", 2, "--batch-size", "2", "--strategy", "fsdp", "--sequence-parallel", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "sp" / "summary.json").read_text())["parallel"]["sequence_parallel"] == 2
+    assert_follows(runs["one"], tmp_path / "sp")
+
+
+def test_resume_across_rank_counts_continues_the_straight_run(runs, clips, tiny_repo, tmp_path):
+    # 2 ranks -> 1: the 2-rank run's step-3 checkpoint finished on one process
+    proc = train(clips, tiny_repo, tmp_path / "to_one", 1, "--batch-size", "2", "--strategy", "fsdp", "--resume", str(_step(runs["two"], 3)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["steps_this_run"] == 2
+    assert_follows(runs["two"], tmp_path / "to_one")
+    # 1 -> 2 ranks
+    proc = train(clips, tiny_repo, tmp_path / "to_two", 2, "--batch-size", "1", "--strategy", "fsdp", "--resume", str(_step(runs["one"], 3)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_follows(runs["one"], tmp_path / "to_two")
+
+
+def _rank_processes(launcher: subprocess.Popen) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(launcher.pid).children(recursive=True) if "osp_cli.t2v_train" in " ".join(p.cmdline())]
+
+
+def test_sigkill_of_a_rank_during_a_checkpoint_then_resume_is_bit_identical(runs, clips, tiny_repo, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    args = [*_launcher(2), "-m", "osp_cli.t2v_train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "1", "--strategy", "fsdp", "--checkpoint-every", "1"]
+    launcher = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # kill rank 1 the moment the step-2 checkpoint is being written (its temporary folder exists)
+    deadline, caught_in_checkpoint = time.monotonic() + 240, False
+    while time.monotonic() < deadline and launcher.poll() is None:
+        if (out / "checkpoints" / ".step-00000002.tmp").exists() or _step(out, 2).exists():
+            caught_in_checkpoint = (out / "checkpoints" / ".step-00000002.tmp").exists()
+            ranks = _rank_processes(launcher)
+            os.kill(sorted(ranks, key=lambda p: p.pid)[-1].pid, signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    launcher.communicate(timeout=240)
+    assert launcher.returncode != 0
+    assert not (out / "summary.json").exists()
+    done = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert done and "step-00000005" not in done  # stopped mid-run, with complete checkpoints only
+    assert all((out / "checkpoints" / name / "trainer_state.json").is_file() for name in done)
+    proc = train(clips, tiny_repo, out, 2, "--batch-size", "1", "--strategy", "fsdp", "--checkpoint-every", "1", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list((out / "checkpoints").glob(".step-*.tmp"))  # the killed checkpoint's leftovers are gone
+    straight, resumed = _weights(_step(runs["two"])), _weights(_step(out))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert _losses(_step(runs["two"])) == _losses(_step(out))
+    print(f"killed during a checkpoint write: {caught_in_checkpoint}; complete checkpoints left: {done}")
+
+
+def test_the_consolidated_model_samples(runs, tmp_path):
+    from tests.conftest import run_osp
+
+    checkpoint = _step(runs["two"])
+    repo = Path(json.loads((checkpoint / "trainer_state.json").read_text())["config"]["model"]["model"])
+    proc = run_osp(
+        "t2v", "sample", "a gradient", "--model", str(repo), "--transformer", str(checkpoint / "model"), "--frames", "5", "--height", "32",
+        "--width", "32", "--steps", "4", "--seed", "1", "-o", str(tmp_path / "out"), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 1
+
+
+@pytest.mark.slow
+def test_four_ranks_two_data_by_two_sequence_parallel_follow_one_process(runs, clips, tiny_repo, tmp_path):
+    proc = train(clips, tiny_repo, tmp_path / "four", 4, "--batch-size", "1", "--strategy", "fsdp", "--sequence-parallel", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "four" / "summary.json").read_text())["parallel"]["data_parallel"] == 2
+    assert_follows(runs["one"], tmp_path / "four")
