@@ -15,11 +15,12 @@ folder with a `trainer_state.json` is always usable; older ones beyond `keep_las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,17 @@ DCP_DIR = "dcp"
 RNG_DIR = "rng"
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it assumes one process when no process group is joined: that is the case
+    of --strategy fsdp on one process, and intended."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 class DistributedCheckpointManager(CheckpointManager):
     """Checkpoints of `--strategy fsdp`: PyTorch Distributed Checkpoint (DCP) folders.
 
@@ -319,7 +331,8 @@ class DistributedCheckpointManager(CheckpointManager):
             tmp.mkdir()
         acc.wait_for_everyone()
         model_state, optim_state = self._state_dicts(model)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
+        with _single_process_quiet():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
@@ -372,7 +385,8 @@ class DistributedCheckpointManager(CheckpointManager):
         check_weights_fit(checkpoint, saved, inner, run_model)
         model_state, optim_state = self._state_dicts(model)
         try:
-            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(checkpoint / DCP_DIR))
+            with _single_process_quiet():
+                dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(checkpoint / DCP_DIR))
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
