@@ -258,6 +258,8 @@ class Trainer:
         self.parallel = self._parallel(accelerator)
         layout = self.parallel.layout
         self.recipe.check(accelerator)
+        if layout.strategy == "fsdp" and layout.world_size == 1:
+            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if layout.world_size > 1:
             from .parallelize import check_shared_output
 
@@ -379,8 +381,6 @@ class Trainer:
         from .parallelize import build_train_parallel, resolve_train_layout
 
         layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index)
-        if layout.strategy == "fsdp" and layout.world_size == 1:
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         return build_train_parallel(layout, accelerator.device)
 
     def parallelize(self, model: nn.Module) -> nn.Module:

@@ -95,6 +95,15 @@ class VAERecipe(Recipe):
                 f"VAE training runs under DDP, not {accelerator.distributed_type.name}",
                 "launch with configs/accelerate/ddp.yaml or torchrun (the VAE is small enough to replicate)",
             )
+        layout = self.trainer.parallel.layout
+        if layout.strategy != "ddp" or layout.sp > 1:
+            # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
+            # discriminator hold 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256
+            # sample ~74 GiB of saved activations; sharding the states saves < 3.8 GiB per rank
+            raise InputError(
+                "VAE training runs under --strategy ddp without sequence parallel: its weights and optimizer states (3.8 GiB) are small next to its activations, which sharding does not reduce",
+                "drop --strategy fsdp / --sequence-parallel for osp vae train; save memory with --gradient-checkpointing or a smaller --size / --frames",
+            )
         if run.gradient_accumulation_steps != 1:
             raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
         if data.use_image_num or data.cache_dir:

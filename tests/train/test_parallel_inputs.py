@@ -128,3 +128,11 @@ def test_data_order_is_a_function_of_the_global_batch():
     # epochs follow each other without padding: each epoch is a permutation of the 7 items
     flat = [item for step in stream(1, 7, 1, steps=2) for item in step]
     assert sorted(i for e, i in flat if e == 0) == list(range(7)) and sorted(i for e, i in flat if e == 1) == list(range(7))
+
+
+def test_vae_training_stays_ddp_with_a_reason(osp_in_process, clips, tmp_path):
+    """The VAE's states are small next to its activations (benchmarks/README.md): --strategy fsdp
+    is refused in one line that says why and what saves memory instead."""
+    proc = osp_in_process("vae", "train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path / "vae"), "--strategy", "fsdp")
+    assert_one_line_error(proc, "VAE training runs under --strategy ddp", "activations", "--gradient-checkpointing")
+    assert not (tmp_path / "vae").exists()
