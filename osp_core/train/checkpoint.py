@@ -300,7 +300,9 @@ class DistributedCheckpointManager(CheckpointManager):
     (DCP's own barrier, then ours), so a kill at any moment leaves the last complete checkpoint.
     """
 
-    def __init__(self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any]) -> None:
+    def __init__(
+        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None
+    ) -> None:
         self.accelerator = accelerator
         self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
@@ -308,6 +310,7 @@ class DistributedCheckpointManager(CheckpointManager):
         self.optimizers = [getattr(o, "optimizer", o) for o in optimizers]  # Accelerate's wrapper holds the torch optimizer
         self.schedulers = schedulers
         self.layout = layout
+        self.ema = ema  # a ShardedEMA: its shards go into the DCP folder, its average into model_ema/
 
     def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -331,21 +334,29 @@ class DistributedCheckpointManager(CheckpointManager):
             tmp.mkdir()
         acc.wait_for_everyone()
         model_state, optim_state = self._state_dicts(model)
+        shards = {"model": model_state, "optim": optim_state}
+        if self.ema is not None:
+            shards["ema"] = self.ema.shadow
         with _single_process_quiet():
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
+            dcp.save(shards, checkpoint_id=str(tmp / DCP_DIR))
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
+        inner, prefix = diffusers_part(model)
+        full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
         if acc.is_main_process:
-            inner, prefix = diffusers_part(model)
-            model_dir = tmp / "model"
-            model_dir.mkdir()
-            inner.save_config(str(model_dir))
-            weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in full.items() if k.startswith(prefix)}
-            save_file(weights, str(model_dir / "diffusion_pytorch_model.safetensors"))
+            for folder, tensors in (("model", full), ("model_ema", full_ema)):
+                if tensors is None:
+                    continue
+                (tmp / folder).mkdir()
+                inner.save_config(str(tmp / folder))
+                weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in tensors.items() if k.startswith(prefix)}
+                save_file(weights, str(tmp / folder / "diffusion_pytorch_model.safetensors"))
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers]}
+            if self.ema is not None:
+                extra["ema_step"] = self.ema.optimization_step
             (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
         acc.wait_for_everyone()  # every rank's shards and RNG file are written
         if acc.is_main_process:
@@ -384,13 +395,25 @@ class DistributedCheckpointManager(CheckpointManager):
         saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
         check_weights_fit(checkpoint, saved, inner, run_model)
         model_state, optim_state = self._state_dicts(model)
+        shards = {"model": model_state, "optim": optim_state}
+        # a checkpoint of a run without EMA: the average starts from the restored weights
+        with_ema = self.ema is not None and any(k.startswith("ema.") for k in metadata.state_dict_metadata)
+        if with_ema:
+            shards["ema"] = self.ema.shadow
         try:
             with _single_process_quiet():
-                dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(checkpoint / DCP_DIR))
+                dcp.load(shards, checkpoint_id=str(checkpoint / DCP_DIR))
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
         set_state_dict(model, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        if with_ema:
+            self.ema.optimization_step = int(state.get("ema_step", state["step"]))
+        elif self.ema is not None:
+            params = dict(inner.named_parameters())
+            with torch.no_grad():
+                for name in self.ema.names:
+                    self.ema.shadow[name].copy_(params[name])
         for scheduler, saved_state in zip(self.schedulers, state.get("schedulers", [])):
             scheduler.load_state_dict(saved_state)
         rng_file = checkpoint / RNG_DIR / f"rank-{acc.process_index}.safetensors"

@@ -382,7 +382,7 @@ class T2VRecipe(Recipe):
             # a sharded (or sequence-parallel) model: sample with a one-device copy of the gathered weights
             model = type(self.trainer.inner).from_config(self.trainer.inner.config).to(acc.device)
             model.load_state_dict(self.trainer.validation_weights)
-        ema = self.trainer.ema
+        ema = None if self.trainer.sharded_ema else self.trainer.ema  # a sharded average is in the gathered weights already
         if ema is not None:
             ema.store(model.parameters())
             ema.copy_to(model.parameters())

@@ -294,7 +294,7 @@ class Trainer:
         self.recipe.prepared(model, optimizers, schedulers, extra_models)
 
         if layout.strategy == "fsdp":
-            checkpoints: CheckpointManager = DistributedCheckpointManager(accelerator, self.output_dir, run.keep_last, self._warn, optimizers, schedulers, layout.to_dict())
+            checkpoints: CheckpointManager = DistributedCheckpointManager(accelerator, self.output_dir, run.keep_last, self._warn, optimizers, schedulers, layout.to_dict(), ema=ema)
         else:
             checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last, warn=self._warn)
         self.checkpoints = checkpoints
@@ -353,7 +353,7 @@ class Trainer:
                     self._note_skips(batch.get("skipped", []))
                 logs = self._mean_over_ranks(self.recipe.train_step(micro, step))
                 if ema is not None:
-                    ema.step(self.inner.parameters())
+                    ema.step(self.inner if self.sharded_ema else self.inner.parameters())
                 step += 1
                 self.step_seconds.append(time.perf_counter() - began)
                 last_logs = logs
@@ -377,6 +377,13 @@ class Trainer:
         return summary
 
     # --- helpers ----------------------------------------------------------------------------
+    @property
+    def sharded_ema(self) -> bool:
+        """Whether the EMA is held in shards like the weights (--strategy fsdp)."""
+        from .ema import ShardedEMA
+
+        return isinstance(self.ema, ShardedEMA)
+
     def _parallel(self, accelerator):
         from .parallelize import build_train_parallel, resolve_train_layout
 
@@ -464,7 +471,7 @@ class Trainer:
         for index, candidate in enumerate(candidates):
             try:
                 self._restored_state = checkpoints.load(candidate, model, self._run_model())
-                if ema is not None:
+                if ema is not None and not self.sharded_ema:  # the DCP manager restores its own
                     with self._rng_preserved():  # building the EMA copy must not move the restored RNG
                         self._load_ema(candidate / "model_ema", accelerator)
                 return candidate
@@ -486,10 +493,25 @@ class Trainer:
         if accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
             raise InputError("EMA needs the full weights on every rank, which FSDP shards", "use the DDP or DeepSpeed ZeRO-2 config, or --no-ema")
         if self.parallel.layout.strategy == "fsdp":
-            raise InputError("EMA is not available with --strategy fsdp yet (its average would need sharding like the weights)", "pass --no-ema, or train with --strategy ddp")
+            from .ema import ShardedEMA
+
+            return ShardedEMA(model, decay=self.run_cfg.ema_decay)
         from diffusers.training_utils import EMAModel
 
         return EMAModel(model.parameters(), decay=self.run_cfg.ema_decay, model_cls=type(model), model_config=model.config)
+
+    def _save_ema(self, path: Path) -> None:
+        """`EMAModel.save_pretrained`, with the trained model's buffers: diffusers builds the copy
+        from the config, which would write freshly initialised buffers (e.g. LatteT2V's
+        y_embedding) beside the averaged parameters."""
+        ema = self.ema
+        model = type(self.inner).from_config(self.inner.config)
+        model.load_state_dict(self.inner.state_dict())
+        state = ema.state_dict()
+        state.pop("shadow_params", None)
+        model.register_to_config(**state)
+        ema.copy_to(model.parameters())
+        model.save_pretrained(str(path))
 
     def _load_ema(self, folder: Path, accelerator) -> None:
         from diffusers.training_utils import EMAModel
@@ -550,6 +572,8 @@ class Trainer:
 
             full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
             _, prefix = diffusers_part(acc.unwrap_model(self.model))
+            if self.sharded_ema:
+                full = self.ema.full_weights(full, prefix)  # sample with the average, as a DDP run does
             self.validation_weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
         if acc.is_main_process:
             out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
@@ -585,8 +609,8 @@ class Trainer:
             "recipe": {"name": self.recipe.name, **self.recipe.extra_state()},
         }
         ema_save = None
-        if self.ema is not None:
-            ema_save = self.ema.save_pretrained
+        if self.ema is not None and not self.sharded_ema:
+            ema_save = self._save_ema
         # saving must not move the RNG (building the EMA copy initialises a model): a resumed
         # run restores the state saved here and must draw what an uninterrupted run draws next
         with self._rng_preserved():

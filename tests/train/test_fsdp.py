@@ -1,6 +1,7 @@
 """`torchrun ... osp t2v train --strategy fsdp [--sequence-parallel N]`: real 2-rank CPU runs
 (gloo) of the CLI against the 1-process run with the same global batch, resumes across rank
 counts, a SIGKILL in the middle of a checkpoint, and the consolidated model in `osp t2v sample`.
+Every run keeps an EMA (sharded like the weights): model_ema/ is compared as model/ is.
 
 Tolerances: 1e-4 relative on each step's loss, and on the final weights (max difference over a
 tensor, relative to the tensor's largest value or 1). The runs use Adam eps 1e-6 rather than
@@ -29,7 +30,8 @@ TOLERANCE = 1e-4
 def _common(clips: Path, repo: Path) -> list[str]:
     return [
         "--preset", "debug", "--data", str(clips), "--model", str(repo), "--pretrained", "tiny", "--text-encoder", str(repo),
-        "--max-steps", "5", "--checkpoint-every", "3", "--set", "run.keep_last=0", "--set", "optim.eps=1e-6", "--no-ema", "--json",
+        "--max-steps", "5", "--checkpoint-every", "3", "--set", "run.keep_last=0", "--set", "optim.eps=1e-6",
+        "--ema", "--set", "run.ema_decay=0.5", "--json",
     ]  # fmt: skip
 
 
@@ -47,9 +49,13 @@ def _step(out: Path, step: int = 5) -> Path:
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The consolidated model/ and model_ema/ tensors, keyed 'folder/name'."""
     from safetensors.torch import load_file
 
-    return load_file(str(checkpoint / "model" / "diffusion_pytorch_model.safetensors"))
+    out = {}
+    for folder in ("model", "model_ema"):
+        out.update({f"{folder}/{k}": v for k, v in load_file(str(checkpoint / folder / "diffusion_pytorch_model.safetensors")).items()})
+    return out
 
 
 def _losses(checkpoint: Path) -> list[float]:
@@ -76,7 +82,8 @@ def runs(clips, tiny_repo, tmp_path_factory) -> dict[str, Path]:
     one = train(clips, tiny_repo, root / "one", 1, "--batch-size", "2", "--strategy", "fsdp")
     assert one.returncode == 0, one.stderr[-3000:]
     assert "nothing to shard" in one.stderr  # the note of fsdp on one process
-    two = train(clips, tiny_repo, root / "two", 2, "--batch-size", "1", "--strategy", "fsdp")
+    # validation samples: rank 0 samples from the gathered (EMA) weights
+    two = train(clips, tiny_repo, root / "two", 2, "--batch-size", "1", "--strategy", "fsdp", "--validate-every", "5")
     assert two.returncode == 0, two.stderr[-3000:]
     return {"one": root / "one", "two": root / "two", "two_stderr": two.stderr}  # type: ignore[dict-item]
 
@@ -87,6 +94,7 @@ def test_fsdp_on_two_ranks_follows_one_process(runs):
     assert summary["samples_seen"] == 10 and summary["global_batch"] == 2
     # each rank wrote its own shard files
     assert len(list((_step(runs["two"]) / "dcp").glob("*.distcp"))) == 2
+    assert [p.name for p in (runs["two"] / "samples" / "step-00000005").glob("*.mp4")] == ["00.mp4"]
     assert_follows(runs["one"], runs["two"])
 
 
@@ -167,3 +175,11 @@ def test_four_ranks_two_data_by_two_sequence_parallel_follow_one_process(runs, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "four" / "summary.json").read_text())["parallel"]["data_parallel"] == 2
     assert_follows(runs["one"], tmp_path / "four")
+
+
+def test_sharded_ema_and_weights_match_a_ddp_run(runs, clips, tiny_repo, tmp_path):
+    """The 1-process DDP route (Accelerate, diffusers' EMAModel) against the 2-rank FSDP2 run
+    (sharded EMA): the same weights and average, buffers included."""
+    proc = train(clips, tiny_repo, tmp_path / "ddp", 1, "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_follows(tmp_path / "ddp", runs["two"])
