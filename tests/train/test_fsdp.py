@@ -156,17 +156,16 @@ def test_sigkill_of_a_rank_during_a_checkpoint_then_resume_is_bit_identical(runs
     print(f"killed during a checkpoint write: {caught_in_checkpoint}; complete checkpoints left: {done}")
 
 
-def test_the_consolidated_model_samples(runs, tmp_path):
-    from tests.conftest import run_osp
-
+def test_the_consolidated_model_samples(runs, osp_in_process, tmp_path):
     checkpoint = _step(runs["two"])
     repo = Path(json.loads((checkpoint / "trainer_state.json").read_text())["config"]["model"]["model"])
-    proc = run_osp(
-        "t2v", "sample", "a gradient", "--model", str(repo), "--transformer", str(checkpoint / "model"), "--frames", "5", "--height", "32",
-        "--width", "32", "--steps", "4", "--seed", "1", "-o", str(tmp_path / "out"), "--json",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert len(list((tmp_path / "out").glob("*.mp4"))) == 1
+    for folder in ("model", "model_ema"):
+        proc = osp_in_process(
+            "t2v", "sample", "a gradient", "--model", str(repo), "--transformer", str(checkpoint / folder), "--frames", "5", "--height", "32",
+            "--width", "32", "--steps", "4", "--seed", "1", "-o", str(tmp_path / folder),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert len(list((tmp_path / folder).glob("*.mp4"))) == 1
 
 
 @pytest.mark.slow
@@ -177,6 +176,7 @@ def test_four_ranks_two_data_by_two_sequence_parallel_follow_one_process(runs, c
     assert_follows(runs["one"], tmp_path / "four")
 
 
+@pytest.mark.slow
 def test_sharded_ema_and_weights_match_a_ddp_run(runs, clips, tiny_repo, tmp_path):
     """The 1-process DDP route (Accelerate, diffusers' EMAModel) against the 2-rank FSDP2 run
     (sharded EMA): the same weights and average, buffers included."""
