@@ -76,8 +76,8 @@ def resolve_train_layout(parallel: Any, world_size: int, rank: int) -> TrainLayo
 
 @dataclasses.dataclass
 class TrainParallel:
-    """The layout with its process groups: `fsdp_mesh` (replicate x shard, or shard) when sharded,
-    `sp_group` when sequence parallel."""
+    """The layout with its process groups: `fsdp_mesh` (replicate x shard, or shard) when sharded
+    (`parallelize` wraps with FSDP2 exactly when there is one), `sp_group` when sequence parallel."""
 
     layout: TrainLayout
     fsdp_mesh: Any = None
@@ -150,7 +150,7 @@ def parallelize(model: nn.Module, parallel: TrainParallel, config: Any, mixed_pr
     root: nn.Module = model
     if parallel.sp_group is not None:
         root = TrainingForward(model, _sequence_parallel_forward(parallel.sp_group))
-    if layout.sharded:
+    if parallel.fsdp_mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         if mixed_precision == "fp16":
