@@ -14,7 +14,7 @@
   python benchmarks/fsdp.py speed [--repeats 5]
       seconds per training step (forward, backward, AdamW) on 2 CPU processes of the
       full-width model with 1 layer pair, DDP and FSDP2 alternated step by step in one run.
-  torchrun --standalone --nproc_per_node 1 benchmarks/fsdp.py device [--frames 17] [--size 64] [--repeats 5]
+  torchrun --standalone --nproc_per_node 1 benchmarks/fsdp.py device [--layers 28] [--frames 17] [--size 64] [--repeats 5]
       on a GPU (`benchmarks/gpu_fsdp.sh`): the full-size transformer, 65x512x512 latents, bf16
       FSDP2 with activation checkpointing of every block, one sample per step: seconds per
       step, peak memory, model FLOPs per step (counted by torch's FlopCounterMode on the meta
@@ -203,12 +203,12 @@ def speed(args: argparse.Namespace) -> None:
 
 
 # --- device -----------------------------------------------------------------------------------
-def model_flops(frames: int, size: int, tokens: int = 300) -> float:
+def model_flops(frames: int, size: int, layers: int = 28, tokens: int = 300) -> float:
     """Forward + backward FLOPs of one sample, counted on the meta device (no recomputation)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = _model(video_length=frames, sample_size=[size, size])
+        model = _model(num_layers=layers, video_length=frames, sample_size=[size, size])
         x, captions = torch.randn(1, 4, frames, size, size), torch.randn(1, tokens, 4096)
         with FlopCounterMode(display=False) as counter:
             out = model(x, torch.tensor([500]), encoder_hidden_states=captions, return_dict=False)[0]
@@ -223,7 +223,8 @@ def device_check(args: argparse.Namespace) -> None:
 
     rank, world, local_rank = launched_world()
     device = rank_device(select_device(None), local_rank)
-    flops = model_flops(args.frames, args.size)
+    flops = model_flops(args.frames, args.size, args.layers)
+    cuda = device.type == "cuda"  # elsewhere (a CPU check of this code path) no peak memory or MFU
     with process_group(device):
         config = SimpleNamespace(strategy="fsdp", sequence_parallel=1, replicate=1, activation_checkpointing=1, compile=args.compile)
         layout = resolve_train_layout(config, world, rank)
@@ -233,31 +234,34 @@ def device_check(args: argparse.Namespace) -> None:
 
             parallel.fsdp_mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("shard",))
         with torch.device(device):
-            model = _model(video_length=args.frames, sample_size=[args.size, args.size])
+            model = _model(num_layers=args.layers, video_length=args.frames, sample_size=[args.size, args.size])
         model = parallelize(model, parallel, config, mixed_precision="bf16")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        sync = torch.cuda.synchronize if cuda else (lambda device: None)
         g = torch.Generator(device).manual_seed(rank)
         x = torch.randn(1, 4, args.frames, args.size, args.size, generator=g, device=device)
         captions = torch.randn(1, 300, 4096, generator=g, device=device)
         seconds = []
-        torch.cuda.reset_peak_memory_stats(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.repeats + 1):
-            torch.cuda.synchronize(device)
+            sync(device)
             t0 = time.perf_counter()
             out = model(x, torch.tensor([500], device=device), encoder_hidden_states=captions, return_dict=False)[0]
             out.float().pow(2).mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(device)
+            sync(device)
             seconds.append(time.perf_counter() - t0)
         step = statistics.median(seconds[1:])
-        name = torch.cuda.get_device_name(device)
+        name = torch.cuda.get_device_name(device) if cuda else device.type
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        memory = f"{torch.cuda.max_memory_allocated(device) / GiB:.1f}" if cuda else "n/a"
         if rank == 0:
             print("| GPU | ranks | latents | s / step | peak memory (GiB) | model TFLOPs / step | MFU |")
             print("|---|---:|---|---:|---:|---:|---:|")
             mfu = f"{flops / step / peak:.1%}" if peak else "unknown peak"
-            print(f"| {name} | {world} | 4x{args.frames}x{args.size}x{args.size} | {step:.2f} | {torch.cuda.max_memory_allocated(device) / GiB:.1f} | {flops / 1e12:.1f} | {mfu} |")
+            print(f"| {name} | {world} | 4x{args.frames}x{args.size}x{args.size} | {step:.2f} | {memory} | {flops / 1e12:.3g} | {mfu} |")
 
 
 JOBS = {"meta": _meta_job, "measure": _measure_job, "speed": _speed_job}
@@ -270,6 +274,7 @@ def main() -> None:
     sub.add_parser("measure")
     sub.add_parser("speed").add_argument("--repeats", type=int, default=5)
     device = sub.add_parser("device")
+    device.add_argument("--layers", type=int, default=28)
     device.add_argument("--frames", type=int, default=17)
     device.add_argument("--size", type=int, default=64)
     device.add_argument("--repeats", type=int, default=5)

@@ -6,7 +6,7 @@ Layout of `OUTPUT/checkpoints/step-000123/`:
     model_ema/          the EMA weights, same format (when EMA is on)
     accelerate/         optimizers, lr schedulers, grad scaler, per-rank RNG states and the
                         other trained modules (e.g. the VAE discriminator), through
-                        Accelerate's save_state (FSDP/DeepSpeed shards live here too)
+                        Accelerate's save_state (--strategy ddp; fsdp: DistributedCheckpointManager)
     trainer_state.json  step, data position, samples seen, skipped samples, config, losses
 
 Everything is written into `.step-000123.tmp/` and renamed when complete, so the newest
@@ -145,23 +145,19 @@ class CheckpointManager:
         self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
-        self._sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
-        # Skip Accelerate's copy of the diffusers model (model/ already holds it) where the
-        # model is saved as a plain state dict; sharded backends keep their own format.
+        # Skip Accelerate's copy of the diffusers model: model/ already holds it.
         accelerator.register_save_state_pre_hook(self._drop_diffusers_weights)
         accelerator.register_load_state_pre_hook(self._skip_diffusers_model)
 
     # --- accelerate hooks -------------------------------------------------------------------
     def _drop_diffusers_weights(self, models: list, weights: list, output_dir: str) -> None:
-        if self._sharded or not weights:
+        if not weights:
             return
         for index in reversed(range(len(models))):
             if _is_diffusers(self.accelerator.unwrap_model(models[index])):
                 weights.pop(index)
 
     def _skip_diffusers_model(self, models: list, input_dir: str) -> None:
-        if self._sharded:
-            return
         for index in reversed(range(len(models))):
             if _is_diffusers(self.accelerator.unwrap_model(models[index])):
                 models.pop(index)
@@ -205,7 +201,7 @@ class CheckpointManager:
             tmp.mkdir()
         acc.wait_for_everyone()
         acc.save_state(str(tmp / "accelerate"))
-        full_state = acc.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3 (collective)
+        full_state = acc.get_state_dict(model)
         if acc.is_main_process:
             inner, prefix = diffusers_part(acc.unwrap_model(model))
             model_dir = tmp / "model"
@@ -252,14 +248,13 @@ class CheckpointManager:
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
             self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
-        if not self._sharded:
-            weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
-            if not weights.is_file():
-                raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
-            inner, _ = diffusers_part(acc.unwrap_model(model))
-            saved = load_file(str(weights))
-            check_weights_fit(checkpoint, saved, inner, run_model)
-            inner.load_state_dict(saved)
+        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+        inner, _ = diffusers_part(acc.unwrap_model(model))
+        saved = load_file(str(weights))
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        inner.load_state_dict(saved)
         try:
             acc.load_state(str(checkpoint / "accelerate"))
         except Exception as exc:  # noqa: BLE001 - torch/accelerate raise many types; one line each

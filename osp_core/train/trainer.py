@@ -1,7 +1,9 @@
 """One training loop on Accelerate, shared by the VAE and text-to-video recipes.
 
-The loop owns what every run needs: the Accelerator (single process, DDP, FSDP, DeepSpeed,
-launched by `accelerate launch`, `torchrun` or plainly), seeding, the data order and position,
+The loop owns what every run needs: the Accelerator (process group, device, autocast and
+gradient accumulation of the DDP route, optimizer stepping, trackers; launched by `torchrun` or
+plainly), the parallel layout (`parallelize`: FSDP2 and sequence parallel, applied by the
+recipe through `Trainer.parallelize`), seeding, the data order and position,
 checkpoints and resume, EMA, metrics (console callback, TensorBoard, Weights & Biases),
 Ctrl-C/SIGTERM handling and the final summary. A `Recipe` supplies the rest through a few
 narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `validate`.
@@ -252,9 +254,12 @@ class Trainer:
         set_seed(run.seed)
         accelerator = self._accelerator(find_unused=self.recipe.find_unused_parameters)
         self.accelerator = accelerator
-        if accelerator.distributed_type.name == "DEEPSPEED":
-            # the DataLoader is ours (sharded by EpochShardSampler), so DeepSpeed learns the batch here
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.batch_size
+        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+            # sharding is osp's own (FSDP2, tested on CPU ranks); Accelerate's plugins were never run
+            raise InputError(
+                f"accelerate launch with a {accelerator.distributed_type.name} config is not supported",
+                "launch with torchrun (or accelerate launch without a sharding plugin) and pass --strategy fsdp",
+            )
         self.parallel = self._parallel(accelerator)
         layout = self.parallel.layout
         self.recipe.check(accelerator)
@@ -490,8 +495,6 @@ class Trainer:
     def _make_ema(self, model: nn.Module, accelerator):
         if not self.run_cfg.ema:
             return None
-        if accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
-            raise InputError("EMA needs the full weights on every rank, which FSDP shards", "use the DDP or DeepSpeed ZeRO-2 config, or --no-ema")
         if self.parallel.layout.strategy == "fsdp":
             from .ema import ShardedEMA
 
@@ -626,7 +629,7 @@ class Trainer:
         acc = self.accelerator
         skipped = self._gather_skips()
         digests = None
-        if acc.distributed_type.name not in ("FSDP", "DEEPSPEED", "MEGATRON_LM") and not self.parallel.layout.sharded:
+        if not self.parallel.layout.sharded:
             from accelerate.utils import gather_object
 
             mine = weights_digest(self.inner)

@@ -90,11 +90,6 @@ class VAERecipe(Recipe):
 
     def check(self, accelerator) -> None:
         run, data = self.config.run, self.config.data
-        if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
-            raise InputError(
-                f"VAE training runs under DDP, not {accelerator.distributed_type.name}",
-                "launch with configs/accelerate/ddp.yaml or torchrun (the VAE is small enough to replicate)",
-            )
         layout = self.trainer.parallel.layout
         if layout.strategy != "ddp" or layout.sp > 1:
             # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
