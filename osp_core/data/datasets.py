@@ -83,7 +83,7 @@ def clip_key(path: Path, start: int, spec: ClipSpec) -> str:
 class VideoClipDataset(Dataset):
     """Video (and optionally caption and joint-image) samples from annotation entries.
 
-    Index with an int or with `(epoch, index)` (what `EpochShardSampler` yields). Items are
+    Index with an int or with `(epoch, index)` (what `GlobalBatchSampler` yields). Items are
     dicts: `video` (3, T, H, W) in [-1, 1], `caption`, `key` (cache key of the clip), `index`
     and `start` (entry and first frame taken), `skipped` [(path, reason)], and with
     `use_image_num > 0` also `images` (3, N, H, W) and `image_captions`.
@@ -236,49 +236,6 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["image_captions"] = [i["image_captions"] for i in items]
         batch["image_keys"] = [i["image_keys"] for i in items]
     return batch
-
-
-class EpochShardSampler(Sampler):
-    """Endless (epoch, index) stream: a seeded permutation per epoch, split across ranks.
-
-    Each epoch's permutation is padded (by repeating its head) to a multiple of the world size,
-    like `DistributedSampler`, so every rank sees the same number of samples. `start` skips the
-    first samples of this rank's stream: the data position of a resumed run.
-    """
-
-    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, start: int = 0) -> None:
-        if num_items < 1:
-            raise InputError("the dataset is empty", "check --data")
-        self.num_items = num_items
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
-        self.start = start
-        self.per_rank = -(-num_items // num_replicas)
-
-    def epoch_indices(self, epoch: int) -> list[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.num_items, generator=gen).tolist()
-        else:
-            order = list(range(self.num_items))
-        padded = order + order[: self.per_rank * self.num_replicas - len(order)]
-        while len(padded) < self.per_rank * self.num_replicas:  # tiny datasets, many ranks
-            padded += order
-        return padded[: self.per_rank * self.num_replicas][self.rank :: self.num_replicas]
-
-    def position(self, consumed: int) -> tuple[int, int]:
-        """(epoch, index in epoch) after `consumed` samples of this rank."""
-        return divmod(consumed, self.per_rank)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, offset = self.position(self.start)
-        while True:
-            indices = self.epoch_indices(epoch)
-            for index in indices[offset:]:
-                yield (epoch, index)
-            epoch, offset = epoch + 1, 0
 
 
 class GlobalBatchSampler(Sampler):
