@@ -227,7 +227,7 @@ def device_check(args: argparse.Namespace) -> None:
     cuda = device.type == "cuda"  # elsewhere (a CPU check of this code path) no peak memory or MFU
     with process_group(device):
         config = SimpleNamespace(strategy="fsdp", sequence_parallel=1, replicate=1, activation_checkpointing=1, compile=args.compile)
-        layout = resolve_train_layout(config, world, rank)
+        parallel = build_train_parallel(resolve_train_layout(config, world, rank), device)
         if parallel.fsdp_mesh is None:
             # one GPU: FSDP2 still wraps (bf16 parameters, fp32 reduction), as it does on N
             from torch.distributed.device_mesh import init_device_mesh
