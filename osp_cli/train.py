@@ -112,9 +112,11 @@ def console_reporter() -> Callable[[str, dict[str, Any]], None]:
             return
         if event == "start":
             resumed = f", resumed from {payload['resumed_from']}" if payload.get("resumed_from") else ""
+            parallel = payload.get("parallel") or {}
+            layout = parallel.get("strategy", "ddp") + (f", sequence parallel {parallel['sequence_parallel']}" if parallel.get("sequence_parallel", 1) > 1 else "")
             err.print(
                 f"[bold]{payload['recipe']} training[/]: {payload['samples']} samples, {payload['processes']} process(es) "
-                f"({payload['distributed']}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
+                f"({layout}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
                 highlight=False,
                 soft_wrap=True,
             )

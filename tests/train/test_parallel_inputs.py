@@ -85,23 +85,26 @@ def test_resume_across_strategies_and_model_configs_is_one_line(osp_in_process, 
     assert not (tmp_path / "c" / "checkpoints").exists()
 
 
-def _probe(rank: int, world: int, folders: list[str]) -> str:
+def _probe(rank: int, world: int, root: str) -> list[str]:
+    """check_shared_output on a folder both ranks share, then on per-rank folders (what storage
+    that is not shared looks like: each rank sees a different folder at the same path)."""
     from osp_core.train.parallelize import check_shared_output
 
-    try:
-        check_shared_output(Path(folders[rank]), rank, world)
-    except InputError as exc:
-        return str(exc)
-    return ""
+    messages = []
+    for folder in (Path(root) / "shared", Path(root) / f"node{rank}"):
+        try:
+            check_shared_output(folder, rank, world)
+            messages.append("")
+        except InputError as exc:
+            messages.append(str(exc))
+    return messages
 
 
 def test_an_output_folder_the_ranks_do_not_share_is_refused(tmp_path):
-    shared = str(tmp_path / "shared")
-    assert run_ranks(_probe, 2, [shared, shared]) == ["", ""]
-    assert not list(Path(shared).iterdir())  # the probes are removed
-    # each rank sees a different folder at "the same" path: storage that is not shared
-    messages = run_ranks(_probe, 2, [str(tmp_path / "node0"), str(tmp_path / "node1")])
-    assert all("not writable storage shared by every rank" in m for m in messages), messages
+    results = run_ranks(_probe, 2, str(tmp_path))
+    assert [shared for shared, _ in results] == ["", ""]
+    assert not list((tmp_path / "shared").iterdir())  # the probes are removed
+    assert all("not writable storage shared by every rank" in unshared for _, unshared in results), results
 
 
 def test_data_order_is_a_function_of_the_global_batch():
