@@ -18,7 +18,7 @@ FramesOpt = Annotated[int | None, typer.Option("--frames", help="Frames per samp
 StrideOpt = Annotated[int | None, typer.Option("--stride", help="Take every N-th source frame.")]
 SizeOpt = Annotated[str | None, typer.Option("--size", help="Sample size HxW (or N for square).")]
 MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train (total, across resumes).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per process per step.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per data-parallel rank per step (global batch: x ranks / sequence-parallel x accumulation).")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise.")]
 PrecisionOpt = Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]

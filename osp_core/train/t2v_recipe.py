@@ -7,7 +7,9 @@ caption is dropped to "" with probability `text_dropout` for classifier-free gui
 transformer is trained with the IDDPM hybrid loss at uniform timesteps (optionally with a share
 drawn from a high-noise band and an x0-style weight: `diffusion.high_noise_fraction`,
 `diffusion.loss_weighting`). With `cache_dir`, the VAE posterior moments and the T5 states are
-stored per sample and the encoders run once.
+stored per sample and the encoders run once. Every random draw of a sample (posterior noise,
+caption dropout, timestep, diffusion noise) comes from the seed and the sample's global position
+(`randomness`), so the numbers do not depend on how many ranks computed them.
 """
 
 from __future__ import annotations
