@@ -83,9 +83,10 @@ class ParallelConfig:
     """(fsdp) Replica groups: the ranks are split into `replicate` groups that each hold a full
     sharded copy (HSDP); 1 shards over every rank."""
     activation_checkpointing: int = 0
-    """(fsdp) Recompute activations of every k-th transformer block in backward (0: off, 1: every block)."""
+    """Recompute activations of every k-th transformer block in backward (0: off, 1: every block;
+    under fsdp, --gradient-checkpointing means 1)."""
     compile: bool = False
-    """(fsdp) torch.compile each transformer block (regional compilation)."""
+    """torch.compile each transformer block (regional compilation)."""
 
 
 @dataclass

@@ -55,10 +55,12 @@ class TrainLayout:
         return {"strategy": self.strategy, "world_size": self.world_size, "data_parallel": self.dp, "sequence_parallel": self.sp, "replicate": self.replicate}
 
 
-def resolve_train_layout(parallel: Any, world_size: int, rank: int) -> TrainLayout:
+def resolve_train_layout(parallel: Any, world_size: int, rank: int, mixed_precision: str = "no") -> TrainLayout:
     """The layout of `parallel` (a `ParallelConfig`) on `world_size` processes; one-line
     `InputError` when it cannot apply (checked before any model is built)."""
     strategy, sp, replicate = parallel.strategy, parallel.sequence_parallel, parallel.replicate
+    if strategy == "fsdp" and mixed_precision == "fp16":
+        raise InputError("--mixed-precision fp16 is not supported with --strategy fsdp (it would need a sharded loss scaler)", "use --mixed-precision bf16 (bf16 parameters, fp32 gradient reduction) or no")
     if strategy not in STRATEGIES:
         raise InputError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}", "pass --strategy ddp or --strategy fsdp")
     if world_size % sp:
@@ -138,23 +140,20 @@ def parallelize(model: nn.Module, parallel: TrainParallel, config: Any, mixed_pr
     Returns the module to train and to hand the optimizer: the model itself, a
     `TrainingForward` around it for sequence parallel, FSDP2-sharded in place under fsdp.
     """
-    layout = parallel.layout
-    every = config.activation_checkpointing or (1 if gradient_checkpointing and layout.strategy == "fsdp" else 0)
+    # --gradient-checkpointing under ddp keeps the model's own (diffusers) switch, set by the trainer
+    every = config.activation_checkpointing or (1 if gradient_checkpointing and parallel.layout.strategy == "fsdp" else 0)
     blocks = transformer_blocks(model)
-    if layout.strategy == "fsdp":
-        for index, block in enumerate(blocks):
-            if every and index % every == 0:
-                _checkpointed(block)
-            if config.compile:
-                block.compile()  # regional: each block compiles once, in place (names unchanged)
+    for index, block in enumerate(blocks):
+        if every and index % every == 0:
+            _checkpointed(block)
+        if config.compile:
+            block.compile()  # regional: each block compiles once, in place (names unchanged)
     root: nn.Module = model
     if parallel.sp_group is not None:
         root = TrainingForward(model, _sequence_parallel_forward(parallel.sp_group))
     if parallel.fsdp_mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if mixed_precision == "fp16":
-            raise InputError("--mixed-precision fp16 is not supported with --strategy fsdp (it would need a sharded loss scaler)", "use --mixed-precision bf16 or no")
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision == "bf16" else MixedPrecisionPolicy()
         for block in blocks:
             fully_shard(block, mesh=parallel.fsdp_mesh, mp_policy=policy)

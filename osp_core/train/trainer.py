@@ -392,7 +392,7 @@ class Trainer:
     def _parallel(self, accelerator):
         from .parallelize import build_train_parallel, resolve_train_layout
 
-        layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index)
+        layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index, self.run_cfg.mixed_precision)
         return build_train_parallel(layout, accelerator.device)
 
     def parallelize(self, model: nn.Module) -> nn.Module:

@@ -189,3 +189,12 @@ def test_sharded_ema_and_weights_match_a_ddp_run(runs, clips, tiny_repo, tmp_pat
     proc = train(clips, tiny_repo, tmp_path / "ddp", 1, "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_follows(tmp_path / "ddp", runs["two"])
+
+
+@pytest.mark.slow
+def test_hsdp_replicate_follows_one_process(runs, clips, tiny_repo, tmp_path):
+    # 2 replica groups of 1 shard each: the (replicate x shard) mesh route
+    proc = train(clips, tiny_repo, tmp_path / "hsdp", 2, "--batch-size", "1", "--strategy", "fsdp", "--set", "parallel.replicate=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "hsdp" / "summary.json").read_text())["parallel"]["replicate"] == 2
+    assert_follows(runs["one"], tmp_path / "hsdp")

@@ -48,11 +48,12 @@ def test_sequence_parallel_that_does_not_divide_the_world_is_one_line(osp_in_pro
         (_parallel("zero3"), 2, "--strategy 'zero3'"),
         (_parallel("ddp", replicate=2), 4, "parallel.replicate 2 needs --strategy fsdp"),
         (_parallel("fsdp", replicate=3), 4, "parallel.replicate 3"),
+        (_parallel("fsdp"), 2, "--mixed-precision fp16 is not supported with --strategy fsdp"),
     ],
 )
 def test_layouts_that_cannot_apply_say_why(layout, world, needle):
     with pytest.raises(InputError, match=needle.replace("(", r"\(").replace("'", "'")):
-        resolve_train_layout(layout, world, 0)
+        resolve_train_layout(layout, world, 0, mixed_precision="fp16" if "fp16" in needle else "no")
 
 
 def test_layout_ranks():
