@@ -129,6 +129,17 @@ def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module
     )
 
 
+def _write_model(folder: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+    """A diffusers model folder (config.json + safetensors) from a full state dict whose keys
+    carry `prefix` (that of `inner` inside the trained module)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    inner.save_config(str(folder))
+    weights = {k[len(prefix) :]: v.detach().to("cpu").contiguous() for k, v in state.items() if k.startswith(prefix)}
+    save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
 def _is_diffusers(module: nn.Module) -> bool:
     return diffusers_part(module)[0] is not None
 
@@ -192,37 +203,41 @@ class CheckpointManager:
     ) -> Path:
         """Write checkpoint `step` (collective: every rank must call it). Returns its folder."""
         acc = self.accelerator
-        final = self.root / step_dir_name(step)
-        tmp = self.root / f".{final.name}.tmp"
-        if acc.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        acc.wait_for_everyone()
+        tmp, final = self._open(step)
         acc.save_state(str(tmp / "accelerate"))
         full_state = acc.get_state_dict(model)
         if acc.is_main_process:
             inner, prefix = diffusers_part(acc.unwrap_model(model))
-            model_dir = tmp / "model"
-            model_dir.mkdir()
-            inner.save_config(str(model_dir))
-            from safetensors.torch import save_file
-
-            weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in full_state.items() if k.startswith(prefix)}
-            save_file(weights, str(model_dir / "diffusion_pytorch_model.safetensors"))
+            _write_model(tmp / "model", inner, prefix, full_state)
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
             (tmp / STATE_FILE).write_text(dumps({**state, "step": step}, indent=2, default=str))
-            fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_path(self.root)
-            self._prune()
+            self._publish(tmp, final)
         acc.wait_for_everyone()
         return final
+
+    def _open(self, step: int) -> tuple[Path, Path]:
+        """(temporary folder, final folder) of checkpoint `step`; rank 0 creates the first (and
+        removes what a killed run left), every rank waits for it."""
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".{final.name}.tmp"
+        if self.accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        self.accelerator.wait_for_everyone()
+        return tmp, final
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Rank 0, once the checkpoint is complete: flush it, rename it into place, prune."""
+        fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_path(self.root)
+        self._prune()
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -313,21 +328,15 @@ class DistributedCheckpointManager(CheckpointManager):
         return get_state_dict(model, self.optimizers)
 
     def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
-        """Write checkpoint `step` (collective: every rank must call it). Returns its folder."""
+        """Write checkpoint `step` (collective: every rank must call it). Returns its folder.
+        `ema_save` is not used: the sharded EMA given at construction is written here."""
         import torch
         import torch.distributed.checkpoint as dcp
         from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         acc = self.accelerator
-        final = self.root / step_dir_name(step)
-        tmp = self.root / f".{final.name}.tmp"
-        if acc.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        acc.wait_for_everyone()
+        tmp, final = self._open(step)
         model_state, optim_state = self._state_dicts(model)
         shards = {"model": model_state, "optim": optim_state}
         if self.ema is not None:
@@ -340,27 +349,16 @@ class DistributedCheckpointManager(CheckpointManager):
         inner, prefix = diffusers_part(model)
         full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
         if acc.is_main_process:
-            for folder, tensors in (("model", full), ("model_ema", full_ema)):
-                if tensors is None:
-                    continue
-                (tmp / folder).mkdir()
-                inner.save_config(str(tmp / folder))
-                weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in tensors.items() if k.startswith(prefix)}
-                save_file(weights, str(tmp / folder / "diffusion_pytorch_model.safetensors"))
-            if ema_save is not None:
-                ema_save(tmp / "model_ema")
+            _write_model(tmp / "model", inner, prefix, full)
+            if full_ema is not None:
+                _write_model(tmp / "model_ema", inner, prefix, full_ema)
             extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers]}
             if self.ema is not None:
                 extra["ema_step"] = self.ema.optimization_step
             (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
         acc.wait_for_everyone()  # every rank's shards and RNG file are written
         if acc.is_main_process:
-            fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_path(self.root)
-            self._prune()
+            self._publish(tmp, final)
         acc.wait_for_everyone()
         return final
 
