@@ -19,10 +19,14 @@ from .trainer import Built, Recipe
 from .wrapping import TrainingForward
 
 
-def _vae_step(vae, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction and posterior moments (mean, logvar on dim 1) of `video`."""
+def _vae_step(vae, video: torch.Tensor, seed: int, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction and posterior moments (mean, logvar on dim 1) of `video`; each clip's
+    posterior sample draws from its global position (`randomness`), not from a rank's stream."""
+    from .randomness import sample_randn
+
     posterior = vae.encode(video).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    noise = sample_randn(seed, [(p, "posterior") for p in positions], tuple(posterior.mean.shape[1:]), posterior.mean.device)
+    recon = vae.decode(posterior.mean + posterior.std * noise.to(posterior.mean.dtype)).sample
     return recon, posterior.parameters
 
 
@@ -182,11 +186,13 @@ class VAERecipe(Recipe):
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
         clip = self.config.optim.max_grad_norm
-        video = micro_batches[0]["video"].to(acc.device)
+        batch = micro_batches[0]
+        video = batch["video"].to(acc.device)
         self.model.train()
         self.loss.train()
 
-        recon, moments = self.model(video)
+        positions = list(batch.get("position", range(video.shape[0])))
+        recon, moments = self.model(video, self.config.run.seed, positions)
         gen = self.loss("generator", video, recon, moments, step, self.vae.get_last_layer())
         self.gen_opt.zero_grad(set_to_none=True)
         acc.backward(gen["loss"])
