@@ -198,3 +198,13 @@ def test_hsdp_replicate_follows_one_process(runs, clips, tiny_repo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "hsdp" / "summary.json").read_text())["parallel"]["replicate"] == 2
     assert_follows(runs["one"], tmp_path / "hsdp")
+
+
+@pytest.mark.slow
+def test_ddp_with_sequence_parallel_follows_one_process(runs, clips, tiny_repo, tmp_path):
+    proc = train(clips, tiny_repo, tmp_path / "ddp_sp", 2, "--batch-size", "2", "--sequence-parallel", "2", "--strategy", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp_sp" / "summary.json").read_text())
+    assert summary["ranks_in_sync"] is True and summary["parallel"]["strategy"] == "ddp"
+    # DDP checkpoints hold model/ and model_ema/ as FSDP ones do: compare them the same way
+    assert_follows(runs["one"], tmp_path / "ddp_sp")
