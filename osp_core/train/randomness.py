@@ -14,6 +14,12 @@ import hashlib
 import torch
 
 
+def batch_positions(batch: dict) -> list[int]:
+    """The global positions of a batch's samples (the trainer adds them as `position`; a batch
+    made by hand counts from 0)."""
+    return list(batch.get("position", range(len(batch["key"]))))
+
+
 def sample_generator(seed: int, position: int, purpose: str) -> torch.Generator:
     """A CPU generator for draw `purpose` of the sample at global `position` (CPU, so the numbers
     are the same on every device)."""

@@ -292,10 +292,10 @@ class T2VRecipe(Recipe):
 
     # --- the step ---------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        from .randomness import sample_rand
+        from .randomness import batch_positions, sample_rand
 
         n = self.config.data.use_image_num
-        positions = self._positions(batch)
+        positions = batch_positions(batch)
         latents = self._latents(batch["video"], batch["key"], [(p, "posterior") for p in positions], lambda i: self.clips.read_clip(batch["index"][i], batch["start"][i]))
         captions = [batch["caption"]] if n == 0 else [batch["caption"], *zip(*batch["image_captions"])]
         if n > 0:
@@ -325,16 +325,11 @@ class T2VRecipe(Recipe):
             states, mask = states[:, 0], mask[:, 0]
         return latents, states, mask, n
 
-    @staticmethod
-    def _positions(batch: dict[str, Any]) -> list[int]:
-        """The samples' global positions (the trainer adds them; a hand-made batch counts from 0)."""
-        return list(batch.get("position", range(len(batch["key"]))))
-
     def _draws(self, batch: dict[str, Any], latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample timesteps and noise of the objective."""
-        from .randomness import sample_generator, sample_randn
+        from .randomness import batch_positions, sample_generator, sample_randn
 
-        seed, positions = self.config.run.seed, self._positions(batch)
+        seed, positions = self.config.run.seed, batch_positions(batch)
         t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "timestep")) for p in positions]).to(latents.device)
         noise = sample_randn(seed, [(p, "noise") for p in positions], tuple(latents.shape[1:]), latents.device)
         return t, noise

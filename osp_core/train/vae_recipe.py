@@ -191,8 +191,9 @@ class VAERecipe(Recipe):
         self.model.train()
         self.loss.train()
 
-        positions = list(batch.get("position", range(video.shape[0])))
-        recon, moments = self.model(video, self.config.run.seed, positions)
+        from .randomness import batch_positions
+
+        recon, moments = self.model(video, self.config.run.seed, batch_positions(batch))
         gen = self.loss("generator", video, recon, moments, step, self.vae.get_last_layer())
         self.gen_opt.zero_grad(set_to_none=True)
         acc.backward(gen["loss"])
