@@ -1,5 +1,5 @@
-"""`osp t2v train`: train or continue the LatteT2V transformer (one process, DDP / FSDP /
-DeepSpeed via `accelerate launch`, or torchrun). Register with
+"""`osp t2v train`: train or continue the LatteT2V transformer (one process, or torchrun with
+--strategy ddp|fsdp and --sequence-parallel N). Register with
 `app.command("train")(t2v_train.train)` in osp_cli/t2v.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 from .train import (
     BatchOpt, CkptEveryOpt, DataOpt, DeterministicOpt, DeviceTrainOpt, EmaOpt, FramesOpt, GradCkptOpt, JsonSummaryOpt,
     KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, OverwriteOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
-    SeedOpt, SetOpt, SizeOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
+    SeedOpt, SequenceParallelOpt, SetOpt, SizeOpt, StrategyOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
 )  # fmt: skip
 
 
@@ -38,6 +38,8 @@ def train(
     num_workers: WorkersOpt = None,
     deterministic: DeterministicOpt = None,
     device: DeviceTrainOpt = None,
+    strategy: StrategyOpt = None,
+    sequence_parallel: SequenceParallelOpt = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model repository (Hub id or folder) with vae/ and version folders.")] = None,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from this transformer: a version folder of --model (e.g. 65x512x512) or a folder.")] = None,
     transformer_config: Annotated[str | None, typer.Option("--transformer-config", help="LatteT2V config.json for a fresh transformer.")] = None,
@@ -61,7 +63,7 @@ def train(
         data=data, output=output, frames=frames, stride=stride, size=size, max_steps=max_steps, batch_size=batch_size, lr=lr,
         seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume, overwrite=overwrite,
         log_every=log_every, report_to=report_to, ema=ema, gradient_checkpointing=gradient_checkpointing,
-        num_workers=num_workers, deterministic=deterministic, device=device,
+        num_workers=num_workers, deterministic=deterministic, device=device, strategy=strategy, sequence_parallel=sequence_parallel,
     )  # fmt: skip
     overrides.update({
         "model.model": model,

@@ -18,7 +18,7 @@ FramesOpt = Annotated[int | None, typer.Option("--frames", help="Frames per samp
 StrideOpt = Annotated[int | None, typer.Option("--stride", help="Take every N-th source frame.")]
 SizeOpt = Annotated[str | None, typer.Option("--size", help="Sample size HxW (or N for square).")]
 MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train (total, across resumes).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per process per step.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per data-parallel rank per step (global batch: x ranks / sequence-parallel x accumulation).")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise.")]
 PrecisionOpt = Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
@@ -33,6 +33,8 @@ GradCkptOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing/--no
 WorkersOpt = Annotated[int | None, typer.Option("--num-workers", help="DataLoader workers per process.")]
 DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels (bit-identical resumes on CPU).")]
 DeviceTrainOpt = Annotated[str | None, typer.Option("--device", help="Force cpu (else the launcher's device: CUDA / NPU / CPU).")]
+StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and optimizer states sharded; Distributed Checkpoint).")]
+SequenceParallelOpt = Annotated[int | None, typer.Option("--sequence-parallel", help="Ranks sharing one sample's tokens (DSP; t2v); divides the process count.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.")]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.")]
 JsonSummaryOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")]
@@ -71,6 +73,8 @@ def common_overrides(**options: Any) -> dict[str, Any]:
         "run.num_workers": options.get("num_workers"),
         "run.deterministic": options.get("deterministic"),
         "run.device": options.get("device"),
+        "parallel.strategy": options.get("strategy"),
+        "parallel.sequence_parallel": options.get("sequence_parallel"),
     }
     return mapping
 
@@ -108,9 +112,11 @@ def console_reporter() -> Callable[[str, dict[str, Any]], None]:
             return
         if event == "start":
             resumed = f", resumed from {payload['resumed_from']}" if payload.get("resumed_from") else ""
+            parallel = payload.get("parallel") or {}
+            layout = parallel.get("strategy", "ddp") + (f", sequence parallel {parallel['sequence_parallel']}" if parallel.get("sequence_parallel", 1) > 1 else "")
             err.print(
                 f"[bold]{payload['recipe']} training[/]: {payload['samples']} samples, {payload['processes']} process(es) "
-                f"({payload['distributed']}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
+                f"({layout}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -10,7 +10,7 @@ import typer
 from .train import (
     BatchOpt, CkptEveryOpt, DataOpt, DeterministicOpt, DeviceTrainOpt, EmaOpt, FramesOpt, GradCkptOpt, JsonSummaryOpt,
     KeepOpt, LogEveryOpt, LrOpt, MaxStepsOpt, OutputOpt, OverwriteOpt, PrecisionOpt, PresetOpt, PrintConfigOpt, ReportOpt, ResumeOpt,
-    SeedOpt, SetOpt, SizeOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
+    SeedOpt, SetOpt, SizeOpt, StrategyOpt, StrideOpt, WorkersOpt, common_overrides, console_reporter, finish, merge_overrides, run_standalone,
 )  # fmt: skip
 
 
@@ -37,6 +37,7 @@ def train(
     num_workers: WorkersOpt = None,
     deterministic: DeterministicOpt = None,
     device: DeviceTrainOpt = None,
+    strategy: StrategyOpt = None,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Continue from these VAE weights (repo id, folder, or folder with vae/).")] = None,
     model_config: Annotated[str | None, typer.Option("--model-config", help="CausalVideoVAE config.json for a fresh model.")] = None,
     init_from_2d_vae: Annotated[str | None, typer.Option("--init-from-2d-vae", help="Inflate a diffusers image VAE (repo id or folder) by tail init.")] = None,
@@ -57,7 +58,7 @@ def train(
         data=data, output=output, frames=frames, stride=stride, size=size, max_steps=max_steps, batch_size=batch_size, lr=lr,
         seed=seed, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume, overwrite=overwrite,
         log_every=log_every, report_to=report_to, ema=ema, gradient_checkpointing=gradient_checkpointing,
-        num_workers=num_workers, deterministic=deterministic, device=device,
+        num_workers=num_workers, deterministic=deterministic, device=device, strategy=strategy,
     )  # fmt: skip
     overrides.update({
         "model.pretrained": pretrained,

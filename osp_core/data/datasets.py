@@ -83,7 +83,7 @@ def clip_key(path: Path, start: int, spec: ClipSpec) -> str:
 class VideoClipDataset(Dataset):
     """Video (and optionally caption and joint-image) samples from annotation entries.
 
-    Index with an int or with `(epoch, index)` (what `EpochShardSampler` yields). Items are
+    Index with an int or with `(epoch, index)` (what `GlobalBatchSampler` yields). Items are
     dicts: `video` (3, T, H, W) in [-1, 1], `caption`, `key` (cache key of the clip), `index`
     and `start` (entry and first frame taken), `skipped` [(path, reason)], and with
     `use_image_num > 0` also `images` (3, N, H, W) and `image_captions`.
@@ -238,44 +238,55 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class EpochShardSampler(Sampler):
-    """Endless (epoch, index) stream: a seeded permutation per epoch, split across ranks.
+class GlobalBatchSampler(Sampler):
+    """Endless (epoch, index) stream of one data-parallel rank, cut from one global stream.
 
-    Each epoch's permutation is padded (by repeating its head) to a multiple of the world size,
-    like `DistributedSampler`, so every rank sees the same number of samples. `start` skips the
-    first samples of this rank's stream: the data position of a resumed run.
+    The global stream is the concatenation of seeded per-epoch permutations (no padding), so
+    global position p is sample `perm(p // N)[p % N]` whatever the rank count. An optimizer step
+    takes the next `batch_size x accumulation x ranks` positions; micro-batch m of rank r holds
+    positions `step_start + (m x ranks + r) x batch_size + [0, batch_size)`. A run resumed on
+    another rank count (same global batch) therefore sees the samples an uninterrupted run
+    would have seen. `start` is the number of global positions already consumed.
     """
 
-    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, start: int = 0) -> None:
+    def __init__(self, num_items: int, batch_size: int, accumulation: int = 1, num_replicas: int = 1, rank: int = 0, seed: int = 0, start: int = 0, shuffle: bool = True) -> None:
         if num_items < 1:
             raise InputError("the dataset is empty", "check --data")
-        self.num_items = num_items
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
-        self.start = start
-        self.per_rank = -(-num_items // num_replicas)
+        self.num_items, self.batch_size, self.accumulation = num_items, batch_size, accumulation
+        self.num_replicas, self.rank, self.seed, self.start, self.shuffle = num_replicas, rank, seed, start, shuffle
+        self._cache: tuple[int, list[int]] | None = None
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.num_items, generator=gen).tolist()
-        else:
-            order = list(range(self.num_items))
-        padded = order + order[: self.per_rank * self.num_replicas - len(order)]
-        while len(padded) < self.per_rank * self.num_replicas:  # tiny datasets, many ranks
-            padded += order
-        return padded[: self.per_rank * self.num_replicas][self.rank :: self.num_replicas]
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accumulation * self.num_replicas
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._cache is None or self._cache[0] != epoch:
+            if self.shuffle:
+                order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            else:
+                order = list(range(self.num_items))
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def item_at(self, position: int) -> tuple[int, int]:
+        """(epoch, dataset index) at global position `position`."""
+        epoch, offset = divmod(position, self.num_items)
+        return epoch, self._order(epoch)[offset]
 
     def position(self, consumed: int) -> tuple[int, int]:
-        """(epoch, index in epoch) after `consumed` samples of this rank."""
-        return divmod(consumed, self.per_rank)
+        """(epoch, index in epoch) after `consumed` global positions."""
+        return divmod(consumed, self.num_items)
+
+    def step_positions(self, step_start: int, micro: int) -> list[int]:
+        """Global positions of this rank's micro-batch `micro` of the step starting at `step_start`."""
+        first = step_start + (micro * self.num_replicas + self.rank) * self.batch_size
+        return list(range(first, first + self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, offset = self.position(self.start)
+        step_start = self.start
         while True:
-            indices = self.epoch_indices(epoch)
-            for index in indices[offset:]:
-                yield (epoch, index)
-            epoch, offset = epoch + 1, 0
+            for micro in range(self.accumulation):
+                for position in self.step_positions(step_start, micro):
+                    yield self.item_at(position)
+            step_start += self.global_batch

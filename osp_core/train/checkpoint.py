@@ -6,7 +6,7 @@ Layout of `OUTPUT/checkpoints/step-000123/`:
     model_ema/          the EMA weights, same format (when EMA is on)
     accelerate/         optimizers, lr schedulers, grad scaler, per-rank RNG states and the
                         other trained modules (e.g. the VAE discriminator), through
-                        Accelerate's save_state (FSDP/DeepSpeed shards live here too)
+                        Accelerate's save_state (--strategy ddp; fsdp: DistributedCheckpointManager)
     trainer_state.json  step, data position, samples seen, skipped samples, config, losses
 
 Everything is written into `.step-000123.tmp/` and renamed when complete, so the newest
@@ -15,11 +15,12 @@ folder with a `trainer_state.json` is always usable; older ones beyond `keep_las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,17 @@ def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module
     )
 
 
+def _write_model(folder: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+    """A diffusers model folder (config.json + safetensors) from a full state dict whose keys
+    carry `prefix` (that of `inner` inside the trained module)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    inner.save_config(str(folder))
+    weights = {k[len(prefix) :]: v.detach().to("cpu").contiguous() for k, v in state.items() if k.startswith(prefix)}
+    save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
 def _is_diffusers(module: nn.Module) -> bool:
     return diffusers_part(module)[0] is not None
 
@@ -144,23 +156,19 @@ class CheckpointManager:
         self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
-        self._sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
-        # Skip Accelerate's copy of the diffusers model (model/ already holds it) where the
-        # model is saved as a plain state dict; sharded backends keep their own format.
+        # Skip Accelerate's copy of the diffusers model: model/ already holds it.
         accelerator.register_save_state_pre_hook(self._drop_diffusers_weights)
         accelerator.register_load_state_pre_hook(self._skip_diffusers_model)
 
     # --- accelerate hooks -------------------------------------------------------------------
     def _drop_diffusers_weights(self, models: list, weights: list, output_dir: str) -> None:
-        if self._sharded or not weights:
+        if not weights:
             return
         for index in reversed(range(len(models))):
             if _is_diffusers(self.accelerator.unwrap_model(models[index])):
                 weights.pop(index)
 
     def _skip_diffusers_model(self, models: list, input_dir: str) -> None:
-        if self._sharded:
-            return
         for index in reversed(range(len(models))):
             if _is_diffusers(self.accelerator.unwrap_model(models[index])):
                 models.pop(index)
@@ -195,37 +203,41 @@ class CheckpointManager:
     ) -> Path:
         """Write checkpoint `step` (collective: every rank must call it). Returns its folder."""
         acc = self.accelerator
-        final = self.root / step_dir_name(step)
-        tmp = self.root / f".{final.name}.tmp"
-        if acc.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        acc.wait_for_everyone()
+        tmp, final = self._open(step)
         acc.save_state(str(tmp / "accelerate"))
-        full_state = acc.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3 (collective)
+        full_state = acc.get_state_dict(model)
         if acc.is_main_process:
             inner, prefix = diffusers_part(acc.unwrap_model(model))
-            model_dir = tmp / "model"
-            model_dir.mkdir()
-            inner.save_config(str(model_dir))
-            from safetensors.torch import save_file
-
-            weights = {k[len(prefix):]: v.detach().to("cpu").contiguous() for k, v in full_state.items() if k.startswith(prefix)}
-            save_file(weights, str(model_dir / "diffusion_pytorch_model.safetensors"))
+            _write_model(tmp / "model", inner, prefix, full_state)
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
             (tmp / STATE_FILE).write_text(dumps({**state, "step": step}, indent=2, default=str))
-            fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_path(self.root)
-            self._prune()
+            self._publish(tmp, final)
         acc.wait_for_everyone()
         return final
+
+    def _open(self, step: int) -> tuple[Path, Path]:
+        """(temporary folder, final folder) of checkpoint `step`; rank 0 creates the first (and
+        removes what a killed run left), every rank waits for it."""
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".{final.name}.tmp"
+        if self.accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        self.accelerator.wait_for_everyone()
+        return tmp, final
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Rank 0, once the checkpoint is complete: flush it, rename it into place, prune."""
+        fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_path(self.root)
+        self._prune()
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -243,17 +255,21 @@ class CheckpointManager:
         acc = self.accelerator
         verify_checkpoint(checkpoint)
         state = read_state(checkpoint)
+        if state.get("checkpoint_format") == "dcp":
+            raise InputError(
+                f"checkpoint '{checkpoint}' was written by a --strategy fsdp run (Distributed Checkpoint), which this --strategy ddp run does not read",
+                "resume it with --strategy fsdp (on any number of processes), or start over with --overwrite",
+            )
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
             self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
-        if not self._sharded:
-            weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
-            if not weights.is_file():
-                raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
-            inner, _ = diffusers_part(acc.unwrap_model(model))
-            saved = load_file(str(weights))
-            check_weights_fit(checkpoint, saved, inner, run_model)
-            inner.load_state_dict(saved)
+        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+        inner, _ = diffusers_part(acc.unwrap_model(model))
+        saved = load_file(str(weights))
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        inner.load_state_dict(saved)
         try:
             acc.load_state(str(checkpoint / "accelerate"))
         except Exception as exc:  # noqa: BLE001 - torch/accelerate raise many types; one line each
@@ -261,4 +277,139 @@ class CheckpointManager:
             if "size mismatch" in str(exc) or "does not match" in str(exc):
                 raise ModelLoadError(f"checkpoint '{checkpoint}' holds training state of another config ({first})", "resume with the config the checkpoint was trained with, or start over with --overwrite") from None
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / 'accelerate'}' ({type(exc).__name__}: {first})", "resume from another checkpoint") from None
+        return state
+
+
+DCP_DIR = "dcp"
+RNG_DIR = "rng"
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it assumes one process when no process group is joined: that is the case
+    of --strategy fsdp on one process, and intended."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+class DistributedCheckpointManager(CheckpointManager):
+    """Checkpoints of `--strategy fsdp`: PyTorch Distributed Checkpoint (DCP) folders.
+
+    Layout of `OUTPUT/checkpoints/step-000123/`:
+
+        dcp/                model and optimizer state, each rank writing its own shards
+                            (DCP reshards them on load: resume on any number of ranks)
+        rng/rank-N.safetensors  each rank's torch RNG state (restored when the rank count matches)
+        model/, model_ema/  the consolidated diffusers model (rank 0 gathers the full weights)
+        trainer_state.json  as for DDP, plus the lr-scheduler states and the parallel layout
+
+    Every rank writes into `.step-000123.tmp/`; rank 0 renames it once every rank has finished
+    (DCP's own barrier, then ours), so a kill at any moment leaves the last complete checkpoint.
+    """
+
+    def __init__(
+        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None
+    ) -> None:
+        self.accelerator = accelerator
+        self.warn = warn or logger.warning
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.optimizers = [getattr(o, "optimizer", o) for o in optimizers]  # Accelerate's wrapper holds the torch optimizer
+        self.schedulers = schedulers
+        self.layout = layout
+        self.ema = ema  # a ShardedEMA: its shards go into the DCP folder, its average into model_ema/
+
+    def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        return get_state_dict(model, self.optimizers)
+
+    def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
+        """Write checkpoint `step` (collective: every rank must call it). Returns its folder.
+        `ema_save` is not used: the sharded EMA given at construction is written here."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        acc = self.accelerator
+        tmp, final = self._open(step)
+        model_state, optim_state = self._state_dicts(model)
+        shards = {"model": model_state, "optim": optim_state}
+        if self.ema is not None:
+            shards["ema"] = self.ema.shadow
+        with _single_process_quiet():
+            dcp.save(shards, checkpoint_id=str(tmp / DCP_DIR))
+        (tmp / RNG_DIR).mkdir(exist_ok=True)
+        save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
+        inner, prefix = diffusers_part(model)
+        full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
+        if acc.is_main_process:
+            _write_model(tmp / "model", inner, prefix, full)
+            if full_ema is not None:
+                _write_model(tmp / "model_ema", inner, prefix, full_ema)
+            extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers]}
+            if self.ema is not None:
+                extra["ema_step"] = self.ema.optimization_step
+            (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
+        acc.wait_for_everyone()  # every rank's shards and RNG file are written
+        if acc.is_main_process:
+            self._publish(tmp, final)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, checkpoint: Path, model: nn.Module, run_model: str = "this run's model config") -> dict[str, Any]:
+        """Restore weights and optimizer states (resharded to this run's ranks), lr schedulers and,
+        when the rank count matches, RNG states; returns the trainer state dict."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        acc = self.accelerator
+        verify_checkpoint(checkpoint)
+        state = read_state(checkpoint)
+        if state.get("checkpoint_format") != "dcp" or not (checkpoint / DCP_DIR).is_dir():
+            raise InputError(
+                f"checkpoint '{checkpoint}' was written by a --strategy ddp run, which this --strategy fsdp run cannot reshard",
+                "resume it with --strategy ddp (the strategy it was trained with), or start over with --overwrite",
+            )
+        try:
+            metadata = dcp.FileSystemReader(str(checkpoint / DCP_DIR)).read_metadata()
+        except Exception as exc:  # noqa: BLE001 - a missing or truncated .metadata file
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint / DCP_DIR}' has no readable DCP metadata ({type(exc).__name__})", "resume from another checkpoint") from None
+        inner, prefix = diffusers_part(model)
+        # the saved tensors' shapes, as meta tensors: checked against this run's model before loading
+        head = f"model.{prefix}"
+        saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        model_state, optim_state = self._state_dicts(model)
+        shards = {"model": model_state, "optim": optim_state}
+        # a checkpoint of a run without EMA: the average starts from the restored weights
+        with_ema = self.ema is not None and any(k.startswith("ema.") for k in metadata.state_dict_metadata)
+        if with_ema:
+            shards["ema"] = self.ema.shadow
+        try:
+            with _single_process_quiet():
+                dcp.load(shards, checkpoint_id=str(checkpoint / DCP_DIR))
+        except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
+        set_state_dict(model, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        if with_ema:
+            self.ema.optimization_step = int(state.get("ema_step", state["step"]))
+        elif self.ema is not None:
+            params = dict(inner.named_parameters())
+            with torch.no_grad():
+                for name in self.ema.names:
+                    self.ema.shadow[name].copy_(params[name])
+        for scheduler, saved_state in zip(self.schedulers, state.get("schedulers", [])):
+            scheduler.load_state_dict(saved_state)
+        rng_file = checkpoint / RNG_DIR / f"rank-{acc.process_index}.safetensors"
+        if int(state.get("parallel", {}).get("world_size", 0)) == acc.num_processes and rng_file.is_file():
+            torch.set_rng_state(load_file(str(rng_file))["cpu"])
         return state

@@ -32,11 +32,13 @@ class RunConfig:
     max_steps: int = 1000
     """Optimizer steps to train for (counted across resumes)."""
     batch_size: int = 1
-    """Samples per process per step (before gradient accumulation)."""
+    """Samples per data-parallel rank per micro-batch (ranks that share a sample through sequence
+    parallel count once); the global batch is batch_size x accumulation x data-parallel ranks."""
     gradient_accumulation_steps: int = 1
     """Micro-batches accumulated into one optimizer step."""
     seed: int = 42
-    """Seed for model init, data order and per-step noise (each rank adds its index)."""
+    """Seed for model init, data order and per-sample noise (drawn from the seed, the step and the
+    sample's place in the global batch: the same numbers on any number of ranks)."""
     deterministic: bool = False
     """Use deterministic torch kernels (slower; makes resumed runs bit-identical on CPU)."""
     mixed_precision: str = "no"
@@ -66,6 +68,25 @@ class RunConfig:
     """DataLoader worker processes per rank (0 reads in the training process)."""
     device: str = ""
     """Force a device (cpu, cuda, npu); '' lets Accelerate pick the launcher's device."""
+
+
+@dataclass
+class ParallelConfig:
+    """How the processes torchrun started share a run (`osp_core.parallel.training`)."""
+
+    strategy: str = "ddp"
+    """ddp (every rank holds the whole model; Accelerate's DDP) or fsdp (PyTorch FSDP2: parameters,
+    gradients and AdamW states sharded over the ranks; Distributed Checkpoint folders)."""
+    sequence_parallel: int = 1
+    """Ranks that share one sample's tokens (DSP, t2v only); must divide the number of processes."""
+    replicate: int = 1
+    """(fsdp) Replica groups: the ranks are split into `replicate` groups that each hold a full
+    sharded copy (HSDP); 1 shards over every rank."""
+    activation_checkpointing: int = 0
+    """Recompute activations of every k-th transformer block in backward (0: off, 1: every block;
+    under fsdp, --gradient-checkpointing means 1)."""
+    compile: bool = False
+    """torch.compile each transformer block (regional compilation)."""
 
 
 @dataclass
@@ -231,6 +252,7 @@ class VAETrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, betas=(0.5, 0.9)))
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass
@@ -243,6 +265,7 @@ class T2VTrainConfig:
     model: T2VModelConfig = field(default_factory=T2VModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -477,5 +500,13 @@ def validate_common(cfg: Any) -> None:
     for name in ("frames", "stride", "height", "width"):
         if getattr(data, name) < 1:
             raise InputError(f"data.{name} must be >= 1, got {getattr(data, name)}", f"set --{name} to 1 or more")
+    par: ParallelConfig = cfg.parallel
+    if par.strategy not in ("ddp", "fsdp"):
+        raise InputError(f"--strategy '{par.strategy}' is not one of ddp, fsdp", "pass --strategy ddp or --strategy fsdp")
+    for name in ("sequence_parallel", "replicate"):
+        if getattr(par, name) < 1:
+            raise InputError(f"parallel.{name} must be >= 1, got {getattr(par, name)}", f"set parallel.{name} to 1 or more")
+    if par.activation_checkpointing < 0:
+        raise InputError(f"parallel.activation_checkpointing must be >= 0, got {par.activation_checkpointing}", "0 turns it off, 1 checkpoints every block, k every k-th")
     if not data.data:
         raise InputError("no training data given", "pass --data LIST.txt|ANNOTATION.json (or set data.data in the preset)")

@@ -7,7 +7,9 @@ caption is dropped to "" with probability `text_dropout` for classifier-free gui
 transformer is trained with the IDDPM hybrid loss at uniform timesteps (optionally with a share
 drawn from a high-noise band and an x0-style weight: `diffusion.high_noise_fraction`,
 `diffusion.loss_weighting`). With `cache_dir`, the VAE posterior moments and the T5 states are
-stored per sample and the encoders run once.
+stored per sample and the encoders run once. Every random draw of a sample (posterior noise,
+caption dropout, timestep, diffusion noise) comes from the seed and the sample's global position
+(`randomness`), so the numbers do not depend on how many ranks computed them.
 """
 
 from __future__ import annotations
@@ -118,8 +120,15 @@ class T2VRecipe(Recipe):
             check_steps("PNDM", self.config.validation.steps)
         except InputError as exc:
             raise InputError(f"--validation-steps: {exc.message}", f"pass --validation-steps {MIN_STEPS['PNDM']} or more") from None
-        if self.config.validation.every and accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
-            raise InputError("validation samples need the full model on one rank, which FSDP shards", "set validation.every 0 under FSDP (sample from a checkpoint instead)")
+        layout = self.trainer.parallel.layout
+        if layout.sp > 1:
+            # each rank of a group needs at least one latent frame and one patch position
+            frames = (d.frames - 1) // 4 + 1 + d.use_image_num
+            if frames < layout.sp:
+                raise InputError(
+                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
+                    f"use --sequence-parallel {frames} or less, or longer clips",
+                )
 
     # --- building ---------------------------------------------------------------------------
     def build(self, accelerator) -> Built:
@@ -155,6 +164,10 @@ class T2VRecipe(Recipe):
 
         lt, lh, lw = self.vae.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
         model = build_transformer(cfg, lt, (lh, lw))
+        sp = self.trainer.parallel.layout.sp
+        patches = (lh // model.config.patch_size) * (lw // model.config.patch_size)
+        if patches < sp:
+            raise InputError(f"--sequence-parallel {sp} splits {patches} patch position(s) per frame: a rank would get none", f"use --sequence-parallel {patches} or less, or a larger --size")
         if model.config.caption_channels != self.text_encoder.config.d_model:
             raise InputError(
                 f"the transformer takes {model.config.caption_channels}-d captions, the text encoder gives {self.text_encoder.config.d_model}",
@@ -174,13 +187,14 @@ class T2VRecipe(Recipe):
 
             self.cache = FeatureCache(cfg.data.cache_dir)
 
+        model = self.trainer.parallelize(model)  # before the optimizer: FSDP2 replaces the parameters
         o = cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         scheduler = get_scheduler(
             o.lr_scheduler,
             optimizer,
-            num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=cfg.run.max_steps * accelerator.num_processes,
+            num_warmup_steps=o.lr_warmup_steps * self.trainer.schedule_ticks_per_step,
+            num_training_steps=cfg.run.max_steps * self.trainer.schedule_ticks_per_step,
         )
         return Built(model=model, optimizers=[optimizer], schedulers=[scheduler])
 
@@ -209,11 +223,14 @@ class T2VRecipe(Recipe):
 
     # --- encoders (frozen, cached) ----------------------------------------------------------
     @torch.no_grad()
-    def _latents(self, pixels: torch.Tensor | list[torch.Tensor | None], keys: list[str], reread: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+    def _latents(
+        self, pixels: torch.Tensor | list[torch.Tensor | None], keys: list[str], draws: list[tuple[int, str]], reread: Callable[[int], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """(B, 3, T, H, W) -> scaled latent samples (B, 4, t, h, w); moments cached by key.
 
         `pixels` may hold None for clips the dataset did not decode (cached); should such a
-        cache entry be unreadable after all, `reread(i)` decodes clip i.
+        cache entry be unreadable after all, `reread(i)` decodes clip i. Row i's posterior
+        sample draws its noise from `draws[i]` = (global position, purpose).
         """
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -233,8 +250,11 @@ class T2VRecipe(Recipe):
                 moments[i] = fresh[j]
                 if self.cache is not None:
                     self.cache.put("vae", encoder_key(keys[i], self.vae_id), {"moments": fresh[j]})
+        from .randomness import sample_randn
+
         posterior = DiagonalGaussianDistribution(torch.stack([m.float() for m in moments]))
-        return posterior.sample() * self.vae.config.scaling_factor
+        noise = sample_randn(self.config.run.seed, draws, tuple(posterior.mean.shape[1:]), posterior.mean.device)
+        return (posterior.mean + posterior.std * noise) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,8 +292,11 @@ class T2VRecipe(Recipe):
 
     # --- the step ---------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        from .randomness import batch_positions, sample_rand
+
         n = self.config.data.use_image_num
-        latents = self._latents(batch["video"], batch["key"], lambda i: self.clips.read_clip(batch["index"][i], batch["start"][i]))
+        positions = batch_positions(batch)
+        latents = self._latents(batch["video"], batch["key"], [(p, "posterior") for p in positions], lambda i: self.clips.read_clip(batch["index"][i], batch["start"][i]))
         captions = [batch["caption"]] if n == 0 else [batch["caption"], *zip(*batch["image_captions"])]
         if n > 0:
             # each image is encoded as a one-frame video, then appended after the video frames
@@ -281,13 +304,14 @@ class T2VRecipe(Recipe):
             b = images.shape[0]
             flat = images.permute(0, 2, 1, 3, 4).reshape(b * n, 3, 1, *images.shape[-2:])
             keys = [k for per_clip in batch["image_keys"] for k in per_clip]
-            image_latents = self._latents(flat, keys).reshape(b, n, *latents.shape[1:2], 1, *latents.shape[-2:])
+            draws = [(p, f"image-posterior-{j}") for p in positions for j in range(n)]
+            image_latents = self._latents(flat, keys, draws).reshape(b, n, *latents.shape[1:2], 1, *latents.shape[-2:])
             latents = torch.cat([latents, image_latents.squeeze(3).permute(0, 2, 1, 3, 4)], dim=2)
-        # text dropout for classifier-free guidance (torch RNG: per rank, restored on resume)
+        # text dropout for classifier-free guidance (per-sample draws: the same on any rank count)
         texts: list[list[str]] = [[_caption(c) for c in group] for group in captions]
         p = self.config.diffusion.text_dropout
-        for group in texts:
-            drop = torch.rand(len(group)) < p
+        for g, group in enumerate(texts):
+            drop = sample_rand(self.config.run.seed, positions, f"caption-dropout-{g}") < p
             for i in range(len(group)):
                 if drop[i]:
                     group[i] = ""
@@ -301,6 +325,15 @@ class T2VRecipe(Recipe):
             states, mask = states[:, 0], mask[:, 0]
         return latents, states, mask, n
 
+    def _draws(self, batch: dict[str, Any], latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample timesteps and noise of the objective."""
+        from .randomness import batch_positions, sample_generator, sample_randn
+
+        seed, positions = self.config.run.seed, batch_positions(batch)
+        t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "timestep")) for p in positions]).to(latents.device)
+        noise = sample_randn(seed, [(p, "noise") for p in positions], tuple(latents.shape[1:]), latents.device)
+        return t, noise
+
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
         clip = self.config.optim.max_grad_norm
@@ -313,9 +346,10 @@ class T2VRecipe(Recipe):
                 def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                     return self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, use_image_num=n, return_dict=False)[0]
 
-                terms = self.objective.training_losses(model_fn, latents)
+                t, noise = self._draws(batch, latents)
+                terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
                 loss = terms["loss"].mean()
-                acc.backward(loss)
+                self.trainer.backward(loss)
                 if acc.sync_gradients and clip > 0:
                     acc.clip_grad_norm_(self.model.parameters(), clip)
                 self.optimizer.step()
@@ -341,7 +375,11 @@ class T2VRecipe(Recipe):
 
         cfg, acc = self.config, self.trainer.accelerator
         model = acc.unwrap_model(self.model)
-        ema = self.trainer.ema
+        if self.trainer.validation_weights is not None:
+            # a sharded (or sequence-parallel) model: sample with a one-device copy of the gathered weights
+            model = type(self.trainer.inner).from_config(self.trainer.inner.config).to(acc.device)
+            model.load_state_dict(self.trainer.validation_weights)
+        ema = None if self.trainer.sharded_ema else self.trainer.ema  # a sharded average is in the gathered weights already
         if ema is not None:
             ema.store(model.parameters())
             ema.copy_to(model.parameters())

@@ -1,7 +1,9 @@
 """One training loop on Accelerate, shared by the VAE and text-to-video recipes.
 
-The loop owns what every run needs: the Accelerator (single process, DDP, FSDP, DeepSpeed,
-launched by `accelerate launch`, `torchrun` or plainly), seeding, the data order and position,
+The loop owns what every run needs: the Accelerator (process group, device, autocast and
+gradient accumulation of the DDP route, optimizer stepping, trackers; launched by `torchrun` or
+plainly), the parallel layout (`parallelize`: FSDP2 and sequence parallel, applied by the
+recipe through `Trainer.parallelize`), seeding, the data order and position,
 checkpoints and resume, EMA, metrics (console callback, TensorBoard, Weights & Biases),
 Ctrl-C/SIGTERM handling and the final summary. A `Recipe` supplies the rest through a few
 narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `validate`.
@@ -26,7 +28,7 @@ from torch import nn
 from ..errors import InputError
 from ..io.atomic import ensure_writable_dir
 from ..io.jsonfile import dumps, write_json
-from .checkpoint import CheckpointManager, CheckpointUnreadableError, list_checkpoints
+from .checkpoint import CheckpointManager, CheckpointUnreadableError, DistributedCheckpointManager, list_checkpoints
 from .config import config_to_dict, validate_common
 from .wrapping import diffusers_part
 
@@ -99,6 +101,23 @@ class Recipe:
         return {}
 
 
+class _PerOptimizerStep:
+    """An lr schedule that advances once per optimizer step, not per micro-batch nor per rank
+    (Accelerate's wrapper steps it once per process): its state means the same on any number
+    of ranks, so a resharded resume continues the schedule."""
+
+    def __init__(self, scheduler: Any, accelerator: Any) -> None:
+        self.scheduler = scheduler
+        self.accelerator = accelerator
+
+    def step(self) -> None:
+        if self.accelerator.sync_gradients:
+            self.scheduler.step()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scheduler, name)
+
+
 class _StopFlag:
     """Ctrl-C / SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly."""
 
@@ -164,6 +183,9 @@ class Trainer:
         self.loss_history: list[float] = []
         self.step_seconds: list[float] = []
         self.earlier_train_seconds = 0.0  # spent in training steps by the runs this one resumed
+        self.parallel: Any = None  # the TrainParallel of this run (set before the recipe builds)
+        self.validation_weights: dict[str, torch.Tensor] | None = None
+        """Full model weights gathered for rank 0's validation when the model is sharded or wrapped."""
 
     # --- setup ------------------------------------------------------------------------------
     def _accelerator(self, find_unused: bool):
@@ -202,13 +224,20 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run to `max_steps` (or until stopped); returns the summary (also written to summary.json)."""
+        from ..errors import OSPError
+        from ..parallel.launch import PeerProcessFailed, is_peer_failure, launched_world
+
         created = not self.output_dir.exists()
         try:
             return self._train()
-        except BaseException:
+        except BaseException as exc:
             # a run refused before it wrote anything leaves no empty output folder behind
             if created and self.output_dir.is_dir() and not any(p.is_file() for p in self.output_dir.rglob("*")):
                 shutil.rmtree(self.output_dir, ignore_errors=True)
+            if isinstance(exc, InputError) and launched_world()[0] != 0:
+                exc.quiet = True  # every rank refuses the same input: rank 0 says it once
+            if not isinstance(exc, OSPError) and isinstance(exc, Exception) and is_peer_failure(exc):
+                raise PeerProcessFailed("another process of this run stopped", "see its error above (torchrun reports which rank failed)") from None
             raise
 
     def _train(self) -> dict[str, Any]:
@@ -225,19 +254,39 @@ class Trainer:
         set_seed(run.seed)
         accelerator = self._accelerator(find_unused=self.recipe.find_unused_parameters)
         self.accelerator = accelerator
-        if accelerator.distributed_type.name == "DEEPSPEED":
-            # the DataLoader is ours (sharded by EpochShardSampler), so DeepSpeed learns the batch here
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = run.batch_size
+        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+            # sharding is osp's own (FSDP2, tested on CPU ranks); Accelerate's plugins were never run
+            raise InputError(
+                f"accelerate launch with a {accelerator.distributed_type.name} config is not supported",
+                "launch with torchrun (or accelerate launch without a sharding plugin) and pass --strategy fsdp",
+            )
+        self.parallel = self._parallel(accelerator)
+        layout = self.parallel.layout
         self.recipe.check(accelerator)
+        if layout.strategy == "fsdp" and layout.world_size == 1:
+            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
+        if layout.world_size > 1:
+            from .parallelize import check_shared_output
+
+            check_shared_output(self.output_dir, layout.rank, layout.world_size)
         built = self.recipe.build(accelerator)
         inner, _ = diffusers_part(built.model)
         if inner is None:
             raise TypeError("Built.model must be a diffusers model or a TrainingForward around one")
         self.inner = inner
-        if run.gradient_checkpointing and getattr(inner, "_supports_gradient_checkpointing", False):
-            inner.enable_gradient_checkpointing()
+        if run.gradient_checkpointing and layout.strategy == "ddp" and getattr(inner, "_supports_gradient_checkpointing", False):
+            inner.enable_gradient_checkpointing()  # under fsdp, parallelize applies it per block
         ema = self._make_ema(inner, accelerator)
-        objects = accelerator.prepare(built.model, *built.extra_models, *built.optimizers, *built.schedulers)
+        if layout.sharded:
+            # FSDP2 wrapped the model in recipe.build (`self.parallelize`): Accelerate only steps
+            # the optimizers with gradient accumulation and runs the lr schedules
+            prepared = accelerator.prepare(*built.optimizers)
+            prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+            objects = (built.model, *built.extra_models, *prepared, *(_PerOptimizerStep(s, accelerator) for s in built.schedulers))
+        else:
+            objects = accelerator.prepare(built.model, *built.extra_models, *built.optimizers, *built.schedulers)
+            if not isinstance(objects, tuple):
+                objects = (objects,)
         n_models = 1 + len(built.extra_models)
         model = objects[0]
         extra_models = list(objects[1:n_models])
@@ -249,13 +298,16 @@ class Trainer:
             ema.to(accelerator.device)
         self.recipe.prepared(model, optimizers, schedulers, extra_models)
 
-        checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last, warn=self._warn)
+        if layout.strategy == "fsdp":
+            checkpoints: CheckpointManager = DistributedCheckpointManager(accelerator, self.output_dir, run.keep_last, self._warn, optimizers, schedulers, layout.to_dict(), ema=ema)
+        else:
+            checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last, warn=self._warn)
         self.checkpoints = checkpoints
         step, consumed = 0, 0
         resume_from = self._restore(checkpoints, model, ema, accelerator)
         if resume_from is not None:
             state = self._restored_state
-            step, consumed = int(state["step"]), int(state["data"]["consumed_per_rank"])
+            step, consumed = int(state["step"]), self._consumed(state)
             self.skipped = dict(state.get("skipped", {}))
             # strict JSON stored non-finite losses as null
             self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
@@ -285,6 +337,7 @@ class Trainer:
                 "max_steps": run.max_steps,
                 "resumed_from": str(resume_from) if resume_from else None,
                 "main": accelerator.is_main_process,
+                "parallel": layout.to_dict(),
             },
         )
 
@@ -297,12 +350,15 @@ class Trainer:
             while step < run.max_steps:
                 began = time.perf_counter()
                 micro = [next(batches) for _ in range(run.gradient_accumulation_steps)]  # the sampler is endless
-                consumed += run.batch_size * run.gradient_accumulation_steps
+                for index, batch in enumerate(micro):
+                    # per-sample randomness is keyed by the sample's global position
+                    batch["position"] = sampler.step_positions(consumed, index)
+                consumed += sampler.global_batch
                 for batch in micro:
                     self._note_skips(batch.get("skipped", []))
-                logs = self.recipe.train_step(micro, step)
+                logs = self._mean_over_ranks(self.recipe.train_step(micro, step))
                 if ema is not None:
-                    ema.step(self.inner.parameters())
+                    ema.step(self.inner if self.sharded_ema else self.inner.parameters())
                 step += 1
                 self.step_seconds.append(time.perf_counter() - began)
                 last_logs = logs
@@ -326,6 +382,56 @@ class Trainer:
         return summary
 
     # --- helpers ----------------------------------------------------------------------------
+    @property
+    def sharded_ema(self) -> bool:
+        """Whether the EMA is held in shards like the weights (--strategy fsdp)."""
+        from .ema import ShardedEMA
+
+        return isinstance(self.ema, ShardedEMA)
+
+    def _parallel(self, accelerator):
+        from .parallelize import build_train_parallel, resolve_train_layout
+
+        layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index, self.run_cfg.mixed_precision)
+        return build_train_parallel(layout, accelerator.device)
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        """`model` wrapped for this run's layout (recipes call it in `build`, before they create
+        the optimizers: FSDP2 replaces the parameters)."""
+        from .parallelize import parallelize
+
+        return parallelize(model, self.parallel, self.config.parallel, self.run_cfg.mixed_precision, self.run_cfg.gradient_checkpointing)
+
+    @property
+    def schedule_ticks_per_step(self) -> int:
+        """How often the lr schedule advances per optimizer step: Accelerate's wrapper (ddp) steps
+        it once per process; fsdp runs it once per step (`_PerOptimizerStep`)."""
+        return 1 if self.parallel.layout.sharded else self.accelerator.num_processes
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of this rank's loss. Every rank of a sequence-parallel group computes the same
+        loss from its share of the tokens: their gradients add up, while DDP and FSDP average
+        over all ranks, hence the factor."""
+        self.accelerator.backward(loss * self.parallel.layout.sp)
+
+    def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
+        """Metrics averaged over the ranks: the global batch's numbers, whatever the rank count."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not logs:
+            return logs
+        keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)))
+        values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=acc.device)
+        mean = acc.reduce(values, reduction="mean")
+        return {**logs, **{k: float(v) for k, v in zip(keys, mean.tolist())}}
+
+    @staticmethod
+    def _consumed(state: dict[str, Any]) -> int:
+        """Global samples consumed by the checkpoint's run (older checkpoints counted per rank)."""
+        data = state["data"]
+        if "consumed" in data:
+            return int(data["consumed"])
+        return int(data["consumed_per_rank"]) * int(data.get("world_size", 1))
+
     def _warn(self, message: str) -> None:
         self.report("warning", {"message": message})
 
@@ -370,7 +476,7 @@ class Trainer:
         for index, candidate in enumerate(candidates):
             try:
                 self._restored_state = checkpoints.load(candidate, model, self._run_model())
-                if ema is not None:
+                if ema is not None and not self.sharded_ema:  # the DCP manager restores its own
                     with self._rng_preserved():  # building the EMA copy must not move the restored RNG
                         self._load_ema(candidate / "model_ema", accelerator)
                 return candidate
@@ -389,11 +495,26 @@ class Trainer:
     def _make_ema(self, model: nn.Module, accelerator):
         if not self.run_cfg.ema:
             return None
-        if accelerator.distributed_type.name in ("FSDP", "MEGATRON_LM"):
-            raise InputError("EMA needs the full weights on every rank, which FSDP shards", "use the DDP or DeepSpeed ZeRO-2 config, or --no-ema")
+        if self.parallel.layout.strategy == "fsdp":
+            from .ema import ShardedEMA
+
+            return ShardedEMA(model, decay=self.run_cfg.ema_decay)
         from diffusers.training_utils import EMAModel
 
         return EMAModel(model.parameters(), decay=self.run_cfg.ema_decay, model_cls=type(model), model_config=model.config)
+
+    def _save_ema(self, path: Path) -> None:
+        """`EMAModel.save_pretrained`, with the trained model's buffers: diffusers builds the copy
+        from the config, which would write freshly initialised buffers (e.g. LatteT2V's
+        y_embedding) beside the averaged parameters."""
+        ema = self.ema
+        model = type(self.inner).from_config(self.inner.config)
+        model.load_state_dict(self.inner.state_dict())
+        state = ema.state_dict()
+        state.pop("shadow_params", None)
+        model.register_to_config(**state)
+        ema.copy_to(model.parameters())
+        model.save_pretrained(str(path))
 
     def _load_ema(self, folder: Path, accelerator) -> None:
         from diffusers.training_utils import EMAModel
@@ -405,10 +526,11 @@ class Trainer:
         self.ema.load_state_dict(loaded.state_dict())
 
     def _loader(self, dataset, consumed: int):
-        from ..data.datasets import EpochShardSampler
+        from ..data.datasets import GlobalBatchSampler
 
-        acc = self.accelerator
-        sampler = EpochShardSampler(len(dataset), acc.num_processes, acc.process_index, seed=self.run_cfg.seed, start=consumed)
+        acc, run, layout = self.accelerator, self.run_cfg, self.parallel.layout
+        # ranks of one sequence-parallel group read the same samples
+        sampler = GlobalBatchSampler(len(dataset), run.batch_size, run.gradient_accumulation_steps, layout.dp, layout.dp_rank, seed=run.seed, start=consumed)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.run_cfg.batch_size,
@@ -445,6 +567,17 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         acc = self.accelerator
+        self.validation_weights = None
+        layout = self.parallel.layout
+        if layout.sharded or layout.sp > 1:
+            # sharded or wrapped for sequence parallel: rank 0 samples from the gathered full weights
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
+            _, prefix = diffusers_part(acc.unwrap_model(self.model))
+            if self.sharded_ema:
+                full = self.ema.full_weights(full, prefix)  # sample with the average, as a DDP run does
+            self.validation_weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
         if acc.is_main_process:
             out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
             if out:
@@ -470,8 +603,8 @@ class Trainer:
         acc = self.accelerator
         self.skipped = self._gather_skips()
         state = {
-            "data": {"consumed_per_rank": consumed, "world_size": acc.num_processes, "batch_size": self.run_cfg.batch_size},
-            "samples_seen": consumed * acc.num_processes,
+            "data": {"consumed": consumed, "world_size": acc.num_processes, "batch_size": self.run_cfg.batch_size, "global_batch": self._global_batch()},
+            "samples_seen": consumed,
             "skipped": self.skipped,
             "loss_history": self.loss_history[-10000:],
             "train_seconds": self.train_seconds(),
@@ -479,8 +612,8 @@ class Trainer:
             "recipe": {"name": self.recipe.name, **self.recipe.extra_state()},
         }
         ema_save = None
-        if self.ema is not None:
-            ema_save = self.ema.save_pretrained
+        if self.ema is not None and not self.sharded_ema:
+            ema_save = self._save_ema
         # saving must not move the RNG (building the EMA copy initialises a model): a resumed
         # run restores the state saved here and must draw what an uninterrupted run draws next
         with self._rng_preserved():
@@ -489,11 +622,14 @@ class Trainer:
             self.report("checkpoint", {"step": step, "path": str(path)})
         return path
 
+    def _global_batch(self) -> int:
+        return self.run_cfg.batch_size * self.run_cfg.gradient_accumulation_steps * self.parallel.layout.dp
+
     def _summary(self, step: int, start_step: int, consumed: int, last_logs: dict, checkpoint: Path | None, stopped_by: str, sampler) -> dict[str, Any]:
         acc = self.accelerator
         skipped = self._gather_skips()
         digests = None
-        if acc.distributed_type.name not in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        if not self.parallel.layout.sharded:
             from accelerate.utils import gather_object
 
             mine = weights_digest(self.inner)
@@ -505,9 +641,11 @@ class Trainer:
             "recipe": self.recipe.name,
             "steps": step,
             "steps_this_run": step - start_step,
-            "samples_seen": consumed * acc.num_processes,
+            "samples_seen": consumed,
             "epoch": epoch,
             "processes": acc.num_processes,
+            "parallel": self.parallel.layout.to_dict(),
+            "global_batch": self._global_batch(),
             "skipped_samples": len(skipped),
             "skipped": [{"path": p, "reason": r} for p, r in list(skipped.items())[:limit]],
             "losses": {

@@ -19,10 +19,14 @@ from .trainer import Built, Recipe
 from .wrapping import TrainingForward
 
 
-def _vae_step(vae, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction and posterior moments (mean, logvar on dim 1) of `video`."""
+def _vae_step(vae, video: torch.Tensor, seed: int, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction and posterior moments (mean, logvar on dim 1) of `video`; each clip's
+    posterior sample draws from its global position (`randomness`), not from a rank's stream."""
+    from .randomness import sample_randn
+
     posterior = vae.encode(video).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    noise = sample_randn(seed, [(p, "posterior") for p in positions], tuple(posterior.mean.shape[1:]), posterior.mean.device)
+    recon = vae.decode(posterior.mean + posterior.std * noise.to(posterior.mean.dtype)).sample
     return recon, posterior.parameters
 
 
@@ -90,10 +94,14 @@ class VAERecipe(Recipe):
 
     def check(self, accelerator) -> None:
         run, data = self.config.run, self.config.data
-        if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
+        layout = self.trainer.parallel.layout
+        if layout.strategy != "ddp" or layout.sp > 1:
+            # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
+            # discriminator hold 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256
+            # sample ~74 GiB of saved activations; sharding the states saves < 3.8 GiB per rank
             raise InputError(
-                f"VAE training runs under DDP, not {accelerator.distributed_type.name}",
-                "launch with configs/accelerate/ddp.yaml or torchrun (the VAE is small enough to replicate)",
+                "VAE training runs under --strategy ddp without sequence parallel: its weights and optimizer states (3.8 GiB) are small next to its activations, which sharding does not reduce",
+                "drop --strategy fsdp / --sequence-parallel for osp vae train; save memory with --gradient-checkpointing or a smaller --size / --frames",
             )
         if run.gradient_accumulation_steps != 1:
             raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
@@ -178,11 +186,14 @@ class VAERecipe(Recipe):
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
         clip = self.config.optim.max_grad_norm
-        video = micro_batches[0]["video"].to(acc.device)
+        batch = micro_batches[0]
+        video = batch["video"].to(acc.device)
         self.model.train()
         self.loss.train()
 
-        recon, moments = self.model(video)
+        from .randomness import batch_positions
+
+        recon, moments = self.model(video, self.config.run.seed, batch_positions(batch))
         gen = self.loss("generator", video, recon, moments, step, self.vae.get_last_layer())
         self.gen_opt.zero_grad(set_to_none=True)
         acc.backward(gen["loss"])

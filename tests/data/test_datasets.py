@@ -9,7 +9,7 @@ import torch
 
 from osp_core.data.annotations import load_entries
 from osp_core.data.cache import FeatureCache
-from osp_core.data.datasets import ClipSpec, EpochShardSampler, VideoClipDataset, collate_clips
+from osp_core.data.datasets import ClipSpec, GlobalBatchSampler, VideoClipDataset, collate_clips
 from osp_core.errors import InputError
 from osp_core.io import read_video, resize_center_crop
 from tests.train.helpers import write_videos
@@ -111,15 +111,14 @@ def test_joint_images_from_the_video_and_from_an_image_list(data_list, tmp_path)
 
 
 def test_sampler_shards_epochs_and_resumes_at_a_position():
-    ranks = [EpochShardSampler(5, num_replicas=2, rank=r, seed=0) for r in range(2)]
-    first_epoch = [ranks[r].epoch_indices(0) for r in range(2)]
-    assert len(first_epoch[0]) == len(first_epoch[1]) == 3
-    assert set(first_epoch[0]) | set(first_epoch[1]) == set(range(5))
-    stream = iter(ranks[0])
-    taken = [next(stream) for _ in range(7)]
-    assert [e for e, _ in taken] == [0, 0, 0, 1, 1, 1, 2]
-    resumed = iter(EpochShardSampler(5, num_replicas=2, rank=0, seed=0, start=4))
-    assert [next(resumed) for _ in range(3)] == taken[4:7]
+    ranks = [GlobalBatchSampler(5, batch_size=1, num_replicas=2, rank=r, seed=0) for r in range(2)]
+    streams = [iter(r) for r in ranks]
+    taken = [[next(s) for _ in range(5)] for s in streams]  # 5 steps of 2 samples: two epochs
+    merged = [item for step in zip(*taken) for item in step]
+    assert [e for e, _ in merged] == [0] * 5 + [1] * 5
+    assert {i for _, i in merged[:5]} == {i for _, i in merged[5:]} == set(range(5))
+    resumed = iter(GlobalBatchSampler(5, batch_size=1, num_replicas=2, rank=0, seed=0, start=4))
+    assert [next(resumed) for _ in range(3)] == taken[0][2:5]
 
 
 def test_feature_cache_round_trip_and_truncated_files(tmp_path):

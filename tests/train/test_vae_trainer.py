@@ -56,7 +56,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(clips, tmp_path):
     # the unreadable clip was skipped, counted and named
     assert resumed["skipped_samples"] == 1 and resumed["skipped"][0]["path"].endswith("broken.mp4")
     state = json.loads((Path(resumed["checkpoint"]) / "trainer_state.json").read_text())
-    assert state["data"]["consumed_per_rank"] == 4 and state["config"]["loss"]["disc_start"] == 2
+    assert state["data"]["consumed"] == 4 and state["config"]["loss"]["disc_start"] == 2
 
 
 def test_checkpoint_loads_in_the_vae_and_in_osp_vae_encode(clips, tmp_path):

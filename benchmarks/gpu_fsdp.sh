@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# A full-size training step on FSDP2, prepared for a machine with a GPU (not run in CI, not run
+# yet): torchrun with 1 rank joins an NCCL group, shards the full-size LatteT2V (28 layer pairs,
+# 1.06B parameters) with the trainer's own `parallelize` (bf16 parameters, fp32 gradient
+# reduction, activation checkpointing of every block), and trains it on 65x512x512-shaped
+# latents (17 latent frames, 64x64, 300 caption tokens), one sample per step, with AdamW.
+# Prints seconds per step, peak memory, model FLOPs per step (counted on the meta device,
+# without the recomputation) and MFU against the GPU's dense bf16 peak.
+#   bash benchmarks/gpu_fsdp.sh                (needs a CUDA GPU and .venv; a few minutes)
+#   NPROC=8 bash benchmarks/gpu_fsdp.sh        (8 GPUs: each rank holds 1/8 of the states)
+#   bash benchmarks/gpu_fsdp.sh --compile      (regional torch.compile of every block)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+NPROC=${NPROC:-1}
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)"
+"$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" benchmarks/fsdp.py device "$@"
