@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -283,6 +284,51 @@ class CheckpointManager:
 DCP_DIR = "dcp"
 RNG_DIR = "rng"
 
+# What a DCP folder's `.metadata` pickle may name: DCP's own metadata records and the torch value
+# types they hold. Anything else (a checkpoint from elsewhere could name any callable) is refused.
+_DCP_METADATA_GLOBALS = {
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+    )),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if (module, name) in _DCP_METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"'{module}.{name}' is not allowed in a checkpoint's metadata")
+
+
+def _dcp_reader(folder: Path) -> Any:
+    """A DCP FileSystemReader for `folder` whose `.metadata` is unpickled with only DCP's own
+    record types allowed (DCP itself unpickles it unrestricted; the tensors it loads with
+    `weights_only=True`)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class _Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as stream:
+                metadata = _MetadataUnpickler(stream).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return _Reader(str(folder))
+
 
 @contextlib.contextmanager
 def _single_process_quiet() -> Iterator[None]:
@@ -379,7 +425,7 @@ class DistributedCheckpointManager(CheckpointManager):
                 "resume it with --strategy ddp (the strategy it was trained with), or start over with --overwrite",
             )
         try:
-            metadata = dcp.FileSystemReader(str(checkpoint / DCP_DIR)).read_metadata()
+            metadata = _dcp_reader(checkpoint / DCP_DIR).read_metadata()
         except Exception as exc:  # noqa: BLE001 - a missing or truncated .metadata file
             raise CheckpointUnreadableError(f"checkpoint '{checkpoint / DCP_DIR}' has no readable DCP metadata ({type(exc).__name__})", "resume from another checkpoint") from None
         inner, prefix = diffusers_part(model)
@@ -395,7 +441,7 @@ class DistributedCheckpointManager(CheckpointManager):
             shards["ema"] = self.ema.shadow
         try:
             with _single_process_quiet():
-                dcp.load(shards, checkpoint_id=str(checkpoint / DCP_DIR))
+                dcp.load(shards, storage_reader=_dcp_reader(checkpoint / DCP_DIR))
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None

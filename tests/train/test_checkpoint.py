@@ -67,3 +67,34 @@ def test_model_is_saved_in_diffusers_format_and_restored(setup, tmp_path):
     assert state["step"] == 7 and state["note"] == "x"
     assert torch.equal(model.state_dict()["proj.weight"], saved["proj.weight"])
     assert optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_dcp_metadata_is_read_with_only_dcp_record_types(tmp_path):
+    """DCP unpickles a checkpoint's `.metadata`; ours allows only DCP's own records, so a
+    folder from elsewhere cannot run code on resume, while a real checkpoint still loads."""
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from osp_core.train.checkpoint import _dcp_reader
+
+    model = torch.nn.Linear(3, 4).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "good"))
+        restored = {"model": {k: torch.zeros_like(v) for k, v in model.state_dict().items()}}
+        dcp.load(restored, storage_reader=_dcp_reader(tmp_path / "good"))
+    assert all(torch.equal(restored["model"][k], v) for k, v in model.state_dict().items())
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        _dcp_reader(tmp_path / "evil").read_metadata()
+    assert not marker.exists()
