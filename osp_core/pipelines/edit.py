@@ -249,10 +249,13 @@ def prepare_latents(vae: Any, inputs: EditInputs) -> EditLatents:
 
     scale = float(vae.config.scaling_factor)
     source = encode(vae, to_model_input(inputs.frames)) * scale
-    # frame 0 alone: a causal VAE's first latent frame depends on the first pixel frame only
-    first = encode(vae, to_model_input(inputs.reference_first_frame()[None])) * scale
     known = source.clone()
-    known[:, :, :1] = first
+    if inputs.first_frame is not None:
+        # the video with its first frame edited, encoded whole as the source was (the encoder's
+        # first latent frame is not quite the first frame encoded alone)
+        reference = inputs.frames.clone()
+        reference[0] = inputs.reference_first_frame()
+        known[:, :, :1] = encode(vae, to_model_input(reference))[:, :, :1] * scale
     temporal, spatial = vae.temporal_compression, vae.spatial_compression
     region = latent_mask(inputs.mask, temporal, spatial)
     keep = (1 - region)[None, None].clone()
