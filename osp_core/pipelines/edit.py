@@ -328,6 +328,45 @@ def edit_latents(
     ).frames
 
 
+def control_conditions(latents: EditLatents, inputs: EditInputs, temporal: int = 4, spatial: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The control module's (content, motion, region) for one edit, batch 1: the known latents
+    with the region blanked (the first latent frame is the edited one), the tracks' motion maps
+    and the latent region."""
+    from ..models.edit_control import motion_maps
+
+    content = latents.known * latents.keep
+    count, height, width = inputs.shape
+    tracks = torch.stack(inputs.tracks) if inputs.tracks else torch.zeros(0, count, 2)
+    motion = motion_maps(tracks.float(), height, width, temporal, spatial)[None]
+    return content, motion, latents.region[None, None].to(content.dtype)
+
+
+def control_forward(transformer: Any, module: Any, latents: EditLatents, inputs: EditInputs) -> Any:
+    """A stand-in for `transformer` (called like `LatteT2V.forward`) that adds `module`'s control."""
+    device = transformer.device
+    content, motion, region = (x.to(device) for x in control_conditions(latents, inputs, 4, int(module.config.spatial_compression)))
+
+    def forward(hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None, enable_temporal_attentions: bool = True, return_dict: bool = False) -> tuple[torch.Tensor]:
+        return (module(transformer, hidden_states, timestep, encoder_hidden_states, content, motion, region, encoder_attention_mask, enable_temporal_attentions),)
+
+    return forward
+
+
+def load_control_module(folder: Path, transformer: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """The EditControl in `folder` (a diffusers-style folder), checked against `transformer`."""
+    from ..models.edit_control import EditControl
+
+    try:
+        module = EditControl.from_pretrained(str(folder), torch_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many kinds for bad folders
+        raise ModelLoadError(f"cannot load the edit control module from '{folder}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", "pass a folder written by `osp edit train`") from None
+    width = module.config.num_attention_heads * module.config.attention_head_dim
+    expected = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    if width != expected or module.config.num_layers > transformer.config.num_layers:
+        raise ModelLoadError(f"the edit control module in '{folder}' was made for another transformer (width {width}, {module.config.num_layers} pairs)", "train one for this model with `osp edit train`")
+    return module.to(device).eval()
+
+
 def paste_outside(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """uint8 (T, H, W, 3): `decoded` inside the feathered region, `source` exactly outside."""
     soft = feathered(mask, feather_width(*mask.shape[1:]))[..., None]
@@ -385,17 +424,15 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     pipe, embeddings = run.load()
     transformer_forward = None
     if plan.engine == "control":
-        from .edit_control import control_forward, load_control_module
-
         progress.status("loading the edit control module ...")
-        module = load_control_module(plan.control_dir, sampling.device, sampling.dtype)
+        module = load_control_module(plan.control_dir, pipe.transformer, sampling.device, sampling.dtype)
     seconds_load = time.perf_counter() - started
     with oom_as_error("editing", "edit fewer --frames, or a smaller video"):
         t0 = time.perf_counter()
         progress.status("encoding the source video ...")
         latents = prepare_latents(pipe.vae, inputs)
         if plan.engine == "control":
-            transformer_forward = control_forward(pipe.transformer, module, latents, inputs, guidance=sampling.guidance > 1.0)
+            transformer_forward = control_forward(pipe.transformer, module, latents, inputs)
         seconds_encode = time.perf_counter() - t0
         progress.video(0, 1, job.prompt or "(no prompt)")
         t0 = time.perf_counter()
