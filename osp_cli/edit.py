@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from . import edit_train
 from .console import err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
 
@@ -83,3 +84,6 @@ def edit_video(
         print_json(summary.to_dict())
     else:
         err.print(f"[green]wrote[/green] {escape(summary.record['video'])} ({summary.record['engine']} engine)")
+
+
+app.command("train")(edit_train.train)

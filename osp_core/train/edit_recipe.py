@@ -87,6 +87,24 @@ class EditRecipe(T2VRecipe):
         return 0
 
     # --- conditions -------------------------------------------------------------------------
+    def _rng(self, batch: dict[str, Any], i: int, step: int) -> np.random.Generator:
+        # the draw depends on the step and the clip only: a resumed run draws the same regions
+        return np.random.default_rng([self.config.run.seed, step, int(batch["index"][i])])
+
+    def _object_index(self, batch: dict[str, Any], i: int, rng: np.random.Generator) -> int:
+        """Which annotated object of clip i is edited (the first draw of the clip's rng)."""
+        entry = self.clips.entries[int(batch["index"][i])]
+        return int(np.random.default_rng(rng.bit_generator.seed_seq).integers(len(entry.objects)))
+
+    def _object_captions(self, batch: dict[str, Any], step: int) -> None:
+        """A clip with annotated objects is captioned by its edited object alone, as an edit's
+        prompt describes what the region shows."""
+        for i in range(len(batch["caption"])):
+            entry = self.clips.entries[int(batch["index"][i])]
+            if entry.objects:
+                obj = entry.objects[self._object_index(batch, i, self._rng(batch, i, step))]
+                batch["caption"][i] = f"a {obj['color']} {obj['shape']} moving {obj['direction']}"
+
     def _region_and_tracks(self, batch: dict[str, Any], i: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Pixel region (T, H, W) and tracks (T, 2) of clip i of the batch."""
         from ..pipelines.edit_inputs import box_mask
@@ -97,7 +115,7 @@ class EditRecipe(T2VRecipe):
         entry = self.clips.entries[int(batch["index"][i])]
         start = int(batch["start"][i])
         if entry.objects:
-            obj = entry.objects[int(rng.integers(len(entry.objects)))]
+            obj = entry.objects[self._object_index(batch, i, rng)]
             rows = [start + k * d.stride for k in range(frames)]
             boxes = np.asarray(obj["boxes"], dtype=np.float64)[rows]
             centres = torch.tensor(np.asarray(obj["centers"], dtype=np.float64)[rows], dtype=torch.float32)
@@ -123,10 +141,9 @@ class EditRecipe(T2VRecipe):
 
         e = self.config.edit
         temporal, spatial = self.vae.temporal_compression, self.vae.spatial_compression
-        # the draw depends on the step and the clip only: a resumed run draws the same regions
         contents, motions, regions = [], [], []
         for i in range(latents.shape[0]):
-            rng = np.random.default_rng([self.config.run.seed, step, int(batch["index"][i])])
+            rng = self._rng(batch, i, step)
             mask, tracks = self._region_and_tracks(batch, i, rng)
             region = latent_mask(mask, temporal, spatial).to(latents.device)
             keep = (1 - region)[None].clone()
@@ -152,6 +169,7 @@ class EditRecipe(T2VRecipe):
         self.model.train()
         totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
         for batch in micro_batches:
+            self._object_captions(batch, step)
             latents, states, mask, _ = self._inputs(batch)
             content, motion, region = self._conditions(batch, latents, step)
             with acc.accumulate(self.model):

@@ -88,3 +88,11 @@ def test_stage_three_needs_a_trained_module(clips, tiny_repo, tmp_path):
     cfg = _config(clips, tiny_repo, tmp_path, **{"edit.stage": 3})
     with pytest.raises(InputError, match="stage 3"):
         _run(cfg)
+
+
+def test_cli_refuses_stage_three_without_a_module_in_one_line(osp_in_process, clips, tiny_repo, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    proc = osp_in_process("edit", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--stage", "3", "-o", str(tmp_path / "run"))
+    assert_one_line_error(proc, "stage 3", "--edit-module")
+    assert not (tmp_path / "run" / "checkpoints").exists()
