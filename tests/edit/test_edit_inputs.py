@@ -80,3 +80,23 @@ def test_lucas_kanade_follows_known_motion():
 def test_lucas_kanade_on_a_flat_region_finds_nothing():
     frames = torch.zeros(5, 32, 32, 3, dtype=torch.uint8)
     assert track_region(frames, torch.ones(32, 32)) == []
+
+
+def test_mask_image_and_mask_video(tmp_path):
+    from PIL import Image
+
+    from osp_core.io import write_video
+
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8)
+    image[4:12, 8:20] = 255
+    Image.fromarray(image.numpy()).save(tmp_path / "m.png")
+    mask = ei.load_mask(tmp_path / "m.png", 5, 32, 32)
+    assert mask.shape == (5, 32, 32) and int(mask[3].sum()) == 8 * 12 and bool(mask[:, 4:12, 8:20].all())
+    frames = torch.zeros(9, 32, 32, 3, dtype=torch.uint8)
+    for t in range(9):
+        frames[t, 8:24, 2 * t : 2 * t + 8] = 255  # a region moving right
+    write_video(tmp_path / "m.mp4", frames, fps=8)
+    moving = ei.load_mask(tmp_path / "m.mp4", 9, 32, 32)
+    assert moving.shape == (9, 32, 32) and bool(moving[0, 16, 3]) and not bool(moving[8, 16, 3]) and bool(moving[8, 16, 19])
+    with pytest.raises(InputError, match="9 frames, the edit 13"):
+        ei.load_mask(tmp_path / "m.mp4", 13, 32, 32)
