@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.osp-installed
 
-.PHONY: install test test-slow demo demo-vae bench clean builtin builtin-smoke serve screenshots
+.PHONY: install test test-slow demo demo-vae bench clean builtin builtin-smoke builtin-edit serve screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,11 @@ builtin: $(STAMP)
 
 builtin-smoke: $(STAMP)
 	$(PY) scripts/build_builtin.py --smoke
+
+# The edit control module of builtin:shapes (osp_core/builtin/shapes/edit): two-object clips,
+# `osp edit train` stages 1-3 beside the frozen shapes transformer, then 40 unseen edits with both
+# engines (benchmarks/edit.py). Installed only when control beats blend on trajectory error;
+# results in outputs/builtin-shapes-edit/EDIT_RESULTS.md. About 1 h on 2 CPU cores; refuses to
+# replace an installed module unless OVERWRITE=1; SMOKE=1 checks the recipe in a minute.
+builtin-edit: $(STAMP)
+	$(PY) scripts/build_builtin_edit.py $(if $(filter 1 yes true,$(SMOKE)),--smoke) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)

@@ -18,6 +18,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write videos/, annotations.json and data.txt into.")],
     num: Annotated[int, typer.Option("--num", "-n", help="Number of clips.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same clips).")] = 0,
+    objects: Annotated[int, typer.Option("--objects", help="Objects per clip: 1, or 2 (the editing world: two objects that never overlap, with per-frame boxes and centres in the annotation).")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (default: refuse when any file this run would write exists).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -27,8 +28,8 @@ def synth(
 
     with progress() as bar:
         task = bar.add_task("writing clips", total=num)
-        data_list = synthesize(out, num, seed, overwrite=overwrite, on_clip=lambda _: bar.advance(task))
-    summary = {"data_list": str(data_list), "annotations": str(out / "annotations.json"), "videos": str(out / "videos"), "clips": num, "seed": seed}
+        data_list = synthesize(out, num, seed, overwrite=overwrite, on_clip=lambda _: bar.advance(task), objects=objects)
+    summary = {"data_list": str(data_list), "annotations": str(out / "annotations.json"), "videos": str(out / "videos"), "clips": num, "seed": seed, "objects": objects}
     if json_out:
         print_json(summary)
     else:

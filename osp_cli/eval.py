@@ -110,3 +110,39 @@ def shapes(
             err.print(f"{key} correct: {value:.1%}")
     if reference is not None:
         err.print(f"mean PSNR {summary['psnr']:.2f} dB, mean SSIM {summary['ssim']:.4f}")
+
+
+@app.command("edit")
+def edit(
+    videos: Annotated[list[Path], typer.Argument(help="Outputs of `osp edit` (each read with its JSON sidecar: source, region, first frame, tracks).", show_default=False)],
+    json_out: JsonOpt = False,
+) -> None:
+    """How well each edit did what was asked: PSNR outside the region, the edited object's colour and shape, trajectory error, first-frame fidelity."""
+    from rich.table import Table
+
+    from osp_core.eval.edit import evaluate_sidecar, summarize
+
+    rows = [{"video": str(video), **evaluate_sidecar(video)} for video in videos]
+    summary = summarize(rows)
+    if json_out:
+        print_json({"summary": summary, "edits": rows})
+        return
+    table = Table(title="edits")
+    for column in ("video", "PSNR outside", "colour", "shape", "trajectory error (px)", "first frame PSNR"):
+        table.add_column(column)
+
+    def mark(r: dict, key: str) -> str:
+        return str(r[key]) if r[key] == r[f"expected_{key}"] else f"[red]{r[key]}[/red] (want {r[f'expected_{key}']})"
+
+    for r in rows:
+        error = "-" if r["trajectory_error"] is None else f"{r['trajectory_error']:.2f}"
+        table.add_row(Path(r["video"]).name, f"{r['psnr_outside']:.2f}", mark(r, "color"), mark(r, "shape"), error, f"{r['first_frame_psnr']:.2f}")
+    err.print(table)
+    parts = [f"{summary['edits']} edits", f"outside PSNR {summary['psnr_outside']:.2f} dB"]
+    for key in ("color", "shape"):
+        if summary[f"{key}_accuracy"] is not None:
+            parts.append(f"{key} correct {summary[f'{key}_accuracy']:.1%}")
+    if summary["trajectory_error"] is not None:
+        parts.append(f"trajectory error {summary['trajectory_error']:.2f} px")
+    parts.append(f"first-frame PSNR {summary['first_frame_psnr']:.2f} dB")
+    err.print(", ".join(parts))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import caption, data, eval, serve, t2v, vae
+from . import caption, data, edit, eval, serve, t2v, vae
 
 app = typer.Typer(
     name="osp",
@@ -36,6 +36,7 @@ app.add_typer(vae.app, name="vae")
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
 app.add_typer(t2v.app, name="t2v")
+app.add_typer(edit.app, name="edit")
 app.add_typer(caption.app)  # one command, `osp caption`
 app.command("serve")(serve.serve)
 

@@ -9,7 +9,7 @@ ignored, so the released v1.1.0 caption files work as they are. Images use the s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
@@ -24,6 +24,8 @@ class Entry:
     captions: tuple[str, ...]
     start: int = 0
     end: int | None = None
+    objects: tuple | None = field(default=None, compare=False, hash=False)
+    """Annotated objects (`osp data synth --objects 2`: per-frame boxes and centres), if any."""
 
     @property
     def is_image(self) -> bool:
@@ -61,7 +63,8 @@ def _entries_from_records(records: list, root: Path, where: str) -> list[Entry]:
         if record.get("frame_idx") not in (None, ""):
             start, end = _parse_frame_idx(record["frame_idx"], f"entry {number} of {where}")
         path = Path(str(record["path"]))
-        out.append(Entry(path if path.is_absolute() else root / path, _captions(record.get("cap")), start, end))
+        objects = tuple(record["objects"]) if isinstance(record.get("objects"), list) else None
+        out.append(Entry(path if path.is_absolute() else root / path, _captions(record.get("cap")), start, end, objects))
     return out
 
 

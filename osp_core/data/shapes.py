@@ -4,6 +4,10 @@ Each clip: 17 frames, 64x64, 8 fps, black background, one filled circle, square 
 (14-20 px across) in one of five solid colors, moving left, right, up or down at a constant
 1.5-2.5 px per frame, starting where it stays fully inside the frame for all 17 frames.
 Caption: "a {color} {shape} moving {direction}".
+
+With two objects (`--objects 2`, the editing world) the two differ in color and their paths'
+bounding boxes never meet (so they never overlap); the caption joins both with "and", and the
+annotation gives each object's per-frame box and centre.
 """
 
 from __future__ import annotations
@@ -110,17 +114,59 @@ def _mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
     return inside.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render(clip: ShapeClip) -> torch.Tensor:
-    """(17, 64, 64, 3) uint8 frames of `clip`."""
+def centers(clip: ShapeClip) -> np.ndarray:
+    """(17, 2) centre (x, y) of the shape's bounding box in each frame, pixels."""
     dy, dx = DIRECTIONS[clip.direction]
-    color = np.array(COLORS[clip.color], dtype=np.float64)
-    frames = np.zeros((NUM_FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-    for t in range(NUM_FRAMES):
-        cy = clip.start_y + dy * clip.speed_px * t
-        cx = clip.start_x + dx * clip.speed_px * t
-        coverage = _mask(clip.shape, cy, cx, clip.size_px)
-        frames[t] = np.round(coverage[..., None] * color).astype(np.uint8)
-    return torch.from_numpy(frames)
+    t = np.arange(NUM_FRAMES)
+    return np.stack([clip.start_x + dx * clip.speed_px * t, clip.start_y + dy * clip.speed_px * t], axis=1)
+
+
+def boxes(clip: ShapeClip) -> np.ndarray:
+    """(17, 4) bounding box (x0, y0, x1, y1) of the shape in each frame, pixels."""
+    c = centers(clip)
+    half = clip.size_px / 2
+    return np.concatenate([c - half, c + half], axis=1)
+
+
+def swept_box(clip: ShapeClip) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1) the shape covers over the whole clip."""
+    b = boxes(clip)
+    return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+
+
+def boxes_meet(a: tuple[float, ...], b: tuple[float, ...], margin: float = 0.0) -> bool:
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def render(clip: ShapeClip | list[ShapeClip]) -> torch.Tensor:
+    """(17, 64, 64, 3) uint8 frames of `clip` (or of several clips' shapes, which must not overlap)."""
+    frames = np.zeros((NUM_FRAMES, SIZE, SIZE, 3), dtype=np.float64)
+    for one in [clip] if isinstance(clip, ShapeClip) else clip:
+        color = np.array(COLORS[one.color], dtype=np.float64)
+        for t, (cx, cy) in enumerate(centers(one)):
+            frames[t] += _mask(one.shape, cy, cx, one.size_px)[..., None] * color
+    return torch.from_numpy(np.round(frames).clip(0, 255).astype(np.uint8))
+
+
+PAIR_MARGIN = 3.0  # pixels between the two paths' boxes
+
+
+def sample_pair(rng: np.random.Generator, first: tuple[str, str, str], tries: int = 1000) -> tuple[ShapeClip, ShapeClip]:
+    """Two clips whose paths never meet: `first` (color, shape, direction) and a random other
+    of another color (rejection sampling of sizes, speeds, starts and the second object)."""
+    others = [c for c in COLORS if c != first[0]]
+    for _ in range(tries):
+        a = sample_clip(rng, *first)
+        b = sample_clip(rng, others[int(rng.integers(len(others)))], SHAPES[int(rng.integers(len(SHAPES)))], list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))])
+        if not boxes_meet(swept_box(a), swept_box(b), PAIR_MARGIN):
+            return a, b
+    raise RuntimeError(f"no non-overlapping pair for {first} in {tries} tries")
+
+
+def object_annotation(clip: ShapeClip) -> dict:
+    """One object of a two-object clip: its parameters, per-frame boxes and centres."""
+    params = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}
+    return {**params, "boxes": np.round(boxes(clip), 3).tolist(), "centers": np.round(centers(clip), 3).tolist()}
 
 
 def iter_clips(num: int, seed: int) -> Iterator[ShapeClip]:
@@ -134,7 +180,22 @@ def iter_clips(num: int, seed: int) -> Iterator[ShapeClip]:
         yield sample_clip(rng, *order.pop())
 
 
-def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None) -> Path:
+def iter_pairs(num: int, seed: int) -> Iterator[tuple[ShapeClip, ShapeClip]]:
+    """`num` two-object clips; the first object cycles through the 60 captions like `iter_clips`."""
+    rng = np.random.default_rng(seed)
+    combos = list(itertools.product(COLORS, SHAPES, DIRECTIONS))
+    order: list[tuple[str, str, str]] = []
+    for i in range(num):
+        if not order:
+            order = [combos[j] for j in rng.permutation(len(combos))]
+        yield sample_pair(rng, order.pop())
+
+
+def pair_caption(pair: tuple[ShapeClip, ShapeClip]) -> str:
+    return " and ".join(clip.caption for clip in pair)
+
+
+def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None, objects: int = 1) -> Path:
     """Write `num` clips as mp4 plus an Open-Sora-Plan annotation (`annotations.json`, paths
     relative to itself: `videos/00000.mp4`) and a data list (`data.txt`: `ROOT,ANNOTATION`)
     into `out_dir`; returns the data list path. Either one works as `--data`.
@@ -147,6 +208,8 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
         raise InputError(f"--num must be at least 1, got {num}", "pass --num 100, for example")
     if seed < 0:
         raise InputError(f"--seed must be >= 0, got {seed}", "pass e.g. --seed 0")
+    if objects not in (1, 2):
+        raise InputError(f"--objects must be 1 or 2, got {objects}", "pass --objects 2 for the editing world")
     out = Path(out_dir)
     annotation = out / "annotations.json"
     data_list = out / "data.txt"
@@ -162,9 +225,13 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
     try:
         ensure_writable_dir(videos)
         entries = []
-        for index, (name, clip) in enumerate(zip(names, iter_clips(num, seed))):
-            write_video(videos / name, render(clip), fps=FPS)
-            entries.append({"path": f"videos/{name}", "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
+        clips = iter_clips(num, seed) if objects == 1 else iter_pairs(num, seed)
+        for index, (name, clip) in enumerate(zip(names, clips)):
+            write_video(videos / name, render(list(clip) if objects == 2 else clip), fps=FPS)
+            if objects == 1:
+                entries.append({"path": f"videos/{name}", "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
+            else:
+                entries.append({"path": f"videos/{name}", "cap": pair_caption(clip), "objects": [object_annotation(one) for one in clip]})
             if on_clip:
                 on_clip(index)
         write_json(annotation, entries, indent=1)

@@ -17,6 +17,7 @@ Shapes: latents (B, C, F, h, w), captions (B, L, D_text) or (B, 1 + n, L, D_text
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -349,28 +350,37 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
             enable_temporal_attentions=enable_temporal_attentions,
         )
 
-    def run_blocks(self, inputs: LatteBlockInputs, layout: BlockLayout | None = None) -> torch.Tensor:
+    def run_blocks(self, inputs: LatteBlockInputs, layout: BlockLayout | None = None, after_pair: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The spatial and temporal block pairs: (B*(F+n), P, D) -> the same shape.
 
         `layout` switches between the spatial and temporal layouts (default: one rearrange
         in memory); a sequence-parallel layout hands in a frame shard of `inputs` and moves
-        tokens between processes instead (`osp_core.parallel.sequence`).
+        tokens between processes instead (`osp_core.parallel.sequence`). `after_pair(index, x)`
+        may replace the tokens after each pair (the edit control module adds its residuals).
         """
-        layout = layout or CONTIGUOUS_LAYOUT
-        x, num_frames = inputs.hidden_states, inputs.num_frames
+        x = inputs.hidden_states
         for index, (spatial_block, temporal_block) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
-            x = self._run_block(spatial_block, x, None, inputs.captions, inputs.caption_bias, inputs.modulation_spatial)
-            if not inputs.enable_temporal_attentions:
-                continue
-            x = layout.to_temporal(x, inputs.batch)
-            # images ride along untouched: temporal attention sees the video frames only
-            video, images = x[:, :num_frames], x[:, num_frames:]
-            if index == 0:
-                video = video + self._temporal_positions(num_frames, video)
-            video = self._run_block(temporal_block, video, None, None, None, inputs.modulation_temporal)
-            x = torch.cat([video, images], dim=1) if inputs.use_image_num else video
-            x = layout.to_spatial(x, inputs.batch)
+            x = self.run_pair(index, spatial_block, temporal_block, x, inputs, layout)
+            if after_pair is not None:
+                x = after_pair(index, x)
         return x
+
+    def run_pair(self, index: int, spatial_block: nn.Module, temporal_block: nn.Module, x: torch.Tensor, inputs: LatteBlockInputs, layout: BlockLayout | None = None) -> torch.Tensor:
+        """Block pair `index` (these blocks: this model's, or a trainable copy's) on tokens `x`
+        in the spatial layout."""
+        layout = layout or CONTIGUOUS_LAYOUT
+        num_frames = inputs.num_frames
+        x = self._run_block(spatial_block, x, None, inputs.captions, inputs.caption_bias, inputs.modulation_spatial)
+        if not inputs.enable_temporal_attentions:
+            return x
+        x = layout.to_temporal(x, inputs.batch)
+        # images ride along untouched: temporal attention sees the video frames only
+        video, images = x[:, :num_frames], x[:, num_frames:]
+        if index == 0:
+            video = video + self._temporal_positions(num_frames, video)
+        video = self._run_block(temporal_block, video, None, None, None, inputs.modulation_temporal)
+        x = torch.cat([video, images], dim=1) if inputs.use_image_num else video
+        return layout.to_spatial(x, inputs.batch)
 
     def unpatchify(self, x: torch.Tensor, inputs: LatteBlockInputs) -> torch.Tensor:
         """Final modulation and projection, patches back to latents: -> (B, out_channels, F + n, h, w)."""

@@ -113,10 +113,11 @@ class SamplingJob:
     cache_threshold: float | None = None
     compile: bool = False
     parallel: str | None = None  # under torchrun: auto, data, cfg, sp, cfg+sp (None: auto)
+    allow_empty_prompt: bool = False  # `osp edit`: the video itself says what to show
 
     def validate(self) -> None:
         """`InputError` for given values that cannot work (nothing is loaded or looked up)."""
-        if not self.prompts or not all(p.strip() for p in self.prompts):
+        if not self.prompts or not (self.allow_empty_prompt or all(p.strip() for p in self.prompts)):
             raise InputError("the prompt is empty", "pass some text to generate from")
         check_video_size(self.frames, self.height, self.width)
         for name, value, low, example in (("--num-videos", self.num_videos, 1, "1"), ("--steps", self.steps, 1, "150")):

@@ -20,9 +20,9 @@ from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
 from ..io.atomic import ensure_writable_dir
 from ..pipelines.repository import ModelRepository
-from ..pipelines.sampling import SamplingJob
+from ..pipelines.sampling import SamplingJob, slugify
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
-from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, run_text_to_video, run_vae_round_trip
+from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, run_vae_round_trip, run_video_edit
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,56 @@ class Server:
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
         return str(result.video), [str(result.video), str(result.sidecar)], status
 
+    def edit(
+        self,
+        upload: str | None,
+        box: str,
+        first_frame: str | None,
+        prompt: str,
+        tracks: str,
+        engine: str,
+        strength: float,
+        steps: float,
+        seed: float | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, Any, Any, str]:
+        """The Edit tab: (edited video, source video, [mp4, sidecar], status line)."""
+        from ..pipelines.edit import EditJob
+
+        session = request.session_hash or ""
+        try:
+            path = check_upload(upload, self.options.max_upload_mb * 2**20)
+            first = check_upload(first_frame, self.options.max_upload_mb * 2**20) if first_frame else None
+            folder = job_folder(self.output_dir, self.sessions.key(session), "edit")
+            job = EditJob(
+                video=path,
+                output=folder / f"{slugify(path.stem)}-edited.mp4",
+                box=box or None,
+                first_frame=first,
+                prompt=prompt or "",
+                tracks=parse_tracks(tracks),
+                engine=engine,
+                strength=float(strength),
+                model=self.options.model,
+                frames="auto",
+                steps=int(steps),
+                seed=None if seed is None else int(seed),
+                device=self.options.device,
+                dtype=self.options.dtype,
+            )
+            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
+            summary = run_video_edit(self.device, job, reporter)
+        except Exception as exc:
+            return None, None, None, self.failed(exc)
+        r = summary.record
+        status = f"{r['num_frames']} frames {r['size'][0]}x{r['size'][1]}, {r['engine']} engine, {len(r['tracks'])} track(s) ({r['track_source']}), seed {r['seed']}"
+        return r["video"], str(path), [r["video"], r["sidecar"]], "; ".join([status, *reporter.notes])
+
+    def start_edit(self, request: gr.Request) -> tuple[None, None, None, str]:
+        self.sessions.cancel_flag(request.session_hash or "").clear()
+        return None, None, None, ""
+
     def start(self, request: gr.Request) -> tuple[None, None, str]:
         """On a click, before the job queues: the last result and status clear (the page never
         shows a stale line) and an earlier cancel no longer applies."""
@@ -236,6 +286,38 @@ class Server:
                     self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private"
                 )
                 vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    with gr.Column():
+                        edit_upload = gr.File(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
+                        edit_box = gr.Textbox(label="Box X0,Y0,X1,Y1 (pixels, x right, y down, end exclusive)", elem_id="edit-box")
+                        edit_first = gr.File(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
+                        edit_prompt = gr.Textbox(label="Prompt", elem_id="edit-prompt")
+                        edit_tracks = gr.Textbox(label="Tracks: one X0,Y0:X1,Y1 per line (empty: keep the source's motion)", lines=2, elem_id="edit-tracks")
+                        with gr.Row():
+                            edit_engine = gr.Radio(["auto", "control", "blend"], value="auto", label="Engine", elem_id="edit-engine")
+                            edit_strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="edit-strength")
+                        with gr.Row():
+                            edit_steps = gr.Slider(4, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="edit-steps")
+                            edit_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="edit-seed")
+                        with gr.Row():
+                            edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                            edit_stop = gr.Button("Cancel", elem_id="edit-cancel")
+                    with gr.Column():
+                        with gr.Row():
+                            edited = gr.Video(label="Edited", height=300, interactive=False, autoplay=True, loop=True, elem_id="edit-video")
+                            source = gr.Video(label="Source", height=300, interactive=False, autoplay=True, loop=True, elem_id="edit-source")
+                        edit_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="edit-files")
+                        edit_status = gr.Textbox(label="Status", interactive=False, elem_id="edit-status")
+                edit_run.click(self.start_edit, None, [edited, source, edit_files, edit_status], queue=False, api_visibility="private").then(
+                    self.edit,
+                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed],
+                    [edited, source, edit_files, edit_status],
+                    concurrency_id="device",
+                    concurrency_limit=1,
+                    api_visibility="private",
+                )
+                edit_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
         return demo
 
     def launch(self) -> tuple[gr.Blocks, str]:

@@ -1,6 +1,6 @@
 """What the web page runs, without the page: per-session output folders, one job at a time on
-the device, cancellation, and the two jobs (text to video through `run_sampling`, the VAE round
-trip through `reconstruct`). `app.py` is the Gradio face over these.
+the device, cancellation, and the jobs (text to video through `run_sampling`, the VAE round
+trip through `reconstruct`, editing through `run_edit`). `app.py` is the Gradio face over these.
 """
 
 from __future__ import annotations
@@ -161,6 +161,20 @@ def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) 
     """`run_sampling` with the device's kept models, one job at a time."""
     with device.turn(reporter.cancelled):
         return run_sampling(job, reporter, pipelines=device.pipelines)
+
+
+def run_video_edit(device: Device, job: Any, reporter: StepReporter) -> Any:
+    """`run_edit` (an `EditJob`), one job at a time; its inputs are checked before the turn."""
+    from ..pipelines.edit import plan_edit, run_edit
+
+    plan = plan_edit(job)  # bad boxes, frames, tracks: refused without waiting for the device
+    with device.turn(reporter.cancelled):
+        return run_edit(plan, reporter)
+
+
+def parse_tracks(text: str | None) -> list[str]:
+    """The page's track box: one X0,Y0:X1,Y1 per line (blank lines ignored)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 @dataclass

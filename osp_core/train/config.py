@@ -268,11 +268,42 @@ class T2VTrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
+@dataclass
+class EditConfig:
+    """`osp edit train`: the control module and ReVideo's three training stages."""
+
+    stage: int = 1
+    """1: motion only (no content condition); 2: content and motion, each dropped now and then
+    so neither leans on the other (decoupled); 3: only the temporal attention of the control
+    blocks trains (seams at the region's border)."""
+    pretrained: str = ""
+    """An edit control module folder to start from (the previous stage's model/); '' copies
+    the transformer's first `num_layers` block pairs."""
+    num_layers: int = 2
+    """Block pairs in the control copy (a new module only)."""
+    fusion_channels: int = 64
+    """Width of the fused condition (a new module only)."""
+    condition_dropout: float = 0.1
+    """(stage 2) Probability of dropping the content, and separately the motion, condition."""
+    region_margin: int = 2
+    """Pixels added around an object's path (annotated objects) to make the region."""
+    region_scale: tuple[float, float] = (0.25, 0.6)
+    """Side of a random region as a share of the frame, for clips without annotated objects."""
+
+
+@dataclass
+class EditTrainConfig(T2VTrainConfig):
+    """`osp edit train`: `model.pretrained` names the frozen transformer (a version folder of
+    `model.model`); `edit` the control module trained beside it."""
+
+    edit: EditConfig = field(default_factory=EditConfig)
+
+
 # ----------------------------------------------------------------------------------- loading
 
 C = TypeVar("C")
 
-PRESET_GROUPS = ("vae", "t2v")
+PRESET_GROUPS = ("vae", "t2v", "edit")
 
 
 def presets_root() -> Path:

@@ -28,7 +28,9 @@ def test_shipped_repository_is_complete_and_small():
     # TeaCache fitted for this model (osp t2v calibrate-cache), and the threshold measured for it
     assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold"}
     assert len(sampling["teacache_coefficients"]) == 5 and 0 < sampling["teacache_threshold"] <= 1
-    assert repository_size(root) <= SIZE_LIMIT_BYTES
+    # the text-to-video repository within its limit; with the edit module (issue 14) under 25 MB
+    assert repository_size(root) - repository_size(root / "edit") <= SIZE_LIMIT_BYTES
+    assert repository_size(root) <= 25 * 1000 * 1000
 
 
 def test_samples_a_short_video_without_size_flags(tmp_path):
@@ -62,3 +64,26 @@ def test_the_demo_command_draws_a_red_circle_moving_right(tmp_path):
     assert report.returncode == 0, report.stderr
     measured = json.loads(report.stdout)["videos"][0]
     assert (measured["color"], measured["shape"], measured["direction"]) == ("red", "circle", "right"), measured
+
+
+def test_edit_module_is_shipped_and_auto_picks_it(tmp_path):
+    """`make builtin-edit` installed a trained control module: `--engine auto` uses it."""
+    import numpy as np
+    from PIL import Image
+
+    from osp_core.eval.edit import make_edit_task
+    from osp_core.io import write_video
+    from osp_core.models.edit_control import EditControl
+
+    root = resolve_model_dir("builtin:shapes")
+    module = EditControl.from_pretrained(str(root / "edit"))
+    assert any(p.abs().sum() > 0 for p in module.zero_projections.parameters())  # trained, not zero-init
+    task = make_edit_task(np.random.default_rng(123456))
+    write_video(tmp_path / "src.mp4", task.source, fps=8)
+    Image.fromarray(task.first_frame.numpy()).save(tmp_path / "first.png")
+    proc = run_osp(
+        "edit", str(tmp_path / "src.mp4"), "-o", str(tmp_path / "out.mp4"), "--box", task.box_arg, "--first-frame", str(tmp_path / "first.png"),
+        "--track", task.track_arg, "--prompt", task.prompt, "--model", "builtin:shapes", "--steps", "10", "--seed", "0", "--json", env=ONE_THREAD,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["engine"] == "control"

@@ -32,7 +32,9 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     deadline = time.time() + 120
-    while not any((out / "videos").glob("*.mp4")):  # interrupt once the run is under way
+    # interrupt once the run is under way: a finished clip, not a temporary (.NAME.tmp.mp4), which
+    # an interrupt removes with the then-empty folders (pathlib's glob matches dot files)
+    while not any(p for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")):
         assert time.time() < deadline, "no clip written in time"
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

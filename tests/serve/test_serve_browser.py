@@ -144,3 +144,42 @@ def test_requests_for_paths_outside_the_output_folder_are_refused(server):
     for path in (f"{server.output_dir}/../secret.txt", f"{inside.parent}/../../../secret.txt", "../secret.txt", "../../../../../../etc/passwd", str(secret)):
         status, body = server.get(f"/gradio_api/file={path}")
         assert status in (403, 404) and b"not for the page" not in body, path
+
+
+def test_edit_tab_edits_an_upload_and_plays_it_beside_the_source(page, server, tmp_path):
+    """Upload a clip and an edited first frame, give the box and a track: the edited video plays
+    beside the source, outside the box it is the source."""
+    from PIL import Image
+
+    page.generate("a red square moving left", steps=STEPS, seed=6)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(fetch(page.wait_for_result()))
+    source = read_video(clip).frames
+    first = source[0].clone()
+    first[20:44, 8:32] = 0
+    first[24:40, 12:28, 1] = 200  # a green square drawn in the box
+    Image.fromarray(first.numpy()).save(tmp_path / "first.png")
+    page.tab("Edit")
+    page.find("#edit-upload input[type=file]").send_keys(str(clip))
+    page.wait_for(lambda: "clip.mp4" in page.find("#edit-upload").text.replace("\n", ""), 30)
+    page.find("#edit-first input[type=file]").send_keys(str(tmp_path / "first.png"))
+    page.wait_for(lambda: "first.png" in page.find("#edit-first").text.replace("\n", ""), 30)
+    page.type_into("#edit-box textarea", "0,16,64,48")
+    page.type_into("#edit-tracks textarea", "20,32:40,32")
+    page.type_into("#edit-prompt textarea", "a green square moving right")
+    page.type_into("#edit-steps input[type=number]", str(STEPS))
+    page.find("#edit-engine input[value=blend]").click()
+    page.click("#edit-run", "edit")
+    edited = tmp_path / "edited.mp4"
+    edited.write_bytes(fetch(page.wait_for_result("edit")))
+    assert page.find("#edit-source video").get_attribute("src")  # the source plays beside it
+    frames = read_video(edited).frames
+    assert frames.shape == source.shape
+    outside = (frames[:, :16].float() - source[:, :16].float()).abs().mean()
+    assert outside < 3  # the source's pixels (through one more H.264 pass)
+    sidecar = sidecar_of(page, "edit")
+    assert sidecar["engine"] == "blend" and sidecar["region"]["box"] == [0, 16, 64, 48] and sidecar["track_source"] == "track"
+    assert "blend engine, 1 track(s) (track)" in page.status("edit")
+    page.type_into("#edit-box textarea", "0,16,99,48")
+    page.click("#edit-run", "edit")
+    assert page.wait_for(lambda: page.status("edit"), 30).startswith("Error: --box 0,16,99,48 is outside the 64x64 frame")

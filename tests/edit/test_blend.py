@@ -1,0 +1,96 @@
+"""The blend engine on the tiny reference model: known latents stay, outside pixels stay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from osp_core.pipelines.edit import EditInputs, EditJob, edit_latents, paste_outside, prepare_latents, run_edit
+from osp_core.pipelines.edit_inputs import box_mask
+from tests.edit.helpers import moving_square
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(reference_dir):
+    return reference_dir / "pipeline" / "tiny-osp-v1.1.0"
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_repo):
+    from osp_core.pipelines.t2v import T2VPipeline
+
+    pipe = T2VPipeline.from_pretrained(tiny_repo, scheduler="DDIM")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _embeds(pipe):
+    return pipe.encode_prompt("a square", do_classifier_free_guidance=True)
+
+
+def test_an_empty_region_gives_the_vae_round_trip(pipe):
+    frames = moving_square()
+    inputs = EditInputs(frames, 8.0, torch.zeros(9, 32, 32), None, [], "track")
+    latents = prepare_latents(pipe.vae, inputs)
+    final = edit_latents(pipe, latents, _embeds(pipe), steps=3, guidance=4.0, strength=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(final, latents.source)
+    edited = pipe.decode_latents(final)
+    assert torch.equal(edited, pipe.decode_latents(latents.source))
+
+
+def test_known_latents_are_held_at_every_step(pipe):
+    from osp_core.pipelines.denoising import DenoisingCallback
+
+    frames = moving_square()
+    first = frames[0].clone()
+    first[..., 2] = 255  # an edited first frame
+    mask = box_mask((0, 0, 16, 32), 9, 32, 32)
+    latents = prepare_latents(pipe.vae, EditInputs(frames, 8.0, mask, first, [torch.tensor([[8.0, 12.0]] * 9)], "track"))
+    seen = []
+
+    class Spy(DenoisingCallback):
+        def on_step_begin(self, step, x):
+            seen.append((step, x.clone()))
+
+    final = edit_latents(pipe, latents, _embeds(pipe), steps=3, guidance=1.0, strength=1.0, generator=torch.Generator().manual_seed(0), callbacks=[Spy()])
+    keep = latents.keep.bool().expand_as(final)
+    assert torch.equal(final[keep], latents.known[keep])
+    assert not torch.equal(final, latents.known)  # the region was generated
+    # the first latent frame is the edited frame's, not the source's
+    assert not torch.allclose(latents.known[:, :, 0], latents.source[:, :, 0])
+    step, x = seen[1]
+    noised = step.scheduler.add_noise(latents.known, torch.zeros_like(latents.known), step.timestep.reshape(1))
+    assert x.shape == final.shape and not torch.equal(x[keep], noised[keep])  # noise was added, not zeros
+
+
+def test_paste_keeps_outside_pixels_exact():
+    source = moving_square()
+    decoded = torch.full_like(source, 77)
+    mask = box_mask((8, 8, 24, 24), 9, 32, 32)
+    out = paste_outside(decoded, source, mask)
+    outside = (mask == 0)[..., None].expand_as(source)
+    assert torch.equal(out[outside], source[outside])
+    assert bool((out[:, 12:20, 12:20] == 77).all())
+
+
+def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path):
+    import json
+
+    from osp_core.io import read_video, write_video
+
+    write_video(tmp_path / "in.mp4", moving_square(), fps=8)
+    job = EditJob(video=tmp_path / "in.mp4", output=tmp_path / "out" / "edited.mp4", box="0,0,16,32", prompt="a square", tracks=["10,14:20,14"], model=str(tiny_repo), steps=4, seed=3, dtype="fp32", engine="blend")
+    summary = run_edit(job)
+    source = read_video(tmp_path / "in.mp4").frames
+    outside = torch.zeros(9, 32, 32, 3, dtype=torch.bool)
+    outside[:, :, 16:] = True
+    assert torch.equal(summary.frames[outside], source[outside])
+    written = read_video(tmp_path / "out" / "edited.mp4")
+    assert written.frames.shape == (9, 32, 32, 3) and written.fps == 8
+    sidecar = json.loads((tmp_path / "out" / "edited.json").read_text())
+    assert sidecar["engine"] == "blend" and sidecar["region"]["box"] == [0, 0, 16, 32] and sidecar["seed"] == 3
+    assert sidecar["track_source"] == "track" and sidecar["tracks"][0][0] == [10, 14] and sidecar["tracks"][0][-1] == [20, 14]
+    assert set(sidecar["seconds"]) == {"load", "encode", "denoise", "decode"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]

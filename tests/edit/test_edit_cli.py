@@ -1,0 +1,84 @@
+"""`osp edit` as a user runs it: one end-to-end run, and every bad input refused in one line
+with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from osp_core.io import write_video
+from tests.conftest import assert_one_line_error, run_osp
+from tests.edit.helpers import moving_square
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(reference_dir):
+    return reference_dir / "pipeline" / "tiny-osp-v1.1.0"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edit-inputs")
+    write_video(folder / "in.mp4", moving_square(frames=9), fps=8)
+    write_video(folder / "ten.mp4", moving_square(frames=10), fps=8)
+    Image.fromarray(moving_square(frames=1)[0].numpy()).save(folder / "first.png")
+    Image.fromarray(moving_square(frames=1, size=48)[0, :32].numpy()).save(folder / "first-wide.png")
+    Image.new("L", (32, 32), 0).save(folder / "empty-mask.png")
+    Image.new("L", (16, 32), 255).save(folder / "small-mask.png")
+    (folder / "short-track.json").write_text(json.dumps([[[5, 5]] * 8]))
+    return folder
+
+
+def test_edit_end_to_end(inputs, tiny_repo, tmp_path):
+    out = tmp_path / "edited.mp4"
+    proc = run_osp(
+        "edit", str(inputs / "in.mp4"), "-o", str(out), "--box", "0,0,16,32", "--first-frame", str(inputs / "first.png"),
+        "--prompt", "a square", "--keep-motion", "--model", str(tiny_repo), "--steps", "4", "--seed", "1", "--dtype", "fp32", "--json",
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["engine"] == "blend" and record["track_source"] == "keep-motion" and len(record["tracks"]) >= 1
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    again = run_osp("edit", str(inputs / "in.mp4"), "-o", str(out), "--box", "0,0,16,32", "--model", str(tiny_repo))
+    assert_one_line_error(again, "already exists", "--overwrite")
+
+
+BAD = [
+    (["--box", "0,0,40,16"], "outside the 32x32 frame"),
+    (["--box", "4,4,4,20"], "empty"),
+    (["--box", "1,2,3"], "four integers"),
+    ([], "--box or --mask"),
+    (["--mask", "{d}/small-mask.png"], "16x32, the video 32x32"),
+    (["--mask", "{d}/empty-mask.png"], "no set pixel"),
+    (["--box", "0,0,16,16", "--first-frame", "{d}/first-wide.png"], "resize it to 32x32"),
+    (["--box", "0,0,16,16", "--track", "5,5:40,5"], "outside the 32x32 frame"),
+    (["--box", "0,0,16,16", "--track-file", "{d}/short-track.json"], "8 points, the edit 9 frames"),
+    (["--box", "0,0,16,16", "--track", "5,5:9,5", "--keep-motion"], "not both"),
+    (["--box", "0,0,16,16", "--engine", "control"], "no edit control module"),
+    (["--box", "0,0,16,16", "--engine", "magic"], "unknown --engine"),
+    (["--box", "0,0,16,16", "--strength", "0"], "--strength"),
+    (["--box", "0,0,16,16", "--frames", "8"], "not 4k+1"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD, ids=[b[1] for b in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(osp_in_process, inputs, tiny_repo, tmp_path, args, needle):
+    out = tmp_path / "sub" / "out.mp4"
+    proc = osp_in_process("edit", str(inputs / "in.mp4"), "-o", str(out), *[a.format(d=inputs) for a in args], "--model", str(tiny_repo))
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_frames_not_4k1_and_auto(osp_in_process, inputs, tiny_repo, tmp_path):
+    proc = osp_in_process("edit", str(inputs / "ten.mp4"), "-o", str(tmp_path / "o.mp4"), "--box", "0,0,16,16", "--model", str(tiny_repo))
+    assert_one_line_error(proc, "10 frames, not 4k+1", "--frames auto")
+    assert list(tmp_path.iterdir()) == []
+    from osp_core.pipelines.edit import EditJob, read_edit_inputs
+
+    read = read_edit_inputs(EditJob(video=inputs / "ten.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", frames="auto"))
+    assert read.shape == (9, 32, 32) and read.track_source == "keep-motion"
+    assert torch.equal(read.mask[:, :16, :16], torch.ones(9, 16, 16))
