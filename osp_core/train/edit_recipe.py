@@ -49,6 +49,14 @@ class EditRecipe(T2VRecipe):
 
     def check(self, accelerator) -> None:
         super().check(accelerator)
+        layout = self.trainer.parallel.layout
+        if layout.strategy != "ddp" or layout.sp > 1:
+            # the control module is a few block pairs beside a frozen transformer: its states
+            # are small, and the frozen transformer would need sharding without training
+            raise InputError(
+                "osp edit train runs under --strategy ddp without sequence parallel",
+                "drop parallel.strategy / parallel.sequence_parallel from --set (torchrun with DDP works)",
+            )
         e = self.config.edit
         if e.stage not in (1, 2, 3):
             raise InputError(f"edit.stage must be 1, 2 or 3, got {e.stage}", "pass --stage 1 (motion), 2 (content + motion) or 3 (seams)")
@@ -177,9 +185,10 @@ class EditRecipe(T2VRecipe):
                 def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                     return self.model(self.transformer, x_t, t, states, mask, content, motion, region)
 
-                terms = self.objective.training_losses(model_fn, latents)
+                t, noise = self._draws(batch, latents)  # per-sample draws, as the t2v recipe's
+                terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
                 loss = terms["loss"].mean()
-                acc.backward(loss)
+                self.trainer.backward(loss)
                 if acc.sync_gradients and clip > 0:
                     acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
                 self.optimizer.step()

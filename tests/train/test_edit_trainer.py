@@ -96,3 +96,12 @@ def test_cli_refuses_stage_three_without_a_module_in_one_line(osp_in_process, cl
     proc = osp_in_process("edit", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--stage", "3", "-o", str(tmp_path / "run"))
     assert_one_line_error(proc, "stage 3", "--edit-module")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_refuses_fsdp_in_one_line(osp_in_process, clips, tiny_repo, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    proc = osp_in_process("edit", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--set", "parallel.strategy=fsdp", "-o", str(out))
+    assert_one_line_error(proc, "runs under --strategy ddp", "drop parallel.strategy")
+    assert not (out / "checkpoints").exists()
