@@ -38,7 +38,7 @@ def edit_video(
     first_frame: Annotated[Path | None, typer.Option("--first-frame", help="The edited first frame (same size as the video); default: the source's (a motion-only edit).")] = None,
     prompt: Annotated[str, typer.Option("--prompt", help="Describes the edited video.")] = "",
     track: Annotated[list[str] | None, typer.Option("--track", help="A moving point X0,Y0:X1,Y1, linear over the frames (repeatable, one per point).")] = None,
-    track_file: Annotated[Path | None, typer.Option("--track-file", help="JSON tracks, [[[x, y], ...one per frame], ...one per track].")] = None,
+    track_file: Annotated[Path | None, typer.Option("--track-file", help="JSON tracks, [[\\[x, y], ...one per frame], ...one per track].")] = None,
     keep_motion: Annotated[bool, typer.Option("--keep-motion", help="Take the region's motion from the source (Lucas-Kanade tracking); the default without tracks.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (control when the model has an edit module, else blend), control or blend (training-free).")] = "auto",
     strength: Annotated[float, typer.Option("--strength", help="How far the region is re-noised, in (0, 1]; below 1 it starts from the source moved along the tracks.")] = 1.0,

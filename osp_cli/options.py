@@ -23,7 +23,7 @@ DeviceOpt = Annotated[
 ]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option("--dtype", help="fp32, fp16 or bf16 (default: bf16 on NPU/recent CUDA, fp16 on older CUDA, fp32 on CPU; osp t2v sample: bf16 on CPUs with bf16 matrix units)."),
+    typer.Option("--dtype", help="fp32, fp16 or bf16 (default: bf16 on NPU/recent CUDA, fp16 on older CUDA, fp32 on CPU; osp t2v sample and osp edit: bf16 on CPUs with bf16 matrix units)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 TileOpt = Annotated[

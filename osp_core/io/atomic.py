@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -33,10 +34,10 @@ STALE_AFTER_SECONDS = 300.0
 """A temporary untouched this long, and not locked, is a leftover of a killed run."""
 
 # `.NAME.<id>.tmp` (folders), `.NAME.<id>.tmp.SUFFIX` (files), `.NAME.old` (the previous
-# folder during an atomic_dir swap) and the caption runner's write probe `.osp-caption-XXXXXXXX.tmp`
+# folder during an atomic_dir swap) and the write probes `.osp-caption-XXXXXXXX.tmp`, `.osp-probe-XXXXXXXX.tmp`
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp(\.[^./]+)?$")
 _OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old$")
-_PROBE_NAME = re.compile(r"^\.osp-caption-[A-Za-z0-9_]{8}\.tmp$")
+_PROBE_NAME = re.compile(r"^\.osp-(caption|probe)-[A-Za-z0-9_]{8}\.tmp$")
 
 _swept: set[Path] = set()  # folders already cleaned by this process
 
@@ -55,6 +56,14 @@ def ensure_writable_dir(directory: Path) -> None:
         raise InputError(f"cannot create output folder '{directory}': {exc.strerror}", "choose a writable location") from None
     if not os.access(directory, os.W_OK):
         raise InputError(f"output folder '{directory}' is not writable", "choose a writable location")
+    # os.access trusts root even on read-only pseudo file systems (/proc, /sys): really try,
+    # so the failure comes now and not after minutes of work
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".osp-probe-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"output folder '{directory}' is not writable ({exc.strerror or type(exc).__name__})", "choose a writable location") from None
 
 
 def temp_name(dest: Path) -> Path:

@@ -7,6 +7,7 @@ Every check raises a one-line `InputError` naming the bad value and the fix.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -54,7 +55,9 @@ def load_mask(path: str | Path, frames: int, height: int, width: int) -> torch.T
     """(T, H, W) float mask from an image (every frame) or a video of masks (its first `frames`
     frames); a pixel is set when its brightest channel is above half."""
     from ..io import read_video
+    from ..io.paths import check_input_file
 
+    check_input_file(path, "mask")
     video = read_video(path).frames  # an image reads as one frame
     if tuple(video.shape[1:3]) != (height, width):
         raise InputError(f"mask '{path}' is {video.shape[2]}x{video.shape[1]}, the video {width}x{height}", f"make a {width}x{height} mask (white = edit)")
@@ -100,7 +103,9 @@ def feather_width(height: int, width: int) -> int:
 def load_first_frame(path: str | Path, height: int, width: int) -> torch.Tensor:
     """(H, W, 3) uint8 edited first frame; it must have the video's size."""
     from ..io import read_video
+    from ..io.paths import check_input_file
 
+    check_input_file(path, "first frame")
     frames = read_video(path).frames
     if tuple(frames.shape[1:3]) != (height, width):
         raise InputError(f"first frame '{path}' is {frames.shape[2]}x{frames.shape[1]}, the video {width}x{height}", f"resize it to {width}x{height} (the edited frame must line up with the video)")
@@ -114,7 +119,7 @@ def parse_track(text: str, frames: int) -> torch.Tensor:
     """'X0,Y0:X1,Y1' -> (T, 2) points moving linearly from the start to the end point."""
     try:
         start, end = ([float(v) for v in part.split(",")] for part in str(text).split(":"))
-        if len(start) != 2 or len(end) != 2:
+        if len(start) != 2 or len(end) != 2 or not all(math.isfinite(v) for v in start + end):
             raise ValueError
     except ValueError:
         raise InputError(f"--track '{text}' is not X0,Y0:X1,Y1", "pass a start and an end point in pixels, e.g. --track 10,20:40,20") from None

@@ -147,7 +147,7 @@ class ModelRepository:
 
 def check_transformer_folder(folder: str | Path) -> Path:
     """A LatteT2V folder given in place of a version (a training checkpoint's model/)."""
-    path = Path(folder).expanduser()
+    path = Path(folder).expanduser().absolute()  # relative to where the user is, not to the model
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"no config.json in transformer folder '{folder}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
     return path

@@ -320,7 +320,7 @@ def list_presets(group: str) -> list[str]:
 def resolve_preset(preset: str, group: str) -> Path:
     """A preset name of `group` (e.g. stage1) or a path to a YAML file."""
     path = Path(preset).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder called e.g. shapes/ is not a preset
         if not path.is_file():
             raise InputError(f"preset file '{preset}' does not exist", "pass an existing YAML file or a preset name")
         return path

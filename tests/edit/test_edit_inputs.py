@@ -100,3 +100,16 @@ def test_mask_image_and_mask_video(tmp_path):
     assert moving.shape == (9, 32, 32) and bool(moving[0, 16, 3]) and not bool(moving[8, 16, 3]) and bool(moving[8, 16, 19])
     with pytest.raises(InputError, match="9 frames, the edit 13"):
         ei.load_mask(tmp_path / "m.mp4", 13, 32, 32)
+
+
+def test_missing_mask_and_first_frame_are_named_as_such(tmp_path):
+    with pytest.raises(InputError, match="^mask '.*' does not exist"):
+        ei.load_mask(tmp_path / "missing.png", 9, 64, 64)
+    with pytest.raises(InputError, match="^first frame '.*' does not exist"):
+        ei.load_first_frame(tmp_path / "missing.png", 64, 64)
+
+
+@pytest.mark.parametrize("text", ["20,32:inf,32", "nan,1:2,3"])
+def test_non_finite_track_points_are_malformed(text):
+    with pytest.raises(InputError, match="is not X0,Y0:X1,Y1"):
+        ei.parse_track(text, 9)

@@ -148,3 +148,14 @@ def test_mp4_bytes_do_not_depend_on_what_the_process_allocated_before(tmp_path):
         path = write_video(tmp_path / f"v{fill}.mp4", frames, fps=8)
         digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_a_folder_that_cannot_take_a_file_is_refused_up_front():
+    """/proc passes os.access for root; the probe file finds out before any work is done."""
+    from pathlib import Path
+
+    from osp_core.errors import InputError
+    from osp_core.io.atomic import ensure_writable_dir
+
+    with pytest.raises(InputError, match="not writable"):
+        ensure_writable_dir(Path("/proc"))

@@ -275,3 +275,12 @@ def test_one_frame_is_an_image_sampled_without_temporal_attention(tiny_repo, tmp
         return (latents / 0.18215).float()
 
     assert torch.equal(saved, final(False)) and not torch.equal(saved, final(True))
+
+
+def test_transformer_folder_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from osp_core.pipelines.repository import check_transformer_folder
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert check_transformer_folder("run/model") == tmp_path / "run" / "model"

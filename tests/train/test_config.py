@@ -59,3 +59,11 @@ def test_stage_presets_carry_the_report_settings():
     # the debug preset's model config is found beside the preset, wherever the run starts
     debug = load_config(VAETrainConfig, "debug", group="vae")
     assert debug.model.config.endswith("tiny-vae.json")
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    from osp_core.train.config import resolve_preset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes").mkdir()  # e.g. the data of `osp data synth --out shapes`
+    assert resolve_preset("shapes", "t2v").name == "shapes.yaml"
