@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -529,14 +528,7 @@ def _prepare_output_folder(folder: Path) -> list[Path]:
     if not existing.is_dir():  # e.g. `-o afile/ann.json` where afile is a file
         raise InputError(f"cannot create output folder '{folder}': '{existing}' is a file", "choose an output path whose folders are folders")
     try:
-        ensure_writable_dir(folder)
-        try:
-            # os.access trusts root even on read-only pseudo file systems (/sys, /proc): really try.
-            fd, probe_file = tempfile.mkstemp(prefix=".osp-caption-", suffix=".tmp", dir=folder)
-            os.close(fd)
-            os.unlink(probe_file)
-        except OSError as exc:
-            raise InputError(f"cannot write in output folder '{folder}': {exc.strerror}", "choose a writable location") from None
+        ensure_writable_dir(folder)  # creates it and writes a probe file
     except InputError:
         remove_empty_folders(missing)
         raise
