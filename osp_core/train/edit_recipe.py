@@ -12,6 +12,7 @@ now and then (decoupled); 3 only the control blocks' temporal attention trains.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,8 @@ class EditRecipe(T2VRecipe):
             raise InputError(f"edit.stage must be 1, 2 or 3, got {e.stage}", "pass --stage 1 (motion), 2 (content + motion) or 3 (seams)")
         if e.stage == 3 and not e.pretrained:
             raise InputError("stage 3 tunes a trained control module, and none was given", "pass --edit-module with stage 2's model/ folder")
+        if e.pretrained and not (Path(e.pretrained).expanduser() / "config.json").is_file():
+            raise InputError(f"--edit-module '{e.pretrained}' is not a control module folder (no config.json)", "pass a checkpoint's model/ folder written by `osp edit train`")
         if not self.config.model.pretrained:
             raise InputError("no transformer to control", "pass --version with the model's version folder (e.g. 17x64x64) or a LatteT2V folder")
         if not 0 <= e.condition_dropout < 1:

@@ -105,3 +105,12 @@ def test_cli_refuses_fsdp_in_one_line(osp_in_process, clips, tiny_repo, tmp_path
     proc = osp_in_process("edit", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--set", "parallel.strategy=fsdp", "-o", str(out))
     assert_one_line_error(proc, "runs under --strategy ddp", "drop parallel.strategy")
     assert not (out / "checkpoints").exists()
+
+
+def test_cli_refuses_a_missing_edit_module_in_one_line(osp_in_process, clips, tiny_repo, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    proc = osp_in_process("edit", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--stage", "2", "--edit-module", str(tmp_path / "nope" / "model"), "-o", str(out))
+    assert_one_line_error(proc, "is not a control module folder", "osp edit train")
+    assert not (out / "checkpoints").exists()
