@@ -391,22 +391,12 @@ class EditSummary:
 def run_edit(job: EditJob | EditPlan, progress: SamplingProgress | None = None) -> EditSummary:
     """Plan (unless given a plan), load, edit, decode, paste back and write the mp4 + sidecar.
     A failed run leaves no file and no folder it created."""
-    from ..io import ensure_writable_dir
-    from ..io.paths import folders_to_create, remove_empty_folders
-    from .sampling import _NoProgress, _quiet_libraries
+    from .sampling import _NoProgress, output_folder
 
     plan = job if isinstance(job, EditPlan) else plan_edit(job)
     progress = progress or _NoProgress()
-    created = folders_to_create(plan.job.output.parent)
-    ensure_writable_dir(plan.job.output.parent)
-    for message in plan.sampling.warnings:
-        progress.notice("warning", message)
-    try:
-        with _quiet_libraries():
-            return _edit(plan, progress)
-    except BaseException:
-        remove_empty_folders(created)
-        raise
+    with output_folder(plan.job.output.parent, plan.sampling.warnings, progress):
+        return _edit(plan, progress)
 
 
 def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:

@@ -329,6 +329,26 @@ class SamplingProgress(Protocol):
     def notice(self, kind: str, message: str) -> None: ...
 
 
+@contextlib.contextmanager
+def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress) -> Iterator[None]:
+    """The run's output folder, created and checked writable, and the plan's warnings shown
+    (after every check, so a failing run shows one line); libraries kept quiet for the block.
+    A run that fails leaves no folder it created."""
+    from ..io import ensure_writable_dir
+    from ..io.paths import folders_to_create, remove_empty_folders
+
+    created = folders_to_create(folder)
+    ensure_writable_dir(folder)
+    for message in warnings:
+        progress.notice("warning", message)
+    try:
+        with _quiet_libraries():
+            yield
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+
+
 class _NoProgress:
     def status(self, message: str) -> None:
         pass
@@ -392,8 +412,6 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     and `mesh` (a (cfg, sp) DeviceMesh) may be passed in; only the first rank reports progress.
     """
     from ..errors import OSPError
-    from ..io import ensure_writable_dir
-    from ..io.paths import folders_to_create, remove_empty_folders
     from ..parallel.launch import PeerProcessFailed, is_peer_failure, process_group
 
     try:
@@ -403,15 +421,10 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         exc.quiet = launched_world()[0] != 0
         raise
     progress = progress if progress is not None and plan.rank == 0 else _NoProgress()
-    created = folders_to_create(plan.output_dir)
-    ensure_writable_dir(plan.output_dir)
-    for message in plan.warnings:  # after every check, so a failing run shows one line
-        progress.notice("warning", message)
     try:
-        with _quiet_libraries(), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
+        with output_folder(plan.output_dir, plan.warnings, progress), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
             return _Run(plan, progress, mesh, pipelines).run()
     except BaseException as exc:
-        remove_empty_folders(created)
         if plan.parallel.world_size > 1 and is_peer_failure(exc):
             # the process that failed prints the one line; torchrun stops the rest
             raise PeerProcessFailed(f"stopped: another process of this torchrun job failed ({type(exc).__name__})") from None
