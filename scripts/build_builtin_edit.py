@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""`make builtin-edit`: train the edit control module of `builtin:shapes` with `osp` itself and
-measure it against the training-free blend engine.
+"""`make builtin-edit`: teach `builtin:shapes` the two-object world and train its edit control
+module, with `osp` itself, and measure both engines.
 
 Steps (each an `osp` command or a benchmark script):
-  1. `osp data synth --objects 2`: two-object clips (per-frame boxes and centres annotated);
-  2. `osp edit train --preset shapes-stage1` (motion only), `shapes-stage2` (content + motion,
+  1. `osp data synth --objects 2` (two-object clips, per-frame boxes and centres annotated) and
+     `osp data synth` (one-object clips, and the 100 held-out clips of `make builtin`);
+  2. `osp vae train --preset shapes-two-objects` from the installed vae/, on both kinds of clips
+     (the one-object VAE mixes two objects' colours), exported into a copy of the repository;
+  3. `osp t2v train --preset shapes-two-objects` from the installed 17x64x64/ against that VAE,
+     and TeaCache fitted to it again (`osp t2v calibrate-cache --write`);
+  4. `osp edit train --preset shapes-stage1` (motion only), `shapes-stage2` (content + motion,
      decoupled) and `shapes-stage3` (temporal attention of the control blocks), each from the
-     previous stage's model/, beside the frozen shapes transformer, latents and T5 cached;
-  3. the stage-3 module exported (fp16) into a copy of the shapes repository (`edit/`);
-  4. `benchmarks/edit.py` on that copy: 40 two-object edits with seeds training never saw,
-     both engines;
-  5. the module is installed as osp_core/builtin/shapes/edit only when the control engine beats
-     blend on trajectory error (else the numbers are reported and nothing is installed), with
-     EDIT_RESULTS.md (table, wall time per step) beside it.
+     previous stage's model/, beside the frozen new transformer, latents and T5 cached;
+  5. the stage-3 module exported (fp16) into the copy (`edit/`);
+  6. checks of the copy: the VAE's round trip of the held-out clips (old and new VAE), text to
+     video on the 60 captions (`osp t2v sample` + `osp eval shapes`, as `make builtin`), and
+     `benchmarks/edit.py`: 40 two-object edits with seeds training never saw, both engines, at
+     --strength 1 and at the guided strength, with the right answer's VAE round trip beside;
+  7. the copy's vae/, 17x64x64/, edit/ and sampling.json replace the installed ones only when the VAE and text
+     to video keep `make builtin`'s bars and the control engine beats blend on trajectory error
+     (else the numbers are reported and nothing is installed), with EDIT_RESULTS.md.
 
-    python scripts/build_builtin_edit.py             # the full build (about 1 h on 2 CPU cores)
+    python scripts/build_builtin_edit.py             # the full build (about 1.4 h on 2 CPU cores)
     python scripts/build_builtin_edit.py --smoke     # minutes: tiny step counts, nothing installed
 """
 
@@ -37,9 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 from osp_core.hub import BUILTIN_ROOT  # noqa: E402
 
-DATA_SEED = 7  # the benchmark's edits use seed 90000 and up: never seen in training
-FULL = {"clips": 1200, "stage1": None, "stage2": None, "stage3": None, "edits": 40}
-SMOKE = {"clips": 16, "stage1": 4, "stage2": 4, "stage3": 2, "edits": 2}
+DATA_SEED, SINGLE_SEED = 7, 8  # the benchmark's edits use seed 90000 and up: never seen in training
+HELDOUT_SEED, SAMPLE_SEED = 1, 0  # `make builtin`'s held-out clips and sampling seed
+GUIDED_STRENGTH = 0.25  # the region starts from the motion guide for the last quarter of the steps
+FULL = {"clips": 1200, "single_clips": 600, "heldout": 100, "vae": None, "t2v": None, "stage1": 1500, "stage2": None, "stage3": None, "captions": 60, "edits": 40, "calibration_captions": 12}
+SMOKE = {"clips": 16, "single_clips": 8, "heldout": 2, "vae": 2, "t2v": 2, "stage1": 4, "stage2": 4, "stage3": 2, "captions": 2, "edits": 2, "calibration_captions": 2}
+BARS = {"vae_psnr": 30.0, "color_accuracy": 0.9, "direction_accuracy": 0.9, "shape_accuracy": 0.7}  # `make builtin`'s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,63 +80,166 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
 
     osp = [sys.executable, "-m", "osp_cli"]
-    data = work / "data"
-    if not (args.resume and (data / "data.txt").is_file()):
-        run("data (osp data synth --objects 2)", [*osp, "data", "synth", "--objects", "2", "--out", str(data), "--num", str(scale["clips"]), "--seed", str(DATA_SEED), "--overwrite"])
-    previous = None
-    for stage in (1, 2, 3):
-        out = work / f"stage{stage}"
-        command = [*osp, "edit", "train", "--preset", f"shapes-stage{stage}", "--model", str(shapes), "--data", str(data / "data.txt"), "--cache-dir", str(work / "cache"), "-o", str(out)]
-        if scale[f"stage{stage}"] is not None:
-            command += ["--max-steps", str(scale[f"stage{stage}"]), "--checkpoint-every", str(scale[f"stage{stage}"])]
-        if previous is not None:
-            command += ["--edit-module", str(previous)]
+
+    def run_json(name: str, command: list[str]) -> dict:
+        log("$ " + " ".join(shlex.quote(c) for c in command))
+        t0 = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"build failed at {name}")
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        return json.loads(proc.stdout)
+
+    def train(name: str, out: Path, command: list[str], steps: int | None) -> Path:
+        """Run (or, with --resume, reuse or continue) one training run; its last checkpoint."""
+        if steps is not None:
+            command = command + ["--max-steps", str(steps), "--checkpoint-every", str(steps)]
         if args.resume and (out / "summary.json").is_file() and not json.loads((out / "summary.json").read_text()).get("stopped_by_signal"):
             log(f"reusing the finished run {out}")
         else:
-            run(f"edit training, stage {stage} (osp edit train --preset shapes-stage{stage})", command + (["--resume", "latest"] if args.resume else ["--overwrite"]))
-        previous = Path(json.loads((out / "summary.json").read_text())["checkpoint"]) / "model"
+            run(name, command + ["-o", str(out)] + (["--resume", "latest"] if args.resume else ["--overwrite"]))
+        return Path(json.loads((out / "summary.json").read_text())["checkpoint"])
 
-    # a copy of the shapes repository with the module, so the installed model stays as it is
+    # 1. data: two-object clips, one-object clips, the held-out one-object clips
+    data, single, heldout = work / "data", work / "data-one", work / "heldout"
+    for folder, objects, num, seed in ((data, 2, scale["clips"], DATA_SEED), (single, 1, scale["single_clips"], SINGLE_SEED), (heldout, 1, scale["heldout"], HELDOUT_SEED)):
+        if not (args.resume and (folder / "data.txt").is_file()):
+            run(f"data (osp data synth --objects {objects})", [*osp, "data", "synth", "--objects", str(objects), "--out", str(folder), "--num", str(num), "--seed", str(seed), "--overwrite"])
+    mixed = work / "mixed.txt"
+    mixed.write_text((data / "data.txt").read_text() + (single / "data.txt").read_text())
+
+    # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)
+    from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, teacache_calibration_captions
     from osp_core.models.edit_control import EditControl
 
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(shapes, repo, ignore=shutil.ignore_patterns("edit", "*.svg", "*.csv", "*.md"))
+    shutil.copytree(shapes, repo, ignore=shutil.ignore_patterns("edit", "*.svg", "*.csv", "*.md", "results.json"))
+    scaling = float(json.loads((shapes / "vae" / "config.json").read_text())["scaling_factor"])  # the transformer's latent scale
+    vae_run = train("VAE on two objects (osp vae train --preset shapes-two-objects)", work / "vae", [*osp, "vae", "train", "--preset", "shapes-two-objects", "--pretrained", str(shapes / "vae"), "--data", str(mixed)], scale["vae"])
+    shutil.rmtree(repo / "vae")
+    export_vae(vae_run, repo, scaling)
+    t2v_run = train(
+        "transformer on two objects (osp t2v train --preset shapes-two-objects)", work / "t2v",
+        [*osp, "t2v", "train", "--preset", "shapes-two-objects", "--pretrained", str(shapes / "17x64x64"), "--vae", str(repo / "vae"), "--text-encoder", str(shapes), "--data", str(mixed), "--cache-dir", str(work / "t2v-cache")],
+        scale["t2v"],
+    )  # fmt: skip
+    shutil.rmtree(repo / "17x64x64")
+    export_transformer(t2v_run, repo)
+    # TeaCache's coefficients are fitted to the transformer: fit them again (`make builtin`'s step)
+    calibration = work / "eval" / "calibration.txt"
+    calibration.parent.mkdir(parents=True, exist_ok=True)
+    calibration.write_text("\n".join(teacache_calibration_captions(scale["calibration_captions"])) + "\n")
+    steps = ["--steps", "8"] if args.smoke else []
+    run("TeaCache fit (osp t2v calibrate-cache)", [*osp, "t2v", "calibrate-cache", "--prompts", str(calibration), "--model", str(repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *steps, "--device", "cpu", "--dtype", "fp32", "--write"])
+
+    # 4-5. the control module beside the new transformer
+    previous = None
+    for stage in (1, 2, 3):
+        command = [*osp, "edit", "train", "--preset", f"shapes-stage{stage}", "--model", str(repo), "--data", str(data / "data.txt"), "--cache-dir", str(work / "cache")]
+        if previous is not None:
+            command += ["--edit-module", str(previous)]
+        previous = train(f"edit training, stage {stage} (osp edit train --preset shapes-stage{stage})", work / f"stage{stage}", command, scale[f"stage{stage}"]) / "model"
     module = EditControl.from_pretrained(str(previous)).half()
     module.save_pretrained(str(repo / "edit"), safe_serialization=True)
     size = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
     log(f"repository with edit/: {size / 1e6:.2f} MB")
 
-    bench = work / "bench"
-    run("evaluation (benchmarks/edit.py, both engines)", [sys.executable, "benchmarks/edit.py", "--num", str(scale["edits"]), "--engine", "blend", "--engine", "control", "--model", str(repo), "--out", str(bench)] + (["--steps", "4"] if args.smoke else []))
-    results = json.loads((bench / "results.json").read_text())
-    blend, control = results["blend"]["summary"], results["control"]["summary"]
-    better = control["trajectory_error"] < blend["trajectory_error"]
+    # 6. checks
+    t0 = time.perf_counter()
+    vae_psnr = {name: heldout_psnr(folder, heldout / "videos") for name, folder in (("installed", shapes), ("two-object", repo))}
+    seconds["VAE round trip of the held-out clips (installed and new VAE)"] = time.perf_counter() - t0
+    from osp_core.data.shapes import all_captions
+
+    prompts = work / "eval" / "captions.txt"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    prompts.write_text("\n".join(all_captions()[: scale["captions"]]) + "\n")
+    shutil.rmtree(work / "eval" / "t2v", ignore_errors=True)
+    steps = ["--steps", "4"] if args.smoke else ["--steps", "150"]
+    sampled = run_json(
+        "text to video (osp t2v sample, 60 captions)",
+        [*osp, "t2v", "sample", "--prompts", str(prompts), "--model", str(repo), "--frames", "17", "--height", "64", "--width", "64", "--fps", "8", *steps, "--scheduler", "PNDM", "--guidance", "7.5", "--seed", str(SAMPLE_SEED), "--device", "cpu", "--dtype", "fp32", "-o", str(work / "eval" / "t2v"), "--json"],
+    )  # fmt: skip
+    t2v = run_json("text to video (osp eval shapes)", [*osp, "eval", "shapes", *(v["video"] for v in sampled["videos"]), "--json"])["summary"]
+    bench = {}
+    for strength in (1.0, GUIDED_STRENGTH):
+        out = work / f"bench-strength-{strength:g}"
+        command = [sys.executable, "benchmarks/edit.py", "--num", str(scale["edits"]), "--engine", "blend", "--engine", "control", "--strength", str(strength), "--model", str(repo), "--out", str(out)]
+        run(f"edit evaluation (benchmarks/edit.py, both engines, --strength {strength:g})", command + (["--reference"] if strength == 1.0 else []) + (["--steps", "4"] if args.smoke else []))
+        bench[strength] = json.loads((out / "results.json").read_text())
+
+    # 7. results, and the install
+    guided = bench[GUIDED_STRENGTH]
+    better = guided["control"]["summary"]["trajectory_error"] < guided["blend"]["summary"]["trajectory_error"]
+    keeps_bars = vae_psnr["two-object"] >= BARS["vae_psnr"] and all((t2v.get(k) or 0) >= BARS[k] for k in ("color_accuracy", "direction_accuracy", "shape_accuracy"))
     total = time.perf_counter() - started
     lines = [
-        "# builtin:shapes edit module: build results",
+        "# builtin:shapes on two objects, and its edit module: build results",
         "",
         f"Built by `python scripts/build_builtin_edit.py{' --smoke' if args.smoke else ''}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC ({platform.machine()}, {os.cpu_count()} CPU cores).",
         "",
-        "| engine | edits | outside PSNR (dB) | colour correct | shape correct | trajectory error (px) | first-frame PSNR (dB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"## Edits ({scale['edits']} two-object edits, `benchmarks/edit.py`, seeds 90000 and up)",
+        "",
+        "| engine | --strength | edits | outside PSNR (dB) | colour correct | shape correct | trajectory error (px), mean / median | first-frame PSNR (dB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, s in (("blend", blend), ("control", control)):
-        lines.append(f"| {name} | {s['edits']} | {s['psnr_outside']:.2f} | {s['color_accuracy']:.1%} | {s['shape_accuracy']:.1%} | {s['trajectory_error']:.2f} | {s['first_frame_psnr']:.2f} |")
-    lines += ["", "| step | seconds |", "| --- | ---: |"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()] + [f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |", ""]
-    lines.append(f"Repository size with edit/: {size / 1e6:.2f} MB. Control beats blend on trajectory error: {'yes' if better else 'no'}.")
+    for strength, results in bench.items():
+        for name in ("reference", "blend", "control"):
+            if name not in results:
+                continue
+            s, errors = results[name]["summary"], sorted(r["trajectory_error"] for r in results[name]["edits"])
+            label = "the right answer, VAE round trip" if name == "reference" else name
+            lines.append(f"| {label} | {'-' if name == 'reference' else f'{strength:g}'} | {s['edits']} | {s['psnr_outside']:.2f} | {s['color_accuracy']:.1%} | {s['shape_accuracy']:.1%} | {s['trajectory_error']:.2f} / {errors[len(errors) // 2]:.2f} | {s['first_frame_psnr']:.2f} |")
+    lines += [
+        "",
+        "## The base model after the two-object steps (`make builtin`'s checks)",
+        "",
+        "| check | installed before | after | bar |",
+        "| --- | ---: | ---: | --- |",
+        f"| VAE round trip, {scale['heldout']} held-out one-object clips: mean PSNR | {vae_psnr['installed']:.2f} dB | {vae_psnr['two-object']:.2f} dB | >= 30 dB |",
+    ]
+    before = installed_t2v_eval(shapes)
+    for key, name in (("color_accuracy", "colour"), ("direction_accuracy", "direction"), ("shape_accuracy", "shape")):
+        was = before.get(key)
+        lines.append(f"| text to video ({t2v['videos']} captions, {steps[1]} PNDM steps, guidance 7.5): {name} correct | {'-' if was is None else f'{was:.1%}'} | {t2v.get(key) or 0:.1%} | >= {BARS[key]:.0%} |")
+    lines += ["", "## Wall time", "", "| step | seconds |", "| --- | ---: |"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()] + [f"| **total** | **{total:.0f}** ({total / 3600:.2f} h) |", ""]
+    lines.append(f"Repository size: {size / 1e6:.2f} MB. Control beats blend on trajectory error at --strength {GUIDED_STRENGTH:g}: {'yes' if better else 'no'}. The base keeps `make builtin`'s bars: {'yes' if keeps_bars else 'no'}.")
     report = "\n".join(lines) + "\n"
     (work / "EDIT_RESULTS.md").write_text(report)
+    (work / "edit_results.json").write_text(json.dumps({"vae_psnr": vae_psnr, "t2v": t2v, "bench": {f"{k:g}": {e: r["summary"] for e, r in v.items()} for k, v in bench.items()}, "seconds": seconds, "total": total}, indent=1) + "\n")
     print(report)
-    if args.smoke or not better:
-        log("nothing installed" + ("" if args.smoke else ": the control module does not beat blend on trajectory error"))
+    if args.smoke or not (better and keeps_bars):
+        log("nothing installed" + ("" if args.smoke else ": " + ("the control module does not beat blend on trajectory error" if not better else "the two-object base misses a bar of `make builtin`")))
         return 0 if args.smoke else 1
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(repo / "edit", target)
+    for part in ("vae", "17x64x64", "edit"):
+        shutil.rmtree(shapes / part, ignore_errors=True)
+        shutil.copytree(repo / part, shapes / part)
+    shutil.copy2(repo / "sampling.json", shapes / "sampling.json")
     (shapes / "EDIT_RESULTS.md").write_text(report)
-    log(f"installed {target}")
+    log(f"installed {shapes}: vae/, 17x64x64/, edit/, sampling.json")
     return 0
+
+
+def heldout_psnr(repo: Path, videos: Path) -> float:
+    """Mean PSNR (dB) of `repo`'s VAE round trip (posterior mean) over the clips in `videos`."""
+    import torch
+
+    from osp_core.pipelines.video_vae import load_clip, load_vae, reconstruct
+
+    vae = load_vae(repo, torch.device("cpu"), torch.float32)
+    values = [reconstruct(vae, load_clip(path, None, 1, None)).psnr for path in sorted(videos.glob("*.mp4"))]
+    return sum(values) / len(values)
+
+
+def installed_t2v_eval(shapes: Path) -> dict:
+    """The installed model's text-to-video summary from `make builtin`'s results.json (150 PNDM steps)."""
+    path = shapes / "results.json"
+    if not path.is_file():
+        return {}
+    for run in json.loads(path.read_text()).get("t2v_eval", []):
+        if run.get("scheduler") == "PNDM" and run.get("steps") == 150:
+            return run["summary"]
+    return {}
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from .sampling import SamplingPlan, SamplingProgress
 
 ENGINES = ("auto", "control", "blend")
-EDIT_FOLDER = "edit"  # the control module inside a model repository
 
 
 @dataclass
@@ -148,20 +147,10 @@ class EditPlan:
     inputs: EditInputs
     sampling: SamplingPlan
     engine: str
-    control_dir: Path | None
 
     @property
     def sidecar(self) -> Path:
         return self.job.output.with_suffix(".json")
-
-
-def find_control_module(repository: Any) -> Path | None:
-    """The repository's `edit/` folder when it holds a trained control module."""
-    root = repository.root
-    if root is None:
-        return None
-    folder = root / EDIT_FOLDER
-    return folder if (folder / "config.json").is_file() else None
 
 
 def plan_edit(job: EditJob) -> EditPlan:
@@ -193,13 +182,15 @@ def plan_edit(job: EditJob) -> EditPlan:
         ),
         check_outputs=False,
     )
-    control_dir = find_control_module(sampling.repository)
+    from .repository import EDIT_MODULE_FOLDER
+
+    has_module = sampling.repository.has_edit_module
     engine = job.engine
     if engine == "auto":
-        engine = "control" if control_dir is not None else "blend"
-    elif engine == "control" and control_dir is None:
-        raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
-    return EditPlan(job, inputs, sampling, engine, control_dir if engine == "control" else None)
+        engine = "control" if has_module else "blend"
+    elif engine == "control" and not has_module:
+        raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
+    return EditPlan(job, inputs, sampling, engine)
 
 
 # -- the edit itself (no files) -------------------------------------------------------------
@@ -240,10 +231,12 @@ class EditLatents:
     keep: torch.Tensor  # (1, 1, t, h, w): 1 where the latents are known
     region: torch.Tensor  # (t, h, w): 1 inside the region
     displacement: torch.Tensor  # (t, 2) how the region's content moves, in latent cells (dx, dy)
+    guide: torch.Tensor | None = None  # `motion_guide` encoded: where --strength < 1 starts
 
 
-def prepare_latents(vae: Any, inputs: EditInputs) -> EditLatents:
-    """Encode the source and the reference first frame; the latent region and motion."""
+def prepare_latents(vae: Any, inputs: EditInputs, guide: bool = False) -> EditLatents:
+    """Encode the source and the reference first frame; the latent region and motion; with
+    `guide`, the motion guide too (one more encode, only needed for --strength < 1)."""
     from ..io import to_model_input
     from .video_vae import encode
 
@@ -267,7 +260,26 @@ def prepare_latents(vae: Any, inputs: EditInputs) -> EditLatents:
         displacement = torch.stack(per_latent) / spatial
     else:
         displacement = torch.zeros(source.shape[2], 2)
-    return EditLatents(source, known, keep, region, displacement)
+    guided = encode(vae, to_model_input(motion_guide(inputs))) * scale if guide else None
+    return EditLatents(source, known, keep, region, displacement, guided)
+
+
+def motion_guide(inputs: EditInputs) -> torch.Tensor:
+    """(T, H, W, 3) uint8: the source, with the region of every frame showing the reference
+    first frame's region moved along the tracks (sub-pixel, in pixels: the latent grid is too
+    coarse to move content by less than a cell); what the move uncovers takes the region's
+    median colour. A guide for `--strength` below 1, not a result: the denoiser redraws it."""
+    first = inputs.reference_first_frame().permute(2, 0, 1).float()  # (3, H, W)
+    mask0 = inputs.mask[0].float()
+    inside0 = mask0.bool()
+    fill = first[:, inside0].median(dim=1).values[:, None, None] if bool(inside0.any()) else torch.zeros(3, 1, 1)
+    pixel = region_displacement(inputs.tracks, inputs.mask[0]) if inputs.tracks else torch.zeros(len(inputs.frames), 2)
+    frames = []
+    for dx, dy in pixel.tolist():
+        moved, coverage = shift(first * mask0, dx, dy), shift(mask0, dx, dy)
+        frames.append(moved + (1 - coverage) * fill)
+    guide = torch.stack(frames).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return torch.where(inputs.mask[..., None].bool(), guide, inputs.frames)
 
 
 def moved_along(frame: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -282,12 +294,11 @@ def moved_along(frame: torch.Tensor, displacement: torch.Tensor, mode: str = "bi
 
 
 def blend_start_latents(latents: EditLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(initial region latents, noise): the edited first frame's latent moved along the path
-    inside the region (the source elsewhere), and noise whose region part also moves along the
-    path (content that follows its noise follows the path)."""
+    """(initial latents, noise): the motion guide inside the region (the source elsewhere),
+    and noise whose region part moves along the path (content that follows its noise follows
+    the path)."""
     region = latents.region[None, None].to(latents.source.dtype)
-    guess = moved_along(latents.known[:, :, 0], latents.displacement)
-    init = region * guess + (1 - region) * latents.source
+    init = latents.source if latents.guide is None else region * latents.guide + (1 - region) * latents.source
     base = torch.randn(latents.source.shape, generator=generator)
     moving = moved_along(base[:, :, 0], latents.displacement, mode="nearest")
     noise = region * moving + (1 - region) * base
@@ -308,8 +319,10 @@ def edit_latents(
 ) -> torch.Tensor:
     """Denoise an edit with `pipe` (a T2VPipeline, models placed): the final scaled latents.
     `transformer_forward` replaces the transformer call (the control engine)."""
-    init, noise = blend_start_latents(latents, generator)
     start = 0 if strength >= 1 else min(steps, int(round(steps * (1 - strength))))
+    if start > 0 and latents.guide is None:
+        raise ValueError("strength < 1 starts from the motion guide: prepare_latents(..., guide=True)")
+    init, noise = blend_start_latents(latents, generator)
     blend = RegionBlend(latents.known, latents.keep, init, noise, start)
     _, _, t, h, w = latents.source.shape
     vae = pipe.vae
@@ -391,10 +404,10 @@ class EditSummary:
 def run_edit(job: EditJob | EditPlan, progress: SamplingProgress | None = None) -> EditSummary:
     """Plan (unless given a plan), load, edit, decode, paste back and write the mp4 + sidecar.
     A failed run leaves no file and no folder it created."""
-    from .sampling import _NoProgress, output_folder
+    from .sampling import NoProgress, output_folder
 
     plan = job if isinstance(job, EditPlan) else plan_edit(job)
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     with output_folder(plan.job.output.parent, plan.sampling.warnings, progress):
         return _edit(plan, progress)
 
@@ -406,21 +419,22 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     from ..io.outputs import FileGroup
     from ..memory import oom_as_error
     from .denoising import StepProgress
-    from .sampling import _Run
+    from .sampling import SamplingRun
 
     job, inputs, sampling = plan.job, plan.inputs, plan.sampling
     started = time.perf_counter()
-    run = _Run(sampling, progress)
+    run = SamplingRun(sampling, progress)
     pipe, embeddings = run.load()
-    transformer_forward = None
+    transformer_forward, control_dir = None, None
     if plan.engine == "control":
         progress.status("loading the edit control module ...")
-        module = load_control_module(plan.control_dir, pipe.transformer, sampling.device, sampling.dtype)
+        control_dir = sampling.repository.fetch_edit_module()
+        module = load_control_module(control_dir, pipe.transformer, sampling.device, sampling.dtype)
     seconds_load = time.perf_counter() - started
     with oom_as_error("editing", "edit fewer --frames, or a smaller video"):
         t0 = time.perf_counter()
         progress.status("encoding the source video ...")
-        latents = prepare_latents(pipe.vae, inputs)
+        latents = prepare_latents(pipe.vae, inputs, guide=job.strength < 1)
         if plan.engine == "control":
             transformer_forward = control_forward(pipe.transformer, module, latents, inputs)
         seconds_encode = time.perf_counter() - t0
@@ -452,7 +466,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "size": [height, width],
         "fps": inputs.fps,
         "settings": run.settings(pipe, None),
-        "models": {"model": job.model, "version": sampling.version, "edit": None if plan.control_dir is None else str(plan.control_dir)},
+        "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir)},
         "seconds": {"load": round(seconds_load, 3), "encode": round(seconds_encode, 3), "denoise": round(seconds_denoise, 3), "decode": round(seconds_decode, 3)},
         "osp_version": osp_core.__version__,
     }

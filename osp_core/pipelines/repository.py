@@ -31,6 +31,7 @@ from .t2v_inputs import (
 # trained from the 65-frame weights. Highest power first.
 RELEASED_TEACACHE_COEFFICIENTS = [2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00, 2.39658469e-03]
 RELEASED_TEACACHE_THRESHOLD = 0.1  # the published "slow" setting (0.2 is "fast")
+EDIT_MODULE_FOLDER = "edit"  # an `osp edit` control module trained for the repository's transformer
 
 
 @dataclass
@@ -104,6 +105,11 @@ class ModelRepository:
         """The repository ships its own T5 (`text_encoder/`)."""
         return self.root is not None and (self.root / "text_encoder" / "config.json").is_file()
 
+    @property
+    def has_edit_module(self) -> bool:
+        """The repository ships a trained `osp edit` control module (`edit/config.json`)."""
+        return self.root is not None and (self.root / EDIT_MODULE_FOLDER / "config.json").is_file()
+
     def teacache(self) -> tuple[list[float], float] | None:
         """(coefficients, default threshold) of TeaCache for this model, if it has them."""
         coefficients = self.sampling.get("teacache_coefficients")
@@ -135,6 +141,10 @@ class ModelRepository:
         if self.root is not None and not self.is_hub:
             return self.root
         return resolve_model_dir(self.model, subfolders=parts)
+
+    def fetch_edit_module(self) -> Path:
+        """The local `edit/` folder: downloaded into the Hugging Face cache for a Hub repository."""
+        return self.fetch([EDIT_MODULE_FOLDER]) / EDIT_MODULE_FOLDER
 
     def fetch_for_sampling(self, version: str | None, with_text_encoder: bool = True) -> Path:
         """Fetch the VAE, the `version` weights (None: none, e.g. --transformer) and the

@@ -349,7 +349,9 @@ def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress)
         raise
 
 
-class _NoProgress:
+class NoProgress:
+    """A `SamplingProgress` that shows nothing (library callers that pass none)."""
+
     def status(self, message: str) -> None:
         pass
 
@@ -420,10 +422,10 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         # every rank plans alike and fails alike: the first rank's line is the one shown
         exc.quiet = launched_world()[0] != 0
         raise
-    progress = progress if progress is not None and plan.rank == 0 else _NoProgress()
+    progress = progress if progress is not None and plan.rank == 0 else NoProgress()
     try:
         with output_folder(plan.output_dir, plan.warnings, progress), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
-            return _Run(plan, progress, mesh, pipelines).run()
+            return SamplingRun(plan, progress, mesh, pipelines).run()
     except BaseException as exc:
         if plan.parallel.world_size > 1 and is_peer_failure(exc):
             # the process that failed prints the one line; torchrun stops the rest
@@ -431,7 +433,10 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         raise
 
 
-class _Run:
+class SamplingRun:
+    """One sampling run's loaded state: `load()` gives the placed pipeline and the prompt
+    embeddings, `denoise` / `write` do one prompt; `osp edit` reuses `load` and `settings`."""
+
     def __init__(self, plan: SamplingPlan, progress: SamplingProgress, mesh: Any = None, pipelines: PipelineCache | None = None) -> None:
         self.plan = plan
         self.progress = progress
@@ -723,8 +728,8 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
     root = plan.repository.root
     if write and (root is None or plan.repository.is_hub):
         raise InputError(f"--write needs a local model folder, and '{job.model}' is a Hub repository", "download it and pass --model DIR, or leave out --write and copy the coefficients")
-    progress = progress or _NoProgress()
-    run = _Run(plan, progress)
+    progress = progress or NoProgress()
+    run = SamplingRun(plan, progress)
     calibration = TeaCacheCalibration()
     with _quiet_libraries():
         pipe, embeddings = run.load()

@@ -48,6 +48,8 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
     """A LatteT2V sized for the training clips, from pretrained weights (the temporal and spatial
     sizes are set to the data, as the original does when it moves a 65-frame model to 221
     frames) or from a config file."""
+    import inspect
+
     from safetensors.torch import load_file
 
     from ..models.latte_t2v import LatteT2V
@@ -63,7 +65,9 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
         config = config.get("config", config)
     else:
         config = dict(LatteT2V.load_config(str(folder)))
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    # a model_ema/ config also holds EMAModel's state (decay, optimization_step, ...): not options
+    options = inspect.signature(LatteT2V.__init__).parameters
+    config = {k: v for k, v in config.items() if k in options}
     config["video_length"] = latent_frames
     config["sample_size"] = list(latent_size)
     model = LatteT2V.from_config(config)
@@ -120,6 +124,11 @@ class T2VRecipe(Recipe):
             check_steps("PNDM", self.config.validation.steps)
         except InputError as exc:
             raise InputError(f"--validation-steps: {exc.message}", f"pass --validation-steps {MIN_STEPS['PNDM']} or more") from None
+        from ..data.annotations import load_entries
+
+        # the data lists are read now, so a wrong --data is one line before any model loads
+        self.entries = load_entries(d.data)
+        self.image_entries = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
         layout = self.trainer.parallel.layout
         if layout.sp > 1:
             # each rank of a group needs at least one latent frame and one patch position
@@ -204,12 +213,10 @@ class T2VRecipe(Recipe):
         self.scheduler = schedulers[0]
 
     def dataset(self):
-        from ..data.annotations import load_entries
         from ..data.datasets import ClipSpec, VideoClipDataset
 
         d = self.config.data
-        entries = load_entries(d.data)
-        images = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
+        entries, images = self.entries, self.image_entries  # read by `check`
         spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
         is_cached = None
         if self.cache is not None:

@@ -65,6 +65,43 @@ def test_known_latents_are_held_at_every_step(pipe):
     assert x.shape == final.shape and not torch.equal(x[keep], noised[keep])  # noise was added, not zeros
 
 
+def test_motion_guide_moves_the_first_frames_region_along_the_track():
+    from osp_core.pipelines.edit import motion_guide
+
+    source = torch.full((5, 32, 32, 3), 7, dtype=torch.uint8)
+    source[:, 24:, 24:] = 200  # outside the region: must come through as it is
+    first = torch.full((32, 32, 3), 10, dtype=torch.uint8)
+    first[8:12, 4:8] = 250
+    mask = box_mask((2, 2, 20, 20), 5, 32, 32)
+    track = torch.tensor([[6.0 + 2 * t, 10.0] for t in range(5)])  # 2 px to the right per frame
+    guide = motion_guide(EditInputs(source, 8.0, mask, first, [track], "track"))
+    for t in range(5):
+        expected = torch.full((18, 18, 3), 10, dtype=torch.uint8)  # what the move uncovers: the region's median
+        expected[6:10, 2 + 2 * t : 6 + 2 * t] = 250
+        assert torch.equal(guide[t, 2:20, 2:20], expected), t
+    outside = ~mask.bool()
+    assert torch.equal(guide[outside], source[outside])
+
+
+def test_strength_below_one_starts_from_the_encoded_motion_guide(pipe):
+    from osp_core.io import to_model_input
+    from osp_core.pipelines.edit import blend_start_latents, motion_guide
+    from osp_core.pipelines.video_vae import encode
+
+    frames = moving_square()
+    inputs = EditInputs(frames, 8.0, box_mask((0, 0, 16, 32), 9, 32, 32), None, [torch.tensor([[8.0 + t, 12.0] for t in range(9)])], "track")
+    plain = prepare_latents(pipe.vae, inputs)
+    with pytest.raises(ValueError, match="guide=True"):
+        edit_latents(pipe, plain, _embeds(pipe), steps=4, guidance=1.0, strength=0.5, generator=torch.Generator().manual_seed(0))
+    latents = prepare_latents(pipe.vae, inputs, guide=True)
+    expected = encode(pipe.vae, to_model_input(motion_guide(inputs))) * pipe.vae.config.scaling_factor
+    assert torch.equal(latents.guide, expected)
+    init, _ = blend_start_latents(latents, torch.Generator().manual_seed(0))
+    region = latents.region[None, None].bool()
+    assert torch.equal(init[region.expand_as(init)], expected[region.expand_as(init)])
+    assert torch.equal(init[~region.expand_as(init)], latents.source[~region.expand_as(init)])
+
+
 def test_paste_keeps_outside_pixels_exact():
     source = moving_square()
     decoded = torch.full_like(source, 77)

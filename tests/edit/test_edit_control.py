@@ -127,3 +127,21 @@ def test_untrained_control_engine_equals_blend(repo_with_control, tmp_path):
     blend = run_edit(EditJob(output=tmp_path / "blend.mp4", engine="blend", **common))
     assert auto.record["engine"] == "control" and auto.record["models"]["edit"].endswith("edit")
     assert torch.equal(auto.frames, blend.frames)
+
+
+def test_the_control_module_of_a_hub_repository_comes_from_its_cache(repo_with_control, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from osp_core.io import write_video
+    from osp_core.pipelines.edit import EditJob, run_edit
+    from tests.edit.helpers import moving_square
+    from tests.pipelines.test_sampling import hub_cache
+
+    snapshot = hub_cache(tmp_path / "hf", "example/tiny-edit", repo_with_control)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_video(tmp_path / "in.mp4", moving_square(), fps=8)
+    job = EditJob(video=tmp_path / "in.mp4", output=tmp_path / "out.mp4", box="0,0,16,32", model="example/tiny-edit", steps=4, seed=5, dtype="fp32")
+    record = run_edit(job).record
+    assert record["engine"] == "control" and record["models"]["edit"] == str(snapshot / "edit")

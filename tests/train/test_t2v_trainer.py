@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from osp_core.train.config import T2VTrainConfig, load_config
@@ -185,3 +186,13 @@ def test_objective_options_reach_the_training_step(clips, tiny_repo, tmp_path):
     assert all(650 <= t < 750 for t in objective.sample_timesteps(64, "cpu").tolist())
     # 1/SNR passes 50 before t = 650 (72.6 there), so every step of the band gets the cap
     assert float(objective.tables["loss_weight"][650:750].min()) == 50.0
+
+
+def test_a_missing_data_file_is_refused_before_any_model_loads(tiny_repo, tmp_path, monkeypatch):
+    from osp_core.errors import InputError
+
+    cfg = _config(tmp_path / "missing.json", tiny_repo, tmp_path / "run")
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    with pytest.raises(InputError, match="missing.json' does not exist"):
+        _run(cfg)
+    assert not (tmp_path / "run").exists()
