@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration = work / "eval" / "calibration.txt"
     calibration.parent.mkdir(parents=True, exist_ok=True)
     calibration.write_text("\n".join(teacache_calibration_captions(scale["calibration_captions"])) + "\n")
-    steps = ["--steps", "8"] if args.smoke else []
-    run("TeaCache fit (osp t2v calibrate-cache)", [*osp, "t2v", "calibrate-cache", "--prompts", str(calibration), "--model", str(repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *steps, "--device", "cpu", "--dtype", "fp32", "--write"])
+    calibration_steps = ["--steps", "8"] if args.smoke else []
+    run("TeaCache fit (osp t2v calibrate-cache)", [*osp, "t2v", "calibrate-cache", "--prompts", str(calibration), "--model", str(repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *calibration_steps, "--device", "cpu", "--dtype", "fp32", "--write"])
 
     # 4-5. the control module beside the new transformer
     previous = None

@@ -282,15 +282,10 @@ def motion_guide(inputs: EditInputs) -> torch.Tensor:
     return torch.where(inputs.mask[..., None].bool(), guide, inputs.frames)
 
 
-def moved_along(frame: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, t, h, w): `frame` translated by each latent frame's displacement."""
-    out = []
-    for dx, dy in displacement.tolist():
-        if mode == "nearest":  # noise keeps unit variance only when copied cell for cell (rolled)
-            out.append(torch.roll(frame, shifts=(round(dy), round(dx)), dims=(-2, -1)))
-        else:
-            out.append(shift(frame, dx, dy))
-    return torch.stack(out, dim=2)
+def noise_along(noise: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, t, h, w): `noise` rolled by each latent frame's displacement,
+    rounded to whole cells (noise keeps unit variance only when copied cell for cell)."""
+    return torch.stack([torch.roll(noise, shifts=(round(dy), round(dx)), dims=(-2, -1)) for dx, dy in displacement.tolist()], dim=2)
 
 
 def blend_start_latents(latents: EditLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,7 +295,7 @@ def blend_start_latents(latents: EditLatents, generator: torch.Generator) -> tup
     region = latents.region[None, None].to(latents.source.dtype)
     init = latents.source if latents.guide is None else region * latents.guide + (1 - region) * latents.source
     base = torch.randn(latents.source.shape, generator=generator)
-    moving = moved_along(base[:, :, 0], latents.displacement, mode="nearest")
+    moving = noise_along(base[:, :, 0], latents.displacement)
     noise = region * moving + (1 - region) * base
     noise[:, :, 0] = base[:, :, 0]
     return init, noise
