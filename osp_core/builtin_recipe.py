@@ -175,8 +175,10 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
 
     checkpoint = Path(checkpoint)
     source = "model_ema" if prefer_ema and (checkpoint / "model_ema" / "config.json").is_file() else "model"
-    # loading and saving again drops the EMA bookkeeping keys from the config
-    transformer = LatteT2V.from_pretrained(str(checkpoint / source))
+    loaded = LatteT2V.from_pretrained(str(checkpoint / source))
+    # built again from its options alone: the shipped config carries no EMA state or local path
+    transformer = LatteT2V.from_config(LatteT2V.options_of(dict(loaded.config)))
+    transformer.load_state_dict(loaded.state_dict())
     folder = Path(repo) / VERSION
     _save_fp16(transformer, folder)
     return folder, source

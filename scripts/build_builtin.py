@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,43 +269,10 @@ class Build:
         install(self.repo, self.target, overwrite=True)  # refused earlier unless --overwrite
 
     def evaluate_vae(self) -> None:
-        from osp_cli.main import app  # `osp vae recon` in this process: 100 clips, one model load each
-
-        originals = sorted((self.work / "data" / "heldout" / "videos").glob("*.mp4"))
-        out = self.work / "eval" / "recon"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        self.log(f"$ osp vae recon ... x {len(originals)} (held-out clips)")
-        for clip in originals:
-            try:
-                app(["vae", "recon", str(clip), "-o", str(out / clip.name), "--model", self.model_ref(), "--device", "cpu"], standalone_mode=False)
-            except OSPError as exc:
-                raise SystemExit(f"build failed: osp vae recon {clip.name}: {exc}") from None
-        report = self.osp("eval", "shapes", *map(str, sorted(out.glob("*.mp4"))), "--reference", str(self.work / "data" / "heldout" / "videos"), "--json", capture_json=True)
-        self.vae_eval = report["summary"]
+        self.vae_eval = vae_heldout_eval(self.osp, self.model_ref(), self.work / "data" / "heldout" / "videos", self.work / "eval" / "recon", self.log)
 
     def evaluate_t2v(self) -> None:
-        from osp_core.data.shapes import all_captions
-
-        captions = all_captions()[: self.scale.captions]
-        prompts = self.work / "eval" / "captions.txt"
-        prompts.parent.mkdir(parents=True, exist_ok=True)
-        prompts.write_text("\n".join(captions) + "\n")
-        self.t2v_eval = []
-        for scheduler, steps, guidance in self.scale.evals:
-            out = self.work / "eval" / f"t2v-{scheduler.lower()}-{steps}-g{guidance:g}"
-            shutil.rmtree(out, ignore_errors=True)
-            sampled = self.osp(
-                "t2v", "sample", "--prompts", str(prompts), "--model", self.model_ref(), "--frames", "17", "--height", "64",
-                "--width", "64", "--fps", "8", "--steps", str(steps), "--scheduler", scheduler, "--guidance", str(guidance),
-                "--seed", str(SAMPLE_SEED), "--device", "cpu", "--dtype", "fp32", "-o", str(out), "--json", capture_json=True,
-            )  # fmt: skip  (fp32: the quality table of record; bf16's is in the README)
-            videos = [v["video"] for v in sampled["videos"]]
-            per_video = [v["seconds"]["denoise"] + v["seconds"]["decode"] for v in sampled["videos"]]
-            report = self.osp("eval", "shapes", *videos, "--json", capture_json=True)
-            self.t2v_eval.append(
-                {"scheduler": scheduler, "steps": steps, "guidance": guidance, "summary": report["summary"], "seconds_per_video": sum(per_video) / len(per_video), "output_dir": str(out)}
-            )
+        self.t2v_eval = [t2v_eval(self.osp, self.model_ref(), self.scale.captions, self.work / "eval", scheduler, steps, guidance) for scheduler, steps, guidance in self.scale.evals]
 
     def write_results(self, started: float) -> None:
         from osp_core.builtin_recipe import curve_svg, curve_table, final_checkpoint, loss_history, repository_size, results_markdown, run_train_seconds, write_curve_csv
@@ -387,6 +355,48 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+# --- the quality checks (also `make builtin-edit`'s, on the model it changes) ------------------
+
+
+def vae_heldout_eval(osp: Callable[..., dict | None], model: str, heldout: Path, out: Path, log: Callable[[str], None]) -> dict:
+    """The VAE's round trip of the held-out clips in `heldout`: `osp vae recon` of each (mp4, as a
+    user gets it) + `osp eval shapes --reference` (PSNR, SSIM); `osp(*args, capture_json=)` runs
+    the CLI."""
+    from osp_cli.main import app  # `osp vae recon` in this process: 100 clips, one model load each
+
+    originals = sorted(heldout.glob("*.mp4"))
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log(f"$ osp vae recon ... --model {model} x {len(originals)} (held-out clips)")
+    for clip in originals:
+        try:
+            app(["vae", "recon", str(clip), "-o", str(out / clip.name), "--model", model, "--device", "cpu"], standalone_mode=False)
+        except OSPError as exc:
+            raise SystemExit(f"build failed: osp vae recon {clip.name}: {exc}") from None
+    return osp("eval", "shapes", *map(str, sorted(out.glob("*.mp4"))), "--reference", str(heldout), "--json", capture_json=True)["summary"]
+
+
+def t2v_eval(osp: Callable[..., dict | None], model: str, captions: int, eval_dir: Path, scheduler: str, steps: int, guidance: float) -> dict:
+    """Text to video on the first `captions` captions of the shapes world with fixed seeds
+    (`osp t2v sample`, fp32: the quality table of record) + `osp eval shapes`."""
+    from osp_core.data.shapes import all_captions
+
+    prompts = eval_dir / "captions.txt"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    prompts.write_text("\n".join(all_captions()[:captions]) + "\n")
+    out = eval_dir / f"t2v-{scheduler.lower()}-{steps}-g{guidance:g}"
+    shutil.rmtree(out, ignore_errors=True)
+    sampled = osp(
+        "t2v", "sample", "--prompts", str(prompts), "--model", model, "--frames", "17", "--height", "64",
+        "--width", "64", "--fps", "8", "--steps", str(steps), "--scheduler", scheduler, "--guidance", str(guidance),
+        "--seed", str(SAMPLE_SEED), "--device", "cpu", "--dtype", "fp32", "-o", str(out), "--json", capture_json=True,
+    )  # fmt: skip
+    videos = [v["video"] for v in sampled["videos"]]
+    per_video = [v["seconds"]["denoise"] + v["seconds"]["decode"] for v in sampled["videos"]]
+    report = osp("eval", "shapes", *videos, "--json", capture_json=True)
+    return {"scheduler": scheduler, "steps": steps, "guidance": guidance, "summary": report["summary"], "seconds_per_video": sum(per_video) / len(per_video), "output_dir": str(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ Shapes: latents (B, C, F, h, w), captions (B, L, D_text) or (B, 1 + n, L, D_text
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -127,6 +128,13 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "PatchEmbed"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+
+    @classmethod
+    def options_of(cls, config: dict) -> dict:
+        """The LatteT2V options in `config`, without what other writers put beside them (a
+        model_ema/ config also holds EMAModel's decay, optimization_step, ...)."""
+        options = inspect.signature(cls.__init__).parameters
+        return {k: v for k, v in config.items() if k in options}
 
     @register_to_config
     def __init__(

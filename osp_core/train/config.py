@@ -214,12 +214,14 @@ class DiffusionConfig:
     """The model predicts variance channels, trained with the variational bound ('hybrid' loss)."""
     text_dropout: float = 0.1
     """Probability of replacing a caption by the empty caption (classifier-free guidance)."""
-    high_noise_fraction: float = 0.0
-    """Share of training timesteps drawn from `high_noise_range` instead of all steps (0: the
-    original uniform draw). With loss_weighting 'inverse_snr', teaches what the caption says
-    about layout and motion, which are decided at high noise, where the epsilon MSE barely looks."""
-    high_noise_range: tuple[int, int] = (500, 900)
-    """Timesteps [start, end) of the high-noise band."""
+    timestep_band_fraction: float = 0.0
+    """Share of training timesteps drawn from `timestep_band` instead of all steps (0: the
+    original uniform draw). A high-noise band with loss_weighting 'inverse_snr' teaches what the
+    caption says about layout and motion, which are decided at high noise, where the epsilon MSE
+    barely looks; a low-noise band trains what runs only there (the edit control module beside
+    `osp edit --strength` below 1)."""
+    timestep_band: tuple[int, int] = (500, 900)
+    """Timesteps [start, end) of the band."""
     loss_weighting: str = "uniform"
     """Per-timestep weight of the epsilon MSE: 'uniform' (the original) or 'inverse_snr':
     1/SNR(t) clipped to [1, max_loss_weight], which makes it the x0 MSE where 1/SNR is in range."""
@@ -381,6 +383,8 @@ def check_overrides(cls: type, overrides: dict[str, Any]) -> None:
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if dotted in RENAMED_KEYS:
+            raise InputError(f"config key '{dotted}' was renamed to '{RENAMED_KEYS[dotted]}'", f"--set {RENAMED_KEYS[dotted]}=...")
         node: Any = cls
         *parents, leaf = dotted.split(".")
         prefix = ""
@@ -415,12 +419,20 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# keys of older releases, for a one-line error that names the new key
+RENAMED_KEYS = {"diffusion.high_noise_fraction": "diffusion.timestep_band_fraction", "diffusion.high_noise_range": "diffusion.timestep_band"}
+
+
 def _build(cls: type[C], values: dict[str, Any], prefix: str) -> C:
     if not isinstance(values, dict):
         raise InputError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping", "check the preset")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    for key in unknown:
+        if f"{prefix}{key}" in RENAMED_KEYS:
+            new_name = RENAMED_KEYS[f"{prefix}{key}"]
+            raise InputError(f"config key '{prefix}{key}' was renamed to '{new_name}'", f"write {new_name.split('.')[-1]} in the preset, or --set {new_name}=...")
     if unknown:
         raise InputError(
             f"unknown config key '{prefix}{unknown[0]}'",

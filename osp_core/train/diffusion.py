@@ -7,7 +7,7 @@ Dhariwal with the "learned range" parametrisation, computed on a detached mean s
 trains the variance: the "hybrid" loss, `loss = mse + vb`. Tables are float64, like the original.
 
 Two options beyond the original, both off by default (the v1.1.0 objective): a share of the
-timesteps drawn from a high-noise band (`high_noise_fraction`, `high_noise_range`) and a
+timesteps drawn from a band (`timestep_band_fraction`, `timestep_band`; a high-noise one here) and a
 per-timestep weight on the MSE (`loss_weighting="inverse_snr"`: the x0 error, clipped). Why:
 under the epsilon MSE an x0 error at timestep t costs SNR(t) times as much as it does in x0
 terms, which is below 0.03 over t = 600..1000, where a sample's layout and motion are decided.
@@ -58,16 +58,16 @@ LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
 
 
 def check_objective_options(
-    num_train_timesteps: int, high_noise_fraction: float, high_noise_range: tuple[int, int], loss_weighting: str, max_loss_weight: float
+    num_train_timesteps: int, timestep_band_fraction: float, timestep_band: tuple[int, int], loss_weighting: str, max_loss_weight: float
 ) -> None:
     """Raise ValueError naming the first option of the objective beyond v1.1.0 that is out of range."""
-    lo, hi = high_noise_range
+    lo, hi = timestep_band
     if num_train_timesteps < 1:  # first: the range check below depends on it
         raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
-    if not 0.0 <= high_noise_fraction <= 1.0:
-        raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
+    if not 0.0 <= timestep_band_fraction <= 1.0:
+        raise ValueError(f"timestep_band_fraction must be in [0, 1], got {timestep_band_fraction}")
     if not 0 <= lo < hi <= num_train_timesteps:
-        raise ValueError(f"high_noise_range must satisfy 0 <= start < end <= {num_train_timesteps}, got {list(high_noise_range)}")
+        raise ValueError(f"timestep_band must satisfy 0 <= start < end <= {num_train_timesteps}, got {list(timestep_band)}")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got '{loss_weighting}'")
     if max_loss_weight < 1.0:
@@ -83,13 +83,13 @@ class GaussianDiffusionObjective:
         beta_start: float = 1e-4,
         beta_end: float = 2e-2,
         learn_sigma: bool = True,
-        high_noise_fraction: float = 0.0,
-        high_noise_range: tuple[int, int] = (500, 900),
+        timestep_band_fraction: float = 0.0,
+        timestep_band: tuple[int, int] = (500, 900),
         loss_weighting: str = "uniform",
         max_loss_weight: float = 20.0,
     ) -> None:
-        check_objective_options(num_train_timesteps, high_noise_fraction, high_noise_range, loss_weighting, max_loss_weight)
-        lo, hi = high_noise_range
+        check_objective_options(num_train_timesteps, timestep_band_fraction, timestep_band, loss_weighting, max_loss_weight)
+        lo, hi = timestep_band
         self.scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -101,8 +101,8 @@ class GaussianDiffusionObjective:
         )
         self.num_timesteps = num_train_timesteps
         self.learn_sigma = learn_sigma
-        self.high_noise_fraction = high_noise_fraction
-        self.high_noise_range = (lo, hi)
+        self.timestep_band_fraction = timestep_band_fraction
+        self.timestep_band = (lo, hi)
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
         alphas = 1.0 - betas
         cumprod = torch.cumprod(alphas, dim=0)
@@ -133,13 +133,13 @@ class GaussianDiffusionObjective:
         return values.view(-1, *([1] * (like.ndim - 1)))
 
     def sample_timesteps(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Uniform timesteps in [0, num_timesteps); with `high_noise_fraction` > 0, each one is
-        instead drawn uniformly from `high_noise_range` with that probability."""
+        """Uniform timesteps in [0, num_timesteps); with `timestep_band_fraction` > 0, each one is
+        instead drawn uniformly from `timestep_band` with that probability."""
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-        if self.high_noise_fraction > 0:  # no extra draws otherwise: uniform runs keep their RNG stream
-            lo, hi = self.high_noise_range
+        if self.timestep_band_fraction > 0:  # no extra draws otherwise: uniform runs keep their RNG stream
+            lo, hi = self.timestep_band
             band = torch.randint(lo, hi, (batch,), device=device, generator=generator)
-            pick = torch.rand(batch, device=device, generator=generator) < self.high_noise_fraction
+            pick = torch.rand(batch, device=device, generator=generator) < self.timestep_band_fraction
             t = torch.where(pick, band, t)
         return t
 

@@ -5,7 +5,7 @@ frozen CausalVideoVAE (latents = posterior sample x scaling_factor; images as on
 appended after the video frames), captions by the frozen T5 (300 tokens with their mask; a
 caption is dropped to "" with probability `text_dropout` for classifier-free guidance), and the
 transformer is trained with the IDDPM hybrid loss at uniform timesteps (optionally with a share
-drawn from a high-noise band and an x0-style weight: `diffusion.high_noise_fraction`,
+drawn from a high-noise band and an x0-style weight: `diffusion.timestep_band_fraction`,
 `diffusion.loss_weighting`). With `cache_dir`, the VAE posterior moments and the T5 states are
 stored per sample and the encoders run once. Every random draw of a sample (posterior noise,
 caption dropout, timestep, diffusion noise) comes from the seed and the sample's global position
@@ -48,7 +48,6 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
     """A LatteT2V sized for the training clips, from pretrained weights (the temporal and spatial
     sizes are set to the data, as the original does when it moves a 65-frame model to 221
     frames) or from a config file."""
-    import inspect
 
     from safetensors.torch import load_file
 
@@ -65,9 +64,7 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
         config = config.get("config", config)
     else:
         config = dict(LatteT2V.load_config(str(folder)))
-    # a model_ema/ config also holds EMAModel's state (decay, optimization_step, ...): not options
-    options = inspect.signature(LatteT2V.__init__).parameters
-    config = {k: v for k, v in config.items() if k in options}
+    config = LatteT2V.options_of(config)
     config["video_length"] = latent_frames
     config["sample_size"] = list(latent_size)
     model = LatteT2V.from_config(config)
@@ -112,7 +109,7 @@ class T2VRecipe(Recipe):
         if not 0.0 <= df.text_dropout <= 1.0:
             raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
         try:  # the objective's own checks, before any model is loaded
-            check_objective_options(df.num_train_timesteps, df.high_noise_fraction, tuple(df.high_noise_range), df.loss_weighting, df.max_loss_weight)
+            check_objective_options(df.num_train_timesteps, df.timestep_band_fraction, tuple(df.timestep_band), df.loss_weighting, df.max_loss_weight)
         except ValueError as exc:
             key = str(exc).split()[0]  # the messages start with the option's name
             raise InputError(f"diffusion.{exc}", f"fix it with --set diffusion.{key}=VALUE or in the preset") from None
@@ -184,7 +181,7 @@ class T2VRecipe(Recipe):
             )
         self.objective = GaussianDiffusionObjective(
             cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end, cfg.diffusion.learn_sigma,
-            cfg.diffusion.high_noise_fraction, tuple(cfg.diffusion.high_noise_range),
+            cfg.diffusion.timestep_band_fraction, tuple(cfg.diffusion.timestep_band),
             cfg.diffusion.loss_weighting, cfg.diffusion.max_loss_weight,
         )  # fmt: skip
         if cfg.diffusion.learn_sigma and model.config.out_channels != 2 * model.config.in_channels:

@@ -213,6 +213,9 @@ def _fake_checkpoint(root: Path, model, ema: bool, losses: list[float]) -> Path:
     model.save_pretrained(str(root / "model"))
     if ema:
         model.save_pretrained(str(root / "model_ema"))
+        config = json.loads((root / "model_ema" / "config.json").read_text())
+        config.update(decay=0.99, optimization_step=len(losses), use_ema_warmup=False)  # EMAModel's state, as the trainer saves it
+        (root / "model_ema" / "config.json").write_text(json.dumps(config))
     (root / "trainer_state.json").write_text(json.dumps({"step": len(losses), "loss_history": losses}))
     return root
 
@@ -245,6 +248,8 @@ def test_exported_repository_is_fp16_and_samples(assembled):
 
     repo, _, _, source, _ = assembled
     assert source == "model_ema"
+    config = json.loads((repo / VERSION / "config.json").read_text())
+    assert not {"decay", "optimization_step", "use_ema_warmup", "_name_or_path"} & set(config)  # options only
     for part in ("vae", VERSION):
         weights = load_file(str(repo / part / "diffusion_pytorch_model.safetensors"))
         assert {t.dtype for t in weights.values()} == {torch.float16}
@@ -326,8 +331,8 @@ def test_smoke_build_end_to_end(tmp_path):
     configs = {run: json.loads((final_checkpoint(tmp_path / "work" / run) / "trainer_state.json").read_text())["config"] for run in ("t2v-stage2", "t2v-stage3")}
     assert Path(configs["t2v-stage2"]["model"]["pretrained"]) == tmp_path / "work" / "t2v-weights" / VERSION
     assert Path(configs["t2v-stage3"]["model"]["pretrained"]) == tmp_path / "work" / "t2v-stage2-weights" / VERSION
-    assert configs["t2v-stage2"]["diffusion"]["high_noise_fraction"] > 0 and configs["t2v-stage2"]["diffusion"]["loss_weighting"] == "inverse_snr"
-    assert configs["t2v-stage3"]["diffusion"]["high_noise_fraction"] == 0 and configs["t2v-stage3"]["diffusion"]["loss_weighting"] == "uniform"
+    assert configs["t2v-stage2"]["diffusion"]["timestep_band_fraction"] > 0 and configs["t2v-stage2"]["diffusion"]["loss_weighting"] == "inverse_snr"
+    assert configs["t2v-stage3"]["diffusion"]["timestep_band_fraction"] == 0 and configs["t2v-stage3"]["diffusion"]["loss_weighting"] == "uniform"
     # --resume keeps the finished runs as they are (their timing included) and rebuilds the rest
     again = _build("--smoke", "--keep", "--resume", "--overwrite", "--target", str(target), "--work-dir", str(tmp_path / "work"), timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]

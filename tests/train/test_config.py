@@ -34,6 +34,17 @@ def test_unknown_keys_and_bad_types_are_errors(tmp_path):
         load_config(VAETrainConfig, "no-such-preset", group="vae")
 
 
+def test_renamed_keys_name_their_new_name(tmp_path):
+    from osp_core.train.config import T2VTrainConfig, check_overrides
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("diffusion:\n  high_noise_fraction: 0.5\n")
+    with pytest.raises(InputError, match="'diffusion.high_noise_fraction' was renamed to 'diffusion.timestep_band_fraction'"):
+        load_config(T2VTrainConfig, str(preset))
+    with pytest.raises(InputError, match="renamed to 'diffusion.timestep_band'"):
+        check_overrides(T2VTrainConfig, {"diffusion.high_noise_range": [0, 300]})
+
+
 def test_set_options_parse_yaml_scalars():
     values = parse_set_options(["run.max_steps=12", "optim.betas=[0.5, 0.9]", "run.ema=true", "model.config=a=b.json"])
     assert values == {"run.max_steps": 12, "optim.betas": [0.5, 0.9], "run.ema": True, "model.config": "a=b.json"}

@@ -80,24 +80,24 @@ def test_uniform_timesteps_keep_their_random_stream():
     assert torch.equal(drawn, torch.randint(0, 1000, (64,)))
 
 
-def test_high_noise_band_takes_its_share_of_timesteps():
+def test_timestep_band_takes_its_share_of_timesteps():
     generator = torch.Generator().manual_seed(0)
-    everything = GaussianDiffusionObjective(high_noise_fraction=1.0, high_noise_range=(500, 900)).sample_timesteps(4000, "cpu", generator)
+    everything = GaussianDiffusionObjective(timestep_band_fraction=1.0, timestep_band=(500, 900)).sample_timesteps(4000, "cpu", generator)
     assert everything.min() >= 500 and everything.max() < 900
-    mixed = GaussianDiffusionObjective(high_noise_fraction=0.75, high_noise_range=(500, 900)).sample_timesteps(20000, "cpu", generator)
+    mixed = GaussianDiffusionObjective(timestep_band_fraction=0.75, timestep_band=(500, 900)).sample_timesteps(20000, "cpu", generator)
     # 0.75 from the band + 0.25 x 0.4 of the uniform draws land in [500, 900)
     in_band = ((mixed >= 500) & (mixed < 900)).float().mean().item()
     assert abs(in_band - 0.85) < 0.02, in_band
     assert mixed.min() < 50 and mixed.max() > 950  # the uniform share still covers every step
 
 
-def test_bad_high_noise_settings_are_refused():
-    with pytest.raises(ValueError, match="high_noise_fraction"):
-        GaussianDiffusionObjective(high_noise_fraction=1.5)
-    with pytest.raises(ValueError, match="high_noise_range"):
-        GaussianDiffusionObjective(high_noise_fraction=0.5, high_noise_range=(900, 500))
-    with pytest.raises(ValueError, match="high_noise_range"):
-        GaussianDiffusionObjective(high_noise_range=(0, 1001))
+def test_bad_timestep_band_settings_are_refused():
+    with pytest.raises(ValueError, match="timestep_band_fraction"):
+        GaussianDiffusionObjective(timestep_band_fraction=1.5)
+    with pytest.raises(ValueError, match="timestep_band"):
+        GaussianDiffusionObjective(timestep_band_fraction=0.5, timestep_band=(900, 500))
+    with pytest.raises(ValueError, match="timestep_band"):
+        GaussianDiffusionObjective(timestep_band=(0, 1001))
 
 
 def test_inverse_snr_weighting_is_a_clipped_x0_mse():

@@ -73,7 +73,7 @@ def test_objective_and_validation_errors_name_the_option_given(clips, tmp_path, 
     base = ("t2v", "train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path / "out"), "--model", str(tmp_path))
     proc = osp_in_process(*base, "--set", "diffusion.num_train_timesteps=0")
     assert_one_line_error(proc, "num_train_timesteps must be >= 1", "--set diffusion.num_train_timesteps=")
-    assert "high_noise_range" not in proc.stderr
+    assert "timestep_band" not in proc.stderr
     proc = osp_in_process(*base, "--validation-steps", "0")
     assert_one_line_error(proc, "--validation-steps", "--validation-steps 4")
     assert "--steps 4" not in proc.stderr.replace("--validation-steps 4", "")

@@ -171,18 +171,18 @@ def test_trains_from_a_released_style_repository(reference_dir, clips, tmp_path)
 def test_bad_high_noise_band_is_a_one_line_error(clips, tiny_repo, tmp_path):
     proc = run_module(
         "osp_cli.t2v_train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--pretrained", "tiny",
-        "--text-encoder", str(tiny_repo), "-o", str(tmp_path / "run"), "--max-steps", "1", "--set", "diffusion.high_noise_range=[900,500]",
+        "--text-encoder", str(tiny_repo), "-o", str(tmp_path / "run"), "--max-steps", "1", "--set", "diffusion.timestep_band=[900,500]",
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "high_noise_range" in proc.stderr and "Traceback" not in proc.stderr
+    assert "timestep_band" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_objective_options_reach_the_training_step(clips, tiny_repo, tmp_path):
-    extra = {"run.max_steps": 1, "data.use_image_num": 0, "diffusion.high_noise_fraction": 1.0, "diffusion.high_noise_range": [650, 750], "diffusion.loss_weighting": "inverse_snr", "diffusion.max_loss_weight": 50.0}
+    extra = {"run.max_steps": 1, "data.use_image_num": 0, "diffusion.timestep_band_fraction": 1.0, "diffusion.timestep_band": [650, 750], "diffusion.loss_weighting": "inverse_snr", "diffusion.max_loss_weight": 50.0}
     cfg = _config(clips, tiny_repo, tmp_path, **extra)
     summary, trainer = _run(cfg)
     objective = trainer.recipe.objective
-    assert summary["steps"] == 1 and objective.high_noise_range == (650, 750)
+    assert summary["steps"] == 1 and objective.timestep_band == (650, 750)
     assert all(650 <= t < 750 for t in objective.sample_timesteps(64, "cpu").tolist())
     # 1/SNR passes 50 before t = 650 (72.6 there), so every step of the band gets the cap
     assert float(objective.tables["loss_weight"][650:750].min()) == 50.0
