@@ -50,6 +50,7 @@ from osp_core.hub import BUILTIN_ROOT  # noqa: E402
 DATA_SEED, SINGLE_SEED = 7, 8  # the benchmark's edits use seed 90000 and up: never seen in training
 HELDOUT_SEED, SAMPLE_SEED = 1, 0  # `make builtin`'s held-out clips and sampling seed
 GUIDED_STRENGTH = 0.25  # the region starts from the motion guide for the last quarter of the steps
+BASE_MARKER = "edit_results.json"  # written into the shapes folder with the install: its base is this build's
 EDIT_BARS = {"psnr_outside": 35.0, "color_accuracy": 0.9, "shape_accuracy": 0.7, "trajectory_error": 3.0}  # issue 14's
 FULL = {"clips": 1200, "single_clips": 1200, "heldout": 100, "vae": None, "t2v": None, "stage1": 1500, "stage2": None, "stage3": None, "captions": 60, "edits": 40, "calibration_captions": 12}
 SMOKE = {"clips": 16, "single_clips": 8, "heldout": 2, "vae": 2, "t2v": 2, "stage1": 4, "stage2": 4, "stage3": 2, "captions": 2, "edits": 2, "calibration_captions": 2}
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     target = shapes / "edit"
     if target.exists() and not args.overwrite and not args.smoke:
         raise SystemExit(f"'{target}' already exists (pass --overwrite, or make builtin-edit OVERWRITE=1)")
+    if (shapes / BASE_MARKER).is_file() and not args.smoke:
+        # the steps fine-tune the installed base: a second run would fine-tune its own output
+        raise SystemExit(f"the installed base was made by make builtin-edit already ({shapes / BASE_MARKER}): run `make builtin OVERWRITE=1` first, then this")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(shapes, repo, ignore=shutil.ignore_patterns("edit", "*.svg", "*.csv", "*.md", "results.json"))
+    shutil.copytree(shapes, repo, ignore=shutil.ignore_patterns("edit", "*.svg", "*.csv", "*.md", "results.json", BASE_MARKER))
     scaling = float(json.loads((shapes / "vae" / "config.json").read_text())["scaling_factor"])  # the transformer's latent scale
     vae_run = train("VAE on two objects (osp vae train --preset shapes-two-objects)", work / "vae", [*osp, "vae", "train", "--preset", "shapes-two-objects", "--pretrained", str(shapes / "vae"), "--data", str(mixed)], scale["vae"])
     shutil.rmtree(repo / "vae")
@@ -223,11 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke or not (better and keeps_bars):
         log("nothing installed" + ("" if args.smoke else ": " + ("the control module does not beat blend on trajectory error" if not better else "the two-object base misses a bar of `make builtin`")))
         return 0 if args.smoke else 1
-    for part in ("vae", "17x64x64", "edit"):
-        shutil.rmtree(shapes / part, ignore_errors=True)
-        shutil.copytree(repo / part, shapes / part)
+    for part in ("vae", "17x64x64", "edit"):  # each folder copied beside, then swapped in
+        staged, old = shapes / f".{part}.new", shapes / f".{part}.old"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(repo / part, staged)
+        if (shapes / part).exists():
+            (shapes / part).rename(old)
+        staged.rename(shapes / part)
+        shutil.rmtree(old, ignore_errors=True)
     shutil.copy2(repo / "sampling.json", shapes / "sampling.json")
     (shapes / "EDIT_RESULTS.md").write_text(report)
+    shutil.copy2(work / "edit_results.json", shapes / BASE_MARKER)
     log(f"installed {shapes}: vae/, 17x64x64/, edit/, sampling.json")
     return 0
 

@@ -33,6 +33,7 @@ from osp_core.builtin_recipe import (
     write_curve_csv,
 )
 from osp_core.errors import InputError, ModelLoadError
+from osp_core.hub import BUILTIN_ROOT
 from osp_core.models.tiny_t5 import TinyT5Config, build_tiny_t5, save_tiny_t5
 from osp_core.pipelines.t2v import load_t5
 from osp_core.train.config import T2VTrainConfig, VAETrainConfig, load_config
@@ -355,3 +356,18 @@ def test_results_page_shows_a_build_note():
     assert "### t2v-stage2: 2 steps" in page
     noted = results_markdown({**results, "note": "Stages up to stage 1 are an earlier build's."})
     assert "\n\nStages up to stage 1 are an earlier build's.\n\n" in noted
+
+
+@pytest.mark.slow
+def test_edit_build_smoke_end_to_end(tmp_path):
+    """`make builtin-edit SMOKE=1`: every step at tiny counts, `make builtin`'s checks on the
+    changed base, both engines benchmarked, nothing installed (about 2 minutes on 2 cores)."""
+    installed = {p: p.stat().st_mtime_ns for p in (BUILTIN_ROOT / "shapes").rglob("*") if p.is_file()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_builtin_edit.py"), "--smoke", "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "edit_results.json").read_text())
+    assert results["vae_psnr"]["two-object"] > 0 and results["t2v"]["videos"] == 2
+    assert set(results["bench"]) == {"1", "0.25"} and {"blend", "control"} <= set(results["bench"]["0.25"]) and "reference" in results["bench"]["1"]
+    assert "nothing installed" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in (BUILTIN_ROOT / "shapes").rglob("*") if p.is_file()} == installed
