@@ -183,8 +183,9 @@ def make_edit_task(rng: np.random.Generator, tries: int = 2000) -> EditTask:
 
 
 def evaluate_sidecar(video: str | Path) -> dict:
-    """`evaluate_edit` for an `osp edit` output, from its sidecar (paths in it are taken as
-    written, else relative to the sidecar's folder)."""
+    """`evaluate_edit` for an `osp edit` output, from its sidecar (its relative paths are
+    relative to the sidecar's folder; older sidecars wrote them relative to where `osp edit`
+    ran, the working directory is tried after the folder)."""
     import json
 
     from ..errors import InputError
@@ -202,7 +203,9 @@ def evaluate_sidecar(video: str | Path) -> dict:
 
     def locate(name: str) -> Path:
         path = Path(name)
-        return path if path.is_absolute() or path.exists() else video.parent / path
+        if path.is_absolute():
+            return path
+        return video.parent / path if (video.parent / path).exists() or not path.exists() else path
 
     edited = read_video(video).frames
     source = read_video(locate(source_name)).frames[: len(edited)]

@@ -13,6 +13,7 @@ its JSON sidecar together.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ class EditJob:
     track_file: Path | None = None
     keep_motion: bool = False
     engine: str = "auto"
-    strength: float = 1.0
+    strength: float | None = None  # None: the model's sampling.json edit_strength, else 1
     model: str = DEFAULT_REPO
     frames: str | int | None = None  # None: every frame (must be 4k+1); "auto": longest 4k+1 prefix
     steps: int | None = None
@@ -75,8 +76,8 @@ class EditJob:
             raise InputError(f"unknown --engine '{self.engine}'", "use auto, control or blend")
         if (self.box is None) == (self.mask is None):
             raise InputError("give the region with --box or --mask" if self.box is None else "--box and --mask both give the region", "pass one of --box X0,Y0,X1,Y1 or --mask MASK.png")
-        if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
-            raise InputError(f"--strength must be in (0, 1], got {self.strength}", "pass e.g. --strength 0.8 (1: the region starts from noise)")
+        if self.strength is not None and not (math.isfinite(self.strength) and 0 < self.strength <= 1):
+            raise InputError(f"--strength must be in (0, 1], got {self.strength}", "pass e.g. --strength 0.25; 1 starts the region from noise")
         if (self.tracks or self.track_file is not None) and self.keep_motion:
             raise InputError("--keep-motion takes the motion from the video, and tracks were given", "pass --track/--track-file or --keep-motion, not both")
         if self.tracks and self.track_file is not None:
@@ -141,12 +142,13 @@ def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
 
 @dataclass
 class EditPlan:
-    """A checked edit: its inputs, the resolved sampling settings and the engine."""
+    """A checked edit: its inputs, the resolved sampling settings, the engine and the strength."""
 
     job: EditJob
     inputs: EditInputs
     sampling: SamplingPlan
     engine: str
+    strength: float
 
     @property
     def sidecar(self) -> Path:
@@ -190,7 +192,8 @@ def plan_edit(job: EditJob) -> EditPlan:
         engine = "control" if has_module else "blend"
     elif engine == "control" and not has_module:
         raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
-    return EditPlan(job, inputs, sampling, engine)
+    strength = job.strength if job.strength is not None else float(sampling.repository.sampling.get("edit_strength", 1.0))
+    return EditPlan(job, inputs, sampling, engine, strength)
 
 
 # -- the edit itself (no files) -------------------------------------------------------------
@@ -429,14 +432,14 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     with oom_as_error("editing", "edit fewer --frames, or a smaller video"):
         t0 = time.perf_counter()
         progress.status("encoding the source video ...")
-        latents = prepare_latents(pipe.vae, inputs, guide=job.strength < 1)
+        latents = prepare_latents(pipe.vae, inputs, guide=plan.strength < 1)
         if plan.engine == "control":
             transformer_forward = control_forward(pipe.transformer, module, latents, inputs)
         seconds_encode = time.perf_counter() - t0
         progress.video(0, 1, job.prompt or "(no prompt)")
         t0 = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(sampling.seed)
-        final = edit_latents(pipe, latents, embeddings[0], sampling.steps, sampling.guidance, job.strength, generator, [StepProgress(progress.step)], transformer_forward)
+        final = edit_latents(pipe, latents, embeddings[0], sampling.steps, sampling.guidance, plan.strength, generator, [StepProgress(progress.step)], transformer_forward)
         seconds_denoise = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = pipe.decode_latents(final)[0]
@@ -444,18 +447,23 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         seconds_decode = time.perf_counter() - t0
 
     count, height, width = inputs.shape
-    region: dict[str, Any] = {"box": [int(v) for v in parse_box(job.box)]} if job.box is not None else {"mask": str(job.mask)}
+    def beside(path: Path) -> str:
+        # inputs are recorded relative to the sidecar's folder: `osp eval edit` finds them from
+        # any working directory, and the folder can move with them
+        return os.path.relpath(Path(path).resolve(), job.output.parent.resolve())
+
+    region: dict[str, Any] = {"box": [int(v) for v in parse_box(job.box)]} if job.box is not None else {"mask": beside(job.mask)}
     region["pixels_first_frame"] = int(inputs.mask[0].sum())
     record: dict[str, Any] = {
-        "source": str(job.video),
+        "source": beside(job.video),
         "video": job.output.name,
         "region": region,
-        "first_frame": None if job.first_frame is None else str(job.first_frame),
+        "first_frame": None if job.first_frame is None else beside(job.first_frame),
         "prompt": job.prompt,
         "tracks": [[[round(float(x), 3), round(float(y), 3)] for x, y in track.tolist()] for track in inputs.tracks],
         "track_source": inputs.track_source,
         "engine": plan.engine,
-        "strength": job.strength,
+        "strength": plan.strength,
         "seed": sampling.seed,
         "num_frames": count,
         "size": [height, width],

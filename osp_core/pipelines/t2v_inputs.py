@@ -48,12 +48,15 @@ SAMPLING_KEYS: dict[str, type] = {
     # TeaCache's fitted polynomial (highest power first) and its default threshold for this model
     "teacache_coefficients": list,
     "teacache_threshold": float,
+    # `osp edit --strength` where none is given (1 without it: the region starts from noise)
+    "edit_strength": float,
 }
 FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM"}
 """Defaults of the original sampler, for repositories without sampling.json (the released one)."""
 # the smallest value each number may take, and whether the bound itself is allowed
-_SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False)}
+_SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False), "edit_strength": (0.0, False)}
 TEACACHE_MAX_THRESHOLD = 1.0
+_SAMPLING_UPPER = {"teacache_threshold": TEACACHE_MAX_THRESHOLD, "edit_strength": 1.0}  # the largest, allowed
 TEACACHE_MAX_DEGREE = 9  # sampling.json holds 2 to 10 coefficients
 CACHE_METHODS = ("none", "pab", "teacache")
 
@@ -93,8 +96,9 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
             raise ModelLoadError(f"'{key}' in '{source}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
         if key in _SAMPLING_LOWER:
             low, inclusive = _SAMPLING_LOWER[key]
-            if value < low or (value == low and not inclusive) or (key == "teacache_threshold" and value > TEACACHE_MAX_THRESHOLD):
-                raise ModelLoadError(f"'{key}' in '{source}' is out of range: {value!r}", f"fix {SAMPLING_FILE}")
+            if value < low or (value == low and not inclusive) or value > _SAMPLING_UPPER.get(key, math.inf):
+                bounds = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {_SAMPLING_UPPER[key]:g}" if key in _SAMPLING_UPPER else "")
+                raise ModelLoadError(f"'{key}' in '{source}' is out of range: {value!r} (it must be {bounds})", f"fix {SAMPLING_FILE}")
         checked[key] = [float(v) for v in value] if kind is list else kind(value)
     if "scheduler" in checked:
         checked["scheduler"] = scheduler_name(str(checked["scheduler"]))

@@ -45,6 +45,7 @@ class PageDefaults:
     steps: int
     guidance: float
     scheduler: str
+    edit_strength: float = 1.0
     examples: list[str] = field(default_factory=list)
 
     @classmethod
@@ -66,6 +67,7 @@ class PageDefaults:
             steps=int(sampling["steps"]),
             guidance=float(sampling["guidance"]),
             scheduler=str(sampling["scheduler"]),
+            edit_strength=float(sampling.get("edit_strength", 1.0)),
             examples=examples,
         )
 
@@ -296,7 +298,7 @@ class Server:
                         edit_tracks = gr.Textbox(label="Tracks: one X0,Y0:X1,Y1 per line (empty: keep the source's motion)", lines=2, elem_id="edit-tracks")
                         with gr.Row():
                             edit_engine = gr.Radio(["auto", "control", "blend"], value="auto", label="Engine", elem_id="edit-engine")
-                            edit_strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="edit-strength")
+                            edit_strength = gr.Slider(0.05, 1.0, value=d.edit_strength, step=0.05, label="Strength", elem_id="edit-strength")
                         with gr.Row():
                             edit_steps = gr.Slider(4, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="edit-steps")
                             edit_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="edit-seed")

@@ -26,8 +26,10 @@ def test_shipped_repository_is_complete_and_small():
     sampling = json.loads((root / "sampling.json").read_text())
     assert sampling["fps"] == 8
     # TeaCache fitted for this model (osp t2v calibrate-cache), and the threshold measured for it
-    assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold"}
+    assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold", "edit_strength"}
     assert len(sampling["teacache_coefficients"]) == 5 and 0 < sampling["teacache_threshold"] <= 1
+    # `osp edit` without --strength: where make builtin-edit trained and measured the edit module
+    assert 0 < sampling["edit_strength"] < 1
     # the text-to-video repository within its limit; with the edit module (issue 14) under 25 MB
     assert repository_size(root) - repository_size(root / "edit") <= SIZE_LIMIT_BYTES
     assert repository_size(root) <= 25 * 1000 * 1000
@@ -86,4 +88,6 @@ def test_edit_module_is_shipped_and_auto_picks_it(tmp_path):
         "--track", task.track_arg, "--prompt", task.prompt, "--model", "builtin:shapes", "--steps", "10", "--seed", "0", "--json", env=ONE_THREAD,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["engine"] == "control"
+    record = json.loads(proc.stdout)
+    assert record["engine"] == "control"
+    assert record["strength"] == json.loads((root / "sampling.json").read_text())["edit_strength"]  # no --strength: the model's

@@ -331,6 +331,7 @@ def test_unset_settings_come_from_the_model(tiny_repo, tmp_path):
         ('{"steps": 2.5}', ("'steps'", "must be an integer", "2.5")),
         ('{"fps": "fast"}', ("'fps'", "must be a number")),
         ('{"scheduler": "Foo"}', ("unknown scheduler 'Foo'",)),
+        ('{"edit_strength": 1.5}', ("'edit_strength'", "out of range")),
     ],
 )
 def test_bad_sampling_json_is_one_line(tiny_repo, tmp_path, sampling, needles):

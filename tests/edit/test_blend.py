@@ -112,8 +112,10 @@ def test_paste_keeps_outside_pixels_exact():
     assert bool((out[:, 12:20, 12:20] == 77).all())
 
 
-def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path):
+def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path, monkeypatch):
     import json
+
+    from osp_core.eval.edit import evaluate_sidecar
 
     from osp_core.io import read_video, write_video
 
@@ -131,3 +133,11 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     assert sidecar["track_source"] == "track" and sidecar["tracks"][0][0] == [10, 14] and sidecar["tracks"][0][-1] == [20, 14]
     assert set(sidecar["seconds"]) == {"load", "encode", "denoise", "decode"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]
+    # inputs are recorded relative to the sidecar: `osp eval edit` reads them from anywhere,
+    # not what an unrelated file of the same name in the working directory holds
+    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == 1.0
+    decoy = tmp_path / "decoy"
+    (decoy / "cwd").mkdir(parents=True)
+    write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)
+    monkeypatch.chdir(decoy / "cwd")  # where "../in.mp4" is the decoy
+    assert evaluate_sidecar(tmp_path / "out" / "edited.mp4")["psnr_outside"] > 30  # the real source (equal up to H.264), not white

@@ -82,3 +82,24 @@ def test_frames_not_4k1_and_auto(osp_in_process, inputs, tiny_repo, tmp_path):
     read = read_edit_inputs(EditJob(video=inputs / "ten.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", frames="auto"))
     assert read.shape == (9, 32, 32) and read.track_source == "keep-motion"
     assert torch.equal(read.mask[:, :16, :16], torch.ones(9, 16, 16))
+
+
+def test_unset_strength_comes_from_the_model(inputs, tiny_repo, tmp_path):
+    import shutil
+
+    from osp_core.errors import ModelLoadError
+    from osp_core.pipelines.edit import EditJob, plan_edit
+
+    def plan(model, **kw):
+        return plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(model), **kw))
+
+    assert plan(tiny_repo).strength == 1.0  # no edit_strength: the region starts from noise
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "sampling.json").write_text(json.dumps({"edit_strength": 0.25}))
+    assert plan(repo).strength == 0.25
+    assert plan(repo, strength=0.8).strength == 0.8  # --strength wins
+    (repo / "sampling.json").write_text(json.dumps({"edit_strength": 1.5}))
+    with pytest.raises(ModelLoadError, match="edit_strength"):
+        plan(repo)
+    assert list(tmp_path.iterdir()) == [repo]  # planning writes nothing
