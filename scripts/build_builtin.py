@@ -40,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,13 +129,7 @@ class Build:
         print(f"[build {stamp}] {message}", file=sys.stderr, flush=True)
 
     def osp(self, *args: str, capture_json: bool = False) -> dict | None:
-        """Run `osp ARGS` as a user would (a fresh process); with capture_json, parse its stdout."""
-        command = [sys.executable, "-m", "osp_cli", *args]
-        self.log("$ osp " + " ".join(shlex.quote(a) for a in args))
-        proc = subprocess.run(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE if capture_json else None, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"build failed: `osp {' '.join(args[:3])} ...` exited with {proc.returncode}")
-        return json.loads(proc.stdout) if capture_json else None
+        return run_osp(args, self.env, self.log, capture_json)
 
     def stage(self, name: str):
         build = self
@@ -357,7 +351,17 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-# --- the quality checks (also `make builtin-edit`'s, on the model it changes) ------------------
+# --- shared with `make builtin-edit`: running osp, and the quality checks ---------------------
+
+
+def run_osp(args: Sequence[str], env: dict[str, str], log: Callable[[str], None], capture_json: bool = False) -> dict | None:
+    """Run `osp ARGS` as a user would (a fresh process); with capture_json, parse its stdout."""
+    command = [sys.executable, "-m", "osp_cli", *args]
+    log("$ osp " + " ".join(shlex.quote(a) for a in args))
+    proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE if capture_json else None, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed: `osp {' '.join(args[:3])} ...` exited with {proc.returncode}")
+    return json.loads(proc.stdout) if capture_json else None
 
 
 def vae_heldout_eval(osp: Callable[..., dict | None], model: str, heldout: Path, out: Path, log: Callable[[str], None]) -> dict:

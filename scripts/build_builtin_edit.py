@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from build_builtin import t2v_eval, vae_heldout_eval  # noqa: E402  (make builtin's checks)
+from build_builtin import run_osp, t2v_eval, vae_heldout_eval  # noqa: E402  (make builtin's own)
 from osp_core.hub import BUILTIN_ROOT  # noqa: E402
 
 DATA_SEED, SINGLE_SEED = 7, 8  # the benchmark's edits use seed 90000 and up: never seen in training
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     mixed.write_text((data / "data.txt").read_text() + (single / "data.txt").read_text())
 
     # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)
-    from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, teacache_calibration_captions, write_sampling_defaults
+    from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, repository_size, teacache_calibration_captions, write_sampling_defaults
     from osp_core.models.edit_control import EditControl
     from osp_core.pipelines.t2v_inputs import read_sampling_file
 
@@ -157,16 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     module.save_pretrained(str(repo / "edit"), safe_serialization=True)
     # `osp edit` without --strength edits at the strength the module was trained and measured for
     write_sampling_defaults(repo, **{**read_sampling_file(repo), "edit_strength": GUIDED_STRENGTH})
-    size = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
+    size = repository_size(repo)
     log(f"repository with edit/: {size / 1e6:.2f} MB")
 
     # 6. checks: `make builtin`'s two, on the changed base, then the edits
     def osp_command(*args: str, capture_json: bool = False) -> dict | None:
-        log("$ osp " + " ".join(shlex.quote(a) for a in args))
-        proc = subprocess.run([*osp, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE if capture_json else None, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"build failed: `osp {' '.join(args[:3])} ...` exited with {proc.returncode}")
-        return json.loads(proc.stdout) if capture_json else None
+        return run_osp(args, env, log, capture_json)
 
     t0 = time.perf_counter()
     vae_eval = vae_heldout_eval(osp_command, str(repo), heldout / "videos", work / "eval" / "recon", log)
@@ -232,17 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke or not (better and keeps_bars):
         log("nothing installed" + ("" if args.smoke else ": " + ("the control module does not beat blend on trajectory error" if not better else "the two-object base misses a bar of `make builtin`")))
         return 0 if args.smoke else 1
-    for part in ("vae", "17x64x64", "edit"):  # each folder copied beside, then swapped in
-        staged, old = shapes / f".{part}.new", shapes / f".{part}.old"
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(repo / part, staged)
-        if (shapes / part).exists():
-            (shapes / part).rename(old)
-        staged.rename(shapes / part)
-        shutil.rmtree(old, ignore_errors=True)
-    shutil.copy2(repo / "sampling.json", shapes / "sampling.json")
-    (shapes / "EDIT_RESULTS.md").write_text(report)
-    shutil.copy2(work / "edit_results.json", shapes / BASE_MARKER)
+    from osp_core.io import atomic_dir
+    from osp_core.io.atomic import write_bytes_atomic
+
+    for part in ("vae", "17x64x64", "edit"):  # each folder written beside, then swapped in
+        with atomic_dir(shapes / part) as tmp:
+            shutil.copytree(repo / part, tmp, dirs_exist_ok=True)
+    write_bytes_atomic(shapes / "sampling.json", (repo / "sampling.json").read_bytes())
+    write_bytes_atomic(shapes / "EDIT_RESULTS.md", report.encode())
+    write_bytes_atomic(shapes / BASE_MARKER, (work / "edit_results.json").read_bytes())
     log(f"installed {shapes}: vae/, 17x64x64/, edit/, sampling.json")
     return 0
 

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,12 @@ class EditInputs:
     @property
     def shape(self) -> tuple[int, int, int]:
         return int(self.frames.shape[0]), int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    @cached_property
+    def pixel_displacement(self) -> torch.Tensor:
+        """(T, 2) how the region's content moves, in pixels (dx, dy): the tracks' mean motion
+        (`region_displacement`), zeros without tracks."""
+        return region_displacement(self.tracks, self.mask[0]) if self.tracks else torch.zeros(len(self.frames), 2)
 
     def reference_first_frame(self) -> torch.Tensor:
         """Frame 0 as it should look: the edited frame inside the region, the source outside."""
@@ -192,7 +199,7 @@ def plan_edit(job: EditJob) -> EditPlan:
         engine = "control" if has_module else "blend"
     elif engine == "control" and not has_module:
         raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
-    strength = job.strength if job.strength is not None else float(sampling.repository.sampling.get("edit_strength", 1.0))
+    strength = job.strength if job.strength is not None else float(sampling.repository.sampling["edit_strength"])
     return EditPlan(job, inputs, sampling, engine, strength)
 
 
@@ -256,13 +263,10 @@ def prepare_latents(vae: Any, inputs: EditInputs, guide: bool = False) -> EditLa
     region = latent_mask(inputs.mask, temporal, spatial)
     keep = (1 - region)[None, None].clone()
     keep[:, :, 0] = 1.0  # the first latent frame is held as the (edited) first frame
-    if inputs.tracks:
-        pixel = region_displacement(inputs.tracks, inputs.mask[0])  # (T, 2)
-        # latent frame i stands for pixel frames 4i-3 .. 4i: their mean motion
-        per_latent = [pixel[:1].mean(dim=0)] + [pixel[max(1, 4 * i - 3) : 4 * i + 1].mean(dim=0) for i in range(1, source.shape[2])]
-        displacement = torch.stack(per_latent) / spatial
-    else:
-        displacement = torch.zeros(source.shape[2], 2)
+    pixel = inputs.pixel_displacement
+    # latent frame i stands for pixel frames 4i-3 .. 4i: their mean motion
+    per_latent = [pixel[:1].mean(dim=0)] + [pixel[max(1, 4 * i - 3) : 4 * i + 1].mean(dim=0) for i in range(1, source.shape[2])]
+    displacement = torch.stack(per_latent) / spatial
     guided = encode(vae, to_model_input(motion_guide(inputs))) * scale if guide else None
     return EditLatents(source, known, keep, region, displacement, guided)
 
@@ -276,9 +280,8 @@ def motion_guide(inputs: EditInputs) -> torch.Tensor:
     mask0 = inputs.mask[0].float()
     inside0 = mask0.bool()
     fill = first[:, inside0].median(dim=1).values[:, None, None] if bool(inside0.any()) else torch.zeros(3, 1, 1)
-    pixel = region_displacement(inputs.tracks, inputs.mask[0]) if inputs.tracks else torch.zeros(len(inputs.frames), 2)
     frames = []
-    for dx, dy in pixel.tolist():
+    for dx, dy in inputs.pixel_displacement.tolist():
         moved, coverage = shift(first * mask0, dx, dy), shift(mask0, dx, dy)
         frames.append(moved + (1 - coverage) * fill)
     guide = torch.stack(frames).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

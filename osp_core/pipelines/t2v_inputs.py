@@ -51,8 +51,9 @@ SAMPLING_KEYS: dict[str, type] = {
     # `osp edit --strength` where none is given (1 without it: the region starts from noise)
     "edit_strength": float,
 }
-FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM"}
-"""Defaults of the original sampler, for repositories without sampling.json (the released one)."""
+FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM", "edit_strength": 1.0}
+"""Defaults of the original sampler, for repositories without sampling.json (the released one);
+an edit's region starts from noise."""
 # the smallest value each number may take, and whether the bound itself is allowed
 _SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False), "edit_strength": (0.0, False)}
 TEACACHE_MAX_THRESHOLD = 1.0

@@ -45,7 +45,7 @@ class PageDefaults:
     steps: int
     guidance: float
     scheduler: str
-    edit_strength: float = 1.0
+    edit_strength: float
     examples: list[str] = field(default_factory=list)
 
     @classmethod
@@ -67,7 +67,7 @@ class PageDefaults:
             steps=int(sampling["steps"]),
             guidance=float(sampling["guidance"]),
             scheduler=str(sampling["scheduler"]),
-            edit_strength=float(sampling.get("edit_strength", 1.0)),
+            edit_strength=float(sampling["edit_strength"]),
             examples=examples,
         )
 

@@ -383,8 +383,7 @@ def check_overrides(cls: type, overrides: dict[str, Any]) -> None:
     for dotted, value in overrides.items():
         if value is None:
             continue
-        if dotted in RENAMED_KEYS:
-            raise InputError(f"config key '{dotted}' was renamed to '{RENAMED_KEYS[dotted]}'", f"--set {RENAMED_KEYS[dotted]}=...")
+        _refuse_renamed(dotted)
         node: Any = cls
         *parents, leaf = dotted.split(".")
         prefix = ""
@@ -423,6 +422,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 RENAMED_KEYS = {"diffusion.high_noise_fraction": "diffusion.timestep_band_fraction", "diffusion.high_noise_range": "diffusion.timestep_band"}
 
 
+def _refuse_renamed(dotted: str) -> None:
+    """`InputError` naming the new key when `dotted` is a key of an older release."""
+    if dotted in RENAMED_KEYS:
+        new = RENAMED_KEYS[dotted]
+        raise InputError(f"config key '{dotted}' was renamed to '{new}'", f"write {new.split('.')[-1]} in the preset, or --set {new}=...")
+
+
 def _build(cls: type[C], values: dict[str, Any], prefix: str) -> C:
     if not isinstance(values, dict):
         raise InputError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping", "check the preset")
@@ -430,9 +436,7 @@ def _build(cls: type[C], values: dict[str, Any], prefix: str) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     for key in unknown:
-        if f"{prefix}{key}" in RENAMED_KEYS:
-            new_name = RENAMED_KEYS[f"{prefix}{key}"]
-            raise InputError(f"config key '{prefix}{key}' was renamed to '{new_name}'", f"write {new_name.split('.')[-1]} in the preset, or --set {new_name}=...")
+        _refuse_renamed(f"{prefix}{key}")
     if unknown:
         raise InputError(
             f"unknown config key '{prefix}{unknown[0]}'",
