@@ -41,7 +41,7 @@ def edit_video(
     track_file: Annotated[Path | None, typer.Option("--track-file", help="JSON tracks, [[\\[x, y], ...one per frame], ...one per track].")] = None,
     keep_motion: Annotated[bool, typer.Option("--keep-motion", help="Take the region's motion from the source (Lucas-Kanade tracking); the default without tracks.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (control when the model has an edit module, else blend), control or blend (training-free).")] = "auto",
-    strength: Annotated[float | None, typer.Option("--strength", help="How far the region is re-noised, in (0, 1]; below 1 it starts from the edited first frame's region moved along the tracks. Default: the model's sampling.json edit_strength, else 1.", show_default=False)] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="How far the region is re-noised, in (0, 1]: below 1 only the last S of the steps run, from the edited first frame's region moved along the tracks. Default: the model's sampling.json edit_strength, else 1.", show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     frames: Annotated[str | None, typer.Option("--frames", "-f", help="Frames to edit: N (4k+1) or auto (the longest 4k+1 prefix). Default: every frame (must be 4k+1).", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps. Default: the model's.", show_default=False)] = None,

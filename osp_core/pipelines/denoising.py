@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +80,50 @@ def scheduler_step_kwargs(scheduler: Any, generator: torch.Generator | list[torc
     return kwargs
 
 
+def timesteps_from(scheduler: Any, first_step: int) -> torch.Tensor:
+    """The timesteps that run steps `first_step` onwards of the schedule set on `scheduler`
+    (`set_timesteps` called), as a run begun there would: what image-to-image calls strength.
+    `denoise(..., timesteps=...)` runs them.
+
+    PNDM is rebuilt, not sliced: its Runge-Kutta start (or, with `skip_prk_steps`, its
+    repeated second PLMS timestep) and its history of noise predictions assume the run starts
+    at its first timestep; a sliced run would step from timesteps its latents are not at.
+    The others are sliced as diffusers' image-to-image pipelines do: the scheduler keeps its
+    whole schedule and starts its step index at the cut (`set_begin_index`)."""
+    steps = int(scheduler.num_inference_steps)
+    if first_step == 0:
+        return scheduler.timesteps
+    if not 0 < first_step < steps:
+        raise ValueError(f"first_step must be in [0, {steps}), got {first_step}")
+    if type(scheduler).__name__ == "PNDMScheduler":
+        _start_pndm_at(scheduler, steps - first_step)
+        return scheduler.timesteps
+    begin = first_step * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]
+
+
+def _start_pndm_at(scheduler: Any, kept: int) -> None:
+    """PNDM's `set_timesteps` timestep lists (diffusers 0.3x-0.4x), over its lowest `kept` timesteps."""
+    ascending = scheduler._timesteps[:kept]
+    order = scheduler.pndm_order
+    if scheduler.config.skip_prk_steps:
+        scheduler.prk_timesteps = np.array([])
+        scheduler.plms_timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+    else:
+        if kept < order:
+            raise ValueError(f"PNDM needs at least {order} steps to run, got {kept}")
+        half = scheduler.config.num_train_timesteps // scheduler.num_inference_steps // 2
+        prk = np.array(ascending[-order:]).repeat(2) + np.tile(np.array([0, half]), order)
+        scheduler.prk_timesteps = (prk[:-1].repeat(2)[1:-1])[::-1].copy()
+        scheduler.plms_timesteps = ascending[:-3][::-1].copy()
+    device = scheduler.timesteps.device
+    scheduler.timesteps = torch.from_numpy(np.concatenate([scheduler.prk_timesteps, scheduler.plms_timesteps]).astype(np.int64)).to(device)
+    scheduler._timesteps = ascending
+    scheduler.ets, scheduler.counter, scheduler.cur_model_output, scheduler.cur_sample = [], 0, 0, None
+
+
 def denoise(
     predict_noise: NoisePredictor,
     scheduler: Any,
@@ -86,14 +131,16 @@ def denoise(
     guidance_scale: float = 1.0,
     step_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[DenoisingCallback] = (),
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run `scheduler.timesteps` (set beforehand) from `latents` (already scaled by the
-    scheduler's init sigma); returns the final latents.
+    """Run `timesteps` (default: `scheduler.timesteps`, set beforehand; a later start:
+    `timesteps_from`) from `latents` (already scaled by the scheduler's init sigma, or noised
+    to the first timestep); returns the final latents.
 
     With `guidance_scale` > 1 the model sees the batch twice, unconditional half first, and
     the prediction is uncond + scale * (cond - uncond), as the original sampler.
     """
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     do_cfg = guidance_scale > 1.0
     step_kwargs = step_kwargs or {}
     for callback in callbacks:

@@ -40,6 +40,7 @@ from .edit_inputs import (
     region_displacement,
     shift,
 )
+from .t2v_inputs import fewest_steps
 
 if TYPE_CHECKING:
     from .sampling import SamplingPlan, SamplingProgress
@@ -158,6 +159,11 @@ class EditPlan:
     strength: float
 
     @property
+    def steps_run(self) -> int:
+        """The steps the edit runs: the last `strength` of them, at least the scheduler's fewest."""
+        return steps_after_cut(self.sampling.steps, self.strength, fewest_steps(self.sampling.scheduler))
+
+    @property
     def sidecar(self) -> Path:
         return self.job.output.with_suffix(".json")
 
@@ -200,7 +206,15 @@ def plan_edit(job: EditJob) -> EditPlan:
     elif engine == "control" and not has_module:
         raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
     strength = job.strength if job.strength is not None else float(sampling.repository.sampling["edit_strength"])
-    return EditPlan(job, inputs, sampling, engine, strength)
+    plan = EditPlan(job, inputs, sampling, engine, strength)
+    asked = steps_after_cut(sampling.steps, strength)
+    if plan.steps_run > asked:
+        least = fewest_steps(sampling.scheduler)
+        sampling.warnings.append(
+            f"--strength {strength:g} of {sampling.steps} steps is {asked}, and {sampling.scheduler} runs at least {least}: "
+            f"the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:g}); pass --steps {math.ceil(least / strength)} for {strength:g}"
+        )
+    return plan
 
 
 # -- the edit itself (no files) -------------------------------------------------------------
@@ -208,19 +222,20 @@ def plan_edit(job: EditJob) -> EditPlan:
 
 class RegionBlend(DenoisingCallback):
     """The blend engine's step hook. Before every step the known latents (outside the region,
-    and the whole first latent frame) are replaced by `known` noised to that step; before
-    step `start` (the --strength cut) everything is replaced by `init` noised likewise; after
-    the last step the known latents are put back clean, so they decode as the source does."""
+    and the whole first latent frame) are replaced by `known` noised to that step; with
+    `from_init` (--strength below 1: the run starts at the cut) the first step starts from
+    `init` noised likewise; after the last step the known latents are put back clean, so they
+    decode as the source does."""
 
-    def __init__(self, known: torch.Tensor, keep: torch.Tensor, init: torch.Tensor, noise: torch.Tensor, start: int) -> None:
-        self.known, self.keep, self.init, self.noise, self.start = known, keep, init, noise, start
+    def __init__(self, known: torch.Tensor, keep: torch.Tensor, init: torch.Tensor, noise: torch.Tensor, from_init: bool) -> None:
+        self.known, self.keep, self.init, self.noise, self.from_init = known, keep, init, noise, from_init
 
     def _noised(self, x: torch.Tensor, step: DenoisingStep) -> torch.Tensor:
         t = step.timestep if torch.is_tensor(step.timestep) else torch.tensor(step.timestep)
         return step.scheduler.add_noise(x, self.noise.to(x.device), t.reshape(1).to(x.device))
 
     def on_step_begin(self, step: DenoisingStep, latents: torch.Tensor) -> torch.Tensor:
-        if step.index < self.start:
+        if self.from_init and step.is_first:
             latents = self._noised(self.init.to(latents.device), step)
         keep = self.keep.to(latents.device)
         return keep * self._noised(self.known.to(latents.device), step) + (1 - keep) * latents
@@ -319,12 +334,14 @@ def edit_latents(
     transformer_forward: Any = None,
 ) -> torch.Tensor:
     """Denoise an edit with `pipe` (a T2VPipeline, models placed): the final scaled latents.
-    `transformer_forward` replaces the transformer call (the control engine)."""
-    start = 0 if strength >= 1 else min(steps, int(round(steps * (1 - strength))))
-    if start > 0 and latents.guide is None:
+    Below strength 1 only the last `steps_after_cut` steps run, from the motion guide noised
+    to the first of them. `transformer_forward` replaces the transformer call (the control
+    engine)."""
+    first = steps - steps_after_cut(steps, strength, fewest_steps(pipe.scheduler))
+    if first > 0 and latents.guide is None:
         raise ValueError("strength < 1 starts from the motion guide: prepare_latents(..., guide=True)")
     init, noise = blend_start_latents(latents, generator)
-    blend = RegionBlend(latents.known, latents.keep, init, noise, start)
+    blend = RegionBlend(latents.known, latents.keep, init, noise, from_init=first > 0)
     _, _, t, h, w = latents.source.shape
     vae = pipe.vae
     return pipe(
@@ -339,7 +356,14 @@ def edit_latents(
         enable_temporal_attentions=t > 1,
         callbacks=[blend, *(callbacks or [])],
         transformer_forward=transformer_forward,
+        first_step=first,
     ).frames
+
+
+def steps_after_cut(steps: int, strength: float, fewest: int = 1) -> int:
+    """How many of `steps` an edit at `strength` runs: the last round(steps * strength)
+    (image-to-image's strength), at least `fewest` (the scheduler's; one) and at most all."""
+    return steps if strength >= 1 else min(steps, max(fewest, 1, round(steps * strength)))
 
 
 def control_conditions(latents: EditLatents, inputs: EditInputs, temporal: int = 4, spatial: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -467,6 +491,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "track_source": inputs.track_source,
         "engine": plan.engine,
         "strength": plan.strength,
+        "steps_run": plan.steps_run,
         "seed": sampling.seed,
         "num_frames": count,
         "size": [height, width],

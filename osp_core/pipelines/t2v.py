@@ -30,15 +30,15 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import HubUnavailableError, InputError, ModelLoadError
 from ..hub import DEFAULT_REPO
-from .denoising import DenoisingCallback, StepProgress, denoise, scheduler_step_kwargs
+from .denoising import DenoisingCallback, StepProgress, denoise, scheduler_step_kwargs, timesteps_from
 from .repository import ModelRepository, check_transformer_folder
 from .t2v_inputs import (
     DEFAULT_TEXT_ENCODER,
-    MIN_STEPS,
     T5Location,
     check_clean_caption_deps,
     check_steps,
     check_video_size,
+    fewest_steps,
     locate_t5,
     scheduler_name,
 )
@@ -260,9 +260,8 @@ class T2VPipeline(DiffusionPipeline):
             raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}", "use e.g. 50 or 150 steps")
         if guidance_scale < 0:
             raise InputError(f"guidance scale must be >= 0, got {guidance_scale}", "use e.g. 7.5 (1 turns guidance off)")
-        name = type(self.scheduler).__name__.removesuffix("Scheduler")
-        if name in MIN_STEPS and not getattr(self.scheduler.config, "skip_prk_steps", False):
-            check_steps(name, num_inference_steps)
+        if fewest_steps(self.scheduler) > 1:
+            check_steps(type(self.scheduler).__name__.removesuffix("Scheduler"), num_inference_steps)
 
     def _denoise_device(self) -> torch.device:
         # with model offload everything sits on the CPU between uses: ask the hooks
@@ -312,6 +311,7 @@ class T2VPipeline(DiffusionPipeline):
         enable_temporal_attentions: bool = True,
         callbacks: Sequence[DenoisingCallback] = (),
         transformer_forward: Callable[..., Any] | None = None,
+        first_step: int = 0,
         return_dict: bool = True,
     ) -> T2VPipelineOutput | tuple[torch.Tensor]:
         """Generate videos for `prompt` (or for already encoded `prompt_embeds`).
@@ -320,6 +320,8 @@ class T2VPipeline(DiffusionPipeline):
         "latent". `callbacks` hook into the denoising loop (`denoising.DenoisingCallback`:
         progress, caches, latents replaced between steps). `transformer_forward` runs the
         transformer in its place, called like `LatteT2V.forward` (`parallel.launch.parallelize_transformer`).
+        `first_step` > 0 runs only steps `first_step`.. of the `num_inference_steps` schedule
+        (`denoising.timesteps_from`): `latents` must then be noised to that step (editing).
         """
         if output_type not in ("pt", "latent"):
             raise InputError(f"unknown output_type '{output_type}'", "use 'pt' or 'latent'")
@@ -345,8 +347,10 @@ class T2VPipeline(DiffusionPipeline):
 
         try:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
+            timesteps = timesteps_from(self.scheduler, first_step)
         except ValueError as exc:  # e.g. PNDM below 4 steps
-            raise InputError(f"{type(self.scheduler).__name__} cannot run {num_inference_steps} steps ({exc})", "use more steps or another scheduler") from None
+            ran = f"steps {first_step}.. of {num_inference_steps}" if first_step else f"{num_inference_steps} steps"
+            raise InputError(f"{type(self.scheduler).__name__} cannot run {ran} ({exc})", "use more steps or another scheduler") from None
         latents = self.prepare_latents(batch, num_frames, height, width, device, generator, latents)
         latent_channels = self.transformer.config.in_channels
         learned_variance = self.transformer.config.out_channels // 2 == latent_channels
@@ -365,7 +369,7 @@ class T2VPipeline(DiffusionPipeline):
             # the learned-variance channels are dropped before the scheduler step
             return noise[:, :latent_channels] if learned_variance else noise
 
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+        with self.progress_bar(total=len(timesteps)) as bar:
             latents = denoise(
                 predict_noise,
                 self.scheduler,
@@ -373,6 +377,7 @@ class T2VPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale,
                 step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
                 callbacks=[*callbacks, StepProgress(lambda done, total: bar.update())],
+                timesteps=timesteps,
             )
 
         frames = latents if output_type == "latent" else self.decode_latents(latents)

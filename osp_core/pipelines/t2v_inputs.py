@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import HubUnavailableError, InputError, ModelLoadError
 from ..hub import resolve_model_dir
@@ -69,6 +70,16 @@ def scheduler_name(name: str) -> str:
         if known.lower() == key:
             return known
     raise InputError(f"unknown scheduler '{name}'", "choose one of " + ", ".join(SCHEDULER_NAMES))
+
+
+def fewest_steps(scheduler: Any) -> int:
+    """The fewest steps `scheduler` can run: a canonical name (its default config, as osp
+    builds it) or a diffusers scheduler (PNDM with `skip_prk_steps` runs any number)."""
+    if isinstance(scheduler, str):
+        return MIN_STEPS.get(scheduler, 1)
+    if getattr(scheduler.config, "skip_prk_steps", False):
+        return 1
+    return MIN_STEPS.get(type(scheduler).__name__.removesuffix("Scheduler"), 1)
 
 
 def check_steps(scheduler: str, steps: int) -> None:

@@ -102,6 +102,31 @@ def test_strength_below_one_starts_from_the_encoded_motion_guide(pipe):
     assert torch.equal(init[~region.expand_as(init)], latents.source[~region.expand_as(init)])
 
 
+def test_strength_below_one_runs_only_the_steps_after_the_cut(pipe):
+    from osp_core.pipelines.denoising import DenoisingCallback
+    from osp_core.pipelines.edit import blend_start_latents, steps_after_cut
+
+    assert [steps_after_cut(*a) for a in [(150, 0.2), (8, 0.25), (4, 0.1), (4, 1.0), (10, 0.1, 4), (3, 0.5, 4)]] == [30, 2, 1, 4, 4, 3]
+    inputs = EditInputs(moving_square(), 8.0, box_mask((0, 0, 16, 32), 9, 32, 32), None, [torch.tensor([[8.0 + t, 12.0] for t in range(9)])], "track")
+    latents = prepare_latents(pipe.vae, inputs, guide=True)
+    seen = []
+
+    class Spy(DenoisingCallback):
+        def on_step_begin(self, step, x):
+            seen.append((step, x.clone()))
+
+    edit_latents(pipe, latents, _embeds(pipe), steps=8, guidance=1.0, strength=0.25, generator=torch.Generator().manual_seed(0), callbacks=[Spy()])
+    assert len(seen) == 2  # the transformer ran twice, not 8 times
+    step, x = seen[0]
+    schedule = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    schedule.set_timesteps(8)
+    assert int(step.timestep) == int(schedule.timesteps[6])
+    # the region starts from the motion guide noised to the first step that runs
+    init, noise = blend_start_latents(latents, torch.Generator().manual_seed(0))
+    region = (1 - latents.keep).bool().expand_as(x)
+    assert torch.equal(x[region], step.scheduler.add_noise(init, noise, step.timestep.reshape(1))[region])
+
+
 def test_paste_keeps_outside_pixels_exact():
     source = moving_square()
     decoded = torch.full_like(source, 77)
@@ -135,7 +160,7 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]
     # inputs are recorded relative to the sidecar: `osp eval edit` reads them from anywhere,
     # not what an unrelated file of the same name in the working directory holds
-    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == 1.0
+    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == 1.0 and sidecar["steps_run"] == 4
     decoy = tmp_path / "decoy"
     (decoy / "cwd").mkdir(parents=True)
     write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)

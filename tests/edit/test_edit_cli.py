@@ -103,3 +103,13 @@ def test_unset_strength_comes_from_the_model(inputs, tiny_repo, tmp_path):
     with pytest.raises(ModelLoadError, match="edit_strength"):
         plan(repo)
     assert list(tmp_path.iterdir()) == [repo]  # planning writes nothing
+
+
+def test_a_cut_that_leaves_pndm_too_few_steps_runs_its_fewest_and_says_so(inputs, tiny_repo, tmp_path):
+    from osp_core.pipelines.edit import EditJob, plan_edit
+
+    plan = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(tiny_repo), strength=0.5, steps=6))
+    assert plan.sampling.scheduler == "PNDM" and plan.steps_run == 4  # not 3: PNDM's Runge-Kutta start needs 4
+    assert any("runs at least 4" in w and "--steps 8" in w for w in plan.sampling.warnings)
+    enough = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(tiny_repo), strength=0.5, steps=8))
+    assert enough.steps_run == 4 and not enough.sampling.warnings

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from osp_core.pipelines.denoising import DenoisingCallback, denoise, scheduler_step_kwargs
+from osp_core.pipelines.denoising import DenoisingCallback, denoise, scheduler_step_kwargs, timesteps_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +45,70 @@ def test_hooks_see_every_timestep_in_order():
     assert steps[0][3] and steps[-1][4] and not any(s[3] or s[4] for s in steps[1:-1])
     # every step's begin comes before its end
     assert [e for e in recorder.events if e[0] in ("step", "end")][::2] == steps
+
+
+def _oracle_run(scheduler, first_step: int, timesteps=None) -> torch.Tensor:
+    """From x0 noised to the first timestep run, denoise with the exact noise: the result
+    depends only on where the run ends, if the scheduler steps from where its latents are
+    (20 steps: PNDM's Runge-Kutta midpoints are exact only for an even step ratio)."""
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(1, 4, 3, 4, 4, generator=generator), torch.randn(1, 4, 3, 4, 4, generator=generator)
+    scheduler.set_timesteps(20)
+    timesteps = timesteps_from(scheduler, first_step) if timesteps is None else timesteps(scheduler)
+    alphas = scheduler.alphas_cumprod
+
+    def exact_noise(x, t):
+        a = alphas[int(t[0])]
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    start = scheduler.add_noise(x0, eps, timesteps[:1])
+    return denoise(exact_noise, scheduler, start, timesteps=timesteps)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PNDMScheduler(),  # Runge-Kutta start, as the original sampler
+        lambda: PNDMScheduler(skip_prk_steps=True),
+        lambda: DDIMScheduler(),
+        lambda: EulerDiscreteScheduler(),
+        lambda: DPMSolverMultistepScheduler(),
+    ],
+    ids=["pndm", "pndm-plms", "ddim", "euler", "dpm-multistep"],
+)
+def test_a_run_started_late_ends_where_the_whole_run_ends(make):
+    whole = _oracle_run(make(), 0)
+    late = _oracle_run(make(), 12)
+    torch.testing.assert_close(late, whole, rtol=0, atol=1e-5)
+
+
+def test_pndm_cannot_be_sliced_like_the_others():
+    # what the rebuild is for: a sliced PNDM steps from timesteps its latents are not at
+    whole = _oracle_run(PNDMScheduler(), 0)
+    for scheduler in (PNDMScheduler(), PNDMScheduler(skip_prk_steps=True)):
+        sliced = _oracle_run(scheduler, 12, timesteps=lambda s: s.timesteps[12:])
+        assert (sliced - whole).abs().max() > 0.05
+
+
+def test_a_late_start_runs_the_remaining_steps_only():
+    scheduler = PNDMScheduler()
+    scheduler.set_timesteps(12)
+    whole = scheduler.timesteps.clone()
+    late = timesteps_from(scheduler, 7)
+    # 5 steps left: 3 Runge-Kutta steps of 4 evaluations, then 2 PLMS steps, over the 5 lowest timesteps
+    assert len(late) == 3 * 4 + 2 and int(late[0]) == int(whole[-5]) and int(late[-1]) == 0
+    assert set(late.tolist()) - set(whole.tolist()) <= {int(t) + 1000 // 12 // 2 for t in late}
+    ddim = DDIMScheduler()
+    ddim.set_timesteps(12)
+    assert torch.equal(timesteps_from(ddim, 7), ddim.timesteps[7:]) and len(ddim.timesteps) == 12
+    assert timesteps_from(ddim, 0) is ddim.timesteps
+    for bad in (-1, 12):
+        with pytest.raises(ValueError, match="first_step"):
+            timesteps_from(ddim, bad)
+    short = PNDMScheduler()
+    short.set_timesteps(12)
+    with pytest.raises(ValueError, match="at least 4"):
+        timesteps_from(short, 10)
 
 
 def test_guidance_doubles_the_batch_uncond_first():

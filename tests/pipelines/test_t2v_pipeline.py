@@ -141,6 +141,28 @@ def test_pndm_needs_four_steps(pipe):
     check_steps("DDIM", 1)
 
 
+@pytest.mark.parametrize("name", ["PNDM", "DDIM", "DPMSolverMultistep"])
+def test_a_late_first_step_runs_the_rest_of_the_schedule(pipe, name):
+    from osp_core.pipelines.denoising import DenoisingCallback
+
+    class Count(DenoisingCallback):
+        def on_run_begin(self, timesteps):
+            self.timesteps = timesteps.tolist()
+
+    pipe.scheduler = make_scheduler(name)
+    counted = Count()
+    latents = pipe("a tree", num_inference_steps=10, first_step=4, callbacks=[counted], generator=torch.Generator().manual_seed(0), output_type="latent", **TINY_CALL).frames
+    fresh = make_scheduler(name)
+    fresh.set_timesteps(10)
+    lowest_six = sorted(set(fresh.timesteps.tolist()))[:6]
+    assert torch.isfinite(latents).all() and max(counted.timesteps) == lowest_six[-1]
+    # PNDM: 3 Runge-Kutta steps of 4 evaluations and 3 PLMS steps; the others: one each
+    assert len(counted.timesteps) == (12 + 3 if name == "PNDM" else 6)
+    if name == "PNDM":  # 2 steps left: its Runge-Kutta start needs 4
+        with pytest.raises(InputError, match="steps 4.. of 6"):
+            pipe("a tree", num_inference_steps=6, first_step=4, **TINY_CALL)
+
+
 def test_scheduler_names():
     assert scheduler_name("pndm") == "PNDM"
     assert scheduler_name("DPMSolverMultistepScheduler") == "DPMSolverMultistep"
