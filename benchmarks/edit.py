@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="builtin:shapes")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--strength", type=float, default=None, help="default: the model's edit_strength (sampling.json), else 1")
     parser.add_argument("--out", type=Path, default=Path("bench_edit"))
     args = parser.parse_args(argv)
 

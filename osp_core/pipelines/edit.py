@@ -210,10 +210,10 @@ def plan_edit(job: EditJob) -> EditPlan:
     asked = steps_after_cut(sampling.steps, strength)
     if plan.steps_run > asked:
         least = fewest_steps(sampling.scheduler)
-        sampling.warnings.append(
-            f"--strength {strength:g} of {sampling.steps} steps is {asked}, and {sampling.scheduler} runs at least {least}: "
-            f"the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:g}); pass --steps {math.ceil(least / strength)} for {strength:g}"
-        )
+        named = f"--strength {strength:g}" if job.strength is not None else f"the model's edit strength {strength:g}"
+        enough = math.ceil(least / strength)
+        fix = f"pass --steps {enough} to keep {strength:g}" if enough <= 10 * sampling.steps else "pass a higher --strength"
+        sampling.warnings.append(f"{named} of {sampling.steps} steps is {asked}, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
     return plan
 
 

@@ -602,8 +602,8 @@ class SamplingRun:
             "clean_caption": job.clean_caption,
             "attention": plan.attention,
             "compile": job.compile,
-            # uncached, every scheduler timestep ran the transformer once
-            "cache": cache.describe() if cache is not None else {"method": "none", "transformer_evaluations": len(pipe.scheduler.timesteps)},
+            # uncached, every timestep run (an edit's from its cut) ran the transformer once
+            "cache": cache.describe() if cache is not None else {"method": "none", "transformer_evaluations": pipe.num_timesteps},
         } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {})
 
     def write(self, pipe: Any, prompt_index: int, prompt: str, encoded: Any, latents: torch.Tensor, seconds_denoise: float, cache: Any) -> list[dict[str, Any]]:

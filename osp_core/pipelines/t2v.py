@@ -263,6 +263,12 @@ class T2VPipeline(DiffusionPipeline):
         if fewest_steps(self.scheduler) > 1:
             check_steps(type(self.scheduler).__name__.removesuffix("Scheduler"), num_inference_steps)
 
+    @property
+    def num_timesteps(self) -> int | None:
+        """How many timesteps the last call ran (the transformer ran once on each), as
+        diffusers pipelines keep it; None before the first call."""
+        return getattr(self, "_num_timesteps", None)
+
     def _denoise_device(self) -> torch.device:
         # with model offload everything sits on the CPU between uses: ask the hooks
         if getattr(self, "_offload_device", None) is not None:
@@ -369,6 +375,7 @@ class T2VPipeline(DiffusionPipeline):
             # the learned-variance channels are dropped before the scheduler step
             return noise[:, :latent_channels] if learned_variance else noise
 
+        self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as bar:
             latents = denoise(
                 predict_noise,

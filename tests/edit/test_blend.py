@@ -166,3 +166,23 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)
     monkeypatch.chdir(decoy / "cwd")  # where "../in.mp4" is the decoy
     assert evaluate_sidecar(tmp_path / "out" / "edited.mp4")["psnr_outside"] > 30  # the real source (equal up to H.264), not white
+
+
+@pytest.mark.parametrize(("scheduler", "evaluations"), [("DDIM", 2), ("PNDM", 4 * 3 + 1)])
+def test_the_sidecar_counts_the_steps_that_ran(tiny_repo, tmp_path, scheduler, evaluations):
+    import json
+    import shutil
+
+    from osp_core.io import write_video
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "sampling.json").write_text(json.dumps({"scheduler": scheduler}))
+    write_video(tmp_path / "in.mp4", moving_square(), fps=8)
+    steps = 4 if scheduler == "DDIM" else 8
+    job = EditJob(video=tmp_path / "in.mp4", output=tmp_path / "edited.mp4", box="0,0,16,32", prompt="a square", tracks=["10,14:20,14"], model=str(repo), steps=steps, seed=3, dtype="fp32", engine="blend", strength=0.5)
+    run_edit(job)
+    sidecar = json.loads((tmp_path / "edited.json").read_text())
+    # DDIM: 2 of 4 steps; PNDM: 4 of 8 (3 Runge-Kutta steps of 4 evaluations, then one PLMS step)
+    assert sidecar["steps_run"] == steps // 2
+    assert sidecar["settings"]["scheduler"] == f"{scheduler}Scheduler" and sidecar["settings"]["cache"]["transformer_evaluations"] == evaluations

@@ -113,3 +113,12 @@ def test_a_cut_that_leaves_pndm_too_few_steps_runs_its_fewest_and_says_so(inputs
     assert any("runs at least 4" in w and "--steps 8" in w for w in plan.sampling.warnings)
     enough = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(tiny_repo), strength=0.5, steps=8))
     assert enough.steps_run == 4 and not enough.sampling.warnings
+    tiny = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(tiny_repo), strength=1e-6, steps=6))
+    assert tiny.steps_run == 4 and any("pass a higher --strength" in w for w in tiny.sampling.warnings)  # not --steps 4000000
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "sampling.json").write_text(json.dumps({"edit_strength": 0.5}))
+    unset = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(repo), steps=6))
+    assert any(w.startswith("the model's edit strength 0.5 of 6 steps is 3") for w in unset.sampling.warnings)

@@ -158,6 +158,7 @@ def test_a_late_first_step_runs_the_rest_of_the_schedule(pipe, name):
     assert torch.isfinite(latents).all() and max(counted.timesteps) == lowest_six[-1]
     # PNDM: 3 Runge-Kutta steps of 4 evaluations and 3 PLMS steps; the others: one each
     assert len(counted.timesteps) == (12 + 3 if name == "PNDM" else 6)
+    assert pipe.num_timesteps == len(counted.timesteps)  # what the sidecar reports as transformer evaluations
     if name == "PNDM":  # 2 steps left: its Runge-Kutta start needs 4
         with pytest.raises(InputError, match="steps 4.. of 6"):
             pipe("a tree", num_inference_steps=6, first_step=4, **TINY_CALL)
