@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from build_builtin import run_osp, t2v_eval, vae_heldout_eval  # noqa: E402  (make builtin's own)
 from osp_core.hub import BUILTIN_ROOT  # noqa: E402
-from osp_core.pipelines.t2v_inputs import MIN_STEPS  # noqa: E402
+from osp_core.pipelines.t2v_inputs import fewest_steps  # noqa: E402
 
 DATA_SEED, SINGLE_SEED = 7, 8  # the benchmark's edits use seed 90000 and up: never seen in training
 HELDOUT_SEED, SAMPLE_SEED = 1, 0  # `make builtin`'s held-out clips and sampling seed
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"bench-strength-{strength:g}"
         command = [sys.executable, "benchmarks/edit.py", "--num", str(scale["edits"]), "--engine", "blend", "--engine", "control", "--strength", str(strength), "--model", str(repo), "--out", str(out)]
         # smoke: the fewest steps that leave PNDM its 4 at this strength
-        smoke_steps = ["--steps", str(math.ceil(MIN_STEPS["PNDM"] / strength))] if args.smoke else []
+        smoke_steps = ["--steps", str(math.ceil(fewest_steps("PNDM") / strength))] if args.smoke else []
         run(f"edit evaluation (benchmarks/edit.py, both engines, --strength {strength:g})", command + (["--reference"] if strength == 1.0 else []) + smoke_steps)
         bench[strength] = json.loads((out / "results.json").read_text())
 

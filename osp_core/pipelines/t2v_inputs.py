@@ -84,7 +84,7 @@ def fewest_steps(scheduler: Any) -> int:
 
 def check_steps(scheduler: str, steps: int) -> None:
     """Raise `InputError` when `scheduler` (a canonical name) cannot run `steps` steps."""
-    least = MIN_STEPS.get(scheduler, 1)
+    least = fewest_steps(scheduler)
     if steps < least:
         raise InputError(f"{scheduler} needs at least {least} steps, got {steps}", f"pass --steps {least} or more")
 
