@@ -1,4 +1,4 @@
-"""`osp serve`: the web page (text to video, VAE round trip) on this machine."""
+"""`osp serve`: the web page (text to video, VAE round trip, video editing) on this machine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def serve(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Jobs that may wait for the device; more are refused.")] = 16,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest upload accepted, in MB.")] = 200,
 ) -> None:
-    """Serve a web page for text to video and the VAE round trip until Ctrl-C."""
+    """Serve a web page for text to video, the VAE round trip and video editing until Ctrl-C."""
     from osp_core.serve import ServeOptions, run_server
 
     from .console import err

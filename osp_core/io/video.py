@@ -17,9 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .atomic import atomic_path
-
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
 @dataclass

@@ -1,14 +1,15 @@
-"""`osp serve`: the web page for text to video and the VAE round trip (Gradio, optional extra)."""
+"""`osp serve`: the web page for text to video, the VAE round trip and video editing (Gradio, optional extra)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .jobs import ServeOptions, check_gradio
+from .jobs import ServeOptions, check_gradio, use_gradio_folder
 
 
 def run_server(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
     """Serve the page until Ctrl-C (`InputError` naming the extra when Gradio is missing)."""
+    use_gradio_folder(options.output_dir)  # before Gradio is imported: it reads the folder then
     check_gradio()
     from .app import serve
 

@@ -7,11 +7,12 @@ handler by its annotation object.
 
 import errno
 import logging
-import os
+import re
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -22,7 +23,8 @@ from ..io.atomic import ensure_writable_dir
 from ..pipelines.repository import ModelRepository
 from ..pipelines.sampling import SamplingJob, slugify
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
-from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, run_vae_round_trip, run_video_edit
+from .guard import UploadGuard
+from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,29 @@ def one_line(exc: BaseException) -> str:
     return f"Error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
 
 
+class UploadPath(gr.File):
+    """A one-file upload box whose handler gets the stored upload's path. `gr.File`'s own
+    preprocess also opens an empty temp file per job and never deletes it (one more zero-byte
+    file in the output folder each time); the handlers check the file themselves
+    (`check_upload`: content and size)."""
+
+    def get_block_name(self) -> str:
+        return "file"  # the page draws it as Gradio's File box
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None:
+            return None
+        files = getattr(payload, "root", [payload])  # ListFiles or one FileData
+        return str(files[0].path) if files else None
+
+
+def without_server_paths(text: str, output_dir: Path) -> str:
+    """`text` with every path inside `output_dir` cut to its file name: the page names the
+    user's file (an upload keeps its name under `.gradio/<hash>/`), never the server's layout."""
+    inside = re.escape(str(output_dir).rstrip("/")) + r"/[^'\"\s]*"
+    return re.sub(inside, lambda m: Path(m.group(0)).name, text)
+
+
 class Server:
     """The page's handlers and the state behind them (one device, sessions, kept models)."""
 
@@ -94,6 +119,7 @@ class Server:
         self.defaults = PageDefaults.of(self.repository)
         self.output_dir = options.output_dir.absolute()
         ensure_writable_dir(self.output_dir)
+        sweep_upload_temps(self.output_dir / ".gradio")
         self.device = Device()
         self.sessions = Sessions()
 
@@ -227,7 +253,7 @@ class Server:
             return "cancelled"
         if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
             log.error("job failed:\n%s", traceback.format_exc())
-        return one_line(exc)
+        return without_server_paths(one_line(exc), self.output_dir)
 
     # -- the page ----------------------------------------------------------------------------
 
@@ -270,12 +296,13 @@ class Server:
                     concurrency_id="device",  # both tabs share the device: one job at a time
                     concurrency_limit=1,
                     api_visibility="private",
+                    show_progress_on=video,  # one progress bar and queue position, not one per output
                 )
                 stop.click(self.cancel, None, None, queue=False, api_visibility="private")
             with gr.Tab("VAE round trip", id="vae"):
                 with gr.Row():
                     with gr.Column():
-                        upload = gr.File(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
+                        upload = UploadPath(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
                         vae_size = gr.Textbox(label="Resize to HxW (optional, multiples of 8)", elem_id="vae-size")
                         with gr.Row():
                             run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
@@ -285,15 +312,15 @@ class Server:
                         recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
                         vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
                 run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
-                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private"
+                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
                 )
                 vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     with gr.Column():
-                        edit_upload = gr.File(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
+                        edit_upload = UploadPath(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
                         edit_box = gr.Textbox(label="Box X0,Y0,X1,Y1 (pixels, x right, y down, end exclusive)", elem_id="edit-box")
-                        edit_first = gr.File(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
+                        edit_first = UploadPath(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
                         edit_prompt = gr.Textbox(label="Prompt", elem_id="edit-prompt")
                         edit_tracks = gr.Textbox(label="Tracks: one X0,Y0:X1,Y1 per line (empty: keep the source's motion)", lines=2, elem_id="edit-tracks")
                         with gr.Row():
@@ -318,17 +345,16 @@ class Server:
                     concurrency_id="device",
                     concurrency_limit=1,
                     api_visibility="private",
+                    show_progress_on=edited,
                 )
                 edit_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
         return demo
 
     def launch(self) -> tuple[gr.Blocks, str]:
         """Start serving in the background; returns the page and its URL."""
-        # Gradio serves what a handler returns from its cache folder and saves uploads there:
-        # inside the output folder, so the page serves files from nowhere else
-        # (and it serves its examples cache: that too, though the examples are not cached)
-        os.environ["GRADIO_TEMP_DIR"] = str(self.output_dir / ".gradio")
-        os.environ["GRADIO_EXAMPLES_CACHE"] = str(self.output_dir / ".gradio" / "examples")
+        from starlette.middleware import Middleware
+
+        gradio_dir = use_gradio_folder(self.output_dir)
         demo = self.build()
         demo.queue(max_size=self.options.max_queue, default_concurrency_limit=1)
         # system fonts: the page fetches nothing from third parties (and works offline)
@@ -345,6 +371,8 @@ class Server:
                 ssr_mode=False,
                 footer_links=[],
                 theme=theme,
+                # uploads checked and files served on the server, whatever the page's picker allows
+                app_kwargs={"middleware": [Middleware(UploadGuard, upload_dir=gradio_dir)]},
             )
         except OSError as exc:
             raise InputError(f"cannot listen on {self.options.host}:{self.options.port} ({exc})".replace("\n", " "), "pass another --port, or stop what uses it") from None

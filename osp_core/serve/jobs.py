@@ -6,6 +6,7 @@ trip through `reconstruct`, editing through `run_edit`). `app.py` is the Gradio 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import threading
 import time
@@ -17,10 +18,9 @@ from typing import Any
 
 from ..errors import InputError, OSPError
 from ..hub import DEFAULT_REPO
-from ..io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..io.media import check_media_file
 from ..pipelines.sampling import PipelineCache, SamplingJob, SamplingSummary, run_sampling, slugify
 
-UPLOAD_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 Report = Callable[[float | None, str], None]  # (fraction done or None, what is happening)
 
 
@@ -61,6 +61,28 @@ def check_gradio() -> None:
         raise InputError("osp serve needs Gradio, which is not installed", "pip install 'osp[serve]'") from None
 
 
+def use_gradio_folder(output_dir: Path) -> Path:
+    """Point Gradio's temp, upload and cache folders at `output_dir/.gradio`, so the page writes
+    and serves files from nowhere else. Gradio reads GRADIO_TEMP_DIR when it is imported (its
+    uploads, screen recordings, history), so this runs before the first `import gradio`."""
+    folder = output_dir.absolute() / ".gradio"
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")
+    return folder
+
+
+def sweep_upload_temps(gradio_dir: Path) -> int:
+    """Delete Gradio's upload temp files (`tmp*` at the top of its folder) that a server killed
+    mid-upload, or an older osp, left behind. Run before the server starts: no upload is in
+    flight then. Returns how many were removed."""
+    removed = 0
+    for path in gradio_dir.glob("tmp*") if gradio_dir.is_dir() else ():
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def job_folder(output_dir: Path, session_key: str, kind: str) -> Path:
     """A new folder for one job of one browser session, inside `output_dir`. `session_key` is
     the server's hash of the session id (`Sessions.key`), so no name a client sends reaches the
@@ -70,12 +92,11 @@ def job_folder(output_dir: Path, session_key: str, kind: str) -> Path:
 
 
 def check_upload(path: str | Path | None, max_bytes: int) -> Path:
-    """An uploaded file the VAE can read: a video or image, at most `max_bytes`."""
+    """An uploaded file the VAE can read: a video or image by its content, at most `max_bytes`."""
     if path is None:
         raise InputError("no file uploaded", "upload a video (mp4, webm, mov, mkv, avi, gif) or an image")
     path = Path(path)
-    if path.suffix.lower() not in UPLOAD_SUFFIXES:
-        raise InputError(f"'{path.name}' is not a video or image", "upload one of " + ", ".join(sorted(UPLOAD_SUFFIXES)))
+    check_media_file(path)
     if path.stat().st_size > max_bytes:
         raise InputError(f"'{path.name}' is larger than {max_bytes // 2**20} MB", "upload a shorter or smaller video")
     return path

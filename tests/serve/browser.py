@@ -43,10 +43,10 @@ def free_port() -> int:
 class ServerProcess:
     """`osp serve` in a child process; `url` once it prints its address."""
 
-    def __init__(self, output_dir: Path, *extra: str, model: str = "builtin:shapes") -> None:
+    def __init__(self, output_dir: Path, *extra: str, model: str = "builtin:shapes", env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = output_dir.parent / f"serve-{self.port}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         cmd = [sys.executable, "-m", "osp_cli", "serve", "--model", model, "--port", str(self.port), "-o", str(output_dir), *extra]
         self.output_dir = output_dir
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("w"), env=env)
@@ -65,11 +65,16 @@ class ServerProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         """GET `path` on the server: (status, body)."""
+        status, _, body = self.get_with_headers(path)
+        return status, body
+
+    def get_with_headers(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        """GET `path` on the server: (status, headers with lower-case names, body)."""
         try:
             with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=30) as response:
-                return response.status, response.read()
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+            return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
     def upload(self, name: str, data: bytes) -> tuple[int, bytes]:
         """POST a file to Gradio's upload route as the page does: (status, body)."""

@@ -58,14 +58,27 @@ def test_session_folders_stay_inside_the_output_folder(tmp_path):
     assert job_folder(tmp_path, "k", "t2v") != job_folder(tmp_path, "k", "t2v")  # one folder per job
 
 
-def test_uploads_must_be_small_videos_or_images(tmp_path):
-    for name, size, needle in (("notes.txt", 10, "not a video or image"), ("big.mp4", 2048, "larger than")):
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+PNG_HEAD = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+
+
+def test_uploads_must_be_small_videos_or_images_by_their_content(tmp_path):
+    for name, data, needle in (
+        ("notes.txt", b"x" * 10, "'notes.txt' is not a video or image"),
+        ("big.mp4", MP4_HEAD + b"x" * 2048, "larger than"),
+        ("page.mp4", b"<html><script>alert(1)</script></html>", "'page.mp4' is named .mp4 but its content is not a video or image"),
+        ("still.mp4", PNG_HEAD, "'still.mp4' is named .mp4 but its content is a png file"),
+        ("clip.png", MP4_HEAD, "'clip.png' is named .png but its content is a mp4 file"),
+        ("empty.webm", b"", "'empty.webm' is named .webm but its content is not a video or image"),
+    ):
         path = tmp_path / name
-        path.write_bytes(b"x" * size)
+        path.write_bytes(data)
         with pytest.raises(InputError, match=needle):
             check_upload(path, 1024)
-    (tmp_path / "clip.MP4").write_bytes(b"x")
+    (tmp_path / "clip.MP4").write_bytes(MP4_HEAD)
     assert check_upload(tmp_path / "clip.MP4", 1024).name == "clip.MP4"
+    (tmp_path / "frame.JPG").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 12)
+    assert check_upload(tmp_path / "frame.JPG", 1024).name == "frame.JPG"
     with pytest.raises(InputError, match="no file uploaded"):
         check_upload(None, 1024)
 
@@ -86,3 +99,23 @@ def test_options_validate():
     ServeOptions(port=1).validate()
     with pytest.raises(InputError, match="--port"):
         ServeOptions(port=70000).validate()
+
+
+def test_upload_temps_left_by_a_killed_server_are_swept_at_start(tmp_path):
+    from osp_core.serve.jobs import sweep_upload_temps
+
+    gradio = tmp_path / ".gradio"
+    (gradio / "0a1b").mkdir(parents=True)
+    for name in ("tmpab12cd", "tmp0"):
+        (gradio / name).write_bytes(b"")
+    (gradio / "0a1b" / "tmp-named-upload.mp4").write_bytes(b"kept: a stored upload")
+    (gradio / "kept.txt").write_text("not Gradio's temp")
+    assert sweep_upload_temps(gradio) == 2
+    assert sorted(p.relative_to(gradio).as_posix() for p in gradio.rglob("*") if p.is_file()) == ["0a1b/tmp-named-upload.mp4", "kept.txt"]
+    assert sweep_upload_temps(tmp_path / "missing") == 0
+
+
+def test_help_names_all_three_tabs_of_the_page(osp_in_process):
+    for args in (["--help"], ["serve", "--help"]):
+        text = " ".join(osp_in_process(*args).stdout.replace("│", " ").split()).lower()  # the help's table borders out
+        assert "text to video" in text and "vae round trip" in text and "video editing" in text, args

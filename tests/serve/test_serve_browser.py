@@ -22,7 +22,9 @@ STEPS = 10  # ~0.5 s a video on 2 CPU cores (150 would take ~3 s)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    process = ServerProcess(root / "out", "--max-upload-mb", "1")
+    (root / "tmp").mkdir()
+    process = ServerProcess(root / "out", "--max-upload-mb", "1", env={"TMPDIR": str(root / "tmp")})
+    process.temp_dir = root / "tmp"
     yield process
     process.stop()
 
@@ -82,14 +84,28 @@ def test_a_running_job_can_be_cancelled(page, server):
     page.wait_for_result()
 
 
-def test_two_sessions_at_once_each_get_their_own_video(server, browser):
+def visible(page: Page, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in page.browser.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+
+
+def test_two_sessions_at_once_each_get_their_own_video_and_one_progress_indicator(server, browser):
+    """The second session's job waits while the first runs (it is started only once the first
+    is denoising, so the wait is certain); each page shows one progress bar or queue position,
+    on its video, not one per output box."""
     other = new_browser()
     try:
         pages = [Page(browser, server.url), Page(other, server.url)]
         prompts = ["a yellow circle moving down", "a purple square moving right"]
-        pages[0].generate(prompts[0], steps=150, seed=4)  # ~3 s: the second job waits for it
+        pages[0].generate(prompts[0], steps=300, seed=4)
+        pages[0].wait_for(lambda: visible(pages[0], ".progress-level"), 60)  # the first is running
         pages[1].generate(prompts[1], steps=STEPS, seed=4)
-        assert pages[1].wait_for(lambda: "queue: 1/1" in pages[1].browser.page_source, 10)  # its position
+        assert pages[1].wait_for(lambda: any("queue: 1/1" in t for t in visible(pages[1], ".progress-text")), 10)  # its position
+        running, waiting = visible(pages[0], ".progress-level"), visible(pages[1], ".progress-text")
+        assert len(running) == 1 and "denoising step" in running[0], running
+        assert len(waiting) == 1 and "queue: 1/1" in waiting[0], waiting
+        assert pages[0].find("#t2v-video .progress-level") is not None  # on the video box
         urls = [page.wait_for_result() for page in pages]
         assert urls[0] != urls[1]
         assert [sidecar_of(page)["prompt"] for page in pages] == prompts
@@ -126,20 +142,25 @@ def test_vae_tab_refuses_a_file_that_is_not_a_video(page, tmp_path):
     assert "notes.txt" not in page.find("#vae-upload").text.replace("\n", "")  # not taken
 
 
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"  # what every mp4 starts with
+
+
 def test_uploads_are_limited_and_stay_inside_the_output_folder(server):
     """A 2 MB upload over --max-upload-mb 1 is refused; a `../` file name is stored inside."""
-    assert server.upload("big.mp4", b"x" * 2 * 2**20)[0] == 413
-    status, body = server.upload("../../escape.mp4", b"x" * 100)
+    assert server.upload("big.mp4", MP4_HEAD + b"x" * 2 * 2**20)[0] == 413
+    status, body = server.upload("../../escape.mp4", MP4_HEAD + b"x" * 100)
     assert status == 200
     stored = Path(json.loads(body)[0]).resolve()
     assert stored.is_relative_to((server.output_dir / ".gradio").resolve()) and stored.name == "escape.mp4"
     assert [p for p in server.output_dir.parent.rglob("escape.mp4") if p.resolve() != stored] == []
 
 
-def test_requests_for_paths_outside_the_output_folder_are_refused(server):
+def test_requests_for_paths_outside_the_output_folder_are_refused(page, server):
     secret = server.output_dir.parent / "secret.txt"
     secret.write_text("not for the page")
-    inside = next(server.output_dir.glob("*/t2v-*/*.json"), None) or pytest.skip("needs a result of the tests above")
+    page.generate("a white circle moving up", steps=STEPS, seed=8)  # a result of its own to serve
+    page.wait_for_result()
+    inside = next(server.output_dir.glob("*/t2v-*/a-white-circle-moving-up-8.json"))
     assert server.get(f"/gradio_api/file={inside}")[0] == 200  # what the page may serve
     for path in (f"{server.output_dir}/../secret.txt", f"{inside.parent}/../../../secret.txt", "../secret.txt", "../../../../../../etc/passwd", str(secret)):
         status, body = server.get(f"/gradio_api/file={path}")
@@ -183,3 +204,94 @@ def test_edit_tab_edits_an_upload_and_plays_it_beside_the_source(page, server, t
     page.type_into("#edit-box textarea", "0,16,99,48")
     page.click("#edit-run", "edit")
     assert page.wait_for(lambda: page.status("edit"), 30).startswith("Error: --box 0,16,99,48 is outside the 64x64 frame")
+
+
+SCRIPT_MARK = "window.name='script ran'"  # window.name outlives a navigation: a script that ran leaves it
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("evil.html", f"<html><body><script>{SCRIPT_MARK}</script></body></html>".encode()),
+        ("evil.svg", f'<svg xmlns="http://www.w3.org/2000/svg"><script>{SCRIPT_MARK}</script></svg>'.encode()),
+        ("notes.txt", b"hello"),
+        ("page.mp4", b"<html><script>alert(1)</script></html>"),  # a page named like a video
+        ("clip.png", MP4_HEAD + b"x" * 100),  # a video named like an image
+    ],
+)
+def test_uploads_that_are_not_videos_or_images_are_refused_by_the_server(server, name, data):
+    """Gradio's upload route takes any file; the server checks the content, answers 415 with
+    one line naming the file, and keeps nothing of it (nor an empty temp file)."""
+    before = sorted(p for p in server.output_dir.rglob("*") if p.is_file())
+    status, body = server.upload(name, data)
+    assert status == 415, (status, body)
+    assert name in body.decode() and len(body.decode().splitlines()) == 1
+    assert sorted(p for p in server.output_dir.rglob("*") if p.is_file()) == before
+
+
+def test_nothing_served_from_the_output_folder_renders_as_a_page(server, browser, tmp_path):
+    """Files that reach the output folder by any way (an upload an older server took, a file
+    put there by hand) are sent as downloads with no script allowed: opened in Chromium, their
+    scripts do not run in the page's origin. Videos and raster images still play inline."""
+    planted = server.output_dir / ".gradio" / "planted"
+    planted.mkdir(parents=True, exist_ok=True)
+    files = {
+        "evil.html": f"<html><body><script>{SCRIPT_MARK}</script></body></html>",
+        "evil.svg": f'<svg xmlns="http://www.w3.org/2000/svg" onload="{SCRIPT_MARK}"><script>{SCRIPT_MARK}</script></svg>',
+        "evil.js": SCRIPT_MARK,
+        "evil.json": '{"a": 1}',
+    }
+    for name, text in files.items():
+        (planted / name).write_text(text)
+    (planted / "still.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    for name in files:
+        status, headers, _ = server.get_with_headers(f"/gradio_api/file={planted / name}")
+        assert status == 200, name
+        assert headers["content-type"] == "application/octet-stream" and headers["content-disposition"].startswith("attachment"), (name, headers)
+        assert headers["x-content-type-options"] == "nosniff" and "sandbox" in headers["content-security-policy"], (name, headers)
+    status, headers, _ = server.get_with_headers(f"/gradio_api/file={planted / 'still.png'}")
+    assert headers["content-type"] == "image/png" and headers["content-disposition"].startswith("inline")
+    Page(browser, server.url)  # the page's origin
+    browser.execute_script("window.name = 'clean'")
+    for name in ("evil.html", "evil.svg"):
+        browser.get(f"{server.url.rstrip('/')}/gradio_api/file={planted / name}")
+        time.sleep(1)
+        assert browser.execute_script("return window.name") == "clean", f"{name} ran a script"
+        assert "script ran" not in browser.page_source
+
+
+def test_the_page_writes_nothing_outside_its_output_folder(server):
+    """Gradio's temp and history folders (it reads GRADIO_TEMP_DIR when imported) live in
+    OUTPUT_DIR/.gradio, not in the system temp folder."""
+    assert (server.output_dir / ".gradio" / "vibe_edit_history").is_dir()
+    assert not (server.temp_dir / "gradio").exists()
+
+
+def test_a_failed_job_names_the_users_file_not_a_server_path(page, server, tmp_path):
+    page.generate("a red square moving right", steps=STEPS, seed=9)
+    clip = fetch(page.wait_for_result())
+    broken = tmp_path / "trunc.mp4"
+    broken.write_bytes(clip[:3000])  # an mp4 cut short: its header is right, its frames are gone
+    page.tab("VAE round trip")
+    page.find("#vae-upload input[type=file]").send_keys(str(broken))
+    page.wait_for(lambda: "trunc.mp4" in page.find("#vae-upload").text.replace("\n", ""), 30)
+    page.click("#vae-run", "vae")
+    status = page.wait_for(lambda: page.status("vae"), 60)
+    assert status.startswith("Error: cannot read 'trunc.mp4'"), status
+    assert str(server.output_dir) not in status and ".gradio" not in status
+
+
+def test_jobs_and_refused_uploads_leave_no_empty_files(page, server, tmp_path):
+    """Every finished VAE job and every refused upload leaves no zero-byte file behind."""
+    page.generate("a green circle moving down", steps=STEPS, seed=10)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(fetch(page.wait_for_result()))
+    page.tab("VAE round trip")
+    page.find("#vae-upload input[type=file]").send_keys(str(clip))
+    page.wait_for(lambda: "clip.mp4" in page.find("#vae-upload").text.replace("\n", ""), 30)
+    page.click("#vae-run", "vae")
+    page.wait_for_result("vae")
+    server.upload("big.mp4", MP4_HEAD + b"x" * 2 * 2**20)  # over --max-upload-mb
+    server.upload("evil.html", b"<html></html>")
+    empty = [p for p in (server.output_dir / ".gradio").rglob("*") if p.is_file() and p.stat().st_size == 0]
+    assert empty == []

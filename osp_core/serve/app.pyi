@@ -1,0 +1,417 @@
+"""The web page of `osp serve`: a Gradio face over the sampling runner and the VAE round trip.
+
+Imported only once Gradio is known to be installed (`jobs.check_gradio`). No
+`from __future__ import annotations` here: Gradio finds the `gr.Request` parameter of a
+handler by its annotation object.
+"""
+
+import errno
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import InputError, OSPError
+from ..hub import BUILTIN_PREFIX
+from ..io.atomic import ensure_writable_dir
+from ..pipelines.repository import ModelRepository
+from ..pipelines.sampling import SamplingJob, slugify
+from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
+from .guard import UploadGuard
+from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
+
+log = logging.getLogger(__name__)
+
+# a few prompts in the released model's style (any model that is not builtin:shapes)
+GENERAL_EXAMPLES = [
+    "A quiet beach at dawn, the waves gently lapping at the shore and the sky painted in pastel hues.",
+    "A shiba inu wearing a beret and a black turtleneck, sitting in a cafe.",
+    "Time-lapse of clouds drifting over snowy mountains under a blue sky.",
+]
+SHAPES_EXAMPLES = 8  # captions of the shapes world shown under the prompt
+
+
+@dataclass
+class PageDefaults:
+    """What the form starts with: the model's trained sizes and its sampling.json."""
+
+    frames: int
+    max_frames: int
+    sizes: list[str]
+    steps: int
+    guidance: float
+    scheduler: str
+    edit_strength: float
+    examples: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, repository: ModelRepository) -> "PageDefaults":
+        shapes = [parse_version(v) for v in repository.versions]
+        sizes = list(dict.fromkeys(f"{h}x{w}" for _, h, w in shapes))
+        sampling = repository.sampling
+        if repository.model.startswith(f"{BUILTIN_PREFIX}shapes"):
+            from ..data.shapes import all_captions
+
+            captions = all_captions()
+            examples = captions[:: max(1, len(captions) // SHAPES_EXAMPLES)][:SHAPES_EXAMPLES]
+        else:
+            examples = list(GENERAL_EXAMPLES)
+        return cls(
+            frames=min(f for f, _, _ in shapes),
+            max_frames=max(f for f, _, _ in shapes),
+            sizes=sizes,
+            steps=int(sampling["steps"]),
+            guidance=float(sampling["guidance"]),
+            scheduler=str(sampling["scheduler"]),
+            edit_strength=float(sampling["edit_strength"]),
+            examples=examples,
+        )
+
+
+def one_line(exc: BaseException) -> str:
+    """The page's error line: an `OSPError` as the CLI prints it, anything else by type."""
+    if isinstance(exc, OSPError):
+        return f"Error: {exc}"
+    text = str(exc).strip().splitlines()
+    return f"Error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
+
+from gradio.events import Dependency
+
+class UploadPath(gr.File):
+    """A one-file upload box whose handler gets the stored upload's path. `gr.File`'s own
+    preprocess also opens an empty temp file per job and never deletes it (one more zero-byte
+    file in the output folder each time); the handlers check the file themselves
+    (`check_upload`: content and size)."""
+
+    def get_block_name(self) -> str:
+        return "file"  # the page draws it as Gradio's File box
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None:
+            return None
+        files = getattr(payload, "root", [payload])  # ListFiles or one FileData
+        return str(files[0].path) if files else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def without_server_paths(text: str, output_dir: Path) -> str:
+    """`text` with every path inside `output_dir` cut to its file name: the page names the
+    user's file (an upload keeps its name under `.gradio/<hash>/`), never the server's layout."""
+    inside = re.escape(str(output_dir).rstrip("/")) + r"/[^'\"\s]*"
+    return re.sub(inside, lambda m: Path(m.group(0)).name, text)
+
+
+class Server:
+    """The page's handlers and the state behind them (one device, sessions, kept models)."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        from ..device import resolve
+
+        options.validate()
+        resolve(options.device, options.dtype)  # a bad --device/--dtype fails before the page starts
+        check_listen_address(options.host, options.port)  # before anything is loaded or created
+        self.options = options
+        self.repository = ModelRepository.resolve(options.model)
+        self.defaults = PageDefaults.of(self.repository)
+        self.output_dir = options.output_dir.absolute()
+        ensure_writable_dir(self.output_dir)
+        sweep_upload_temps(self.output_dir / ".gradio")
+        self.device = Device()
+        self.sessions = Sessions()
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        frames: float,
+        size: str,
+        steps: float,
+        guidance: float,
+        scheduler: str,
+        seed: float | None,
+        randomize: bool,
+        cache: str,
+        single_image: bool,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, Any, str, Any]:
+        """Text to video: (video, [mp4, sidecar], status line, seed used)."""
+        session = request.session_hash or ""
+        try:
+            height, width = (int(v) for v in size.split("x"))
+            job = SamplingJob(
+                prompts=[prompt or ""],
+                negative_prompt=negative_prompt or "",
+                frames=1 if single_image else int(frames),
+                height=height,
+                width=width,
+                steps=int(steps),
+                guidance=float(guidance),
+                scheduler=scheduler,
+                seed=None if randomize or seed is None else int(seed),
+                output_dir=job_folder(self.output_dir, self.sessions.key(session), "t2v"),
+                model=self.options.model,
+                device=self.options.device,
+                dtype=self.options.dtype,
+                cache=cache,
+            )
+            job.validate()  # an empty prompt is refused before the queue's device turn
+            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
+            summary = run_text_to_video(self.device, job, reporter)
+        except Exception as exc:  # one line in the page; the server goes on
+            return None, None, self.failed(exc), gr.update()
+        record = summary.videos[0]
+        status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
+        status = "; ".join([status, *reporter.notes])
+        return record["video"], [record["video"], record["sidecar"]], status, record["seed"]
+
+    def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:
+        """The VAE tab: (reconstruction, [mp4, sidecar], PSNR/SSIM line)."""
+        session = request.session_hash or ""
+        try:
+            path = check_upload(upload, self.options.max_upload_mb * 2**20)
+            output = job_folder(self.output_dir, self.sessions.key(session), "vae")
+            result = run_vae_round_trip(
+                self.device, self.options.model, path, output, self.options.device, self.options.dtype, size, lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session)
+            )
+        except Exception as exc:
+            return None, None, self.failed(exc)
+        status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
+        return str(result.video), [str(result.video), str(result.sidecar)], status
+
+    def edit(
+        self,
+        upload: str | None,
+        box: str,
+        first_frame: str | None,
+        prompt: str,
+        tracks: str,
+        engine: str,
+        strength: float,
+        steps: float,
+        seed: float | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, Any, Any, str]:
+        """The Edit tab: (edited video, source video, [mp4, sidecar], status line)."""
+        from ..pipelines.edit import EditJob
+
+        session = request.session_hash or ""
+        try:
+            path = check_upload(upload, self.options.max_upload_mb * 2**20)
+            first = check_upload(first_frame, self.options.max_upload_mb * 2**20) if first_frame else None
+            folder = job_folder(self.output_dir, self.sessions.key(session), "edit")
+            job = EditJob(
+                video=path,
+                output=folder / f"{slugify(path.stem)}-edited.mp4",
+                box=box or None,
+                first_frame=first,
+                prompt=prompt or "",
+                tracks=parse_tracks(tracks),
+                engine=engine,
+                strength=float(strength),
+                model=self.options.model,
+                frames="auto",
+                steps=int(steps),
+                seed=None if seed is None else int(seed),
+                device=self.options.device,
+                dtype=self.options.dtype,
+            )
+            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
+            summary = run_video_edit(self.device, job, reporter)
+        except Exception as exc:
+            return None, None, None, self.failed(exc)
+        r = summary.record
+        status = f"{r['num_frames']} frames {r['size'][0]}x{r['size'][1]}, {r['engine']} engine, {len(r['tracks'])} track(s) ({r['track_source']}), seed {r['seed']}"
+        return r["video"], str(path), [r["video"], r["sidecar"]], "; ".join([status, *reporter.notes])
+
+    def start_edit(self, request: gr.Request) -> tuple[None, None, None, str]:
+        self.sessions.cancel_flag(request.session_hash or "").clear()
+        return None, None, None, ""
+
+    def start(self, request: gr.Request) -> tuple[None, None, str]:
+        """On a click, before the job queues: the last result and status clear (the page never
+        shows a stale line) and an earlier cancel no longer applies."""
+        self.sessions.cancel_flag(request.session_hash or "").clear()
+        return None, None, ""
+
+    def cancel(self, request: gr.Request) -> None:
+        """Stop this session's job: a running one at its next step, a queued one when its turn
+        comes (it then reports "cancelled"). Gradio's own `cancels=` is not used: it leaves the
+        form's outputs in an error state and does not stop a running thread."""
+        self.sessions.cancel_flag(request.session_hash or "").set()
+
+    def failed(self, exc: Exception) -> str:
+        """The status line of a failed job."""
+        if isinstance(exc, Cancelled):
+            return "cancelled"
+        if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
+            log.error("job failed:\n%s", traceback.format_exc())
+        return without_server_paths(one_line(exc), self.output_dir)
+
+    # -- the page ----------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        d = self.defaults
+        with gr.Blocks(title="osp", analytics_enabled=False) as demo:
+            gr.Markdown(f"## osp: Open-Sora-Plan v1.1.0 · model `{self.options.model}`")
+            with gr.Tab("Text to video", id="t2v"):
+                with gr.Row():
+                    with gr.Column():
+                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2v-prompt")
+                        negative = gr.Textbox(label="Negative prompt", elem_id="t2v-negative")
+                        with gr.Row():
+                            # longer than trained is allowed (the sidecar notes it), as in the CLI
+                            frames = gr.Slider(1, d.max_frames * 2 - 1, value=d.frames, step=4, label="Frames", elem_id="t2v-frames")
+                            size = gr.Dropdown(d.sizes, value=d.sizes[0], label="Size (HxW)", elem_id="t2v-size")
+                        with gr.Row():
+                            steps = gr.Slider(1, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="t2v-steps")
+                            guidance = gr.Slider(0, 20, value=d.guidance, step=0.1, label="Guidance", elem_id="t2v-guidance")
+                        with gr.Row():
+                            scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value=d.scheduler, label="Scheduler", elem_id="t2v-scheduler")
+                            cache = gr.Radio(list(CACHE_METHODS), value="none", label="Cache", elem_id="t2v-cache")
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="t2v-seed")
+                            randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="t2v-randomize")
+                            single = gr.Checkbox(value=False, label="Single image (1 frame, temporal attention off)", elem_id="t2v-single")
+                        with gr.Row():
+                            generate = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
+                            stop = gr.Button("Cancel", elem_id="t2v-cancel")
+                        gr.Examples(d.examples, inputs=[prompt], label="Example prompts")
+                    with gr.Column():
+                        video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
+                        files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
+                        status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
+                # the last result and status clear first, so the page never shows a stale line
+                generate.click(self.start, None, [video, files, status], queue=False, api_visibility="private").then(
+                    self.generate,
+                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
+                    [video, files, status, seed],
+                    concurrency_id="device",  # both tabs share the device: one job at a time
+                    concurrency_limit=1,
+                    api_visibility="private",
+                    show_progress_on=video,  # one progress bar and queue position, not one per output
+                )
+                stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+            with gr.Tab("VAE round trip", id="vae"):
+                with gr.Row():
+                    with gr.Column():
+                        upload = UploadPath(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
+                        vae_size = gr.Textbox(label="Resize to HxW (optional, multiples of 8)", elem_id="vae-size")
+                        with gr.Row():
+                            run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
+                            vae_stop = gr.Button("Cancel", elem_id="vae-cancel")
+                    with gr.Column():
+                        recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
+                        recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
+                        vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
+                run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
+                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
+                )
+                vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    with gr.Column():
+                        edit_upload = UploadPath(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
+                        edit_box = gr.Textbox(label="Box X0,Y0,X1,Y1 (pixels, x right, y down, end exclusive)", elem_id="edit-box")
+                        edit_first = UploadPath(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
+                        edit_prompt = gr.Textbox(label="Prompt", elem_id="edit-prompt")
+                        edit_tracks = gr.Textbox(label="Tracks: one X0,Y0:X1,Y1 per line (empty: keep the source's motion)", lines=2, elem_id="edit-tracks")
+                        with gr.Row():
+                            edit_engine = gr.Radio(["auto", "control", "blend"], value="auto", label="Engine", elem_id="edit-engine")
+                            edit_strength = gr.Slider(0.05, 1.0, value=d.edit_strength, step=0.05, label="Strength", elem_id="edit-strength")
+                        with gr.Row():
+                            edit_steps = gr.Slider(4, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="edit-steps")
+                            edit_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="edit-seed")
+                        with gr.Row():
+                            edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                            edit_stop = gr.Button("Cancel", elem_id="edit-cancel")
+                    with gr.Column():
+                        with gr.Row():
+                            edited = gr.Video(label="Edited", height=300, interactive=False, autoplay=True, loop=True, elem_id="edit-video")
+                            source = gr.Video(label="Source", height=300, interactive=False, autoplay=True, loop=True, elem_id="edit-source")
+                        edit_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="edit-files")
+                        edit_status = gr.Textbox(label="Status", interactive=False, elem_id="edit-status")
+                edit_run.click(self.start_edit, None, [edited, source, edit_files, edit_status], queue=False, api_visibility="private").then(
+                    self.edit,
+                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed],
+                    [edited, source, edit_files, edit_status],
+                    concurrency_id="device",
+                    concurrency_limit=1,
+                    api_visibility="private",
+                    show_progress_on=edited,
+                )
+                edit_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+        return demo
+
+    def launch(self) -> tuple[gr.Blocks, str]:
+        """Start serving in the background; returns the page and its URL."""
+        from starlette.middleware import Middleware
+
+        gradio_dir = use_gradio_folder(self.output_dir)
+        demo = self.build()
+        demo.queue(max_size=self.options.max_queue, default_concurrency_limit=1)
+        # system fonts: the page fetches nothing from third parties (and works offline)
+        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        try:
+            _, url, _ = demo.launch(
+                server_name=self.options.host,
+                server_port=self.options.port,
+                share=False,
+                prevent_thread_lock=True,
+                allowed_paths=[str(self.output_dir)],
+                max_file_size=f"{self.options.max_upload_mb}mb",
+                quiet=True,
+                ssr_mode=False,
+                footer_links=[],
+                theme=theme,
+                # uploads checked and files served on the server, whatever the page's picker allows
+                app_kwargs={"middleware": [Middleware(UploadGuard, upload_dir=gradio_dir)]},
+            )
+        except OSError as exc:
+            raise InputError(f"cannot listen on {self.options.host}:{self.options.port} ({exc})".replace("\n", " "), "pass another --port, or stop what uses it") from None
+        return demo, url
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """`InputError` unless `host` resolves and `port` is free on it (Gradio's own failures name
+    its API, not the command's options)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InputError(f"--host '{host}' is not an address of this machine or a name that resolves", "pass e.g. --host 127.0.0.1 (or 0.0.0.0 for every interface)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise InputError(f"{host}:{port} {reason}", "pass another --port, or stop what uses it" if exc.errno == errno.EADDRINUSE else "pass an address of this machine with --host") from None
+
+
+def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    """Serve the page until Ctrl-C; `on_ready(url)` once it answers."""
+    demo, url = Server(options).launch()
+    on_ready(url)
+    try:
+        while True:  # the server runs in its own threads; this one waits for Ctrl-C
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close(verbose=False)
