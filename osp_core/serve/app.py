@@ -82,20 +82,23 @@ def one_line(exc: BaseException) -> str:
     return f"Error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
 
 
-class UploadPath(gr.File):
+def upload_box(**kwargs: Any) -> gr.File:
     """A one-file upload box whose handler gets the stored upload's path. `gr.File`'s own
     preprocess also opens an empty temp file per job and never deletes it (one more zero-byte
     file in the output folder each time); the handlers check the file themselves
-    (`check_upload`: content and size)."""
+    (`check_upload`: content and size). Set on the instance: a `gr.File` subclass would make
+    Gradio write a .pyi stub beside this module at import."""
+    box = gr.File(file_count="single", **kwargs)
+    box.preprocess = stored_upload_path  # type: ignore[method-assign]
+    return box
 
-    def get_block_name(self) -> str:
-        return "file"  # the page draws it as Gradio's File box
 
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is None:
-            return None
-        files = getattr(payload, "root", [payload])  # ListFiles or one FileData
-        return str(files[0].path) if files else None
+def stored_upload_path(payload: Any) -> str | None:
+    """The path of the upload in a File box's payload (one FileData, or a list of one)."""
+    if payload is None:
+        return None
+    files = getattr(payload, "root", [payload])
+    return str(files[0].path) if files else None
 
 
 def without_server_paths(text: str, output_dir: Path) -> str:
@@ -302,7 +305,7 @@ class Server:
             with gr.Tab("VAE round trip", id="vae"):
                 with gr.Row():
                     with gr.Column():
-                        upload = UploadPath(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
+                        upload = upload_box(label="Video or image", file_types=["video", "image"], elem_id="vae-upload")
                         vae_size = gr.Textbox(label="Resize to HxW (optional, multiples of 8)", elem_id="vae-size")
                         with gr.Row():
                             run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
@@ -318,9 +321,9 @@ class Server:
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     with gr.Column():
-                        edit_upload = UploadPath(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
+                        edit_upload = upload_box(label="Video to edit (4k+1 frames are used)", file_types=["video"], elem_id="edit-upload")
                         edit_box = gr.Textbox(label="Box X0,Y0,X1,Y1 (pixels, x right, y down, end exclusive)", elem_id="edit-box")
-                        edit_first = UploadPath(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
+                        edit_first = upload_box(label="Edited first frame (optional; same size as the video)", file_types=["image"], elem_id="edit-first")
                         edit_prompt = gr.Textbox(label="Prompt", elem_id="edit-prompt")
                         edit_tracks = gr.Textbox(label="Tracks: one X0,Y0:X1,Y1 per line (empty: keep the source's motion)", lines=2, elem_id="edit-tracks")
                         with gr.Row():
