@@ -161,6 +161,17 @@ class Page:
             self.type_into("#t2v-seed input", str(seed))
         self.click("#t2v-generate", "t2v")
 
+    def upload(self, box: str, path: Path) -> None:
+        """Put a file in an upload box (`vae-upload`, ...) and wait until the page has taken it."""
+        self.find(f"#{box} input[type=file]").send_keys(str(path))
+        self.wait_for(lambda: path.name in self.find(f"#{box}").text.replace("\n", ""), 30)
+
+    def sample_clip(self, path: Path, prompt: str, steps: int, seed: int) -> Path:
+        """Generate a video in the text-to-video tab and save it at `path` (a clip to upload)."""
+        self.generate(prompt, steps=steps, seed=seed)
+        path.write_bytes(fetch(self.wait_for_result()))
+        return path
+
     def click(self, button: str, tab: str) -> None:
         """Click a button that starts a job, and wait until the page has taken it: the status
         line is cleared when a job starts (or already changed, for a quick failure)."""

@@ -116,12 +116,9 @@ def test_two_sessions_at_once_each_get_their_own_video_and_one_progress_indicato
 
 
 def test_vae_tab_round_trips_an_upload(page, server, tmp_path):
-    page.generate("a red square moving left", steps=STEPS, seed=5)
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(fetch(page.wait_for_result()))
+    clip = page.sample_clip(tmp_path / "clip.mp4", "a red square moving left", STEPS, seed=5)
     page.tab("VAE round trip")
-    page.find("#vae-upload input[type=file]").send_keys(str(clip))
-    page.wait_for(lambda: "clip.mp4" in page.find("#vae-upload").text.replace("\n", ""), 30)  # uploaded
+    page.upload("vae-upload", clip)
     page.click("#vae-run", "vae")
     (tmp_path / "recon.mp4").write_bytes(fetch(page.wait_for_result("vae")))
     video = read_video(tmp_path / "recon.mp4")
@@ -172,19 +169,15 @@ def test_edit_tab_edits_an_upload_and_plays_it_beside_the_source(page, server, t
     beside the source, outside the box it is the source."""
     from PIL import Image
 
-    page.generate("a red square moving left", steps=STEPS, seed=6)
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(fetch(page.wait_for_result()))
+    clip = page.sample_clip(tmp_path / "clip.mp4", "a red square moving left", STEPS, seed=6)
     source = read_video(clip).frames
     first = source[0].clone()
     first[20:44, 8:32] = 0
     first[24:40, 12:28, 1] = 200  # a green square drawn in the box
     Image.fromarray(first.numpy()).save(tmp_path / "first.png")
     page.tab("Edit")
-    page.find("#edit-upload input[type=file]").send_keys(str(clip))
-    page.wait_for(lambda: "clip.mp4" in page.find("#edit-upload").text.replace("\n", ""), 30)
-    page.find("#edit-first input[type=file]").send_keys(str(tmp_path / "first.png"))
-    page.wait_for(lambda: "first.png" in page.find("#edit-first").text.replace("\n", ""), 30)
+    page.upload("edit-upload", clip)
+    page.upload("edit-first", tmp_path / "first.png")
     page.type_into("#edit-box textarea", "0,16,64,48")
     page.type_into("#edit-tracks textarea", "20,32:40,32")
     page.type_into("#edit-prompt textarea", "a green square moving right")
@@ -273,8 +266,7 @@ def test_a_failed_job_names_the_users_file_not_a_server_path(page, server, tmp_p
     broken = tmp_path / "trunc.mp4"
     broken.write_bytes(clip[:3000])  # an mp4 cut short: its header is right, its frames are gone
     page.tab("VAE round trip")
-    page.find("#vae-upload input[type=file]").send_keys(str(broken))
-    page.wait_for(lambda: "trunc.mp4" in page.find("#vae-upload").text.replace("\n", ""), 30)
+    page.upload("vae-upload", broken)
     page.click("#vae-run", "vae")
     status = page.wait_for(lambda: page.status("vae"), 60)
     assert status.startswith("Error: cannot read 'trunc.mp4'"), status
@@ -283,12 +275,9 @@ def test_a_failed_job_names_the_users_file_not_a_server_path(page, server, tmp_p
 
 def test_jobs_and_refused_uploads_leave_no_empty_files(page, server, tmp_path):
     """Every finished VAE job and every refused upload leaves no zero-byte file behind."""
-    page.generate("a green circle moving down", steps=STEPS, seed=10)
-    clip = tmp_path / "clip.mp4"
-    clip.write_bytes(fetch(page.wait_for_result()))
+    clip = page.sample_clip(tmp_path / "clip.mp4", "a green circle moving down", STEPS, seed=10)
     page.tab("VAE round trip")
-    page.find("#vae-upload input[type=file]").send_keys(str(clip))
-    page.wait_for(lambda: "clip.mp4" in page.find("#vae-upload").text.replace("\n", ""), 30)
+    page.upload("vae-upload", clip)
     page.click("#vae-run", "vae")
     page.wait_for_result("vae")
     server.upload("big.mp4", MP4_HEAD + b"x" * 2 * 2**20)  # over --max-upload-mb
