@@ -119,3 +119,19 @@ def test_help_names_all_three_tabs_of_the_page(osp_in_process):
     for args in (["--help"], ["serve", "--help"]):
         text = " ".join(osp_in_process(*args).stdout.replace("│", " ").split()).lower()  # the help's table borders out
         assert "text to video" in text and "vae round trip" in text and "video editing" in text, args
+
+
+def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
+    """Even where Gradio is told to share by its environment (GRADIO_SHARE), `osp serve` serves
+    on this machine only: no share link is asked for."""
+    pytest.importorskip("gradio")
+    from osp_core.serve.app import Server
+    from tests.serve.browser import free_port
+
+    monkeypatch.setenv("GRADIO_SHARE", "True")
+    demo, url = Server(ServeOptions(model="builtin:shapes", port=free_port(), output_dir=tmp_path / "out")).launch()
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        assert demo.share is False and demo.share_url is None
+    finally:
+        demo.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from osp_core.io import read_video
-from tests.serve.browser import INSTALL_HINT, Page, ServerProcess, fetch, find_chromium, new_browser, sidecar_of
+from tests.serve.browser import INSTALL_HINT, JOB_TIMEOUT, Page, ServerProcess, fetch, find_chromium, new_browser, sidecar_of
 
 if find_chromium() is None:
     pytest.skip(INSTALL_HINT, allow_module_level=True)  # one line for the whole module
@@ -111,6 +111,26 @@ def test_two_sessions_at_once_each_get_their_own_video_and_one_progress_indicato
         assert [sidecar_of(page)["prompt"] for page in pages] == prompts
         folders = {Path(p).parent.parent for prompt in prompts for p in server.output_dir.glob(f"*/t2v-*/{prompt.replace(' ', '-')}-4.mp4")}
         assert len(folders) == 2  # two session folders
+    finally:
+        other.quit()
+
+
+def test_a_queued_job_can_be_cancelled_before_it_starts(server, browser):
+    """Cancel on a page whose job waits behind another session's: it never runs (nothing of it
+    is written), its page says so, and the running job finishes."""
+    other = new_browser()
+    try:
+        running, queued = Page(browser, server.url), Page(other, server.url)
+        running.generate("an orange circle moving up", steps=300, seed=11)
+        running.wait_for(lambda: visible(running, ".progress-level"), 60)
+        queued.generate("an orange square moving down", steps=STEPS, seed=11)
+        queued.wait_for(lambda: any("queue: 1/1" in t for t in visible(queued, ".progress-text")), 10)
+        queued.find("#t2v-cancel").click()
+        assert queued.wait_for(lambda: queued.status("t2v"), JOB_TIMEOUT) == "cancelled"
+        running.wait_for_result()
+        assert sidecar_of(running)["prompt"] == "an orange circle moving up"
+        assert list(server.output_dir.glob("*/t2v-*/an-orange-square-moving-down-*")) == []
+        assert queued.video_url() is None
     finally:
         other.quit()
 
