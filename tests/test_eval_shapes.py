@@ -52,14 +52,19 @@ def test_cli_grades_a_synthetic_dataset_and_reconstructions(tmp_path):
     noisy.mkdir()
     from osp_core.io import read_video
 
+    from osp_core.metrics import psnr
+
+    expected = []
     for v in videos:
         frames = read_video(v).frames
         write_video(noisy / v.name, (frames.float() * 0.8).to(torch.uint8), fps=8)
+        expected.append(psnr(read_video(data / "videos" / v.name).frames, read_video(noisy / v.name).frames))
     proc = run_osp("eval", "shapes", *[str(noisy / v.name) for v in videos], "--prompts", str(prompts), "--reference", str(data / "videos"), "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)["summary"]
     assert summary["direction_accuracy"] == 0.0 and summary["color_accuracy"] == 1.0
-    assert 10 < summary["psnr"] < 40 and 0 < summary["ssim"] < 1
+    assert summary["psnr"] == pytest.approx(sum(expected) / len(expected), abs=0.01)  # the frames as written and read back
+    assert summary["psnr"] < 40 and 0 < summary["ssim"] < 1
 
     proc = run_osp("eval", "shapes", str(videos[0]), "--prompts", str(prompts))
     assert_one_line_error(proc, "6 prompts for 1 videos")

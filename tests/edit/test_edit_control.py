@@ -98,8 +98,10 @@ def test_gradients_reach_the_zero_projection_and_save_load_round_trip(tmp_path):
     control.save_pretrained(tmp_path / "edit")
     loaded = EditControl.from_pretrained(tmp_path / "edit")
     assert loaded.config.num_layers == 2
-    for a, b in zip(control.state_dict().values(), loaded.state_dict().values()):
-        assert torch.equal(a, b)
+    expected, got = control.state_dict(), loaded.state_dict()
+    assert list(got) == list(expected)  # every tensor, none extra, in order
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
     with pytest.raises(ValueError, match="num_layers"):
         EditControl.from_transformer(transformer, num_layers=3)
 

@@ -200,7 +200,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     model.enable_gradient_checkpointing()
     assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
     model(x, sample_posterior=False).sample.square().mean().backward()
-    for expected, p in zip(reference, model.parameters()):
+    for expected, p in zip(reference, model.parameters(), strict=True):
         assert torch.allclose(expected, p.grad, atol=1e-6)
 
 

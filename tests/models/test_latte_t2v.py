@@ -201,8 +201,10 @@ def test_save_load_round_trip(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["_class_name"] == "LatteT2V" and saved["video_length"] == 5 and saved["attention_mode"] == "math"
     loaded = LatteT2V.from_pretrained(tmp_path).eval()
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert list(got) == list(expected)  # every tensor, none extra, in order
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
     inputs = tiny_inputs()
     with torch.no_grad():
         assert torch.equal(model(**inputs).sample, loaded(**inputs).sample)

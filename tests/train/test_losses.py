@@ -74,8 +74,14 @@ def test_patchgan_layout_and_short_clips():
     norms = [m for m in disc.main if isinstance(m, torch.nn.BatchNorm3d)]
     assert len(convs) == 5 and len(norms) == 3  # 3 layers + the stride-1 layer + the logit conv
     assert disc.min_extent(spatial=False) == 10
-    logits = disc(torch.randn(2, 3, 5, 32, 32))  # 5 frames: padded to the receptive field
+    disc.eval()  # BatchNorm from its running statistics: the same input gives the same logits
+    short = torch.randn(2, 3, 5, 32, 32)
+    logits = disc(short)  # 5 frames: extended to the receptive field by repeating the last frame
     assert logits.shape[:2] == (2, 1) and logits.numel() >= 2
+    repeated = torch.cat([short, short[:, :, -1:].expand(-1, -1, 5, -1, -1)], dim=2)
+    assert torch.equal(logits, disc(repeated))
+    zero_padded = torch.cat([short, torch.zeros_like(short)], dim=2)
+    assert not torch.equal(logits, disc(zero_padded))
 
 
 def test_hinge_kl_and_adaptive_weight():
