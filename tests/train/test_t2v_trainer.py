@@ -13,7 +13,7 @@ from osp_core.train.config import T2VTrainConfig, load_config
 from osp_core.train.t2v_recipe import T2VRecipe
 from osp_core.train.trainer import Trainer
 
-from tests.conftest import run_osp
+from tests.conftest import assert_one_line_error, run_osp
 
 from .helpers import checkpoint_weights, run_module
 
@@ -195,4 +195,41 @@ def test_a_missing_data_file_is_refused_before_any_model_loads(tiny_repo, tmp_pa
     monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
     with pytest.raises(InputError, match="missing.json' does not exist"):
         _run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def _cli_args(clips: Path, repo: Path, out: Path) -> list[str]:
+    return ["t2v", "train", "--preset", "debug", "--data", str(clips), "--model", str(repo), "--pretrained", "tiny", "--text-encoder", str(repo), "-o", str(out)]
+
+
+def test_a_size_that_cannot_fit_is_refused_before_any_weights_load(clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
+    """The issue's `--size 100000x100000`: one line naming a size that fits, no model built (the
+    estimate reads configs only), no output folder left behind."""
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    proc = osp_in_process(*_cli_args(clips, tiny_repo, tmp_path / "run"), "--size", "100000x100000", "--max-steps", "1")
+    assert_one_line_error(proc, "training on 1 sample(s) of 100000x100000", "memory", "available", "use --size")
+    h, w = map(int, proc.stderr.split("--size ")[1].split()[0].split("x"))
+    assert h == w and h % 16 == 0 and 16 <= h < 100_000
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tiny_size_passes_the_memory_check_and_trains(clips, tiny_repo, tmp_path):
+    from osp_core.memory import available_memory
+
+    cfg = _config(clips, tiny_repo, tmp_path, **{"run.max_steps": 1, "data.use_image_num": 0, "parallel.activation_checkpointing": 1})
+    summary, trainer = _run(cfg)
+    estimate = trainer.recipe.memory_estimate
+    params = sum(p.numel() for p in trainer.inner.parameters())
+    assert summary["steps"] == 1
+    # the estimate counted the model actually trained: fp32 weights, gradients and two AdamW states
+    assert estimate.parts["transformer weights"] == estimate.parts["gradients"] == 4 * params and estimate.parts["optimizer states"] == 8 * params
+    assert 0 < estimate.total < available_memory("cpu")
+
+
+def test_pretrained_with_a_transformer_config_is_refused(clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    config = tmp_path / "latte.json"
+    config.write_text(json.dumps({"num_layers": 4}))
+    proc = osp_in_process(*_cli_args(clips, tiny_repo, tmp_path / "run"), "--transformer-config", str(config), "--max-steps", "1")
+    assert_one_line_error(proc, "--pretrained and --transformer-config", "--pretrained", "--transformer-config")
     assert not (tmp_path / "run").exists()
