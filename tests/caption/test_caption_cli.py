@@ -70,7 +70,7 @@ def test_annotations_follow_the_open_sora_plan_format(single_run, dataset, tiny_
 
 
 def test_the_training_reader_loads_the_annotations(single_run, tmp_path):
-    annotations = pytest.importorskip("osp_core.data.annotations")
+    from osp_core.data import annotations
     out, summary = single_run
     data_list = tmp_path / "data.txt"
     data_list.write_text(f"{summary['root']},{out}\n")  # the line the command tells users to write
