@@ -79,6 +79,11 @@ def train(
         "validation.prompts": validation_prompt or None,
         "validation.steps": validation_steps,
     })  # fmt: skip
+    if pretrained and transformer_config:
+        # --pretrained's own config.json sizes the model: a second config would be ignored
+        from osp_core.errors import InputError
+
+        raise InputError("--pretrained and --transformer-config both given", "pass --pretrained to continue a transformer, or --transformer-config for a fresh one")
     # a transformer source given on the command line replaces the preset's
     if pretrained or transformer_config:
         overrides.update({"model.pretrained": pretrained or "", "model.config": transformer_config or ""})

@@ -227,6 +227,74 @@ def t2v_sample_memory(
     return T2VMemoryEstimate(MemoryEstimate(text), MemoryEstimate(denoise), MemoryEstimate(decode))
 
 
+def t2v_train_memory(
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    batch_size: int,
+    use_image_num: int = 0,
+    transformer_config: Mapping[str, Any],
+    transformer_params: int,
+    num_blocks: int,
+    vae_config: Mapping[str, Any],
+    vae_params: int,
+    text_encoder_params: int,
+    text_encoder_width: int = 4096,
+    text_tokens: int = 300,
+    frozen_dtype: torch.dtype = torch.float32,
+    text_dtype: torch.dtype = torch.float32,
+    activation_dtype: torch.dtype = torch.float32,
+    checkpoint_every: int = 0,
+    shards: int = 1,
+    sequence_parallel: int = 1,
+    ema: bool = False,
+) -> MemoryEstimate:
+    """Peak bytes on one rank of a `osp t2v train` step with `batch_size` clips of `frames` x
+    `height` x `width` (plus `use_image_num` images each).
+
+    - the trained transformer in fp32 with its gradients and two AdamW states (and an EMA copy),
+      split over `shards` ranks under FSDP;
+    - the frozen VAE (`frozen_dtype`) and T5 (`text_dtype`) weights;
+    - activations: the larger of the VAE encoding the batch (no grad, untiled, as training runs
+      it) and the transformer's activations kept for backward, `TRANSFORMER_ACTIVATIONS` hidden
+      states per block over the sample's tokens (split over `sequence_parallel` ranks); with
+      `checkpoint_every` = k > 0 every k-th block keeps only its input and one block is
+      recomputed at a time.
+    """
+    vae = VAEShape.from_config(vae_config)
+    cfg = transformer_config
+    patch = int(cfg.get("patch_size", 2))
+    heads, head_dim = int(cfg.get("num_attention_heads", 16)), int(cfg.get("attention_head_dim", 72))
+    latent_frames = (frames - 1) // vae.temporal_compression + 1 + use_image_num
+    latent_h, latent_w = height // vae.spatial_compression, width // vae.spatial_compression
+    per_frame = (latent_h // patch) * (latent_w // patch)
+    tokens = -(-latent_frames * per_frame // sequence_parallel)
+    hidden = batch_size * tokens * heads * head_dim * dtype_bytes(activation_dtype)
+    if checkpoint_every > 0:
+        kept = -(-num_blocks // checkpoint_every)  # checkpointed blocks: their input only
+        stored = kept * hidden + (num_blocks - kept) * TRANSFORMER_ACTIVATIONS * hidden + TRANSFORMER_ACTIVATIONS * hidden
+    else:
+        stored = num_blocks * TRANSFORMER_ACTIVATIONS * hidden
+    encode = vae_memory(vae_config, "encode", frames, height, width, num_params=vae_params, dtype=frozen_dtype, tiled=False, batch=batch_size)
+    trained = -(-transformer_params * 4 // shards)  # fp32 master weights, also under mixed precision
+    parts = {
+        "transformer weights": trained,
+        "gradients": trained,
+        "optimizer states": 2 * trained,
+        "VAE weights": vae_params * dtype_bytes(frozen_dtype),
+        "text encoder weights": text_encoder_params * dtype_bytes(text_dtype),
+        "activations": max(stored, encode.parts["activations"]),
+        "frames": encode.parts["frames"] * (1 + use_image_num),
+        "prompt states": batch_size * (1 + use_image_num) * text_tokens * int(cfg.get("caption_channels", text_encoder_width)) * 4,
+    }
+    if ema:
+        parts["EMA weights"] = trained
+    if cfg.get("attention_mode") == "math":  # no fused kernel: the score matrices are kept for backward
+        parts["attention scores"] = 2 * num_blocks * batch_size * heads * (latent_frames * per_frame**2 + per_frame * latent_frames**2) * dtype_bytes(activation_dtype) // sequence_parallel
+    return MemoryEstimate(parts)
+
+
 # --- what the device has ---------------------------------------------------------------------
 
 
@@ -339,6 +407,30 @@ def check_t2v_sample_memory(estimate_for: Callable[[int, int, int], T2VMemoryEst
     else:
         hint = "the models alone do not fit: try --offload or a device with more memory"
     raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.peak)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
+
+
+def check_t2v_train_memory(estimate_for: Callable[[int, int, int, int], MemoryEstimate], height: int, width: int, batch_size: int, checkpoint_every: int, device: torch.device | str) -> MemoryEstimate:
+    """Refuse a training run whose step cannot fit `device`, before any weights load.
+    `estimate_for(height, width, batch_size, checkpoint_every)` gives the estimate (e.g. a
+    `functools.partial` of `t2v_train_memory`). The hint names what would fit, in this order: a
+    smaller --batch-size, activation checkpointing on every block, the largest --size (multiples
+    of 16) of this aspect ratio at batch size 1 with checkpointing. Returns the estimate when it fits."""
+    estimate = estimate_for(height, width, batch_size, checkpoint_every)
+    free = available_memory(device)
+    if free is None or estimate.total <= free:
+        return estimate
+    what = f"training on {batch_size} sample(s) of {height}x{width} per step"
+    batches = next((n for n in range(batch_size - 1, 0, -1) if estimate_for(height, width, n, checkpoint_every).total <= free), None)
+    checkpointing = "" if checkpoint_every == 1 else " --set parallel.activation_checkpointing=1"
+    if batches is not None:
+        hint = f"use --batch-size {batches} or less"
+    elif checkpoint_every != 1 and estimate_for(height, width, batch_size, 1).total <= free:
+        hint = f"pass{checkpointing} (recompute every block's activations in backward)"
+    elif fit := largest_fitting_size(lambda h, w: estimate_for(h, w, 1, 1).total, height, width, free, multiple=16):
+        hint = f"use --size {fit[0]}x{fit[1]} or smaller" + (" and --batch-size 1" if batch_size > 1 else "") + (f" with{checkpointing}" if checkpointing else "")
+    else:
+        hint = "the model and its optimizer states alone do not fit: use --strategy fsdp over more ranks, or a device with more memory"
+    raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.total)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
 
 
 _OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -13,11 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("OSP_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
 
 
+def in_ci() -> bool:
+    """True under CI (env CI=true, as GitHub Actions, GitLab and most runners set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def skip_or_fail(reason: str, allow_module_level: bool = False) -> NoReturn:
+    """Skip a test whose prerequisite is missing here; under CI fail instead, so that a green CI
+    run means every test ran (a missing reference or browser is a broken CI set-up)."""
+    if in_ci():
+        pytest.fail(f"{reason} (required under CI=true)", pytrace=False)
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """`../shared/reference` (or $OSP_REFERENCE_DIR); tests skip when it is absent."""
+    """`../shared/reference` (or $OSP_REFERENCE_DIR); tests skip when it is absent (fail under CI)."""
     if not REFERENCE.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE} (set OSP_REFERENCE_DIR)")
+        skip_or_fail(f"reference data not found at {REFERENCE} (set OSP_REFERENCE_DIR)")
     return REFERENCE
 
 

@@ -101,3 +101,62 @@ def test_available_memory_on_cpu_and_oom_as_one_line():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with memory.oom_as_error("decoding", "hint"):
             raise RuntimeError("shape mismatch")
+
+
+def test_training_estimate_counts_optimizer_states_activations_and_checkpointing(t2v_config, vae_config):
+    """A step of `osp t2v train` at 65x512x512 (bf16): fp32 weights, gradients and two AdamW
+    states of the transformer; activations of every block kept for backward, fewer with
+    activation checkpointing; the untiled VAE encode when it is larger."""
+    blocks = 2 * int(t2v_config["num_layers"])  # a spatial and a temporal block per layer
+    estimate = functools.partial(
+        memory.t2v_train_memory, frames=65, height=512, width=512, batch_size=1, transformer_config=t2v_config, transformer_params=1_060_000_000,
+        num_blocks=blocks, vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000,
+        frozen_dtype=torch.bfloat16, text_dtype=torch.bfloat16, activation_dtype=torch.bfloat16,
+    )  # fmt: skip
+    default = estimate()
+    assert default.parts["transformer weights"] == default.parts["gradients"] == 4 * 1_060_000_000
+    assert default.parts["optimizer states"] == 8 * 1_060_000_000
+    assert default.parts["text encoder weights"] == pytest.approx(9.5 * GB, rel=0.01) and default.parts["VAE weights"] == 500_000_000
+    hidden = 17_408 * 1152 * 2  # one sample's tokens (README: 17,408 at 65x512x512) x width, bf16
+    assert default.parts["activations"] == blocks * memory.TRANSFORMER_ACTIVATIONS * hidden
+    encode = vae_memory(vae_config, "encode", 65, 512, 512, num_params=0, dtype=torch.bfloat16, tiled=False).parts["activations"]
+    # checkpointing every block keeps each block's input and one recomputed block; then the VAE encode is the larger
+    assert estimate(checkpoint_every=1).parts["activations"] == max(encode, (blocks + memory.TRANSFORMER_ACTIVATIONS) * hidden)
+    assert estimate(checkpoint_every=1).total < estimate(checkpoint_every=4).total < default.total
+    assert estimate(batch_size=2).parts["activations"] == 2 * default.parts["activations"]
+    assert estimate(use_image_num=4).parts["activations"] == pytest.approx(default.parts["activations"] * 21 / 17)
+    assert estimate(sequence_parallel=2).parts["activations"] == max(encode, default.parts["activations"] // 2)  # every rank encodes its clip
+    sharded = estimate(shards=4)
+    assert sharded.parts["optimizer states"] == default.parts["optimizer states"] // 4 and sharded.parts["VAE weights"] == default.parts["VAE weights"]
+    assert estimate(ema=True).total == default.total + 4 * 1_060_000_000
+    assert estimate(height=100_000, width=100_000).total > 1e14  # the issue's size: far beyond any device
+
+
+def test_training_refusals_name_what_would_fit(t2v_config, vae_config, monkeypatch):
+    blocks = 2 * int(t2v_config["num_layers"])
+
+    def estimate_for(h: int, w: int, batch: int, every: int) -> memory.MemoryEstimate:
+        return memory.t2v_train_memory(
+            frames=65, height=h, width=w, batch_size=batch, transformer_config=t2v_config, transformer_params=1_060_000_000, num_blocks=blocks,
+            vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000, frozen_dtype=torch.bfloat16,
+            text_dtype=torch.bfloat16, activation_dtype=torch.bfloat16, checkpoint_every=every,
+        )  # fmt: skip
+
+    def refusal(budget: float, h: int, w: int, batch: int, every: int) -> InsufficientMemoryError:
+        monkeypatch.setattr(memory, "available_memory", lambda device: int(budget))
+        with pytest.raises(InsufficientMemoryError) as info:
+            memory.check_t2v_train_memory(estimate_for, h, w, batch, every, "cuda")
+        assert info.value.exit_code == 2 and f"{h}x{w}" in info.value.message
+        return info.value
+
+    one = estimate_for(512, 512, 1, 0).total
+    monkeypatch.setattr(memory, "available_memory", lambda device: one)
+    assert memory.check_t2v_train_memory(estimate_for, 512, 512, 1, 0, "cuda").total == one  # fits exactly: no refusal
+    assert "--batch-size 1 or less" in refusal(one, 512, 512, 3, 0).hint
+    checkpointed = estimate_for(512, 512, 1, 1).total
+    assert "--set parallel.activation_checkpointing=1" in refusal(checkpointed, 512, 512, 1, 0).hint
+    hint = refusal(checkpointed, 1024, 2048, 2, 1).hint
+    h, w = map(int, hint.split("--size ")[1].split()[0].split("x"))
+    assert h % 16 == 0 and w % 16 == 0 and abs(w / h - 2) < 0.05 and "--batch-size 1" in hint and "activation_checkpointing" not in hint
+    assert estimate_for(h, w, 1, 1).total <= checkpointed < estimate_for(int(h * 1.1), int(w * 1.1), 1, 1).total
+    assert "--strategy fsdp" in refusal(20 * GB, 512, 512, 1, 0).hint  # weights and optimizer states alone are 26 GB

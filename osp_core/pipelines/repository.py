@@ -34,6 +34,18 @@ RELEASED_TEACACHE_THRESHOLD = 0.1  # the published "slow" setting (0.2 is "fast"
 EDIT_MODULE_FOLDER = "edit"  # an `osp edit` control module trained for the repository's transformer
 
 
+def read_config_json(folder: Path) -> dict:
+    """The config.json of a local model `folder`; `ModelLoadError` when it is unreadable or not an object."""
+    path = Path(folder).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read '{path}' ({type(exc).__name__})", "pass a model folder with valid config files") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"'{path}' is not a JSON object", "pass a model folder with valid config files")
+    return config
+
+
 @dataclass
 class ModelRepository:
     """Where a text-to-video model repository is and what it holds.
@@ -124,14 +136,7 @@ class ModelRepository:
         if folder is None:
             root = self.root if self.root is not None else resolve_model_dir(self.model, subfolders=[])
             folder = root / part
-        path = folder.expanduser() / "config.json"
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"cannot read '{path}' ({type(exc).__name__})", "pass a model folder with valid config files") from None
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"'{path}' is not a JSON object", "pass a model folder with valid config files")
-        return config
+        return read_config_json(folder)
 
     # -- getting the files -----------------------------------------------------------------
 

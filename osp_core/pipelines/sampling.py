@@ -267,26 +267,43 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     return plan
 
 
+def read_t5_config(t5: T5Location) -> dict:
+    """The config.json of the T5 encoder `t5` points at (only config files fetched from the Hub)."""
+    from ..hub import resolve_model_dir
+    from .repository import read_config_json
+
+    folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
+    return read_config_json(folder / (t5.encoder_subfolder or ""))
+
+
+def model_sizes(transformer_config: dict, vae_config: dict, t5_config: dict) -> dict[str, tuple[int, int]]:
+    """(parameters, repeated transformer blocks) of the transformer, VAE and T5 encoder built
+    from their configs on the meta device: nothing allocated, nothing loaded."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from ..models.causal_vae import CausalVideoVAE
+    from ..models.latte_t2v import LatteT2V
+    from ..train.parallelize import transformer_blocks
+
+    with torch.device("meta"):
+        models = {"transformer": LatteT2V.from_config(transformer_config), "vae": CausalVideoVAE.from_config(vae_config), "text_encoder": T5EncoderModel(T5Config.from_dict(t5_config))}
+    return {name: (sum(p.numel() for p in model.parameters()), len(transformer_blocks(model))) for name, model in models.items()}
+
+
 def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
     """Refuse a job whose largest phase cannot fit the device (`memory.check_t2v_sample_memory`:
     the hint names the --num-videos or size that would), from the models' configs alone."""
     import functools
 
-    import torch
-    from transformers import T5Config, T5EncoderModel
-
-    from ..hub import resolve_model_dir
     from ..memory import check_t2v_sample_memory, t2v_sample_memory
-    from ..models.causal_vae import CausalVideoVAE
-    from ..models.latte_t2v import LatteT2V
 
     repository, job = plan.repository, plan.job
     transformer_config = repository.read_config(plan.version)
     vae_config = repository.read_config("vae")
-    t5_folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
-    t5_config = repository.read_config(str((t5_folder / (t5.encoder_subfolder or "")).absolute()))
-    with torch.device("meta"):  # parameter counts from the configs, nothing allocated
-        counts = [sum(p.numel() for p in model.parameters()) for model in (LatteT2V.from_config(transformer_config), CausalVideoVAE.from_config(vae_config), T5EncoderModel(T5Config.from_dict(t5_config)))]
+    t5_config = read_t5_config(t5)
+    sizes = model_sizes(transformer_config, vae_config, t5_config)
+    counts = [sizes[name][0] for name in ("transformer", "vae", "text_encoder")]
     estimate = functools.partial(
         t2v_sample_memory,
         frames=plan.frames,

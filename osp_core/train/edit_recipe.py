@@ -72,6 +72,11 @@ class EditRecipe(T2VRecipe):
         if self.config.data.use_image_num:
             raise InputError("edit training takes videos only", "set data.use_image_num 0")
 
+    def _check_memory(self, device) -> None:
+        """Not the text-to-video estimate: here the transformer is frozen (no gradients or AdamW
+        states) and a small control module trains; counting it as trained would refuse runs
+        that fit."""
+
     def build(self, accelerator) -> Built:
         from diffusers.optimization import get_scheduler
 

@@ -44,13 +44,9 @@ def _resolve_transformer_source(cfg: T2VTrainConfig) -> tuple[Path | None, Path 
     return None, None
 
 
-def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tuple[int, int]):
-    """A LatteT2V sized for the training clips, from pretrained weights (the temporal and spatial
-    sizes are set to the data, as the original does when it moves a 65-frame model to 221
-    frames) or from a config file."""
-
-    from safetensors.torch import load_file
-
+def transformer_config(cfg: T2VTrainConfig) -> tuple[dict[str, Any], Path | None]:
+    """The LatteT2V options to train (from --pretrained's config.json or model.config) and the
+    folder of the pretrained weights (None for a fresh transformer); reads no weights."""
     from ..models.latte_t2v import LatteT2V
 
     folder, _ = _resolve_transformer_source(cfg)
@@ -64,7 +60,19 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
         config = config.get("config", config)
     else:
         config = dict(LatteT2V.load_config(str(folder)))
-    config = LatteT2V.options_of(config)
+    return LatteT2V.options_of(config), folder
+
+
+def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tuple[int, int]):
+    """A LatteT2V sized for the training clips, from pretrained weights (the temporal and spatial
+    sizes are set to the data, as the original does when it moves a 65-frame model to 221
+    frames) or from a config file."""
+
+    from safetensors.torch import load_file
+
+    from ..models.latte_t2v import LatteT2V
+
+    config, folder = transformer_config(cfg)
     config["video_length"] = latent_frames
     config["sample_size"] = list(latent_size)
     model = LatteT2V.from_config(config)
@@ -135,35 +143,88 @@ class T2VRecipe(Recipe):
                     f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
                     f"use --sequence-parallel {frames} or less, or longer clips",
                 )
+        self._check_memory(accelerator.device)
+
+    def _frozen_dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        """(VAE dtype, T5 dtype): the frozen encoders run in the mixed precision; T5 overflows in
+        fp16, so it runs in bf16 under bf16 training, else in fp32."""
+        frozen = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.run.mixed_precision, torch.float32)
+        return frozen, torch.bfloat16 if frozen == torch.bfloat16 else torch.float32
+
+    def _frozen_sources(self) -> tuple[str, Path, Any]:
+        """(VAE source, VAE folder, T5 location), resolved once (configs only, no weights). The
+        model repository's text_encoder/ is the default T5, as in sampling (the released
+        repository has none: T5 then comes from DeepFloyd)."""
+        if getattr(self, "_sources", None) is None:
+            from ..hub import DEFAULT_REPO, resolve_model_dir
+            from ..pipelines.t2v_inputs import locate_t5
+
+            m = self.config.model
+            repo_needed = not m.vae or (not m.text_encoder and m.model != DEFAULT_REPO)
+            repo_root = resolve_model_dir(m.model, subfolders=["vae", "text_encoder", "tokenizer"]) if repo_needed else None
+            vae_source = m.vae or m.model
+            vae_root = repo_root if not m.vae else resolve_model_dir(vae_source, subfolders=["vae"])
+            vae_dir = vae_root / "vae" if (vae_root / "vae" / "config.json").is_file() else vae_root
+            self._sources = (vae_source, vae_dir, locate_t5(m.text_encoder or None, repo_root))
+        return self._sources
+
+    def _check_memory(self, device: torch.device) -> None:
+        """Refuse a step that cannot fit `device` (`memory.check_t2v_train_memory`), from the
+        models' configs alone: nothing is allocated or loaded."""
+        import functools
+
+        from ..memory import check_t2v_train_memory, t2v_train_memory
+        from ..pipelines.repository import read_config_json
+        from ..pipelines.sampling import model_sizes, read_t5_config
+
+        cfg, layout = self.config, self.trainer.parallel.layout
+        config, _ = transformer_config(cfg)
+        _, vae_dir, t5 = self._frozen_sources()
+        vae_config, t5_config = read_config_json(vae_dir), read_t5_config(t5)
+        sizes = model_sizes(config, vae_config, t5_config)
+        frozen_dtype, text_dtype = self._frozen_dtypes()
+        estimate = functools.partial(
+            t2v_train_memory,
+            frames=cfg.data.frames,
+            use_image_num=cfg.data.use_image_num,
+            transformer_config=config,
+            transformer_params=sizes["transformer"][0],
+            num_blocks=sizes["transformer"][1],
+            vae_config=vae_config,
+            vae_params=sizes["vae"][0],
+            text_encoder_params=sizes["text_encoder"][0],
+            text_encoder_width=int(t5_config.get("d_model", 4096)),
+            text_tokens=cfg.model.max_text_tokens,
+            frozen_dtype=frozen_dtype,
+            text_dtype=text_dtype,
+            activation_dtype=frozen_dtype,
+            shards=layout.world_size // max(1, cfg.parallel.replicate) if layout.strategy == "fsdp" else 1,
+            sequence_parallel=layout.sp,
+            ema=cfg.run.ema,
+        )
+        # --gradient-checkpointing is every block (the model's own switch under ddp)
+        every = cfg.parallel.activation_checkpointing or (1 if cfg.run.gradient_checkpointing else 0)
+        self.memory_estimate = check_t2v_train_memory(
+            lambda h, w, b, k: estimate(height=h, width=w, batch_size=b, checkpoint_every=k), cfg.data.height, cfg.data.width, cfg.run.batch_size, every, device
+        )
 
     # --- building ---------------------------------------------------------------------------
     def build(self, accelerator) -> Built:
         from diffusers.optimization import get_scheduler
 
-        from ..hub import DEFAULT_REPO, resolve_model_dir
         from ..models.causal_vae import CausalVideoVAE
         from ..pipelines.t2v import load_t5_encoder, load_t5_tokenizer
-        from ..pipelines.t2v_inputs import locate_t5
         from .diffusion import GaussianDiffusionObjective
 
         cfg = self.config
         device = accelerator.device
-        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.run.mixed_precision, torch.float32)
+        frozen_dtype, text_dtype = self._frozen_dtypes()
         self.frozen_dtype = frozen_dtype
 
-        # the model repository is resolved once; its text_encoder/ is the default T5, as in
-        # sampling (the released repository has none: T5 then comes from DeepFloyd)
-        repo_needed = not cfg.model.vae or (not cfg.model.text_encoder and cfg.model.model != DEFAULT_REPO)
-        repo_root = resolve_model_dir(cfg.model.model, subfolders=["vae", "text_encoder", "tokenizer"]) if repo_needed else None
-        vae_source = cfg.model.vae or cfg.model.model
-        vae_root = repo_root if not cfg.model.vae else resolve_model_dir(vae_source, subfolders=["vae"])
-        vae_dir = vae_root / "vae" if (vae_root / "vae" / "config.json").is_file() else vae_root
+        vae_source, vae_dir, t5 = self._frozen_sources()
         self.vae = CausalVideoVAE.from_pretrained(str(vae_dir), torch_dtype=frozen_dtype).to(device).eval().requires_grad_(False)
         self.vae_id = f"{vae_source}:{vae_dir.name}"
 
-        t5 = locate_t5(cfg.model.text_encoder or None, repo_root)
-        # T5 overflows in fp16: it runs in bf16 under bf16 training, else in fp32
-        text_dtype = torch.bfloat16 if frozen_dtype == torch.bfloat16 else torch.float32
         self.tokenizer, self.text_encoder = load_t5_tokenizer(t5), load_t5_encoder(t5, text_dtype)
         self.text_encoder.to(device).requires_grad_(False)
         self.t5_id = t5.source  # names the encoder in cache keys: the --text-encoder given, or the folder found

@@ -208,39 +208,49 @@ def test_collapse_to_last_tap_keeps_images_and_codes_clips_frame_by_frame(tmp_pa
 # --- export, install, results --------------------------------------------------------------------
 
 
-def _fake_checkpoint(root: Path, model, ema: bool, losses: list[float]) -> Path:
-    """A checkpoint folder as the trainer writes it: model/ (+ model_ema/), trainer_state.json."""
-    root.mkdir(parents=True)
-    model.save_pretrained(str(root / "model"))
-    if ema:
-        model.save_pretrained(str(root / "model_ema"))
-        config = json.loads((root / "model_ema" / "config.json").read_text())
-        config.update(decay=0.99, optimization_step=len(losses), use_ema_warmup=False)  # EMAModel's state, as the trainer saves it
-        (root / "model_ema" / "config.json").write_text(json.dumps(config))
-    (root / "trainer_state.json").write_text(json.dumps({"step": len(losses), "loss_history": losses}))
-    return root
+def _one_run(recipe: str, preset: str, data: Path, out: Path, **extra) -> dict:
+    """A short real training run of `preset` (the trainer's own checkpoint layout: model/,
+    model_ema/ with EMA, trainer_state.json); returns its summary."""
+    from osp_core.train.t2v_recipe import T2VRecipe
+    from osp_core.train.trainer import Trainer
+    from osp_core.train.vae_recipe import VAERecipe
+
+    config_class, recipe_class = {"vae": (VAETrainConfig, VAERecipe), "t2v": (T2VTrainConfig, T2VRecipe)}[recipe]
+    overrides = {
+        "data.data": str(data), "run.output_dir": str(out), "run.max_steps": 2, "run.batch_size": 1, "run.checkpoint_every": 2,
+        "run.num_workers": 0, "run.report_to": "none", "optim.lr_warmup_steps": 0, **extra,
+    }  # fmt: skip
+    cfg = load_config(config_class, preset, overrides, group=recipe)
+    return Trainer(cfg, recipe_class(cfg), reporter=lambda event, payload: None).train()
 
 
 @pytest.fixture(scope="module")
-def assembled(tmp_path_factory, preset_models):
-    """A repository assembled from randomly initialised preset models, as the build does."""
+def assembled(tmp_path_factory):
+    """A repository assembled as the build does, from two-step runs of the shapes presets."""
     from osp_core.data.shapes import synthesize
+    from osp_core.models.causal_vae import CausalVideoVAE
 
-    _, _, vae, transformer = preset_models
     tmp = tmp_path_factory.mktemp("assembled")
-    synthesize(tmp / "clips", 2, seed=0)
+    data = synthesize(tmp / "clips", 2, seed=0)
     clips = sorted((tmp / "clips" / "videos").glob("*.mp4"))
-    scale = latent_scaling_factor(vae.eval(), clips, seed=0)
+    runs = {"vae": _one_run("vae", "shapes", data, tmp / "vae-run")}
+    vae_checkpoint = Path(runs["vae"]["checkpoint"])
+    scale = latent_scaling_factor(CausalVideoVAE.from_pretrained(str(vae_checkpoint / "model")).eval(), clips, seed=0)
     repo = tmp / "repo"
-    export_vae(_fake_checkpoint(tmp / "vae-ckpt", vae, False, [3.0, 2.0]), repo, scale)
-    folder, source = export_transformer(_fake_checkpoint(tmp / "t2v-ckpt", transformer, True, [1.0, 0.5]), repo)
+    export_vae(vae_checkpoint, repo, scale)
     save_tiny_t5(repo)
-    return repo, scale, clips, source, tmp
+    runs["t2v"] = _one_run("t2v", "shapes", data, tmp / "t2v-run", **{"model.model": str(repo)})
+    assert Path(runs["t2v"]["checkpoint"], "model_ema", "config.json").is_file()  # the preset keeps an EMA
+    folder, source = export_transformer(Path(runs["t2v"]["checkpoint"]), repo)
+    return repo, scale, clips, source, runs
 
 
-def test_latent_scaling_factor_is_reproducible(assembled, preset_models):
-    repo, scale, clips, _, _ = assembled
-    assert scale > 0 and scale == latent_scaling_factor(preset_models[2], clips, seed=0)
+def test_latent_scaling_factor_is_reproducible(assembled):
+    from osp_core.models.causal_vae import CausalVideoVAE
+
+    repo, scale, clips, _, runs = assembled
+    trained = CausalVideoVAE.from_pretrained(str(Path(runs["vae"]["checkpoint"]) / "model")).eval()
+    assert scale > 0 and scale == latent_scaling_factor(trained, clips, seed=0)
     assert json.loads((repo / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(scale)
 
 
@@ -278,9 +288,10 @@ def test_check_repository_and_install_guard(assembled, tmp_path):
 
 
 def test_loss_curves(assembled, tmp_path):
-    losses = loss_history(assembled[4] / "vae-ckpt")
-    assert losses == [3.0, 2.0]
-    csv = write_curve_csv(tmp_path / "loss.csv", {"vae": losses, "t2v": [1.0, 0.5, 0.25]})
+    summary = assembled[4]["vae"]
+    losses = loss_history(Path(summary["checkpoint"]))
+    assert len(losses) == summary["steps"] == 2 and losses[-1] == pytest.approx(summary["losses"]["last"])
+    csv = write_curve_csv(tmp_path / "loss.csv", {"vae": [3.0, 2.0], "t2v": [1.0, 0.5, 0.25]})  # the CSV's layout
     assert csv.read_text().splitlines() == ["step,vae,t2v", "1,3,1", "2,2,0.5", "3,,0.25"]
     svg = curve_svg([1.0, 0.5, float("nan"), 0.25, 0.2], "loss")
     assert ET.fromstring(svg).tag.endswith("svg") and svg.count("<polyline") == 2

@@ -82,8 +82,6 @@ def test_outputs_and_folders_are_fsynced_before_and_after_the_rename(tmp_path, m
 
 def test_checkpoints_are_fsynced(tmp_path, monkeypatch):
     """The checkpoint writer flushes every file of a checkpoint before renaming it into place."""
-    from types import SimpleNamespace
-
     from osp_core.train.checkpoint import CheckpointManager
 
     from ..train.helpers import TINY_T2V
@@ -97,25 +95,13 @@ def test_checkpoints_are_fsynced(tmp_path, monkeypatch):
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
 
-    class FakeAccelerator:  # the single-process surface CheckpointManager uses
-        distributed_type = SimpleNamespace(name="NO")
-        is_main_process = True
+    from accelerate import Accelerator
 
-        def register_save_state_pre_hook(self, hook): ...
-        def register_load_state_pre_hook(self, hook): ...
-        def wait_for_everyone(self): ...
-        def save_state(self, folder):
-            os.makedirs(folder)
-            with open(os.path.join(folder, "random_states_0.pkl"), "wb") as handle:
-                handle.write(b"rng")
-        def get_state_dict(self, m):
-            return m.state_dict()
-        def unwrap_model(self, m):
-            return m
-
-    final = CheckpointManager(FakeAccelerator(), tmp_path).save(3, model, {"data": {}})
-    assert (final / "trainer_state.json").is_file()
-    for name in ("diffusion_pytorch_model.safetensors", "trainer_state.json", "random_states_0.pkl"):
+    accelerator = Accelerator(cpu=True)  # the real one, as a one-process CPU run has it
+    model = accelerator.prepare(model)
+    final = CheckpointManager(accelerator, tmp_path).save(3, model, {"data": {}})
+    assert (final / "trainer_state.json").is_file() and (final / "accelerate" / "random_states_0.pkl").is_file()
+    for name in ("diffusion_pytorch_model.safetensors", "trainer_state.json", "random_states_0.pkl", "model.safetensors"):
         assert any(s.endswith(name) and ".step-00000003.tmp" in s for s in synced), name
     assert str(tmp_path / "checkpoints") in synced
 

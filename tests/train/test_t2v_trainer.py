@@ -13,7 +13,7 @@ from osp_core.train.config import T2VTrainConfig, load_config
 from osp_core.train.t2v_recipe import T2VRecipe
 from osp_core.train.trainer import Trainer
 
-from tests.conftest import run_osp
+from tests.conftest import assert_one_line_error, run_osp
 
 from .helpers import checkpoint_weights, run_module
 
@@ -166,6 +166,23 @@ def test_trains_from_a_released_style_repository(reference_dir, clips, tmp_path)
     cfg = _config(clips, repo, tmp_path, **{"model.pretrained": "9x32x32", "data.frames": 9, "data.stride": 1, "model.max_text_tokens": 300, "run.max_steps": 1, "data.use_image_num": 0})
     summary, _ = _run(cfg)
     assert summary["steps"] == 1 and summary["losses"]["last"] > 0
+    # one AdamW step (constant lr 1e-3, no warm-up) moves each weight by at most lr, plus the
+    # decoupled decay lr x wd x |w|: every trained tensor is within a step of the repository's,
+    # and the step did move most of them
+    from safetensors.torch import load_file
+
+    start: dict[str, torch.Tensor] = {}
+    for file in sorted((repo / "9x32x32").glob("*.safetensors")):
+        start.update(load_file(str(file)))
+    trained = checkpoint_weights(Path(summary["checkpoint"]) / "model")
+    trained = {key.split(":", 1)[1]: value for key, value in trained.items()}
+    assert trained and set(trained) <= set(start)
+    lr, decay = cfg.optim.lr, cfg.optim.weight_decay
+    assert cfg.optim.lr_warmup_steps == 0
+    moved = {key: float((value.float() - start[key].float()).abs().max()) for key, value in trained.items()}
+    for key, value in moved.items():
+        assert value <= 1.01 * lr * (1 + decay * float(start[key].float().abs().max())), key
+    assert sum(m > lr / 2 for m in moved.values()) > len(moved) / 2
 
 
 def test_bad_high_noise_band_is_a_one_line_error(clips, tiny_repo, tmp_path):
@@ -177,12 +194,25 @@ def test_bad_high_noise_band_is_a_one_line_error(clips, tiny_repo, tmp_path):
     assert "timestep_band" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_objective_options_reach_the_training_step(clips, tiny_repo, tmp_path):
-    extra = {"run.max_steps": 1, "data.use_image_num": 0, "diffusion.timestep_band_fraction": 1.0, "diffusion.timestep_band": [650, 750], "diffusion.loss_weighting": "inverse_snr", "diffusion.max_loss_weight": 50.0}
+def test_objective_options_reach_the_training_step(clips, tiny_repo, tmp_path, monkeypatch):
+    from osp_core.train.diffusion import GaussianDiffusionObjective
+
+    # every call of the real objective during the steps is recorded (it still computes the loss)
+    calls: list[dict[str, torch.Tensor]] = []
+    real = GaussianDiffusionObjective.training_losses
+    monkeypatch.setattr(GaussianDiffusionObjective, "training_losses", lambda self, *a, **k: calls.append(real(self, *a, **k)) or calls[-1])
+    extra = {"run.max_steps": 3, "data.use_image_num": 0, "diffusion.timestep_band_fraction": 1.0, "diffusion.timestep_band": [650, 750], "diffusion.loss_weighting": "inverse_snr", "diffusion.max_loss_weight": 50.0}
     cfg = _config(clips, tiny_repo, tmp_path, **extra)
     summary, trainer = _run(cfg)
+    assert len(calls) == 3 and summary["steps"] == 3
+    for terms in calls:
+        # the steps drew their timesteps from the band and weighted the MSE by the capped 1/SNR
+        assert all(650 <= t < 750 for t in terms["timesteps"].tolist()), terms["timesteps"]
+        torch.testing.assert_close(terms["loss"].detach(), 50.0 * terms["mse"].detach() + terms["vb"].detach())
+    logged = summary["losses"]["last_logged"]
+    assert logged["loss"] == pytest.approx(50.0 * logged["diffusion/mse"] + logged["diffusion/vb"], rel=1e-4)
     objective = trainer.recipe.objective
-    assert summary["steps"] == 1 and objective.timestep_band == (650, 750)
+    assert objective.timestep_band == (650, 750)
     assert all(650 <= t < 750 for t in objective.sample_timesteps(64, "cpu").tolist())
     # 1/SNR passes 50 before t = 650 (72.6 there), so every step of the band gets the cap
     assert float(objective.tables["loss_weight"][650:750].min()) == 50.0
@@ -195,4 +225,41 @@ def test_a_missing_data_file_is_refused_before_any_model_loads(tiny_repo, tmp_pa
     monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
     with pytest.raises(InputError, match="missing.json' does not exist"):
         _run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def _cli_args(clips: Path, repo: Path, out: Path) -> list[str]:
+    return ["t2v", "train", "--preset", "debug", "--data", str(clips), "--model", str(repo), "--pretrained", "tiny", "--text-encoder", str(repo), "-o", str(out)]
+
+
+def test_a_size_that_cannot_fit_is_refused_before_any_weights_load(clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
+    """The issue's `--size 100000x100000`: one line naming a size that fits, no model built (the
+    estimate reads configs only), no output folder left behind."""
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    proc = osp_in_process(*_cli_args(clips, tiny_repo, tmp_path / "run"), "--size", "100000x100000", "--max-steps", "1")
+    assert_one_line_error(proc, "training on 1 sample(s) of 100000x100000", "memory", "available", "use --size")
+    h, w = map(int, proc.stderr.split("--size ")[1].split()[0].split("x"))
+    assert h == w and h % 16 == 0 and 16 <= h < 100_000
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tiny_size_passes_the_memory_check_and_trains(clips, tiny_repo, tmp_path):
+    from osp_core.memory import available_memory
+
+    cfg = _config(clips, tiny_repo, tmp_path, **{"run.max_steps": 1, "data.use_image_num": 0, "parallel.activation_checkpointing": 1})
+    summary, trainer = _run(cfg)
+    estimate = trainer.recipe.memory_estimate
+    params = sum(p.numel() for p in trainer.inner.parameters())
+    assert summary["steps"] == 1
+    # the estimate counted the model actually trained: fp32 weights, gradients and two AdamW states
+    assert estimate.parts["transformer weights"] == estimate.parts["gradients"] == 4 * params and estimate.parts["optimizer states"] == 8 * params
+    assert 0 < estimate.total < available_memory("cpu")
+
+
+def test_pretrained_with_a_transformer_config_is_refused(clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    config = tmp_path / "latte.json"
+    config.write_text(json.dumps({"num_layers": 4}))
+    proc = osp_in_process(*_cli_args(clips, tiny_repo, tmp_path / "run"), "--transformer-config", str(config), "--max-steps", "1")
+    assert_one_line_error(proc, "--pretrained and --transformer-config", "--pretrained", "--transformer-config")
     assert not (tmp_path / "run").exists()
