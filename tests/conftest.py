@@ -84,9 +84,11 @@ def osp_in_process(capsys, monkeypatch):
     return run
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    """A user-facing failure: non-zero exit, one line on stderr, no traceback, naming the problem."""
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> None:
+    """A user-facing failure: non-zero exit (exactly `code` when given: 2 input, 3 model loading,
+    4 device), one line on stderr, no traceback, naming the problem."""
     assert proc.returncode != 0, f"expected failure, got exit 0; stdout={proc.stdout!r}"
+    assert code is None or proc.returncode == code, f"expected exit {code}, got {proc.returncode}: {proc.stderr!r}"
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"

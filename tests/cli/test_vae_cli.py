@@ -140,7 +140,7 @@ def test_latents_with_wrong_channels_and_bad_model_folders(tmp_path, tiny_repo):
     empty_model.mkdir()
     save_file({"latents": torch.zeros(1, 4, 2, 4, 4)}, str(tmp_path / "ok.safetensors"))
     proc = run_osp("vae", "decode", str(tmp_path / "ok.safetensors"), "-o", str(tmp_path / "out.mp4"), "--model", str(empty_model))
-    assert_one_line_error(proc, "no VAE config")
+    assert_one_line_error(proc, "no VAE config", code=3)  # a model that cannot load
     proc = run_osp("vae", "decode", str(tmp_path / "ok.safetensors"), "-o", str(tmp_path / "out.mp4"), "--model", "LanguageBind/Open-Sora-Plan-v1.1.0")
     assert_one_line_error(proc, "HF_HUB_OFFLINE", "--model DIR")
 
@@ -185,7 +185,7 @@ def test_checkpoint_missing_a_tensor_is_one_line(tmp_path, tiny_repo, clip):
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("decoder.conv_out")}
     save_file(state, str(weights))
     proc = run_osp("vae", "encode", str(clip), "-o", str(tmp_path / "z.safetensors"), "--model", str(broken), "--frames", "5", "--size", "16x16")
-    assert_one_line_error(proc, "does not fit", "decoder.conv_out")
+    assert_one_line_error(proc, "does not fit", "decoder.conv_out", code=3)  # a model that cannot load
 
 
 def test_same_latents_decode_to_the_same_video_in_every_run(tmp_path):
