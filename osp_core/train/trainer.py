@@ -280,8 +280,6 @@ class Trainer:
         self.parallel = self._parallel(accelerator)
         layout = self.parallel.layout
         self.recipe.check(accelerator)
-        if layout.strategy == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if layout.world_size > 1:
             from .parallelize import check_shared_output
 
@@ -322,6 +320,9 @@ class Trainer:
         self.checkpoints = checkpoints
         step, consumed = 0, 0
         resume_from = self._restore(checkpoints, model, ema, accelerator)
+        if layout.strategy == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
+            # after the restore: a refused checkpoint is one line
+            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if resume_from is not None:
             state = self._restored_state
             step, consumed = int(state["step"]), self._consumed(state)

@@ -209,19 +209,19 @@ def test_a_truncated_or_corrupt_shard_is_named_and_latest_falls_back(runs, clips
 
     out = tmp_path / "run"
     shutil.copytree(runs["two"], out)
-    extended = _step(out) / "dcp" / "__1_0.distcp"
-    os.truncate(extended, extended.stat().st_size + 1000)  # as `truncate -s` to a larger size
-    args = ("t2v", "train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "2")
-    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out))), str(extended), "unreadable", "another checkpoint")
+    truncated = _step(out) / "dcp" / "__1_0.distcp"
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    args = ("t2v", "train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "2", "--strategy", "fsdp")
+    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out))), str(truncated), "unreadable", "another checkpoint")
     proc = train(clips, tiny_repo, out, 1, "--batch-size", "2", "--resume", "latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning") and str(extended) in line]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning") and str(truncated) in line]
     assert len(warnings) == 1 and "step-00000003" in warnings[0], proc.stderr[-3000:]
     assert json.loads(proc.stdout)["steps_this_run"] == 2
     assert_follows(runs["two"], out)
-    truncated = _step(out, 3) / "dcp" / "__0_0.distcp"
-    os.truncate(truncated, truncated.stat().st_size // 2)
-    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out, 3))), str(truncated), "unreadable")
+    extended = _step(out, 3) / "dcp" / "__0_0.distcp"
+    os.truncate(extended, extended.stat().st_size + 1000)  # as `truncate -s` to a larger size
+    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out, 3))), str(extended), "unreadable")
 
 
 def test_the_consolidated_model_samples(runs, osp_in_process, tmp_path):
