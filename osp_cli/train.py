@@ -33,7 +33,7 @@ GradCkptOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing/--no
 WorkersOpt = Annotated[int | None, typer.Option("--num-workers", help="DataLoader workers per process.")]
 DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels (bit-identical resumes on CPU).")]
 DeviceTrainOpt = Annotated[str | None, typer.Option("--device", help="Force cpu (else the launcher's device: CUDA / NPU / CPU).")]
-StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and optimizer states sharded; Distributed Checkpoint).")]
+StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and optimizer states sharded; Distributed Checkpoint). Default: that of the checkpoint --resume continues, else ddp.")]
 SequenceParallelOpt = Annotated[int | None, typer.Option("--sequence-parallel", help="Ranks sharing one sample's tokens (DSP; t2v); divides the process count.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.")]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.")]

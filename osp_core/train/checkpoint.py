@@ -54,6 +54,29 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def resolve_resume(root: Path, resume: str) -> Path | None:
+    """The checkpoint `--resume` names, for a run whose checkpoints go to `root`: '' -> None;
+    'latest' -> the newest under `root` or None; else the given folder (checked)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
+        found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
+        if found:
+            return found[-1]
+    if not (path / STATE_FILE).is_file():
+        raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
+    return path
+
+
+def checkpoint_strategy(checkpoint: Path) -> str:
+    """The --strategy that wrote `checkpoint`: fsdp for a Distributed Checkpoint, else ddp."""
+    return "fsdp" if read_state(checkpoint).get("checkpoint_format") == "dcp" else "ddp"
+
+
 class CheckpointUnreadableError(ModelLoadError):
     """A file of a checkpoint is truncated or corrupt (`--resume latest` falls back past it)."""
 
@@ -175,24 +198,9 @@ class CheckpointManager:
                 models.pop(index)
 
     # --- paths ------------------------------------------------------------------------------
-    def latest(self) -> Path | None:
-        found = list_checkpoints(self.root)
-        return found[-1] if found else None
-
     def resolve(self, resume: str) -> Path | None:
-        """'' -> None; 'latest' -> newest checkpoint or None; else the given folder (checked)."""
-        if not resume:
-            return None
-        if resume == "latest":
-            return self.latest()
-        path = Path(resume).expanduser()
-        if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
-            found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
-            if found:
-                return found[-1]
-        if not (path / STATE_FILE).is_file():
-            raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
-        return path
+        """The checkpoint `resume` names for this run (`resolve_resume`)."""
+        return resolve_resume(self.root, resume)
 
     # --- save / load ------------------------------------------------------------------------
     def save(
@@ -259,7 +267,7 @@ class CheckpointManager:
         if state.get("checkpoint_format") == "dcp":
             raise InputError(
                 f"checkpoint '{checkpoint}' was written by a --strategy fsdp run (Distributed Checkpoint), which this --strategy ddp run does not read",
-                "resume it with --strategy fsdp (on any number of processes), or start over with --overwrite",
+                "resume it without --strategy (the checkpoint's is taken) or with --strategy fsdp, on any number of processes; or start over with --overwrite",
             )
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
@@ -341,6 +349,28 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def verify_dcp_files(checkpoint: Path, state: dict[str, Any]) -> None:
+    """Raise `CheckpointUnreadableError` naming the first file of `checkpoint`'s DCP folder that
+    is missing or not the size it had when saved (`dcp_files` of the trainer state): a truncated
+    or extended shard would otherwise fail inside DCP's reader, after some ranks have loaded.
+    Checkpoints written before the sizes were recorded are not checked."""
+    recorded = state.get("dcp_files") or {}
+    for name, size in recorded.items():
+        path = checkpoint / DCP_DIR / name
+        try:
+            found = path.stat().st_size
+        except OSError as exc:
+            raise CheckpointUnreadableError(f"checkpoint file '{path}' is unreadable ({type(exc).__name__})", "it is missing: resume from another checkpoint") from None
+        if found != int(size):
+            raise CheckpointUnreadableError(
+                f"checkpoint file '{path}' is unreadable ({found} bytes, {size} when saved)", "it is truncated or corrupt: resume from another checkpoint"
+            )
+
+
 class DistributedCheckpointManager(CheckpointManager):
     """Checkpoints of `--strategy fsdp`: PyTorch Distributed Checkpoint (DCP) folders.
 
@@ -350,7 +380,8 @@ class DistributedCheckpointManager(CheckpointManager):
                             (DCP reshards them on load: resume on any number of ranks)
         rng/rank-N.safetensors  each rank's torch RNG state (restored when the rank count matches)
         model/, model_ema/  the consolidated diffusers model (rank 0 gathers the full weights)
-        trainer_state.json  as for DDP, plus the lr-scheduler states and the parallel layout
+        trainer_state.json  as for DDP, plus the lr-scheduler states, the parallel layout and
+                            the size of every dcp/ file (checked on every rank before loading)
 
     Every rank writes into `.step-000123.tmp/`; rank 0 renames it once every rank has finished
     (DCP's own barrier, then ours), so a kill at any moment leaves the last complete checkpoint.
@@ -369,9 +400,12 @@ class DistributedCheckpointManager(CheckpointManager):
         self.ema = ema  # a ShardedEMA: its shards go into the DCP folder, its average into model_ema/
 
     def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sharded model and optimizer states keyed by the diffusers model's own names: not by
+        those of a wrapper (sequence parallel trains a `TrainingForward` around it), so that a
+        checkpoint resumes under any layout."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        return get_state_dict(model, self.optimizers)
+        return get_state_dict(diffusers_part(model)[0], self.optimizers)
 
     def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
         """Write checkpoint `step` (collective: every rank must call it). Returns its folder.
@@ -389,6 +423,8 @@ class DistributedCheckpointManager(CheckpointManager):
             shards["ema"] = self.ema.shadow
         with _single_process_quiet():
             dcp.save(shards, checkpoint_id=str(tmp / DCP_DIR))
+        # dcp.save returns once every rank's shards are written and synced, so rank 0 can list them
+        dcp_files = _file_sizes(tmp / DCP_DIR) if acc.is_main_process else {}
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
@@ -398,7 +434,7 @@ class DistributedCheckpointManager(CheckpointManager):
             _write_model(tmp / "model", inner, prefix, full)
             if full_ema is not None:
                 _write_model(tmp / "model_ema", inner, prefix, full_ema)
-            extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers]}
+            extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers], "dcp_files": dcp_files}
             if self.ema is not None:
                 extra["ema_step"] = self.ema.optimization_step
             (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
@@ -422,15 +458,16 @@ class DistributedCheckpointManager(CheckpointManager):
         if state.get("checkpoint_format") != "dcp" or not (checkpoint / DCP_DIR).is_dir():
             raise InputError(
                 f"checkpoint '{checkpoint}' was written by a --strategy ddp run, which this --strategy fsdp run cannot reshard",
-                "resume it with --strategy ddp (the strategy it was trained with), or start over with --overwrite",
+                "resume it without --strategy (the checkpoint's is taken) or with --strategy ddp, or start over with --overwrite",
             )
+        verify_dcp_files(checkpoint, state)
         try:
             metadata = _dcp_reader(checkpoint / DCP_DIR).read_metadata()
         except Exception as exc:  # noqa: BLE001 - a missing or truncated .metadata file
             raise CheckpointUnreadableError(f"checkpoint '{checkpoint / DCP_DIR}' has no readable DCP metadata ({type(exc).__name__})", "resume from another checkpoint") from None
-        inner, prefix = diffusers_part(model)
+        inner, _ = diffusers_part(model)
         # the saved tensors' shapes, as meta tensors: checked against this run's model before loading
-        head = f"model.{prefix}"
+        head = "model."
         saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
         check_weights_fit(checkpoint, saved, inner, run_model)
         model_state, optim_state = self._state_dicts(model)
@@ -445,7 +482,7 @@ class DistributedCheckpointManager(CheckpointManager):
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
-        set_state_dict(model, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        set_state_dict(inner, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
         if with_ema:
             self.ema.optimization_step = int(state.get("ema_step", state["step"]))
         elif self.ema is not None:

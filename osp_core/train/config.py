@@ -74,9 +74,10 @@ class RunConfig:
 class ParallelConfig:
     """How the processes torchrun started share a run (`osp_core.parallel.training`)."""
 
-    strategy: str = "ddp"
+    strategy: str = ""
     """ddp (every rank holds the whole model; Accelerate's DDP) or fsdp (PyTorch FSDP2: parameters,
-    gradients and AdamW states sharded over the ranks; Distributed Checkpoint folders)."""
+    gradients and AdamW states sharded over the ranks; Distributed Checkpoint folders); '' takes
+    the strategy of the checkpoint --resume continues, else ddp."""
     sequence_parallel: int = 1
     """Ranks that share one sample's tokens (DSP, t2v only); must divide the number of processes."""
     replicate: int = 1
@@ -548,7 +549,7 @@ def validate_common(cfg: Any) -> None:
         if getattr(data, name) < 1:
             raise InputError(f"data.{name} must be >= 1, got {getattr(data, name)}", f"set --{name} to 1 or more")
     par: ParallelConfig = cfg.parallel
-    if par.strategy not in ("ddp", "fsdp"):
+    if par.strategy not in ("", "ddp", "fsdp"):
         raise InputError(f"--strategy '{par.strategy}' is not one of ddp, fsdp", "pass --strategy ddp or --strategy fsdp")
     for name in ("sequence_parallel", "replicate"):
         if getattr(par, name) < 1:

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InputError
 from ..io.atomic import ensure_writable_dir
 from ..io.jsonfile import dumps, write_json
-from .checkpoint import CheckpointManager, CheckpointUnreadableError, DistributedCheckpointManager, list_checkpoints
+from .checkpoint import CheckpointManager, CheckpointUnreadableError, DistributedCheckpointManager, checkpoint_strategy, list_checkpoints, resolve_resume
 from .config import config_to_dict, validate_common
 from .wrapping import diffusers_part
 
@@ -168,6 +168,24 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+_SHARDING_PLUGINS = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED", "MEGATRON_LM": "ACCELERATE_USE_MEGATRON_LM"}
+"""Accelerate's sharding plugins and the variables `accelerate launch` sets for them."""
+
+
+def _refuse_sharding_plugins(found: str = "") -> None:
+    """Refuse a launch with one of Accelerate's sharding plugins: sharding is osp's own (FSDP2,
+    tested on CPU ranks) and the plugins were never run. Checked on the variables before the
+    Accelerator is built too, whose FSDP plugin would otherwise fail there first (e.g. on CPU)."""
+    import os
+
+    found = found or next((name for name, variable in _SHARDING_PLUGINS.items() if os.environ.get(variable, "").lower() in ("1", "true", "yes")), "")
+    if found:
+        raise InputError(
+            f"accelerate launch with a {found} config is not supported",
+            "launch with torchrun (or accelerate launch without a sharding plugin) and pass --strategy fsdp",
+        )
+
+
 class Trainer:
     """Runs a `Recipe` under the `run` section of `config`."""
 
@@ -204,6 +222,7 @@ class Trainer:
             if importlib.util.find_spec("wandb") is None:
                 raise InputError("report_to wandb needs the wandb package", "pip install wandb, or --report-to tensorboard")
             trackers.append("wandb")
+        _refuse_sharding_plugins()
         return Accelerator(
             mixed_precision=run.mixed_precision,
             gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -255,16 +274,12 @@ class Trainer:
         accelerator = self._accelerator(find_unused=self.recipe.find_unused_parameters)
         self.accelerator = accelerator
         if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-            # sharding is osp's own (FSDP2, tested on CPU ranks); Accelerate's plugins were never run
-            raise InputError(
-                f"accelerate launch with a {accelerator.distributed_type.name} config is not supported",
-                "launch with torchrun (or accelerate launch without a sharding plugin) and pass --strategy fsdp",
-            )
+            _refuse_sharding_plugins(accelerator.distributed_type.name)
+        chosen = bool(self.config.parallel.strategy)
+        self._resolve_strategy()
         self.parallel = self._parallel(accelerator)
         layout = self.parallel.layout
         self.recipe.check(accelerator)
-        if layout.strategy == "fsdp" and layout.world_size == 1:
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if layout.world_size > 1:
             from .parallelize import check_shared_output
 
@@ -305,6 +320,9 @@ class Trainer:
         self.checkpoints = checkpoints
         step, consumed = 0, 0
         resume_from = self._restore(checkpoints, model, ema, accelerator)
+        if layout.strategy == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
+            # after the restore: a refused checkpoint is one line
+            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if resume_from is not None:
             state = self._restored_state
             step, consumed = int(state["step"]), self._consumed(state)
@@ -389,6 +407,28 @@ class Trainer:
 
         return isinstance(self.ema, ShardedEMA)
 
+    def _resolve_strategy(self) -> None:
+        """Fill in parallel.strategy when not given: that of the checkpoint --resume continues
+        (the newest with a readable state, for 'latest'), else ddp."""
+        parallel = self.config.parallel
+        if parallel.strategy:
+            return
+        parallel.strategy = "ddp"
+        for candidate in self._resume_candidates():
+            try:
+                parallel.strategy = checkpoint_strategy(candidate)
+                return
+            except CheckpointUnreadableError:
+                continue  # loading it fails (or falls back) with its own message
+
+    def _resume_candidates(self) -> list[Path]:
+        """The checkpoint --resume names, then (for 'latest') the older ones to fall back to."""
+        root = self.output_dir / "checkpoints"
+        first = resolve_resume(root, self.run_cfg.resume)
+        if first is None:
+            return []
+        return [first] + ([c for c in reversed(list_checkpoints(root)) if c != first] if self.run_cfg.resume == "latest" else [])
+
     def _parallel(self, accelerator):
         from .parallelize import build_train_parallel, resolve_train_layout
 
@@ -468,11 +508,9 @@ class Trainer:
         """Load the checkpoint --resume names (into model, optimizers, RNG, EMA); returns it, or
         None for a fresh run. With 'latest', a checkpoint with an unreadable file is skipped
         for the next older one, and the console says so."""
-        run = self.run_cfg
-        first = checkpoints.resolve(run.resume)
-        if first is None:
+        candidates = self._resume_candidates()
+        if not candidates:
             return None
-        candidates = [first] + ([c for c in reversed(list_checkpoints(checkpoints.root)) if c != first] if run.resume == "latest" else [])
         for index, candidate in enumerate(candidates):
             try:
                 self._restored_state = checkpoints.load(candidate, model, self._run_model())

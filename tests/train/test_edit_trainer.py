@@ -107,6 +107,25 @@ def test_cli_refuses_fsdp_in_one_line(osp_in_process, clips, tiny_repo, tmp_path
     assert not (out / "checkpoints").exists()
 
 
+def test_torchrun_ddp_on_two_ranks_keeps_them_identical(clips, tiny_repo, tmp_path):
+    """`torchrun --nproc_per_node 2 -m osp_cli.edit_train` (CPU ranks, DDP): both ranks end with
+    the same control weights, every rank's data counted, one checkpoint with both RNG states."""
+    import json
+    import sys
+
+    from .helpers import run_module
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ("--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--max-steps", "2", "--json")
+    proc = run_module("osp_cli.edit_train", *args, "-o", str(tmp_path), launcher=torchrun)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["processes"] == 2 and summary["parallel"]["strategy"] == "ddp" and summary["samples_seen"] == 4
+    assert summary["ranks_in_sync"] is True and len(summary["rank_weight_digests"]) == 2
+    checkpoint = tmp_path / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in (checkpoint / "accelerate").glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
 def test_cli_refuses_a_missing_edit_module_in_one_line(osp_in_process, clips, tiny_repo, tmp_path):
     from tests.conftest import assert_one_line_error
 

@@ -3,11 +3,13 @@
 counts, a SIGKILL in the middle of a checkpoint, and the consolidated model in `osp t2v sample`.
 Every run keeps an EMA (sharded like the weights): model_ema/ is compared as model/ is.
 
-Tolerances: 1e-4 relative on each step's loss, and on the final weights (max difference over a
-tensor, relative to the tensor's largest value or 1). The runs use Adam eps 1e-6 rather than
-1e-8: the key biases of attention get an exactly-zero gradient in exact arithmetic (softmax
-ignores a shift shared by every key), so what they get is float rounding, which Adam with a tiny
-eps turns into full learning-rate steps of either sign, whatever the parallel layout.
+Tolerances, as the README states them: 1e-6 relative on each step's loss, 5e-6 on the final
+weights (max difference over a tensor, relative to the tensor's largest value or 1); measured:
+losses 1e-7, weights 1.3e-6. The runs use Adam eps 1e-6 rather than the default 1e-8: the key
+biases of attention get an exactly-zero gradient in exact arithmetic (softmax ignores a shift
+shared by every key), so what they get is float rounding, which Adam with a tiny eps turns into
+full learning-rate steps of either sign, whatever the parallel layout (with 1e-8 the weights
+differ by up to 1.0e-4 relative, the losses still by 1e-7: measured, stated in the README).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 from .helpers import run_module
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-TOLERANCE = 1e-4
+LOSS_TOLERANCE = 1e-6
+WEIGHT_TOLERANCE = 5e-6
 
 
 def _common(clips: Path, repo: Path) -> list[str]:
@@ -63,14 +66,14 @@ def _losses(checkpoint: Path) -> list[float]:
 
 
 def assert_follows(reference: Path, other: Path, step: int = 5) -> tuple[float, float]:
-    """Losses and final weights of `other` within TOLERANCE of `reference`; returns the worst of each."""
+    """Losses and final weights of `other` within the tolerances of `reference`; returns the worst of each."""
     a, b = _losses(_step(reference, step)), _losses(_step(other, step))
     assert len(a) == len(b) == step
     loss_error = max(abs(x - y) / abs(x) for x, y in zip(a, b))
     wa, wb = _weights(_step(reference, step)), _weights(_step(other, step))
     assert set(wa) == set(wb)
     weight_error = max(float((wa[k] - wb[k]).abs().max()) / max(1.0, float(wa[k].abs().max())) for k in wa)
-    assert loss_error < TOLERANCE and weight_error < TOLERANCE, (loss_error, weight_error)
+    assert loss_error < LOSS_TOLERANCE and weight_error < WEIGHT_TOLERANCE, (loss_error, weight_error)
     return loss_error, weight_error
 
 
@@ -109,6 +112,16 @@ def test_sequence_parallel_equals_no_sequence_parallel(runs, clips, tiny_repo, t
     assert_follows(runs["one"], tmp_path / "sp")
 
 
+def test_a_sequence_parallel_layout_resumes_another(runs, clips, tiny_repo, tmp_path):
+    # the 2-rank data-parallel run's step 3, continued on the same 2 ranks as one sequence-parallel
+    # group (data parallel 2 -> sequence parallel 2; the same global batch of 2)
+    proc = train(clips, tiny_repo, tmp_path / "dp_to_sp", 2, "--batch-size", "2", "--strategy", "fsdp", "--sequence-parallel", "2", "--resume", str(_step(runs["two"], 3)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["steps_this_run"] == 2 and summary["parallel"]["sequence_parallel"] == 2 and summary["parallel"]["data_parallel"] == 1
+    assert_follows(runs["two"], tmp_path / "dp_to_sp")
+
+
 def test_resume_across_rank_counts_continues_the_straight_run(runs, clips, tiny_repo, tmp_path):
     # 2 ranks -> 1: the 2-rank run's step-3 checkpoint finished on one process
     proc = train(clips, tiny_repo, tmp_path / "to_one", 1, "--batch-size", "2", "--strategy", "fsdp", "--resume", str(_step(runs["two"], 3)))
@@ -127,28 +140,51 @@ def _rank_processes(launcher: subprocess.Popen) -> list:
     return [p for p in psutil.Process(launcher.pid).children(recursive=True) if "osp_cli.t2v_train" in " ".join(p.cmdline())]
 
 
-@pytest.mark.parametrize("moment", ["checkpoint", pytest.param("step", marks=pytest.mark.slow)])
-def test_sigkill_of_a_rank_then_resume_is_bit_identical(moment, runs, clips, tiny_repo, tmp_path):
-    """Rank 1 is SIGKILLed while the step-2 checkpoint is being written ("checkpoint": its
-    temporary folder exists) or right after it completed, in step 3 ("step")."""
+KILL_TRIES = 5
+
+
+def _kill_a_rank(args: list[str], env: dict[str, str], moment_reached) -> subprocess.Popen:
+    """Launch `args` (torchrun, 2 ranks), SIGKILL the rank with the higher pid as soon as
+    `moment_reached()` is true, and wait for the launcher to end."""
     import os
     import signal
 
-    out = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    args = [*_launcher(2), "-m", "osp_cli.t2v_train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "1", "--strategy", "fsdp", "--checkpoint-every", "1"]
     launcher = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline, caught_in_checkpoint = time.monotonic() + 240, False
-    tmp_folder = out / "checkpoints" / ".step-00000002.tmp"
+    deadline = time.monotonic() + 240
+    ranks: list = []
+    while len(ranks) < 2 and time.monotonic() < deadline and launcher.poll() is None:
+        ranks = _rank_processes(launcher)
+        time.sleep(0.05)
+    assert len(ranks) == 2, "torchrun did not start 2 ranks"
+    victim = max(p.pid for p in ranks)  # found beforehand: the kill follows the moment at once
     while time.monotonic() < deadline and launcher.poll() is None:
-        if (moment == "checkpoint" and tmp_folder.exists()) or _step(out, 2).exists():
-            caught_in_checkpoint = tmp_folder.exists()
-            ranks = _rank_processes(launcher)
-            os.kill(sorted(ranks, key=lambda p: p.pid)[-1].pid, signal.SIGKILL)
+        if moment_reached():
+            os.kill(victim, signal.SIGKILL)
             break
         time.sleep(0.001)
     launcher.communicate(timeout=240)
-    assert launcher.returncode != 0
+    return launcher
+
+
+@pytest.mark.parametrize("moment", ["checkpoint", pytest.param("step", marks=pytest.mark.slow)])
+def test_sigkill_of_a_rank_then_resume_is_bit_identical(moment, runs, clips, tiny_repo, tmp_path):
+    """Rank 1 is SIGKILLed while the step-2 checkpoint is being written ("checkpoint": the run
+    ends with its temporary folder never renamed; tried again until a kill lands there) or right
+    after it completed, in step 3 ("step")."""
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for attempt in range(KILL_TRIES):
+        out = tmp_path / f"killed{attempt}"
+        tmp_folder = out / "checkpoints" / ".step-00000002.tmp"
+        args = [*_launcher(2), "-m", "osp_cli.t2v_train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "1", "--strategy", "fsdp", "--checkpoint-every", "1"]
+        launcher = _kill_a_rank(args, env, tmp_folder.exists if moment == "checkpoint" else _step(out, 2).exists)
+        assert launcher.returncode != 0
+        # landed in the write: rank 0 never renamed the folder (it waits for every rank first)
+        landed = tmp_folder.exists() and not _step(out, 2).exists() if moment == "checkpoint" else _step(out, 2).exists()
+        if landed:
+            break
+    assert landed, f"no kill landed in the step-2 {moment} in {KILL_TRIES} tries"
     assert not (out / "summary.json").exists()
     done = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
     assert done and "step-00000005" not in done  # stopped mid-run, with complete checkpoints only
@@ -159,7 +195,33 @@ def test_sigkill_of_a_rank_then_resume_is_bit_identical(moment, runs, clips, tin
     straight, resumed = _weights(_step(runs["two"])), _weights(_step(out))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert _losses(_step(runs["two"])) == _losses(_step(out))
-    print(f"{moment}: killed during a checkpoint write: {caught_in_checkpoint}; complete checkpoints left: {done}")
+
+
+def test_a_truncated_or_corrupt_shard_is_named_and_latest_falls_back(runs, clips, tiny_repo, tmp_path, osp_in_process):
+    """A DCP shard whose size is not the one recorded at save time: --resume PATH refuses it in
+    one line naming the file, --resume latest takes the next older checkpoint with a warning
+    naming it (the check runs on every rank before any loads: here one process resumes the
+    2-rank run, without --strategy)."""
+    import os
+    import shutil
+
+    from tests.conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    shutil.copytree(runs["two"], out)
+    truncated = _step(out) / "dcp" / "__1_0.distcp"
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    args = ("t2v", "train", *_common(clips, tiny_repo), "-o", str(out), "--batch-size", "2", "--strategy", "fsdp")
+    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out))), str(truncated), "unreadable", "another checkpoint")
+    proc = train(clips, tiny_repo, out, 1, "--batch-size", "2", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning") and str(truncated) in line]
+    assert len(warnings) == 1 and "step-00000003" in warnings[0], proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["steps_this_run"] == 2
+    assert_follows(runs["two"], out)
+    extended = _step(out, 3) / "dcp" / "__0_0.distcp"
+    os.truncate(extended, extended.stat().st_size + 1000)  # as `truncate -s` to a larger size
+    assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out, 3))), str(extended), "unreadable")
 
 
 def test_the_consolidated_model_samples(runs, osp_in_process, tmp_path):

@@ -75,15 +75,37 @@ def test_resume_across_strategies_and_model_configs_is_one_line(osp_in_process, 
         for needle in needles:
             assert needle in errors[0], errors[0]
 
-    refused(osp_in_process(*_args(clips, tiny_repo, tmp_path / "a", "--max-steps", "3", "--resume", str(checkpoint))), "--strategy fsdp run", "resume it with --strategy fsdp")
+    # only an explicit contradiction is refused (without --strategy, the checkpoint's is taken)
+    proc = osp_in_process(*_args(clips, tiny_repo, tmp_path / "a", "--max-steps", "3", "--strategy", "ddp", "--resume", str(checkpoint)))
+    refused(proc, "--strategy fsdp run", "without --strategy", "with --strategy fsdp")
     ddp_checkpoint = tmp_path / "ddp" / "checkpoints" / "step-00000002"
-    refused(osp_in_process(*_args(clips, tiny_repo, tmp_path / "b", "--max-steps", "3", "--strategy", "fsdp", "--resume", str(ddp_checkpoint))), "--strategy ddp run", "resume it with --strategy ddp")
+    proc = osp_in_process(*_args(clips, tiny_repo, tmp_path / "b", "--max-steps", "3", "--strategy", "fsdp", "--resume", str(ddp_checkpoint)))
+    refused(proc, "--strategy ddp run", "without --strategy", "with --strategy ddp")
     # another architecture: two block pairs where the checkpoint has one
     wider = tmp_path / "two_layers.json"
     wider.write_text(json.dumps({**TINY_T2V, "num_layers": 2}))
     proc = osp_in_process(*_args(clips, tiny_repo, tmp_path / "c", "--max-steps", "3", "--strategy", "fsdp", "--resume", str(checkpoint), transformer=("--transformer-config", str(wider))))
     refused(proc, "another model config", "num_layers 1 there, 2 here")
     assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_a_resume_without_strategy_takes_the_checkpoints(osp_in_process, clips, tiny_repo, tmp_path):
+    """An fsdp run continued without --strategy (say on one process after a multi-GPU run) is
+    an fsdp run again, and a ddp one a ddp run; a fresh run is ddp."""
+    for strategy in ("fsdp", "ddp"):
+        out = tmp_path / strategy
+        first = osp_in_process(*_args(clips, tiny_repo, out, "--strategy", strategy, "--json"))
+        assert first.returncode == 0, first.stderr
+        proc = osp_in_process(*_args(clips, tiny_repo, out, "--max-steps", "3", "--resume", "latest", "--json"))
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert summary["steps_this_run"] == 1 and summary["parallel"]["strategy"] == strategy
+        state = json.loads((out / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
+        assert state["config"]["parallel"]["strategy"] == strategy
+        assert (state.get("checkpoint_format") == "dcp") == (strategy == "fsdp")
+        assert f"({strategy}, cpu)" in proc.stderr and "warning" not in proc.stderr, proc.stderr  # the start line; no note on fsdp on one process
+    fresh = osp_in_process(*_args(clips, tiny_repo, tmp_path / "fresh", "--json"))
+    assert fresh.returncode == 0 and json.loads(fresh.stdout)["parallel"]["strategy"] == "ddp", fresh.stderr
 
 
 def _probe(rank: int, world: int, root: str) -> list[str]:

@@ -5,6 +5,7 @@ model config, unreadable checkpoints and RNG states, the repository's text encod
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,95 @@ def test_t2v_train_takes_the_repositorys_text_encoder(clips, tiny_repo, tmp_path
     summary = Trainer(cfg, recipe, reporter=lambda event, payload: None).train()
     assert summary["steps"] == 1 and recipe.t5_id == f"{tiny_repo}/text_encoder"
     assert recipe.text_encoder.config.d_model == 16
+
+
+def test_ctrl_c_in_training_checkpoints_and_a_second_one_stops_at_once(clips, tmp_path):
+    """Ctrl-C (SIGINT, raised here from step 1's log line) finishes the step, checkpoints and
+    returns; a second one raises KeyboardInterrupt at once: no checkpoint, no summary."""
+    import signal
+
+    def interrupt(times: int, events: list):
+        def report(event: str, payload: dict) -> None:
+            events.append(event)
+            if event == "log" and payload["step"] == 1:
+                for _ in range(times):
+                    signal.raise_signal(signal.SIGINT)  # delivered to the trainer's handler before it returns
+
+        return report
+
+    settings = {"run.max_steps": 50, "run.checkpoint_every": 1000, "run.log_every": 1, "loss.disc_start": 1000}
+    cfg = load_config(VAETrainConfig, "debug", {"data.data": str(clips), "run.output_dir": str(tmp_path / "once"), **settings}, group="vae")
+    events: list = []
+    summary = Trainer(cfg, VAERecipe(cfg), reporter=interrupt(1, events)).train()
+    assert summary["stopped_by_signal"] == "SIGINT" and summary["steps"] == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "once" / "checkpoints")] == ["step-00000001"]
+    assert events[-3:] == ["checkpoint", "stop", "end"]
+    cfg = load_config(VAETrainConfig, "debug", {"data.data": str(clips), "run.output_dir": str(tmp_path / "twice"), **settings}, group="vae")
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, VAERecipe(cfg), reporter=interrupt(2, events)).train()
+    assert events[-1] == "log" and not list_checkpoints(tmp_path / "twice" / "checkpoints")
+    assert not (tmp_path / "twice" / "summary.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handler is gone
+
+
+def _torchrun_until_signalled(args: list[str], checkpoint: Path, send) -> tuple[subprocess.CompletedProcess, dict]:
+    """Start `args` under torchrun (2 CPU ranks, in a session of their own, as a terminal's
+    foreground group is), call `send(launcher)` once `checkpoint` is complete, wait for the end;
+    returns the process and the run's summary.json."""
+    import os
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher = subprocess.Popen([*torchrun, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (checkpoint / "trainer_state.json").is_file():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() is not None else "no checkpoint in time"
+        time.sleep(0.1)
+    send(launcher)
+    out, err = launcher.communicate(timeout=240)
+    summary_file = checkpoint.parent.parent / "summary.json"
+    assert summary_file.is_file(), err[-3000:]
+    return subprocess.CompletedProcess(args, launcher.returncode, out, err), json.loads(summary_file.read_text())
+
+
+def test_under_torchrun_ctrl_c_and_sigterm_reach_every_worker(clips, tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground group: torchrun and its workers) and SIGTERM sent
+    to torchrun alone (forwarded to the workers) each end a 2-rank run after a step, with a
+    complete checkpoint every rank wrote its RNG state into, and --resume latest continues."""
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    args = ["-m", "osp_cli.vae_train", "--preset", "debug", "--data", str(clips), "-o", str(out), "--max-steps", "1000", "--checkpoint-every", "1", "--keep-last", "0"]
+    args += ["--set", "loss.disc_start=1000"]
+    proc, summary = _torchrun_until_signalled(args, out / "checkpoints" / "step-00000001", lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert summary["stopped_by_signal"] in ("SIGINT", "SIGTERM") and 1 <= summary["steps"] < 1000, proc.stderr[-3000:]
+    assert f"stopped after step {summary['steps']}" in proc.stderr
+    stopped = Path(summary["checkpoint"])
+    assert stopped.name == f"step-{summary['steps']:08d}" and (stopped / "trainer_state.json").is_file()
+    assert sorted(p.name for p in (stopped / "accelerate").glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    first = summary["steps"]
+    (out / "summary.json").unlink()
+    proc, summary = _torchrun_until_signalled([*args, "--resume", "latest"], out / "checkpoints" / f"step-{first + 1:08d}", lambda p: p.send_signal(signal.SIGTERM))
+    assert summary["stopped_by_signal"] == "SIGTERM" and first < summary["steps"] < 1000, proc.stderr[-3000:]
+    assert Path(summary["checkpoint"]).name == f"step-{summary['steps']:08d}" and summary["ranks_in_sync"] is True
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_accelerate_launch_with_an_fsdp_config_is_refused(clips, tmp_path):
+    """`accelerate launch --use_fsdp` (2 CPU processes): one error line from the workers, before
+    Accelerate's FSDP plugin or any model is set up; nothing written."""
+    import sys
+
+    from .helpers import run_module
+
+    accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "2", "--use_fsdp"]
+    proc = run_module("osp_cli.vae_train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path / "out"), "--max-steps", "1", launcher=accelerate)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "accelerate launch with a FSDP config is not supported" in errors[0], proc.stderr[-3000:]
+    assert "--strategy fsdp" in errors[0]
+    assert not (tmp_path / "out").exists()
