@@ -253,8 +253,8 @@ class Trainer:
             # a run refused before it wrote anything leaves no empty output folder behind
             if created and self.output_dir.is_dir() and not any(p.is_file() for p in self.output_dir.rglob("*")):
                 shutil.rmtree(self.output_dir, ignore_errors=True)
-            if isinstance(exc, InputError) and launched_world()[0] != 0:
-                exc.quiet = True  # every rank refuses the same input: rank 0 says it once
+            if isinstance(exc, (InputError, CheckpointUnreadableError)) and launched_world()[0] != 0:
+                exc.quiet = True  # every rank refuses the same input (or checks the same checkpoint files): rank 0 says it once
             if not isinstance(exc, OSPError) and isinstance(exc, Exception) and is_peer_failure(exc):
                 raise PeerProcessFailed("another process of this run stopped", "see its error above (torchrun reports which rank failed)") from None
             raise

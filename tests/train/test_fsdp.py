@@ -222,6 +222,10 @@ def test_a_truncated_or_corrupt_shard_is_named_and_latest_falls_back(runs, clips
     extended = _step(out, 3) / "dcp" / "__0_0.distcp"
     os.truncate(extended, extended.stat().st_size + 1000)  # as `truncate -s` to a larger size
     assert_one_line_error(osp_in_process(*args, "--resume", str(_step(out, 3))), str(extended), "unreadable")
+    proc = train(clips, tiny_repo, out, 2, "--batch-size", "2", "--strategy", "fsdp", "--resume", str(_step(out, 3)))  # under torchrun
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and str(extended) in errors[0], proc.stderr[-3000:]  # said once, by rank 0
+    assert "EOFError" not in proc.stderr and "osp_core" not in proc.stderr  # no traceback of ours (torchrun adds its own report)
 
 
 def test_the_consolidated_model_samples(runs, osp_in_process, tmp_path):
