@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Any, NoReturn
 
 import typer
@@ -73,8 +74,8 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
         # of exiting, and raises usage errors for us to show.
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except OSPError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit code as without it
+            traceback.print_exc()
         if not exc.quiet:
             typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

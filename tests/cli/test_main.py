@@ -122,3 +122,27 @@ def test_help_screens_show_no_bool_placeholder_on_flags(capsys):
         root.main([*path, "--help"], prog_name="osp", standalone_mode=False)
         text = capsys.readouterr().out
         assert "--help" in text and "<bool>" not in text, (path, text)
+
+
+def test_osp_debug_shows_the_traceback_behind_the_one_line_error(tmp_path):
+    """README: `OSP_DEBUG=1` shows the traceback; the exit code is the same as without it."""
+    args = ("vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "z.safetensors"), "--model", "builtin:shapes")
+    plain = run_osp(*args)
+    debug = run_osp(*args, env={"OSP_DEBUG": "1"})
+    assert plain.returncode == debug.returncode == 2
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()  # then the same line
+
+
+def test_print_config_prints_the_resolved_tree_and_writes_nothing(osp_in_process, tmp_path):
+    import json
+
+    from osp_core.train.config import VAETrainConfig, config_to_dict, load_config
+
+    proc = osp_in_process("vae", "train", "--preset", "debug", "--set", "optim.lr=0.25", "-o", str(tmp_path / "run"), "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed["optim"]["lr"] == 0.25
+    expected = json.loads(json.dumps(config_to_dict(load_config(VAETrainConfig, "debug", {"optim.lr": 0.25}, group="vae"))))  # tuples as JSON lists
+    assert {k: printed[k] for k in ("optim", "model", "loss")} == {k: expected[k] for k in ("optim", "model", "loss")}
+    assert not (tmp_path / "run").exists()
