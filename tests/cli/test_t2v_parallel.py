@@ -68,7 +68,9 @@ def check_same_as_one_process(folder: Path, reference: Path, proc: subprocess.Co
         assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max()), stem
         assert int(np.abs(read_frames(folder / f"{stem}.mp4") - read_frames(reference / f"{stem}.mp4")).max()) <= 1, stem
         sidecar = json.loads((folder / f"{stem}.json").read_text())
-        assert sidecar["settings"]["parallel"]["mode"] == mode and sidecar["settings"]["parallel"]["world_size"] == ranks
+        split = {"data": (ranks, 1, 1), "cfg": (1, 2, 1), "sp": (1, 1, ranks), "cfg+sp": (1, 2, ranks // 2)}[mode]
+        split = dict(zip(("data", "cfg", "sp"), split))
+        assert sidecar["settings"]["parallel"] == {"mode": mode, "world_size": ranks, **split}  # how the ranks were split
 
 
 @pytest.mark.parametrize("mode", ["sp", "cfg", "data"])
