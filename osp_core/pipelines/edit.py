@@ -40,7 +40,7 @@ from .edit_inputs import (
     region_displacement,
     shift,
 )
-from .t2v_inputs import fewest_steps
+from .t2v_inputs import check_max_steps, fewest_steps
 
 if TYPE_CHECKING:
     from .sampling import SamplingPlan, SamplingProgress
@@ -86,6 +86,8 @@ class EditJob:
             raise InputError("both --track and --track-file were given", "put every track in the file, or pass them all as --track")
         if self.output.suffix.lower() != ".mp4":
             raise InputError(f"output '{self.output}' is not an .mp4 file", "pass -o NAME.mp4")
+        if self.steps is not None:
+            check_max_steps(self.steps)
 
 
 @dataclass

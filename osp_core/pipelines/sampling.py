@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
 from .repository import ModelRepository, check_transformer_folder
-from .t2v_inputs import T5Location, check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
+from .t2v_inputs import T5Location, check_cache_options, check_clean_caption_deps, check_max_steps, check_steps, check_video_size, parse_version, scheduler_name, version_size
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +123,8 @@ class SamplingJob:
         for name, value, low, example in (("--num-videos", self.num_videos, 1, "1"), ("--steps", self.steps, 1, "150")):
             if value is not None and value < low:
                 raise InputError(f"{name} must be >= {low}, got {value}", f"pass e.g. {name} {example}")
+        if self.steps is not None:
+            check_max_steps(self.steps)
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"--fps must be a number > 0, got {self.fps}", "pass e.g. --fps 24")
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):

@@ -137,6 +137,33 @@ def test_bad_input_is_one_line(args, needles, tmp_path):
     assert_one_line_error(proc, *needles)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("t2v", "sample", "a cat"), ("t2v", "calibrate-cache", "a cat"), ("edit", "{video}", "-o", "{out}/edited.mp4", "--box", "0,0,16,16")],
+    ids=["sample", "calibrate-cache", "edit"],
+)
+def test_steps_are_bounded_before_anything_runs(osp_in_process, tiny_repo, tmp_path, command):
+    """--steps 100000000 was accepted, printed nothing and was killed at about 23 GB (the
+    scheduler's timestep arrays grow with the step count)."""
+    from osp_core.io import write_video
+
+    video = tmp_path / "in.mp4"
+    write_video(video, torch.zeros(9, 32, 32, 3, dtype=torch.uint8), fps=8)
+    args = [a.format(video=video, out=tmp_path / "out") for a in command]
+    proc = osp_in_process(*args, "--model", str(tiny_repo), "--steps", "100000000", *(("-o", str(tmp_path / "out")) if command[1] == "sample" else ()))
+    assert_one_line_error(proc, "--steps must be <= 1000", "--steps 1000 or fewer")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sampling_json_steps_are_bounded(tiny_repo, tmp_path):
+    from osp_core.errors import ModelLoadError
+    from osp_core.pipelines.t2v_inputs import check_sampling_settings
+
+    assert check_sampling_settings({"steps": 1000}, "sampling.json") == {"steps": 1000}
+    with pytest.raises(ModelLoadError, match="'steps' in 'sampling.json' is out of range"):
+        check_sampling_settings({"steps": 100_000_000}, "sampling.json")
+
+
 def test_unknown_version_in_repo(tiny_repo, tmp_path):
     proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(tiny_repo), "--version", "17x32x32", "-o", str(tmp_path))
     assert_one_line_error(proc, "17x32x32", "available: 9x32x32")

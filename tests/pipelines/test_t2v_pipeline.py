@@ -178,6 +178,8 @@ def test_scheduler_names():
         (dict(num_frames=9, height=36, width=32), "height 36"),
         (dict(num_frames=9, height=32, width=20), "width 20"),
         (dict(num_frames=9, height=32, width=32, num_inference_steps=0), "num_inference_steps"),
+        # refused before set_timesteps builds its per-step arrays (100M steps once took 23 GB)
+        (dict(num_frames=9, height=32, width=32, num_inference_steps=100_000_000), "num_inference_steps must be <= 1000"),
         (dict(num_frames=9, height=32, width=32, output_type="pil"), "output_type"),
     ],
 )
