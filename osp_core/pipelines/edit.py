@@ -27,6 +27,7 @@ from ..hub import DEFAULT_REPO
 from .denoising import DenoisingCallback, DenoisingStep
 from .edit_inputs import (
     box_mask,
+    frame_size,
     check_box,
     check_tracks,
     feather_width,
@@ -130,8 +131,8 @@ def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
     frames = clip.frames
     count, height, width = (int(v) for v in frames.shape[:3])
     if height % spatial_multiple or width % spatial_multiple:
-        fit = f"{width // spatial_multiple * spatial_multiple}x{height // spatial_multiple * spatial_multiple}"
-        raise InputError(f"the video is {width}x{height}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
+        fit = frame_size(height // spatial_multiple * spatial_multiple, width // spatial_multiple * spatial_multiple)
+        raise InputError(f"the video is {frame_size(height, width)}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
     if job.box is not None:
         mask = box_mask(check_box(parse_box(job.box), height, width), count, height, width)
     else:
@@ -504,7 +505,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "osp_version": osp_core.__version__,
     }
     paths = [job.output, plan.sidecar]
-    with FileGroup(paths, overwrite=job.overwrite) as group:
+    with FileGroup(paths, overwrite=job.overwrite, rename_hint="choose another -o") as group:
         write_video(group.path(job.output), frames, fps=inputs.fps)
         group.path(plan.sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
         group.commit()
