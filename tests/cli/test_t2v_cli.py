@@ -288,13 +288,19 @@ def test_missing_t5_fails_at_once_naming_text_encoder(tiny_repo, tmp_path):
     """The released repository has no text_encoder/ (T5 comes from DeepFloyd/t5-v1_1-xxl): with
     the Hub out of reach that is one line, before any weights load."""
     repo = tmp_path / "repo"
-    repo.mkdir()
     for name in ("vae", "9x32x32"):
-        (repo / name).symlink_to(tiny_repo / name)
-    started = time.perf_counter()
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.json").symlink_to(tiny_repo / name / "config.json")
+        # weights that cannot load: a run that read any weights before checking T5 fails on them
+        (repo / name / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
     proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(repo), "-o", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(proc, "DeepFloyd/t5-v1_1-xxl", "--text-encoder DIR", "HF_HUB_OFFLINE")
-    assert time.perf_counter() - started < 30 and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
+    # the same repository with T5 found gets as far as the weights, and fails on them
+    for name in ("text_encoder", "tokenizer"):
+        (repo / name).symlink_to(tiny_repo / name)
+    proc = run_osp("t2v", "sample", "a cat", *SIZE_ARGS, "--model", str(repo), "-o", str(tmp_path / "out"), env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode != 0 and "DeepFloyd" not in proc.stderr and "safetensors" in proc.stderr.lower(), proc.stderr
 
 
 def test_text_encoder_that_is_not_t5(tiny_repo, tmp_path):
