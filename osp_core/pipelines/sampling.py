@@ -291,7 +291,6 @@ def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
         counts = [sum(p.numel() for p in model.parameters()) for model in (LatteT2V.from_config(transformer_config), CausalVideoVAE.from_config(vae_config), T5EncoderModel(T5Config.from_dict(t5_config)))]
     estimate = functools.partial(
         t2v_sample_memory,
-        frames=plan.frames,
         guidance=plan.guidance > 1.0,
         transformer_config=transformer_config,
         transformer_params=counts[0],
@@ -303,7 +302,8 @@ def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
         tiled=job.tile is not False,
         offload=job.offload and plan.device.type != "cpu",
     )
-    check_t2v_sample_memory(lambda h, w, n: estimate(height=h, width=w, num_videos=n), plan.height, plan.width, job.num_videos, plan.device)
+    given = [name for name in ("frames", "height", "width") if getattr(job, name) is not None]  # a hint changes what the user chose
+    check_t2v_sample_memory(lambda f, h, w, n: estimate(frames=f, height=h, width=w, num_videos=n), plan.frames, plan.height, plan.width, job.num_videos, plan.device, given)
 
 
 def check_no_overwrite(output_dir: Path, names: list[str]) -> None:

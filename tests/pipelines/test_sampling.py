@@ -154,11 +154,23 @@ def test_bad_options_fail_before_any_model_loads(tiny_repo, tmp_path, options, n
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("options, hint", [(("--num-videos", "100000"), "use --num-videos"), (("--height", "100000", "--steps", "4"), "use --height")])
-def test_a_job_that_cannot_fit_is_refused_before_the_weights_load(tmp_path, options, hint):
+@pytest.mark.parametrize(
+    "options, hint",
+    [
+        (("--num-videos", "100000"), r"\(use --num-videos \d+ or fewer\)"),
+        # the side the user left alone stays (the width was once halved)
+        (("--height", "100000", "--steps", "4"), r"\(use --height \d+ or smaller\)"),
+        # too many frames: fewer frames fit (not "the models alone do not fit")
+        (("--frames", "100001"), r"\(use --frames \d+ or fewer\)"),
+    ],
+)
+def test_a_job_that_cannot_fit_is_refused_before_the_weights_load(osp_in_process, tmp_path, options, hint):
     """(It once computed for 10+ minutes, or failed at allocation with a raw RuntimeError.)"""
-    proc = run_osp("t2v", "sample", "a cat", "--model", "builtin:shapes", *options, "-o", str(tmp_path / "out"))
-    assert_one_line_error(proc, "needs about", "of memory", hint)
+    import re
+
+    proc = osp_in_process("t2v", "sample", "a cat", "--model", "builtin:shapes", *options, "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "needs about", "of memory")
+    assert re.search(hint + "$", proc.stderr.strip()), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
