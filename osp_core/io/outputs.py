@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import InputError
-from .atomic import ensure_writable_dir, fsync_path, remove_stale_temps
+from .atomic import ensure_writable_dir, fsync_path, release_folders, remove_stale_temps
 
 
 class FileGroup:
@@ -73,6 +73,7 @@ class FileGroup:
             raise InputError(f"'{exc.filename}' was written by another run meanwhile", f"pass --overwrite to replace it, or {self.rename_hint}") from None
         for folder in {d.parent for d in self.destinations}:
             fsync_path(folder)
+            release_folders(folder)
 
     def _place(self, temporary: Path, destination: Path) -> None:
         if self.overwrite:

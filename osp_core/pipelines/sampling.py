@@ -333,14 +333,17 @@ class SamplingProgress(Protocol):
 
 @contextlib.contextmanager
 def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress) -> Iterator[None]:
-    """The run's output folder, created and checked writable, and the plan's warnings shown
-    (after every check, so a failing run shows one line); libraries kept quiet for the block.
-    A run that fails leaves no folder it created."""
-    from ..io import ensure_writable_dir
+    """The run's output folder checked writable (it is created when the first file is written,
+    so a run killed before that leaves none), and the plan's warnings shown (after every check,
+    so a failing run shows one line); libraries kept quiet for the block. Folders a killed run
+    left empty beside it are swept (`remove_stale_temps`). A run that fails leaves no folder
+    it created."""
+    from ..io.atomic import check_creatable_dir, remove_stale_temps
     from ..io.paths import folders_to_create, remove_empty_folders
 
+    check_creatable_dir(folder)
+    remove_stale_temps(folders_to_create(folder.parent)[-1].parent if not folder.parent.exists() else folder.parent)
     created = folders_to_create(folder)
-    ensure_writable_dir(folder)
     for message in warnings:
         progress.notice("warning", message)
     try:

@@ -296,3 +296,67 @@ def test_transformer_folder_is_relative_to_the_working_directory(tmp_path, monke
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     assert check_transformer_folder("run/model") == tmp_path / "run" / "model"
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from osp_core.pipelines.sampling import NoProgress, SamplingJob, run_sampling
+
+class Announce(NoProgress):
+    def step(self, done, total):
+        print("denoising", flush=True)  # the test kills the process here
+
+run_sampling(SamplingJob(prompts=["a cat"], model=sys.argv[1], steps=1000, seed=1, output_dir=Path(sys.argv[2]), frames=9, height=32, width=32), Announce())
+"""
+
+
+def test_a_run_killed_before_its_first_file_leaves_no_folder(tiny_repo, tmp_path):
+    """kill -9 (or an OOM kill) runs no cleanup: the output folder is made only when the first
+    file is about to be written (it was made at the start and left empty)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "a" / "videos"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tiny_repo), str(out)], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "denoising"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_next_run_sweeps_folders_a_killed_run_left_empty(tiny_repo, tmp_path):
+    """A run killed between making its folder and writing its first file leaves the folder with
+    an unlocked marker; the next run beside it removes that folder (once as old as a stale
+    temporary), and leaves a folder of a live run and the user's own empty folder alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from osp_core.io.atomic import STALE_AFTER_SECONDS
+
+    make = "import sys, time; from pathlib import Path; from osp_core.io import ensure_writable_dir; ensure_writable_dir(Path(sys.argv[1])); print('made', flush=True); time.sleep(600)"
+    dead, live, users = tmp_path / "dead" / "videos", tmp_path / "live", tmp_path / "mine"
+    users.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", make, str(folder)], stdout=subprocess.PIPE, text=True) for folder in (dead, live)]
+    try:
+        for proc in processes:
+            assert proc.stdout.readline().strip() == "made"
+        processes[0].send_signal(signal.SIGKILL)  # the dead run
+        processes[0].wait(timeout=60)
+        long_ago = os.stat(tmp_path).st_mtime - STALE_AFTER_SECONDS - 60
+        for marker in [*dead.iterdir(), *dead.parent.iterdir(), *live.iterdir()]:
+            if marker.is_file():
+                os.utime(marker, (long_ago, long_ago))
+        proc = run_osp("t2v", "sample", "a cat", "--model", str(tiny_repo), "--steps", "4", "--seed", "1", "--frames", "9", "--height", "32", "--width", "32", "-o", str(tmp_path / "next"), env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr
+        assert not (tmp_path / "dead").exists()
+        assert live.is_dir() and users.is_dir()  # a run still going; a folder osp did not make
+    finally:
+        processes[1].send_signal(signal.SIGKILL)
+        processes[1].wait(timeout=60)
