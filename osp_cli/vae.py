@@ -135,6 +135,7 @@ def decode(
     _check_paths(latents, output, (".mp4",), overwrite, "latent file")  # before the heavy imports
     if fps is not None:
         check_fps(fps)
+    from osp_core.device import dtype_name
     from osp_core.io import from_model_output, write_video
     from osp_core.memory import oom_as_error
     from osp_core.pipelines.video_vae import check_latents_fit, latent_fps, load_latents
@@ -143,7 +144,9 @@ def decode(
     data = load_latents(latents)
     rate = fps if fps is not None else (latent_fps(data, latents) or 24.0)
     model = model or data.metadata.get("model") or DEFAULT_MODEL
-    folder, dev, dt = _plan(model, device, dtype)
+    # latents saved by `osp t2v sample` record the dtype the video was decoded in: the same
+    # dtype gives the sampled frames back (bf16 vs fp32 differ by up to 33 levels)
+    folder, dev, dt = _plan(model, device, dtype or data.metadata.get("dtype"))
     shape = check_latents_fit(folder, data.latents, dev, dt, tile)
     vae = _load(folder, dev, dt, tile)
     start = time.perf_counter()
@@ -153,7 +156,7 @@ def decode(
     seconds = time.perf_counter() - start
     frames = from_model_output(video[0])
     write_video(output, frames, fps=rate)
-    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "seconds": round(seconds, 3)}
+    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "dtype": dtype_name(dt), "seconds": round(seconds, 3)}
     if json_out:
         print_json(summary)
     else:

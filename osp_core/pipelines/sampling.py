@@ -669,6 +669,7 @@ class SamplingRun:
                         "width": plan.width,
                         "scaling_factor": scaling_factor,
                         "model": plan.repository.vae_source,
+                        "dtype": settings["dtype"],  # `osp vae decode` decodes in it by default
                         "source": "osp t2v sample",
                         "version": plan.version,
                         "text_encoder": pipe.text_encoder_source,

@@ -254,6 +254,25 @@ def test_saved_latents_decode_with_osp_vae_decode(sampled, tiny_repo, tmp_path):
     assert len(frames) == 9 and frames[0].shape == (32, 32, 3)
 
 
+def test_saved_latents_decode_in_the_dtype_they_were_sampled_in(osp_in_process, tiny_repo, tmp_path):
+    """Sampling defaults to bf16 on CPUs with bf16 units, `osp vae decode` to fp32: decoding
+    saved latents in fp32 gave frames up to 33 levels from the sampled ones. The header records
+    the sampling dtype and decode uses it unless --dtype says otherwise."""
+    from osp_core.pipelines.sampling import SamplingJob, run_sampling
+    from osp_core.pipelines.video_vae import load_latents
+
+    job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=3, frames=9, height=32, width=32, dtype="bf16", save_latents=True, output_dir=tmp_path / "s")
+    latents = run_sampling(job).videos[0]["latents"]
+    assert load_latents(latents).metadata["dtype"] == "bf16"
+    decoded = {}
+    for name, options in (("default", ()), ("bf16", ("--dtype", "bf16")), ("fp32", ("--dtype", "fp32"))):
+        proc = osp_in_process("vae", "decode", latents, "-o", str(tmp_path / f"{name}.mp4"), "--json", *options)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["dtype"] == (name if name != "default" else "bf16")
+        decoded[name] = (tmp_path / f"{name}.mp4").read_bytes()
+    assert decoded["default"] == decoded["bf16"] != decoded["fp32"]
+
+
 def test_long_frames_warn_once_and_schedulers_log_nothing(tiny_repo, tmp_path):
     """--frames past every trained length warns once, naming the weights; DPMSolverSinglestep's
     diffusers log line (its default config's final step) stays off stderr."""
