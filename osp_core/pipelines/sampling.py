@@ -151,11 +151,12 @@ class VideoOutput:
     seed: int
     stem: str
     save_latents: bool
+    suffix: str = ".mp4"  # .png for one frame (`io.frames_suffix`)
 
     @property
     def names(self) -> list[str]:
-        """mp4, (latents,) sidecar: the sidecar last, as it is written last."""
-        return [f"{self.stem}.mp4"] + ([f"{self.stem}.latents.safetensors"] if self.save_latents else []) + [f"{self.stem}.json"]
+        """mp4 (or png), (latents,) sidecar: the sidecar last, as it is written last."""
+        return [f"{self.stem}{self.suffix}"] + ([f"{self.stem}.latents.safetensors"] if self.save_latents else []) + [f"{self.stem}.json"]
 
 
 @dataclass
@@ -248,9 +249,11 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         make_cache(cache, job.cache_threshold, None)  # raises: this model has no coefficients
     t5 = repository.t5_location()  # T5 found and checked now, before gigabytes of weights
 
+    from ..io.video import frames_suffix
+
     seed = secrets.randbelow(2**31) if job.seed is None else job.seed
     videos = [
-        VideoOutput(index, prompt, video_seed, f"{slugify(prompt)}-{video_seed}", job.save_latents)
+        VideoOutput(index, prompt, video_seed, f"{slugify(prompt)}-{video_seed}", job.save_latents, frames_suffix(frames))
         for index, prompt in enumerate(job.prompts)
         for video_seed in video_seeds(index, seed, job.num_videos)
     ]
@@ -615,7 +618,7 @@ class SamplingRun:
         """Decode prompt `prompt_index`'s latents and write each video's files together."""
         import osp_core
 
-        from ..io import json_dumps, write_video
+        from ..io import json_dumps, write_frames
         from ..io.outputs import FileGroup
         from .video_vae import save_latents
 
@@ -658,7 +661,7 @@ class SamplingRun:
             }
             absolute = {"video": str(video_path.absolute()), "sidecar": str(sidecar.absolute())}
             with FileGroup(paths, overwrite=job.overwrite) as group:
-                write_video(group.path(video_path), decoded[k], fps=plan.fps)
+                write_frames(group.path(video_path), decoded[k], fps=plan.fps)  # one frame: a PNG
                 if job.save_latents:
                     latent_path = paths[1]
                     # unscaled, with `osp vae encode`'s header, so `osp vae decode` gives this video

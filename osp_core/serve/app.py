@@ -143,7 +143,9 @@ class Server:
         record = summary.videos[0]
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
         status = "; ".join([status, *reporter.notes])
-        return record["video"], [record["video"], record["sidecar"]], status, record["seed"]
+        # one frame is written as a PNG, which the video player cannot show: it is in the files
+        shown = None if record["video"].endswith(".png") else record["video"]
+        return shown, [record["video"], record["sidecar"]], status, record["seed"]
 
     def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:
         """The VAE tab: (reconstruction, [mp4, sidecar], PSNR/SSIM line)."""

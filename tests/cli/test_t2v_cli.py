@@ -273,6 +273,18 @@ def test_saved_latents_decode_in_the_dtype_they_were_sampled_in(osp_in_process, 
     assert decoded["default"] == decoded["bf16"] != decoded["fp32"]
 
 
+def test_one_frame_is_written_as_a_png(osp_in_process, tiny_repo, tmp_path):
+    """`osp t2v sample --frames 1` wrote a one-frame mp4."""
+    from PIL import Image
+
+    proc = osp_in_process("t2v", "sample", "a cat", "--model", str(tiny_repo), "--frames", "1", "--height", "32", "--width", "32", "--steps", "4", "--seed", "5", "-o", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    video = json.loads(proc.stdout)["videos"][0]
+    assert Path(video["video"]).name == "a-cat-5.png" and sorted(p.name for p in tmp_path.iterdir()) == ["a-cat-5.json", "a-cat-5.png"]
+    with Image.open(video["video"]) as image:
+        assert image.format == "PNG" and image.size == (32, 32)
+
+
 def test_long_frames_warn_once_and_schedulers_log_nothing(tiny_repo, tmp_path):
     """--frames past every trained length warns once, naming the weights; DPMSolverSinglestep's
     diffusers log line (its default config's final step) stays off stderr."""

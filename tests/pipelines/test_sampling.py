@@ -272,12 +272,20 @@ def test_kept_pipeline_loads_once_and_samples_as_a_fresh_one(tiny_repo, tmp_path
 def test_one_frame_is_an_image_sampled_without_temporal_attention(tiny_repo, tmp_path):
     """frames=1 samples an image with the spatial blocks only, as the original's
     --force_images (video_length 1, enable_temporal_attentions False)."""
+    from PIL import Image
+
     from osp_core.pipelines.t2v import T2VPipeline
     from osp_core.pipelines.video_vae import load_latents
 
     job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=2, frames=1, height=32, width=32, save_latents=True, output_dir=tmp_path, dtype="fp32")
     record = run_sampling(job).videos[0]
     assert record["num_frames"] == 1 and record["settings"]["temporal_attention"] is False
+    # one frame is an image: a PNG and its sidecar (it was a one-frame mp4)
+    assert record["video"] == str((tmp_path / "a-red-balloon-2.png").absolute())
+    assert json.loads(Path(record["sidecar"]).read_text())["video"] == "a-red-balloon-2.png"
+    with Image.open(record["video"]) as image:
+        assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-red-balloon-2.json", "a-red-balloon-2.latents.safetensors", "a-red-balloon-2.png"]
     saved = load_latents(record["latents"]).latents
     pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
     pipe.set_progress_bar_config(disable=True)
