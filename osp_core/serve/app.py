@@ -159,7 +159,8 @@ class Server:
         except Exception as exc:
             return None, None, self.failed(exc)
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
-        return str(result.video), [str(result.video), str(result.sidecar)], status
+        shown = None if result.video.suffix == ".png" else str(result.video)  # an image: in the files
+        return shown, [str(result.video), str(result.sidecar)], status
 
     def edit(
         self,
