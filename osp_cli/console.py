@@ -15,19 +15,27 @@ err = Console(stderr=True)
 
 
 _interrupted = False
+_signal: int = signal.SIGINT
 
 
 def install_interrupt_handler() -> None:
     """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: a KeyboardInterrupt that
     C code swallows (e.g. raised inside a library callback) still stops the run at the next
-    progress update."""
+    progress update. SIGTERM (a scheduler's pre-emption, torchrun stopping the other ranks)
+    does the same, so a terminated run cleans up as an interrupted one does."""
 
-    def on_sigint(signum: int, frame: object) -> None:
-        global _interrupted
-        _interrupted = True
+    def on_signal(signum: int, frame: object) -> None:
+        global _interrupted, _signal
+        _interrupted, _signal = True, signum
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def interrupted_exit_code() -> int:
+    """128 + the signal that stopped the run (130 for Ctrl-C, 143 for SIGTERM), as shells report."""
+    return 128 + int(_signal)
 
 
 def raise_if_interrupted() -> None:

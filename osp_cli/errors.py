@@ -57,12 +57,12 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
     """Run `app` as the program: parse `args` (default sys.argv), run the command, exit with
     its code (SystemExit).
 
-    `catch_interrupts` installs osp's Ctrl-C handler (exit 130, "interrupted"); the trainers
-    install their own (finish the step, checkpoint, exit 0).
+    `catch_interrupts` installs osp's Ctrl-C and SIGTERM handler (exit 130, "interrupted"; 143,
+    "terminated"); the trainers install their own (finish the step, checkpoint, exit 0).
     """
     from osp_core.errors import OSPError
 
-    from .console import install_interrupt_handler
+    from .console import install_interrupt_handler, interrupted_exit_code
     from .options import harden_command
 
     debug = os.environ.get("OSP_DEBUG", "") not in ("", "0")
@@ -80,7 +80,7 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
             typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        code = 130
+        code = interrupted_exit_code()
     except _click_exception_types() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `osp vae` alone: the help is the answer
             exc.show()
@@ -88,8 +88,8 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
             argv = sys.argv[1:] if args is None else list(args)
             typer.echo(usage_error_line(exc, command_path(command, argv, prog_name or "osp")), err=True)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        code = 130
+    except typer.Abort:  # click's form of a KeyboardInterrupt
+        code = interrupted_exit_code()
     except Exception as exc:
         if debug:
             raise
@@ -97,6 +97,8 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
         typer.echo(f"error: {type(exc).__name__}: {first} (set OSP_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
     code = code if isinstance(code, int) else 0
-    if code == 130 and catch_interrupts:
-        typer.echo("interrupted", err=True)
+    if code == 130:  # click's code for any KeyboardInterrupt: say which signal it was
+        code = interrupted_exit_code()
+    if code in (130, 143) and catch_interrupts:
+        typer.echo("interrupted" if code == 130 else "terminated", err=True)
     sys.exit(code)

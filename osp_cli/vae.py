@@ -135,6 +135,7 @@ def decode(
     _check_paths(latents, output, (".mp4",), overwrite, "latent file")  # before the heavy imports
     if fps is not None:
         check_fps(fps)
+    from osp_core.device import dtype_name
     from osp_core.io import from_model_output, write_video
     from osp_core.memory import oom_as_error
     from osp_core.pipelines.video_vae import check_latents_fit, latent_fps, load_latents
@@ -143,7 +144,9 @@ def decode(
     data = load_latents(latents)
     rate = fps if fps is not None else (latent_fps(data, latents) or 24.0)
     model = model or data.metadata.get("model") or DEFAULT_MODEL
-    folder, dev, dt = _plan(model, device, dtype)
+    # latents saved by `osp t2v sample` record the dtype the video was decoded in: the same
+    # dtype gives the sampled frames back (bf16 vs fp32 differ by up to 33 levels)
+    folder, dev, dt = _plan(model, device, dtype or data.metadata.get("dtype"))
     shape = check_latents_fit(folder, data.latents, dev, dt, tile)
     vae = _load(folder, dev, dt, tile)
     start = time.perf_counter()
@@ -153,7 +156,7 @@ def decode(
     seconds = time.perf_counter() - start
     frames = from_model_output(video[0])
     write_video(output, frames, fps=rate)
-    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "seconds": round(seconds, 3)}
+    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "dtype": dtype_name(dt), "seconds": round(seconds, 3)}
     if json_out:
         print_json(summary)
     else:
@@ -163,7 +166,7 @@ def decode(
 @app.command()
 def recon(
     video: VideoArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Reconstructed video to write (.mp4).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Reconstruction to write: .mp4, or .png for one frame (an image).")],
     model: ModelOpt = DEFAULT_MODEL,
     frames: FramesOpt = None,
     stride: StrideOpt = 1,
@@ -175,19 +178,24 @@ def recon(
     json_out: JsonOpt = False,
 ) -> None:
     """Round trip a video through the VAE; prints PSNR and SSIM of the reconstruction."""
-    _check_paths(video, output, (".mp4",), overwrite, "video")  # before the heavy imports
-    from osp_core.io import parse_size, write_video
+    _check_paths(video, output, (".mp4", ".png"), overwrite, "video")  # before the heavy imports
+    from osp_core.errors import InputError
+    from osp_core.io import frames_suffix, parse_size, write_frames
     from osp_core.memory import oom_as_error
     from osp_core.pipelines.video_vae import check_clip_fits, reconstruct
 
     folder, dev, dt = _plan(model, device, dtype)
     shape = check_clip_fits(folder, "recon", video, frames, stride, parse_size(size), dev, dt, tile)
+    wanted = frames_suffix(shape[0])  # one frame is an image, as `osp t2v sample` writes it
+    if output.suffix.lower() != wanted:
+        what = "one frame (an image)" if shape[0] == 1 else f"{shape[0]} frames"
+        raise InputError(f"the round trip is {what}, and '{output}' is not a {wanted} file", f"pass -o {output.with_suffix(wanted).name}")
     vae = _load(folder, dev, dt, tile)
     clip = _read(video, frames, stride, size, vae)
     with progress(transient=True) as bar, oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", MEMORY_HINT):
         task = bar.add_task("round trip", total=None)
         result = reconstruct(vae, clip, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    write_video(output, result.frames, fps=clip.fps)
+    write_frames(output, result.frames, fps=clip.fps)
     seconds = result.seconds
     summary = {
         "output": str(output),

@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,15 +329,27 @@ def available_memory(device: torch.device | str) -> int | None:
 # --- refusing what cannot fit ----------------------------------------------------------------
 
 
-def largest_fitting_size(needed: Callable[[int, int], int], height: int, width: int, budget: int, multiple: int = 8) -> tuple[int, int] | None:
-    """The largest (h, w) with the aspect ratio of `height` x `width`, multiples of `multiple`,
-    no larger than it, for which `needed(h, w)` <= `budget`; None when not even the smallest does."""
+def largest_fitting_size(needed: Callable[[int, int], int], height: int, width: int, budget: int, multiple: int = 8, resize: str = "both") -> tuple[int, int] | None:
+    """The largest (h, w), multiples of `multiple`, no larger than `height` x `width`, for which
+    `needed(h, w)` <= `budget`; None when not even the smallest does. `resize` says which sides
+    may change: "height" or "width" (the user chose that one; the other stays, unless not even
+    the smallest of the one fits), else "both" with the aspect ratio of `height` x `width`
+    (the shorter side rounded to the nearest multiple, so the ratio survives rounding)."""
+
+    def floor(value: float) -> int:
+        return max(multiple, int(value) // multiple * multiple)
 
     def at(scale: float) -> tuple[int, int]:
-        return max(multiple, int(height * scale) // multiple * multiple), max(multiple, int(width * scale) // multiple * multiple)
+        if resize == "height":
+            return floor(height * scale), width
+        if resize == "width":
+            return height, floor(width * scale)
+        long_side = floor(max(height, width) * scale)
+        short_side = min(min(height, width), max(multiple, round(long_side * min(height, width) / max(height, width) / multiple) * multiple))
+        return (long_side, short_side) if height >= width else (short_side, long_side)
 
     if needed(*at(0.0)) > budget:
-        return None
+        return None if resize == "both" else largest_fitting_size(needed, height, width, budget, multiple)
     low, high = 0.0, 1.0
     for _ in range(40):  # bisection on the scale: sizes are monotone in it
         mid = (low + high) / 2
@@ -346,6 +358,21 @@ def largest_fitting_size(needed: Callable[[int, int], int], height: int, width: 
         else:
             high = mid
     return at(low)
+
+
+def most_fitting_frames(needed: Callable[[int], int], frames: int, budget: int, step: int = 4) -> int | None:
+    """The largest frame count 1 + `step` k below `frames` for which `needed(count)` <= `budget`
+    (bisection: memory grows with frames); None when not even one frame fits."""
+    if needed(1) > budget:
+        return None
+    low, high = 0, max(0, (frames - 2) // step)  # counts below `frames`
+    while low < high:
+        mid = (low + high + 1) // 2
+        if needed(1 + step * mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return 1 + step * low
 
 
 def check_fits(needed: int, device: torch.device | str, what: str, hint: str) -> None:
@@ -384,26 +411,47 @@ def check_vae_memory(
         hint = f"use --size {fit[0]}x{fit[1]} or smaller, or fewer --frames"
     else:
         step = VAEShape.from_config(config).temporal_compression
-        fitting = [t for t in range(1, frames, step) if vae_memory(config, op, t, height, width, num_params=num_params, dtype=dtype, tiled=tiled).total <= free]
-        hint = f"at {height}x{width} this device fits at most {fitting[-1]} frames" if fitting else "the model alone does not fit: use a device with more memory"
+        most = most_fitting_frames(lambda t: vae_memory(config, op, t, height, width, num_params=num_params, dtype=dtype, tiled=tiled).total, frames, free, step) if frames > 1 else None
+        hint = f"at {height}x{width} this device fits at most {most} frames" if most is not None else "the model alone does not fit: use a device with more memory"
     raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.total)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
 
 
-def check_t2v_sample_memory(estimate_for: Callable[[int, int, int], T2VMemoryEstimate], height: int, width: int, num_videos: int, device: torch.device | str) -> T2VMemoryEstimate:
-    """Refuse sampling that cannot fit `device`. `estimate_for(height, width, num_videos)`
-    gives the estimate (e.g. a `functools.partial` of `t2v_sample_memory`). The hint names
-    what would fit: fewer --num-videos first (they share one batch), else the largest
-    --height/--width (multiples of 16) of this aspect ratio. Returns the estimate when it fits."""
-    estimate = estimate_for(height, width, num_videos)
+def check_t2v_sample_memory(
+    estimate_for: Callable[[int, int, int, int], T2VMemoryEstimate],
+    frames: int,
+    height: int,
+    width: int,
+    num_videos: int,
+    device: torch.device | str,
+    given: Collection[str] = (),
+) -> T2VMemoryEstimate:
+    """Refuse sampling that cannot fit `device`. `estimate_for(frames, height, width,
+    num_videos)` gives the estimate (e.g. a `functools.partial` of `t2v_sample_memory`). The
+    hint names what would fit: fewer --num-videos first (they share one batch), else for one
+    video what the user chose (`given`: of "frames", "height", "width"; the rest are the
+    model's defaults), the most --frames (4k+1) or the largest --height/--width (multiples of
+    16; a side left alone stays, two sides keep their aspect ratio); when the user chose both
+    or neither, whichever keeps more of what was asked. Returns the estimate when it fits."""
+    estimate = estimate_for(frames, height, width, num_videos)
     free = available_memory(device)
     if free is None or estimate.peak <= free:
         return estimate
-    what = f"sampling {num_videos} video(s) of {height}x{width} ({estimate.peak_phase})"
-    videos = next((n for n in range(num_videos - 1, 0, -1) if estimate_for(height, width, n).peak <= free), None)
+    what = f"sampling {num_videos} video(s) of {frames}x{height}x{width} ({estimate.peak_phase})"
+    sides = {"height", "width"} & set(given)
+    resize = sides.pop() if len(sides) == 1 else "both"
+    videos = next((n for n in range(num_videos - 1, 0, -1) if estimate_for(frames, height, width, n).peak <= free), None)
+    size = largest_fitting_size(lambda h, w: estimate_for(frames, h, w, 1).peak, height, width, free, multiple=16, resize=resize)
+    fewer = most_fitting_frames(lambda t: estimate_for(t, height, width, 1).peak, frames, free) if frames > 1 else None
+    if size is not None and fewer is not None and ("frames" in given) != bool({"height", "width"} & set(given)):
+        size, fewer = (None, fewer) if "frames" in given else (size, None)
+    one_video = " and --num-videos 1" if num_videos > 1 else ""
     if videos is not None:
         hint = f"use --num-videos {videos} or fewer"
-    elif fit := largest_fitting_size(lambda h, w: estimate_for(h, w, 1).peak, height, width, free, multiple=16):
-        hint = f"use --height {fit[0]} --width {fit[1]} or smaller" + (" and --num-videos 1" if num_videos > 1 else "")
+    elif size is not None and (fewer is None or size[0] * size[1] / (height * width) >= fewer / frames):
+        changed = [f"--{side} {value}" for side, value, asked in (("height", size[0], height), ("width", size[1], width)) if value != asked]
+        hint = f"use {' '.join(changed)} or smaller{one_video}"
+    elif fewer is not None:
+        hint = f"use --frames {fewer} or fewer{one_video}"
     else:
         hint = "the models alone do not fit: try --offload or a device with more memory"
     raise InsufficientMemoryError(f"{what} needs about {format_bytes(estimate.peak)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)

@@ -71,21 +71,45 @@ def test_t2v_estimate_phases_and_batch(t2v_config, vae_config):
     assert "attention scores" in estimate(transformer_config=math_cfg).denoise.parts
 
 
-def test_refusals_name_what_would_fit(t2v_config, vae_config, monkeypatch):
-    monkeypatch.setattr(memory, "available_memory", lambda device: 12 * GB)
-    estimate_for = lambda h, w, n: t2v_sample_memory(  # noqa: E731
-        frames=65, height=h, width=w, num_videos=n, transformer_config=t2v_config, transformer_params=1_060_000_000,
+def t2v_estimate(t2v_config, vae_config):
+    """estimate_for(frames, height, width, num_videos) of the released model in bf16."""
+    return lambda f, h, w, n: t2v_sample_memory(
+        frames=f, height=h, width=w, num_videos=n, transformer_config=t2v_config, transformer_params=1_060_000_000,
         vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000, dtype=torch.bfloat16,
     )  # fmt: skip
-    assert memory.check_t2v_sample_memory(estimate_for, 512, 512, 1, "cuda").peak < 12 * GB
+
+
+def test_refusal_hints_change_what_the_user_asked_for(t2v_config, vae_config, monkeypatch):
+    """--frames 100001 was told "the models alone do not fit: try --offload"; --height 100000
+    (width left alone) was told to halve the width as well."""
+    monkeypatch.setattr(memory, "available_memory", lambda device: 12 * GB)
+    estimate_for = t2v_estimate(t2v_config, vae_config)
+    with pytest.raises(InsufficientMemoryError, match=r"use --frames (\d+) or fewer\)$") as info:
+        memory.check_t2v_sample_memory(estimate_for, 100_001, 512, 512, 1, "cuda", given=["frames"])
+    frames = int(info.value.hint.split()[2])
+    assert (frames - 1) % 4 == 0 and estimate_for(frames, 512, 512, 1).peak <= 12 * GB < estimate_for(frames + 4, 512, 512, 1).peak
+    with pytest.raises(InsufficientMemoryError, match=r"use --height (\d+) or smaller\)$") as info:
+        memory.check_t2v_sample_memory(estimate_for, 65, 100_000, 512, 1, "cuda", given=["height"])
+    height = int(info.value.hint.split()[2])
+    assert height % 16 == 0 and estimate_for(65, height, 512, 1).peak <= 12 * GB < estimate_for(65, height + 16, 512, 1).peak
+    # with both sides to change, the short side is the multiple of 16 nearest the aspect ratio's
+    # (it was floored: 74992x32 for 100000x64, a width of 48 in the ratio asked for)
+    h, w = memory.largest_fitting_size(lambda h, w: estimate_for(65, h, w, 1).peak, 100_000, 64, 12 * GB, multiple=16)
+    assert abs(w - h * 64 / 100_000) <= 8, (h, w)
+
+
+def test_refusals_name_what_would_fit(t2v_config, vae_config, monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 12 * GB)
+    estimate_for = t2v_estimate(t2v_config, vae_config)
+    assert memory.check_t2v_sample_memory(estimate_for, 65, 512, 512, 1, "cuda").peak < 12 * GB
     with pytest.raises(InsufficientMemoryError, match=r"--num-videos \d") as info:
-        memory.check_t2v_sample_memory(estimate_for, 512, 512, 16, "cuda")
+        memory.check_t2v_sample_memory(estimate_for, 65, 512, 512, 16, "cuda")
     assert info.value.exit_code == 2
     with pytest.raises(InsufficientMemoryError, match=r"--height (\d+) --width (\d+)") as info:
-        memory.check_t2v_sample_memory(estimate_for, 4096, 2048, 1, "cuda")
+        memory.check_t2v_sample_memory(estimate_for, 65, 4096, 2048, 1, "cuda", given=["height", "width"])
     h, w = map(int, info.value.hint.split("--height ")[1].replace("--width ", "").split()[:2])
     assert h % 16 == 0 and w % 16 == 0 and abs(h / w - 2) < 0.05  # the aspect ratio asked for
-    assert estimate_for(h, w, 1).peak <= 12 * GB < estimate_for(int(h * 1.1), int(w * 1.1), 1).peak  # the largest that fits
+    assert estimate_for(65, h, w, 1).peak <= 12 * GB < estimate_for(65, int(h * 1.1), int(w * 1.1), 1).peak  # the largest that fits
     with pytest.raises(InsufficientMemoryError, match="leave out --no-tile"):
         memory.check_vae_memory(vae_config, "decode", 65, 512, 512, num_params=250_000_000, device="cuda", dtype=torch.bfloat16, tiled=False, resizable=False)
     with pytest.raises(InsufficientMemoryError, match="at most \\d+ frames"):

@@ -5,10 +5,15 @@ flushed to disk (file, then folder) and renamed. A kill at the exact rename poin
 leave such a temporary behind; the next write into that folder removes temporaries of this
 pattern that are older than `STALE_AFTER_SECONDS` and that no process holds locked (a writer
 holds an exclusive `flock` on its temporary for as long as it writes).
+
+A folder created for an output holds a locked marker (`.osp-folder.<12 hex>.tmp`) until the
+first file lands in it; a run killed before that (kill -9, an OOM kill) leaves the folder with
+an unlocked marker, and the next sweep of its parent removes it as it removes temporaries.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -40,6 +45,8 @@ _OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old$")
 _PROBE_NAME = re.compile(r"^\.osp-(caption|probe)-[A-Za-z0-9_]{8}\.tmp$")
 
 _swept: set[Path] = set()  # folders already cleaned by this process
+_FOLDER_MARKER = "osp-folder"
+_markers: dict[Path, tuple[Path, int]] = {}  # folder created by this process -> (marker, locked fd)
 
 
 def _umask() -> int:
@@ -49,11 +56,19 @@ def _umask() -> int:
 
 
 def ensure_writable_dir(directory: Path) -> None:
-    """Create `directory` if needed; a one-line error when it cannot be written."""
+    """Create `directory` if needed; a one-line error when it cannot be written. Each folder
+    created gets a locked marker until `release_folders` (a file landed in it)."""
+    missing = []
+    current = Path(directory).absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output folder '{directory}': {exc.strerror}", "choose a writable location") from None
+    for folder in reversed(missing):
+        _mark_created(folder)
     if not os.access(directory, os.W_OK):
         raise InputError(f"output folder '{directory}' is not writable", "choose a writable location")
     # os.access trusts root even on read-only pseudo file systems (/proc, /sys): really try,
@@ -64,6 +79,77 @@ def ensure_writable_dir(directory: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise InputError(f"output folder '{directory}' is not writable ({exc.strerror or type(exc).__name__})", "choose a writable location") from None
+
+
+def check_creatable_dir(directory: Path) -> None:
+    """A one-line error unless `directory` exists and is writable, or can be created: checked in
+    its nearest existing folder, so nothing is created before there is something to write."""
+    current = Path(directory).absolute()
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    if not current.is_dir():
+        raise InputError(f"cannot create output folder '{directory}': '{current}' is not a folder", "choose a writable location")
+    ensure_writable_dir(current)
+
+
+def _release_all() -> None:
+    """At exit every marker goes: a process that ends normally proved nothing about its folders."""
+    for folder in list(_markers):
+        release_folders(folder, above=False)
+
+
+atexit.register(_release_all)
+
+
+def _mark_created(folder: Path) -> None:
+    """Put a locked marker in `folder`, which this process just created (see the module doc)."""
+    marker = folder / f".{_FOLDER_MARKER}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError:
+        return  # unmarked: a kill leaves it for the user, as before
+    _lock(fd)
+    _markers[folder] = (marker, fd)
+
+
+def release_folders(directory: str | Path, above: bool = True) -> None:
+    """A file landed in `directory`: drop the markers of it and (`above`) the folders above it
+    that this process created (they are no longer empty)."""
+    current = Path(directory).absolute()
+    while current != current.parent:
+        entry = _markers.pop(current, None)
+        if entry is not None:
+            marker, fd = entry
+            Path(marker).unlink(missing_ok=True)
+            os.close(fd)
+        if not above:
+            return
+        current = current.parent
+
+
+def _is_dead_run_folder(path: Path, now: float, older_than: float) -> bool:
+    """`path` holds an unlocked, stale folder marker and nothing else but stale, unlocked
+    temporaries and folders of the same kind: what a run killed before its first file left."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    marked = False
+    for entry in entries:
+        child = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False) and not is_temp_name(entry.name):
+            if not _is_dead_run_folder(child, now, older_than):
+                return False
+            continue
+        if not is_temp_name(entry.name) or entry.is_symlink():
+            return False
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than or _in_use(child):
+                return False
+        except OSError:
+            return False
+        marked = marked or entry.name.startswith(f".{_FOLDER_MARKER}.")
+    return marked
 
 
 def temp_name(dest: Path) -> Path:
@@ -114,6 +200,11 @@ def remove_stale_temps(directory: str | Path, older_than: float = STALE_AFTER_SE
     now = time.time()
     for entry in entries:
         if not is_temp_name(entry.name):
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False) and path not in _markers and _is_dead_run_folder(path, now, older_than):
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    removed.append(path)
             continue
         old = _OLD_NAME.match(entry.name)
         if old and not (directory / old.group("name")).exists():
@@ -180,6 +271,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         fsync_path(tmp_path)
         os.replace(tmp_path, dest)
         fsync_path(parent)
+        release_folders(parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -213,6 +305,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         else:
             os.replace(tmp, dest)
         fsync_path(dest.parent)
+        release_folders(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

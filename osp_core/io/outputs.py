@@ -18,16 +18,19 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import InputError
-from .atomic import ensure_writable_dir, fsync_path, remove_stale_temps
+from .atomic import ensure_writable_dir, fsync_path, release_folders, remove_stale_temps
 
 
 class FileGroup:
     """Temporary names for `destinations` (in one folder), moved into place by `commit`;
     the temporaries are removed if the block fails."""
 
-    def __init__(self, destinations: Sequence[Path], overwrite: bool = False) -> None:
+    def __init__(self, destinations: Sequence[Path], overwrite: bool = False, rename_hint: str = "choose another --seed or --output-dir") -> None:
+        """`rename_hint`: how the caller's user picks other names, for when another run wrote
+        one of `destinations` meanwhile."""
         self.destinations = [Path(d) for d in destinations]
         self.overwrite = overwrite
+        self.rename_hint = rename_hint
         token = uuid.uuid4().hex[:12]
         # atomic_path's pattern: the stale sweep removes what a killed run leaves
         self.temporaries = {d: d.with_name(f".{d.stem}.{token}.tmp{d.suffix}") for d in self.destinations}
@@ -67,9 +70,10 @@ class FileGroup:
         except FileExistsError as exc:
             for destination in placed:  # ours, made a moment ago: take them back
                 destination.unlink(missing_ok=True)
-            raise InputError(f"'{exc.filename}' was written by another run meanwhile", "pass --overwrite to replace it, or choose another --seed or --output-dir") from None
+            raise InputError(f"'{exc.filename}' was written by another run meanwhile", f"pass --overwrite to replace it, or {self.rename_hint}") from None
         for folder in {d.parent for d in self.destinations}:
             fsync_path(folder)
+            release_folders(folder)
 
     def _place(self, temporary: Path, destination: Path) -> None:
         if self.overwrite:

@@ -59,7 +59,10 @@ def folders_to_create(directory: str | Path) -> list[Path]:
 
 def remove_empty_folders(folders: Sequence[Path]) -> None:
     """Remove `folders` (deepest first) while they are empty: the ones a failed run created."""
+    from .atomic import release_folders
+
     for folder in folders:
+        release_folders(folder, above=False)  # our marker (if any) goes, so an empty folder can
         try:
             folder.rmdir()
         except OSError:  # not empty, or already gone: leave it and its parents

@@ -145,6 +145,35 @@ def check_fps(fps: float, option: str = "--fps") -> float:
     return fps
 
 
+def frames_suffix(num_frames: int) -> str:
+    """The file type osp writes `num_frames` frames as: one frame is an image (.png), more an
+    H.264 .mp4."""
+    return ".png" if num_frames == 1 else ".mp4"
+
+
+def write_frames(path: str | Path, frames: torch.Tensor, fps: float = 24.0) -> Path:
+    """Write (T, H, W, 3) uint8 frames by `path`'s type: `write_image` for .png (one frame),
+    else `write_video`."""
+    if Path(path).suffix.lower() == ".png":
+        if len(frames) != 1:
+            raise ValueError(f"a .png holds one frame, got {len(frames)}")
+        return write_image(path, frames[0])
+    return write_video(path, frames, fps=fps)
+
+
+def write_image(path: str | Path, frame: torch.Tensor) -> Path:
+    """Write one (H, W, 3) uint8 frame as a PNG (lossless), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    array = frame.cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected (H, W, 3) uint8 frame, got {array.shape} {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return path
+
+
 def write_video(path: str | Path, frames: torch.Tensor, fps: float = 24.0, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4 (yuv420p), atomically.
 

@@ -27,6 +27,7 @@ from ..hub import DEFAULT_REPO
 from .denoising import DenoisingCallback, DenoisingStep
 from .edit_inputs import (
     box_mask,
+    frame_size,
     check_box,
     check_tracks,
     feather_width,
@@ -40,7 +41,7 @@ from .edit_inputs import (
     region_displacement,
     shift,
 )
-from .t2v_inputs import fewest_steps
+from .t2v_inputs import check_max_steps, fewest_steps
 
 if TYPE_CHECKING:
     from .sampling import SamplingPlan, SamplingProgress
@@ -86,6 +87,8 @@ class EditJob:
             raise InputError("both --track and --track-file were given", "put every track in the file, or pass them all as --track")
         if self.output.suffix.lower() != ".mp4":
             raise InputError(f"output '{self.output}' is not an .mp4 file", "pass -o NAME.mp4")
+        if self.steps is not None:
+            check_max_steps(self.steps)
 
 
 @dataclass
@@ -128,8 +131,8 @@ def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
     frames = clip.frames
     count, height, width = (int(v) for v in frames.shape[:3])
     if height % spatial_multiple or width % spatial_multiple:
-        fit = f"{width // spatial_multiple * spatial_multiple}x{height // spatial_multiple * spatial_multiple}"
-        raise InputError(f"the video is {width}x{height}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
+        fit = frame_size(height // spatial_multiple * spatial_multiple, width // spatial_multiple * spatial_multiple)
+        raise InputError(f"the video is {frame_size(height, width)}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
     if job.box is not None:
         mask = box_mask(check_box(parse_box(job.box), height, width), count, height, width)
     else:
@@ -502,7 +505,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "osp_version": osp_core.__version__,
     }
     paths = [job.output, plan.sidecar]
-    with FileGroup(paths, overwrite=job.overwrite) as group:
+    with FileGroup(paths, overwrite=job.overwrite, rename_hint="choose another -o") as group:
         write_video(group.path(job.output), frames, fps=inputs.fps)
         group.path(plan.sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
         group.commit()

@@ -18,6 +18,12 @@ from ..errors import InputError
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1; end exclusive
 
 
+def frame_size(height: int, width: int) -> str:
+    """A frame size as osp writes it everywhere (height first), sides named: boxes and tracks
+    here are x-first, so a bare "64x60" would read either way."""
+    return f"{height}x{width} (HxW)"
+
+
 # -- region ---------------------------------------------------------------------------------
 
 
@@ -39,7 +45,7 @@ def check_box(box: Box, height: int, width: int) -> Box:
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"--box {x0},{y0},{x1},{y1} is empty", "give X1 > X0 and Y1 > Y0 (end exclusive)")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise InputError(f"--box {x0},{y0},{x1},{y1} is outside the {width}x{height} frame", f"keep 0 <= X0 < X1 <= {width} and 0 <= Y0 < Y1 <= {height}")
+        raise InputError(f"--box {x0},{y0},{x1},{y1} is outside the {frame_size(height, width)} frame", f"keep 0 <= X0 < X1 <= {width} and 0 <= Y0 < Y1 <= {height}")
     return box
 
 
@@ -60,7 +66,7 @@ def load_mask(path: str | Path, frames: int, height: int, width: int) -> torch.T
     check_input_file(path, "mask")
     video = read_video(path).frames  # an image reads as one frame
     if tuple(video.shape[1:3]) != (height, width):
-        raise InputError(f"mask '{path}' is {video.shape[2]}x{video.shape[1]}, the video {width}x{height}", f"make a {width}x{height} mask (white = edit)")
+        raise InputError(f"mask '{path}' is {frame_size(video.shape[1], video.shape[2])}, the video {frame_size(height, width)}", f"make a {frame_size(height, width)} mask (white = edit)")
     mask = (video.amax(dim=-1) > 127).float()
     if mask.shape[0] == 1:
         mask = mask.expand(frames, height, width).clone()
@@ -108,7 +114,7 @@ def load_first_frame(path: str | Path, height: int, width: int) -> torch.Tensor:
     check_input_file(path, "first frame")
     frames = read_video(path).frames
     if tuple(frames.shape[1:3]) != (height, width):
-        raise InputError(f"first frame '{path}' is {frames.shape[2]}x{frames.shape[1]}, the video {width}x{height}", f"resize it to {width}x{height} (the edited frame must line up with the video)")
+        raise InputError(f"first frame '{path}' is {frame_size(frames.shape[1], frames.shape[2])}, the video {frame_size(height, width)}", f"resize it to {frame_size(height, width)} (the edited frame must line up with the video)")
     return frames[0]
 
 
@@ -149,13 +155,18 @@ def load_track_file(path: str | Path, frames: int) -> list[torch.Tensor]:
 
 
 def check_tracks(tracks: list[torch.Tensor], height: int, width: int) -> None:
-    """Every point inside the frame (x in [0, W), y in [0, H))."""
+    """Every point a finite number inside the frame (x in [0, W), y in [0, H))."""
     for index, track in enumerate(tracks):
-        bad = (track[:, 0] < 0) | (track[:, 0] >= width) | (track[:, 1] < 0) | (track[:, 1] >= height) | ~torch.isfinite(track).all(dim=1)
+        infinite = ~torch.isfinite(track).all(dim=1)
+        if bool(infinite.any()):
+            frame = int(torch.nonzero(infinite)[0])
+            x, y = (float(v) for v in track[frame])
+            raise InputError(f"track {index} point ({x:g}, {y:g}) at frame {frame} is not a finite number", "give every point as two finite pixel coordinates [x, y]")
+        bad = (track[:, 0] < 0) | (track[:, 0] >= width) | (track[:, 1] < 0) | (track[:, 1] >= height)
         if bool(bad.any()):
             frame = int(torch.nonzero(bad)[0])
             x, y = (float(v) for v in track[frame])
-            raise InputError(f"track {index} point ({x:g}, {y:g}) at frame {frame} is outside the {width}x{height} frame", f"keep 0 <= x < {width} and 0 <= y < {height}")
+            raise InputError(f"track {index} point ({x:g}, {y:g}) at frame {frame} is outside the {frame_size(height, width)} frame", f"keep 0 <= x < {width} and 0 <= y < {height}")
 
 
 def region_displacement(tracks: list[torch.Tensor], mask0: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
 from .repository import ModelRepository, check_transformer_folder
-from .t2v_inputs import T5Location, check_cache_options, check_clean_caption_deps, check_steps, check_video_size, parse_version, scheduler_name, version_size
+from .t2v_inputs import T5Location, check_cache_options, check_clean_caption_deps, check_max_steps, check_steps, check_video_size, parse_version, scheduler_name, version_size
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +123,8 @@ class SamplingJob:
         for name, value, low, example in (("--num-videos", self.num_videos, 1, "1"), ("--steps", self.steps, 1, "150")):
             if value is not None and value < low:
                 raise InputError(f"{name} must be >= {low}, got {value}", f"pass e.g. {name} {example}")
+        if self.steps is not None:
+            check_max_steps(self.steps)
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"--fps must be a number > 0, got {self.fps}", "pass e.g. --fps 24")
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -149,11 +151,12 @@ class VideoOutput:
     seed: int
     stem: str
     save_latents: bool
+    suffix: str = ".mp4"  # .png for one frame (`io.frames_suffix`)
 
     @property
     def names(self) -> list[str]:
-        """mp4, (latents,) sidecar: the sidecar last, as it is written last."""
-        return [f"{self.stem}.mp4"] + ([f"{self.stem}.latents.safetensors"] if self.save_latents else []) + [f"{self.stem}.json"]
+        """mp4 (or png), (latents,) sidecar: the sidecar last, as it is written last."""
+        return [f"{self.stem}{self.suffix}"] + ([f"{self.stem}.latents.safetensors"] if self.save_latents else []) + [f"{self.stem}.json"]
 
 
 @dataclass
@@ -246,9 +249,11 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         make_cache(cache, job.cache_threshold, None)  # raises: this model has no coefficients
     t5 = repository.t5_location()  # T5 found and checked now, before gigabytes of weights
 
+    from ..io.video import frames_suffix
+
     seed = secrets.randbelow(2**31) if job.seed is None else job.seed
     videos = [
-        VideoOutput(index, prompt, video_seed, f"{slugify(prompt)}-{video_seed}", job.save_latents)
+        VideoOutput(index, prompt, video_seed, f"{slugify(prompt)}-{video_seed}", job.save_latents, frames_suffix(frames))
         for index, prompt in enumerate(job.prompts)
         for video_seed in video_seeds(index, seed, job.num_videos)
     ]
@@ -306,7 +311,6 @@ def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
     counts = [sizes[name][0] for name in ("transformer", "vae", "text_encoder")]
     estimate = functools.partial(
         t2v_sample_memory,
-        frames=plan.frames,
         guidance=plan.guidance > 1.0,
         transformer_config=transformer_config,
         transformer_params=counts[0],
@@ -318,7 +322,8 @@ def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
         tiled=job.tile is not False,
         offload=job.offload and plan.device.type != "cpu",
     )
-    check_t2v_sample_memory(lambda h, w, n: estimate(height=h, width=w, num_videos=n), plan.height, plan.width, job.num_videos, plan.device)
+    given = [name for name in ("frames", "height", "width") if getattr(job, name) is not None]  # a hint changes what the user chose
+    check_t2v_sample_memory(lambda f, h, w, n: estimate(frames=f, height=h, width=w, num_videos=n), plan.frames, plan.height, plan.width, job.num_videos, plan.device, given)
 
 
 def check_no_overwrite(output_dir: Path, names: list[str]) -> None:
@@ -348,14 +353,17 @@ class SamplingProgress(Protocol):
 
 @contextlib.contextmanager
 def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress) -> Iterator[None]:
-    """The run's output folder, created and checked writable, and the plan's warnings shown
-    (after every check, so a failing run shows one line); libraries kept quiet for the block.
-    A run that fails leaves no folder it created."""
-    from ..io import ensure_writable_dir
+    """The run's output folder checked writable (it is created when the first file is written,
+    so a run killed before that leaves none), and the plan's warnings shown (after every check,
+    so a failing run shows one line); libraries kept quiet for the block. Folders a killed run
+    left empty beside it are swept (`remove_stale_temps`). A run that fails leaves no folder
+    it created."""
+    from ..io.atomic import check_creatable_dir, remove_stale_temps
     from ..io.paths import folders_to_create, remove_empty_folders
 
+    check_creatable_dir(folder)
+    remove_stale_temps(folders_to_create(folder.parent)[-1].parent if not folder.parent.exists() else folder.parent)
     created = folders_to_create(folder)
-    ensure_writable_dir(folder)
     for message in warnings:
         progress.notice("warning", message)
     try:
@@ -627,7 +635,7 @@ class SamplingRun:
         """Decode prompt `prompt_index`'s latents and write each video's files together."""
         import osp_core
 
-        from ..io import json_dumps, write_video
+        from ..io import json_dumps, write_frames
         from ..io.outputs import FileGroup
         from .video_vae import save_latents
 
@@ -670,7 +678,7 @@ class SamplingRun:
             }
             absolute = {"video": str(video_path.absolute()), "sidecar": str(sidecar.absolute())}
             with FileGroup(paths, overwrite=job.overwrite) as group:
-                write_video(group.path(video_path), decoded[k], fps=plan.fps)
+                write_frames(group.path(video_path), decoded[k], fps=plan.fps)  # one frame: a PNG
                 if job.save_latents:
                     latent_path = paths[1]
                     # unscaled, with `osp vae encode`'s header, so `osp vae decode` gives this video
@@ -681,6 +689,7 @@ class SamplingRun:
                         "width": plan.width,
                         "scaling_factor": scaling_factor,
                         "model": plan.repository.vae_source,
+                        "dtype": settings["dtype"],  # `osp vae decode` decodes in it by default
                         "source": "osp t2v sample",
                         "version": plan.version,
                         "text_encoder": pipe.text_encoder_source,

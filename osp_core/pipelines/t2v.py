@@ -36,6 +36,7 @@ from .t2v_inputs import (
     DEFAULT_TEXT_ENCODER,
     T5Location,
     check_clean_caption_deps,
+    check_max_steps,
     check_steps,
     check_video_size,
     fewest_steps,
@@ -258,6 +259,7 @@ class T2VPipeline(DiffusionPipeline):
         check_video_size(num_frames, height, width, temporal, spatial * self.transformer.config.patch_size)
         if num_inference_steps < 1:
             raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}", "use e.g. 50 or 150 steps")
+        check_max_steps(num_inference_steps, "num_inference_steps")
         if guidance_scale < 0:
             raise InputError(f"guidance scale must be >= 0, got {guidance_scale}", "use e.g. 7.5 (1 turns guidance off)")
         if fewest_steps(self.scheduler) > 1:

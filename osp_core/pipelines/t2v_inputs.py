@@ -36,6 +36,10 @@ SCHEDULER_NAMES = (
 
 # PNDM's default config starts with Runge-Kutta steps over the last 4 timesteps
 MIN_STEPS = {"PNDM": 4}
+# every scheduler's default config has 1000 training timesteps: more steps than that repeat
+# timesteps (the step ratio rounds to 0), and `set_timesteps` builds arrays of one entry per
+# step (PNDM several), so the count also sizes memory
+MAX_STEPS = 1000
 
 _VERSION_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
@@ -58,7 +62,7 @@ an edit's region starts from noise."""
 # the smallest value each number may take, and whether the bound itself is allowed
 _SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False), "edit_strength": (0.0, False)}
 TEACACHE_MAX_THRESHOLD = 1.0
-_SAMPLING_UPPER = {"teacache_threshold": TEACACHE_MAX_THRESHOLD, "edit_strength": 1.0}  # the largest, allowed
+_SAMPLING_UPPER = {"steps": MAX_STEPS, "teacache_threshold": TEACACHE_MAX_THRESHOLD, "edit_strength": 1.0}  # the largest, allowed
 TEACACHE_MAX_DEGREE = 9  # sampling.json holds 2 to 10 coefficients
 CACHE_METHODS = ("none", "pab", "teacache")
 
@@ -82,11 +86,18 @@ def fewest_steps(scheduler: Any) -> int:
     return MIN_STEPS.get(type(scheduler).__name__.removesuffix("Scheduler"), 1)
 
 
-def check_steps(scheduler: str, steps: int) -> None:
+def check_steps(scheduler: str, steps: int, option: str = "--steps") -> None:
     """Raise `InputError` when `scheduler` (a canonical name) cannot run `steps` steps."""
     least = fewest_steps(scheduler)
     if steps < least:
-        raise InputError(f"{scheduler} needs at least {least} steps, got {steps}", f"pass --steps {least} or more")
+        raise InputError(f"{scheduler} needs at least {least} steps, got {steps}", f"pass {option} {least} or more")
+    check_max_steps(steps, option)
+
+
+def check_max_steps(steps: int, option: str = "--steps") -> None:
+    """Raise `InputError` when `steps` exceeds MAX_STEPS (any scheduler)."""
+    if steps > MAX_STEPS:
+        raise InputError(f"{option} must be <= {MAX_STEPS} (the schedulers' {MAX_STEPS} training timesteps), got {steps}", f"pass {option} {MAX_STEPS} or fewer")
 
 
 def check_sampling_settings(settings: object, source: str) -> dict[str, float | int | str]:

@@ -172,7 +172,9 @@ class Server:
         record = summary.videos[0]
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
         status = "; ".join([status, *reporter.notes])
-        return record["video"], [record["video"], record["sidecar"]], status, record["seed"]
+        # one frame is written as a PNG, which the video player cannot show: it is in the files
+        shown = None if record["video"].endswith(".png") else record["video"]
+        return shown, [record["video"], record["sidecar"]], status, record["seed"]
 
     def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:
         """The VAE tab: (reconstruction, [mp4, sidecar], PSNR/SSIM line)."""
@@ -186,7 +188,8 @@ class Server:
         except Exception as exc:
             return None, None, self.failed(exc)
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
-        return str(result.video), [str(result.video), str(result.sidecar)], status
+        shown = None if result.video.suffix == ".png" else str(result.video)  # an image: in the files
+        return shown, [str(result.video), str(result.sidecar)], status
 
     def edit(
         self,

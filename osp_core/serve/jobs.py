@@ -212,7 +212,7 @@ def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, d
     """Round trip `upload` through `model`'s VAE (longest 4k+1 frame prefix, optional resize)
     and write the result and a JSON sidecar (PSNR, SSIM) together into the folder `output`."""
     from ..device import resolve
-    from ..io import json_dumps, parse_size, write_video
+    from ..io import frames_suffix, json_dumps, parse_size, write_frames
     from ..io.outputs import FileGroup
     from ..memory import oom_as_error
     from ..pipelines.video_vae import check_clip_fits, find_vae, load_clip, reconstruct
@@ -234,10 +234,10 @@ def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, d
         with oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", "pass a smaller size"):
             result = reconstruct(vae, clip, progress=tick)
     stem = slugify(upload.stem)
-    video, sidecar = output / f"{stem}-recon.mp4", output / f"{stem}-recon.json"
+    video, sidecar = output / f"{stem}-recon{frames_suffix(clip.num_frames)}", output / f"{stem}-recon.json"  # an image: a PNG
     record = {"input": upload.name, "model": model, "frames": clip.num_frames, "size": list(clip.size), "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4), "seconds": round(result.seconds, 3)}
     with FileGroup([video, sidecar]) as group:
-        write_video(group.path(video), result.frames, fps=clip.fps)
+        write_frames(group.path(video), result.frames, fps=clip.fps)
         group.path(sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
         group.commit()
     return Recon(video, sidecar, result.psnr, result.ssim, clip.num_frames, clip.size)

@@ -51,10 +51,13 @@ def test_samples_a_short_video_without_size_flags(tmp_path):
 
 def test_vae_reconstructs_a_held_out_clip(tmp_path):
     assert run_osp("data", "synth", "--out", str(tmp_path / "clips"), "--num", "2", "--seed", "123").returncode == 0
+    psnrs = []
     for clip in sorted((tmp_path / "clips" / "videos").glob("*.mp4")):
         proc = run_osp("vae", "recon", str(clip), "-o", str(tmp_path / clip.name), "--model", "builtin:shapes", "--json", env=ONE_THREAD)
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["psnr"] >= 25.0, proc.stdout
+        psnrs.append(json.loads(proc.stdout)["psnr"])
+    # the README's bar is a mean of >= 30 dB (these two: 33.3 and 31.7 dB); no clip far below it
+    assert sum(psnrs) / len(psnrs) >= 30.0 and min(psnrs) >= 25.0, psnrs
 
 
 def test_the_demo_command_draws_a_red_circle_moving_right(tmp_path):

@@ -44,6 +44,26 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
     assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".")], "temporary file left"
 
 
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial_file(tmp_path):
+    """A scheduler's pre-emption (and torchrun, stopping the other ranks) sends SIGTERM: it
+    cleans up as Ctrl-C does (it used to kill at once, leaving empty folders behind)."""
+    out = tmp_path / "data"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "osp_cli", "data", "synth", "--out", str(out), "--num", "2000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not any(p for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")):
+        assert time.time() < deadline, "no clip written in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
+    assert not (out / "annotations.json").exists()
+    assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".")], "temporary file left"
+
+
 def test_a_swallowed_ctrl_c_still_stops_at_the_next_progress_update(monkeypatch):
     """C code may swallow the KeyboardInterrupt of a Ctrl-C; the remembered interrupt then
     stops the run at its next progress update."""

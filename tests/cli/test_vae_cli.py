@@ -265,3 +265,23 @@ def test_a_size_that_cannot_fit_is_refused_before_the_weights_load(tmp_path, cli
     assert proc.returncode == 2 and not out.exists()
     height, width = map(int, re.search(r"--size (\d+)x(\d+)", proc.stderr).groups())
     assert height == width and 8 <= height < 100000 and height % 8 == 0
+
+
+def test_recon_of_an_image_writes_a_png(osp_in_process, tmp_path, tiny_repo):
+    """One frame is an image: `osp vae recon` of a PNG writes a PNG (it wrote a one-frame mp4);
+    an output of the wrong type is refused before the weights load."""
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    frame = np.zeros((32, 40, 3), dtype=np.uint8)
+    frame[8:20, 4:16] = (230, 40, 40)
+    Image.fromarray(frame).save(image)
+    proc = osp_in_process("vae", "recon", str(image), "-o", str(tmp_path / "out.png"), "--model", str(tiny_repo), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["frames"] == 1
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.format == "PNG" and out.size == (40, 32)
+    assert_one_line_error(osp_in_process("vae", "recon", str(image), "-o", str(tmp_path / "out.mp4"), "--model", str(tiny_repo)), "one frame (an image)", "-o out.png")
+    clip = _moving_square(tmp_path / "clip.mp4", frames=9, size=(32, 40))
+    assert_one_line_error(osp_in_process("vae", "recon", str(clip), "-o", str(tmp_path / "clip.png"), "--model", str(tiny_repo)), "9 frames", "-o clip.mp4")
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "clip.png").exists()

@@ -29,6 +29,10 @@ def inputs(tmp_path_factory):
     Image.new("L", (32, 32), 0).save(folder / "empty-mask.png")
     Image.new("L", (16, 32), 255).save(folder / "small-mask.png")
     (folder / "short-track.json").write_text(json.dumps([[[5, 5]] * 8]))
+    (folder / "nan-track.json").write_text("[[[NaN, 5]" + ", [5, 5]" * 8 + "]]")  # Python's json reads NaN
+    # not square, so a size written width-first reads wrong: 32 high, 48 wide; 60 high, 64 wide
+    write_video(folder / "wide.mp4", moving_square(frames=9, size=48)[:, :32], fps=8)
+    write_video(folder / "odd.mp4", moving_square(frames=9, size=64)[:, :60], fps=8)
     return folder
 
 
@@ -48,14 +52,15 @@ def test_edit_end_to_end(inputs, tiny_repo, tmp_path):
 
 
 BAD = [
-    (["--box", "0,0,40,16"], "outside the 32x32 frame"),
+    (["--box", "0,0,40,16"], "outside the 32x32 (HxW) frame"),
     (["--box", "4,4,4,20"], "empty"),
     (["--box", "1,2,3"], "four integers"),
     ([], "--box or --mask"),
-    (["--mask", "{d}/small-mask.png"], "16x32, the video 32x32"),
+    (["--mask", "{d}/small-mask.png"], "is 32x16 (HxW), the video 32x32 (HxW)"),
     (["--mask", "{d}/empty-mask.png"], "no set pixel"),
-    (["--box", "0,0,16,16", "--first-frame", "{d}/first-wide.png"], "resize it to 32x32"),
-    (["--box", "0,0,16,16", "--track", "5,5:40,5"], "outside the 32x32 frame"),
+    (["--box", "0,0,16,16", "--first-frame", "{d}/first-wide.png"], "resize it to 32x32 (HxW)"),
+    (["--box", "0,0,16,16", "--track", "5,5:40,5"], "outside the 32x32 (HxW) frame"),
+    (["--box", "0,0,16,16", "--track-file", "{d}/nan-track.json"], "point (nan, 5) at frame 0 is not a finite number"),
     (["--box", "0,0,16,16", "--track-file", "{d}/short-track.json"], "8 points, the edit 9 frames"),
     (["--box", "0,0,16,16", "--track", "5,5:9,5", "--keep-motion"], "not both"),
     (["--box", "0,0,16,16", "--engine", "control"], "no edit control module"),
@@ -71,6 +76,42 @@ def test_bad_input_is_one_line_and_writes_nothing(osp_in_process, inputs, tiny_r
     proc = osp_in_process("edit", str(inputs / "in.mp4"), "-o", str(out), *[a.format(d=inputs) for a in args], "--model", str(tiny_repo))
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize(
+    ("video", "args", "needles"),
+    [
+        ("odd.mp4", ["--box", "0,0,16,16"], ("the video is 60x64 (HxW), not a multiple of 16", "e.g. to 48x64 (HxW)")),
+        ("wide.mp4", ["--box", "0,0,16,40"], ("outside the 32x48 (HxW) frame", "Y0 < Y1 <= 32")),
+        ("wide.mp4", ["--box", "0,0,16,16", "--first-frame", "{d}/first.png"], ("is 32x32 (HxW), the video 32x48 (HxW)", "resize it to 32x48 (HxW)")),
+        ("wide.mp4", ["--box", "0,0,16,16", "--track", "5,5:5,40"], ("(5, 35.625) at frame 7 is outside the 32x48 (HxW) frame", "0 <= y < 32")),
+    ],
+)
+def test_frame_sizes_are_height_first_like_everywhere_else(osp_in_process, inputs, tiny_repo, tmp_path, video, args, needles):
+    """`osp edit` wrote sizes width-first ("the video is 64x60" for a 60-high video)."""
+    proc = osp_in_process("edit", str(inputs / video), "-o", str(tmp_path / "out.mp4"), *[a.format(d=inputs) for a in args], "--model", str(tiny_repo))
+    assert_one_line_error(proc, *needles)
+
+
+def test_a_name_taken_meanwhile_suggests_another_o(inputs, tiny_repo, tmp_path):
+    """`osp edit` has no --seed in its file name and no --output-dir: the fix is another -o."""
+    from osp_core.errors import InputError
+    from osp_core.pipelines.edit import EditJob, run_edit
+    from osp_core.pipelines.sampling import NoProgress
+
+    out = tmp_path / "edited.mp4"
+
+    class AnotherRunWrites(NoProgress):
+        def step(self, done: int, total: int) -> None:
+            out.write_bytes(b"another run's video") if not out.exists() else None
+
+    job = EditJob(video=inputs / "in.mp4", output=out, box="0,0,16,16", model=str(tiny_repo), steps=4, seed=1, dtype="fp32")
+    with pytest.raises(InputError) as raised:
+        run_edit(job, AnotherRunWrites())
+    assert "was written by another run meanwhile" in str(raised.value)
+    assert str(raised.value).endswith("(pass --overwrite to replace it, or choose another -o)")
+    assert "--seed" not in str(raised.value) and out.read_bytes() == b"another run's video"
+    assert not out.with_suffix(".json").exists()
 
 
 def test_frames_not_4k1_and_auto(osp_in_process, inputs, tiny_repo, tmp_path):

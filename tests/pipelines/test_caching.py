@@ -178,7 +178,9 @@ def test_on_builtin_shapes_cached_videos_show_what_uncached_ones_show(tmp_path):
             psnrs.append(psnr(b, a))
             ma, mb = measure(a), measure(b)
             agree += (ma.color, ma.shape, ma.direction) == (mb.color, mb.shape, mb.direction)
-        assert agree >= len(prompts) - 1, (cache, agree)
+        # every video shows what its uncached one shows (measured: 4 of 4 for both caches, bf16;
+        # TeaCache 34.5 / 39.3 / 38.5 / 23.9 dB, PAB 38.7 / 41.7 / 42.1 / 30.2 dB)
+        assert agree == len(prompts), (cache, agree)
         assert sum(psnrs) / len(psnrs) >= 30.0, (cache, psnrs)
     evaluations = [v["settings"]["cache"]["transformer_evaluations"] for v in runs["teacache"]]
     assert max(evaluations) < 159 / 2, evaluations

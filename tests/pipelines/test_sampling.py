@@ -154,11 +154,23 @@ def test_bad_options_fail_before_any_model_loads(tiny_repo, tmp_path, options, n
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("options, hint", [(("--num-videos", "100000"), "use --num-videos"), (("--height", "100000", "--steps", "4"), "use --height")])
-def test_a_job_that_cannot_fit_is_refused_before_the_weights_load(tmp_path, options, hint):
+@pytest.mark.parametrize(
+    "options, hint",
+    [
+        (("--num-videos", "100000"), r"\(use --num-videos \d+ or fewer\)"),
+        # the side the user left alone stays (the width was once halved)
+        (("--height", "100000", "--steps", "4"), r"\(use --height \d+ or smaller\)"),
+        # too many frames: fewer frames fit (not "the models alone do not fit")
+        (("--frames", "100001"), r"\(use --frames \d+ or fewer\)"),
+    ],
+)
+def test_a_job_that_cannot_fit_is_refused_before_the_weights_load(osp_in_process, tmp_path, options, hint):
     """(It once computed for 10+ minutes, or failed at allocation with a raw RuntimeError.)"""
-    proc = run_osp("t2v", "sample", "a cat", "--model", "builtin:shapes", *options, "-o", str(tmp_path / "out"))
-    assert_one_line_error(proc, "needs about", "of memory", hint)
+    import re
+
+    proc = osp_in_process("t2v", "sample", "a cat", "--model", "builtin:shapes", *options, "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "needs about", "of memory")
+    assert re.search(hint + "$", proc.stderr.strip()), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -260,12 +272,20 @@ def test_kept_pipeline_loads_once_and_samples_as_a_fresh_one(tiny_repo, tmp_path
 def test_one_frame_is_an_image_sampled_without_temporal_attention(tiny_repo, tmp_path):
     """frames=1 samples an image with the spatial blocks only, as the original's
     --force_images (video_length 1, enable_temporal_attentions False)."""
+    from PIL import Image
+
     from osp_core.pipelines.t2v import T2VPipeline
     from osp_core.pipelines.video_vae import load_latents
 
     job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=2, frames=1, height=32, width=32, save_latents=True, output_dir=tmp_path, dtype="fp32")
     record = run_sampling(job).videos[0]
     assert record["num_frames"] == 1 and record["settings"]["temporal_attention"] is False
+    # one frame is an image: a PNG and its sidecar (it was a one-frame mp4)
+    assert record["video"] == str((tmp_path / "a-red-balloon-2.png").absolute())
+    assert json.loads(Path(record["sidecar"]).read_text())["video"] == "a-red-balloon-2.png"
+    with Image.open(record["video"]) as image:
+        assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-red-balloon-2.json", "a-red-balloon-2.latents.safetensors", "a-red-balloon-2.png"]
     saved = load_latents(record["latents"]).latents
     pipe = T2VPipeline.from_pretrained(tiny_repo, version="9x32x32")
     pipe.set_progress_bar_config(disable=True)
@@ -284,3 +304,83 @@ def test_transformer_folder_is_relative_to_the_working_directory(tmp_path, monke
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     assert check_transformer_folder("run/model") == tmp_path / "run" / "model"
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from osp_core.pipelines.sampling import NoProgress, SamplingJob, run_sampling
+
+class Announce(NoProgress):
+    def step(self, done, total):
+        print("denoising", flush=True)  # the test kills the process here
+
+run_sampling(SamplingJob(prompts=["a cat"], model=sys.argv[1], steps=1000, seed=1, output_dir=Path(sys.argv[2]), frames=9, height=32, width=32), Announce())
+"""
+
+
+def test_a_run_killed_before_its_first_file_leaves_no_folder(tiny_repo, tmp_path):
+    """kill -9 (or an OOM kill) runs no cleanup: the output folder is made only when the first
+    file is about to be written (it was made at the start and left empty)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "a" / "videos"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tiny_repo), str(out)], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "denoising"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_next_run_sweeps_folders_a_killed_run_left_empty(tiny_repo, tmp_path):
+    """A run killed between making its folder and writing its first file leaves the folder with
+    an unlocked marker; the next run beside it removes that folder (once as old as a stale
+    temporary), and leaves a folder of a live run and the user's own empty folder alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from osp_core.io.atomic import STALE_AFTER_SECONDS
+
+    make = "import sys, time; from pathlib import Path; from osp_core.io import ensure_writable_dir; ensure_writable_dir(Path(sys.argv[1])); print('made', flush=True); time.sleep(600)"
+    dead, live, users = tmp_path / "dead" / "videos", tmp_path / "live", tmp_path / "mine"
+    users.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", make, str(folder)], stdout=subprocess.PIPE, text=True) for folder in (dead, live)]
+    try:
+        for proc in processes:
+            assert proc.stdout.readline().strip() == "made"
+        processes[0].send_signal(signal.SIGKILL)  # the dead run
+        processes[0].wait(timeout=60)
+        long_ago = os.stat(tmp_path).st_mtime - STALE_AFTER_SECONDS - 60
+        for marker in [*dead.iterdir(), *dead.parent.iterdir(), *live.iterdir()]:
+            if marker.is_file():
+                os.utime(marker, (long_ago, long_ago))
+        proc = run_osp("t2v", "sample", "a cat", "--model", str(tiny_repo), "--steps", "4", "--seed", "1", "--frames", "9", "--height", "32", "--width", "32", "-o", str(tmp_path / "next"), env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr
+        assert not (tmp_path / "dead").exists()
+        assert live.is_dir() and users.is_dir()  # a run still going; a folder osp did not make
+    finally:
+        processes[1].send_signal(signal.SIGKILL)
+        processes[1].wait(timeout=60)
+
+
+def test_compile_runs_and_samples_the_same_video(tiny_repo, tmp_path):
+    """README: `--compile` torch.compiles the transformer blocks. On the tiny model it compiles
+    in well under a minute on 2 CPU cores, and the video is the uncompiled one up to float
+    rounding."""
+    from osp_core.pipelines.video_vae import load_latents
+
+    latents = {}
+    for compiled in (False, True):
+        job = SamplingJob(prompts=["a cat"], model=str(tiny_repo), steps=4, seed=1, save_latents=True, dtype="fp32", compile=compiled, output_dir=tmp_path / str(compiled), **SIZE)
+        video = run_sampling(job).videos[0]
+        assert video["settings"]["compile"] is compiled
+        latents[compiled] = load_latents(video["latents"]).latents
+    scale = latents[False].abs().max().item()
+    assert torch.allclose(latents[True], latents[False], rtol=0, atol=1e-4 * scale)

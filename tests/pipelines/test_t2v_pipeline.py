@@ -99,7 +99,8 @@ def test_long_prompt_warns_with_the_cut_part(pipe, caplog):
 
 
 def test_batched_prompts_equal_one_prompt_calls(pipe):
-    """Prompts of different lengths in one call give what separate calls give."""
+    """Prompts of different lengths in one call give what separate calls give (README: up to
+    float rounding)."""
     prompts = ["a dog", "a much longer prompt about a dog on a beach"]
     seeds = [11, 12]
     common = dict(negative_prompt="ugly", num_inference_steps=3, output_type="latent", **TINY_CALL)
@@ -107,7 +108,9 @@ def test_batched_prompts_equal_one_prompt_calls(pipe):
     together = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], **common).frames
     for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
         alone = pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).frames
-        assert torch.allclose(together[index : index + 1], alone, atol=1e-4 * alone.abs().max().item())
+        # the README's figures: padding and masking change float rounding only (8e-6 measured)
+        assert torch.allclose(together[index : index + 1], alone, rtol=0, atol=2e-5 * alone.abs().max().item())
+        assert (pipe.decode_latents(together[index : index + 1])[0].int() - pipe.decode_latents(alone)[0].int()).abs().max() <= 1
 
 
 def test_same_generator_seed_same_latents_and_videos_per_prompt(pipe):
@@ -178,6 +181,8 @@ def test_scheduler_names():
         (dict(num_frames=9, height=36, width=32), "height 36"),
         (dict(num_frames=9, height=32, width=20), "width 20"),
         (dict(num_frames=9, height=32, width=32, num_inference_steps=0), "num_inference_steps"),
+        # refused before set_timesteps builds its per-step arrays (100M steps once took 23 GB)
+        (dict(num_frames=9, height=32, width=32, num_inference_steps=100_000_000), "num_inference_steps must be <= 1000"),
         (dict(num_frames=9, height=32, width=32, output_type="pil"), "output_type"),
     ],
 )
