@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.atomic import ensure_writable_dir
+from ..io.atomic import ensure_writable_dir, is_temp_name, release_folders
 from ..io.jsonfile import dumps, write_json
 from .checkpoint import CheckpointManager, CheckpointUnreadableError, DistributedCheckpointManager, checkpoint_strategy, list_checkpoints, resolve_resume
 from .config import config_to_dict, validate_common
@@ -251,7 +251,9 @@ class Trainer:
             return self._train()
         except BaseException as exc:
             # a run refused before it wrote anything leaves no empty output folder behind
-            if created and self.output_dir.is_dir() and not any(p.is_file() for p in self.output_dir.rglob("*")):
+            # (the folder's own marker and temporaries are not written files)
+            if created and self.output_dir.is_dir() and not any(p.is_file() and not is_temp_name(p.name) for p in self.output_dir.rglob("*")):
+                release_folders(self.output_dir, above=False)
                 shutil.rmtree(self.output_dir, ignore_errors=True)
             if isinstance(exc, (InputError, CheckpointUnreadableError)) and launched_world()[0] != 0:
                 exc.quiet = True  # every rank refuses the same input (or checks the same checkpoint files): rank 0 says it once

@@ -78,6 +78,8 @@ def test_objective_and_validation_errors_name_the_option_given(clips, tmp_path, 
     proc = osp_in_process(*base, "--validation-steps", "0")
     assert_one_line_error(proc, "--validation-steps", "--validation-steps 4")
     assert "--steps 4" not in proc.stderr.replace("--validation-steps 4", "")
+    proc = osp_in_process(*base, "--validation-steps", "5000")
+    assert_one_line_error(proc, "--validation-steps must be <= 1000", "pass --validation-steps 1000 or fewer")
     assert not (tmp_path / "out").exists()
 
 
