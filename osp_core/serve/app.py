@@ -101,6 +101,15 @@ def stored_upload_path(payload: Any) -> str | None:
     return str(files[0].path) if files else None
 
 
+def result_views(path: str | None) -> tuple[Any, Any]:
+    """(video player, image box) updates showing `path`: a one-frame result is a PNG, which the
+    video player cannot show, so the image box takes its place; None clears both (the player
+    shown, where the next job's progress bar is drawn)."""
+    if path is not None and path.endswith(".png"):
+        return gr.update(value=None, visible=False), gr.update(value=path, visible=True)
+    return gr.update(value=path, visible=True), gr.update(value=None, visible=False)
+
+
 def without_server_paths(text: str, output_dir: Path) -> str:
     """`text` with every path inside `output_dir` cut to its file name: the page names the
     user's file (an upload keeps its name under `.gradio/<hash>/`), never the server's layout."""
@@ -168,16 +177,14 @@ class Server:
             reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
             summary = run_text_to_video(self.device, job, reporter)
         except Exception as exc:  # one line in the page; the server goes on
-            return None, None, self.failed(exc), gr.update()
+            return *result_views(None), None, self.failed(exc), gr.update()
         record = summary.videos[0]
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
         status = "; ".join([status, *reporter.notes])
-        # one frame is written as a PNG, which the video player cannot show: it is in the files
-        shown = None if record["video"].endswith(".png") else record["video"]
-        return shown, [record["video"], record["sidecar"]], status, record["seed"]
+        return *result_views(record["video"]), [record["video"], record["sidecar"]], status, record["seed"]
 
-    def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, str]:
-        """The VAE tab: (reconstruction, [mp4, sidecar], PSNR/SSIM line)."""
+    def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any, str]:
+        """The VAE tab: (reconstruction as video, as image, [mp4 or png, sidecar], PSNR/SSIM line)."""
         session = request.session_hash or ""
         try:
             path = check_upload(upload, self.options.max_upload_mb * 2**20)
@@ -186,10 +193,9 @@ class Server:
                 self.device, self.options.model, path, output, self.options.device, self.options.dtype, size, lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session)
             )
         except Exception as exc:
-            return None, None, self.failed(exc)
+            return *result_views(None), None, self.failed(exc)
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
-        shown = None if result.video.suffix == ".png" else str(result.video)  # an image: in the files
-        return shown, [str(result.video), str(result.sidecar)], status
+        return *result_views(str(result.video)), [str(result.video), str(result.sidecar)], status
 
     def edit(
         self,
@@ -241,11 +247,11 @@ class Server:
         self.sessions.cancel_flag(request.session_hash or "").clear()
         return None, None, None, ""
 
-    def start(self, request: gr.Request) -> tuple[None, None, str]:
+    def start(self, request: gr.Request) -> tuple[Any, Any, None, str]:
         """On a click, before the job queues: the last result and status clear (the page never
         shows a stale line) and an earlier cancel no longer applies."""
         self.sessions.cancel_flag(request.session_hash or "").clear()
-        return None, None, ""
+        return *result_views(None), None, ""
 
     def cancel(self, request: gr.Request) -> None:
         """Stop this session's job: a running one at its next step, a queued one when its turn
@@ -292,13 +298,14 @@ class Server:
                         gr.Examples(d.examples, inputs=[prompt], label="Example prompts")
                     with gr.Column():
                         video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
+                        image = gr.Image(label="Image", height=360, interactive=False, visible=False, type="filepath", elem_id="t2v-image")
                         files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
                         status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
                 # the last result and status clear first, so the page never shows a stale line
-                generate.click(self.start, None, [video, files, status], queue=False, api_visibility="private").then(
+                generate.click(self.start, None, [video, image, files, status], queue=False, api_visibility="private").then(
                     self.generate,
                     [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
-                    [video, files, status, seed],
+                    [video, image, files, status, seed],
                     concurrency_id="device",  # both tabs share the device: one job at a time
                     concurrency_limit=1,
                     api_visibility="private",
@@ -315,10 +322,11 @@ class Server:
                             vae_stop = gr.Button("Cancel", elem_id="vae-cancel")
                     with gr.Column():
                         recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
+                        recon_image = gr.Image(label="Reconstruction", height=360, interactive=False, visible=False, type="filepath", elem_id="vae-image")
                         recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
                         vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
-                run.click(self.start, None, [recon, recon_files, vae_status], queue=False, api_visibility="private").then(
-                    self.round_trip, [upload, vae_size], [recon, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
+                run.click(self.start, None, [recon, recon_image, recon_files, vae_status], queue=False, api_visibility="private").then(
+                    self.round_trip, [upload, vae_size], [recon, recon_image, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
                 )
                 vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
             with gr.Tab("Edit", id="edit"):

@@ -187,6 +187,11 @@ class Page:
         video = self.find(f"#{tab}-video video")
         return video.get_attribute("src") if video else None
 
+    def image_url(self, tab: str = "t2v") -> str | None:
+        """The shown image of a one-frame result (it replaces the video player)."""
+        image = self.find(f"#{tab}-image img")
+        return image.get_attribute("src") if image and image.is_displayed() else None
+
     def wait_for_result(self, tab: str = "t2v") -> str:
         """The URL of the finished video (raises with the status line if an error shows)."""
 
@@ -194,7 +199,7 @@ class Page:
             status = self.status(tab)  # cleared when a job starts, set when it ends
             if status.startswith("Error"):
                 raise AssertionError(status)
-            return self.video_url(tab) if status else None
+            return (self.video_url(tab) or self.image_url(tab)) if status else None
 
         return self.wait_for(done)
 

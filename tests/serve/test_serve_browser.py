@@ -68,9 +68,15 @@ def test_an_empty_prompt_shows_its_error_and_the_server_goes_on(page):
 def test_single_image_switch_samples_one_frame_without_temporal_attention(page):
     page.find("#t2v-single input").click()
     page.generate("a blue circle moving left", steps=STEPS, seed=3)
-    page.wait_for_result()
+    url = page.wait_for_result()
     sidecar = sidecar_of(page)
     assert (sidecar["num_frames"], sidecar["settings"]["frames"], sidecar["settings"]["temporal_attention"]) == (1, 1, False)
+    # one frame is an image: a PNG, shown in the image box in place of the video player
+    assert url == page.image_url() and page.video_url() is None and not page.find("#t2v-video").is_displayed()
+    assert fetch(url).startswith(b"\x89PNG\r\n\x1a\n") and sidecar["video"].endswith(".png")
+    page.find("#t2v-single input").click()  # back to video: the player returns
+    page.generate("a blue circle moving left", steps=STEPS, seed=3)
+    assert page.wait_for_result() == page.video_url() and page.image_url() is None
 
 
 def test_a_running_job_can_be_cancelled(page, server):
