@@ -19,6 +19,7 @@ def synth(
     num: Annotated[int, typer.Option("--num", "-n", help="Number of clips.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same clips).")] = 0,
     objects: Annotated[int, typer.Option("--objects", help="Objects per clip: 1, or 2 (the editing world: two objects that never overlap, with per-frame boxes and centres in the annotation).")] = 1,
+    variety: Annotated[str, typer.Option("--variety", help="world: the world as the built-in model knows it; wide: looser drawings of it (sizes 12-22 px, speeds 1-3 px/frame, jittered and pure-white colours, hard edges, paths past the frame's edges) for training a VAE.")] = "world",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (default: refuse when any file this run would write exists).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -28,8 +29,8 @@ def synth(
 
     with progress() as bar:
         task = bar.add_task("writing clips", total=num)
-        data_list = synthesize(out, num, seed, overwrite=overwrite, on_clip=lambda _: bar.advance(task), objects=objects)
-    summary = {"data_list": str(data_list), "annotations": str(out / "annotations.json"), "videos": str(out / "videos"), "clips": num, "seed": seed, "objects": objects}
+        data_list = synthesize(out, num, seed, overwrite=overwrite, on_clip=lambda _: bar.advance(task), objects=objects, variety=variety)
+    summary = {"data_list": str(data_list), "annotations": str(out / "annotations.json"), "videos": str(out / "videos"), "clips": num, "seed": seed, "objects": objects, "variety": variety}
     if json_out:
         print_json(summary)
     else:

@@ -96,3 +96,36 @@ def test_both_the_annotation_and_the_data_list_work_as_training_data(tmp_path):
     by_annotation = load_entries(tmp_path / "d" / "annotations.json")
     assert [e.path.resolve() for e in by_list] == [e.path.resolve() for e in by_annotation]
     assert all(e.path.is_file() for e in by_annotation) and len(by_annotation) == 3
+
+
+def test_the_wide_variety_draws_the_world_more_loosely():
+    """`--variety wide` (a VAE's training data): wider sizes and speeds, jittered and pure-white
+    colours, hard edges, paths past the frame's edges; the captions stay the world's."""
+    wide = list(shapes.iter_clips(120, seed=5, variety="wide"))
+    assert {c.caption for c in wide} == set(shapes.all_captions())
+    sizes, speeds = np.array([c.size_px for c in wide]), np.array([c.speed_px for c in wide])
+    assert 12 <= sizes.min() < 14 and 20 < sizes.max() <= 22 and 1.0 <= speeds.min() < 1.5 and 2.5 < speeds.max() <= 3.0
+    past_edge = [c for c in wide if (shapes.boxes(c)[:, :2].min() < 0 or shapes.boxes(c)[:, 2:].max() > 64)]
+    assert len(past_edge) > len(wide) // 4
+    assert any(c.rgb == (255, 255, 255) for c in wide) and any(c.rgb not in (None, shapes.COLORS[c.color]) for c in wide)
+    assert all(max(abs(a - b) for a, b in zip(c.rgb, shapes.COLORS[c.color])) <= 30 or c.rgb == (255, 255, 255) for c in wide)
+    hard = next(c for c in wide if not c.antialias)
+    soft = next(c for c in wide if c.antialias)
+    hard_values = {tuple(v) for v in shapes.render(hard).reshape(-1, 3).tolist()}
+    assert hard_values <= {(0, 0, 0), hard.rgb}  # one sample per pixel: no partial coverage
+    assert len({tuple(v) for v in shapes.render(soft).reshape(-1, 3).tolist()}) > 2
+    # the world itself is drawn as before
+    assert all(c.rgb is None and c.antialias for c in shapes.iter_clips(8, seed=3))
+
+
+def test_synth_cli_writes_the_wide_variety_and_refuses_unknown_ones(tmp_path, osp_in_process):
+    proc = osp_in_process("data", "synth", "--out", str(tmp_path / "w"), "--num", "3", "--variety", "wide", "--json")
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((tmp_path / "w" / "annotations.json").read_text())
+    assert all(len(e["params"]["rgb"]) == 3 and isinstance(e["params"]["antialias"], bool) for e in entries)
+    plain = osp_in_process("data", "synth", "--out", str(tmp_path / "p"), "--num", "1")
+    assert plain.returncode == 0 and "rgb" not in json.loads((tmp_path / "p" / "annotations.json").read_text())[0]["params"]
+    for args, needle in ((["--variety", "loose"], "--variety"), (["--variety", "wide", "--objects", "2"], "one object")):
+        proc = osp_in_process("data", "synth", "--out", str(tmp_path / "bad"), "--num", "2", *args)
+        assert_one_line_error(proc, needle)
+        assert not (tmp_path / "bad").exists()

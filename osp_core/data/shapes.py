@@ -8,6 +8,12 @@ Caption: "a {color} {shape} moving {direction}".
 With two objects (`--objects 2`, the editing world) the two differ in color and their paths'
 bounding boxes never meet (so they never overlap); the caption joins both with "and", and the
 annotation gives each object's per-frame box and centre.
+
+The wide variety (`--variety wide`) draws the same captions more loosely, for training a VAE
+that must also reconstruct shapes drawn by other code: sizes 12-22 px, speeds 1-3 px per
+frame, colours jittered by up to 30 per channel around the named ones (pure 255 white in half
+the white clips), half the clips hard-edged (one sample per pixel), and starts anywhere that
+keeps the shape's centre in the frame, so about half the paths run into or past an edge.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up"
 SHAPE_PX = (14, 20)
 SPEED_PX = (1.5, 2.5)
 SUPERSAMPLE = 4  # render at 4x and average down: smooth edges and sub-pixel motion
+VARIETIES = ("world", "wide")
+WIDE_SHAPE_PX = (12, 22)
+WIDE_SPEED_PX = (1.0, 3.0)
+WIDE_COLOR_JITTER = 30
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class ShapeClip:
     speed_px: float
     start_y: float  # centre of the shape in the first frame, pixels
     start_x: float
+    rgb: tuple[int, int, int] | None = None  # the wide variety's jittered colour (None: COLORS[color])
+    antialias: bool = True  # False: one sample per pixel, hard edges
 
     @property
     def caption(self) -> str:
@@ -76,11 +88,13 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     return words[1], words[2], words[4]
 
 
-def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str) -> ShapeClip:
-    """Random size, speed and a start position that keeps the shape inside for every frame."""
-    size = float(rng.uniform(*SHAPE_PX))
-    speed = float(rng.uniform(*SPEED_PX))
-    half = size / 2
+def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str, variety: str = "world") -> ShapeClip:
+    """Random size, speed and a start position that keeps the shape inside for every frame
+    (the wide variety: see the module's docstring)."""
+    wide = variety == "wide"
+    size = float(rng.uniform(*(WIDE_SHAPE_PX if wide else SHAPE_PX)))
+    speed = float(rng.uniform(*(WIDE_SPEED_PX if wide else SPEED_PX)))
+    half = 0.0 if wide else size / 2  # wide: only the centre must stay in the frame
     travel = speed * (NUM_FRAMES - 1)
     dy, dx = DIRECTIONS[direction]
 
@@ -94,13 +108,20 @@ def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str
 
     y = float(rng.uniform(*start_range(dy)))
     x = float(rng.uniform(*start_range(dx)))
-    return ShapeClip(color, shape, direction, size, speed, y, x)
+    if not wide:
+        return ShapeClip(color, shape, direction, size, speed, y, x)
+    base = np.array(COLORS[color])
+    if color == "white" and rng.random() < 0.5:
+        rgb = np.full(3, 255)
+    else:
+        rgb = np.clip(base + rng.integers(-WIDE_COLOR_JITTER, WIDE_COLOR_JITTER + 1, 3), 0, 255)
+    return ShapeClip(color, shape, direction, size, speed, y, x, tuple(int(v) for v in rgb), bool(rng.random() < 0.5))
 
 
-def _mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
-    """Coverage in [0, 1] of a (SIZE, SIZE) frame, supersampled."""
-    n = SIZE * SUPERSAMPLE
-    coords = (np.arange(n) + 0.5) / SUPERSAMPLE
+def _mask(shape: str, cy: float, cx: float, size: float, supersample: int = SUPERSAMPLE) -> np.ndarray:
+    """Coverage in [0, 1] of a (SIZE, SIZE) frame, supersampled (1: hard edges)."""
+    n = SIZE * supersample
+    coords = (np.arange(n) + 0.5) / supersample
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
     half = size / 2
     if shape == "circle":
@@ -111,7 +132,7 @@ def _mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
         top, bottom = cy - half, cy + half
         rel = (yy - top) / size  # 0 at apex, 1 at base
         inside = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= rel * half)
-    return inside.reshape(SIZE, SUPERSAMPLE, SIZE, SUPERSAMPLE).mean(axis=(1, 3))
+    return inside.reshape(SIZE, supersample, SIZE, supersample).mean(axis=(1, 3))
 
 
 def centers(clip: ShapeClip) -> np.ndarray:
@@ -142,9 +163,10 @@ def render(clip: ShapeClip | list[ShapeClip]) -> torch.Tensor:
     """(17, 64, 64, 3) uint8 frames of `clip` (or of several clips' shapes, which must not overlap)."""
     frames = np.zeros((NUM_FRAMES, SIZE, SIZE, 3), dtype=np.float64)
     for one in [clip] if isinstance(clip, ShapeClip) else clip:
-        color = np.array(COLORS[one.color], dtype=np.float64)
+        color = np.array(one.rgb or COLORS[one.color], dtype=np.float64)
+        supersample = SUPERSAMPLE if one.antialias else 1
         for t, (cx, cy) in enumerate(centers(one)):
-            frames[t] += _mask(one.shape, cy, cx, one.size_px)[..., None] * color
+            frames[t] += _mask(one.shape, cy, cx, one.size_px, supersample)[..., None] * color
     return torch.from_numpy(np.round(frames).clip(0, 255).astype(np.uint8))
 
 
@@ -165,11 +187,10 @@ def sample_pair(rng: np.random.Generator, first: tuple[str, str, str], tries: in
 
 def object_annotation(clip: ShapeClip) -> dict:
     """One object of a two-object clip: its parameters, per-frame boxes and centres."""
-    params = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}
-    return {**params, "boxes": np.round(boxes(clip), 3).tolist(), "centers": np.round(centers(clip), 3).tolist()}
+    return {**clip_params(clip), "boxes": np.round(boxes(clip), 3).tolist(), "centers": np.round(centers(clip), 3).tolist()}
 
 
-def iter_clips(num: int, seed: int) -> Iterator[ShapeClip]:
+def iter_clips(num: int, seed: int, variety: str = "world") -> Iterator[ShapeClip]:
     """`num` clips cycling through all 60 captions (shuffled per cycle), reproducible from `seed`."""
     rng = np.random.default_rng(seed)
     combos = list(itertools.product(COLORS, SHAPES, DIRECTIONS))
@@ -177,7 +198,7 @@ def iter_clips(num: int, seed: int) -> Iterator[ShapeClip]:
     for i in range(num):
         if not order:
             order = [combos[j] for j in rng.permutation(len(combos))]
-        yield sample_clip(rng, *order.pop())
+        yield sample_clip(rng, *order.pop(), variety=variety)
 
 
 def iter_pairs(num: int, seed: int) -> Iterator[tuple[ShapeClip, ShapeClip]]:
@@ -195,7 +216,18 @@ def pair_caption(pair: tuple[ShapeClip, ShapeClip]) -> str:
     return " and ".join(clip.caption for clip in pair)
 
 
-def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None, objects: int = 1) -> Path:
+def clip_params(clip: ShapeClip) -> dict:
+    """A clip's generating parameters for the annotation (the wide variety's colour and edges
+    only where it has them)."""
+    params = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}
+    if clip.rgb is None:
+        del params["rgb"], params["antialias"]
+    else:
+        params["rgb"] = list(clip.rgb)
+    return params
+
+
+def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None, objects: int = 1, variety: str = "world") -> Path:
     """Write `num` clips as mp4 plus an Open-Sora-Plan annotation (`annotations.json`, paths
     relative to itself: `videos/00000.mp4`) and a data list (`data.txt`: `ROOT,ANNOTATION`)
     into `out_dir`; returns the data list path. Either one works as `--data`.
@@ -210,6 +242,10 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
         raise InputError(f"--seed must be >= 0, got {seed}", "pass e.g. --seed 0")
     if objects not in (1, 2):
         raise InputError(f"--objects must be 1 or 2, got {objects}", "pass --objects 2 for the editing world")
+    if variety not in VARIETIES:
+        raise InputError(f"--variety must be one of {', '.join(VARIETIES)}, got '{variety}'", "pass --variety wide, or leave it out")
+    if variety != "world" and objects != 1:
+        raise InputError("--variety wide draws one object per clip", "drop --objects 2 or --variety wide")
     out = Path(out_dir)
     annotation = out / "annotations.json"
     data_list = out / "data.txt"
@@ -225,11 +261,11 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
     try:
         ensure_writable_dir(videos)
         entries = []
-        clips = iter_clips(num, seed) if objects == 1 else iter_pairs(num, seed)
+        clips = iter_clips(num, seed, variety) if objects == 1 else iter_pairs(num, seed)
         for index, (name, clip) in enumerate(zip(names, clips)):
             write_video(videos / name, render(list(clip) if objects == 2 else clip), fps=FPS)
             if objects == 1:
-                entries.append({"path": f"videos/{name}", "cap": clip.caption, "params": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(clip).items()}})
+                entries.append({"path": f"videos/{name}", "cap": clip.caption, "params": clip_params(clip)})
             else:
                 entries.append({"path": f"videos/{name}", "cap": pair_caption(clip), "objects": [object_annotation(one) for one in clip]})
             if on_clip:

@@ -148,6 +148,9 @@ class VAEModelConfig:
     """Inflate a diffusers image VAE (repo id or folder, e.g. stabilityai/sd-vae-ft-mse) by tail init."""
     reset_mix_factor: float | None = None
     """Set every temporal down/upsample `mix_factor` to this before training (stage 3 uses 0.5)."""
+    freeze_encoder: bool = False
+    """Train the decoder only: the encoder and `quant_conv` keep their weights, so every latent
+    (and a transformer or edit module trained on them) stays as it was."""
 
 
 @dataclass

@@ -67,7 +67,15 @@ def load_vae_for_training(cfg: VAETrainConfig):
             for name, param in vae.named_parameters():
                 if name.endswith("mix_factor"):
                     param.fill_(m.reset_mix_factor)
+    if m.freeze_encoder:
+        for part in encoder_parts(vae):
+            part.requires_grad_(False)
     return vae, loss_state
+
+
+def encoder_parts(vae) -> list[torch.nn.Module]:
+    """What maps pixels to the posterior's moments: frozen, it leaves every latent unchanged."""
+    return [vae.encoder, vae.quant_conv]
 
 
 def _lpips_from(cfg: VAETrainConfig, loss_state: dict[str, torch.Tensor]):
@@ -107,6 +115,11 @@ class VAERecipe(Recipe):
             raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
         if data.use_image_num or data.cache_dir:
             raise InputError("use_image_num and cache_dir are text-to-video options", "remove them from the VAE config")
+        m = self.config.model
+        if m.freeze_encoder and not (m.pretrained or m.init_from_2d_vae):
+            raise InputError("model.freeze_encoder keeps a trained encoder, and none was given", "pass --pretrained WEIGHTS, or drop --freeze-encoder")
+        if m.freeze_encoder and m.reset_mix_factor is not None:
+            raise InputError("model.reset_mix_factor would change the frozen encoder's mix factors", "drop --reset-mix-factor or --freeze-encoder")
         if (data.frames - 1) % 4:
             lower = (data.frames - 1) // 4 * 4 + 1
             raise InputError(f"--frames {data.frames} is not 4k+1", f"use {lower} or {lower + 4}")
@@ -137,7 +150,7 @@ class VAERecipe(Recipe):
         need = loss.discriminator.min_extent(spatial=True)
         if min(cfg.data.height, cfg.data.width) < need:
             raise InputError(f"size {cfg.data.height}x{cfg.data.width} is below the discriminator's {need}x{need} receptive field", f"train at {need}x{need} or larger")
-        gen_params = list(vae.parameters()) + ([loss.logvar] if cfg.loss.learn_logvar else [])
+        gen_params = [p for p in vae.parameters() if p.requires_grad] + ([loss.logvar] if cfg.loss.learn_logvar else [])
         if not cfg.loss.learn_logvar:
             loss.logvar.requires_grad_(False)
         o = cfg.optim

@@ -161,3 +161,32 @@ def test_released_checkpoint_loss_weights_are_used(tmp_path):
     assert torch.isclose(loss.logvar, torch.tensor(0.7))
     assert torch.equal(loss.discriminator.main[0].weight, disc_state["loss.discriminator.main.0.weight"])
     assert torch.equal(loss._lpips[0].lin2.model[1].weight, lpips_state["loss.perceptual_loss.lin2.model.1.weight"])
+
+
+def test_freeze_encoder_trains_the_decoder_only_and_keeps_latents_bit_identical(clips, tmp_path):
+    """model.freeze_encoder: the encoder and quant_conv keep their weights, so a clip encodes to
+    exactly the same latents before and after (what the shipped transformer was trained on)."""
+    from osp_core.models.causal_vae import CausalVideoVAE
+
+    from .helpers import TINY_VAE
+
+    torch.manual_seed(0)
+    CausalVideoVAE(**TINY_VAE).save_pretrained(tmp_path / "start")
+    before = CausalVideoVAE.from_pretrained(str(tmp_path / "start")).eval()
+    extra = {"model.config": "", "model.pretrained": str(tmp_path / "start"), "model.freeze_encoder": True, "run.max_steps": 3, "run.checkpoint_every": 3}
+    summary = _train(_config(clips, tmp_path / "run", **extra))
+    after = CausalVideoVAE.from_pretrained(str(Path(summary["checkpoint"]) / "model")).eval()
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))  # the decoder did train
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(video).latent_dist.parameters, after.encode(video).latent_dist.parameters)
+
+
+def test_freeze_encoder_refuses_what_would_change_or_lack_the_encoder(clips, tmp_path):
+    with pytest.raises(InputError, match="freeze_encoder keeps a trained encoder"):
+        _train(_config(clips, tmp_path / "a", **{"model.freeze_encoder": True}))
+    proc = run_module("osp_cli.vae_train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path / "b"), "--freeze-encoder", "--pretrained", str(tmp_path), "--reset-mix-factor", "0.5")
+    assert_one_line_error(proc, "mix factors", "--reset-mix-factor")
