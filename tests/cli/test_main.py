@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from osp_core import __version__
 from tests.conftest import run_osp
 
@@ -24,7 +26,10 @@ def test_usage_errors_exit_2_with_clicks_message():
     assert proc.returncode == 2 and "--frames" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize(("signum", "code", "last_line"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_leave_no_partial_file(tmp_path, signum, code, last_line):
+    """Ctrl-C, and SIGTERM as a scheduler's pre-emption (and torchrun, stopping the other ranks)
+    sends it, clean up alike (SIGTERM used to kill at once, leaving empty folders behind)."""
     out = tmp_path / "data"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
@@ -32,43 +37,21 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     deadline = time.time() + 120
-    # interrupt once the run is under way: a finished clip, not a temporary (.NAME.tmp.mp4), which
-    # an interrupt removes with the then-empty folders (pathlib's glob matches dot files)
+    # stop once the run is under way: a finished clip, not a temporary (.NAME.tmp.mp4), which
+    # the stop removes with the then-empty folders (pathlib's glob matches dot files)
     while not any(p for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")):
         assert time.time() < deadline, "no clip written in time"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted"
+    assert proc.returncode == code and stderr.strip().splitlines()[-1] == last_line, stderr
     assert not (out / "annotations.json").exists()  # written last, atomically
-    assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".")], "temporary file left"
-
-
-def test_sigterm_stops_like_ctrl_c_and_leaves_no_partial_file(tmp_path):
-    """A scheduler's pre-emption (and torchrun, stopping the other ranks) sends SIGTERM: it
-    cleans up as Ctrl-C does (it used to kill at once, leaving empty folders behind)."""
-    out = tmp_path / "data"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "osp_cli", "data", "synth", "--out", str(out), "--num", "2000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while not any(p for p in (out / "videos").glob("*.mp4") if not p.name.startswith(".")):
-        assert time.time() < deadline, "no clip written in time"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "terminated", stderr
-    assert not (out / "annotations.json").exists()
     assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".")], "temporary file left"
 
 
 def test_a_swallowed_ctrl_c_still_stops_at_the_next_progress_update(monkeypatch):
     """C code may swallow the KeyboardInterrupt of a Ctrl-C; the remembered interrupt then
     stops the run at its next progress update."""
-    import pytest
-
     from osp_cli import console
 
     monkeypatch.setattr(console, "_interrupted", False)
@@ -116,8 +99,6 @@ def test_usage_errors_are_one_error_line_with_the_help_hint():
 
 def test_every_float_option_refuses_nan_and_inf():
     """One rule for every float option of every command (not a check per command)."""
-    import pytest
-
     root, commands = _commands()
     checked = []
     for path, command in commands:
