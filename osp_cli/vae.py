@@ -56,7 +56,11 @@ def _check_paths(source: Path, output: Path, suffixes: tuple[str, ...], overwrit
 
     check_input_file(source, what)
     if output.suffix.lower() not in suffixes:
-        raise InputError(f"output '{output}' must end in {' or '.join(suffixes)}", f"e.g. -o {output.with_suffix(suffixes[0]).name}")
+        from osp_core.io.media import IMAGE_SUFFIXES
+
+        # an image round-trips to an image
+        suggested = ".png" if ".png" in suffixes and source.suffix.lower() in IMAGE_SUFFIXES else suffixes[0]
+        raise InputError(f"output '{output}' must end in {' or '.join(suffixes)}", f"e.g. -o {output.with_suffix(suggested).name}")
     check_output(output, overwrite=overwrite, inputs=[source])
 
 

@@ -26,6 +26,17 @@ IMAGE_CONTAINERS = ("png", "jpeg", "bmp", "webp", "tiff")
 VIDEO_SUFFIXES = frozenset(s for c, suffixes in CONTAINER_SUFFIXES.items() if c not in IMAGE_CONTAINERS for s in suffixes)
 IMAGE_SUFFIXES = frozenset(s for c in IMAGE_CONTAINERS for s in CONTAINER_SUFFIXES[c])
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+CONTAINER_NAMES = {
+    "mp4": "an MP4/QuickTime video",
+    "matroska": "a Matroska/WebM video",
+    "avi": "an AVI video",
+    "gif": "a GIF",
+    "png": "a PNG image",
+    "jpeg": "a JPEG image",
+    "bmp": "a BMP image",
+    "webp": "a WebP image",
+    "tiff": "a TIFF image",
+}
 # the first box of an ISO/QuickTime file ("ftyp" in every mp4; old QuickTime files may open with these)
 ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
 HEAD_BYTES = 16
@@ -60,12 +71,12 @@ def check_media_file(path: Path, shown_name: str | None = None) -> str:
     name = shown_name or path.name
     suffix = path.suffix.lower()
     expected = next((c for c, suffixes in CONTAINER_SUFFIXES.items() if suffix in suffixes), None)
-    choices = "upload a video or image (" + ", ".join(sorted(MEDIA_SUFFIXES)) + ")"
+    choices = "upload a video or image: " + ", ".join(sorted(MEDIA_SUFFIXES))
     if expected is None:
         raise InputError(f"'{name}' is not a video or image", choices)
     with open(path, "rb") as f:
         found = container_of(f.read(HEAD_BYTES))
     if found != expected:
-        what = f"a {found} file" if found else "not a video or image"
+        what = CONTAINER_NAMES[found] if found else "not a video or image"
         raise InputError(f"'{name}' is named {suffix} but its content is {what}", choices)
     return found

@@ -1,8 +1,8 @@
 """What the page's server accepts and how it serves files, enforced on the server (an ASGI
 middleware around Gradio's app): the browser's file picker is no check.
 
-- An upload (`POST .../gradio_api/upload`) is kept only if every file in it is a video or image
-  by its content (`check_media_file`); otherwise every file of the request is deleted and the
+- An upload (`POST .../gradio_api/upload`) is answered only if every file in it is a video or
+  image by its content (`check_media_file`); otherwise the refused files are deleted and the
   answer is 415 with one line naming the user's file.
 - A file the server sends (`.../file=...`) never renders in the page's origin: only raster
   images and videos are sent inline, everything else as a download, and every file response
@@ -69,19 +69,22 @@ class UploadGuard:
         except (ValueError, TypeError):
             await self.replay(messages, send)
             return
-        refusal = None
+        refused: dict[Path, str] = {}
         for path in stored:
             try:
                 check_media_file(path)
             except InputError as exc:
-                refusal = refusal or str(exc)
+                refused[path] = str(exc)
             except OSError:
-                refusal = refusal or f"'{path.name}' could not be read back (upload it again)"
-        if refusal is None:
+                refused[path] = f"'{path.name}' could not be read back (upload it again)"
+        if not refused:
             await self.replay(messages, send)
             return
-        for path in stored:
+        # only the refused files go: an accepted file of the same request may be an earlier
+        # upload of the same content (Gradio stores by content hash), another session's
+        for path in refused:
             self.discard(path)
+        refusal = next(iter(refused.values()))
         await send({"type": "http.response.start", "status": 415, "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
         await send({"type": "http.response.body", "body": refusal.encode()})
 

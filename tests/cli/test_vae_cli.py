@@ -285,3 +285,11 @@ def test_recon_of_an_image_writes_a_png(osp_in_process, tmp_path, tiny_repo):
     clip = _moving_square(tmp_path / "clip.mp4", frames=9, size=(32, 40))
     assert_one_line_error(osp_in_process("vae", "recon", str(clip), "-o", str(tmp_path / "clip.png"), "--model", str(tiny_repo)), "9 frames", "-o clip.mp4")
     assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "clip.png").exists()
+
+
+def test_an_image_round_trip_without_a_suffix_suggests_a_png(tmp_path, osp_in_process):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "still.png")
+    proc = osp_in_process("vae", "recon", str(tmp_path / "still.png"), "-o", str(tmp_path / "out"), "--model", "builtin:shapes")
+    assert_one_line_error(proc, "must end in", "e.g. -o out.png", code=2)

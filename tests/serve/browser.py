@@ -76,11 +76,15 @@ class ServerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
-    def upload(self, name: str, data: bytes) -> tuple[int, bytes]:
-        """POST a file to Gradio's upload route as the page does: (status, body)."""
+    def upload(self, name: str, data: bytes, *more: tuple[str, bytes]) -> tuple[int, bytes]:
+        """POST files (`name`, `data` and any more (name, data) pairs) in one request to Gradio's
+        upload route as the page does: (status, body)."""
         boundary = uuid.uuid4().hex
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\nContent-Type: video/mp4\r\n\r\n'
-        body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        body = b""
+        for part_name, part_data in ((name, data), *more):
+            head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{part_name}"\r\nContent-Type: video/mp4\r\n\r\n'
+            body += head.encode() + part_data + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
         request = urllib.request.Request(self.url.rstrip("/") + "/gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:

@@ -67,8 +67,8 @@ def test_uploads_must_be_small_videos_or_images_by_their_content(tmp_path):
         ("notes.txt", b"x" * 10, "'notes.txt' is not a video or image"),
         ("big.mp4", MP4_HEAD + b"x" * 2048, "larger than"),
         ("page.mp4", b"<html><script>alert(1)</script></html>", "'page.mp4' is named .mp4 but its content is not a video or image"),
-        ("still.mp4", PNG_HEAD, "'still.mp4' is named .mp4 but its content is a png file"),
-        ("clip.png", MP4_HEAD, "'clip.png' is named .png but its content is a mp4 file"),
+        ("still.mp4", PNG_HEAD, "'still.mp4' is named .mp4 but its content is a PNG image"),
+        ("clip.png", MP4_HEAD, "'clip.png' is named .png but its content is an MP4/QuickTime video"),
         ("empty.webm", b"", "'empty.webm' is named .webm but its content is not a video or image"),
     ):
         path = tmp_path / name

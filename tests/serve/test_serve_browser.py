@@ -250,6 +250,19 @@ def test_uploads_that_are_not_videos_or_images_are_refused_by_the_server(server,
     assert sorted(p for p in server.output_dir.rglob("*") if p.is_file()) == before
 
 
+def test_a_refused_request_removes_only_its_refused_files(server):
+    """Uploads are stored by content: a request that also carries a page must not delete an
+    earlier upload of the same (accepted) content, which may be another session's."""
+    clip = MP4_HEAD + b"shared content" * 10
+    status, body = server.upload("mine.mp4", clip)
+    assert status == 200
+    stored = Path(json.loads(body)[0])
+    status, body = server.upload("mine.mp4", clip, ("evil.html", b"<html></html>"))
+    assert status == 415 and b"evil.html" in body
+    assert stored.read_bytes() == clip and server.get(f"/gradio_api/file={stored}")[0] == 200
+    assert not list(server.output_dir.rglob("evil.html"))
+
+
 def test_nothing_served_from_the_output_folder_renders_as_a_page(server, browser, tmp_path):
     """Files that reach the output folder by any way (an upload an older server took, a file
     put there by hand) are sent as downloads with no script allowed: opened in Chromium, their
