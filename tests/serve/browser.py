@@ -165,6 +165,13 @@ class Page:
             self.type_into("#t2v-seed input", str(seed))
         self.click("#t2v-generate", "t2v")
 
+    def visible_texts(self, css: str) -> list[str]:
+        """The texts of the elements matching `css` that are drawn, read in one script run (the
+        page re-renders progress elements many times a second: a Selenium element found first
+        may be gone by the time it is asked whether it is displayed)."""
+        script = "return Array.from(document.querySelectorAll(arguments[0])).filter(e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden').map(e => e.innerText)"
+        return list(self.browser.execute_script(script, css))
+
     def upload(self, box: str, path: Path) -> None:
         """Put a file in an upload box (`vae-upload`, ...) and wait until the page has taken it."""
         self.find(f"#{box} input[type=file]").send_keys(str(path))

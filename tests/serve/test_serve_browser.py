@@ -92,12 +92,6 @@ def test_a_running_job_can_be_cancelled(page, server):
     page.wait_for_result()
 
 
-def visible(page: Page, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [e.text for e in page.browser.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
-
-
 def test_two_sessions_at_once_each_get_their_own_video_and_one_progress_indicator(server, browser):
     """The second session's job waits while the first runs (it is started only once the first
     is denoising, so the wait is certain); each page shows one progress bar or queue position,
@@ -107,10 +101,10 @@ def test_two_sessions_at_once_each_get_their_own_video_and_one_progress_indicato
         pages = [Page(browser, server.url), Page(other, server.url)]
         prompts = ["a yellow circle moving down", "a purple square moving right"]
         pages[0].generate(prompts[0], steps=300, seed=4)
-        pages[0].wait_for(lambda: visible(pages[0], ".progress-level"), 60)  # the first is running
+        pages[0].wait_for(lambda: pages[0].visible_texts(".progress-level"), 60)  # the first is running
         pages[1].generate(prompts[1], steps=STEPS, seed=4)
-        assert pages[1].wait_for(lambda: any("queue: 1/1" in t for t in visible(pages[1], ".progress-text")), 10)  # its position
-        running, waiting = visible(pages[0], ".progress-level"), visible(pages[1], ".progress-text")
+        assert pages[1].wait_for(lambda: any("queue: 1/1" in t for t in pages[1].visible_texts(".progress-text")), 10)  # its position
+        running, waiting = pages[0].visible_texts(".progress-level"), pages[1].visible_texts(".progress-text")
         assert len(running) == 1 and "denoising step" in running[0], running
         assert len(waiting) == 1 and "queue: 1/1" in waiting[0], waiting
         assert pages[0].find("#t2v-video .progress-level") is not None  # on the video box
@@ -130,9 +124,9 @@ def test_a_queued_job_can_be_cancelled_before_it_starts(server, browser):
     try:
         running, queued = Page(browser, server.url), Page(other, server.url)
         running.generate("an orange circle moving up", steps=300, seed=11)
-        running.wait_for(lambda: visible(running, ".progress-level"), 60)
+        running.wait_for(lambda: running.visible_texts(".progress-level"), 60)
         queued.generate("an orange square moving down", steps=STEPS, seed=11)
-        queued.wait_for(lambda: any("queue: 1/1" in t for t in visible(queued, ".progress-text")), 10)
+        queued.wait_for(lambda: any("queue: 1/1" in t for t in queued.visible_texts(".progress-text")), 10)
         queued.find("#t2v-cancel").click()
         assert queued.wait_for(lambda: queued.status("t2v"), JOB_TIMEOUT) == "cancelled"
         running.wait_for_result()
