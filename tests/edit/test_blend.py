@@ -165,7 +165,7 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     (decoy / "cwd").mkdir(parents=True)
     write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)
     monkeypatch.chdir(decoy / "cwd")  # where "../in.mp4" is the decoy
-    assert evaluate_sidecar(tmp_path / "out" / "edited.mp4")["psnr_outside"] > 30  # the real source (equal up to H.264), not white
+    assert evaluate_sidecar(tmp_path / "out" / "edited.mp4")["psnr_outside"] > 34  # the real source (equal up to H.264: 36.8 dB measured), not white
 
 
 @pytest.mark.parametrize(("scheduler", "evaluations"), [("DDIM", 2), ("PNDM", 4 * 3 + 1)])

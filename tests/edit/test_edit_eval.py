@@ -61,7 +61,7 @@ def test_eval_edit_cli_reads_sidecars(osp_in_process, tmp_path):
     report = json.loads(proc.stdout)
     row = report["edits"][0]
     assert row["color"] == row["expected_color"] and row["shape"] == row["expected_shape"]
-    assert row["psnr_outside"] > 35 and row["trajectory_error"] < 1.5  # H.264 adds a little
+    assert row["psnr_outside"] > 45 and row["trajectory_error"] < 1.5  # one H.264 pass: 48.5 dB measured
     assert report["summary"]["edits"] == 1
     table = osp_in_process("eval", "edit", str(tmp_path / "out.mp4"))
     assert table.returncode == 0 and "trajectory error" in table.stderr
