@@ -299,7 +299,7 @@ class Server:
                     with gr.Column():
                         video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
                         image = gr.Image(label="Image", height=360, interactive=False, visible=False, type="filepath", elem_id="t2v-image")
-                        files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
+                        files = gr.File(label="Download (mp4, or png for one frame, and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
                         status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
                 # the last result and status clear first, so the page never shows a stale line
                 generate.click(self.start, None, [video, image, files, status], queue=False, api_visibility="private").then(
@@ -323,7 +323,7 @@ class Server:
                     with gr.Column():
                         recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
                         recon_image = gr.Image(label="Reconstruction", height=360, interactive=False, visible=False, type="filepath", elem_id="vae-image")
-                        recon_files = gr.File(label="Download (mp4 and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
+                        recon_files = gr.File(label="Download (mp4, or png for one frame, and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
                         vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
                 run.click(self.start, None, [recon, recon_image, recon_files, vae_status], queue=False, api_visibility="private").then(
                     self.round_trip, [upload, vae_size], [recon, recon_image, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
