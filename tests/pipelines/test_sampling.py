@@ -208,8 +208,8 @@ def test_calibrate_cache_writes_the_coefficients(tiny_repo, tmp_path):
     assert len(fit["coefficients"]) == 3 and fit["calibration_steps"] > 10 and fit["written"] == str(repo / "sampling.json")
     written = json.loads((repo / "sampling.json").read_text())
     assert written == {"fps": 12.0, "teacache_coefficients": fit["coefficients"]}
-    proc = run_osp("t2v", "calibrate-cache", "a cat", "--write", "-o", "x")
-    assert proc.returncode != 0
+    proc = run_osp("t2v", "calibrate-cache", "a cat", "--write")  # the default: the released repository, from the Hub
+    assert_one_line_error(proc, "T5 text encoder", "--text-encoder DIR", code=3)
     proc = run_osp("t2v", "calibrate-cache", "a cat", "--model", "example/not-here", "--write")
     assert_one_line_error(proc, "'example/not-here' is not in the local")
 
