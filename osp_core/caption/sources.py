@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..io.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 LIST_SUFFIXES = {".txt", ".list", ".lst", ".json", ".jsonl"}
 

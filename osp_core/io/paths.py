@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
 def check_input_file(path: str | Path, what: str = "file") -> Path:

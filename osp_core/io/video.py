@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .atomic import atomic_path
-from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from .media import IMAGE_SUFFIXES
 
 
 @dataclass

@@ -10,6 +10,7 @@ import av
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tests.conftest import assert_one_line_error, run_osp
 
@@ -106,10 +107,12 @@ def test_same_seed_gives_the_same_file_which_is_kept_unless_overwrite(sampled, t
     assert_one_line_error(run_osp(*args), f"{name}' and 1 more outputs already exist", "--overwrite")
     earlier = copy.stat().st_mtime_ns
     time.sleep(0.01)
-    proc = run_osp(*args, "--overwrite", env=ONE_THREAD)
+    proc = run_osp(*args, "--overwrite", "--save-latents", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     assert copy.stat().st_mtime_ns != earlier  # written again ...
     assert copy.read_bytes() == (out / "videos" / name).read_bytes()  # ... with the same content
+    latents = [load_file(str(folder / name.replace(".mp4", ".latents.safetensors")))["latents"] for folder in (out / "videos", tmp_path)]
+    assert torch.equal(*latents)  # the same latents, not only the same 8-bit frames
     assert json.loads((tmp_path / name.replace(".mp4", ".json")).read_text())["seed"] == SEED
 
 
