@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from .paths import existing_ancestor, folders_to_create
 
 if TYPE_CHECKING:
     import torch
@@ -58,11 +59,7 @@ def _umask() -> int:
 def ensure_writable_dir(directory: Path) -> None:
     """Create `directory` if needed; a one-line error when it cannot be written. Each folder
     created gets a locked marker until `release_folders` (a file landed in it)."""
-    missing = []
-    current = Path(directory).absolute()
-    while not current.exists() and current != current.parent:
-        missing.append(current)
-        current = current.parent
+    missing = folders_to_create(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,9 +81,7 @@ def ensure_writable_dir(directory: Path) -> None:
 def check_creatable_dir(directory: Path) -> None:
     """A one-line error unless `directory` exists and is writable, or can be created: checked in
     its nearest existing folder, so nothing is created before there is something to write."""
-    current = Path(directory).absolute()
-    while not current.exists() and current != current.parent:
-        current = current.parent
+    current = existing_ancestor(directory)
     if not current.is_dir():
         raise InputError(f"cannot create output folder '{directory}': '{current}' is not a folder", "choose a writable location")
     ensure_writable_dir(current)

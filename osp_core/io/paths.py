@@ -57,6 +57,12 @@ def folders_to_create(directory: str | Path) -> list[Path]:
     return missing
 
 
+def existing_ancestor(directory: str | Path) -> Path:
+    """`directory` if it exists, else the nearest folder above it that does."""
+    missing = folders_to_create(directory)
+    return missing[-1].parent if missing else Path(directory).absolute()
+
+
 def remove_empty_folders(folders: Sequence[Path]) -> None:
     """Remove `folders` (deepest first) while they are empty: the ones a failed run created."""
     from .atomic import release_folders

@@ -359,10 +359,10 @@ def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress)
     left empty beside it are swept (`remove_stale_temps`). A run that fails leaves no folder
     it created."""
     from ..io.atomic import check_creatable_dir, remove_stale_temps
-    from ..io.paths import folders_to_create, remove_empty_folders
+    from ..io.paths import existing_ancestor, folders_to_create, remove_empty_folders
 
     check_creatable_dir(folder)
-    remove_stale_temps(folders_to_create(folder.parent)[-1].parent if not folder.parent.exists() else folder.parent)
+    remove_stale_temps(existing_ancestor(folder.parent))  # where a killed run's empty folder would be
     created = folders_to_create(folder)
     for message in warnings:
         progress.notice("warning", message)
