@@ -9,7 +9,7 @@ to the journal as it comes. At the end rank 0 waits for the others and merges al
 
 from __future__ import annotations
 
-import os
+import contextlib
 import queue
 import shutil
 import threading
@@ -28,6 +28,7 @@ from ..errors import InputError, OSPError
 from ..io import ensure_writable_dir
 from ..io.paths import folders_to_create, remove_empty_folders
 from ..io.probe import probe
+from ..parallel.layout import launched_world, process_group, rank_device
 from . import defaults
 from . import journal as jr
 from .captioner import FRAMES_AS, CaptionModel, CaptionRequest
@@ -162,26 +163,16 @@ class _NoProgress:
 
 @dataclass
 class _Dist:
+    """This rank's share of the job and the few collectives the ranks meet at."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
 
     @classmethod
     def from_env(cls) -> _Dist:
-        """Rank and world size as torchrun sets them; joins the process group when world > 1."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        owns = False
-        if not dist.is_initialized():
-            # gloo even on GPUs: ranks only meet at the final barrier (no tensors are exchanged),
-            # and gloo waits on the CPU without the NCCL watchdog.
-            dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-            owns = True
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+        """Rank and world size as torchrun sets them."""
+        return cls(*launched_world())
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -197,13 +188,6 @@ class _Dist:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
 
 def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
     """Run `iterator` in a thread, `depth` items ahead (decoding overlaps captioning)."""
@@ -468,7 +452,9 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
     progress = progress or _NoProgress()
     dist = _Dist.from_env()
     run = _Run(job, dist, progress)
-    try:
+    # gloo even on GPUs: ranks only meet at the final barrier (no tensors are exchanged), and
+    # gloo waits on the CPU without the NCCL watchdog
+    with process_group(torch.device("cpu"), timeout=BARRIER_TIMEOUT) if dist.world_size > 1 else contextlib.nullcontext():
         # Validate everything (output, inputs, templates, model) before touching any output:
         # a refused run leaves the previous annotations and journal as they were.
         try:
@@ -515,8 +501,6 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
         summary.processed = sum(c[1] for c in counts)
         summary.seconds = time.monotonic() - started
         return summary
-    finally:
-        dist.close()
 
 
 def _prepare_output_folder(folder: Path) -> list[Path]:
@@ -539,8 +523,8 @@ def _load_captioner(job: CaptionJob, dist: _Dist) -> CaptionModel:
     from .captioner import Captioner
 
     device = select_device(job.device)
-    if dist.world_size > 1 and device.type in ("cuda", "npu") and device.index is None:
-        device = torch.device(device.type, dist.local_rank)  # one accelerator per rank
+    if dist.world_size > 1:
+        device = rank_device(device, dist.local_rank)  # one accelerator per rank
     dtype = parse_dtype(job.dtype, device)
     frames_as = "images" if job.images else job.frames_as  # an image is one frame, never a video
     return Captioner.load(job.model, device, dtype, job.max_new_tokens, frames_as)

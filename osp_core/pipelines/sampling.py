@@ -257,7 +257,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         for index, prompt in enumerate(job.prompts)
         for video_seed in video_seeds(index, seed, job.num_videos)
     ]
-    parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance)
+    parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance, rank, local_rank)
     if cache != "none" and parallel.shares_videos:
         # a cache decides per process which work to skip; ranks sharing a video must not differ
         raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")
