@@ -51,6 +51,13 @@ class ParallelLayout:
     rank: int = 0
     local_rank: int = 0
 
+    @classmethod
+    def launched(cls) -> ParallelLayout:
+        """Data parallel over every process torchrun started, seen from this one: each rank
+        takes its own share of the work (captioning)."""
+        rank, world_size, local_rank = launched_world()
+        return cls("data" if world_size > 1 else "none", world_size, data=world_size, rank=rank, local_rank=local_rank)
+
     @property
     def dp(self) -> int:
         """Data-parallel degree: groups of ranks that read different samples (or videos)."""

@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import InputError, ModelLoadError
 from ..io.atomic import fsync_path, fsync_tree
 from ..io.jsonfile import dumps
+from ..parallel.layout import is_main_process
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
@@ -215,7 +216,7 @@ class CheckpointManager:
         tmp, final = self._open(step)
         acc.save_state(str(tmp / "accelerate"))
         full_state = acc.get_state_dict(model)
-        if acc.is_main_process:
+        if is_main_process():
             inner, prefix = diffusers_part(acc.unwrap_model(model))
             _write_model(tmp / "model", inner, prefix, full_state)
             if ema_save is not None:
@@ -231,7 +232,7 @@ class CheckpointManager:
         removes what a killed run left), every rank waits for it."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".{final.name}.tmp"
-        if self.accelerator.is_main_process:
+        if is_main_process():
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
                 shutil.rmtree(stale, ignore_errors=True)
@@ -424,13 +425,13 @@ class DistributedCheckpointManager(CheckpointManager):
         with _single_process_quiet():
             dcp.save(shards, checkpoint_id=str(tmp / DCP_DIR))
         # dcp.save returns once every rank's shards are written and synced, so rank 0 can list them
-        dcp_files = _file_sizes(tmp / DCP_DIR) if acc.is_main_process else {}
+        dcp_files = _file_sizes(tmp / DCP_DIR) if is_main_process() else {}
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
         inner, prefix = diffusers_part(model)
         full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
-        if acc.is_main_process:
+        if is_main_process():
             _write_model(tmp / "model", inner, prefix, full)
             if full_ema is not None:
                 _write_model(tmp / "model_ema", inner, prefix, full_ema)
@@ -439,7 +440,7 @@ class DistributedCheckpointManager(CheckpointManager):
                 extra["ema_step"] = self.ema.optimization_step
             (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
         acc.wait_for_everyone()  # every rank's shards and RNG file are written
-        if acc.is_main_process:
+        if is_main_process():
             self._publish(tmp, final)
         acc.wait_for_everyone()
         return final

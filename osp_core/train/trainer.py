@@ -311,6 +311,7 @@ class Trainer:
         self._resolve_strategy()
         self.parallel = self._parallel(accelerator)
         layout = self.parallel.layout
+        self.progress = Progress(layout.world_size, run.batch_size, self._global_batch())
         self.recipe.check(accelerator)
         if layout.world_size > 1:
             from .parallelize import check_shared_output
@@ -449,14 +450,12 @@ class Trainer:
     def _states(self) -> dict[str, Any]:
         """The checkpoint's stateful parts, saved and loaded together (`RunCheckpoints`); the
         other trained modules, the grad scaler and the RNG go with the optimizers."""
-        progress = self.progress
-        progress.world_size, progress.batch_size, progress.global_batch = self.parallel.layout.world_size, self.run_cfg.batch_size, self._global_batch()
         return {
             "model": self.model,
             "optimizers": self.optimizers,
             "schedulers": self.schedulers,
             "ema": self.ema,
-            "progress": progress,
+            "progress": self.progress,
             "config": _JSONPart("config", lambda: config_to_dict(self.config)),
             "recipe": _JSONPart("recipe", lambda: {"name": self.recipe.name, **self.recipe.extra_state()}),
         }
