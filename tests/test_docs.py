@@ -99,6 +99,13 @@ def test_every_relative_link_and_anchor_resolves(page):
     assert broken_links(page) == []
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_code_block_is_closed(page):
+    """An unclosed fence would turn the rest of the page into code, and hide its links from the check."""
+    fences = [line for line in page.read_text(encoding="utf-8").splitlines() if _FENCE.match(line)]
+    assert len(fences) % 2 == 0
+
+
 def test_readme_is_a_landing_page():
     lines = len((ROOT / "README.md").read_text(encoding="utf-8").splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move the detail to a page under docs/"
