@@ -27,6 +27,15 @@ def skip_or_fail(reason: str, allow_module_level: bool = False) -> NoReturn:
     pytest.skip(reason, allow_module_level=allow_module_level)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # before the test's fixtures: a module fixture that launches ranks is checked against the
+    # test that first needs it
+    from tests import distributed
+
+    distributed.CURRENT_TEST = item
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """`../shared/reference` (or $OSP_REFERENCE_DIR); tests skip when it is absent (fail under CI)."""

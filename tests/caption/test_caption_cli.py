@@ -15,6 +15,7 @@ import pytest
 from osp_core.caption.clips import split
 from osp_core.caption.journal import journal_dir
 from tests.conftest import ROOT, assert_one_line_error, run_osp
+from tests.distributed import torchrun
 
 COMMON = ["--clip-frames", "8", "--num-frames", "3", "--batch-size", "2", "--max-new-tokens", "5"]
 VIDEO_KEYS = {"path", "cap", "frame_idx", "fps", "num_frames", "resolution", "motion_score", "caption_model", "is_english"}
@@ -93,11 +94,12 @@ def test_existing_output_needs_resume_or_overwrite(single_run, dataset, tiny_vlm
     assert summary["captioned"] == 11
 
 
+@pytest.mark.distributed
 def test_two_ranks_write_the_same_annotations_as_one(single_run, dataset, tiny_vlm, tmp_path):
     out = tmp_path / "annotations.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("OSP_DEBUG", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "osp_cli", "caption", str(dataset), "-o", str(out), "-m", str(tiny_vlm), *COMMON, "--json"]
+    cmd = [*torchrun(2), "-m", "osp_cli", "caption", str(dataset), "-o", str(out), "-m", str(tiny_vlm), *COMMON, "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in journal_dir(out).iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
@@ -173,6 +175,7 @@ def test_unwritable_output_and_unfillable_templates_are_one_line_errors(clips_di
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "needs_caption.yaml"]
 
 
+@pytest.mark.distributed
 def test_a_killed_run_resumes_on_another_number_of_ranks(clips_dir, tiny_vlm, tmp_path):
     """docs/captioning.md (Scale-out): a resumed job may use a different number of ranks. One process is
     killed mid-run, then `--resume` under torchrun with 2 CPU ranks: the clips of rank 0's
@@ -199,8 +202,7 @@ def test_a_killed_run_resumes_on_another_number_of_ranks(clips_dir, tiny_vlm, tm
     before = {r["key"] for r in _captioned_lines(journal)}
     assert 2 <= len(before) < total and not out.exists()  # killed mid-run
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "osp_cli", "caption"]
-    proc = subprocess.run([*torchrun, *args, "-o", str(out), "--resume", "--json"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    proc = subprocess.run([*torchrun(2), "-m", "osp_cli", "caption", *args, "-o", str(out), "--resume", "--json"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])  # only rank 0 prints
     assert summary["world_size"] == 2 and summary["resumed"] == len(before) and summary["processed"] == total - len(before)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from osp_core.errors import InputError
 from osp_core.parallel.launch import resolve_parallel
 from tests.conftest import run_osp
+from tests.distributed import torchrun
 
 # 9 frames = 3 latent frames and 32x32 = 4 patch positions: the frames do not divide by 2 ranks
 SIZE_ARGS = ("--frames", "9", "--height", "32", "--width", "32", "--dtype", "fp32", "--steps", "4", "--seed", "3")
@@ -34,8 +34,7 @@ def run_torchrun(ranks: int, *args: str, timeout: float = 600) -> subprocess.Com
     """`torchrun --standalone --nproc_per_node RANKS -m osp_cli ARGS`, as a user launches it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **ONE_THREAD}
     env.pop("OSP_DEBUG", None)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    return subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(ranks), "-m", "osp_cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([*torchrun(ranks), "-m", "osp_cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def sample_args(tiny_repo: Path, folder: Path) -> list[str]:
@@ -74,6 +73,7 @@ def check_same_as_one_process(folder: Path, reference: Path, proc: subprocess.Co
 
 
 @pytest.mark.parametrize("mode", ["sp", "cfg", "data"])
+@pytest.mark.distributed
 def test_two_ranks_give_the_frames_of_one_process(mode, tiny_repo, one_process, tmp_path):
     folder = tmp_path / "videos"
     proc = run_torchrun(2, *sample_args(tiny_repo, folder), "--parallel", mode)
@@ -82,6 +82,7 @@ def test_two_ranks_give_the_frames_of_one_process(mode, tiny_repo, one_process, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sp", "cfg+sp"])
+@pytest.mark.distributed
 def test_four_ranks_give_the_frames_of_one_process(mode, tiny_repo, one_process, tmp_path):
     # 4 ranks over 3 latent frames: one rank holds no frame in the spatial layout
     folder = tmp_path / "videos"
@@ -89,6 +90,7 @@ def test_four_ranks_give_the_frames_of_one_process(mode, tiny_repo, one_process,
     check_same_as_one_process(folder, one_process, proc, mode, 4)
 
 
+@pytest.mark.distributed
 def test_a_mode_that_cannot_apply_is_one_line_from_one_rank(tiny_repo, tmp_path):
     proc = run_torchrun(2, "t2v", "sample", "a cat", *SIZE_ARGS, "--guidance", "1", "--parallel", "cfg", "--model", str(tiny_repo), "-o", str(tmp_path / "out"))
     assert proc.returncode != 0
@@ -138,6 +140,7 @@ def test_auto_picks_a_mode_for_the_world_and_job(world, videos, guidance, mode, 
     assert layout.data * layout.cfg * layout.sp == max(world, 1)
 
 
+@pytest.mark.distributed
 def test_a_rank_that_fails_stops_the_run_with_one_line(tiny_repo, tmp_path):
     """Rank 1's sidecar name is taken by a folder: rank 1 fails at its write, rank 0 stops
     without a line of its own (torchrun's report follows), and only complete files are left."""

@@ -10,7 +10,7 @@ from osp_core.parallel.launch import resolve_parallel
 from osp_core.parallel.layout import ParallelLayout, is_main_process, launched_world, process_group
 from osp_core.train.parallelize import resolve_train_layout
 
-from tests.parallel.spawn import run_ranks
+from tests.distributed import run_ranks
 
 
 class _Parallel:
@@ -44,7 +44,7 @@ def test_is_main_process_reads_the_launcher(monkeypatch):
 
 @pytest.fixture()
 def one_rank_group(monkeypatch):
-    from tests.parallel.spawn import _free_port
+    from tests.distributed import _free_port
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
@@ -90,6 +90,18 @@ def _meshes(rank: int, world: int) -> dict:
     }
 
 
+@pytest.mark.distributed
 def test_one_mesh_builder_for_sampling_and_training():
     for result in run_ranks(_meshes, 2):
         assert result == {"names": ("dp", "cfg", "sp"), "cfg": 2, "sp_ranks": [0, 1], "shard": ("shard",)}
+
+
+def test_a_launcher_in_a_test_without_the_distributed_mark_is_refused(request):
+    """`pytest -m "not distributed"` is only a quick run if every multi-process test has the mark."""
+    from tests.distributed import torchrun
+
+    assert request.node.get_closest_marker("distributed") is None
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.distributed"):
+        torchrun(2)
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.distributed"):
+        run_ranks(_meshes, 2)

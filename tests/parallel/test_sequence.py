@@ -11,7 +11,7 @@ from osp_core.parallel.sequence import SequenceParallelLatte, shard_bounds, shar
 
 from tests.models.test_latte_t2v import TINY as LATTE_TINY
 
-from .spawn import run_ranks
+from tests.distributed import run_ranks
 
 # 6x2 latents: 3 patch positions, which do not divide by 2 ranks
 TINY = {**LATTE_TINY, "sample_size": [6, 2]}
@@ -77,17 +77,20 @@ def two_rank_results():
     return [(rank, *result) for rank, result in enumerate(run_ranks(_compare, 2))]
 
 
+@pytest.mark.distributed
 def test_dsp_matches_the_unsharded_model(two_rank_results):
     for rank, results, _ in two_rank_results:
         for case, error, scale, _ in results:
             assert error <= 1e-5 * scale, f"rank {rank}, case {case}: max error {error} at scale {scale}"
 
 
+@pytest.mark.distributed
 def test_dsp_gradients_match_the_unsharded_model(two_rank_results):
     for rank, _, grad_error in two_rank_results:
         assert grad_error < 1e-4, f"rank {rank}: relative gradient error {grad_error}"
 
 
+@pytest.mark.distributed
 def test_dsp_traffic_is_what_the_shapes_say(two_rank_results):
     """Per layer pair each rank sends the tokens other ranks own: to the temporal layout and back."""
     dim = TINY["num_attention_heads"] * TINY["attention_head_dim"]

@@ -9,7 +9,9 @@ import torch
 from osp_core.models.causal_vae import CausalVideoVAE
 from osp_core.parallel.vae import decode_over_ranks
 
-from .spawn import run_ranks
+import pytest
+
+from tests.distributed import run_ranks
 
 
 def _decode(rank: int, world: int, vae_dir: str) -> tuple[int, float | None, list[int]]:
@@ -38,6 +40,7 @@ def _decode(rank: int, world: int, vae_dir: str) -> tuple[int, float | None, lis
     return passes, float((video - expected).abs().max()), mine
 
 
+@pytest.mark.distributed
 def test_tiles_decoded_on_two_ranks_give_one_process_video(reference_dir):
     vae_dir = str(Path(reference_dir) / "pipeline" / "tiny-osp-v1.1.0" / "vae")
     (passes, error, first), (_, other, second) = run_ranks(_decode, 2, vae_dir)

@@ -12,6 +12,7 @@ from osp_core.errors import InputError
 from osp_core.train.config import EditTrainConfig, load_config
 from osp_core.train.edit_recipe import EditRecipe, stage_parameters
 from osp_core.train.trainer import Trainer
+from tests.distributed import torchrun
 
 from .helpers import checkpoint_weights
 
@@ -107,17 +108,16 @@ def test_cli_refuses_fsdp_in_one_line(osp_in_process, clips, tiny_repo, tmp_path
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.distributed
 def test_torchrun_ddp_on_two_ranks_keeps_them_identical(clips, tiny_repo, tmp_path):
     """`torchrun --nproc_per_node 2 -m osp_cli.edit_train` (CPU ranks, DDP): both ranks end with
     the same control weights, every rank's data counted, one checkpoint with both RNG states."""
     import json
-    import sys
 
     from .helpers import run_module
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     args = ("--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "--version", "tiny", "--text-encoder", str(tiny_repo), "--max-steps", "2", "--json")
-    proc = run_module("osp_cli.edit_train", *args, "-o", str(tmp_path), launcher=torchrun)
+    proc = run_module("osp_cli.edit_train", *args, "-o", str(tmp_path), launcher=torchrun(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["processes"] == 2 and summary["parallel"]["strategy"] == "ddp" and summary["samples_seen"] == 4

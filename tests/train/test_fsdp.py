@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.distributed import torchrun
+
 from .helpers import run_module
 
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+pytestmark = pytest.mark.distributed  # every test here reads runs on 2 ranks
+
 LOSS_TOLERANCE = 1e-6
 WEIGHT_TOLERANCE = 5e-6
 
@@ -39,7 +41,7 @@ def _common(clips: Path, repo: Path) -> list[str]:
 
 
 def _launcher(ranks: int) -> list[str] | None:
-    return [TORCHRUN, "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else None
+    return torchrun(ranks) if ranks > 1 else None
 
 
 def train(clips: Path, repo: Path, out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:

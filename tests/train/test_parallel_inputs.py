@@ -13,7 +13,7 @@ from osp_core.errors import InputError
 from osp_core.train.parallelize import resolve_train_layout
 
 from tests.conftest import assert_one_line_error
-from tests.parallel.spawn import run_ranks
+from tests.distributed import run_ranks
 
 from .helpers import TINY_T2V
 
@@ -123,6 +123,7 @@ def _probe(rank: int, world: int, root: str) -> list[str]:
     return messages
 
 
+@pytest.mark.distributed
 def test_an_output_folder_the_ranks_do_not_share_is_refused(tmp_path):
     results = run_ranks(_probe, 2, str(tmp_path))
     assert [shared for shared, _ in results] == ["", ""]

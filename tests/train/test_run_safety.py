@@ -17,6 +17,7 @@ from osp_core.train.config import T2VTrainConfig, VAETrainConfig, check_override
 from osp_core.train.trainer import Trainer
 from osp_core.train.vae_recipe import VAERecipe
 from tests.conftest import assert_one_line_error
+from tests.distributed import torchrun
 
 from .helpers import checkpoint_weights
 
@@ -174,8 +175,7 @@ def _torchrun_until_signalled(args: list[str], checkpoint: Path, send) -> tuple[
     import time
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launcher = subprocess.Popen([*torchrun, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    launcher = subprocess.Popen([*torchrun(2), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (checkpoint / "trainer_state.json").is_file():
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() is not None else "no checkpoint in time"
@@ -187,6 +187,7 @@ def _torchrun_until_signalled(args: list[str], checkpoint: Path, send) -> tuple[
     return subprocess.CompletedProcess(args, launcher.returncode, out, err), json.loads(summary_file.read_text())
 
 
+@pytest.mark.distributed
 def test_under_torchrun_ctrl_c_and_sigterm_reach_every_worker(clips, tmp_path):
     """Ctrl-C (SIGINT to the whole foreground group: torchrun and its workers) and SIGTERM sent
     to torchrun alone (forwarded to the workers) each end a 2-rank run after a step, with a

@@ -17,6 +17,7 @@ from osp_core.train.config import VAETrainConfig, load_config
 from osp_core.train.trainer import Trainer
 from osp_core.train.vae_recipe import VAERecipe
 from tests.conftest import assert_one_line_error, run_osp
+from tests.distributed import torchrun
 
 from .helpers import checkpoint_weights, run_module
 
@@ -93,9 +94,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(clips, tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.distributed
 def test_two_process_torchrun_keeps_ranks_identical_and_writes_one_checkpoint(clips, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = run_module("osp_cli.vae_train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path), "--max-steps", "2", "--json", launcher=torchrun)
+    proc = run_module("osp_cli.vae_train", "--preset", "debug", "--data", str(clips), "-o", str(tmp_path), "--max-steps", "2", "--json", launcher=torchrun(2))
     assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "reducer.cpp" not in line)[-4000:]
     summary = json.loads(proc.stdout)
     assert summary["processes"] == 2 and summary["samples_seen"] == 4

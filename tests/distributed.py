@@ -1,16 +1,38 @@
-"""Run a function on N CPU processes joined in a gloo group (torch.multiprocessing spawn)."""
+"""The one launcher of multi-process tests: `torchrun(ranks)` for a command as a user launches
+it, `run_ranks(function, ranks)` for a function on CPU processes in one gloo group.
+
+Tests that start several processes carry `@pytest.mark.distributed` (`pytest -m "not
+distributed"` leaves them out); both launchers refuse to run in a test without the mark.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+CURRENT_TEST: pytest.Item | None = None  # set by conftest before each test's fixtures
+
+
+def _require_mark() -> None:
+    if CURRENT_TEST is not None and CURRENT_TEST.get_closest_marker("distributed") is None:
+        raise AssertionError(f"{CURRENT_TEST.nodeid} starts several processes: mark it @pytest.mark.distributed")
+
+
+def torchrun(ranks: int) -> list[str]:
+    """The command prefix that runs `-m MODULE ARGS` on `ranks` CPU processes (torchrun, standalone)."""
+    _require_mark()
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
 
 
 def _free_port() -> int:
@@ -35,6 +57,7 @@ def _rank_main(rank: int, world: int, port: int, queue: Any, function: Callable[
 def run_ranks(function: Callable[..., Any], world: int, *args: Any, timeout: float = 300) -> list[Any]:
     """`function(rank, world, *args)` on `world` processes in one gloo group; the results by
     rank. Any rank's exception fails the caller with every rank's traceback."""
+    _require_mark()
     context = mp.get_context("spawn")
     queue = context.Queue()
     port = _free_port()
