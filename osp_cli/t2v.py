@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from osp_core.pipelines.sampling import DEFAULT_OUTPUT
+from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 
 from . import t2v_train
 from .console import err, print_json, progress, status
@@ -69,7 +69,8 @@ def sample(
     json_out: JsonOpt = False,
 ) -> None:
     """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
-    from osp_core.pipelines.sampling import SamplingJob, read_prompts, run_sampling
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
     job = SamplingJob(
         prompts=read_prompts(prompt, prompts_file),
@@ -140,7 +141,8 @@ def calibrate_cache(
 
     Samples the prompts without caching and fits how much the transformer's output changes from step to step against how much its timestep-modulated input changes.
     """
-    from osp_core.pipelines.sampling import SamplingJob, calibrate_teacache, read_prompts
+    from osp_core.jobs.calibrate import calibrate_teacache
+    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
     job = SamplingJob(
         prompts=read_prompts(prompt, prompts_file),

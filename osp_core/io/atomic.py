@@ -312,9 +312,8 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
 def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
     """Write `data` to `dest` atomically (temporary file, fsync, rename)."""
     dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
     return dest
 
 

@@ -21,7 +21,7 @@ from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
 from ..io.atomic import ensure_writable_dir
 from ..pipelines.repository import ModelRepository
-from ..pipelines.sampling import SamplingJob, slugify
+from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
 from .guard import UploadGuard
 from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
@@ -212,7 +212,7 @@ class Server:
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, Any, Any, str]:
         """The Edit tab: (edited video, source video, [mp4, sidecar], status line)."""
-        from ..pipelines.edit import EditJob
+        from ..jobs.edit import EditJob
 
         session = request.session_hash or ""
         try:

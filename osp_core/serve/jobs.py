@@ -19,7 +19,8 @@ from typing import Any
 from ..errors import InputError, OSPError
 from ..hub import DEFAULT_REPO
 from ..io.media import check_media_file
-from ..pipelines.sampling import PipelineCache, SamplingJob, SamplingSummary, run_sampling, slugify
+from ..jobs.sampling import PipelineCache, SamplingSummary, run_sampling
+from ..jobs.sampling_plan import SamplingJob, slugify
 
 Report = Callable[[float | None, str], None]  # (fraction done or None, what is happening)
 
@@ -186,7 +187,7 @@ def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) 
 
 def run_video_edit(device: Device, job: Any, reporter: StepReporter) -> Any:
     """`run_edit` (an `EditJob`), one job at a time; its inputs are checked before the turn."""
-    from ..pipelines.edit import plan_edit, run_edit
+    from ..jobs.edit import plan_edit, run_edit
 
     plan = plan_edit(job)  # bad boxes, frames, tracks: refused without waiting for the device
     with device.turn(reporter.cancelled):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from osp_core.pipelines.edit import EditInputs, EditJob, edit_latents, paste_outside, prepare_latents, run_edit
+from osp_core.jobs.edit import EditJob, run_edit
+from osp_core.pipelines.edit import EditInputs, edit_latents, paste_outside, prepare_latents
 from osp_core.pipelines.edit_inputs import box_mask
 from tests.edit.helpers import moving_square
 

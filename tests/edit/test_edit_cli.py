@@ -96,8 +96,8 @@ def test_frame_sizes_are_height_first_like_everywhere_else(osp_in_process, input
 def test_a_name_taken_meanwhile_suggests_another_o(inputs, tiny_repo, tmp_path):
     """`osp edit` has no --seed in its file name and no --output-dir: the fix is another -o."""
     from osp_core.errors import InputError
-    from osp_core.pipelines.edit import EditJob, run_edit
-    from osp_core.pipelines.sampling import NoProgress
+    from osp_core.jobs.edit import EditJob, run_edit
+    from osp_core.jobs.progress import NoProgress
 
     out = tmp_path / "edited.mp4"
 
@@ -118,7 +118,7 @@ def test_frames_not_4k1_and_auto(osp_in_process, inputs, tiny_repo, tmp_path):
     proc = osp_in_process("edit", str(inputs / "ten.mp4"), "-o", str(tmp_path / "o.mp4"), "--box", "0,0,16,16", "--model", str(tiny_repo))
     assert_one_line_error(proc, "10 frames, not 4k+1", "--frames auto")
     assert list(tmp_path.iterdir()) == []
-    from osp_core.pipelines.edit import EditJob, read_edit_inputs
+    from osp_core.jobs.edit import EditJob, read_edit_inputs
 
     read = read_edit_inputs(EditJob(video=inputs / "ten.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", frames="auto"))
     assert read.shape == (9, 32, 32) and read.track_source == "keep-motion"
@@ -129,7 +129,7 @@ def test_unset_strength_comes_from_the_model(inputs, tiny_repo, tmp_path):
     import shutil
 
     from osp_core.errors import ModelLoadError
-    from osp_core.pipelines.edit import EditJob, plan_edit
+    from osp_core.jobs.edit import EditJob, plan_edit
 
     def plan(model, **kw):
         return plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(model), **kw))
@@ -147,7 +147,7 @@ def test_unset_strength_comes_from_the_model(inputs, tiny_repo, tmp_path):
 
 
 def test_a_cut_that_leaves_pndm_too_few_steps_runs_its_fewest_and_says_so(inputs, tiny_repo, tmp_path):
-    from osp_core.pipelines.edit import EditJob, plan_edit
+    from osp_core.jobs.edit import EditJob, plan_edit
 
     plan = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(tiny_repo), strength=0.5, steps=6))
     assert plan.sampling.scheduler == "PNDM" and plan.steps_run == 4  # not 3: PNDM's Runge-Kutta start needs 4

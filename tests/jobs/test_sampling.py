@@ -13,7 +13,8 @@ import torch
 
 from osp_core.errors import HubUnavailableError, InputError, ModelLoadError
 from osp_core.pipelines.repository import ModelRepository
-from osp_core.pipelines.sampling import SamplingJob, plan_sampling, run_sampling
+from osp_core.jobs.sampling import run_sampling
+from osp_core.jobs.sampling_plan import SamplingJob, plan_sampling
 from tests.conftest import assert_one_line_error, run_osp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -253,7 +254,7 @@ def test_job_validation():
 def test_kept_pipeline_loads_once_and_samples_as_a_fresh_one(tiny_repo, tmp_path):
     """A `PipelineCache` (the web page's) loads the model once, keeps T5, and each run gives the
     latents a fresh run gives; another scheduler on a kept pipeline is honoured."""
-    from osp_core.pipelines.sampling import PipelineCache
+    from osp_core.jobs.sampling import PipelineCache
     from osp_core.pipelines.video_vae import load_latents
 
     def job(prompt, out, scheduler=None):
@@ -309,7 +310,9 @@ def test_transformer_folder_is_relative_to_the_working_directory(tmp_path, monke
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from osp_core.pipelines.sampling import NoProgress, SamplingJob, run_sampling
+from osp_core.jobs.progress import NoProgress
+from osp_core.jobs.sampling import run_sampling
+from osp_core.jobs.sampling_plan import SamplingJob
 
 class Announce(NoProgress):
     def step(self, done, total):
