@@ -8,6 +8,15 @@ from collections.abc import Iterator
 from typing import Protocol
 
 
+class StepsProgress(Protocol):
+    """What a job without prompts reports (a VAE job): `status` for phases without steps
+    (loading), `step` after every step (a tile). Raising from a callback stops the job."""
+
+    def status(self, message: str) -> None: ...
+
+    def step(self, done: int, total: int) -> None: ...
+
+
 class SamplingProgress(Protocol):
     """What a run reports: `status` for phases without steps (loading, encoding), `video` when
     prompt `index` of `total` starts denoising, `step` after every denoising step, `notice`

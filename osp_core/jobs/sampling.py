@@ -7,12 +7,14 @@ videos and writes each video's files (`records`), reporting through `SamplingPro
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import OSPError
 from .progress import NoProgress, SamplingProgress, quiet_libraries
 from .records import LatentsFile, latents_header, sample_sidecar, write_video_files
 from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling
@@ -95,20 +97,17 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     says (`parallel.launch`): the process group is joined here unless the caller joined one,
     and `mesh` (a (cfg, sp) DeviceMesh) may be passed in; only the first rank reports progress.
     """
-    from ..errors import OSPError
-    from ..parallel.launch import (
-        PeerProcessFailed,
-        is_peer_failure,
-        launched_world,
-        process_group,
-    )
-
     try:
         plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
     except OSPError as exc:
-        # every rank plans alike and fails alike: the first rank's line is the one shown
-        exc.quiet = launched_world()[0] != 0
+        if "WORLD_SIZE" in os.environ:  # torchrun's; a plain process refuses without loading torch
+            from ..parallel.launch import launched_world
+
+            # every rank plans alike and fails alike: the first rank's line is the one shown
+            exc.quiet = launched_world()[0] != 0
         raise
+    from ..parallel.launch import PeerProcessFailed, is_peer_failure, process_group
+
     progress = progress if progress is not None and plan.rank == 0 else NoProgress()
     try:
         with output_folder(plan.output_dir, plan.warnings, progress), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():

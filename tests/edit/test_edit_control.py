@@ -137,7 +137,7 @@ def test_the_control_module_of_a_hub_repository_comes_from_its_cache(repo_with_c
     from osp_core.io import write_video
     from osp_core.jobs.edit import EditJob, run_edit
     from tests.edit.helpers import moving_square
-    from tests.pipelines.test_sampling import hub_cache
+    from tests.jobs.test_sampling import hub_cache
 
     snapshot = hub_cache(tmp_path / "hf", "example/tiny-edit", repo_with_control)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))

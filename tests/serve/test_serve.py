@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from osp_core.errors import InputError
-from osp_core.serve.jobs import ServeOptions, Sessions, StepReporter, check_upload, job_folder
+from osp_core.serve.session import ServeOptions, Sessions, StepReporter, check_upload, job_folder
 from tests.conftest import assert_one_line_error
 
 
@@ -102,7 +102,7 @@ def test_options_validate():
 
 
 def test_upload_temps_left_by_a_killed_server_are_swept_at_start(tmp_path):
-    from osp_core.serve.jobs import sweep_upload_temps
+    from osp_core.serve.session import sweep_upload_temps
 
     gradio = tmp_path / ".gradio"
     (gradio / "0a1b").mkdir(parents=True)
