@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from . import vae_train
-from .console import err, print_json, progress, status
+from .console import JobBar, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, TileOpt
 
 app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips, training.", no_args_is_help=True)
@@ -23,48 +23,12 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub repo id, model
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse). An input is never replaced.")]
 
 
-class VaeBar:
-    """Draws a VAE job's progress on stderr: a spinner while the VAE loads, then a bar over its
-    tiles (removed when done)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.bar = progress(transient=True)
-        self.task = None
-        self.spinner = None
-
-    def __enter__(self) -> VaeBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_spinner()
-        if self.task is not None:
-            self.bar.__exit__(*exc)
-
-    def _stop_spinner(self) -> None:
-        if self.spinner is not None:
-            self.spinner.__exit__(None, None, None)
-            self.spinner = None
-
-    def status(self, message: str) -> None:
-        self._stop_spinner()
-        self.spinner = status(message)
-        self.spinner.__enter__()
-
-    def step(self, done: int, total: int) -> None:
-        self._stop_spinner()
-        if self.task is None:
-            self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=total)
-        self.bar.update(self.task, completed=done, total=total)
-
-
 def _run(job: Any, label: str) -> dict[str, Any]:
     """Plan (paths first, before torch loads), then run `job` with a progress bar."""
     from osp_core.jobs.vae import plan_vae, run_vae
 
     plan = plan_vae(job)
-    with VaeBar(label) as bar:
+    with JobBar(label, transient=True) as bar:
         return run_vae(plan, bar).record
 
 

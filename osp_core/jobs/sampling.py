@@ -32,8 +32,8 @@ def output_folder(folder: Path, warnings: list[str], progress: SamplingProgress)
     so a failing run shows one line); libraries kept quiet for the block. Folders a killed run
     left empty beside it are swept (`remove_stale_temps`). A run that fails leaves no folder
     it created."""
-    from ..io.atomic import check_creatable_dir, remove_stale_temps
-    from ..io.paths import existing_ancestor, folders_to_create, remove_empty_folders
+    from ..io.atomic import check_creatable_dir, remove_empty_folders, remove_stale_temps
+    from ..io.paths import existing_ancestor, folders_to_create
 
     check_creatable_dir(folder)
     remove_stale_temps(existing_ancestor(folder.parent))  # where a killed run's empty folder would be
