@@ -254,6 +254,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         seconds_decode = time.perf_counter() - t0
 
     count, height, width = inputs.shape
+
     def beside(path: Path) -> str:
         # inputs are recorded relative to the sidecar's folder: `osp eval edit` finds them from
         # any working directory, and the folder can move with them

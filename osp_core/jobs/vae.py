@@ -48,6 +48,7 @@ class VaeJob:
     overwrite: bool = False
     device: str | None = None
     dtype: str | None = None
+    memory_hint: str = MEMORY_HINT  # how the user makes a clip that does not fit smaller
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _encode(plan: VaePlan, vae: Any, progress: StepsProgress) -> VaeSummary:
     clip = _read_clip(plan, vae)
     x = to_model_input(clip.frames)
     start = time.perf_counter()
-    with oom_as_error(f"encoding {'x'.join(map(str, plan.shape))}", MEMORY_HINT):
+    with oom_as_error(f"encoding {'x'.join(map(str, plan.shape))}", job.memory_hint):
         generator = torch.Generator(plan.device).manual_seed(job.seed) if job.sample else None
         latents = encode(vae, x, sample=job.sample, generator=generator, progress=_counter(progress, vae.num_tiles(x.shape, latent=False)))
     seconds = time.perf_counter() - start
@@ -237,8 +238,7 @@ def _recon(plan: VaePlan, vae: Any, progress: StepsProgress) -> VaeSummary:
     from .records import recon_sidecar, write_video_files
 
     clip = _read_clip(plan, vae)
-    hint = MEMORY_HINT if plan.sidecar is None else "pass a smaller size"
-    with oom_as_error(f"reconstructing {'x'.join(map(str, plan.shape))}", hint):
+    with oom_as_error(f"reconstructing {'x'.join(map(str, plan.shape))}", plan.job.memory_hint):
         result = reconstruct(vae, clip, progress=progress.step)
     if plan.sidecar is None:
         write_frames(plan.output, result.frames, fps=clip.fps)

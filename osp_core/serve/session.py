@@ -209,7 +209,7 @@ class VaeReporter:
 def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, device_name: str | None, dtype_name: str | None, size: str | None, report: Report, cancelled: threading.Event) -> VaeSummary:
     """Round trip `upload` through `model`'s VAE (longest 4k+1 frame prefix, optional resize)
     and write the result and a JSON sidecar (PSNR, SSIM) together into the folder `output`."""
-    job = VaeJob("recon", upload, output_dir=output, model=model, frames="auto", size=size.strip() or None if size else None, device=device_name, dtype=dtype_name)
+    job = VaeJob("recon", upload, output_dir=output, model=model, frames="auto", size=size.strip() or None if size else None, device=device_name, dtype=dtype_name, memory_hint="pass a smaller size")
     plan = plan_vae(job)  # a clip too large is refused without waiting for the device
     with device.turn(cancelled):
         return run_vae(plan, VaeReporter(report, cancelled), device.vaes)
