@@ -7,7 +7,9 @@ a model with `set_attention_backend(model, name)`:
 - `sdpa`: PyTorch's scaled_dot_product_attention (picks a fused kernel itself; the default);
 - `math`: plain matmul + softmax in float32, for debugging and as a readable definition;
 - `flash`: the flash-attn package (CUDA, fp16/bf16);
-- `npu`: `torch_npu.npu_fusion_attention` on Ascend NPUs (what the original's NPU branch ran).
+- `npu`: on Ascend NPUs, `torch_npu.npu_fused_infer_attention_score` (Ascend's inference kernel)
+  when no gradient is needed and the inputs are fp16/bf16, else `torch_npu.npu_fusion_attention`
+  (the training kernel the original's NPU branch ran).
 
 LatteT2V's diffusers `Attention` modules run through `AttentionProcessor` (a diffusers processor
 that calls `attention`); the VAE's attention block calls `attention` itself.
@@ -120,21 +122,31 @@ def _npu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     batch, heads, q_len, head_dim = query.shape
     drop = None
     if mask is not None:
-        # npu_fusion_attention's atten_mask marks what is *dropped* (True / 1 = masked out), as
+        # both kernels' atten_mask marks what is *dropped* (True / 1 = masked out), as
         # (B, N, Sq, Skv) or, shared by the heads, (B, 1, Sq, Skv)
         keep = _as_4d(keep_mask(mask))
         drop = (~keep).expand(batch, keep.shape[1], q_len, key.shape[-2]).contiguous()
-    out = torch_npu.npu_fusion_attention(
-        query,
-        key,
-        value,
-        heads,
-        input_layout="BNSD",
-        atten_mask=drop,
-        scale=1.0 / math.sqrt(head_dim),
-        keep_prob=1.0,
-    )[0]
-    return out
+    scale = 1.0 / math.sqrt(head_dim)
+    if _npu_inference(query, key, value) and hasattr(torch_npu, "npu_fused_infer_attention_score"):
+        return _npu_infer_call(torch_npu.npu_fused_infer_attention_score, query, key, value, heads, drop, scale)[0]
+    return torch_npu.npu_fusion_attention(query, key, value, heads, input_layout="BNSD", atten_mask=drop, scale=scale, keep_prob=1.0)[0]
+
+
+def _npu_inference(*tensors: torch.Tensor) -> bool:
+    """The inference kernel has no backward and takes fp16/bf16 only."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return not needs_grad and all(t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
+
+
+def _npu_infer_call(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, drop: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # torch_npu 7 names the scale `scale`; torch_npu 6 called it `scale_value`
+    common = {"atten_mask": drop, "num_heads": heads, "input_layout": "BNSD"}
+    try:
+        return kernel(query, key, value, scale=scale, **common)
+    except TypeError as exc:
+        if "scale" not in str(exc):
+            raise
+        return kernel(query, key, value, scale_value=scale, **common)
 
 
 # -- choosing a backend ---------------------------------------------------------------------

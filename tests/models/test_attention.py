@@ -64,6 +64,40 @@ def test_npu_call_layout_scale_and_mask_polarity(torch_npu_stand_in):
     assert torch.equal(attention(q, k, v, keep, "npu"), attention(q, k, v, _caption_bias(), "npu"))
 
 
+def test_npu_runs_the_inference_kernel_when_no_gradient_is_needed(torch_npu_stand_in):
+    q, k, v = (t.to(torch.bfloat16) for t in _qkv(dim=16))
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=_caption_bias())
+    with torch.no_grad():
+        got = attention(q, k, v, _caption_bias(), "npu")
+    call = torch_npu_stand_in.calls[-1]
+    assert call["kernel"] == "infer" and call["layout"] == "BNSD" and call["head_num"] == 3
+    assert call["scale"] == pytest.approx(1 / 16**0.5) and call["mask_shape"] == (2, 1, 5, 7)
+    assert (got.float() - expected).abs().max() <= 2e-2  # bf16 output
+    # training: the inputs need gradients, so the training kernel runs and backward works
+    q.requires_grad_(True)
+    attention(q, k, v, _caption_bias(), "npu").float().sum().backward()
+    assert torch_npu_stand_in.calls[-1]["kernel"] == "fusion" and q.grad is not None
+    # fp32 (the inference kernel takes fp16/bf16 only): the training kernel, also under no_grad
+    with torch.no_grad():
+        attention(*_qkv(), None, "npu")
+    assert torch_npu_stand_in.calls[-1]["kernel"] == "fusion"
+
+
+def test_npu_inference_kernel_under_its_older_keyword(torch_npu_stand_in, monkeypatch):
+    """torch_npu 6 spells the scale `scale_value`: the call falls back to that keyword."""
+    newer = torch_npu_stand_in.npu_fused_infer_attention_score
+
+    def older(query, key, value, *, scale_value=1.0, **kwargs):
+        return newer(query, key, value, scale=scale_value, **kwargs)
+
+    monkeypatch.setattr(torch_npu_stand_in, "npu_fused_infer_attention_score", older)
+    q, k, v = (t.to(torch.float16) for t in _qkv(dim=16))
+    with torch.no_grad():
+        got = attention(q, k, v, None, "npu")
+    assert torch_npu_stand_in.calls[-1]["kernel"] == "infer" and torch_npu_stand_in.calls[-1]["scale"] == pytest.approx(0.25)
+    assert (got.float() - torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())).abs().max() <= 1e-2
+
+
 def test_boolean_and_additive_masks_agree_with_sdpa():
     q, k, v = _qkv()
     keep = _caption_bias() == 0
