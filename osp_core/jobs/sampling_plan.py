@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import frames_suffix
-from ..pipelines.repository import ModelRepository, check_transformer_folder
+from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
     T5Location,
     check_cache_options,
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT = Path("samples/t2v")
 SLUG_CHARS = 48
 MAX_SEED = 2**63
-
-
-# -- inputs ---------------------------------------------------------------------------------
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
@@ -166,6 +163,12 @@ class VideoOutput:
         return [f"{self.stem}{self.suffix}"] + ([f"{self.stem}{LATENTS_SUFFIX}"] if self.save_latents else []) + [f"{self.stem}.json"]
 
 
+def _single_process() -> ParallelLayout:
+    from ..parallel.launch import SINGLE_PROCESS
+
+    return SINGLE_PROCESS
+
+
 @dataclass
 class SamplingPlan:
     """A checked job with every setting resolved; nothing loaded yet."""
@@ -188,7 +191,7 @@ class SamplingPlan:
     cache_threshold: float | None
     videos: list[VideoOutput]
     warnings: list[str] = field(default_factory=list)
-    parallel: ParallelLayout = field(default_factory=lambda: _single_process())
+    parallel: ParallelLayout = field(default_factory=_single_process)  # parallel.launch loads torch: not at import
     rank: int = 0
 
     @property
@@ -279,30 +282,6 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     return plan
 
 
-def read_t5_config(t5: T5Location) -> dict:
-    """The config.json of the T5 encoder `t5` points at (only config files fetched from the Hub)."""
-    from ..hub import resolve_model_dir
-    from ..pipelines.repository import read_config_json
-
-    folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
-    return read_config_json(folder / (t5.encoder_subfolder or ""))
-
-
-def model_sizes(transformer_config: dict, vae_config: dict, t5_config: dict) -> dict[str, tuple[int, int]]:
-    """(parameters, repeated transformer blocks) of the transformer, VAE and T5 encoder built
-    from their configs on the meta device: nothing allocated, nothing loaded."""
-    import torch
-    from transformers import T5Config, T5EncoderModel
-
-    from ..models.causal_vae import CausalVideoVAE
-    from ..models.latte_t2v import LatteT2V
-    from ..train.parallelize import transformer_blocks
-
-    with torch.device("meta"):
-        models = {"transformer": LatteT2V.from_config(transformer_config), "vae": CausalVideoVAE.from_config(vae_config), "text_encoder": T5EncoderModel(T5Config.from_dict(t5_config))}
-    return {name: (sum(p.numel() for p in model.parameters()), len(transformer_blocks(model))) for name, model in models.items()}
-
-
 def check_memory(plan: SamplingPlan, t5: T5Location) -> None:
     """Refuse a job whose largest phase cannot fit the device (`memory.check_t2v_sample_memory`:
     the hint names the --num-videos or size that would), from the models' configs alone."""
@@ -339,9 +318,3 @@ def check_no_overwrite(output_dir: Path, names: list[str]) -> None:
     if existing:
         what = f"'{existing[0]}' and {len(existing) - 1} more outputs already exist" if len(existing) > 1 else f"'{existing[0]}' already exists"
         raise InputError(what, "pass --overwrite to replace them, or choose another --seed or --output-dir")
-
-
-def _single_process() -> ParallelLayout:
-    from ..parallel.launch import SINGLE_PROCESS
-
-    return SINGLE_PROCESS
