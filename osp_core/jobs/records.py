@@ -2,20 +2,25 @@
 for one frame), optionally its latents, and a JSON sidecar saying how it was made. The one
 writer is `write_video_files` (all of them or none, `io.outputs.FileGroup`); the sidecar of each
 job (`sample_sidecar`, `edit_sidecar`, `recon_sidecar`) and the latents header
-(`latents_header`) are built here."""
+(`latents_header`) are built here, and latent files are written and read back
+(`save_latents`, `load_latents`)."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InputError
 from ..version import __version__
 
 if TYPE_CHECKING:
     import torch
 
 LATENTS_SUFFIX = ".latents.safetensors"
+LATENTS_KEY = "latents"  # the tensor's name in a latent file
 
 
 @dataclass
@@ -93,8 +98,60 @@ def write_video_files(
     with FileGroup(paths, overwrite=overwrite, **({"rename_hint": rename_hint} if rename_hint else {})) as group:
         write_frames(group.path(video), frames, fps=fps)
         if latents is not None:
-            from ..pipelines.video_vae import save_latents
-
             save_latents(group.path(latents.path), latents.latents, latents.header)
         group.path(sidecar).write_text(dumps(record, indent=2) + "\n", encoding="utf-8")
         group.commit()
+
+
+@dataclass
+class LatentFile:
+    """A latent file read back: the latents and the header's values (JSON text)."""
+
+    latents: torch.Tensor
+    metadata: dict[str, str]
+
+
+def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, object]) -> Path:
+    """Write latents with string metadata in the safetensors header, atomically."""
+    from ..io.atomic import save_safetensors
+    from ..io.jsonfile import dumps
+
+    header = {k: v if isinstance(v, str) else dumps(v) for k, v in metadata.items()}
+    return save_safetensors(Path(path), {LATENTS_KEY: latents}, header)
+
+
+def load_latents(path: str | Path) -> LatentFile:
+    """Read a latent file written by `save_latents` (one-line errors for anything else,
+    including a file whose latents have no frames or no pixels)."""
+    from safetensors import safe_open
+
+    from ..io.paths import check_input_file
+
+    path = check_input_file(path, "latent file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if LATENTS_KEY not in handle.keys():
+                raise InputError(f"'{path}' holds no '{LATENTS_KEY}' tensor", "pass a file written by `osp vae encode`")
+            data = LatentFile(handle.get_tensor(LATENTS_KEY).float(), dict(handle.metadata() or {}))
+    except InputError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise InputError(f"cannot read '{path}' as safetensors ({type(exc).__name__})", "pass a file written by `osp vae encode`") from None
+    if data.latents.numel() == 0:
+        raise InputError(f"latent file '{path}' holds empty latents (shape {tuple(data.latents.shape)})", "pass latents with at least one frame, written by `osp vae encode`")
+    return data
+
+
+def latent_fps(data: LatentFile, path: str | Path) -> float | None:
+    """The frame rate a latent file records (None when it records none); a one-line error
+    when the header holds something that is not a positive number."""
+    raw = data.metadata.get("fps")
+    if raw is None:
+        return None
+    try:
+        value = float(json.loads(raw))
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise InputError(f"latent file '{path}' records fps {raw!r}, not a positive number", "pass --fps F to choose the frame rate")
+    return value

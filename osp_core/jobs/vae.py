@@ -124,13 +124,8 @@ def plan_vae(job: VaeJob) -> VaePlan:
         check_fps(job.fps)
     from ..device import resolve
     from ..io.video import parse_size
-    from ..pipelines.video_vae import (
-        check_clip_fits,
-        check_latents_fit,
-        find_vae,
-        latent_fps,
-        load_latents,
-    )
+    from ..pipelines.video_vae import check_clip_fits, check_latents_fit, find_vae
+    from .records import latent_fps, load_latents
 
     latents, fps, model, dtype = None, None, job.model or DEFAULT_REPO, job.dtype
     if job.kind == "decode":
@@ -197,8 +192,8 @@ def _encode(plan: VaePlan, vae: Any, progress: StepsProgress) -> VaeSummary:
 
     from ..io.video import to_model_input
     from ..memory import oom_as_error
-    from ..pipelines.video_vae import encode, save_latents
-    from .records import latents_header
+    from ..pipelines.video_vae import encode
+    from .records import latents_header, save_latents
 
     job = plan.job
     clip = _read_clip(plan, vae)
