@@ -1,6 +1,6 @@
 """How much memory a job needs, from its shapes, before any weights are loaded.
 
-The estimates follow the README ("Memory: what fits in 24 GB and 80 GB") and the measurements
+The estimates follow docs/speed-and-memory.md ("Memory: what fits in 24 GB and 80 GB") and the measurements
 in benchmarks/README.md: a VAE pass holds a few activations of its widest stage at full
 resolution (encode ~4, decode ~7.5 of them, measured on the full-size v1.1.0 VAE), tiling caps
 their extent at one tile, and text-to-video sampling runs in phases that never overlap (T5,
@@ -73,7 +73,7 @@ class T2VMemoryEstimate:
 
 
 def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KB', 3.2e10 -> '32.0 GB' (powers of 1000, as the README's tables)."""
+    """1536 -> '1.5 KB', 3.2e10 -> '32.0 GB' (powers of 1000, as the tables of docs/speed-and-memory.md)."""
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if abs(count) < 1000 or unit == "PB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -1,5 +1,5 @@
 """Memory estimates from shapes (osp_core.memory): against the measurements in benchmarks/README.md
-and the README's denoising figures, and the refusals that name what would fit."""
+and docs/speed-and-memory.md's denoising figures, and the refusals that name what would fit."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_vae_activations_follow_the_benchmark(vae_config):
 
 
 def test_t2v_estimate_phases_and_batch(t2v_config, vae_config):
-    """README: 65x512x512 is 17,408 tokens per video, 34,816 with guidance; one hidden state
+    """docs/speed-and-memory.md: 65x512x512 is 17,408 tokens per video, 34,816 with guidance; one hidden state
     (width 1152, bf16) is 80 MB; weights are T5 9.5 GB, LatteT2V 2.1 GB, VAE 0.5 GB."""
     estimate = functools.partial(
         t2v_sample_memory, frames=65, height=512, width=512, transformer_config=t2v_config, transformer_params=1_060_000_000,
@@ -56,8 +56,8 @@ def test_t2v_estimate_phases_and_batch(t2v_config, vae_config):
     assert default.denoise.parts["activations"] == memory.TRANSFORMER_ACTIVATIONS * hidden
     assert default.denoise.parts["transformer weights"] == pytest.approx(2.12 * GB) and default.denoise.parts["VAE weights"] == pytest.approx(0.5 * GB)
     assert default.text_encoder.total == pytest.approx(9.5 * GB, rel=0.02)
-    assert default.peak == max(default.text_encoder.total, default.denoise.total, default.decode.total) < 24 * GB  # README: defaults fit 24 GB
-    assert 2.6 * GB < default.denoise.total < 5 * GB  # README: 2.6 GB of weights + 1 to 2 GB
+    assert default.peak == max(default.text_encoder.total, default.denoise.total, default.decode.total) < 24 * GB  # docs/speed-and-memory.md: defaults fit 24 GB
+    assert 2.6 * GB < default.denoise.total < 5 * GB  # docs/speed-and-memory.md: 2.6 GB of weights + 1 to 2 GB
     # guidance doubles the denoising batch; more videos scale it; offload keeps one model per phase
     assert estimate(guidance=False).denoise.parts["activations"] == default.denoise.parts["activations"] // 2
     assert estimate(num_videos=3).denoise.parts["activations"] == 3 * default.denoise.parts["activations"]
@@ -148,7 +148,7 @@ def test_training_estimate_counts_optimizer_states_activations_and_checkpointing
     assert default.parts["transformer weights"] == default.parts["gradients"] == 4 * 1_060_000_000
     assert default.parts["optimizer states"] == 8 * 1_060_000_000
     assert default.parts["text encoder weights"] == pytest.approx(9.5 * GB, rel=0.01) and default.parts["VAE weights"] == 500_000_000
-    hidden = 17_408 * 1152 * 2  # one sample's tokens (README: 17,408 at 65x512x512) x width, bf16
+    hidden = 17_408 * 1152 * 2  # one sample's tokens (docs/speed-and-memory.md: 17,408 at 65x512x512) x width, bf16
     assert default.parts["activations"] == blocks * memory.TRANSFORMER_ACTIVATIONS * hidden
     encode = vae_memory(vae_config, "encode", 65, 512, 512, num_params=0, dtype=torch.bfloat16, tiled=False).parts["activations"]
     # checkpointing every block keeps each block's input and one recomputed block; then the VAE encode is the larger

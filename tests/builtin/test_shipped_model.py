@@ -56,7 +56,7 @@ def test_vae_reconstructs_a_held_out_clip(tmp_path):
         proc = run_osp("vae", "recon", str(clip), "-o", str(tmp_path / clip.name), "--model", "builtin:shapes", "--json", env=ONE_THREAD)
         assert proc.returncode == 0, proc.stderr
         psnrs.append(json.loads(proc.stdout)["psnr"])
-    # the README's bar is a mean of >= 30 dB (these two: 33.3 and 31.7 dB); no clip far below it
+    # docs/builtin-model.md's bar is a mean of >= 30 dB (these two: 33.3 and 31.7 dB); no clip far below it
     assert sum(psnrs) / len(psnrs) >= 30.0 and min(psnrs) >= 25.0, psnrs
 
 

@@ -174,7 +174,7 @@ def test_unwritable_output_and_unfillable_templates_are_one_line_errors(clips_di
 
 
 def test_a_killed_run_resumes_on_another_number_of_ranks(clips_dir, tiny_vlm, tmp_path):
-    """README (Scale-out): a resumed job may use a different number of ranks. One process is
+    """docs/captioning.md (Scale-out): a resumed job may use a different number of ranks. One process is
     killed mid-run, then `--resume` under torchrun with 2 CPU ranks: the clips of rank 0's
     journal are not captioned again by either rank, and the merged file is the straight run's."""
     # four files (ranks take every 2nd file): long.mp4 (5 clips, first in order) is cut short

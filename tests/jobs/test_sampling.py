@@ -374,7 +374,7 @@ def test_the_next_run_sweeps_folders_a_killed_run_left_empty(tiny_repo, tmp_path
 
 
 def test_compile_runs_and_samples_the_same_video(tiny_repo, tmp_path):
-    """README: `--compile` torch.compiles the transformer blocks. On the tiny model it compiles
+    """docs/speed-and-memory.md: `--compile` torch.compiles the transformer blocks. On the tiny model it compiles
     in well under a minute on 2 CPU cores, and the video is the uncompiled one up to float
     rounding."""
     from osp_core.jobs.records import load_latents

@@ -100,7 +100,7 @@ def test_long_prompt_warns_with_the_cut_part(pipe, caplog):
 
 
 def test_batched_prompts_equal_one_prompt_calls(pipe):
-    """Prompts of different lengths in one call give what separate calls give (README: up to
+    """Prompts of different lengths in one call give what separate calls give (docs/sampling.md: up to
     float rounding)."""
     prompts = ["a dog", "a much longer prompt about a dog on a beach"]
     seeds = [11, 12]
@@ -109,7 +109,7 @@ def test_batched_prompts_equal_one_prompt_calls(pipe):
     together = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], **common).frames
     for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
         alone = pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).frames
-        # the README's figures: padding and masking change float rounding only (8e-6 measured)
+        # docs/sampling.md's figures: padding and masking change float rounding only (8e-6 measured)
         assert torch.allclose(together[index : index + 1], alone, rtol=0, atol=2e-5 * alone.abs().max().item())
         assert (pipe.decode_latents(together[index : index + 1])[0].int() - pipe.decode_latents(alone)[0].int()).abs().max() <= 1
 

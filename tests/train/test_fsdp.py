@@ -3,13 +3,13 @@
 counts, a SIGKILL in the middle of a checkpoint, and the consolidated model in `osp t2v sample`.
 Every run keeps an EMA (sharded like the weights): model_ema/ is compared as model/ is.
 
-Tolerances, as the README states them: 1e-6 relative on each step's loss, 5e-6 on the final
+Tolerances, as docs/multi-device.md states them: 1e-6 relative on each step's loss, 5e-6 on the final
 weights (max difference over a tensor, relative to the tensor's largest value or 1); measured:
 losses 1e-7, weights 1.3e-6. The runs use Adam eps 1e-6 rather than the default 1e-8: the key
 biases of attention get an exactly-zero gradient in exact arithmetic (softmax ignores a shift
 shared by every key), so what they get is float rounding, which Adam with a tiny eps turns into
 full learning-rate steps of either sign, whatever the parallel layout (with 1e-8 the weights
-differ by up to 1.0e-4 relative, the losses still by 1e-7: measured, stated in the README).
+differ by up to 1.0e-4 relative, the losses still by 1e-7: measured, stated in docs/multi-device.md).
 """
 
 from __future__ import annotations
