@@ -218,7 +218,7 @@ def model_flops(frames: int, size: int, layers: int = 28, tokens: int = 300) -> 
 
 def device_check(args: argparse.Namespace) -> None:
     from osp_core.device import select_device
-    from osp_core.parallel.launch import launched_world, process_group, rank_device
+    from osp_core.parallel.layout import launched_world, process_group, rank_device
     from osp_core.train.parallelize import build_train_parallel, parallelize, resolve_train_layout
 
     rank, world, local_rank = launched_world()
@@ -230,9 +230,7 @@ def device_check(args: argparse.Namespace) -> None:
         parallel = build_train_parallel(resolve_train_layout(config, world, rank), device)
         if parallel.fsdp_mesh is None:
             # one GPU: FSDP2 still wraps (bf16 parameters, fp32 reduction), as it does on N
-            from torch.distributed.device_mesh import init_device_mesh
-
-            parallel.fsdp_mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("shard",))
+            parallel.fsdp_mesh = parallel.layout.build_fsdp_mesh(device.type)
         with torch.device(device):
             model = _model(num_layers=args.layers, video_length=args.frames, sample_size=[args.size, args.size])
         model = parallelize(model, parallel, config, mixed_precision="bf16")

@@ -165,7 +165,7 @@ def device_check(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from osp_core.device import select_device
-    from osp_core.parallel.launch import launched_world, process_group, rank_device
+    from osp_core.parallel.layout import launched_world, process_group, rank_device
     from osp_core.parallel.sequence import SequenceParallelLatte
 
     rank, world, local_rank = launched_world()

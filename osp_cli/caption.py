@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from osp_core.caption import defaults
+from osp_core.parallel.layout import is_main_process
 
 from .options import DeviceOpt, DtypeOpt, JsonOpt
 
@@ -147,8 +147,7 @@ def caption(
         resume=resume,
         overwrite=overwrite,
     )
-    is_rank0 = os.environ.get("RANK", "0") == "0"
-    with _BarProgress(enabled=is_rank0 and err.is_terminal) as bar:
+    with _BarProgress(enabled=is_main_process() and err.is_terminal) as bar:
         summary = run_caption(job, progress=bar)
     if not summary.is_main:
         return

@@ -1,82 +1,78 @@
-"""Shared parts of `osp vae train` and `osp t2v train`: console reporting, common options,
-and running a command on its own (`python -m osp_cli.vae_train`, handy under torchrun)."""
+"""Shared parts of the train commands (`osp t2v train`, `osp vae train`, `osp edit train`): the
+common options (`train_command`), the hand-off to the trainer (`run_training`), console
+reporting, and running a command on its own (`python -m osp_cli.vae_train`, handy under torchrun)."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import functools
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
+from osp_core.parallel.layout import is_main_process
+from osp_core.train.options import HEAD, TAIL, TrainOptions
+
 from .console import err, print_json
 
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name (see presets/) or a YAML file; CLI options override it.")]
-DataOpt = Annotated[str | None, typer.Option("--data", help="Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl (or, for the VAE, a video folder).")]
-OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Output folder: checkpoints/, logs/, samples/, summary.json.")]
-FramesOpt = Annotated[int | None, typer.Option("--frames", help="Frames per sample (4k+1).")]
-StrideOpt = Annotated[int | None, typer.Option("--stride", help="Take every N-th source frame.")]
-SizeOpt = Annotated[str | None, typer.Option("--size", help="Sample size HxW (or N for square).")]
-MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps to train (total, across resumes).")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per data-parallel rank per step (global batch: x ranks / sequence-parallel x accumulation).")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of init, data order and noise.")]
-PrecisionOpt = Annotated[str | None, typer.Option("--mixed-precision", help="no, fp16 or bf16.")]
-CkptEveryOpt = Annotated[int | None, typer.Option("--checkpoint-every", help="Checkpoint every N steps.")]
-KeepOpt = Annotated[int | None, typer.Option("--keep-last", help="Keep the newest K checkpoints (0: all).")]
-ResumeOpt = Annotated[str | None, typer.Option("--resume", help="'latest' (the newest checkpoint that loads) or a checkpoint folder.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Start over in an output folder that holds a run (removes its checkpoints, logs, samples, summary.json). Default: refuse.")]
-LogEveryOpt = Annotated[int | None, typer.Option("--log-every", help="Log metrics every N steps.")]
-ReportOpt = Annotated[str | None, typer.Option("--report-to", help="tensorboard, wandb, all or none.")]
-EmaOpt = Annotated[bool | None, typer.Option("--ema/--no-ema", help="Keep an EMA of the weights (model_ema/).")]
-GradCkptOpt = Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")]
-WorkersOpt = Annotated[int | None, typer.Option("--num-workers", help="DataLoader workers per process.")]
-DeterministicOpt = Annotated[bool | None, typer.Option("--deterministic/--no-deterministic", help="Deterministic kernels (bit-identical resumes on CPU).")]
-DeviceTrainOpt = Annotated[str | None, typer.Option("--device", help="Force cpu (else the launcher's device: CUDA / NPU / CPU).")]
-StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and optimizer states sharded; Distributed Checkpoint). Default: that of the checkpoint --resume continues, else ddp.")]
-SequenceParallelOpt = Annotated[int | None, typer.Option("--sequence-parallel", help="Ranks sharing one sample's tokens (DSP; t2v); divides the process count.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.")]
-PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.")]
-JsonSummaryOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as JSON on stdout.")]
+def train_command(*, without: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a train command `command(options: TrainOptions, **own)`: the command typer sees
+    takes every `TrainOptions` field (the preset first, then the common options, the command's
+    own, then --set, --print-config, --json), less those named in `without`, and hands them
+    over as one `TrainOptions`. Flags, help and defaults come from the fields' declarations."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        specs = [spec for spec in dataclasses.fields(TrainOptions) if spec.name not in without]
+        hints = typing.get_type_hints(TrainOptions)
+        common = {spec.name for spec in specs}
+
+        def parameter(spec: dataclasses.Field) -> inspect.Parameter:
+            info = typer.Option(*spec.metadata["flags"], help=spec.metadata["help"])
+            return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=Annotated[hints[spec.name], info])
+
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "options"]
+        head = [parameter(spec) for spec in specs if spec.metadata["place"] == HEAD]
+        middle = [parameter(spec) for spec in specs if not spec.metadata["place"]]
+        tail = [parameter(spec) for spec in specs if spec.metadata["place"] == TAIL]
+
+        @functools.wraps(command)
+        def run(**given: Any) -> None:
+            options = TrainOptions(**{k: v for k, v in given.items() if k in common})
+            command(options, **{k: v for k, v in given.items() if k not in common})
+
+        parameters = [*head, *middle, *own, *tail]
+        run.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        del run.__wrapped__  # typer reads the signature built here, not the command's
+        return run
+
+    return decorate
 
 
-def is_main_process() -> bool:
-    """Rank 0 under torchrun / accelerate launch (env RANK), or a plain process."""
-    return int(os.environ.get("RANK", "0")) == 0
+def run_training(options: TrainOptions, config_class: type, group: str, own: dict[str, Any], recipe: str) -> None:
+    """The one hand-off from a train command to the trainer: the config from the preset, the
+    common options, the command's `own` overrides (dotted keys) and --set; printed with
+    --print-config, else trained by `recipe` ("module:Class", imported only to train)."""
+    from osp_core.train.config import config_to_dict, load_config
 
+    overrides = {**options.overrides(), **own}
+    config = load_config(config_class, options.preset, merge_overrides(config_class, overrides, options.set_values), group=group)
+    if options.print_config:
+        from osp_core.io.jsonfile import dumps
 
-def common_overrides(**options: Any) -> dict[str, Any]:
-    """Dotted config keys from the options every trainer shares (None = not given)."""
-    from osp_core.io import parse_size
+        typer.echo(dumps(config_to_dict(config), indent=2))
+        return
+    import importlib
 
-    size = parse_size(options.get("size"))
-    mapping = {
-        "data.data": options.get("data"),
-        "data.frames": options.get("frames"),
-        "data.stride": options.get("stride"),
-        "data.height": size[0] if size else None,
-        "data.width": size[1] if size else None,
-        "run.output_dir": options.get("output"),
-        "run.max_steps": options.get("max_steps"),
-        "run.batch_size": options.get("batch_size"),
-        "optim.lr": options.get("lr"),
-        "run.seed": options.get("seed"),
-        "run.mixed_precision": options.get("mixed_precision"),
-        "run.checkpoint_every": options.get("checkpoint_every"),
-        "run.keep_last": options.get("keep_last"),
-        "run.resume": options.get("resume"),
-        "run.overwrite": options.get("overwrite") or None,
-        "run.log_every": options.get("log_every"),
-        "run.report_to": options.get("report_to"),
-        "run.ema": options.get("ema"),
-        "run.gradient_checkpointing": options.get("gradient_checkpointing"),
-        "run.num_workers": options.get("num_workers"),
-        "run.deterministic": options.get("deterministic"),
-        "run.device": options.get("device"),
-        "parallel.strategy": options.get("strategy"),
-        "parallel.sequence_parallel": options.get("sequence_parallel"),
-    }
-    return mapping
+    from osp_core.train.trainer import Trainer
+
+    module, name = recipe.split(":")
+    recipe_class = getattr(importlib.import_module(module), name)
+    summary = Trainer(config, recipe_class(config), reporter=console_reporter()).train()
+    finish(summary, options.json_out)
 
 
 def merge_overrides(cls: type, cli: dict[str, Any], set_items: list[str] | None) -> dict[str, Any]:

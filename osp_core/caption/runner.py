@@ -9,7 +9,7 @@ to the journal as it comes. At the end rank 0 waits for the others and merges al
 
 from __future__ import annotations
 
-import os
+import contextlib
 import queue
 import shutil
 import threading
@@ -29,6 +29,7 @@ from ..io import ensure_writable_dir
 from ..io.atomic import remove_empty_folders
 from ..io.paths import folders_to_create
 from ..io.probe import probe
+from ..parallel.layout import ParallelLayout, process_group, rank_device
 from . import defaults
 from . import journal as jr
 from .captioner import FRAMES_AS, CaptionModel, CaptionRequest
@@ -161,49 +162,22 @@ class _NoProgress:
         pass
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @classmethod
-    def from_env(cls) -> _Dist:
-        """Rank and world size as torchrun sets them; joins the process group when world > 1."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
+def _barrier(layout: ParallelLayout) -> None:
+    if layout.world_size > 1:
         import torch.distributed as dist
 
-        owns = False
-        if not dist.is_initialized():
-            # gloo even on GPUs: ranks only meet at the final barrier (no tensors are exchanged),
-            # and gloo waits on the CPU without the NCCL watchdog.
-            dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-            owns = True
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+        dist.barrier()
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
 
-            dist.barrier()
+def _gather(layout: ParallelLayout, value: Any) -> list[Any]:
+    """`value` of every rank, by rank."""
+    if layout.world_size == 1:
+        return [value]
+    import torch.distributed as dist
 
-    def gather(self, value: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [value]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
-        return out
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    out: list[Any] = [None] * layout.world_size
+    dist.all_gather_object(out, value)
+    return out
 
 
 def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -247,9 +221,9 @@ def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
 class _Run:
     """One rank's share of a job."""
 
-    def __init__(self, job: CaptionJob, dist: _Dist, progress: ProgressHook) -> None:
+    def __init__(self, job: CaptionJob, layout: ParallelLayout, progress: ProgressHook) -> None:
         self.job = job
-        self.dist = dist
+        self.layout = layout
         self.progress = progress
         self.output = job.output.expanduser().absolute()
         self.journal_dir = jr.journal_dir(self.output)
@@ -282,11 +256,11 @@ class _Run:
     def clear_old_outputs(self) -> None:
         """With --overwrite (or a journal holding no clips), rank 0 removes the old annotation
         file and journal, after every rank has validated its run and before any rank writes."""
-        self.dist.barrier()  # every rank got through validation (a failing rank never gets here)
-        if self.start_over and self.dist.rank == 0:
+        _barrier(self.layout)  # every rank got through validation (a failing rank never gets here)
+        if self.start_over and self.layout.is_main:
             shutil.rmtree(self.journal_dir, ignore_errors=True)
             self.output.unlink(missing_ok=True)
-        self.dist.barrier()
+        _barrier(self.layout)
 
     def remove_created_folders(self) -> None:
         """Undo `check_output`'s folder creation after a run refused during validation."""
@@ -467,9 +441,11 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
     started = time.monotonic()
     job.validate()
     progress = progress or _NoProgress()
-    dist = _Dist.from_env()
-    run = _Run(job, dist, progress)
-    try:
+    layout = ParallelLayout.launched()
+    run = _Run(job, layout, progress)
+    # gloo even on GPUs: ranks only meet at the final barrier (no tensors are exchanged), and
+    # gloo waits on the CPU without the NCCL watchdog
+    with process_group(torch.device("cpu"), timeout=BARRIER_TIMEOUT) if layout.world_size > 1 else contextlib.nullcontext():
         # Validate everything (output, inputs, templates, model) before touching any output:
         # a refused run leaves the previous annotations and journal as they were.
         try:
@@ -485,39 +461,37 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
             jr.check_settings(state, settings, job.output)
             templates = run.templates()
             run.check_fields(templates[0], items)
-            shard = items[dist.rank :: dist.world_size]
+            shard = items[layout.rank :: layout.world_size]
             planned, early = run.plan(shard, root, state.done)
             if planned and captioner is None:
-                captioner = _load_captioner(job, dist)
+                captioner = _load_captioner(job, layout)
         except Exception:
             run.remove_created_folders()
             raise
         run.clear_old_outputs()
-        run.writer = jr.JournalWriter(run.journal_dir, dist.rank)
+        run.writer = jr.JournalWriter(run.journal_dir, layout.rank)
         try:
-            run.writer.header(settings, dist.world_size)
+            run.writer.header(settings, layout.world_size)
             for record in early:
                 run.writer.record(**record)
             if planned:
                 run.caption_all(planned, captioner, templates)
         finally:
             run.writer.close()
-        counts = dist.gather((run.resumed, run.processed))  # also the barrier: every shard is done
-        if dist.rank != 0:
+        counts = _gather(layout, (run.resumed, run.processed))  # also the barrier: every shard is done
+        if not layout.is_main:
             # Leave with rank 0: a rank that tears down its gloo group and exits while rank 0 is
             # still connected can abort in its exit handlers (rarely, under load).
-            dist.barrier()
-            return CaptionSummary(str(run.output), str(root), job.model, dist.world_size, is_main=False)
+            _barrier(layout)
+            return CaptionSummary(str(run.output), str(root), job.model, layout.world_size, is_main=False)
         final = jr.read_journal(run.journal_dir)
         jr.write_annotations(run.output, jr.annotations(final))
-        dist.barrier()
-        summary = _summary(final, run.output, root, job.model, dist.world_size)
+        _barrier(layout)
+        summary = _summary(final, run.output, root, job.model, layout.world_size)
         summary.resumed = sum(c[0] for c in counts)
         summary.processed = sum(c[1] for c in counts)
         summary.seconds = time.monotonic() - started
         return summary
-    finally:
-        dist.close()
 
 
 def _prepare_output_folder(folder: Path) -> list[Path]:
@@ -536,12 +510,12 @@ def _prepare_output_folder(folder: Path) -> list[Path]:
     return missing
 
 
-def _load_captioner(job: CaptionJob, dist: _Dist) -> CaptionModel:
+def _load_captioner(job: CaptionJob, layout: ParallelLayout) -> CaptionModel:
     from .captioner import Captioner
 
     device = select_device(job.device)
-    if dist.world_size > 1 and device.type in ("cuda", "npu") and device.index is None:
-        device = torch.device(device.type, dist.local_rank)  # one accelerator per rank
+    if layout.world_size > 1:
+        device = rank_device(device, layout.local_rank)  # one accelerator per rank
     dtype = parse_dtype(job.dtype, device)
     frames_as = "images" if job.images else job.frames_as  # an image is one frame, never a video
     return Captioner.load(job.model, device, dtype, job.max_new_tokens, frames_as)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..parallel.launch import launched_world
 from .progress import NoProgress, SamplingProgress, quiet_libraries
+from .sampling import SamplingRun
 from .sampling_plan import SamplingJob, plan_sampling
 
 
@@ -54,9 +56,7 @@ def calibrate_teacache(job: SamplingJob, degree: int = 4, write: bool = False, p
     if write and job.model.startswith(BUILTIN_PREFIX):
         # the built-in model is package data: writing would change it for every user of this install
         raise InputError(f"--write would change '{job.model}', which ships inside the package", "copy its folder (osp_core/builtin/NAME) and pass --model DIR, or leave out --write")
-    from ..parallel.launch import launched_world
     from ..pipelines.caching import TeaCacheCalibration, fit_teacache_coefficients
-    from .sampling import SamplingRun
 
     if launched_world()[1] > 1:
         raise InputError("osp t2v calibrate-cache runs in one process", "run it without torchrun")

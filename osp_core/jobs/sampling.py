@@ -7,7 +7,6 @@ videos and writes each video's files (`records`), reporting through `SamplingPro
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OSPError
+from ..parallel.launch import PeerProcessFailed, build_mesh, is_peer_failure, launched_world, parallelize_transformer, process_group
 from .progress import NoProgress, SamplingProgress, quiet_libraries
 from .records import LatentsFile, latents_header, sample_sidecar, write_video_files
 from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling
@@ -22,7 +22,6 @@ from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling
 if TYPE_CHECKING:
     import torch
 
-# torch loads inside the run: `jobs.edit` plans (and refuses) without it
 
 
 @contextlib.contextmanager
@@ -100,14 +99,9 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
     try:
         plan = job if isinstance(job, SamplingPlan) else plan_sampling(job)
     except OSPError as exc:
-        if "WORLD_SIZE" in os.environ:  # torchrun's; a plain process refuses without loading torch
-            from ..parallel.launch import launched_world
-
-            # every rank plans alike and fails alike: the first rank's line is the one shown
-            exc.quiet = launched_world()[0] != 0
+        # every rank plans alike and fails alike: the first rank's line is the one shown
+        exc.quiet = launched_world()[0] != 0
         raise
-    from ..parallel.launch import PeerProcessFailed, is_peer_failure, process_group
-
     progress = progress if progress is not None and plan.rank == 0 else NoProgress()
     try:
         with output_folder(plan.output_dir, plan.warnings, progress), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
@@ -193,8 +187,6 @@ class SamplingRun:
         if job.compile:
             compile_blocks(pipe.transformer)
         if plan.parallel.shares_videos:
-            from ..parallel.launch import build_mesh, parallelize_transformer
-
             self.mesh = self.mesh or build_mesh(plan.parallel, device)
             self.transformer_forward = parallelize_transformer(pipe.transformer, self.mesh)
         return pipe, embeddings

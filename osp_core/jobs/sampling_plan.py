@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import frames_suffix
+from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
 from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
     T5Location,
@@ -35,8 +36,6 @@ from .records import LATENTS_SUFFIX
 
 if TYPE_CHECKING:
     import torch
-
-    from ..parallel.launch import ParallelLayout
 
 DEFAULT_OUTPUT = Path("samples/t2v")
 SLUG_CHARS = 48
@@ -163,12 +162,6 @@ class VideoOutput:
         return [f"{self.stem}{self.suffix}"] + ([f"{self.stem}{LATENTS_SUFFIX}"] if self.save_latents else []) + [f"{self.stem}.json"]
 
 
-def _single_process() -> ParallelLayout:
-    from ..parallel.launch import SINGLE_PROCESS
-
-    return SINGLE_PROCESS
-
-
 @dataclass
 class SamplingPlan:
     """A checked job with every setting resolved; nothing loaded yet."""
@@ -191,7 +184,7 @@ class SamplingPlan:
     cache_threshold: float | None
     videos: list[VideoOutput]
     warnings: list[str] = field(default_factory=list)
-    parallel: ParallelLayout = field(default_factory=_single_process)  # parallel.launch loads torch: not at import
+    parallel: ParallelLayout = SINGLE_PROCESS
     rank: int = 0
 
     @property
@@ -252,7 +245,6 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
 
     from ..device import cpu_has_native_bf16, resolve
     from ..models.attention import resolve_attention_backend
-    from ..parallel.launch import launched_world, rank_device, resolve_parallel
 
     device, dtype = resolve(job.device, job.dtype)  # bad --device/--dtype before any Hub access
     rank, world_size, local_rank = launched_world()
@@ -269,7 +261,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         make_cache(cache, job.cache_threshold, None)  # raises: this model has no coefficients
     t5 = repository.t5_location()  # T5 found and checked now, before gigabytes of weights
 
-    parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance)
+    parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance, rank, local_rank)
     if cache != "none" and parallel.shares_videos:
         # a cache decides per process which work to skip; ranks sharing a video must not differ
         raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")

@@ -1,5 +1,5 @@
-"""How one sampling job spreads over the processes torchrun started: the mode, the device mesh,
-the process group, and the transformer wrapped for it (torchtitan's parallelize step: the
+"""How one sampling job spreads over the processes torchrun started: the mode (a
+`ParallelLayout`, whose mesh and process group `parallel.layout` owns) and the transformer wrapped for it (torchtitan's parallelize step: the
 model is built as for one device and wrapped from outside).
 
 Modes: `data` (videos over ranks, each writes its own), `cfg` (the two guidance halves on two
@@ -10,50 +10,26 @@ with guidance, else sp).
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, OSPError
+from .layout import ParallelLayout, launched_world, process_group, rank_device
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LAUNCH_HINT", "PARALLEL_MODES", "SINGLE_PROCESS", "ParallelLayout", "PeerProcessFailed", "build_mesh", "is_peer_failure", "launched_world", "parallelize_transformer", "process_group", "rank_device", "resolve_parallel"]
 
 PARALLEL_MODES = ("auto", "data", "cfg", "sp", "cfg+sp")
 LAUNCH_HINT = "launch with torchrun --nproc_per_node N -m osp_cli t2v sample ..."
 
 
-def launched_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) in a plain process."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-@dataclass(frozen=True)
-class ParallelLayout:
-    """How the ranks share a job: `data` x `cfg` x `sp` = `world_size` (one of them > 1, or all 1)."""
-
-    mode: str  # none, data, cfg, sp or cfg+sp
-    world_size: int = 1
-    data: int = 1
-    cfg: int = 1
-    sp: int = 1
-
-    @property
-    def shares_videos(self) -> bool:
-        """Whether ranks work on the same video (cfg and/or sp), rather than each on its own."""
-        return self.cfg * self.sp > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "world_size": self.world_size, "data": self.data, "cfg": self.cfg, "sp": self.sp}
-
-
 SINGLE_PROCESS = ParallelLayout("none")
 
 
-def resolve_parallel(requested: str | None, world_size: int, num_videos: int, guidance: float) -> ParallelLayout:
+def resolve_parallel(requested: str | None, world_size: int, num_videos: int, guidance: float, rank: int = 0, local_rank: int = 0) -> ParallelLayout:
     """The layout for `requested` (None: auto under torchrun, none alone) on `world_size`
-    processes; `InputError` in one line when the mode cannot apply."""
+    processes, seen from `rank`; `InputError` in one line when the mode cannot apply."""
     if requested is not None and requested not in PARALLEL_MODES:
         raise InputError(f"unknown --parallel '{requested}'", f"use one of {', '.join(PARALLEL_MODES)}")
     if world_size == 1:
@@ -75,18 +51,18 @@ def resolve_parallel(requested: str | None, world_size: int, num_videos: int, gu
                 f"--parallel data gives each process whole videos, and {num_videos} video(s) leave {world_size - num_videos} of {world_size} processes idle",
                 "use --parallel sp (or cfg), or more prompts / --num-videos",
             )
-        return ParallelLayout("data", world_size, data=world_size)
+        return ParallelLayout("data", world_size, data=world_size, rank=rank, local_rank=local_rank)
     if mode in ("cfg", "cfg+sp") and not guided:
         raise InputError(f"--parallel {mode} splits classifier-free guidance, and --guidance {guidance:g} turns it off", "use --parallel sp, or a --guidance above 1")
     if mode == "cfg":
         if world_size != 2:
             raise InputError(f"--parallel cfg runs the two guidance halves on 2 processes, and this run has {world_size}", "launch 2 processes, or use --parallel cfg+sp (an even number of processes) or sp")
-        return ParallelLayout("cfg", world_size, cfg=2)
+        return ParallelLayout("cfg", world_size, cfg=2, rank=rank, local_rank=local_rank)
     if mode == "cfg+sp":
         if world_size % 2 or world_size < 4:
             raise InputError(f"--parallel cfg+sp needs an even number of processes >= 4 (2 guidance halves x sp), and this run has {world_size}", "launch 4, 6, 8 ... processes, or use --parallel sp")
-        return ParallelLayout("cfg+sp", world_size, cfg=2, sp=world_size // 2)
-    return ParallelLayout("sp", world_size, sp=world_size)
+        return ParallelLayout("cfg+sp", world_size, cfg=2, sp=world_size // 2, rank=rank, local_rank=local_rank)
+    return ParallelLayout("sp", world_size, sp=world_size, rank=rank, local_rank=local_rank)
 
 
 class PeerProcessFailed(OSPError):
@@ -106,40 +82,9 @@ def is_peer_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(sign in text for sign in ("closed by peer", "reset by peer", "communicator was aborted"))
 
 
-def rank_device(device: torch.device, local_rank: int) -> torch.device:
-    """One accelerator per process: cuda / npu without an index become cuda:LOCAL_RANK."""
-    if device.type in ("cuda", "npu") and device.index is None:
-        return torch.device(device.type, local_rank)
-    return device
-
-
-@contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[None]:
-    """Joins torchrun's process group on the backend for `device` (nccl, hccl or gloo) for the
-    block, unless one is already joined (then it is left as it was)."""
-    import torch.distributed as dist
-
-    from ..device import distributed_backend
-
-    if dist.is_initialized():
-        yield
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif device.type == "npu":
-        torch.npu.set_device(device)  # type: ignore[attr-defined]
-    dist.init_process_group(distributed_backend(device))
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def build_mesh(layout: ParallelLayout, device: torch.device) -> Any:
-    """The (cfg, sp) device mesh of a cfg / sp / cfg+sp layout, over the joined process group."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh(device.type, (layout.cfg, layout.sp), mesh_dim_names=("cfg", "sp"))
+    """The device mesh of a cfg / sp / cfg+sp layout (`ParallelLayout.build_mesh`)."""
+    return layout.build_mesh(device.type)
 
 
 def parallelize_transformer(model: Any, mesh: Any) -> Any:

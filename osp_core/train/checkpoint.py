@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import InputError, ModelLoadError
 from ..io.atomic import fsync_path, fsync_tree
 from ..io.jsonfile import dumps
+from ..parallel.layout import is_main_process
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
@@ -215,7 +216,7 @@ class CheckpointManager:
         tmp, final = self._open(step)
         acc.save_state(str(tmp / "accelerate"))
         full_state = acc.get_state_dict(model)
-        if acc.is_main_process:
+        if is_main_process():
             inner, prefix = diffusers_part(acc.unwrap_model(model))
             _write_model(tmp / "model", inner, prefix, full_state)
             if ema_save is not None:
@@ -231,7 +232,7 @@ class CheckpointManager:
         removes what a killed run left), every rank waits for it."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".{final.name}.tmp"
-        if self.accelerator.is_main_process:
+        if is_main_process():
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(".step-*.tmp"):  # leftovers of a killed run
                 shutil.rmtree(stale, ignore_errors=True)
@@ -424,13 +425,13 @@ class DistributedCheckpointManager(CheckpointManager):
         with _single_process_quiet():
             dcp.save(shards, checkpoint_id=str(tmp / DCP_DIR))
         # dcp.save returns once every rank's shards are written and synced, so rank 0 can list them
-        dcp_files = _file_sizes(tmp / DCP_DIR) if acc.is_main_process else {}
+        dcp_files = _file_sizes(tmp / DCP_DIR) if is_main_process() else {}
         (tmp / RNG_DIR).mkdir(exist_ok=True)
         save_file({"cpu": torch.get_rng_state()}, str(tmp / RNG_DIR / f"rank-{acc.process_index}.safetensors"))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
         inner, prefix = diffusers_part(model)
         full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
-        if acc.is_main_process:
+        if is_main_process():
             _write_model(tmp / "model", inner, prefix, full)
             if full_ema is not None:
                 _write_model(tmp / "model_ema", inner, prefix, full_ema)
@@ -439,7 +440,7 @@ class DistributedCheckpointManager(CheckpointManager):
                 extra["ema_step"] = self.ema.optimization_step
             (tmp / STATE_FILE).write_text(dumps({**state, **extra, "step": step}, indent=2, default=str))
         acc.wait_for_everyone()  # every rank's shards and RNG file are written
-        if acc.is_main_process:
+        if is_main_process():
             self._publish(tmp, final)
         acc.wait_for_everyone()
         return final
@@ -496,3 +497,90 @@ class DistributedCheckpointManager(CheckpointManager):
         if int(state.get("parallel", {}).get("world_size", 0)) == acc.num_processes and rng_file.is_file():
             torch.set_rng_state(load_file(str(rng_file))["cpu"])
         return state
+
+
+_MANAGED_PARTS = ("model", "optimizers", "schedulers", "ema")
+"""The parts the strategy's manager writes itself (Accelerate's state or DCP, model/, model_ema/)."""
+
+
+class RunCheckpoints:
+    """A run's checkpoints as one dict of stateful parts, saved and loaded in one call each
+    (torchtitan's `CheckpointManager(states=...)`).
+
+    `states` holds the model, its optimizers and lr schedulers and the EMA (written by the
+    manager of the run's strategy: `CheckpointManager` for ddp, `DistributedCheckpointManager`
+    for fsdp, which also keep each rank's RNG state), and any number of JSON parts, objects with
+    `state_dict()` / `load_state_dict(state)` over the trainer state (the data position, the
+    losses, the config, the recipe's extra state). A new part is one more entry in `states`.
+    """
+
+    def __init__(self, accelerator, layout: Any, output_dir: Path, keep_last: int, warn: Callable[[str], None], states: dict[str, Any], run_model: str) -> None:
+        from .ema import ShardedEMA
+
+        self.accelerator = accelerator
+        self.states = states
+        self.run_model = run_model
+        self.ema = states.get("ema")
+        self.sharded_ema = isinstance(self.ema, ShardedEMA)
+        self.manager: CheckpointManager
+        if layout.mode == "fsdp":
+            self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema)
+        else:
+            self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn)
+
+    def _json_parts(self) -> list[Any]:
+        return [part for name, part in self.states.items() if name not in _MANAGED_PARTS]
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint `step` of every part (collective). Returns its folder."""
+        state: dict[str, Any] = {}
+        for part in self._json_parts():
+            state.update(part.state_dict())
+        ema_save = self._save_ema if self.ema is not None and not self.sharded_ema else None
+        # saving must not move the RNG (building the EMA copy initialises a model): a resumed
+        # run restores the state saved here and must draw what an uninterrupted run draws next
+        with self._rng_preserved():
+            return self.manager.save(step, self.states["model"], state, ema_save=ema_save)
+
+    def load(self, checkpoint: Path) -> dict[str, Any]:
+        """Restore every part from `checkpoint`; returns its trainer state."""
+        state = self.manager.load(checkpoint, self.states["model"], self.run_model)
+        if self.ema is not None and not self.sharded_ema:  # the DCP manager restores its own
+            with self._rng_preserved():  # building the EMA copy must not move the restored RNG
+                self._load_ema(checkpoint / "model_ema")
+        for part in self._json_parts():
+            part.load_state_dict(state)
+        return state
+
+    def _inner(self) -> nn.Module:
+        return diffusers_part(self.accelerator.unwrap_model(self.states["model"]))[0]
+
+    def _rng_preserved(self) -> Any:
+        """Run a block without moving the torch RNG of this rank (CPU and its accelerator)."""
+        import torch
+
+        device = self.accelerator.device
+        devices = [device.index or 0] if device.type in ("cuda", "npu", "xpu") else []
+        return torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda")
+
+    def _save_ema(self, path: Path) -> None:
+        """`EMAModel.save_pretrained`, with the trained model's buffers: diffusers builds the copy
+        from the config, which would write freshly initialised buffers (e.g. LatteT2V's
+        y_embedding) beside the averaged parameters."""
+        inner = self._inner()
+        model = type(inner).from_config(inner.config)
+        model.load_state_dict(inner.state_dict())
+        state = self.ema.state_dict()
+        state.pop("shadow_params", None)
+        model.register_to_config(**state)
+        self.ema.copy_to(model.parameters())
+        model.save_pretrained(str(path))
+
+    def _load_ema(self, folder: Path) -> None:
+        from diffusers.training_utils import EMAModel
+
+        if not folder.is_dir():
+            return  # a checkpoint from a run without EMA: start the average from the current weights
+        loaded = EMAModel.from_pretrained(str(folder), model_cls=type(self._inner()))
+        loaded.to(self.accelerator.device)
+        self.ema.load_state_dict(loaded.state_dict())

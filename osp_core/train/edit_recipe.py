@@ -51,7 +51,7 @@ class EditRecipe(T2VRecipe):
     def check(self, accelerator) -> None:
         super().check(accelerator)
         layout = self.trainer.parallel.layout
-        if layout.strategy != "ddp" or layout.sp > 1:
+        if layout.mode != "ddp" or layout.sp > 1:
             # the control module is a few block pairs beside a frozen transformer: its states
             # are small, and the frozen transformer would need sharding without training
             raise InputError(

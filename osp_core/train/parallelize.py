@@ -1,9 +1,9 @@
 """The parallelize step of training (after torchtitan's `parallelize`): the model is built as for
 one device, then wrapped from outside for the processes torchrun started.
 
-- the layout: `world = data-parallel x sequence-parallel`; data-parallel ranks read different
-  samples, the ranks of one sequence-parallel group share a sample's tokens (DSP,
-  `osp_core.parallel.sequence`);
+- the layout (`osp_core.parallel.layout`): `world = data-parallel x sequence-parallel`;
+  data-parallel ranks read different samples, the ranks of one sequence-parallel group share a
+  sample's tokens (DSP, `osp_core.parallel.sequence`);
 - FSDP2 (`fully_shard`) per transformer block and on the root, over a (replicate x shard) mesh
   of every rank, with a mixed-precision policy (bf16 parameters, fp32 gradient reduction) when
   the run trains in bf16;
@@ -23,46 +23,19 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..parallel.layout import TRAIN_STRATEGIES, ParallelLayout
 from .wrapping import TrainingForward
 
-STRATEGIES = ("ddp", "fsdp")
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainLayout:
-    """How the ranks share a run: `dp` data-parallel groups of `sp` ranks (rank = dp_rank x sp + sp_rank)."""
-
-    strategy: str = "ddp"
-    world_size: int = 1
-    rank: int = 0
-    sp: int = 1
-    replicate: int = 1
-
-    @property
-    def dp(self) -> int:
-        return self.world_size // self.sp
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // self.sp
-
-    @property
-    def sharded(self) -> bool:
-        """Whether FSDP2 wraps the model (fsdp on more than one process)."""
-        return self.strategy == "fsdp" and self.world_size > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "world_size": self.world_size, "data_parallel": self.dp, "sequence_parallel": self.sp, "replicate": self.replicate}
-
-
-def resolve_train_layout(parallel: Any, world_size: int, rank: int, mixed_precision: str = "no") -> TrainLayout:
-    """The layout of `parallel` (a `ParallelConfig`) on `world_size` processes; one-line
+def resolve_train_layout(parallel: Any, world_size: int, rank: int, mixed_precision: str = "no", local_rank: int = 0) -> ParallelLayout:
+    """The layout of `parallel` (a `ParallelConfig`) on `world_size` processes, seen from
+    `rank`: `world = data-parallel x sequence-parallel`, the mode its strategy; one-line
     `InputError` when it cannot apply (checked before any model is built)."""
     strategy, sp, replicate = parallel.strategy, parallel.sequence_parallel, parallel.replicate
     if strategy == "fsdp" and mixed_precision == "fp16":
         raise InputError("--mixed-precision fp16 is not supported with --strategy fsdp (it would need a sharded loss scaler)", "use --mixed-precision bf16 (bf16 parameters, fp32 gradient reduction) or no")
-    if strategy not in STRATEGIES:
-        raise InputError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}", "pass --strategy ddp or --strategy fsdp")
+    if strategy not in TRAIN_STRATEGIES:
+        raise InputError(f"--strategy '{strategy}' is not one of {', '.join(TRAIN_STRATEGIES)}", "pass --strategy ddp or --strategy fsdp")
     if world_size % sp:
         raise InputError(
             f"--sequence-parallel {sp} does not divide the {world_size} process(es) of this run",
@@ -73,7 +46,7 @@ def resolve_train_layout(parallel: Any, world_size: int, rank: int, mixed_precis
             f"parallel.replicate {replicate} needs --strategy fsdp and a process count it divides ({strategy}, {world_size} here)",
             "set parallel.replicate=1, or launch a multiple of it with --strategy fsdp",
         )
-    return TrainLayout(strategy, world_size, rank, sp, replicate)
+    return ParallelLayout(strategy, world_size, data=world_size // sp, sp=sp, replicate=replicate, rank=rank, local_rank=local_rank)
 
 
 @dataclasses.dataclass
@@ -81,27 +54,17 @@ class TrainParallel:
     """The layout with its process groups: `fsdp_mesh` (replicate x shard, or shard) when sharded
     (`parallelize` wraps with FSDP2 exactly when there is one), `sp_group` when sequence parallel."""
 
-    layout: TrainLayout
+    layout: ParallelLayout
     fsdp_mesh: Any = None
     sp_group: Any = None
 
 
-def build_train_parallel(layout: TrainLayout, device: torch.device) -> TrainParallel:
-    """Device meshes over the joined process group (none for one process)."""
+def build_train_parallel(layout: ParallelLayout, device: torch.device) -> TrainParallel:
+    """The layout's device meshes over the joined process group (none for one process)."""
     if layout.world_size == 1:
         return TrainParallel(layout)
-    from torch.distributed.device_mesh import init_device_mesh
-
-    sp_group = None
-    if layout.sp > 1:
-        sp_group = init_device_mesh(device.type, (layout.dp, layout.sp), mesh_dim_names=("dp", "sp"))["sp"].get_group()
-    fsdp_mesh = None
-    if layout.sharded:
-        # sequence-parallel ranks shard the weights too: FSDP spans every rank
-        if layout.replicate > 1:
-            fsdp_mesh = init_device_mesh(device.type, (layout.replicate, layout.world_size // layout.replicate), mesh_dim_names=("replicate", "shard"))
-        else:
-            fsdp_mesh = init_device_mesh(device.type, (layout.world_size,), mesh_dim_names=("shard",))
+    sp_group = layout.build_mesh(device.type)["sp"].get_group() if layout.sp > 1 else None
+    fsdp_mesh = layout.build_fsdp_mesh(device.type) if layout.sharded else None
     return TrainParallel(layout, fsdp_mesh, sp_group)
 
 
@@ -141,7 +104,7 @@ def parallelize(model: nn.Module, parallel: TrainParallel, config: Any, mixed_pr
     `TrainingForward` around it for sequence parallel, FSDP2-sharded in place under fsdp.
     """
     # --gradient-checkpointing under ddp keeps the model's own (diffusers) switch, set by the trainer
-    every = config.activation_checkpointing or (1 if gradient_checkpointing and parallel.layout.strategy == "fsdp" else 0)
+    every = config.activation_checkpointing or (1 if gradient_checkpointing and parallel.layout.mode == "fsdp" else 0)
     blocks = transformer_blocks(model)
     for index, block in enumerate(blocks):
         if every and index % every == 0:

@@ -194,7 +194,7 @@ class T2VRecipe(Recipe):
             frozen_dtype=frozen_dtype,
             text_dtype=text_dtype,
             activation_dtype=frozen_dtype,
-            shards=layout.world_size // max(1, cfg.parallel.replicate) if layout.strategy == "fsdp" else 1,
+            shards=layout.world_size // max(1, cfg.parallel.replicate) if layout.mode == "fsdp" else 1,
             sequence_parallel=layout.sp,
             ema=cfg.run.ema,
         )

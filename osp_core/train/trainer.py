@@ -1,16 +1,19 @@
 """One training loop on Accelerate, shared by the VAE and text-to-video recipes.
 
-The loop owns what every run needs: the Accelerator (process group, device, autocast and
+The trainer owns what every run needs: the process group (`parallel.layout.process_group`,
+joined before the Accelerator, which finds it joined), the Accelerator (device, autocast and
 gradient accumulation of the DDP route, optimizer stepping, trackers; launched by `torchrun` or
 plainly), the parallel layout (`parallelize`: FSDP2 and sequence parallel, applied by the
-recipe through `Trainer.parallelize`), seeding, the data order and position,
-checkpoints and resume, EMA, metrics (console callback, TensorBoard, Weights & Biases),
-Ctrl-C/SIGTERM handling and the final summary. A `Recipe` supplies the rest through a few
+recipe through `Trainer.parallelize`), seeding, the data order and position (`Progress`),
+checkpoints and resume (`RunCheckpoints`: one dict of stateful parts), EMA, metrics (console
+callback, TensorBoard, Weights & Biases), Ctrl-C/SIGTERM handling and the final summary.
+`Trainer._build` sets a run up; `Trainer._loop` runs it. A `Recipe` supplies the rest through a few
 narrow override points: `build` (models, optimizers), `dataset`, `train_step`, `validate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -28,7 +31,8 @@ from torch import nn
 from ..errors import InputError
 from ..io.atomic import ensure_writable_dir, is_temp_name, release_folders
 from ..io.jsonfile import dumps, write_json
-from .checkpoint import CheckpointManager, CheckpointUnreadableError, DistributedCheckpointManager, checkpoint_strategy, list_checkpoints, resolve_resume
+from ..parallel.layout import is_main_process, launched_world, process_group, rank_device
+from .checkpoint import CheckpointUnreadableError, RunCheckpoints, checkpoint_strategy, list_checkpoints, resolve_resume
 from .config import config_to_dict, validate_common
 from .wrapping import diffusers_part
 
@@ -186,6 +190,63 @@ def _refuse_sharding_plugins(found: str = "") -> None:
         )
 
 
+@dataclass
+class Progress:
+    """Where the run stands: the loop advances it, a checkpoint stores it (trainer_state.json),
+    a resume restores it."""
+
+    world_size: int = 1
+    batch_size: int = 1
+    global_batch: int = 1
+    step: int = 0
+    consumed: int = 0
+    """Global samples consumed: the data position, the same on any number of ranks."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    loss_history: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    earlier_train_seconds: float = 0.0
+    """Spent in training steps by the runs this one resumed."""
+
+    def train_seconds(self) -> float:
+        return self.earlier_train_seconds + sum(self.step_seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        data = {"consumed": self.consumed, "world_size": self.world_size, "batch_size": self.batch_size, "global_batch": self.global_batch}
+        return {"data": data, "samples_seen": self.consumed, "skipped": self.skipped, "loss_history": self.loss_history[-10000:], "train_seconds": self.train_seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        data = state["data"]
+        self.step = int(state["step"])
+        # older checkpoints counted samples per rank
+        self.consumed = int(data["consumed"]) if "consumed" in data else int(data["consumed_per_rank"]) * int(data.get("world_size", 1))
+        self.skipped = dict(state.get("skipped", {}))
+        # strict JSON stored non-finite losses as null
+        self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
+        self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
+
+
+class _JSONPart:
+    """A part of the checkpoint that is only written (the run's config, the recipe's extra state)."""
+
+    def __init__(self, key: str, value: Callable[[], Any]) -> None:
+        self.key, self.value = key, value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.key: self.value()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class _Run:
+    """What `Trainer._build` hands the loop."""
+
+    loader: Any
+    sampler: Any
+    resumed_from: Path | None
+
+
 class Trainer:
     """Runs a `Recipe` under the `run` section of `config`."""
 
@@ -197,20 +258,135 @@ class Trainer:
         self.report = reporter or _log_reporter
         recipe.trainer = self
         self.output_dir = Path(self.run_cfg.output_dir)
-        self.skipped: dict[str, str] = {}
-        self.loss_history: list[float] = []
-        self.step_seconds: list[float] = []
-        self.earlier_train_seconds = 0.0  # spent in training steps by the runs this one resumed
+        self.progress = Progress()
         self.parallel: Any = None  # the TrainParallel of this run (set before the recipe builds)
         self.validation_weights: dict[str, torch.Tensor] | None = None
         """Full model weights gathered for rank 0's validation when the model is sharded or wrapped."""
 
-    # --- setup ------------------------------------------------------------------------------
-    def _accelerator(self, find_unused: bool):
+    @property
+    def loss_history(self) -> list[float]:
+        return self.progress.loss_history
+
+    # --- run --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run to `max_steps` (or until stopped); returns the summary (also written to summary.json)."""
+        from ..errors import OSPError
+        from ..parallel.launch import PeerProcessFailed, is_peer_failure
+
+        created = not self.output_dir.exists()
+        try:
+            with contextlib.ExitStack() as stack:
+                return self._loop(self._build(stack))
+        except BaseException as exc:
+            # a run refused before it wrote anything leaves no empty output folder behind
+            # (the folder's own marker and temporaries are not written files)
+            if created and self.output_dir.is_dir() and not any(p.is_file() and not is_temp_name(p.name) for p in self.output_dir.rglob("*")):
+                release_folders(self.output_dir, above=False)
+                shutil.rmtree(self.output_dir, ignore_errors=True)
+            if isinstance(exc, (InputError, CheckpointUnreadableError)) and not is_main_process():
+                exc.quiet = True  # every rank refuses the same input (or checks the same checkpoint files): rank 0 says it once
+            if not isinstance(exc, OSPError) and isinstance(exc, Exception) and is_peer_failure(exc):
+                raise PeerProcessFailed("another process of this run stopped", "see its error above (torchrun reports which rank failed)") from None
+            raise
+
+    def _build(self, stack: contextlib.ExitStack) -> _Run:
+        """Everything before the first step: checks, the process group, the Accelerator and the
+        layout, the recipe's models, the checkpoint's state, the data. `stack` undoes what
+        outlives this call (the process group, deterministic kernels)."""
+        from accelerate.utils import set_seed
+
+        run = self.run_cfg
+        self._check_device()
+        previous_run = self._check_previous_run()
+        ensure_writable_dir(self.output_dir)
+        stack.callback(torch.use_deterministic_algorithms, torch.are_deterministic_algorithms_enabled())
+        if run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        device = self._device()
+        if launched_world()[1] > 1:
+            stack.enter_context(process_group(device))  # Accelerate finds it joined and uses it
+        set_seed(run.seed)  # identical initial weights on every rank: seed before building
+        accelerator = self.accelerator = self._accelerator(device)
+        chosen = bool(self.config.parallel.strategy)
+        self._resolve_strategy()
+        self.parallel = self._parallel(accelerator)
+        layout = self.parallel.layout
+        self.progress = Progress(layout.world_size, run.batch_size, self._global_batch())
+        self.recipe.check(accelerator)
+        if layout.world_size > 1:
+            from .parallelize import check_shared_output
+
+            check_shared_output(self.output_dir, layout.rank, layout.world_size)
+        self._build_model(accelerator)
+        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self._warn, self._states(), self._run_model())
+        resumed_from = self._restore()
+        if layout.mode == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
+            # after the restore: a refused checkpoint is one line
+            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
+        if resumed_from is None:
+            set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
+        dataset = self.recipe.dataset()
+        loader, sampler = self._loader(dataset, self.progress.consumed)
+        if previous_run and run.overwrite:
+            # only now, with the new run built and its data found, is the old one removed
+            if layout.is_main:
+                self._remove_previous_run()
+            accelerator.wait_for_everyone()
+        self._start(len(dataset), resumed_from)
+        return _Run(loader, sampler, resumed_from)
+
+    def _loop(self, run: _Run) -> dict[str, Any]:
+        """Optimizer steps to `max_steps`, or until Ctrl-C / SIGTERM; logs, validates and
+        checkpoints on the way; returns the summary."""
+        cfg, progress, sampler = self.run_cfg, self.progress, run.sampler
+        batches = iter(run.loader)
+        start_step, stopped_by, last_logs, last_checkpoint = progress.step, "", {}, run.resumed_from
+        with _StopFlag() as stop:
+            while progress.step < cfg.max_steps:
+                began = time.perf_counter()
+                micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]  # the sampler is endless
+                for index, batch in enumerate(micro):
+                    # per-sample randomness is keyed by the sample's global position
+                    batch["position"] = sampler.step_positions(progress.consumed, index)
+                    self._note_skips(batch.get("skipped", []))
+                progress.consumed += sampler.global_batch
+                last_logs = self._mean_over_ranks(self.recipe.train_step(micro, progress.step))
+                if self.ema is not None:
+                    self.ema.step(self.inner if self.sharded_ema else self.inner.parameters())
+                progress.step += 1
+                step = progress.step
+                progress.step_seconds.append(time.perf_counter() - began)
+                progress.loss_history.append(float(last_logs.get("loss", math.nan)))
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    self._log(step, last_logs)
+                every = self.recipe.validation_every()
+                if every and step % every == 0:
+                    self._validate(step)
+                want_stop = self._agree_stop(stop.requested)
+                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or want_stop:
+                    last_checkpoint = self._checkpoint(step)
+                if want_stop:
+                    stopped_by = stop.signal_name or "signal"
+                    self.report("stop", {"step": step, "signal": stopped_by, "checkpoint": str(last_checkpoint)})
+                    break
+        summary = self._summary(start_step, last_logs, last_checkpoint, stopped_by, sampler)
+        self.accelerator.wait_for_everyone()  # no rank leaves while another is still in a collective
+        self.accelerator.end_training()
+        return summary
+
+    # --- build ------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        """This process's device: cpu when asked or when there is no accelerator (Accelerate
+        only goes multi-process on CPU when told it is a CPU run), else its own accelerator."""
+        from ..device import select_device
+
+        if self.run_cfg.device == "cpu":
+            return torch.device("cpu")
+        return rank_device(select_device(None), launched_world()[2])
+
+    def _accelerator(self, device: torch.device):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-
-        from ..device import select_device
 
         run = self.run_cfg
         trackers: list[str] = []
@@ -223,15 +399,17 @@ class Trainer:
                 raise InputError("report_to wandb needs the wandb package", "pip install wandb, or --report-to tensorboard")
             trackers.append("wandb")
         _refuse_sharding_plugins()
-        return Accelerator(
+        accelerator = Accelerator(
             mixed_precision=run.mixed_precision,
             gradient_accumulation_steps=run.gradient_accumulation_steps,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
-            # accelerate only goes multi-process on CPU (gloo) when told it is a CPU run
-            cpu=run.device == "cpu" or select_device(None).type == "cpu",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=self.recipe.find_unused_parameters)],
+            cpu=device.type == "cpu",
         )
+        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+            _refuse_sharding_plugins(accelerator.distributed_type.name)
+        return accelerator
 
     def _check_device(self) -> None:
         wanted = self.run_cfg.device
@@ -240,60 +418,17 @@ class Trainer:
 
             select_device(wanted)  # raises DeviceError with a hint when unavailable
 
-    # --- the loop ---------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        """Run to `max_steps` (or until stopped); returns the summary (also written to summary.json)."""
-        from ..errors import OSPError
-        from ..parallel.launch import PeerProcessFailed, is_peer_failure, launched_world
-
-        created = not self.output_dir.exists()
-        try:
-            return self._train()
-        except BaseException as exc:
-            # a run refused before it wrote anything leaves no empty output folder behind
-            # (the folder's own marker and temporaries are not written files)
-            if created and self.output_dir.is_dir() and not any(p.is_file() and not is_temp_name(p.name) for p in self.output_dir.rglob("*")):
-                release_folders(self.output_dir, above=False)
-                shutil.rmtree(self.output_dir, ignore_errors=True)
-            if isinstance(exc, (InputError, CheckpointUnreadableError)) and launched_world()[0] != 0:
-                exc.quiet = True  # every rank refuses the same input (or checks the same checkpoint files): rank 0 says it once
-            if not isinstance(exc, OSPError) and isinstance(exc, Exception) and is_peer_failure(exc):
-                raise PeerProcessFailed("another process of this run stopped", "see its error above (torchrun reports which rank failed)") from None
-            raise
-
-    def _train(self) -> dict[str, Any]:
-        from accelerate.utils import set_seed
-
-        run = self.run_cfg
-        self._check_device()
-        previous_run = self._check_previous_run()
-        ensure_writable_dir(self.output_dir)
-        was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if run.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        # identical initial weights on every rank: seed before building
-        set_seed(run.seed)
-        accelerator = self._accelerator(find_unused=self.recipe.find_unused_parameters)
-        self.accelerator = accelerator
-        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
-            _refuse_sharding_plugins(accelerator.distributed_type.name)
-        chosen = bool(self.config.parallel.strategy)
-        self._resolve_strategy()
-        self.parallel = self._parallel(accelerator)
-        layout = self.parallel.layout
-        self.recipe.check(accelerator)
-        if layout.world_size > 1:
-            from .parallelize import check_shared_output
-
-            check_shared_output(self.output_dir, layout.rank, layout.world_size)
+    def _build_model(self, accelerator) -> None:
+        """The recipe's models and optimizers, prepared for the layout, with the EMA."""
         built = self.recipe.build(accelerator)
         inner, _ = diffusers_part(built.model)
         if inner is None:
             raise TypeError("Built.model must be a diffusers model or a TrainingForward around one")
         self.inner = inner
-        if run.gradient_checkpointing and layout.strategy == "ddp" and getattr(inner, "_supports_gradient_checkpointing", False):
+        layout = self.parallel.layout
+        if self.run_cfg.gradient_checkpointing and layout.mode == "ddp" and getattr(inner, "_supports_gradient_checkpointing", False):
             inner.enable_gradient_checkpointing()  # under fsdp, parallelize applies it per block
-        ema = self._make_ema(inner, accelerator)
+        self.ema = self._make_ema(inner)
         if layout.sharded:
             # FSDP2 wrapped the model in recipe.build (`self.parallelize`): Accelerate only steps
             # the optimizers with gradient accumulation and runs the lr schedules
@@ -305,101 +440,47 @@ class Trainer:
             if not isinstance(objects, tuple):
                 objects = (objects,)
         n_models = 1 + len(built.extra_models)
-        model = objects[0]
-        extra_models = list(objects[1:n_models])
-        optimizers = list(objects[n_models : n_models + len(built.optimizers)])
-        schedulers = list(objects[n_models + len(built.optimizers) :])
-        self.model = model
-        self.ema = ema
-        if ema is not None:
-            ema.to(accelerator.device)
-        self.recipe.prepared(model, optimizers, schedulers, extra_models)
+        self.model = objects[0]
+        self.optimizers = list(objects[n_models : n_models + len(built.optimizers)])
+        self.schedulers = list(objects[n_models + len(built.optimizers) :])
+        if self.ema is not None:
+            self.ema.to(accelerator.device)
+        self.recipe.prepared(self.model, self.optimizers, self.schedulers, list(objects[1:n_models]))
 
-        if layout.strategy == "fsdp":
-            checkpoints: CheckpointManager = DistributedCheckpointManager(accelerator, self.output_dir, run.keep_last, self._warn, optimizers, schedulers, layout.to_dict(), ema=ema)
-        else:
-            checkpoints = CheckpointManager(accelerator, self.output_dir, run.keep_last, warn=self._warn)
-        self.checkpoints = checkpoints
-        step, consumed = 0, 0
-        resume_from = self._restore(checkpoints, model, ema, accelerator)
-        if layout.strategy == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
-            # after the restore: a refused checkpoint is one line
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
-        if resume_from is not None:
-            state = self._restored_state
-            step, consumed = int(state["step"]), self._consumed(state)
-            self.skipped = dict(state.get("skipped", {}))
-            # strict JSON stored non-finite losses as null
-            self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
-            self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
-        else:
-            set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
+    def _states(self) -> dict[str, Any]:
+        """The checkpoint's stateful parts, saved and loaded together (`RunCheckpoints`); the
+        other trained modules, the grad scaler and the RNG go with the optimizers."""
+        return {
+            "model": self.model,
+            "optimizers": self.optimizers,
+            "schedulers": self.schedulers,
+            "ema": self.ema,
+            "progress": self.progress,
+            "config": _JSONPart("config", lambda: config_to_dict(self.config)),
+            "recipe": _JSONPart("recipe", lambda: {"name": self.recipe.name, **self.recipe.extra_state()}),
+        }
 
-        dataset = self.recipe.dataset()
-        loader, sampler = self._loader(dataset, consumed)
-        if previous_run and run.overwrite:
-            # only now, with the new run built and its data found, is the old one removed
-            if accelerator.is_main_process:
-                self._remove_previous_run()
-            accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    def _start(self, samples: int, resumed_from: Path | None) -> None:
+        """Trackers on, and the start event."""
+        acc, layout, run = self.accelerator, self.parallel.layout, self.run_cfg
+        if layout.is_main:
             project = run.wandb_project if run.report_to in ("wandb", "all") else self.recipe.name
-            accelerator.init_trackers(project, config=_flatten(config_to_dict(self.config)))
+            acc.init_trackers(project, config=_flatten(config_to_dict(self.config)))
         self.report(
             "start",
             {
                 "recipe": self.recipe.name,
-                "processes": accelerator.num_processes,
-                "distributed": accelerator.distributed_type.name,
-                "device": str(accelerator.device),
-                "samples": len(dataset),
-                "step": step,
+                "processes": layout.world_size,
+                "distributed": acc.distributed_type.name,
+                "device": str(acc.device),
+                "samples": samples,
+                "step": self.progress.step,
                 "max_steps": run.max_steps,
-                "resumed_from": str(resume_from) if resume_from else None,
-                "main": accelerator.is_main_process,
+                "resumed_from": str(resumed_from) if resumed_from else None,
+                "main": layout.is_main,
                 "parallel": layout.to_dict(),
             },
         )
-
-        batches = iter(loader)
-        stopped_by = ""
-        last_logs: dict[str, float] = {}
-        last_checkpoint: Path | None = resume_from
-        start_step = step
-        with _StopFlag() as stop:
-            while step < run.max_steps:
-                began = time.perf_counter()
-                micro = [next(batches) for _ in range(run.gradient_accumulation_steps)]  # the sampler is endless
-                for index, batch in enumerate(micro):
-                    # per-sample randomness is keyed by the sample's global position
-                    batch["position"] = sampler.step_positions(consumed, index)
-                consumed += sampler.global_batch
-                for batch in micro:
-                    self._note_skips(batch.get("skipped", []))
-                logs = self._mean_over_ranks(self.recipe.train_step(micro, step))
-                if ema is not None:
-                    ema.step(self.inner if self.sharded_ema else self.inner.parameters())
-                step += 1
-                self.step_seconds.append(time.perf_counter() - began)
-                last_logs = logs
-                self.loss_history.append(float(logs.get("loss", math.nan)))
-                if step % run.log_every == 0 or step == run.max_steps:
-                    self._log(step, logs)
-                every = self.recipe.validation_every()
-                if every and step % every == 0:
-                    self._validate(step)
-                want_stop = self._agree_stop(stop.requested)
-                if step % run.checkpoint_every == 0 or step == run.max_steps or want_stop:
-                    last_checkpoint = self._checkpoint(step, consumed)
-                if want_stop:
-                    stopped_by = stop.signal_name or "signal"
-                    self.report("stop", {"step": step, "signal": stopped_by, "checkpoint": str(last_checkpoint)})
-                    break
-        summary = self._summary(step, start_step, consumed, last_logs, last_checkpoint, stopped_by, sampler)
-        accelerator.wait_for_everyone()  # no rank leaves while another is still in a collective
-        accelerator.end_training()
-        torch.use_deterministic_algorithms(was_deterministic)
-        return summary
 
     # --- helpers ----------------------------------------------------------------------------
     @property
@@ -408,7 +489,6 @@ class Trainer:
         from .ema import ShardedEMA
 
         return isinstance(self.ema, ShardedEMA)
-
     def _resolve_strategy(self) -> None:
         """Fill in parallel.strategy when not given: that of the checkpoint --resume continues
         (the newest with a readable state, for 'latest'), else ddp."""
@@ -434,7 +514,7 @@ class Trainer:
     def _parallel(self, accelerator):
         from .parallelize import build_train_parallel, resolve_train_layout
 
-        layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index, self.run_cfg.mixed_precision)
+        layout = resolve_train_layout(self.config.parallel, accelerator.num_processes, accelerator.process_index, self.run_cfg.mixed_precision, accelerator.local_process_index)
         return build_train_parallel(layout, accelerator.device)
 
     def parallelize(self, model: nn.Module) -> nn.Module:
@@ -465,14 +545,6 @@ class Trainer:
         values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=acc.device)
         mean = acc.reduce(values, reduction="mean")
         return {**logs, **{k: float(v) for k, v in zip(keys, mean.tolist())}}
-
-    @staticmethod
-    def _consumed(state: dict[str, Any]) -> int:
-        """Global samples consumed by the checkpoint's run (older checkpoints counted per rank)."""
-        data = state["data"]
-        if "consumed" in data:
-            return int(data["consumed"])
-        return int(data["consumed_per_rank"]) * int(data.get("world_size", 1))
 
     def _warn(self, message: str) -> None:
         self.report("warning", {"message": message})
@@ -506,64 +578,31 @@ class Trainer:
         chosen = [f"model.{k}={model[k]}" for k in ("config", "pretrained", "init_from_2d_vae") if model.get(k)]
         return "this run's " + (", ".join(chosen) if chosen else "default architecture")
 
-    def _restore(self, checkpoints: CheckpointManager, model: nn.Module, ema, accelerator) -> Path | None:
-        """Load the checkpoint --resume names (into model, optimizers, RNG, EMA); returns it, or
-        None for a fresh run. With 'latest', a checkpoint with an unreadable file is skipped
-        for the next older one, and the console says so."""
+    def _restore(self) -> Path | None:
+        """Load the checkpoint --resume names into every stateful part; returns it, or None for a
+        fresh run. With 'latest', a checkpoint with an unreadable file is skipped for the next
+        older one, and the console says so."""
         candidates = self._resume_candidates()
-        if not candidates:
-            return None
         for index, candidate in enumerate(candidates):
             try:
-                self._restored_state = checkpoints.load(candidate, model, self._run_model())
-                if ema is not None and not self.sharded_ema:  # the DCP manager restores its own
-                    with self._rng_preserved():  # building the EMA copy must not move the restored RNG
-                        self._load_ema(candidate / "model_ema", accelerator)
+                self.checkpoints.load(candidate)
                 return candidate
             except CheckpointUnreadableError as exc:
                 if index + 1 == len(candidates):
                     raise
                 self._warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
-        raise AssertionError("unreachable")
+        return None
 
-    def _rng_preserved(self):
-        """Run a block without moving the torch RNG of this rank (CPU and its accelerator)."""
-        device = self.accelerator.device
-        devices = [device.index or 0] if device.type in ("cuda", "npu", "xpu") else []
-        return torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda")
-
-    def _make_ema(self, model: nn.Module, accelerator):
+    def _make_ema(self, model: nn.Module):
         if not self.run_cfg.ema:
             return None
-        if self.parallel.layout.strategy == "fsdp":
+        if self.parallel.layout.mode == "fsdp":
             from .ema import ShardedEMA
 
             return ShardedEMA(model, decay=self.run_cfg.ema_decay)
         from diffusers.training_utils import EMAModel
 
         return EMAModel(model.parameters(), decay=self.run_cfg.ema_decay, model_cls=type(model), model_config=model.config)
-
-    def _save_ema(self, path: Path) -> None:
-        """`EMAModel.save_pretrained`, with the trained model's buffers: diffusers builds the copy
-        from the config, which would write freshly initialised buffers (e.g. LatteT2V's
-        y_embedding) beside the averaged parameters."""
-        ema = self.ema
-        model = type(self.inner).from_config(self.inner.config)
-        model.load_state_dict(self.inner.state_dict())
-        state = ema.state_dict()
-        state.pop("shadow_params", None)
-        model.register_to_config(**state)
-        ema.copy_to(model.parameters())
-        model.save_pretrained(str(path))
-
-    def _load_ema(self, folder: Path, accelerator) -> None:
-        from diffusers.training_utils import EMAModel
-
-        if not folder.is_dir():
-            return  # a checkpoint from a run without EMA: start the average from the current weights
-        loaded = EMAModel.from_pretrained(str(folder), model_cls=type(self.inner))
-        loaded.to(accelerator.device)
-        self.ema.load_state_dict(loaded.state_dict())
 
     def _loader(self, dataset, consumed: int):
         from ..data.datasets import GlobalBatchSampler
@@ -586,8 +625,8 @@ class Trainer:
 
     def _note_skips(self, skipped: list) -> None:
         for path, reason in skipped:
-            if path not in self.skipped:
-                self.skipped[path] = reason
+            if path not in self.progress.skipped:
+                self.progress.skipped[path] = reason
                 self.report("skip", {"path": path, "reason": reason})
 
     def _agree_stop(self, local: bool) -> bool:
@@ -598,11 +637,10 @@ class Trainer:
         return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
     def _log(self, step: int, logs: dict[str, float]) -> None:
-        acc = self.accelerator
-        recent = self.step_seconds[-self.run_cfg.log_every :]
+        recent = self.progress.step_seconds[-self.run_cfg.log_every :]
         payload = {**logs, "sec_per_step": sum(recent) / max(len(recent), 1)}
-        acc.log(payload, step=step)
-        if acc.is_main_process:
+        self.accelerator.log(payload, step=step)
+        if self.parallel.layout.is_main:
             self.report("log", {"step": step, **payload})
 
     def _validate(self, step: int) -> None:
@@ -618,73 +656,52 @@ class Trainer:
             if self.sharded_ema:
                 full = self.ema.full_weights(full, prefix)  # sample with the average, as a DDP run does
             self.validation_weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
-        if acc.is_main_process:
+        if layout.is_main:
             out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
             if out:
                 self.report("validate", {"step": step, **out})
         acc.wait_for_everyone()
 
     def _gather_skips(self) -> dict[str, str]:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return dict(self.skipped)
+        if self.accelerator.num_processes == 1:
+            return dict(self.progress.skipped)
         from accelerate.utils import gather_object
 
         merged: dict[str, str] = {}
-        for part in gather_object([self.skipped]):
+        for part in gather_object([self.progress.skipped]):
             merged.update(part)
         return merged
 
-    def train_seconds(self) -> float:
-        """Wall seconds in training steps (data, step, EMA) over this run and the runs it resumed."""
-        return self.earlier_train_seconds + sum(self.step_seconds)
-
-    def _checkpoint(self, step: int, consumed: int) -> Path:
-        acc = self.accelerator
-        self.skipped = self._gather_skips()
-        state = {
-            "data": {"consumed": consumed, "world_size": acc.num_processes, "batch_size": self.run_cfg.batch_size, "global_batch": self._global_batch()},
-            "samples_seen": consumed,
-            "skipped": self.skipped,
-            "loss_history": self.loss_history[-10000:],
-            "train_seconds": self.train_seconds(),
-            "config": config_to_dict(self.config),
-            "recipe": {"name": self.recipe.name, **self.recipe.extra_state()},
-        }
-        ema_save = None
-        if self.ema is not None and not self.sharded_ema:
-            ema_save = self._save_ema
-        # saving must not move the RNG (building the EMA copy initialises a model): a resumed
-        # run restores the state saved here and must draw what an uninterrupted run draws next
-        with self._rng_preserved():
-            path = self.checkpoints.save(step, self.model, state, ema_save=ema_save)
-        if acc.is_main_process:
+    def _checkpoint(self, step: int) -> Path:
+        self.progress.skipped = self._gather_skips()
+        path = self.checkpoints.save(step)
+        if self.parallel.layout.is_main:
             self.report("checkpoint", {"step": step, "path": str(path)})
         return path
 
     def _global_batch(self) -> int:
         return self.run_cfg.batch_size * self.run_cfg.gradient_accumulation_steps * self.parallel.layout.dp
 
-    def _summary(self, step: int, start_step: int, consumed: int, last_logs: dict, checkpoint: Path | None, stopped_by: str, sampler) -> dict[str, Any]:
-        acc = self.accelerator
+    def _summary(self, start_step: int, last_logs: dict, checkpoint: Path | None, stopped_by: str, sampler) -> dict[str, Any]:
+        acc, progress, layout = self.accelerator, self.progress, self.parallel.layout
         skipped = self._gather_skips()
         digests = None
-        if not self.parallel.layout.sharded:
+        if not layout.sharded:
             from accelerate.utils import gather_object
 
             mine = weights_digest(self.inner)
             digests = gather_object([mine]) if acc.num_processes > 1 else [mine]
-        losses = [v for v in self.loss_history if not math.isnan(v)]
+        losses = [v for v in progress.loss_history if not math.isnan(v)]
         limit = self.config.data.max_skip_report
-        epoch, _ = sampler.position(consumed)
+        epoch, _ = sampler.position(progress.consumed)
         summary = {
             "recipe": self.recipe.name,
-            "steps": step,
-            "steps_this_run": step - start_step,
-            "samples_seen": consumed,
+            "steps": progress.step,
+            "steps_this_run": progress.step - start_step,
+            "samples_seen": progress.consumed,
             "epoch": epoch,
             "processes": acc.num_processes,
-            "parallel": self.parallel.layout.to_dict(),
+            "parallel": layout.to_dict(),
             "global_batch": self._global_batch(),
             "skipped_samples": len(skipped),
             "skipped": [{"path": p, "reason": r} for p, r in list(skipped.items())[:limit]],
@@ -694,15 +711,15 @@ class Trainer:
                 "min": min(losses) if losses else None,
                 "last_logged": last_logs,
             },
-            "seconds_per_step": (sum(self.step_seconds) / len(self.step_seconds)) if self.step_seconds else None,
-            "train_seconds": self.train_seconds(),
+            "seconds_per_step": (sum(progress.step_seconds) / len(progress.step_seconds)) if progress.step_seconds else None,
+            "train_seconds": progress.train_seconds(),
             "checkpoint": str(checkpoint) if checkpoint else None,
             "stopped_by_signal": stopped_by or None,
             "rank_weight_digests": digests,
             "ranks_in_sync": (len(set(digests)) == 1) if digests else None,
             "output_dir": str(self.output_dir),
         }
-        if acc.is_main_process:
+        if layout.is_main:
             write_json(self.output_dir / "summary.json", summary, default=str)
             self.report("end", summary)
         return summary

@@ -103,7 +103,7 @@ class VAERecipe(Recipe):
     def check(self, accelerator) -> None:
         run, data = self.config.run, self.config.data
         layout = self.trainer.parallel.layout
-        if layout.strategy != "ddp" or layout.sp > 1:
+        if layout.mode != "ddp" or layout.sp > 1:
             # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
             # discriminator hold 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256
             # sample ~74 GiB of saved activations; sharding the states saves < 3.8 GiB per rank
