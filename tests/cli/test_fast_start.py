@@ -52,6 +52,32 @@ def test_importing_the_cli_imports_no_torch():
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_plan_modules_import_no_torch():
+    """What plans and refuses (the jobs floor, the input and repository checks) loads without
+    torch; the run paths import it when they start."""
+    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.io.paths"]
+    code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print([m for m in {HEAVY!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_pipelines_do_not_import_jobs():
+    """Pipelines take tensors and return tensors; jobs (files, folders, progress) call them, never the other way."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "osp_core" / "pipelines"
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(name.split(".")[0] == "jobs" or name.startswith("osp_core.jobs") for name in names), f"{path.name} imports {names}"
+
+
 @pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
 def test_help_imports_no_torch(args):
     proc = _osp(*args, blocked=True)
