@@ -45,7 +45,8 @@ def shapes(args: argparse.Namespace) -> None:
     from osp_core.eval.shapes import accuracy, measure
     from osp_core.io import read_video
     from osp_core.metrics import psnr
-    from osp_core.pipelines.sampling import SamplingJob, run_sampling
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob
 
     captions = all_captions()[: args.captions]
     chunk = -(-len(captions) // args.chunks)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from osp_core.data.shapes import FPS
     from osp_core.eval.edit import evaluate_sidecar, make_edit_task, summarize
     from osp_core.io import write_video
-    from osp_core.pipelines.edit import EditJob, run_edit
+    from osp_core.jobs.edit import EditJob, run_edit
 
     rng = np.random.default_rng(args.seed)
     tasks = [make_edit_task(rng) for _ in range(args.num)]

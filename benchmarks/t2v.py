@@ -62,7 +62,7 @@ def main() -> None:
     from osp_core.pipelines.caching import make_cache
     from osp_core.pipelines.denoising import StepProgress
     from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD
-    from osp_core.pipelines.sampling import compile_blocks
+    from osp_core.jobs.sampling import compile_blocks
     from osp_core.pipelines.t2v import PromptEmbeddings, T2VPipeline, make_scheduler
 
     device, dtype = resolve(args.device, args.dtype)

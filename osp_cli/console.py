@@ -69,6 +69,51 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+class JobBar:
+    """A job's progress on stderr: a spinner for phases without steps (`status`), then bars (one
+    live display at a time, as rich requires). `step` before any bar starts one named `label`."""
+
+    def __init__(self, label: str = "", enabled: bool = True, transient: bool = False) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.bar = progress(transient=transient)
+        self.bar_started = False
+        self.task: Any = None
+        self.spinner: Any = None
+
+    def __enter__(self) -> JobBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_spinner()
+        if self.bar_started:
+            self.bar.__exit__(*exc)
+
+    def _stop_spinner(self) -> None:
+        if self.spinner is not None:
+            self.spinner.__exit__(None, None, None)
+            self.spinner = None
+
+    def status(self, message: str) -> None:
+        self._stop_spinner()
+        if self.enabled and not self.bar_started:
+            self.spinner = status(message)
+            self.spinner.__enter__()
+
+    def new_bar(self, description: str, total: int | None = None) -> None:
+        """A bar for the next phase with steps (the spinner stops)."""
+        self._stop_spinner()
+        if not self.bar_started:
+            self.bar.__enter__()
+            self.bar_started = True
+        self.task = self.bar.add_task(description, total=total, visible=self.enabled)
+
+    def step(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.new_bar(self.label, total)
+        self.bar.update(self.task, completed=done, total=total)
+
+
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
     """A spinner on stderr while something loads (silent when stderr is not a terminal)."""

@@ -53,7 +53,7 @@ def edit_video(
     json_out: JsonOpt = False,
 ) -> None:
     """Edit VIDEO inside a region and write OUT.mp4 + OUT.json."""
-    from osp_core.pipelines.edit import EditJob, run_edit
+    from osp_core.jobs.edit import EditJob, run_edit
 
     from .t2v import SamplingBar
 

@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from osp_core import __version__
+        from osp_core.version import __version__
 
         typer.echo(f"osp {__version__}")
         raise typer.Exit()

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from osp_core.pipelines.sampling import DEFAULT_OUTPUT
+from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 
 from . import t2v_train
-from .console import err, print_json, progress, status
+from .console import JobBar, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt
 
 app = typer.Typer(help="Text-to-video: sample videos from prompts with LatteT2V + T5 + CausalVideoVAE, and training.", no_args_is_help=True)
@@ -69,7 +69,8 @@ def sample(
     json_out: JsonOpt = False,
 ) -> None:
     """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
-    from osp_core.pipelines.sampling import SamplingJob, read_prompts, run_sampling
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
     job = SamplingJob(
         prompts=read_prompts(prompt, prompts_file),
@@ -140,7 +141,8 @@ def calibrate_cache(
 
     Samples the prompts without caching and fits how much the transformer's output changes from step to step against how much its timestep-modulated input changes.
     """
-    from osp_core.pipelines.sampling import SamplingJob, calibrate_teacache, read_prompts
+    from osp_core.jobs.calibrate import calibrate_teacache
+    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
     job = SamplingJob(
         prompts=read_prompts(prompt, prompts_file),
@@ -172,45 +174,15 @@ def calibrate_cache(
         err.print(f"[green]wrote[/green] {escape(fit.written)}")
 
 
-class SamplingBar:
+class SamplingBar(JobBar):
     """Draws a sampling run's progress on stderr: a spinner while loading and encoding, then a
-    bar per prompt (one live display at a time, as rich requires)."""
+    bar per prompt."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = progress(transient=False)
-        self.bar_started = False
-        self.task = None
-        self.spinner = None
-
-    def __enter__(self) -> SamplingBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop_spinner()
-        if self.bar_started:
-            self.bar.__exit__(*exc)
-
-    def _stop_spinner(self) -> None:
-        if self.spinner is not None:
-            self.spinner.__exit__(None, None, None)
-            self.spinner = None
-
-    def status(self, message: str) -> None:
-        self._stop_spinner()
-        if self.enabled and not self.bar_started:
-            self.spinner = status(message)
-            self.spinner.__enter__()
+        super().__init__(enabled=enabled)
 
     def video(self, index: int, total: int, prompt: str) -> None:
-        self._stop_spinner()
-        if not self.bar_started:
-            self.bar.__enter__()
-            self.bar_started = True
-        self.task = self.bar.add_task(f"video {index + 1}/{total}", total=None, visible=self.enabled)
-
-    def step(self, done: int, total: int) -> None:
-        self.bar.update(self.task, completed=done, total=total)
+        self.new_bar(f"video {index + 1}/{total}")
 
     def notice(self, kind: str, message: str) -> None:
         colour = "yellow" if kind == "warning" else "cyan"

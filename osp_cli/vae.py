@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from . import vae_train
-from .console import err, print_json, progress, status
+from .console import JobBar, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, TileOpt
 
 app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips, training.", no_args_is_help=True)
@@ -24,47 +23,13 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub repo id, model
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse). An input is never replaced.")]
 
 
-def _plan(model: str, device: str | None, dtype: str | None):
-    """Device, dtype and the VAE folder: everything the memory check needs, no weights loaded."""
-    from osp_core.device import resolve
-    from osp_core.pipelines.video_vae import find_vae
+def _run(job: Any, label: str) -> dict[str, Any]:
+    """Plan (paths first, before torch loads), then run `job` with a progress bar."""
+    from osp_core.jobs.vae import plan_vae, run_vae
 
-    dev, dt = resolve(device, dtype)
-    return find_vae(model), dev, dt
-
-
-def _load(folder: Path, dev, dt, tile: bool | None):
-    from osp_core.pipelines.video_vae import configure_tiling, load_vae
-
-    with status(f"loading VAE from {folder}"):
-        vae = load_vae(folder, dev, dt)
-    configure_tiling(vae, tile)
-    return vae
-
-
-def _read(video: Path, frames: str | None, stride: int, size: str | None, vae):
-    from osp_core.io import parse_size
-    from osp_core.pipelines.video_vae import load_clip
-
-    return load_clip(video, frames, stride, parse_size(size), (vae.temporal_compression, vae.spatial_compression))
-
-
-def _check_paths(source: Path, output: Path, suffixes: tuple[str, ...], overwrite: bool, what: str) -> None:
-    """Fail on bad paths before spending seconds on loading a model."""
-    from osp_core.errors import InputError
-    from osp_core.io.paths import check_input_file, check_output
-
-    check_input_file(source, what)
-    if output.suffix.lower() not in suffixes:
-        from osp_core.io.media import IMAGE_SUFFIXES
-
-        # an image round-trips to an image
-        suggested = ".png" if ".png" in suffixes and source.suffix.lower() in IMAGE_SUFFIXES else suffixes[0]
-        raise InputError(f"output '{output}' must end in {' or '.join(suffixes)}", f"e.g. -o {output.with_suffix(suggested).name}")
-    check_output(output, overwrite=overwrite, inputs=[source])
-
-
-MEMORY_HINT = "pass a smaller --size or fewer --frames"
+    plan = plan_vae(job)
+    with JobBar(label, transient=True) as bar:
+        return run_vae(plan, bar).record
 
 
 @app.command()
@@ -84,41 +49,14 @@ def encode(
     json_out: JsonOpt = False,
 ) -> None:
     """Encode a video to latents (safetensors, with fps/frames/size/model in its header)."""
-    _check_paths(video, output, (".safetensors",), overwrite, "video")  # before the heavy imports
-    import torch
+    from osp_core.jobs.vae import VaeJob
 
-    from osp_core.io import parse_size, to_model_input
-    from osp_core.memory import oom_as_error
-    from osp_core.pipelines.video_vae import check_clip_fits, save_latents
-    from osp_core.pipelines.video_vae import encode as vae_encode
-
-    folder, dev, dt = _plan(model, device, dtype)
-    shape = check_clip_fits(folder, "encode", video, frames, stride, parse_size(size), dev, dt, tile)
-    vae = _load(folder, dev, dt, tile)
-    clip = _read(video, frames, stride, size, vae)
-    x = to_model_input(clip.frames)
-    start = time.perf_counter()
-    with progress(transient=True) as bar, oom_as_error(f"encoding {'x'.join(map(str, shape))}", MEMORY_HINT):
-        task = bar.add_task("encoding", total=vae.num_tiles(x.shape, latent=False))
-        generator = torch.Generator(dev).manual_seed(seed) if sample else None
-        latents = vae_encode(vae, x, sample=sample, generator=generator, progress=lambda: bar.advance(task))
-    seconds = time.perf_counter() - start
-    meta = {
-        "fps": clip.fps,
-        "frames": clip.num_frames,
-        "height": clip.size[0],
-        "width": clip.size[1],
-        "scaling_factor": vae.config.scaling_factor,
-        "model": model,
-        "source": str(video),
-        "posterior": "sample" if sample else "mean",
-    }
-    save_latents(output, latents, meta)
-    summary = {"output": str(output), "latent_shape": list(latents.shape), "seconds": round(seconds, 3), **meta}
+    job = VaeJob("encode", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, sample=sample, seed=seed, overwrite=overwrite, device=device, dtype=dtype)
+    summary = _run(job, "encoding")
     if json_out:
         print_json(summary)
     else:
-        err.print(f"wrote {output}: latents {tuple(latents.shape)} from {clip.num_frames} frames {clip.size[0]}x{clip.size[1]} in {seconds:.1f}s")
+        err.print(f"wrote {output}: latents {tuple(summary['latent_shape'])} from {summary['frames']} frames {summary['height']}x{summary['width']} in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -134,37 +72,14 @@ def decode(
     json_out: JsonOpt = False,
 ) -> None:
     """Decode latents to an H.264 mp4."""
-    from osp_core.io.video import check_fps
+    from osp_core.jobs.vae import VaeJob
 
-    _check_paths(latents, output, (".mp4",), overwrite, "latent file")  # before the heavy imports
-    if fps is not None:
-        check_fps(fps)
-    from osp_core.device import dtype_name
-    from osp_core.io import from_model_output, write_video
-    from osp_core.memory import oom_as_error
-    from osp_core.pipelines.video_vae import check_latents_fit, latent_fps, load_latents
-    from osp_core.pipelines.video_vae import decode as vae_decode
-
-    data = load_latents(latents)
-    rate = fps if fps is not None else (latent_fps(data, latents) or 24.0)
-    model = model or data.metadata.get("model") or DEFAULT_MODEL
-    # latents saved by `osp t2v sample` record the dtype the video was decoded in: the same
-    # dtype gives the sampled frames back (bf16 vs fp32 differ by up to 33 levels)
-    folder, dev, dt = _plan(model, device, dtype or data.metadata.get("dtype"))
-    shape = check_latents_fit(folder, data.latents, dev, dt, tile)
-    vae = _load(folder, dev, dt, tile)
-    start = time.perf_counter()
-    with progress(transient=True) as bar, oom_as_error(f"decoding {'x'.join(map(str, shape))}", "decode on a device with more memory, with tiling on"):
-        task = bar.add_task("decoding", total=vae.num_tiles(data.latents.shape, latent=True))
-        video = vae_decode(vae, data.latents, progress=lambda: bar.advance(task))
-    seconds = time.perf_counter() - start
-    frames = from_model_output(video[0])
-    write_video(output, frames, fps=rate)
-    summary = {"output": str(output), "frames": frames.shape[0], "height": frames.shape[1], "width": frames.shape[2], "fps": rate, "model": model, "dtype": dtype_name(dt), "seconds": round(seconds, 3)}
+    job = VaeJob("decode", latents, output, model=model, fps=fps, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
+    summary = _run(job, "decoding")
     if json_out:
         print_json(summary)
     else:
-        err.print(f"wrote {output}: {frames.shape[0]} frames {frames.shape[1]}x{frames.shape[2]} at {rate:g} fps in {seconds:.1f}s")
+        err.print(f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']} at {summary['fps']:g} fps in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -182,39 +97,14 @@ def recon(
     json_out: JsonOpt = False,
 ) -> None:
     """Round trip a video through the VAE; prints PSNR and SSIM of the reconstruction."""
-    _check_paths(video, output, (".mp4", ".png"), overwrite, "video")  # before the heavy imports
-    from osp_core.errors import InputError
-    from osp_core.io import frames_suffix, parse_size, write_frames
-    from osp_core.memory import oom_as_error
-    from osp_core.pipelines.video_vae import check_clip_fits, reconstruct
+    from osp_core.jobs.vae import VaeJob
 
-    folder, dev, dt = _plan(model, device, dtype)
-    shape = check_clip_fits(folder, "recon", video, frames, stride, parse_size(size), dev, dt, tile)
-    wanted = frames_suffix(shape[0])  # one frame is an image, as `osp t2v sample` writes it
-    if output.suffix.lower() != wanted:
-        what = "one frame (an image)" if shape[0] == 1 else f"{shape[0]} frames"
-        raise InputError(f"the round trip is {what}, and '{output}' is not a {wanted} file", f"pass -o {output.with_suffix(wanted).name}")
-    vae = _load(folder, dev, dt, tile)
-    clip = _read(video, frames, stride, size, vae)
-    with progress(transient=True) as bar, oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", MEMORY_HINT):
-        task = bar.add_task("round trip", total=None)
-        result = reconstruct(vae, clip, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    write_frames(output, result.frames, fps=clip.fps)
-    seconds = result.seconds
-    summary = {
-        "output": str(output),
-        "frames": clip.num_frames,
-        "height": clip.size[0],
-        "width": clip.size[1],
-        "psnr": round(result.psnr, 3),
-        "ssim": round(result.ssim, 4),
-        "model": model,
-        "seconds": round(seconds, 3),
-    }
+    job = VaeJob("recon", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
+    summary = _run(job, "round trip")
     if json_out:
         print_json(summary)
     else:
-        err.print(f"wrote {output}: {clip.num_frames} frames {clip.size[0]}x{clip.size[1]}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({seconds:.1f}s)")
+        err.print(f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({summary['seconds']:.1f}s)")
 
 
 app.command("train")(vae_train.train)

@@ -8,9 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import DeviceError, HubUnavailableError, InputError, ModelLoadError, OSPError
-
-__version__ = "0.1.0"
+from .errors import (
+    DeviceError,
+    HubUnavailableError,
+    InputError,
+    ModelLoadError,
+    OSPError,
+)
+from .version import __version__
 
 # public name -> module that defines it
 _LAZY = {
@@ -18,17 +23,18 @@ _LAZY = {
     "LatteT2V": ".models.latte_t2v",
     "T2VPipeline": ".pipelines.t2v",
     "ModelRepository": ".pipelines.repository",
-    "SamplingJob": ".pipelines.sampling",
-    "run_sampling": ".pipelines.sampling",
+    "SamplingJob": ".jobs.sampling_plan",
+    "run_sampling": ".jobs.sampling",
     "Captioner": ".caption.captioner",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .caption.captioner import Captioner
+    from .jobs.sampling import run_sampling
+    from .jobs.sampling_plan import SamplingJob
     from .models.causal_vae import CausalVideoVAE
     from .models.latte_t2v import LatteT2V
     from .pipelines.repository import ModelRepository
-    from .pipelines.sampling import SamplingJob, run_sampling
     from .pipelines.t2v import T2VPipeline
 
 

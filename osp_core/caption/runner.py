@@ -26,7 +26,8 @@ import torch
 from ..device import parse_dtype, select_device
 from ..errors import InputError, OSPError
 from ..io import ensure_writable_dir
-from ..io.paths import folders_to_create, remove_empty_folders
+from ..io.atomic import remove_empty_folders
+from ..io.paths import folders_to_create
 from ..io.probe import probe
 from ..parallel.layout import ParallelLayout, process_group, rank_device
 from . import defaults

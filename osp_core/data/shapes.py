@@ -29,7 +29,8 @@ import torch
 
 from ..errors import InputError
 from ..io import atomic_path, ensure_writable_dir, write_json, write_video
-from ..io.paths import folders_to_create, remove_empty_folders
+from ..io.atomic import remove_empty_folders
+from ..io.paths import folders_to_create
 
 NUM_FRAMES = 17
 SIZE = 64

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +120,16 @@ def release_folders(directory: str | Path, above: bool = True) -> None:
         if not above:
             return
         current = current.parent
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: the ones a failed run created."""
+    for folder in folders:
+        release_folders(folder, above=False)  # our marker (if any) goes, so an empty folder can
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone: leave it and its parents
+            return
 
 
 def _is_dead_run_folder(path: Path, now: float, older_than: float) -> bool:
@@ -312,9 +322,8 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
 def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
     """Write `data` to `dest` atomically (temporary file, fsync, rename)."""
     dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
     return dest
 
 

@@ -32,7 +32,7 @@ def dumps(value: Any, *, indent: int | None = None, ensure_ascii: bool = True, d
     `default` converts objects json cannot (after it, their floats are checked too)."""
     if default is not None:
         inner = default
-        default = lambda obj: _finite(inner(obj))  # noqa: E731
+        default = lambda obj: _finite(inner(obj))
     return json.dumps(_finite(value), indent=indent, ensure_ascii=ensure_ascii, default=default, allow_nan=False)
 
 

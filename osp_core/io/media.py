@@ -80,3 +80,9 @@ def check_media_file(path: Path, shown_name: str | None = None) -> str:
         what = CONTAINER_NAMES[found] if found else "not a video or image"
         raise InputError(f"'{name}' is named {suffix} but its content is {what}", choices)
     return found
+
+
+def frames_suffix(num_frames: int) -> str:
+    """The file type osp writes `num_frames` frames as: one frame is an image (.png), more an
+    H.264 .mp4."""
+    return ".png" if num_frames == 1 else ".mp4"

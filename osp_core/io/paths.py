@@ -48,7 +48,7 @@ def check_output(output: str | Path, *, overwrite: bool, inputs: Sequence[str | 
 
 def folders_to_create(directory: str | Path) -> list[Path]:
     """The folders `directory.mkdir(parents=True)` would create, deepest first (so a refused
-    or failed run can remove exactly those, with `remove_empty_folders`)."""
+    or failed run can remove exactly those, with `atomic.remove_empty_folders`)."""
     missing = []
     current = Path(directory).absolute()
     while not current.exists() and current != current.parent:
@@ -61,15 +61,3 @@ def existing_ancestor(directory: str | Path) -> Path:
     """`directory` if it exists, else the nearest folder above it that does."""
     missing = folders_to_create(directory)
     return missing[-1].parent if missing else Path(directory).absolute()
-
-
-def remove_empty_folders(folders: Sequence[Path]) -> None:
-    """Remove `folders` (deepest first) while they are empty: the ones a failed run created."""
-    from .atomic import release_folders
-
-    for folder in folders:
-        release_folders(folder, above=False)  # our marker (if any) goes, so an empty folder can
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, or already gone: leave it and its parents
-            return

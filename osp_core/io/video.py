@@ -145,12 +145,6 @@ def check_fps(fps: float, option: str = "--fps") -> float:
     return fps
 
 
-def frames_suffix(num_frames: int) -> str:
-    """The file type osp writes `num_frames` frames as: one frame is an image (.png), more an
-    H.264 .mp4."""
-    return ".png" if num_frames == 1 else ".mp4"
-
-
 def write_frames(path: str | Path, frames: torch.Tensor, fps: float = 24.0) -> Path:
     """Write (T, H, W, 3) uint8 frames by `path`'s type: `write_image` for .png (one frame),
     else `write_video`."""

@@ -167,3 +167,23 @@ def check_transformer_folder(folder: str | Path) -> Path:
         raise ModelLoadError(f"no config.json in transformer folder '{folder}'", "pass a LatteT2V folder, such as a training checkpoint's model/ or model_ema/")
     return path
 
+
+def read_t5_config(t5: T5Location) -> dict:
+    """The config.json of the T5 encoder `t5` points at (only config files fetched from the Hub)."""
+    folder = Path(t5.encoder) if Path(t5.encoder).is_dir() else resolve_model_dir(t5.encoder, subfolders=[])
+    return read_config_json(folder / (t5.encoder_subfolder or ""))
+
+
+def model_sizes(transformer_config: dict, vae_config: dict, t5_config: dict) -> dict[str, tuple[int, int]]:
+    """(parameters, repeated transformer blocks) of the transformer, VAE and T5 encoder built
+    from their configs on the meta device: nothing allocated, nothing loaded."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from ..models.causal_vae import CausalVideoVAE
+    from ..models.latte_t2v import LatteT2V
+    from ..train.parallelize import transformer_blocks
+
+    with torch.device("meta"):
+        models = {"transformer": LatteT2V.from_config(transformer_config), "vae": CausalVideoVAE.from_config(vae_config), "text_encoder": T5EncoderModel(T5Config.from_dict(t5_config))}
+    return {name: (sum(p.numel() for p in model.parameters()), len(transformer_blocks(model))) for name, model in models.items()}

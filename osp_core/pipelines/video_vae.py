@@ -7,23 +7,19 @@ metadata needed to decode them (fps, frames, size, scaling factor, model) in the
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ..errors import InputError, ModelLoadError
 from ..hub import resolve_model_dir
-from ..io import Video, json_dumps, read_video, resize_center_crop, save_safetensors
-from ..io.paths import check_input_file
+from ..io import Video, read_video, resize_center_crop
 from ..io.probe import probe
 from ..models.causal_vae import CausalVideoVAE
 
-LATENTS_KEY = "latents"
 
 
 def find_vae(model: str | Path) -> Path:
@@ -212,52 +208,6 @@ def reconstruct(vae: CausalVideoVAE, clip: Video, progress: Callable[[int, int],
     seconds = time.perf_counter() - start
     frames = from_model_output(decoded[0])
     return Reconstruction(frames, psnr(clip.frames, frames), ssim(clip.frames, frames), seconds)
-
-
-@dataclass
-class LatentFile:
-    latents: torch.Tensor
-    metadata: dict[str, str]
-
-
-def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, object]) -> Path:
-    """Write latents with string metadata in the safetensors header, atomically."""
-    path = Path(path)
-    header = {k: v if isinstance(v, str) else json_dumps(v) for k, v in metadata.items()}
-    return save_safetensors(path, {LATENTS_KEY: latents}, header)
-
-
-def load_latents(path: str | Path) -> LatentFile:
-    """Read a latent file written by `save_latents` (one-line errors for anything else,
-    including a file whose latents have no frames or no pixels)."""
-    path = check_input_file(path, "latent file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if LATENTS_KEY not in handle.keys():
-                raise InputError(f"'{path}' holds no '{LATENTS_KEY}' tensor", "pass a file written by `osp vae encode`")
-            data = LatentFile(handle.get_tensor(LATENTS_KEY).float(), dict(handle.metadata() or {}))
-    except InputError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise InputError(f"cannot read '{path}' as safetensors ({type(exc).__name__})", "pass a file written by `osp vae encode`") from None
-    if data.latents.numel() == 0:
-        raise InputError(f"latent file '{path}' holds empty latents (shape {tuple(data.latents.shape)})", "pass latents with at least one frame, written by `osp vae encode`")
-    return data
-
-
-def latent_fps(data: LatentFile, path: str | Path) -> float | None:
-    """The frame rate a latent file records (None when it records none); a one-line error
-    when the header holds something that is not a positive number."""
-    raw = data.metadata.get("fps")
-    if raw is None:
-        return None
-    try:
-        value = float(json.loads(raw))
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not (math.isfinite(value) and value > 0):
-        raise InputError(f"latent file '{path}' records fps {raw!r}, not a positive number", "pass --fps F to choose the frame rate")
-    return value
 
 
 def decoded_shape(latents: torch.Tensor, config: dict[str, Any]) -> tuple[int, int, int]:

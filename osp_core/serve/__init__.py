@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .jobs import ServeOptions, check_gradio, use_gradio_folder
+from .session import ServeOptions, check_gradio, use_gradio_folder
 
 
 def run_server(options: ServeOptions, on_ready: Callable[[str], None]) -> None:

@@ -1,6 +1,6 @@
 """The web page of `osp serve`: a Gradio face over the sampling runner and the VAE round trip.
 
-Imported only once Gradio is known to be installed (`jobs.check_gradio`). No
+Imported only once Gradio is known to be installed (`session.check_gradio`). No
 `from __future__ import annotations` here: Gradio finds the `gr.Request` parameter of a
 handler by its annotation object.
 """
@@ -20,11 +20,11 @@ import gradio as gr
 from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
 from ..io.atomic import ensure_writable_dir
+from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.repository import ModelRepository
-from ..pipelines.sampling import SamplingJob, slugify
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
 from .guard import UploadGuard
-from .jobs import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
+from .session import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Server:
         except Exception as exc:
             return *result_views(None), None, self.failed(exc)
         status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
-        return *result_views(str(result.video)), [str(result.video), str(result.sidecar)], status
+        return *result_views(str(result.output)), [str(result.output), str(result.sidecar)], status
 
     def edit(
         self,
@@ -212,7 +212,7 @@ class Server:
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, Any, Any, str]:
         """The Edit tab: (edited video, source video, [mp4, sidecar], status line)."""
-        from ..pipelines.edit import EditJob
+        from ..jobs.edit import EditJob
 
         session = request.session_hash or ""
         try:

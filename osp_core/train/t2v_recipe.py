@@ -171,8 +171,7 @@ class T2VRecipe(Recipe):
         import functools
 
         from ..memory import check_t2v_train_memory, t2v_train_memory
-        from ..pipelines.repository import read_config_json
-        from ..pipelines.sampling import model_sizes, read_t5_config
+        from ..pipelines.repository import model_sizes, read_config_json, read_t5_config
 
         cfg, layout = self.config, self.trainer.parallel.layout
         config, _ = transformer_config(cfg)

@@ -215,7 +215,8 @@ def test_saved_latents_decode_with_osp_vae_decode(sampled, tiny_repo, tmp_path):
     """--save-latents writes what `osp vae encode` writes: unscaled latents and its header, so
     `osp vae decode FILE` gives the sampled video back."""
     from osp_core.pipelines.t2v import T2VPipeline
-    from osp_core.pipelines.video_vae import decode, load_latents, load_vae
+    from osp_core.jobs.records import load_latents
+    from osp_core.pipelines.video_vae import decode, load_vae
 
     out, proc = sampled
     record = json.loads(proc.stdout)["videos"][0]
@@ -261,8 +262,9 @@ def test_saved_latents_decode_in_the_dtype_they_were_sampled_in(osp_in_process, 
     """Sampling defaults to bf16 on CPUs with bf16 units, `osp vae decode` to fp32: decoding
     saved latents in fp32 gave frames up to 33 levels from the sampled ones. The header records
     the sampling dtype and decode uses it unless --dtype says otherwise."""
-    from osp_core.pipelines.sampling import SamplingJob, run_sampling
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob
+    from osp_core.jobs.records import load_latents
 
     job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=3, frames=9, height=32, width=32, dtype="bf16", save_latents=True, output_dir=tmp_path / "s")
     latents = run_sampling(job).videos[0]["latents"]
@@ -357,7 +359,7 @@ def test_clean_caption_without_its_packages(tiny_repo, tmp_path):
 
 
 def test_prompt_file_with_a_byte_order_mark(tmp_path):
-    from osp_core.pipelines.sampling import read_prompts
+    from osp_core.jobs.sampling_plan import read_prompts
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("\ufeffA cat\nA dog\n".encode())

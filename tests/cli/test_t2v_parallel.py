@@ -158,7 +158,8 @@ def test_a_rank_that_fails_stops_the_run_with_one_line(tiny_repo, tmp_path):
 
 
 def test_plan_refuses_a_cache_with_shared_videos_and_only_the_first_rank_reports(tiny_repo, tmp_path, monkeypatch):
-    from osp_core.pipelines.sampling import SamplingJob, plan_sampling, run_sampling
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob, plan_sampling
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     job = SamplingJob(prompts=["a cat"], frames=9, height=32, width=32, dtype="fp32", model=str(tiny_repo), output_dir=tmp_path / "out", cache="pab", parallel="sp")

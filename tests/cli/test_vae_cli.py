@@ -191,7 +191,7 @@ def test_checkpoint_missing_a_tensor_is_one_line(tmp_path, tiny_repo, clip):
 def test_same_latents_decode_to_the_same_video_in_every_run(tmp_path):
     """Two runs of `osp vae decode` on one latent file write the same mp4 (bytes and decoded
     frames): the README's "same seed, same video" holds through the H.264 encoding step."""
-    from osp_core.pipelines.video_vae import save_latents
+    from osp_core.jobs.records import save_latents
 
     latents = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
     source = save_latents(tmp_path / "z.safetensors", latents, {"model": "builtin:shapes", "fps": 8})

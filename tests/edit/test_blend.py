@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from osp_core.pipelines.edit import EditInputs, EditJob, edit_latents, paste_outside, prepare_latents, run_edit
+from osp_core.pipelines.edit import EditInputs, edit_latents, paste_outside, prepare_latents
 from osp_core.pipelines.edit_inputs import box_mask
 from tests.edit.helpers import moving_square
 
@@ -135,54 +135,3 @@ def test_paste_keeps_outside_pixels_exact():
     outside = (mask == 0)[..., None].expand_as(source)
     assert torch.equal(out[outside], source[outside])
     assert bool((out[:, 12:20, 12:20] == 77).all())
-
-
-def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path, monkeypatch):
-    import json
-
-    from osp_core.eval.edit import evaluate_sidecar
-
-    from osp_core.io import read_video, write_video
-
-    write_video(tmp_path / "in.mp4", moving_square(), fps=8)
-    job = EditJob(video=tmp_path / "in.mp4", output=tmp_path / "out" / "edited.mp4", box="0,0,16,32", prompt="a square", tracks=["10,14:20,14"], model=str(tiny_repo), steps=4, seed=3, dtype="fp32", engine="blend")
-    summary = run_edit(job)
-    source = read_video(tmp_path / "in.mp4").frames
-    outside = torch.zeros(9, 32, 32, 3, dtype=torch.bool)
-    outside[:, :, 16:] = True
-    assert torch.equal(summary.frames[outside], source[outside])
-    written = read_video(tmp_path / "out" / "edited.mp4")
-    assert written.frames.shape == (9, 32, 32, 3) and written.fps == 8
-    sidecar = json.loads((tmp_path / "out" / "edited.json").read_text())
-    assert sidecar["engine"] == "blend" and sidecar["region"]["box"] == [0, 0, 16, 32] and sidecar["seed"] == 3
-    assert sidecar["track_source"] == "track" and sidecar["tracks"][0][0] == [10, 14] and sidecar["tracks"][0][-1] == [20, 14]
-    assert set(sidecar["seconds"]) == {"load", "encode", "denoise", "decode"}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]
-    # inputs are recorded relative to the sidecar: `osp eval edit` reads them from anywhere,
-    # not what an unrelated file of the same name in the working directory holds
-    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == 1.0 and sidecar["steps_run"] == 4
-    decoy = tmp_path / "decoy"
-    (decoy / "cwd").mkdir(parents=True)
-    write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)
-    monkeypatch.chdir(decoy / "cwd")  # where "../in.mp4" is the decoy
-    assert evaluate_sidecar(tmp_path / "out" / "edited.mp4")["psnr_outside"] > 34  # the real source (equal up to H.264: 36.8 dB measured), not white
-
-
-@pytest.mark.parametrize(("scheduler", "evaluations"), [("DDIM", 2), ("PNDM", 4 * 3 + 1)])
-def test_the_sidecar_counts_the_steps_that_ran(tiny_repo, tmp_path, scheduler, evaluations):
-    import json
-    import shutil
-
-    from osp_core.io import write_video
-
-    repo = tmp_path / "repo"
-    shutil.copytree(tiny_repo, repo)
-    (repo / "sampling.json").write_text(json.dumps({"scheduler": scheduler}))
-    write_video(tmp_path / "in.mp4", moving_square(), fps=8)
-    steps = 4 if scheduler == "DDIM" else 8
-    job = EditJob(video=tmp_path / "in.mp4", output=tmp_path / "edited.mp4", box="0,0,16,32", prompt="a square", tracks=["10,14:20,14"], model=str(repo), steps=steps, seed=3, dtype="fp32", engine="blend", strength=0.5)
-    run_edit(job)
-    sidecar = json.loads((tmp_path / "edited.json").read_text())
-    # DDIM: 2 of 4 steps; PNDM: 4 of 8 (3 Runge-Kutta steps of 4 evaluations, then one PLMS step)
-    assert sidecar["steps_run"] == steps // 2
-    assert sidecar["settings"]["scheduler"] == f"{scheduler}Scheduler" and sidecar["settings"]["cache"]["transformer_evaluations"] == evaluations

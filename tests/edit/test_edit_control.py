@@ -120,7 +120,7 @@ def repo_with_control(reference_dir, tmp_path_factory):
 
 def test_untrained_control_engine_equals_blend(repo_with_control, tmp_path):
     from osp_core.io import write_video
-    from osp_core.pipelines.edit import EditJob, run_edit
+    from osp_core.jobs.edit import EditJob, run_edit
     from tests.edit.helpers import moving_square
 
     write_video(tmp_path / "in.mp4", moving_square(), fps=8)
@@ -135,9 +135,9 @@ def test_the_control_module_of_a_hub_repository_comes_from_its_cache(repo_with_c
     import huggingface_hub.constants
 
     from osp_core.io import write_video
-    from osp_core.pipelines.edit import EditJob, run_edit
+    from osp_core.jobs.edit import EditJob, run_edit
     from tests.edit.helpers import moving_square
-    from tests.pipelines.test_sampling import hub_cache
+    from tests.jobs.test_sampling import hub_cache
 
     snapshot = hub_cache(tmp_path / "hf", "example/tiny-edit", repo_with_control)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))

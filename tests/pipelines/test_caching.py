@@ -164,7 +164,8 @@ def test_on_builtin_shapes_cached_videos_show_what_uncached_ones_show(tmp_path):
     from osp_core.eval.shapes import measure
     from osp_core.io import read_video
     from osp_core.metrics import psnr
-    from osp_core.pipelines.sampling import SamplingJob, run_sampling
+    from osp_core.jobs.sampling import run_sampling
+    from osp_core.jobs.sampling_plan import SamplingJob
 
     prompts = ["a red circle moving right", "a green triangle moving up", "a blue square moving left", "a white square moving down"]
     runs = {}

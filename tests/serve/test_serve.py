@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from osp_core.errors import InputError
-from osp_core.serve.jobs import ServeOptions, Sessions, StepReporter, check_upload, job_folder
+from osp_core.serve.session import ServeOptions, Sessions, StepReporter, check_upload, job_folder
 from tests.conftest import assert_one_line_error
 
 
@@ -102,7 +102,7 @@ def test_options_validate():
 
 
 def test_upload_temps_left_by_a_killed_server_are_swept_at_start(tmp_path):
-    from osp_core.serve.jobs import sweep_upload_temps
+    from osp_core.serve.session import sweep_upload_temps
 
     gradio = tmp_path / ".gradio"
     (gradio / "0a1b").mkdir(parents=True)
@@ -135,3 +135,32 @@ def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
         assert demo.share is False and demo.share_url is None
     finally:
         demo.close()
+
+
+def test_the_vae_tab_writes_the_round_trip_and_its_sidecar_and_keeps_the_vae(tmp_path):
+    """The page's round trip (`jobs.vae`): `<upload>-recon.mp4` and a PSNR/SSIM sidecar in the
+    job folder, tile progress reported, the VAE loaded once for two jobs; a set cancel flag
+    stops the job before anything is written."""
+    import json
+    import threading
+
+    import torch
+
+    from osp_core.io import write_video
+    from osp_core.serve.session import Cancelled, Device, run_vae_round_trip
+
+    upload = tmp_path / "My Clip.mp4"
+    write_video(upload, torch.randint(0, 256, (9, 64, 64, 3), dtype=torch.uint8), fps=8)
+    device, reports, cancelled = Device(), [], threading.Event()
+    result = run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job", "cpu", "fp32", " ", lambda f, text: reports.append(text), cancelled)
+    assert result.output == tmp_path / "job" / "my-clip-recon.mp4" and result.output.is_file()
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["input"] == "My Clip.mp4" and sidecar["frames"] == 9 and sidecar["size"] == [64, 64] and sidecar["psnr"] == round(result.psnr, 3)
+    assert reports[0] == "loading the VAE ..." and reports[-1].startswith("VAE tile ")
+    held = device.vaes.held
+    run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job2", "cpu", "fp32", None, lambda f, text: None, cancelled)
+    assert device.vaes.held[1] is held[1]  # kept, not loaded again
+    cancelled.set()
+    with pytest.raises(Cancelled):
+        run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job3", "cpu", "fp32", None, lambda f, text: None, cancelled)
+    assert not (tmp_path / "job3").exists()

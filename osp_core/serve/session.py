@@ -1,6 +1,6 @@
 """What the web page runs, without the page: per-session output folders, one job at a time on
 the device, cancellation, and the jobs (text to video through `run_sampling`, the VAE round
-trip through `reconstruct`, editing through `run_edit`). `app.py` is the Gradio face over these.
+trip through `jobs.vae`, editing through `run_edit`). `app.py` is the Gradio face over these.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 from ..errors import InputError, OSPError
 from ..hub import DEFAULT_REPO
 from ..io.media import check_media_file
-from ..pipelines.sampling import PipelineCache, SamplingJob, SamplingSummary, run_sampling, slugify
+from ..jobs.sampling import PipelineCache, SamplingSummary, run_sampling
+from ..jobs.sampling_plan import SamplingJob
+from ..jobs.vae import VaeCache, VaeJob, VaeSummary, plan_vae, run_vae
 
 Report = Callable[[float | None, str], None]  # (fraction done or None, what is happening)
 
@@ -156,7 +158,7 @@ class Device:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pipelines = PipelineCache()
-        self.vae: tuple[tuple[str, ...], Any] | None = None
+        self.vaes = VaeCache()
 
     @contextmanager
     def turn(self, cancelled: threading.Event) -> Iterator[None]:
@@ -165,17 +167,6 @@ class Device:
             if cancelled.is_set():
                 raise Cancelled()
             yield
-
-    def load_vae(self, folder: Path, device: Any, dtype: Any, tile: bool | None) -> Any:
-        """The VAE of `folder`, loaded once per server (and device/dtype)."""
-        from ..pipelines.video_vae import configure_tiling, load_vae
-
-        key = (str(folder), str(device), str(dtype))
-        if self.vae is None or self.vae[0] != key:
-            self.vae = None  # free the previous one first
-            self.vae = (key, load_vae(folder, device, dtype))
-        configure_tiling(self.vae[1], tile)
-        return self.vae[1]
 
 
 def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) -> SamplingSummary:
@@ -186,7 +177,7 @@ def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) 
 
 def run_video_edit(device: Device, job: Any, reporter: StepReporter) -> Any:
     """`run_edit` (an `EditJob`), one job at a time; its inputs are checked before the turn."""
-    from ..pipelines.edit import plan_edit, run_edit
+    from ..jobs.edit import plan_edit, run_edit
 
     plan = plan_edit(job)  # bad boxes, frames, tracks: refused without waiting for the device
     with device.turn(reporter.cancelled):
@@ -198,46 +189,27 @@ def parse_tracks(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-@dataclass
-class Recon:
-    video: Path
-    sidecar: Path
-    psnr: float
-    ssim: float
-    frames: int
-    size: tuple[int, int]
+class VaeReporter:
+    """`StepsProgress` for the page's VAE tab: reports each tile, and stops the job (raising
+    `Cancelled`) once the session's cancel flag is set."""
+
+    def __init__(self, report: Report, cancelled: threading.Event) -> None:
+        self.report = report
+        self.cancelled = cancelled
+
+    def status(self, message: str) -> None:
+        self.report(None, "loading the VAE ...")  # the server's folders stay out of the page
+
+    def step(self, done: int, total: int) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        self.report(done / total, f"VAE tile {done}/{total}")
 
 
-def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, device_name: str | None, dtype_name: str | None, size: str | None, report: Report, cancelled: threading.Event) -> Recon:
+def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, device_name: str | None, dtype_name: str | None, size: str | None, report: Report, cancelled: threading.Event) -> VaeSummary:
     """Round trip `upload` through `model`'s VAE (longest 4k+1 frame prefix, optional resize)
     and write the result and a JSON sidecar (PSNR, SSIM) together into the folder `output`."""
-    from ..device import resolve
-    from ..io import frames_suffix, json_dumps, parse_size, write_frames
-    from ..io.outputs import FileGroup
-    from ..memory import oom_as_error
-    from ..pipelines.video_vae import check_clip_fits, find_vae, load_clip, reconstruct
-
-    folder = find_vae(model)
-    dev, dt = resolve(device_name, dtype_name)
-    shape_size = parse_size(size.strip() or None if size else None)
-    shape = check_clip_fits(folder, "recon", upload, "auto", 1, shape_size, dev, dt, None)
+    job = VaeJob("recon", upload, output_dir=output, model=model, frames="auto", size=size.strip() or None if size else None, device=device_name, dtype=dtype_name, memory_hint="pass a smaller size")
+    plan = plan_vae(job)  # a clip too large is refused without waiting for the device
     with device.turn(cancelled):
-        report(None, "loading the VAE ...")
-        vae = device.load_vae(folder, dev, dt, None)
-        clip = load_clip(upload, "auto", 1, shape_size, (vae.temporal_compression, vae.spatial_compression))
-
-        def tick(done: int, total: int) -> None:
-            if cancelled.is_set():
-                raise Cancelled()
-            report(done / total, f"VAE tile {done}/{total}")
-
-        with oom_as_error(f"reconstructing {'x'.join(map(str, shape))}", "pass a smaller size"):
-            result = reconstruct(vae, clip, progress=tick)
-    stem = slugify(upload.stem)
-    video, sidecar = output / f"{stem}-recon{frames_suffix(clip.num_frames)}", output / f"{stem}-recon.json"  # an image: a PNG
-    record = {"input": upload.name, "model": model, "frames": clip.num_frames, "size": list(clip.size), "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4), "seconds": round(result.seconds, 3)}
-    with FileGroup([video, sidecar]) as group:
-        write_frames(group.path(video), result.frames, fps=clip.fps)
-        group.path(sidecar).write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
-        group.commit()
-    return Recon(video, sidecar, result.psnr, result.ssim, clip.num_frames, clip.size)
+        return run_vae(plan, VaeReporter(report, cancelled), device.vaes)

@@ -13,7 +13,8 @@ import torch
 
 from osp_core.errors import HubUnavailableError, InputError, ModelLoadError
 from osp_core.pipelines.repository import ModelRepository
-from osp_core.pipelines.sampling import SamplingJob, plan_sampling, run_sampling
+from osp_core.jobs.sampling import run_sampling
+from osp_core.jobs.sampling_plan import SamplingJob, plan_sampling
 from tests.conftest import assert_one_line_error, run_osp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +79,7 @@ def test_runner_writes_videos_and_reports_progress(tiny_repo, tmp_path):
 def test_runner_equals_the_pipeline(tiny_repo, tmp_path):
     """The runner's latents are the pipeline's for the same prompt and seed (bit for bit)."""
     from osp_core.pipelines.t2v import T2VPipeline
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.records import load_latents
 
     job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=5, seed=11, negative_prompt="blurry", save_latents=True, output_dir=tmp_path, dtype="fp32", **SIZE)
     record = run_sampling(job).videos[0]
@@ -187,7 +188,7 @@ def test_attention_math_and_teacache_from_the_command_line(tiny_repo, tmp_path):
         proc = run_osp("t2v", "sample", *common, *options, "-o", str(tmp_path / name), env=ONE_THREAD)
         assert proc.returncode == 0, proc.stderr
         runs[name] = json.loads(proc.stdout)["videos"][0]
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.records import load_latents
 
     sdpa, math_ = (load_latents(runs[n]["latents"]).latents for n in ("sdpa", "math"))
     assert (sdpa - math_).abs().max() <= 1e-4 * sdpa.abs().max()
@@ -253,8 +254,8 @@ def test_job_validation():
 def test_kept_pipeline_loads_once_and_samples_as_a_fresh_one(tiny_repo, tmp_path):
     """A `PipelineCache` (the web page's) loads the model once, keeps T5, and each run gives the
     latents a fresh run gives; another scheduler on a kept pipeline is honoured."""
-    from osp_core.pipelines.sampling import PipelineCache
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.sampling import PipelineCache
+    from osp_core.jobs.records import load_latents
 
     def job(prompt, out, scheduler=None):
         return SamplingJob(prompts=[prompt], model=str(tiny_repo), steps=4, seed=5, scheduler=scheduler, save_latents=True, output_dir=tmp_path / out, dtype="fp32", **SIZE)
@@ -275,7 +276,7 @@ def test_one_frame_is_an_image_sampled_without_temporal_attention(tiny_repo, tmp
     from PIL import Image
 
     from osp_core.pipelines.t2v import T2VPipeline
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.records import load_latents
 
     job = SamplingJob(prompts=["a red balloon"], model=str(tiny_repo), steps=4, seed=2, frames=1, height=32, width=32, save_latents=True, output_dir=tmp_path, dtype="fp32")
     record = run_sampling(job).videos[0]
@@ -309,7 +310,9 @@ def test_transformer_folder_is_relative_to_the_working_directory(tmp_path, monke
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from osp_core.pipelines.sampling import NoProgress, SamplingJob, run_sampling
+from osp_core.jobs.progress import NoProgress
+from osp_core.jobs.sampling import run_sampling
+from osp_core.jobs.sampling_plan import SamplingJob
 
 class Announce(NoProgress):
     def step(self, done, total):
@@ -374,7 +377,7 @@ def test_compile_runs_and_samples_the_same_video(tiny_repo, tmp_path):
     """docs/speed-and-memory.md: `--compile` torch.compiles the transformer blocks. On the tiny model it compiles
     in well under a minute on 2 CPU cores, and the video is the uncompiled one up to float
     rounding."""
-    from osp_core.pipelines.video_vae import load_latents
+    from osp_core.jobs.records import load_latents
 
     latents = {}
     for compiled in (False, True):

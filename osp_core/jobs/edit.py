@@ -1,0 +1,287 @@
+"""Video editing as a job (`osp edit`, the web page): change what a region shows (an edited
+first frame) and how it moves (tracks), keep everything outside it.
+
+`plan_edit(job)` reads and checks every input (video, region, first frame, tracks; LK tracking
+for --keep-motion) and resolves the model through `plan_sampling` (repository, version, device,
+dtype, memory check) before any weights load. `run_edit(plan, progress)` loads the pipeline
+through the sampling runner, encodes the source, denoises with the one loop and a `RegionBlend`
+callback (and, with the control engine, the edit control module beside the transformer),
+decodes, pastes the source back outside a feathered mask and writes the mp4 and its JSON
+sidecar together (`records`). Torch loads once the options are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, ModelLoadError
+from ..hub import DEFAULT_REPO
+from ..pipelines.t2v_inputs import check_max_steps, fewest_steps
+from .progress import NoProgress, SamplingProgress
+from .records import edit_sidecar, write_video_files
+from .sampling import SamplingRun, output_folder
+from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..pipelines.edit import EditInputs
+
+
+ENGINES = ("auto", "control", "blend")
+
+
+@dataclass
+class EditJob:
+    """Everything one edit needs; None means "the default" (see `osp edit --help`)."""
+
+    video: Path
+    output: Path
+    box: str | None = None
+    mask: Path | None = None
+    first_frame: Path | None = None
+    prompt: str = ""
+    tracks: list[str] = field(default_factory=list)
+    track_file: Path | None = None
+    keep_motion: bool = False
+    engine: str = "auto"
+    strength: float | None = None  # None: the model's sampling.json edit_strength, else 1
+    model: str = DEFAULT_REPO
+    frames: str | int | None = None  # None: every frame (must be 4k+1); "auto": longest 4k+1 prefix
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        """`InputError` for option values that cannot work, before any file is read."""
+        if self.engine not in ENGINES:
+            raise InputError(f"unknown --engine '{self.engine}'", "use auto, control or blend")
+        if (self.box is None) == (self.mask is None):
+            raise InputError("give the region with --box or --mask" if self.box is None else "--box and --mask both give the region", "pass one of --box X0,Y0,X1,Y1 or --mask MASK.png")
+        if self.strength is not None and not (math.isfinite(self.strength) and 0 < self.strength <= 1):
+            raise InputError(f"--strength must be in (0, 1], got {self.strength}", "pass e.g. --strength 0.25; 1 starts the region from noise")
+        if (self.tracks or self.track_file is not None) and self.keep_motion:
+            raise InputError("--keep-motion takes the motion from the video, and tracks were given", "pass --track/--track-file or --keep-motion, not both")
+        if self.tracks and self.track_file is not None:
+            raise InputError("both --track and --track-file were given", "put every track in the file, or pass them all as --track")
+        if self.output.suffix.lower() != ".mp4":
+            raise InputError(f"output '{self.output}' is not an .mp4 file", "pass -o NAME.mp4")
+        if self.steps is not None:
+            check_max_steps(self.steps)
+
+
+
+def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
+    """Read the video (frames as `osp vae encode`'s --frames), the region, the first frame and
+    the tracks, checking each against the video (one-line `InputError`s)."""
+    from ..pipelines.edit import EditInputs
+    from ..pipelines.edit_inputs import (
+        box_mask,
+        check_box,
+        check_tracks,
+        frame_size,
+        load_first_frame,
+        load_mask,
+        load_track_file,
+        parse_box,
+        parse_track,
+    )
+    from ..pipelines.video_vae import load_clip
+
+    clip = load_clip(job.video, job.frames, 1, None, compression=(4, 1))
+    frames = clip.frames
+    count, height, width = (int(v) for v in frames.shape[:3])
+    if height % spatial_multiple or width % spatial_multiple:
+        fit = frame_size(height // spatial_multiple * spatial_multiple, width // spatial_multiple * spatial_multiple)
+        raise InputError(f"the video is {frame_size(height, width)}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
+    if job.box is not None:
+        mask = box_mask(check_box(parse_box(job.box), height, width), count, height, width)
+    else:
+        mask = load_mask(job.mask, count, height, width)
+    first = load_first_frame(job.first_frame, height, width) if job.first_frame is not None else None
+    if job.tracks:
+        tracks, source = [parse_track(text, count) for text in job.tracks], "track"
+    elif job.track_file is not None:
+        tracks, source = load_track_file(job.track_file, count), "track-file"
+    else:
+        from ..pipelines.tracking import track_region
+
+        # the default without tracks: the region moves as it does in the source
+        tracks, source = track_region(frames, mask[0]), "keep-motion"
+    check_tracks(tracks, height, width)
+    return EditInputs(frames, clip.fps, mask, first, tracks, source)
+
+
+
+@dataclass
+class EditPlan:
+    """A checked edit: its inputs, the resolved sampling settings, the engine and the strength."""
+
+    job: EditJob
+    inputs: EditInputs
+    sampling: SamplingPlan
+    engine: str
+    strength: float
+
+    @property
+    def steps_run(self) -> int:
+        """The steps the edit runs: the last `strength` of them, at least the scheduler's fewest."""
+        from ..pipelines.edit import edit_steps
+
+        return edit_steps(self.sampling.steps, self.strength, self.sampling.scheduler)
+
+    @property
+    def sidecar(self) -> Path:
+        return self.job.output.with_suffix(".json")
+
+
+def plan_edit(job: EditJob) -> EditPlan:
+    """Check `job`, read its inputs and resolve the model and engine; nothing heavy is loaded."""
+    from ..io.paths import check_output
+
+    job.validate()
+    sources = [p for p in (job.video, job.mask, job.first_frame, job.track_file) if p is not None]
+    check_output(job.output, overwrite=job.overwrite, inputs=sources)
+    check_output(job.output.with_suffix(".json"), overwrite=job.overwrite, inputs=sources)
+    inputs = read_edit_inputs(job)
+    count, height, width = inputs.shape
+    sampling = plan_sampling(
+        SamplingJob(
+            prompts=[job.prompt],
+            allow_empty_prompt=True,
+            frames=count,
+            height=height,
+            width=width,
+            steps=job.steps,
+            guidance=job.guidance,
+            seed=job.seed,
+            fps=inputs.fps,
+            output_dir=job.output.parent,
+            model=job.model,
+            device=job.device,
+            dtype=job.dtype,
+        ),
+        check_outputs=False,
+    )
+    from ..pipelines.edit import steps_after_cut
+    from ..pipelines.repository import EDIT_MODULE_FOLDER
+
+    has_module = sampling.repository.has_edit_module
+    engine = job.engine
+    if engine == "auto":
+        engine = "control" if has_module else "blend"
+    elif engine == "control" and not has_module:
+        raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
+    strength = job.strength if job.strength is not None else float(sampling.repository.sampling["edit_strength"])
+    plan = EditPlan(job, inputs, sampling, engine, strength)
+    asked = steps_after_cut(sampling.steps, strength)
+    if plan.steps_run > asked:
+        least = fewest_steps(sampling.scheduler)
+        named = f"--strength {strength:g}" if job.strength is not None else f"the model's edit strength {strength:g}"
+        enough = math.ceil(least / strength)
+        fix = f"pass --steps {enough} to keep {strength:g}" if enough <= 10 * sampling.steps else "pass a higher --strength"
+        sampling.warnings.append(f"{named} of {sampling.steps} steps is {asked}, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
+    return plan
+
+
+@dataclass
+class EditSummary:
+    """What an edit wrote: the sidecar's content plus absolute paths, and the result frames."""
+
+    record: dict[str, Any]
+    frames: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record
+
+
+def run_edit(job: EditJob | EditPlan, progress: SamplingProgress | None = None) -> EditSummary:
+    """Plan (unless given a plan), load, edit, decode, paste back and write the mp4 + sidecar.
+    A failed run leaves no file and no folder it created."""
+    plan = job if isinstance(job, EditPlan) else plan_edit(job)
+    progress = progress or NoProgress()
+    with output_folder(plan.job.output.parent, plan.sampling.warnings, progress):
+        return _edit(plan, progress)
+
+
+def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
+    import torch
+
+    from ..memory import oom_as_error
+    from ..pipelines.denoising import StepProgress
+    from ..pipelines.edit import (
+        control_forward,
+        edit_latents,
+        load_control_module,
+        paste_outside,
+        prepare_latents,
+    )
+    from ..pipelines.edit_inputs import parse_box
+
+    job, inputs, sampling = plan.job, plan.inputs, plan.sampling
+    started = time.perf_counter()
+    run = SamplingRun(sampling, progress)
+    pipe, embeddings = run.load()
+    transformer_forward, control_dir = None, None
+    if plan.engine == "control":
+        progress.status("loading the edit control module ...")
+        control_dir = sampling.repository.fetch_edit_module()
+        module = load_control_module(control_dir, pipe.transformer, sampling.device, sampling.dtype)
+    seconds_load = time.perf_counter() - started
+    with oom_as_error("editing", "edit fewer --frames, or a smaller video"):
+        t0 = time.perf_counter()
+        progress.status("encoding the source video ...")
+        latents = prepare_latents(pipe.vae, inputs, guide=plan.strength < 1)
+        if plan.engine == "control":
+            transformer_forward = control_forward(pipe.transformer, module, latents, inputs)
+        seconds_encode = time.perf_counter() - t0
+        progress.video(0, 1, job.prompt or "(no prompt)")
+        t0 = time.perf_counter()
+        generator = torch.Generator("cpu").manual_seed(sampling.seed)
+        final = edit_latents(pipe, latents, embeddings[0], sampling.steps, sampling.guidance, plan.strength, generator, [StepProgress(progress.step)], transformer_forward)
+        seconds_denoise = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        decoded = pipe.decode_latents(final)[0]
+        frames = paste_outside(decoded, inputs.frames, inputs.mask)
+        seconds_decode = time.perf_counter() - t0
+
+    count, height, width = inputs.shape
+
+    def beside(path: Path) -> str:
+        # inputs are recorded relative to the sidecar's folder: `osp eval edit` finds them from
+        # any working directory, and the folder can move with them
+        return os.path.relpath(Path(path).resolve(), job.output.parent.resolve())
+
+    region: dict[str, Any] = {"box": [int(v) for v in parse_box(job.box)]} if job.box is not None else {"mask": beside(job.mask)}
+    region["pixels_first_frame"] = int(inputs.mask[0].sum())
+    fields: dict[str, Any] = {
+        "source": beside(job.video),
+        "video": job.output.name,
+        "region": region,
+        "first_frame": None if job.first_frame is None else beside(job.first_frame),
+        "prompt": job.prompt,
+        "tracks": [[[round(float(x), 3), round(float(y), 3)] for x, y in track.tolist()] for track in inputs.tracks],
+        "track_source": inputs.track_source,
+        "engine": plan.engine,
+        "strength": plan.strength,
+        "steps_run": plan.steps_run,
+        "seed": sampling.seed,
+        "num_frames": count,
+        "size": [height, width],
+        "fps": inputs.fps,
+        "settings": run.settings(pipe, None),
+        "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir)},
+    }
+    seconds = {"load": round(seconds_load, 3), "encode": round(seconds_encode, 3), "denoise": round(seconds_denoise, 3), "decode": round(seconds_decode, 3)}
+    record = edit_sidecar(fields, seconds)
+    write_video_files(job.output, frames, inputs.fps, plan.sidecar, record, overwrite=job.overwrite, rename_hint="choose another -o")
+    record = {**record, "video": str(job.output.absolute()), "sidecar": str(plan.sidecar.absolute())}
+    return EditSummary(record, frames)

@@ -1,0 +1,113 @@
+"""`osp --help`, command help and the refusals that need no model start without torch,
+diffusers or transformers (importing them costs seconds before any option is read)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "diffusers", "transformers")
+BLOCKED_EXIT = 97
+
+# runs `osp ARGS` (the console script's entry) with a finder that stops the process the moment
+# a heavy library is imported, naming it
+_BLOCKED_OSP = textwrap.dedent(
+    f"""
+    import os, sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {HEAVY!r}:
+                sys.stderr.write(f"imported {{name}}\\n")
+                sys.stderr.flush()
+                os._exit({BLOCKED_EXIT})
+            return None
+
+    sys.meta_path.insert(0, Block())
+    sys.argv = ["osp", *sys.argv[1:]]
+    from osp_cli.main import run
+    run()
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "OSP_DEBUG"}, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _osp(*args: str, blocked: bool, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", _BLOCKED_OSP, *args] if blocked else [sys.executable, "-m", "osp_cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, cwd=cwd)
+
+
+def test_importing_the_cli_imports_no_torch():
+    code = f"import sys, osp_cli.main; print([m for m in {HEAVY!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_plan_modules_import_no_torch():
+    """What plans and refuses (the jobs floor, the input and repository checks) loads without
+    torch; the run paths import it when they start."""
+    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.io.paths"]
+    code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print([m for m in {HEAVY!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_pipelines_do_not_import_jobs():
+    """Pipelines take tensors and return tensors; jobs (files, folders, progress) call them, never the other way."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "osp_core" / "pipelines"
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(name.split(".")[0] == "jobs" or name.startswith("osp_core.jobs") for name in names), f"{path.name} imports {names}"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
+def test_help_imports_no_torch(args):
+    proc = _osp(*args, blocked=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout
+
+
+def _refusals(tmp_path: Path) -> list[list[str]]:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a-cat-7.mp4").write_bytes(b"an earlier run")
+    return [
+        ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--frames", "6"],  # bad --frames
+        ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--height", "30"],  # bad size
+        ["t2v", "sample", "--prompts", str(tmp_path / "missing.txt")],  # no prompt file
+        ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--seed", "7", "-o", str(out)],  # would overwrite
+        ["t2v", "calibrate-cache", "a cat", "--model", "builtin:shapes", "--degree", "0"],
+        ["vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.safetensors")],
+        ["vae", "decode", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.mp4")],
+        ["edit", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--box", "0,0,8,8", "--mask", "m.png"],
+    ]
+
+
+def test_refusals_that_need_no_model_import_no_torch(tmp_path):
+    """Each refusal gives the same line and exit code as an unguarded run, and imports none of
+    the heavy libraries."""
+    for args in _refusals(tmp_path):
+        blocked = _osp(*args, blocked=True, cwd=tmp_path)
+        assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
+        plain = _osp(*args, blocked=False, cwd=tmp_path)
+        assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
+        assert plain.stderr == blocked.stderr, args
+        assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
