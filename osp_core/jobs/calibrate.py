@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
-from ..parallel.launch import launched_world
+from ..parallel.layout import launched_world
 from .progress import NoProgress, SamplingProgress, quiet_libraries
 from .sampling import SamplingRun
 from .sampling_plan import SamplingJob, plan_sampling

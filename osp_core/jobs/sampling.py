@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OSPError
-from ..parallel.launch import PeerProcessFailed, build_mesh, is_peer_failure, launched_world, parallelize_transformer, process_group
+from ..parallel.launch import PeerProcessFailed, build_mesh, is_peer_failure, parallelize_transformer
+from ..parallel.layout import launched_world, process_group
 from .progress import NoProgress, SamplingProgress, quiet_libraries
 from .records import LatentsFile, latents_header, sample_sidecar, write_video_files
 from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import frames_suffix
-from ..parallel.launch import SINGLE_PROCESS, ParallelLayout, launched_world, rank_device, resolve_parallel
+from ..parallel.launch import SINGLE_PROCESS, resolve_parallel
+from ..parallel.layout import ParallelLayout, launched_world, rank_device
 from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
     T5Location,

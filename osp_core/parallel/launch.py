@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, OSPError
-from .layout import ParallelLayout, launched_world, process_group, rank_device
+from .layout import ParallelLayout
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LAUNCH_HINT", "PARALLEL_MODES", "SINGLE_PROCESS", "ParallelLayout", "PeerProcessFailed", "build_mesh", "is_peer_failure", "launched_world", "parallelize_transformer", "process_group", "rank_device", "resolve_parallel"]
 
 PARALLEL_MODES = ("auto", "data", "cfg", "sp", "cfg+sp")
 LAUNCH_HINT = "launch with torchrun --nproc_per_node N -m osp_cli t2v sample ..."
