@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,9 @@ from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 from . import t2v_train
 from .console import JobBar, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt
+
+if TYPE_CHECKING:
+    from osp_core.jobs.sampling_plan import SamplingJob
 
 app = typer.Typer(help="Text-to-video: sample videos from prompts with LatteT2V + T5 + CausalVideoVAE, and training.", no_args_is_help=True)
 
@@ -70,38 +74,8 @@ def sample(
 ) -> None:
     """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
     from osp_core.jobs.sampling import run_sampling
-    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
-    job = SamplingJob(
-        prompts=read_prompts(prompt, prompts_file),
-        negative_prompt=negative_prompt,
-        frames=frames,
-        height=height,
-        width=width,
-        steps=steps,
-        guidance=guidance,
-        scheduler=scheduler,
-        seed=seed,
-        num_videos=num_videos,
-        fps=fps,
-        output_dir=output_dir,
-        save_latents=save_latents,
-        overwrite=overwrite,
-        model=model,
-        version=version,
-        transformer=transformer,
-        text_encoder=text_encoder,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-        tile=tile,
-        clean_caption=clean_caption,
-        attention=attention,
-        cache=cache,
-        cache_threshold=cache_threshold,
-        compile=compile_blocks,
-        parallel=parallel,
-    )
+    job = _sampling_job({**locals(), "compile": compile_blocks})
     with SamplingBar(enabled=not json_out) as bar:
         summary = run_sampling(job, progress=bar)
     if summary.rank != 0:  # under torchrun the first process reports for all
@@ -142,27 +116,8 @@ def calibrate_cache(
     Samples the prompts without caching and fits how much the transformer's output changes from step to step against how much its timestep-modulated input changes.
     """
     from osp_core.jobs.calibrate import calibrate_teacache
-    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
-    job = SamplingJob(
-        prompts=read_prompts(prompt, prompts_file),
-        negative_prompt=negative_prompt,
-        frames=frames,
-        height=height,
-        width=width,
-        steps=steps,
-        guidance=guidance,
-        scheduler=scheduler,
-        seed=seed,
-        num_videos=num_videos,
-        model=model,
-        version=version,
-        transformer=transformer,
-        text_encoder=text_encoder,
-        device=device,
-        dtype=dtype,
-        attention=attention,
-    )
+    job = _sampling_job(locals())
     with SamplingBar(enabled=not json_out) as bar:
         fit = calibrate_teacache(job, degree=degree, write=write, progress=bar)
     if json_out:
@@ -172,6 +127,15 @@ def calibrate_cache(
     err.print(f"TeaCache coefficients ({fit.steps} steps, rms error {fit.rms_error:.3g}): [{coefficients}]")
     if fit.written:
         err.print(f"[green]wrote[/green] {escape(fit.written)}")
+
+
+def _sampling_job(options: dict[str, Any]) -> SamplingJob:
+    """The job a command's options describe: each option named like a SamplingJob field fills it."""
+    from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
+
+    names = {field.name for field in fields(SamplingJob)}
+    given = {name: value for name, value in options.items() if name in names}
+    return SamplingJob(prompts=read_prompts(options["prompt"], options["prompts_file"]), **given)
 
 
 class SamplingBar(JobBar):
