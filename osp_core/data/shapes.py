@@ -194,23 +194,27 @@ def object_annotation(clip: ShapeClip) -> dict:
 def iter_clips(num: int, seed: int, variety: str = "world") -> Iterator[ShapeClip]:
     """`num` clips cycling through all 60 captions (shuffled per cycle), reproducible from `seed`."""
     rng = np.random.default_rng(seed)
-    combos = list(itertools.product(COLORS, SHAPES, DIRECTIONS))
-    order: list[tuple[str, str, str]] = []
-    for i in range(num):
-        if not order:
-            order = [combos[j] for j in rng.permutation(len(combos))]
-        yield sample_clip(rng, *order.pop(), variety=variety)
+    for caption in _caption_cycle(rng, num):
+        yield sample_clip(rng, *caption, variety=variety)
 
 
 def iter_pairs(num: int, seed: int) -> Iterator[tuple[ShapeClip, ShapeClip]]:
     """`num` two-object clips; the first object cycles through the 60 captions like `iter_clips`."""
     rng = np.random.default_rng(seed)
+    for caption in _caption_cycle(rng, num):
+        yield sample_pair(rng, caption)
+
+
+def _caption_cycle(rng: np.random.Generator, num: int) -> Iterator[tuple[str, str, str]]:
+    """`num` (colour, shape, direction) triples cycling through all 60, shuffled per cycle; each
+    shuffle draws from `rng` just before its first triple is taken, so callers drawing from the
+    same `rng` between triples get the same clips as one loop doing both."""
     combos = list(itertools.product(COLORS, SHAPES, DIRECTIONS))
     order: list[tuple[str, str, str]] = []
-    for i in range(num):
+    for _ in range(num):
         if not order:
             order = [combos[j] for j in rng.permutation(len(combos))]
-        yield sample_pair(rng, order.pop())
+        yield order.pop()
 
 
 def pair_caption(pair: tuple[ShapeClip, ShapeClip]) -> str:
