@@ -5,7 +5,6 @@ Heavy classes are imported on first use, so `import osp_core` (and the CLI) star
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -15,6 +14,7 @@ from .errors import (
     ModelLoadError,
     OSPError,
 )
+from .lazy import lazy_getattr
 from .version import __version__
 
 # public name -> module that defines it
@@ -38,10 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipelines.t2v import T2VPipeline
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'osp_core' has no attribute '{name}'")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

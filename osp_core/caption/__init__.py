@@ -5,9 +5,9 @@ Names are imported on first use, so importing `osp_core.caption.defaults` (the C
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ..lazy import lazy_getattr
 from .defaults import DEFAULT_CAPTION_MODEL
 
 # public name -> module that defines it
@@ -34,10 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .templates import PromptTemplate, load_template
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'osp_core.caption' has no attribute '{name}'")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
