@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,13 +24,18 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub repo id, model
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse). An input is never replaced.")]
 
 
-def _run(job: Any, label: str) -> dict[str, Any]:
-    """Plan (paths first, before torch loads), then run `job` with a progress bar."""
+def _run(job: Any, label: str, json_out: bool, describe: Callable[[dict[str, Any]], str]) -> None:
+    """Plan (paths first, before torch loads), then run `job` with a progress bar, and report its
+    record: as JSON, or as the line `describe` makes of it."""
     from osp_core.jobs.vae import plan_vae, run_vae
 
     plan = plan_vae(job)
     with JobBar(label, transient=True) as bar:
-        return run_vae(plan, bar).record
+        summary = run_vae(plan, bar).record
+    if json_out:
+        print_json(summary)
+    else:
+        err.print(describe(summary))
 
 
 @app.command()
@@ -52,11 +58,7 @@ def encode(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("encode", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, sample=sample, seed=seed, overwrite=overwrite, device=device, dtype=dtype)
-    summary = _run(job, "encoding")
-    if json_out:
-        print_json(summary)
-    else:
-        err.print(f"wrote {output}: latents {tuple(summary['latent_shape'])} from {summary['frames']} frames {summary['height']}x{summary['width']} in {summary['seconds']:.1f}s")
+    _run(job, "encoding", json_out, lambda summary: f"wrote {output}: latents {tuple(summary['latent_shape'])} from {summary['frames']} frames {summary['height']}x{summary['width']} in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -75,11 +77,7 @@ def decode(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("decode", latents, output, model=model, fps=fps, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
-    summary = _run(job, "decoding")
-    if json_out:
-        print_json(summary)
-    else:
-        err.print(f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']} at {summary['fps']:g} fps in {summary['seconds']:.1f}s")
+    _run(job, "decoding", json_out, lambda summary: f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']} at {summary['fps']:g} fps in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -100,11 +98,7 @@ def recon(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("recon", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
-    summary = _run(job, "round trip")
-    if json_out:
-        print_json(summary)
-    else:
-        err.print(f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({summary['seconds']:.1f}s)")
+    _run(job, "round trip", json_out, lambda summary: f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({summary['seconds']:.1f}s)")
 
 
 app.command("train")(vae_train.train)
