@@ -93,6 +93,16 @@ def upload_box(**kwargs: Any) -> gr.File:
     return box
 
 
+def result_boxes(tab: str, video_label: str, image_label: str, status_label: str) -> tuple[gr.Video, gr.Image, gr.File, gr.Textbox]:
+    """A tab's result column: the video, the image shown instead for one frame, the downloads and
+    a status line (elem_ids `TAB-video`, `TAB-image`, `TAB-files`, `TAB-status`)."""
+    video = gr.Video(label=video_label, height=360, interactive=False, autoplay=True, loop=True, elem_id=f"{tab}-video")
+    image = gr.Image(label=image_label, height=360, interactive=False, visible=False, type="filepath", elem_id=f"{tab}-image")
+    files = gr.File(label="Download (mp4, or png for one frame, and JSON sidecar)", file_count="multiple", interactive=False, elem_id=f"{tab}-files")
+    status = gr.Textbox(label=status_label, interactive=False, elem_id=f"{tab}-status")
+    return video, image, files, status
+
+
 def stored_upload_path(payload: Any) -> str | None:
     """The path of the upload in a File box's payload (one FileData, or a list of one)."""
     if payload is None:
@@ -297,10 +307,7 @@ class Server:
                             stop = gr.Button("Cancel", elem_id="t2v-cancel")
                         gr.Examples(d.examples, inputs=[prompt], label="Example prompts")
                     with gr.Column():
-                        video = gr.Video(label="Video", height=360, interactive=False, autoplay=True, loop=True, elem_id="t2v-video")
-                        image = gr.Image(label="Image", height=360, interactive=False, visible=False, type="filepath", elem_id="t2v-image")
-                        files = gr.File(label="Download (mp4, or png for one frame, and JSON sidecar)", file_count="multiple", interactive=False, elem_id="t2v-files")
-                        status = gr.Textbox(label="Status", interactive=False, elem_id="t2v-status")
+                        video, image, files, status = result_boxes("t2v", "Video", "Image", "Status")
                 # the last result and status clear first, so the page never shows a stale line
                 generate.click(self.start, None, [video, image, files, status], queue=False, api_visibility="private").then(
                     self.generate,
@@ -321,10 +328,7 @@ class Server:
                             run = gr.Button("Round trip", variant="primary", elem_id="vae-run")
                             vae_stop = gr.Button("Cancel", elem_id="vae-cancel")
                     with gr.Column():
-                        recon = gr.Video(label="Reconstruction", height=360, interactive=False, autoplay=True, loop=True, elem_id="vae-video")
-                        recon_image = gr.Image(label="Reconstruction", height=360, interactive=False, visible=False, type="filepath", elem_id="vae-image")
-                        recon_files = gr.File(label="Download (mp4, or png for one frame, and JSON sidecar)", file_count="multiple", interactive=False, elem_id="vae-files")
-                        vae_status = gr.Textbox(label="PSNR / SSIM", interactive=False, elem_id="vae-status")
+                        recon, recon_image, recon_files, vae_status = result_boxes("vae", "Reconstruction", "Reconstruction", "PSNR / SSIM")
                 run.click(self.start, None, [recon, recon_image, recon_files, vae_status], queue=False, api_visibility="private").then(
                     self.round_trip, [upload, vae_size], [recon, recon_image, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
                 )
