@@ -10,8 +10,4 @@
 #   NPROC=8 bash benchmarks/gpu_fsdp.sh        (8 GPUs: each rank holds 1/8 of the states)
 #   bash benchmarks/gpu_fsdp.sh --compile      (regional torch.compile of every block)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-NPROC=${NPROC:-1}
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)"
-"$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" benchmarks/fsdp.py device "$@"
+exec bash "$(dirname "$0")/gpu_torchrun.sh" fsdp.py "$@"

@@ -6,8 +6,4 @@
 # both and the peak memory. With N GPUs pass NPROC=N to split the same video over them.
 #   bash benchmarks/gpu_parallel.sh            (needs a CUDA GPU and .venv; about 2 minutes)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-NPROC=${NPROC:-1}
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)"
-"$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" benchmarks/parallel.py device "$@"
+exec bash "$(dirname "$0")/gpu_torchrun.sh" parallel.py "$@"
