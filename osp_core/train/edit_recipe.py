@@ -179,9 +179,11 @@ class EditRecipe(T2VRecipe):
         return torch.stack(contents), torch.stack(motions), torch.stack(regions)
 
     # --- the step ---------------------------------------------------------------------------
+    def _clipped_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
-        clip = self.config.optim.max_grad_norm
         self.model.train()
         totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
         for batch in micro_batches:
@@ -193,15 +195,7 @@ class EditRecipe(T2VRecipe):
                 def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                     return self.model(self.transformer, x_t, t, states, mask, content, motion, region)
 
-                t, noise = self._draws(batch, latents)  # per-sample draws, as the t2v recipe's
-                terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
-                loss = terms["loss"].mean()
-                self.trainer.backward(loss)
-                if acc.sync_gradients and clip > 0:
-                    acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                terms = self._diffusion_step(batch, latents, model_fn)
             for key in totals:
                 totals[key] += float(terms[key].detach().mean()) / len(micro_batches)
         return {"loss": totals["loss"], "diffusion/mse": totals["mse"], "diffusion/vb": totals["vb"], "lr": self.scheduler.get_last_lr()[0]}

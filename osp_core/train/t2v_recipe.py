@@ -15,7 +15,7 @@ caption dropout, timestep, diffusion noise) comes from the seed and the sample's
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -395,9 +395,28 @@ class T2VRecipe(Recipe):
         noise = sample_randn(seed, [(p, "noise") for p in positions], tuple(latents.shape[1:]), latents.device)
         return t, noise
 
+    def _diffusion_step(self, batch: dict[str, Any], latents: torch.Tensor, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One micro-batch inside `accelerator.accumulate`: the objective at this batch's draws, its
+        backward, and the optimizer and schedule steps (gradients clipped when they sync).
+        Returns the objective's terms."""
+        acc, clip = self.trainer.accelerator, self.config.optim.max_grad_norm
+        t, noise = self._draws(batch, latents)
+        terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
+        loss = terms["loss"].mean()
+        self.trainer.backward(loss)
+        if acc.sync_gradients and clip > 0:
+            acc.clip_grad_norm_(self._clipped_parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return terms
+
+    def _clipped_parameters(self) -> Iterable[torch.nn.Parameter]:
+        """The parameters whose gradient norm --max-grad-norm clips."""
+        return self.model.parameters()
+
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
-        clip = self.config.optim.max_grad_norm
         self.model.train()
         totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
         for batch in micro_batches:
@@ -407,15 +426,7 @@ class T2VRecipe(Recipe):
                 def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                     return self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, use_image_num=n, return_dict=False)[0]
 
-                t, noise = self._draws(batch, latents)
-                terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
-                loss = terms["loss"].mean()
-                self.trainer.backward(loss)
-                if acc.sync_gradients and clip > 0:
-                    acc.clip_grad_norm_(self.model.parameters(), clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                terms = self._diffusion_step(batch, latents, model_fn)
             for key in totals:
                 totals[key] += float(terms[key].detach().mean()) / len(micro_batches)
         logs = {"loss": totals["loss"], "diffusion/mse": totals["mse"], "diffusion/vb": totals["vb"], "lr": self.scheduler.get_last_lr()[0]}
