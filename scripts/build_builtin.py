@@ -319,22 +319,19 @@ class Build:
             for stale in ("vae-init", "vae-image", "vae-inflated", "vae", "cache", "repo", "eval", *(f"{run}{suffix}" for run, _, _ in T2V_STAGES for suffix in ("", "-weights"))):
                 shutil.rmtree(self.work / stale, ignore_errors=True)
         self.log(f"{'SMOKE ' if self.args.smoke else ''}build of {self.model_ref()} in {self.work}")
-        with self.stage("data (osp data synth)"):
-            self.data()
-        with self.stage("text encoder (tiny T5)"):
-            self.text_encoder()
-        with self.stage("VAE training (osp vae train: frames, then clips)"):
-            self.train_vae()
-        with self.stage("VAE export + latent scale"):
-            self.export_vae()
-        with self.stage("T2V training (osp t2v train: stages 1, 2, 3)"):
-            self.train_t2v()
-        with self.stage("assemble + install"):
-            self.assemble()
-        with self.stage("VAE evaluation (osp vae recon + osp eval shapes)"):
-            self.evaluate_vae()
-        with self.stage("T2V evaluation (osp t2v sample + osp eval shapes)"):
-            self.evaluate_t2v()
+        steps = [
+            ("data (osp data synth)", self.data),
+            ("text encoder (tiny T5)", self.text_encoder),
+            ("VAE training (osp vae train: frames, then clips)", self.train_vae),
+            ("VAE export + latent scale", self.export_vae),
+            ("T2V training (osp t2v train: stages 1, 2, 3)", self.train_t2v),
+            ("assemble + install", self.assemble),
+            ("VAE evaluation (osp vae recon + osp eval shapes)", self.evaluate_vae),
+            ("T2V evaluation (osp t2v sample + osp eval shapes)", self.evaluate_t2v),
+        ]
+        for title, build in steps:
+            with self.stage(title):
+                build()
         self.write_results(started)
         self.log(f"done in {time.perf_counter() - started:.0f} s: {self.target} (results: {self.work / 'RESULTS.md'})")
         print((self.work / "RESULTS.md").read_text())
