@@ -10,7 +10,7 @@ import typer
 from osp_core.caption import defaults
 from osp_core.parallel.layout import is_main_process
 
-from .options import DeviceOpt, DtypeOpt, JsonOpt
+from .options import DeviceOpt, DtypeOpt, JsonOpt, job_from_options
 
 app = typer.Typer()
 
@@ -119,34 +119,7 @@ def caption(
 
     from .console import err, print_json
 
-    job = CaptionJob(
-        inputs=list(inputs),
-        output=output,
-        images=images,
-        root=root,
-        clip_frames=clip_frames,
-        clip_stride=clip_stride,
-        filters=FilterConfig(
-            min_duration=min_duration,
-            max_duration=max_duration,
-            min_height=min_height,
-            min_width=min_width,
-            min_aspect=min_aspect,
-            max_aspect=max_aspect,
-            min_motion=min_motion,
-        ),
-        model=model,
-        device=device,
-        dtype=dtype,
-        num_frames=num_frames,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        frame_size=frame_size,
-        prompt=prompt,
-        frames_as=frames_as,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    job = job_from_options(CaptionJob, locals(), inputs=list(inputs), filters=job_from_options(FilterConfig, locals()))
     with _BarProgress(enabled=is_main_process() and err.is_terminal) as bar:
         summary = run_caption(job, progress=bar)
     if not summary.is_main:

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from . import edit_train
 from .console import err, print_json
-from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, job_from_options
 
 
 class _DefaultVideoGroup(TyperGroup):
@@ -57,27 +57,7 @@ def edit_video(
 
     from .t2v import SamplingBar
 
-    job = EditJob(
-        video=video,
-        output=output,
-        box=box,
-        mask=mask,
-        first_frame=first_frame,
-        prompt=prompt,
-        tracks=list(track or []),
-        track_file=track_file,
-        keep_motion=keep_motion,
-        engine=engine,
-        strength=strength,
-        model=model,
-        frames=frames,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        overwrite=overwrite,
-    )
+    job = job_from_options(EditJob, locals(), tracks=list(track or []))
     with SamplingBar(enabled=not json_out) as bar:
         summary = run_edit(job, progress=bar)
     if json_out:

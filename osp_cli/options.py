@@ -3,10 +3,11 @@ rules every option follows (`harden_command`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -30,6 +31,16 @@ TileOpt = Annotated[
     bool | None,
     typer.Option("--tile/--no-tile", help="VAE tiling (default: on when the video exceeds the tile size)."),
 ]
+
+Job = TypeVar("Job")
+
+
+def job_from_options(job_type: type[Job], options: Mapping[str, Any], **given: Any) -> Job:
+    """The `job_type` dataclass a command's options describe: each option named like one of its
+    fields fills that field; `given` fills the fields whose option is named otherwise or needs
+    converting."""
+    names = {field.name for field in dataclasses.fields(job_type)} - given.keys()  # type: ignore[arg-type]
+    return job_type(**{name: value for name, value in options.items() if name in names}, **given)
 
 
 # --- what every command gets, applied once to the built command tree ----------------------

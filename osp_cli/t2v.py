@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,7 +12,7 @@ from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 
 from . import t2v_train
 from .console import JobBar, err, print_json
-from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt
+from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt, job_from_options
 
 if TYPE_CHECKING:
     from osp_core.jobs.sampling_plan import SamplingJob
@@ -75,7 +74,7 @@ def sample(
     """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
     from osp_core.jobs.sampling import run_sampling
 
-    job = _sampling_job({**locals(), "compile": compile_blocks})
+    job = _sampling_job(locals(), compile=compile_blocks)
     with SamplingBar(enabled=not json_out) as bar:
         summary = run_sampling(job, progress=bar)
     if summary.rank != 0:  # under torchrun the first process reports for all
@@ -129,13 +128,12 @@ def calibrate_cache(
         err.print(f"[green]wrote[/green] {escape(fit.written)}")
 
 
-def _sampling_job(options: dict[str, Any]) -> SamplingJob:
-    """The job a command's options describe: each option named like a SamplingJob field fills it."""
+def _sampling_job(options: dict[str, Any], **given: Any) -> SamplingJob:
+    """The job of `sample` or `calibrate-cache`: the prompts read, each other option named like a
+    SamplingJob field filling it."""
     from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
-    names = {field.name for field in fields(SamplingJob)}
-    given = {name: value for name, value in options.items() if name in names}
-    return SamplingJob(prompts=read_prompts(options["prompt"], options["prompts_file"]), **given)
+    return job_from_options(SamplingJob, options, prompts=read_prompts(options["prompt"], options["prompts_file"]), **given)
 
 
 class SamplingBar(JobBar):
