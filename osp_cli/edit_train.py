@@ -9,7 +9,7 @@ import typer
 
 from osp_core.train.options import TrainOptions
 
-from .train import run_standalone, run_training, train_command
+from .train import TextEncoderOpt, VaeOpt, run_standalone, run_training, train_command
 
 
 @train_command(without=("ema", "strategy", "sequence_parallel"))
@@ -19,8 +19,8 @@ def train(
     version: Annotated[str | None, typer.Option("--version", help="The frozen transformer: a version folder of --model (e.g. 17x64x64) or a LatteT2V folder.")] = None,
     stage: Annotated[int | None, typer.Option("--stage", help="1: motion only; 2: content and motion (decoupled); 3: the control blocks' temporal attention (seams).")] = None,
     edit_module: Annotated[str | None, typer.Option("--edit-module", help="Control module folder to continue from (the previous stage's checkpoint model/).")] = None,
-    vae: Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id (default: the repository's vae/).")] = None,
-    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")] = None,
+    vae: VaeOpt = None,
+    text_encoder: TextEncoderOpt = None,
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Cache VAE latents and T5 states here (data with annotated objects only: others need their frames for tracking).")] = None,
 ) -> None:
     """Train the edit control module self-supervised on videos (ReVideo's stages); resumable. Copy a checkpoint's model/ to MODEL/edit/ for `osp edit --model MODEL`."""

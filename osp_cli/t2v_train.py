@@ -10,7 +10,7 @@ import typer
 
 from osp_core.train.options import TrainOptions
 
-from .train import run_standalone, run_training, train_command
+from .train import TextEncoderOpt, VaeOpt, run_standalone, run_training, train_command
 
 
 @train_command()
@@ -19,8 +19,8 @@ def train(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model repository (Hub id or folder) with vae/ and version folders.")] = None,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from this transformer: a version folder of --model (e.g. 65x512x512) or a folder.")] = None,
     transformer_config: Annotated[str | None, typer.Option("--transformer-config", help="LatteT2V config.json for a fresh transformer.")] = None,
-    vae: Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id (default: the repository's vae/).")] = None,
-    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")] = None,
+    vae: VaeOpt = None,
+    text_encoder: TextEncoderOpt = None,
     image_data: Annotated[str | None, typer.Option("--image-data", help="Image list for joint training (default: frames of the video).")] = None,
     use_image_num: Annotated[int | None, typer.Option("--use-image-num", help="Images per video sample (joint image-video training).")] = None,
     cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="Cache VAE latents and T5 states here (frozen encoders run once per sample).")] = None,

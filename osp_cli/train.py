@@ -18,6 +18,11 @@ from osp_core.train.options import HEAD, TAIL, TrainOptions
 
 from .console import err, print_json
 
+# the frozen encoders of the commands that train a transformer (t2v, edit)
+VaeOpt = Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id (default: the repository's vae/).")]
+TextEncoderOpt = Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")]
+
+
 def train_command(*, without: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate a train command `command(options: TrainOptions, **own)`: the command typer sees
     takes every `TrainOptions` field (the preset first, then the common options, the command's
