@@ -44,9 +44,7 @@ def stage_parameters(control: Any, stage: int) -> list[torch.nn.Parameter]:
 
 class EditRecipe(T2VRecipe):
     name = "edit"
-
-    def __init__(self, config: EditTrainConfig) -> None:
-        super().__init__(config)
+    config: EditTrainConfig
 
     def check(self, accelerator) -> None:
         super().check(accelerator)

@@ -103,9 +103,7 @@ def _caption(text: str) -> str:
 
 class T2VRecipe(Recipe):
     name = "t2v"
-
-    def __init__(self, config: T2VTrainConfig) -> None:
-        self.config = config
+    config: T2VTrainConfig
 
     def check(self, accelerator) -> None:
         d, df = self.config.data, self.config.diffusion

@@ -70,6 +70,9 @@ class Recipe:
     """DDP option: True when some parameters get no gradient in some steps."""
     trainer: Trainer
 
+    def __init__(self, config: Any) -> None:
+        self.config = config  # the recipe's config dataclass (T2VTrainConfig, VAETrainConfig, ...)
+
     def check(self, accelerator) -> None:
         """Refuse unsupported setups early (one-line errors)."""
 

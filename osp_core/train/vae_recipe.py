@@ -96,9 +96,7 @@ def _lpips_from(cfg: VAETrainConfig, loss_state: dict[str, torch.Tensor]):
 
 class VAERecipe(Recipe):
     name = "vae"
-
-    def __init__(self, config: VAETrainConfig) -> None:
-        self.config = config
+    config: VAETrainConfig
 
     def check(self, accelerator) -> None:
         run, data = self.config.run, self.config.data
