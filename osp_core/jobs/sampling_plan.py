@@ -252,7 +252,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     device = rank_device(device, local_rank)
     if job.dtype is None and device.type == "cpu" and cpu_has_native_bf16():
         # measured with benchmarks/caching.py on builtin:shapes (180 videos): bf16 samples 1.4x
-        # faster and keeps the quality table within a video or two of fp32's (README)
+        # faster and keeps the quality table within a video or two of fp32's (docs/speed-and-memory.md, bf16 on CPUs)
         dtype = torch.bfloat16
     attention = resolve_attention_backend(job.attention, device, dtype)
     cache = check_cache_options(job.cache, job.cache_threshold)
