@@ -17,7 +17,7 @@ from osp_core.io.probe import MediaInfo, probe
 from osp_core.errors import InputError
 from osp_core.io import read_video
 
-from .conftest import FPS, SIZE
+from tests.clips import FPS, SIZE
 
 
 def test_split_windows_and_tails():

@@ -10,7 +10,7 @@ import torch
 
 from osp_core.jobs.edit import EditJob, run_edit
 from tests.conftest import assert_one_line_error
-from tests.edit.helpers import inputs, moving_square  # noqa: F401 - inputs is a fixture
+from tests.clips import inputs, moving_square  # noqa: F401 - inputs is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

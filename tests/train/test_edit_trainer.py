@@ -75,7 +75,7 @@ def test_stages_on_annotated_objects_and_the_checkpoint_loads(two_objects, tiny_
 
 
 def test_stage_three_trains_temporal_attention_only():
-    from tests.edit.test_edit_control import tiny_transformer
+    from tests.models.test_edit_control import tiny_transformer
     from osp_core.models.edit_control import EditControl
 
     control = EditControl.from_transformer(tiny_transformer(), num_layers=2, fusion_channels=8)

@@ -7,7 +7,7 @@ import torch
 
 from osp_core.pipelines.edit import EditInputs, edit_latents, paste_outside, prepare_latents
 from osp_core.pipelines.edit_inputs import box_mask
-from tests.edit.helpers import moving_square
+from tests.clips import moving_square
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import torch
 from osp_core.errors import InputError
 from osp_core.pipelines import edit_inputs as ei
 from osp_core.pipelines.tracking import track_region
-from tests.edit.helpers import moving_square
+from tests.clips import moving_square
 
 
 def test_box_parsing_and_bounds():

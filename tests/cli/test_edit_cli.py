@@ -8,7 +8,6 @@ import json
 import pytest
 
 from tests.conftest import assert_one_line_error, run_osp
-from tests.edit.helpers import inputs  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="module")

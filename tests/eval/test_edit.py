@@ -1,4 +1,4 @@
-"""`osp eval edit` and the two-object shapes world it grades."""
+"""The edit grader (`osp_core.eval.edit`) and the two-object shapes world it grades."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from osp_core.data import shapes
 from osp_core.eval.edit import evaluate_edit, make_edit_task, masked_psnr, summarize
-from osp_core.io import write_video
 from osp_core.pipelines.edit_inputs import box_mask, parse_track
-from tests.conftest import assert_one_line_error
 
 
 def test_two_object_clips_never_overlap_and_are_annotated(tmp_path):
@@ -47,23 +44,3 @@ def test_a_perfect_edit_scores_perfectly_and_a_wrong_one_does_not():
     summary = summarize([right, wrong])
     assert summary["edits"] == 2 and summary["color_accuracy"] == 0.5 and summary["psnr_outside"] == 100.0
     assert masked_psnr(task.source, task.source, torch.zeros(17, 64, 64)) == float("inf")
-
-
-def test_eval_edit_cli_reads_sidecars(osp_in_process, tmp_path):
-    task = make_edit_task(np.random.default_rng(90001))
-    write_video(tmp_path / "src.mp4", task.source, fps=8)
-    write_video(tmp_path / "out.mp4", task.target, fps=8)
-    Image.fromarray(task.first_frame.numpy()).save(tmp_path / "first.png")
-    track = parse_track(task.track_arg, 17).tolist()
-    (tmp_path / "out.json").write_text(json.dumps({"source": "src.mp4", "region": {"box": list(task.box)}, "first_frame": "first.png", "tracks": [track]}))
-    proc = osp_in_process("eval", "edit", str(tmp_path / "out.mp4"), "--json")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    row = report["edits"][0]
-    assert row["color"] == row["expected_color"] and row["shape"] == row["expected_shape"]
-    assert row["psnr_outside"] > 45 and row["trajectory_error"] < 1.5  # one H.264 pass: 48.5 dB measured
-    assert report["summary"]["edits"] == 1
-    table = osp_in_process("eval", "edit", str(tmp_path / "out.mp4"))
-    assert table.returncode == 0 and "trajectory error" in table.stderr
-    (tmp_path / "lonely.mp4").write_bytes((tmp_path / "src.mp4").read_bytes())
-    assert_one_line_error(osp_in_process("eval", "edit", str(tmp_path / "lonely.mp4")), "no readable `osp edit` sidecar")

@@ -121,7 +121,7 @@ def repo_with_control(reference_dir, tmp_path_factory):
 def test_untrained_control_engine_equals_blend(repo_with_control, tmp_path):
     from osp_core.io import write_video
     from osp_core.jobs.edit import EditJob, run_edit
-    from tests.edit.helpers import moving_square
+    from tests.clips import moving_square
 
     write_video(tmp_path / "in.mp4", moving_square(), fps=8)
     common = dict(video=tmp_path / "in.mp4", box="0,0,16,32", prompt="a square", tracks=["10,14:20,14"], model=str(repo_with_control), steps=4, seed=5, dtype="fp32")
@@ -136,7 +136,7 @@ def test_the_control_module_of_a_hub_repository_comes_from_its_cache(repo_with_c
 
     from osp_core.io import write_video
     from osp_core.jobs.edit import EditJob, run_edit
-    from tests.edit.helpers import moving_square
+    from tests.clips import moving_square
     from tests.jobs.test_sampling import hub_cache
 
     snapshot = hub_cache(tmp_path / "hf", "example/tiny-edit", repo_with_control)

@@ -1,4 +1,5 @@
-"""`osp eval shapes` on synthetic clips whose answers are known."""
+"""`osp eval shapes` and `osp eval edit` as a user runs them: grading a synthetic dataset, its
+reconstructions and an edit from its sidecar, and the one-line refusals."""
 
 from __future__ import annotations
 
@@ -7,30 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from osp_core.data import shapes
-from osp_core.eval.shapes import measure
+from osp_core.eval.edit import make_edit_task
 from osp_core.io import write_video
+from osp_core.pipelines.edit_inputs import parse_track
 from tests.conftest import assert_one_line_error, run_osp
-
-
-@pytest.mark.parametrize("combo", [("red", "circle", "right"), ("green", "square", "up"), ("blue", "triangle", "down"), ("yellow", "triangle", "left"), ("white", "circle", "up")])
-def test_measure_rendered_clips(combo):
-    rng = np.random.default_rng(7)
-    for _ in range(3):
-        clip = shapes.sample_clip(rng, *combo)
-        m = measure(shapes.render(clip))
-        assert (m.color, m.shape, m.direction) == combo
-        assert m.frames_with_shape == 17
-
-
-def test_blank_and_static_videos():
-    blank = measure(torch.zeros(17, 64, 64, 3, dtype=torch.uint8))
-    assert (blank.color, blank.shape, blank.direction) == (None, None, None)
-    rng = np.random.default_rng(0)
-    still = shapes.render(shapes.sample_clip(rng, "red", "square", "right"))[:1].repeat(17, 1, 1, 1)
-    m = measure(still)
-    assert m.direction is None and m.color == "red" and m.shape == "square"
 
 
 def test_cli_grades_a_synthetic_dataset_and_reconstructions(tmp_path):
@@ -68,3 +51,23 @@ def test_cli_grades_a_synthetic_dataset_and_reconstructions(tmp_path):
 
     proc = run_osp("eval", "shapes", str(videos[0]), "--prompts", str(prompts))
     assert_one_line_error(proc, "6 prompts for 1 videos")
+
+
+def test_eval_edit_cli_reads_sidecars(osp_in_process, tmp_path):
+    task = make_edit_task(np.random.default_rng(90001))
+    write_video(tmp_path / "src.mp4", task.source, fps=8)
+    write_video(tmp_path / "out.mp4", task.target, fps=8)
+    Image.fromarray(task.first_frame.numpy()).save(tmp_path / "first.png")
+    track = parse_track(task.track_arg, 17).tolist()
+    (tmp_path / "out.json").write_text(json.dumps({"source": "src.mp4", "region": {"box": list(task.box)}, "first_frame": "first.png", "tracks": [track]}))
+    proc = osp_in_process("eval", "edit", str(tmp_path / "out.mp4"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    row = report["edits"][0]
+    assert row["color"] == row["expected_color"] and row["shape"] == row["expected_shape"]
+    assert row["psnr_outside"] > 45 and row["trajectory_error"] < 1.5  # one H.264 pass: 48.5 dB measured
+    assert report["summary"]["edits"] == 1
+    table = osp_in_process("eval", "edit", str(tmp_path / "out.mp4"))
+    assert table.returncode == 0 and "trajectory error" in table.stderr
+    (tmp_path / "lonely.mp4").write_bytes((tmp_path / "src.mp4").read_bytes())
+    assert_one_line_error(osp_in_process("eval", "edit", str(tmp_path / "lonely.mp4")), "no readable `osp edit` sidecar")
