@@ -103,7 +103,7 @@ def run_sampling(job: SamplingJob | SamplingPlan, progress: SamplingProgress | N
         # every rank plans alike and fails alike: the first rank's line is the one shown
         exc.quiet = launched_world()[0] != 0
         raise
-    progress = progress if progress is not None and plan.rank == 0 else NoProgress()
+    progress = progress if progress is not None and plan.parallel.is_main else NoProgress()
     try:
         with output_folder(plan.output_dir, plan.warnings, progress), process_group(plan.device) if plan.parallel.world_size > 1 else contextlib.nullcontext():
             return SamplingRun(plan, progress, mesh, pipelines).run()
@@ -219,7 +219,7 @@ class SamplingRun:
         finally:
             if cache is not None:
                 cache.detach()
-        return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.rank)
+        return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.parallel.rank)
 
     def gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every rank's records, in the run's video order (this rank's alone in one process)."""

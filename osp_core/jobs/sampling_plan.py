@@ -186,8 +186,7 @@ class SamplingPlan:
     cache_threshold: float | None
     videos: list[VideoOutput]
     warnings: list[str] = field(default_factory=list)
-    parallel: ParallelLayout = SINGLE_PROCESS
-    rank: int = 0
+    parallel: ParallelLayout = SINGLE_PROCESS  # also says which process this is
 
     @property
     def output_dir(self) -> Path:
@@ -196,13 +195,13 @@ class SamplingPlan:
     @property
     def rank_videos(self) -> list[VideoOutput]:
         """The videos this process denoises: every rank's share under `data`, else all."""
-        return self.videos[self.rank :: self.parallel.data] if self.parallel.data > 1 else self.videos
+        return self.videos[self.parallel.dp_rank :: self.parallel.data] if self.parallel.data > 1 else self.videos
 
     @property
     def writes(self) -> bool:
         """Whether this process decodes into and writes its videos' files: under cfg / sp the
         ranks share each video and the first rank writes it."""
-        return not self.parallel.shares_videos or self.rank == 0
+        return not self.parallel.shares_videos or self.parallel.is_main
 
 
 def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
@@ -279,7 +278,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     if job.offload and parallel.sp > 1 and device.type != "cpu":
         # offload hooks move the weights when forward runs; DSP calls the model's stages itself
         raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
-    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, rank)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel)
     with quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
         check_memory(plan, t5)
     return plan
