@@ -70,6 +70,14 @@ def run_training(options: TrainOptions, config_class: type, group: str, own: dic
 
         typer.echo(dumps(config_to_dict(config), indent=2))
         return
+    from osp_core.errors import InputError
+    from osp_core.train.plan import plan_training
+
+    try:
+        plan_training(config)  # every refusal that needs no model, before torch is imported
+    except InputError as exc:
+        exc.quiet = not is_main_process()  # every rank refuses the same input: rank 0 says it once
+        raise
     import importlib
 
     from osp_core.train.trainer import Trainer

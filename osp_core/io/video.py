@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .atomic import atomic_path
-from .media import IMAGE_SUFFIXES
+from .media import IMAGE_SUFFIXES, parse_size  # noqa: F401 (osp_core.jobs.vae takes parse_size from here)
 
 
 @dataclass
@@ -95,21 +95,6 @@ def read_video(
     if path.suffix.lower() in IMAGE_SUFFIXES or fps <= 0:
         fps = fps if fps > 0 else 1.0
     return Video(torch.from_numpy(np.stack(kept)), fps)
-
-
-def parse_size(size: str | None) -> tuple[int, int] | None:
-    """'HxW' (or 'N' for square) -> (H, W)."""
-    if size is None:
-        return None
-    try:
-        parts = [int(p) for p in size.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
-    return parts[0], parts[1]
 
 
 def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import pickle
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,28 +30,10 @@ from ..errors import InputError, ModelLoadError
 from ..io.atomic import fsync_path, fsync_tree
 from ..io.jsonfile import dumps
 from ..parallel.layout import is_main_process
+from .plan import STATE_FILE, list_checkpoints, step_dir_name
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
-
-STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
 
 
 def resolve_resume(root: Path, resume: str) -> Path | None:

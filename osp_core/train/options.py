@@ -63,7 +63,7 @@ class TrainOptions:
     def overrides(self) -> dict[str, Any]:
         """Dotted config keys of the options given (None: not given; `--overwrite` only when set).
         A bad --size is one `InputError` line."""
-        from ..io import parse_size
+        from ..io.media import parse_size
 
         size = parse_size(self.size)
         mapping: dict[str, Any] = {}
