@@ -558,10 +558,20 @@ class RunCheckpoints:
         model.save_pretrained(str(path))
 
     def _load_ema(self, folder: Path) -> None:
-        from diffusers.training_utils import EMAModel
+        """What `_save_ema` wrote, read back into the EMA: the average's settings (decay,
+        optimization_step, ...) from config.json and its weights from the safetensors.
+        `EMAModel.from_pretrained` would build a model from that config, which the model
+        refuses with warnings (the settings are not its options)."""
+        from safetensors.torch import load_file
 
         if not folder.is_dir():
             return  # a checkpoint from a run without EMA: start the average from the current weights
-        loaded = EMAModel.from_pretrained(str(folder), model_cls=type(self._inner()))
-        loaded.to(self.accelerator.device)
-        self.ema.load_state_dict(loaded.state_dict())
+        inner = self._inner()
+        config = type(inner).load_config(str(folder))
+        state = {key: config[key] for key in self.ema.state_dict() if key in config}
+        weights: dict[str, Any] = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(str(file)))
+        names = [name for name, _ in inner.named_parameters()]  # the order of the EMA's shadow parameters
+        state["shadow_params"] = [weights[name].to(shadow.device, shadow.dtype) for name, shadow in zip(names, self.ema.shadow_params, strict=True)]
+        self.ema.load_state_dict(state)

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InputError, ModelLoadError
 from .config import EditTrainConfig
+from .plan import EDIT_DDP_ONLY
 from .t2v_recipe import T2VRecipe
 from .trainer import Built
 from .wrapping import TrainingForward
@@ -50,12 +51,7 @@ class EditRecipe(T2VRecipe):
         super().check(accelerator)
         layout = self.trainer.parallel.layout
         if layout.mode != "ddp" or layout.sp > 1:
-            # the control module is a few block pairs beside a frozen transformer: its states
-            # are small, and the frozen transformer would need sharding without training
-            raise InputError(
-                "osp edit train runs under --strategy ddp without sequence parallel",
-                "drop parallel.strategy / parallel.sequence_parallel from --set (torchrun with DDP works)",
-            )
+            raise InputError(*EDIT_DDP_ONLY)
 
     def _check_memory(self, device) -> None:
         """Not the text-to-video estimate: here the transformer is frozen (no gradients or AdamW

@@ -23,6 +23,20 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
 
+# measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its discriminator hold
+# 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256 sample ~74 GiB of saved
+# activations; sharding the states saves < 3.8 GiB per rank
+VAE_DDP_ONLY = (
+    "VAE training runs under --strategy ddp without sequence parallel: its weights and optimizer states (3.8 GiB) are small next to its activations, which sharding does not reduce",
+    "drop --strategy fsdp / --sequence-parallel for osp vae train; save memory with --gradient-checkpointing or a smaller --size / --frames",
+)
+# the control module is a few block pairs beside a frozen transformer: its states are small, and
+# the frozen transformer would need sharding without training
+EDIT_DDP_ONLY = (
+    "osp edit train runs under --strategy ddp without sequence parallel",
+    "drop parallel.strategy / parallel.sequence_parallel from --set (torchrun with DDP works)",
+)
+
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
@@ -72,6 +86,12 @@ def check_objective_options(
         raise ValueError(f"max_loss_weight must be >= 1, got {max_loss_weight}")
 
 
+def _sharded(cfg: Any) -> bool:
+    """Whether the config asks for a layout other than plain DDP (a strategy taken from the
+    checkpoint --resume continues is known only to the trainer, which checks it again)."""
+    return cfg.parallel.strategy == "fsdp" or cfg.parallel.sequence_parallel > 1
+
+
 def _check_frames(frames: int, why: str) -> None:
     if (frames - 1) % 4:
         lower = (frames - 1) // 4 * 4 + 1
@@ -81,6 +101,8 @@ def _check_frames(frames: int, why: str) -> None:
 def check_vae_config(cfg: VAETrainConfig) -> None:
     """`osp vae train`'s own rules."""
     run, data, m = cfg.run, cfg.data, cfg.model
+    if _sharded(cfg):
+        raise InputError(*VAE_DDP_ONLY)
     if run.gradient_accumulation_steps != 1:
         raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
     if data.use_image_num or data.cache_dir:
@@ -117,6 +139,8 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
 def check_edit_config(cfg: EditTrainConfig) -> None:
     """`osp edit train`'s own rules, after the text-to-video ones."""
     check_t2v_config(cfg)
+    if _sharded(cfg):
+        raise InputError(*EDIT_DDP_ONLY)
     e = cfg.edit
     if e.stage not in (1, 2, 3):
         raise InputError(f"edit.stage must be 1, 2 or 3, got {e.stage}", "pass --stage 1 (motion), 2 (content + motion) or 3 (seams)")

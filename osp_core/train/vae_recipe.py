@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from .config import VAETrainConfig
+from .plan import VAE_DDP_ONLY
 from .trainer import Built, Recipe
 from .wrapping import TrainingForward
 
@@ -102,13 +103,7 @@ class VAERecipe(Recipe):
         # the rules that need no layout: `plan.check_vae_config`
         layout = self.trainer.parallel.layout
         if layout.mode != "ddp" or layout.sp > 1:
-            # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
-            # discriminator hold 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256
-            # sample ~74 GiB of saved activations; sharding the states saves < 3.8 GiB per rank
-            raise InputError(
-                "VAE training runs under --strategy ddp without sequence parallel: its weights and optimizer states (3.8 GiB) are small next to its activations, which sharding does not reduce",
-                "drop --strategy fsdp / --sequence-parallel for osp vae train; save memory with --gradient-checkpointing or a smaller --size / --frames",
-            )
+            raise InputError(*VAE_DDP_ONLY)
 
     def build(self, accelerator) -> Built:
         from diffusers.optimization import get_scheduler
