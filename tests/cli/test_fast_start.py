@@ -101,16 +101,21 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
     ]
 
 
+def _assert_refuses_without_heavy_imports(args: list[str], cwd: Path) -> None:
+    """`osp ARGS` gives the same one line and exit code with the heavy libraries blocked as without."""
+    blocked = _osp(*args, blocked=True, cwd=cwd)
+    assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
+    plain = _osp(*args, blocked=False, cwd=cwd)
+    assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
+    assert plain.stderr == blocked.stderr, args
+    assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+
+
 def test_refusals_that_need_no_model_import_no_torch(tmp_path):
     """Each refusal gives the same line and exit code as an unguarded run, and imports none of
     the heavy libraries."""
     for args in _refusals(tmp_path):
-        blocked = _osp(*args, blocked=True, cwd=tmp_path)
-        assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
-        plain = _osp(*args, blocked=False, cwd=tmp_path)
-        assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
-        assert plain.stderr == blocked.stderr, args
-        assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+        _assert_refuses_without_heavy_imports(args, tmp_path)
 
 
 def _train_refusals(tmp_path: Path) -> list[list[str]]:
@@ -144,12 +149,7 @@ def test_train_refusals_that_need_no_model_import_no_torch(tmp_path):
     """Each train refusal gives the same line and exit code as an unguarded run, imports none of
     the heavy libraries and leaves no output folder behind."""
     for args in _train_refusals(tmp_path):
-        blocked = _osp(*args, blocked=True, cwd=tmp_path)
-        assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
-        plain = _osp(*args, blocked=False, cwd=tmp_path)
-        assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
-        assert plain.stderr == blocked.stderr, args
-        assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+        _assert_refuses_without_heavy_imports(args, tmp_path)
         assert not (tmp_path / "run").exists(), args
 
 
