@@ -188,7 +188,7 @@ def plan_edit(job: EditJob) -> EditPlan:
         named = f"--strength {strength:g}" if job.strength is not None else f"the model's edit strength {strength:g}"
         enough = math.ceil(least / strength)
         fix = f"pass --steps {enough} to keep {strength:g}" if enough <= 10 * sampling.steps else "pass a higher --strength"
-        sampling.warnings.append(f"{named} of {sampling.steps} steps is {asked}, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
+        sampling.warnings.append(f"{named} keeps {asked} of the {sampling.steps} steps, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
     return plan
 
 
@@ -273,6 +273,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "engine": plan.engine,
         "strength": plan.strength,
         "steps_run": plan.steps_run,
+        "strength_run": round(plan.steps_run / sampling.steps, 4),  # what ran when the scheduler needs more steps than `strength` keeps
         "seed": sampling.seed,
         "num_frames": count,
         "size": [height, width],

@@ -89,7 +89,7 @@ def test_a_cut_that_leaves_pndm_too_few_steps_runs_its_fewest_and_says_so(inputs
     shutil.copytree(tiny_repo, repo)
     (repo / "sampling.json").write_text(json.dumps({"edit_strength": 0.5}))
     unset = plan_edit(EditJob(video=inputs / "in.mp4", output=tmp_path / "o.mp4", box="0,0,16,16", model=str(repo), steps=6))
-    assert any(w.startswith("the model's edit strength 0.5 of 6 steps is 3") for w in unset.sampling.warnings)
+    assert any(w.startswith("the model's edit strength 0.5 keeps 3 of the 6 steps") for w in unset.sampling.warnings)
 
 
 def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]
     # inputs are recorded relative to the sidecar: `osp eval edit` reads them from anywhere,
     # not what an unrelated file of the same name in the working directory holds
-    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == 1.0 and sidecar["steps_run"] == 4
+    assert sidecar["source"] == "../in.mp4" and sidecar["strength"] == sidecar["strength_run"] == 1.0 and sidecar["steps_run"] == 4
     decoy = tmp_path / "decoy"
     (decoy / "cwd").mkdir(parents=True)
     write_video(decoy / "in.mp4", torch.full((9, 32, 32, 3), 255, dtype=torch.uint8), fps=8)
@@ -139,5 +139,5 @@ def test_the_sidecar_counts_the_steps_that_ran(tiny_repo, tmp_path, scheduler, e
     run_edit(job)
     sidecar = json.loads((tmp_path / "edited.json").read_text())
     # DDIM: 2 of 4 steps; PNDM: 4 of 8 (3 Runge-Kutta steps of 4 evaluations, then one PLMS step)
-    assert sidecar["steps_run"] == steps // 2
+    assert sidecar["steps_run"] == steps // 2 and sidecar["strength"] == sidecar["strength_run"] == 0.5
     assert sidecar["settings"]["scheduler"] == f"{scheduler}Scheduler" and sidecar["settings"]["cache"]["transformer_evaluations"] == evaluations
