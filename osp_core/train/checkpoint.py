@@ -30,28 +30,10 @@ from ..errors import InputError, ModelLoadError
 from ..io.atomic import fsync_path, fsync_tree
 from ..io.jsonfile import dumps
 from ..parallel.layout import is_main_process
-from .plan import STATE_FILE, list_checkpoints, step_dir_name
+from .plan import STATE_FILE, list_checkpoints, resolve_resume, step_dir_name
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
-
-
-def resolve_resume(root: Path, resume: str) -> Path | None:
-    """The checkpoint `--resume` names, for a run whose checkpoints go to `root`: '' -> None;
-    'latest' -> the newest under `root` or None; else the given folder (checked)."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(root)
-        return found[-1] if found else None
-    path = Path(resume).expanduser()
-    if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
-        found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
-        if found:
-            return found[-1]
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
-    return path
 
 
 def checkpoint_strategy(checkpoint: Path) -> str:

@@ -54,6 +54,24 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def resolve_resume(root: Path, resume: str) -> Path | None:
+    """The checkpoint `--resume` names, for a run whose checkpoints go to `root`: '' -> None;
+    'latest' -> the newest under `root` or None; else the given folder (checked)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
+        found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
+        if found:
+            return found[-1]
+    if not (path / STATE_FILE).is_file():
+        raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
+    return path
+
+
 def check_previous_run(output_dir: Path, resume: str, overwrite: bool) -> bool:
     """Whether `output_dir` holds a run (checkpoints or a summary); refuses to train into it
     unless the run resumes it (--resume) or starts over (--overwrite): checkpoints of two runs
@@ -173,6 +191,8 @@ def check_config(cfg: Any) -> None:
 
 def plan_training(cfg: Any) -> None:
     """Everything a run refuses before it loads a model: `check_config`, then an output folder
-    that holds another run."""
+    that holds another run, then a --resume folder that is not a checkpoint."""
     check_config(cfg)
-    check_previous_run(Path(cfg.run.output_dir), cfg.run.resume, cfg.run.overwrite)
+    output_dir = Path(cfg.run.output_dir)
+    check_previous_run(output_dir, cfg.run.resume, cfg.run.overwrite)
+    resolve_resume(output_dir / "checkpoints", cfg.run.resume)

@@ -32,9 +32,9 @@ from ..errors import InputError
 from ..io.atomic import ensure_writable_dir, is_temp_name, release_folders
 from ..io.jsonfile import dumps, write_json
 from ..parallel.layout import is_main_process, launched_world, process_group, rank_device
-from .checkpoint import CheckpointUnreadableError, RunCheckpoints, checkpoint_strategy, resolve_resume
+from .checkpoint import CheckpointUnreadableError, RunCheckpoints, checkpoint_strategy
 from .config import config_to_dict
-from .plan import RUN_FILES, check_config, check_previous_run, list_checkpoints
+from .plan import RUN_FILES, check_config, check_previous_run, list_checkpoints, resolve_resume
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")

@@ -122,6 +122,7 @@ def _train_refusals(tmp_path: Path) -> list[list[str]]:
     """The train commands' refusals that need no model: config keys and values, the recipes'
     rules, the data source, an output folder holding another run."""
     (tmp_path / "videos").mkdir()
+    (tmp_path / "not-a-checkpoint").mkdir()
     (tmp_path / "data.json").write_text("[]")
     held = tmp_path / "held" / "checkpoints" / "step-00000002"
     held.mkdir(parents=True)
@@ -137,6 +138,7 @@ def _train_refusals(tmp_path: Path) -> list[list[str]]:
         [*vae, "--lr", "0"],
         ["vae", "train", "--preset", "debug", "--data", "missing.txt", "-o", "run"],  # no data list
         ["vae", "train", "--preset", "debug", "--data", "videos", "-o", "held"],  # would mix two runs
+        [*vae, "--resume", "not-a-checkpoint"],
         [*t2v, "--frames", "18"],
         ["t2v", "train", "--preset", "debug", "--data", "missing.json", "-o", "run"],  # no annotation
         [*t2v, "--size", "24x24"],  # not a multiple of 16
