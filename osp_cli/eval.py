@@ -60,13 +60,17 @@ def shapes(
     """Color, shape and motion direction of each video, graded against its caption."""
     from rich.table import Table
 
-    from osp_core.data.shapes import parse_caption
     from osp_core.errors import InputError
+    from osp_core.io.paths import check_input_file
+
+    expected = _expected_captions(videos, prompts)
+    for video in videos:  # every video checked before the measuring libraries load
+        check_input_file(video, "video")
+    from osp_core.data.shapes import parse_caption
     from osp_core.eval.shapes import accuracy, mean_finite, measure
     from osp_core.io import read_video
     from osp_core.metrics import psnr, ssim
 
-    expected = _expected_captions(videos, prompts)
     rows = []
     for video, caption in zip(videos, expected):
         frames = read_video(video).frames
@@ -120,6 +124,10 @@ def edit(
     """How well each edit did what was asked: PSNR outside the region, the edited object's colour and shape, trajectory error, first-frame fidelity."""
     from rich.table import Table
 
+    from osp_core.jobs.records import read_edit_sidecar
+
+    for video in videos:  # every sidecar checked before the measuring libraries load
+        read_edit_sidecar(video)
     from osp_core.eval.edit import evaluate_sidecar, summarize
 
     rows = [{"video": str(video), **evaluate_sidecar(video)} for video in videos]

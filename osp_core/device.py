@@ -7,24 +7,52 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import DeviceError, InputError
 
-from .errors import DeviceError
+if TYPE_CHECKING:
+    import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
+# names checked without torch, so a misspelt option is refused before torch loads (seconds)
+DTYPES: dict[str, str] = {  # --dtype name -> torch attribute
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
 }
+DEVICE_KINDS = ("cuda", "npu", "mps", "cpu")
+ATTENTION_BACKENDS = ("sdpa", "math", "flash", "npu")
+DEFAULT_BACKEND = "sdpa"
+
+
+def check_device_name(requested: str | None) -> None:
+    """`DeviceError` for a --device that names no known kind (cuda, cuda:N, npu, npu:N, mps, cpu)."""
+    if requested and requested.strip().lower().split(":")[0] not in DEVICE_KINDS:
+        raise DeviceError(f"unknown device '{requested}'", "use cuda, cuda:N, npu, npu:N, mps or cpu")
+
+
+def check_dtype_name(name: str | None) -> None:
+    """`DeviceError` for a --dtype that is none of fp32/fp16/bf16 (and their long names) or auto."""
+    if name is not None and name != "auto" and name.lower() not in DTYPES:
+        raise DeviceError(f"unknown dtype '{name}'", "use fp32, fp16, bf16 or auto")
+
+
+def attention_name(name: str) -> str:
+    """`name` lowered when it is auto or one of `ATTENTION_BACKENDS`, else an `InputError`."""
+    key = name.strip().lower()
+    if key != "auto" and key not in ATTENTION_BACKENDS:
+        raise InputError(f"unknown attention backend '{name}'", "use auto, " + ", ".join(ATTENTION_BACKENDS))
+    return key
 
 
 def npu_available() -> bool:
     """True when `torch_npu` is installed and an Ascend NPU is visible."""
+    import torch
+
     if importlib.util.find_spec("torch_npu") is None:
         return False
     try:
@@ -36,12 +64,17 @@ def npu_available() -> bool:
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
 def select_device(requested: str | None = None) -> torch.device:
     """The device to run on: `requested` if given, else CUDA, NPU, MPS, CPU in that order."""
+    import torch
+
+    check_device_name(requested)
     if requested:
         name = requested.strip().lower()
         kind = name.split(":")[0]
@@ -57,8 +90,6 @@ def select_device(requested: str | None = None) -> torch.device:
         elif kind == "mps":
             if not _mps_available():
                 raise DeviceError(f"device '{requested}' is not available", "MPS needs Apple silicon; use --device cpu")
-        elif kind != "cpu":
-            raise DeviceError(f"unknown device '{requested}'", "use cuda, cuda:N, npu, npu:N, mps or cpu")
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -71,6 +102,8 @@ def select_device(requested: str | None = None) -> torch.device:
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """bf16 on NPU and bf16-capable CUDA, fp16 on older CUDA and MPS, fp32 on CPU."""
+    import torch
+
     kind = torch.device(device).type
     if kind == "npu":
         return torch.bfloat16
@@ -83,17 +116,19 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
     """`name` (fp32/fp16/bf16, or None/'auto' for the device default) as a torch dtype."""
+    import torch
+
+    check_dtype_name(name)
     if name is None or name == "auto":
         return default_dtype(device)
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise DeviceError(f"unknown dtype '{name}'", "use fp32, fp16, bf16 or auto") from None
+    return getattr(torch, DTYPES[name.lower()])
 
 
 def cpu_has_native_bf16() -> bool:
     """The CPU has bf16 matrix instructions (AVX512-BF16 or AMX, as oneDNN detects them), on
     which bf16 matmuls run 2-4x faster than fp32."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -102,11 +137,15 @@ def cpu_has_native_bf16() -> bool:
 
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name osp uses for `dtype` (fp32, fp16, bf16)."""
-    return next(name for name, value in DTYPES.items() if value == dtype)
+    import torch
+
+    return next(name for name, value in DTYPES.items() if getattr(torch, value) == dtype)
 
 
 def distributed_backend(device: torch.device | str) -> str:
     """The torch.distributed backend for `device`: nccl, hccl or gloo."""
+    import torch
+
     kind = torch.device(device).type
     return {"cuda": "nccl", "npu": "hccl"}.get(kind, "gloo")
 

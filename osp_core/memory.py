@@ -20,11 +20,12 @@ import struct
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import InsufficientMemoryError
+
+if TYPE_CHECKING:  # torch loads inside the functions: VAEShape and the estimates serve torch-free plans
+    import torch
 
 # Activations of a VAE pass, in units of one tensor of the widest (first) stage at full size:
 # hidden_size x mult[0] channels x T x H x W. Measured with benchmarks/vae.py on the v1.1.0 VAE
@@ -81,9 +82,11 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def dtype_bytes(dtype: torch.dtype) -> int:
-    """Bytes per element of `dtype`."""
-    return torch.empty((), dtype=dtype).element_size()
+def dtype_bytes(dtype: torch.dtype | str) -> int:
+    """Bytes per element of `dtype` (a torch dtype or its name, e.g. "bfloat16")."""
+    import torch
+
+    return torch.empty((), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size()
 
 
 # --- model facts from files, without loading weights -------------------------------------------
@@ -137,7 +140,7 @@ def vae_memory(
     width: int,
     *,
     num_params: int,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
     tiled: bool = True,
     tile: tuple[int, int] = DEFAULT_TILE,
     batch: int = 1,
@@ -178,7 +181,7 @@ def t2v_sample_memory(
     text_encoder_params: int,
     text_encoder_width: int = 4096,
     text_tokens: int = 300,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | str = "bfloat16",
     tiled: bool = True,
     offload: bool = False,
 ) -> T2VMemoryEstimate:
@@ -242,9 +245,9 @@ def t2v_train_memory(
     text_encoder_params: int,
     text_encoder_width: int = 4096,
     text_tokens: int = 300,
-    frozen_dtype: torch.dtype = torch.float32,
-    text_dtype: torch.dtype = torch.float32,
-    activation_dtype: torch.dtype = torch.float32,
+    frozen_dtype: torch.dtype | str = "float32",
+    text_dtype: torch.dtype | str = "float32",
+    activation_dtype: torch.dtype | str = "float32",
     checkpoint_every: int = 0,
     shards: int = 1,
     sequence_parallel: int = 1,
@@ -315,6 +318,8 @@ def _meminfo_available() -> int | None:
 def available_memory(device: torch.device | str) -> int | None:
     """Bytes `device` can still allocate: free GPU / NPU memory, or the RAM available to new
     allocations on CPU (and MPS, which shares it). None when it cannot be told."""
+    import torch
+
     device = torch.device(device)
     try:
         if device.type == "cuda":
@@ -378,6 +383,8 @@ def most_fitting_frames(needed: Callable[[int], int], frames: int, budget: int, 
 def check_fits(needed: int, device: torch.device | str, what: str, hint: str) -> None:
     """Raise `InsufficientMemoryError` ("`what` needs about X, DEVICE has Y available (`hint`)")
     when `needed` bytes exceed what `device` has free; nothing when that cannot be told."""
+    import torch
+
     free = available_memory(device)
     if free is not None and needed > free:
         raise InsufficientMemoryError(f"{what} needs about {format_bytes(needed)} of memory, {torch.device(device)} has {format_bytes(free)} available", hint)
@@ -400,6 +407,8 @@ def check_vae_memory(
     naming what would: the largest --size of this aspect ratio when the size can change
     (`resizable`), tiling when it is off and would fit, else the most frames at this size.
     Returns the estimate when it fits."""
+    import torch
+
     estimate = vae_memory(config, op, frames, height, width, num_params=num_params, dtype=dtype, tiled=tiled)
     free = available_memory(device)
     if free is None or estimate.total <= free:
@@ -432,6 +441,8 @@ def check_t2v_sample_memory(
     model's defaults), the most --frames (4k+1) or the largest --height/--width (multiples of
     16; a side left alone stays, two sides keep their aspect ratio); when the user chose both
     or neither, whichever keeps more of what was asked. Returns the estimate when it fits."""
+    import torch
+
     estimate = estimate_for(frames, height, width, num_videos)
     free = available_memory(device)
     if free is None or estimate.peak <= free:
@@ -463,6 +474,8 @@ def check_t2v_train_memory(estimate_for: Callable[[int, int, int, int], MemoryEs
     `functools.partial` of `t2v_train_memory`). The hint names what would fit, in this order: a
     smaller --batch-size, activation checkpointing on every block, the largest --size (multiples
     of 16) of this aspect ratio at batch size 1 with checkpointing. Returns the estimate when it fits."""
+    import torch
+
     estimate = estimate_for(height, width, batch_size, checkpoint_every)
     free = available_memory(device)
     if free is None or estimate.total <= free:
@@ -493,6 +506,8 @@ def oom_as_error(what: str, hint: str) -> Iterator[None]:
     except MemoryError:
         raise InsufficientMemoryError(f"out of memory while {what}", hint) from None
     except RuntimeError as exc:  # torch.OutOfMemoryError derives from RuntimeError
+        import torch
+
         if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or any(word in str(exc).lower() for word in _OOM_WORDS):
             raise InsufficientMemoryError(f"out of memory while {what}", hint) from None
         raise

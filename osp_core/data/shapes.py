@@ -23,14 +23,17 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import InputError
-from ..io import atomic_path, ensure_writable_dir, write_json, write_video
+from ..io import atomic_path, ensure_writable_dir, write_json
 from ..io.atomic import remove_empty_folders
 from ..io.paths import folders_to_create
+
+if TYPE_CHECKING:  # torch loads when a clip is rendered: bad options are refused before it
+    import torch
 
 NUM_FRAMES = 17
 SIZE = 64
@@ -162,6 +165,9 @@ def boxes_meet(a: tuple[float, ...], b: tuple[float, ...], margin: float = 0.0) 
 
 def render(clip: ShapeClip | list[ShapeClip]) -> torch.Tensor:
     """(17, 64, 64, 3) uint8 frames of `clip` (or of several clips' shapes, which must not overlap)."""
+    import torch
+
+
     frames = np.zeros((NUM_FRAMES, SIZE, SIZE, 3), dtype=np.float64)
     for one in [clip] if isinstance(clip, ShapeClip) else clip:
         color = np.array(one.rgb or COLORS[one.color], dtype=np.float64)
@@ -262,6 +268,8 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
         if existing:
             what = f"'{existing[0].relative_to(out)}' and {len(existing) - 1} more files" if len(existing) > 1 else f"'{existing[0].relative_to(out)}'"
             raise InputError(f"'{out}' already holds {what} that this run would write", "pass --overwrite to replace them, or choose another --out")
+    from ..io import write_video
+
     created = folders_to_create(videos)
     try:
         ensure_writable_dir(videos)

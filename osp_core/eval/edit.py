@@ -186,20 +186,12 @@ def evaluate_sidecar(video: str | Path) -> dict:
     """`evaluate_edit` for an `osp edit` output, from its sidecar (its relative paths are
     relative to the sidecar's folder; older sidecars wrote them relative to where `osp edit`
     ran, the working directory is tried after the folder)."""
-    import json
-
-    from ..errors import InputError
     from ..io import read_video
-    from ..io.paths import check_input_file
+    from ..jobs.records import read_edit_sidecar
     from ..pipelines.edit_inputs import box_mask, load_first_frame, load_mask
 
-    video = check_input_file(video, "video")
-    sidecar = video.with_suffix(".json")
-    try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-        source_name, region, tracks = record["source"], record["region"], record["tracks"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise InputError(f"'{video}' has no readable `osp edit` sidecar ('{sidecar}')", "pass videos written by `osp edit`, with their .json beside them") from None
+    video, record = read_edit_sidecar(video)
+    source_name, region, tracks = record["source"], record["region"], record["tracks"]
 
     def locate(name: str) -> Path:
         path = Path(name)

@@ -66,8 +66,23 @@ def ensure_writable_dir(directory: Path) -> None:
         raise InputError(f"cannot create output folder '{directory}': {exc.strerror}", "choose a writable location") from None
     for folder in reversed(missing):
         _mark_created(folder)
+    _check_writable(directory, directory)
+
+
+def _check_writable(directory: Path, asked: Path) -> None:
+    """A one-line error when no file can be written in the existing folder `directory`; `asked`
+    is the output folder the user named (itself, or a folder to create inside it)."""
+    refused, reason = _unwritable(directory)
+    if refused and asked == directory:
+        raise InputError(f"output folder '{directory}' is not writable" + (f" ({reason})" if reason else ""), "choose a writable location")
+    if refused:
+        raise InputError(f"cannot create output folder '{asked}': '{directory}' is not writable" + (f": {reason}" if reason else ""), "choose a writable location")
+
+
+def _unwritable(directory: Path) -> tuple[bool, str]:
+    """Whether no file can be written in the existing folder `directory`, and the system's reason."""
     if not os.access(directory, os.W_OK):
-        raise InputError(f"output folder '{directory}' is not writable", "choose a writable location")
+        return True, ""
     # os.access trusts root even on read-only pseudo file systems (/proc, /sys): really try,
     # so the failure comes now and not after minutes of work
     try:
@@ -75,7 +90,8 @@ def ensure_writable_dir(directory: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"output folder '{directory}' is not writable ({exc.strerror or type(exc).__name__})", "choose a writable location") from None
+        return True, exc.strerror or type(exc).__name__
+    return False, ""
 
 
 def check_creatable_dir(directory: Path) -> None:
@@ -84,7 +100,7 @@ def check_creatable_dir(directory: Path) -> None:
     current = existing_ancestor(directory)
     if not current.is_dir():
         raise InputError(f"cannot create output folder '{directory}': '{current}' is not a folder", "choose a writable location")
-    ensure_writable_dir(current)
+    _check_writable(current, directory)
 
 
 def _release_all() -> None:

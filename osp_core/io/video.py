@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .atomic import atomic_path
-from .media import IMAGE_SUFFIXES, parse_size  # noqa: F401 (osp_core.jobs.vae takes parse_size from here)
+from .media import IMAGE_SUFFIXES
 
 
 @dataclass

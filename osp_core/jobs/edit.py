@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, ModelLoadError
 from ..hub import DEFAULT_REPO
+from ..pipelines.edit_inputs import parse_box
 from ..pipelines.t2v_inputs import check_max_steps, fewest_steps
 from .progress import NoProgress, SamplingProgress
 from .records import edit_sidecar, write_video_files
@@ -76,6 +77,8 @@ class EditJob:
             raise InputError(f"output '{self.output}' is not an .mp4 file", "pass -o NAME.mp4")
         if self.steps is not None:
             check_max_steps(self.steps)
+        if self.box is not None:
+            parse_box(self.box)  # its text now; against the frame once the video is read
 
 
 
@@ -91,7 +94,6 @@ def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
         load_first_frame,
         load_mask,
         load_track_file,
-        parse_box,
         parse_track,
     )
     from ..pipelines.video_vae import load_clip

@@ -72,6 +72,22 @@ def edit_sidecar(fields: dict[str, Any], seconds: dict[str, float]) -> dict[str,
     return {**fields, "seconds": seconds, "osp_version": __version__}
 
 
+def read_edit_sidecar(video: str | Path) -> tuple[Path, dict[str, Any]]:
+    """An `osp edit` output and its sidecar's record (source, region, tracks checked present);
+    one-line errors for a missing video or an unreadable sidecar."""
+    from ..io.paths import check_input_file
+
+    video = check_input_file(video, "video")
+    sidecar = video.with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not all(key in record for key in ("source", "region", "tracks")):
+        raise InputError(f"'{video}' has no readable `osp edit` sidecar ('{sidecar}')", "pass videos written by `osp edit`, with their .json beside them") from None
+    return video, record
+
+
 def recon_sidecar(source: str, model: str, frames: int, size: tuple[int, int], psnr: float, ssim: float, seconds: float) -> dict[str, Any]:
     """The sidecar of a VAE round trip written by the web page."""
     return {"input": source, "model": model, "frames": frames, "size": list(size), "psnr": round(psnr, 3), "ssim": round(ssim, 4), "seconds": round(seconds, 3)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..device import attention_name, check_device_name, check_dtype_name
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import frames_suffix
@@ -241,6 +242,15 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     ]
     if check_outputs and not job.overwrite:  # refused before torch loads: the CLI answers at once
         check_no_overwrite(job.output_dir, [name for video in videos for name in video.names])
+    if check_outputs:
+        from ..io.atomic import check_creatable_dir
+
+        check_creatable_dir(job.output_dir)  # before torch loads; the run checks again when it starts
+
+    # the names first, without torch: a misspelt option is refused at once
+    check_device_name(job.device)
+    check_dtype_name(job.dtype)
+    attention_name(job.attention)
 
     import torch
 

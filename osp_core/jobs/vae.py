@@ -122,9 +122,8 @@ def plan_vae(job: VaeJob) -> VaePlan:
         from ..io.video import check_fps
 
         check_fps(job.fps)
-    from ..device import resolve
-    from ..io.video import parse_size
-    from ..pipelines.video_vae import check_clip_fits, check_latents_fit, find_vae
+    from ..device import check_device_name, check_dtype_name
+    from ..pipelines.vae_inputs import check_clip, find_vae
     from .records import latent_fps, load_latents
 
     latents, fps, model, dtype = None, None, job.model or DEFAULT_REPO, job.dtype
@@ -135,12 +134,20 @@ def plan_vae(job: VaeJob) -> VaePlan:
         # latents saved by `osp t2v sample` record the dtype the video was decoded in: the same
         # dtype gives the sampled frames back (bf16 vs fp32 differ by up to 33 levels)
         dtype = dtype or latents.metadata.get("dtype")
-    device, torch_dtype = resolve(job.device, dtype)
+    # names, the VAE and the clip's frames and size first: their refusals come before torch loads
+    check_device_name(job.device)
+    check_dtype_name(dtype)
     folder = find_vae(model)
+    if job.kind != "decode":
+        shape = check_clip(folder, job.source, job.frames, job.stride, _size(job.size))
+    from ..device import resolve
+    from ..pipelines.video_vae import check_clip_fits, check_latents_fit
+
+    device, torch_dtype = resolve(job.device, dtype)
     if job.kind == "decode":
         shape = check_latents_fit(folder, latents.latents, device, torch_dtype, job.tile)
     else:
-        shape = check_clip_fits(folder, job.kind, job.source, job.frames, job.stride, parse_size(job.size), device, torch_dtype, job.tile)
+        check_clip_fits(folder, job.kind, shape, device, torch_dtype, job.tile)
     output, sidecar = job.output, None
     if job.kind == "recon":
         wanted = frames_suffix(shape[0])  # one frame is an image, as `osp t2v sample` writes it
@@ -179,12 +186,20 @@ def _counter(progress: StepsProgress, total: int) -> Callable[[], None]:
     return tick
 
 
+def _size(size: str | None) -> tuple[int, int] | None:
+    """--size as (H, W), None without one."""
+    if size is None:
+        return None
+    from ..io import parse_size
+
+    return parse_size(size)
+
+
 def _read_clip(plan: VaePlan, vae: Any) -> Any:
-    from ..io.video import parse_size
     from ..pipelines.video_vae import load_clip
 
     job = plan.job
-    return load_clip(job.source, job.frames, job.stride, parse_size(job.size), (vae.temporal_compression, vae.spatial_compression))
+    return load_clip(job.source, job.frames, job.stride, _size(job.size), (vae.temporal_compression, vae.spatial_compression))
 
 
 def _encode(plan: VaePlan, vae: Any, progress: StepsProgress) -> VaeSummary:

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import ATTENTION_BACKENDS, DEFAULT_BACKEND, attention_name
 from ..errors import InputError
 
-ATTENTION_BACKENDS = ("sdpa", "math", "flash", "npu")
-DEFAULT_BACKEND = "sdpa"
 # an additive mask value at or below this drops the key (softmax weight exp(-1e4) == 0 in fp16,
 # bf16 and fp32); between it and 0 the value is a real bias, which keep/drop kernels cannot take
 MASK_DROP = -1e4
@@ -156,12 +155,10 @@ def resolve_attention_backend(name: str, device: torch.device | str, dtype: torc
     """The backend for `name` (auto or one of ATTENTION_BACKENDS) on `device` with models in
     `dtype`, checked: an unknown name, `flash` without flash-attn, off CUDA or in float32, and
     `npu` without torch_npu are one-line `InputError`s (raised before any model loads)."""
-    key = name.strip().lower()
+    key = attention_name(name)
     kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]  # "npu" needs torch_npu to parse
     if key == "auto":
         return "npu" if kind == "npu" else DEFAULT_BACKEND
-    if key not in ATTENTION_BACKENDS:
-        raise InputError(f"unknown attention backend '{name}'", "use auto, " + ", ".join(ATTENTION_BACKENDS))
     if key == "flash":
         if importlib.util.find_spec("flash_attn") is None:
             raise InputError("--attention flash needs the flash-attn package, which is not installed", "pip install flash-attn (CUDA), or use --attention sdpa")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch loads where a tensor is made: the text checks run before it (seconds)
+    import torch
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1; end exclusive
 
@@ -51,6 +52,8 @@ def check_box(box: Box, height: int, width: int) -> Box:
 
 def box_mask(box: Box, frames: int, height: int, width: int) -> torch.Tensor:
     """(T, H, W) float mask, 1 inside `box` in every frame (ReVideo's region is fixed)."""
+    import torch
+
     x0, y0, x1, y1 = box
     mask = torch.zeros(frames, height, width)
     mask[:, y0:y1, x0:x1] = 1.0
@@ -82,6 +85,9 @@ def load_mask(path: str | Path, frames: int, height: int, width: int) -> torch.T
 def latent_mask(mask: torch.Tensor, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
     """(T, H, W) pixel mask -> (t, h, w) latent mask: a latent cell is edited when any pixel
     it covers is (latent frame 0 is pixel frame 0; frame i covers pixels 4i-3 .. 4i)."""
+    import torch
+    import torch.nn.functional as F
+
     first, rest = mask[:1], mask[1:]
     groups = [first] + ([rest.reshape(-1, temporal, *mask.shape[1:]).amax(dim=1)] if len(rest) else [])
     per_frame = torch.cat(groups)  # (t, H, W)
@@ -91,6 +97,9 @@ def latent_mask(mask: torch.Tensor, temporal: int = 4, spatial: int = 8) -> torc
 def feathered(mask: torch.Tensor, width: int) -> torch.Tensor:
     """A soft copy of a (T, H, W) {0, 1} mask that ramps from 0 at its border to 1 `width`
     pixels inside, and stays exactly 0 outside (pasting source pixels back keeps them exact)."""
+    import torch
+    import torch.nn.functional as F
+
     if width <= 0:
         return mask.clone()
     x = mask[:, None]
@@ -129,6 +138,8 @@ def parse_track(text: str, frames: int) -> torch.Tensor:
             raise ValueError
     except ValueError:
         raise InputError(f"--track '{text}' is not X0,Y0:X1,Y1", "pass a start and an end point in pixels, e.g. --track 10,20:40,20") from None
+    import torch
+
     a, b = torch.tensor(start), torch.tensor(end)
     steps = torch.linspace(0, 1, frames)[:, None]
     return a + (b - a) * steps
@@ -136,6 +147,8 @@ def parse_track(text: str, frames: int) -> torch.Tensor:
 
 def load_track_file(path: str | Path, frames: int) -> list[torch.Tensor]:
     """Tracks from JSON `[[[x, y], ...per frame], ...per track]` -> (T, 2) each."""
+    import torch
+
     from ..io.paths import check_input_file
 
     check_input_file(path, "track file")
@@ -156,6 +169,8 @@ def load_track_file(path: str | Path, frames: int) -> list[torch.Tensor]:
 
 def check_tracks(tracks: list[torch.Tensor], height: int, width: int) -> None:
     """Every point a finite number inside the frame (x in [0, W), y in [0, H))."""
+    import torch
+
     for index, track in enumerate(tracks):
         infinite = ~torch.isfinite(track).all(dim=1)
         if bool(infinite.any()):
@@ -172,6 +187,8 @@ def check_tracks(tracks: list[torch.Tensor], height: int, width: int) -> None:
 def region_displacement(tracks: list[torch.Tensor], mask0: torch.Tensor) -> torch.Tensor:
     """(T, 2) mean (dx, dy) from frame 0 of the tracks that start inside the region (all tracks
     when none does): how the region's content moves."""
+    import torch
+
     if not tracks:
         raise ValueError("no tracks")
     inside = [t for t in tracks if bool(mask0[int(min(max(t[0, 1], 0), mask0.shape[0] - 1)), int(min(max(t[0, 0], 0), mask0.shape[1] - 1))] > 0)]
@@ -181,6 +198,9 @@ def region_displacement(tracks: list[torch.Tensor], mask0: torch.Tensor) -> torc
 
 def shift(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
     """(..., H, W) translated by (dx, dy) cells (bilinear, border values repeat)."""
+    import torch
+    import torch.nn.functional as F
+
     if abs(dx) < 1e-6 and abs(dy) < 1e-6:
         return x.clone()
     shape = x.shape

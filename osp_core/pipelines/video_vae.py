@@ -6,7 +6,6 @@ metadata needed to decode them (fps, frames, size, scaling factor, model) in the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,34 +13,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, ModelLoadError
-from ..hub import resolve_model_dir
+from ..errors import InputError
 from ..io import Video, read_video, resize_center_crop
-from ..io.probe import probe
 from ..models.causal_vae import CausalVideoVAE
+from .vae_inputs import check_clip_size, find_vae, read_vae_config, valid_frame_counts, wanted_frames
 
-
-
-def find_vae(model: str | Path) -> Path:
-    """The folder holding the VAE's config.json and weights: a model repository's `vae/`, a VAE
-    folder, a Hub id (its `vae/` is downloaded) or builtin:NAME."""
-    root = resolve_model_dir(str(model), subfolders=["vae"])
-    if (root / "vae" / "config.json").is_file():
-        return root / "vae"
-    if (root / "config.json").is_file():
-        return root
-    raise ModelLoadError(f"no VAE config in '{model}' (looked for vae/config.json and config.json)", "pass a model repository folder or a VAE folder")
-
-
-def read_vae_config(folder: Path) -> dict[str, Any]:
-    """The VAE's config.json (what memory estimates and frame checks need, before loading)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read '{folder / 'config.json'}' ({type(exc).__name__})", "pass a VAE folder with a valid config.json") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"'{folder / 'config.json'}' is not a JSON object", "pass a VAE folder with a valid config.json")
-    return config
 
 
 def load_vae(model: str | Path, device: torch.device, dtype: torch.dtype) -> CausalVideoVAE:
@@ -50,47 +26,11 @@ def load_vae(model: str | Path, device: torch.device, dtype: torch.dtype) -> Cau
     return vae.to(device).eval()
 
 
-def valid_frame_counts(count: int, compression: int = 4) -> tuple[int, int]:
-    """The nearest frame counts of the form compression*k + 1 below and above `count`."""
-    lower = max(1, (count - 1) // compression * compression + 1)
-    return lower, lower + compression
-
-
-def _wanted_frames(frames: str | int | None, t_comp: int) -> int | None:
-    """--frames as a count (None for 'auto' and all frames); one-line errors for the rest."""
-    if frames in (None, "auto"):
-        return None
-    try:
-        want = int(frames)
-    except (TypeError, ValueError):
-        raise InputError(f"--frames must be a number or 'auto', got '{frames}'", "e.g. --frames 17 or --frames auto") from None
-    if want < 1 or (want - 1) % t_comp:
-        lo, hi = valid_frame_counts(want, t_comp)
-        raise InputError(f"frame count {want} is not {t_comp}k+1", f"use {lo} or {hi}, or --frames auto")
-    return want
-
-
-def clip_shape(path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, t_comp: int = 4) -> tuple[int, int, int]:
-    """(frames, height, width) that `load_clip` will give for these options, from the file's
-    header (no frame is decoded): what a memory check needs before anything big is read."""
-    want = _wanted_frames(frames, t_comp)
-    if stride < 1:
-        raise InputError(f"stride must be >= 1, got {stride}", "pass --stride 1 or more")
-    info = probe(path)
-    count = len(range(0, info.num_frames, stride))
-    if want is not None:
-        count = min(want, count)
-    elif frames == "auto" and (count - 1) % t_comp:
-        count = valid_frame_counts(count, t_comp)[0]
-    height, width = size if size is not None else (info.height, info.width)
-    return count, height, width
-
-
 def load_clip(path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, compression: tuple[int, int] = (4, 8)) -> Video:
     """Read a clip for the VAE: `frames` is a count, 'auto' (the longest 4k+1 prefix) or None
     (all frames, which must then be 4k+1); `size` resizes + center-crops."""
     t_comp, s_comp = compression
-    want = _wanted_frames(frames, t_comp)
+    want = wanted_frames(frames, t_comp)
     video = read_video(path, num_frames=want, stride=stride)
     count = video.num_frames
     if want is not None and count < want:
@@ -101,14 +41,9 @@ def load_clip(path: str | Path, frames: str | int | None, stride: int, size: tup
     elif (count - 1) % t_comp:
         lo, hi = valid_frame_counts(count, t_comp)
         raise InputError(f"'{path}' has {count} frames, not {t_comp}k+1", f"pass --frames auto to use {lo}, or --frames {lo}")
+    check_clip_size(video.size, size, s_comp)
     if size is not None:
-        if size[0] % s_comp or size[1] % s_comp:
-            raise InputError(f"size {size[0]}x{size[1]} is not a multiple of {s_comp}", f"use e.g. {size[0] // s_comp * s_comp or s_comp}x{size[1] // s_comp * s_comp or s_comp}")
         video = Video(resize_center_crop(video.frames, size), video.fps)
-    else:
-        h, w = video.size
-        if h % s_comp or w % s_comp:
-            raise InputError(f"frame size {h}x{w} is not a multiple of {s_comp}", f"pass --size {max(s_comp, h // s_comp * s_comp)}x{max(s_comp, w // s_comp * s_comp)}")
     return video
 
 
@@ -119,16 +54,11 @@ def _check_memory(folder: Path, config: dict[str, Any], op: str, shape: tuple[in
     check_vae_memory(config, op, *shape, num_params=params, device=device, dtype=dtype, tiled=tile is not False, resizable=resizable)
 
 
-def check_clip_fits(folder: Path, op: str, path: str | Path, frames: str | int | None, stride: int, size: tuple[int, int] | None, device: torch.device, dtype: torch.dtype, tile: bool | None) -> tuple[int, int, int]:
+def check_clip_fits(folder: Path, op: str, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype, tile: bool | None) -> None:
     """Refuse, before the weights load and before the clip is read, an `op` ('encode' or
-    'recon') of the clip `load_clip` would read that cannot fit `device` (`osp_core.memory`);
-    the error names the --size that would. Returns the clip's (frames, height, width)."""
-    from ..memory import VAEShape
-
-    config = read_vae_config(folder)
-    shape = clip_shape(path, frames, stride, size, VAEShape.from_config(config).temporal_compression)
-    _check_memory(folder, config, op, shape, device, dtype, tile, resizable=True)
-    return shape
+    'recon') of a clip of `shape` (`vae_inputs.check_clip`) that cannot fit `device`
+    (`osp_core.memory`); the error names the --size that would."""
+    _check_memory(folder, read_vae_config(folder), op, shape, device, dtype, tile, resizable=True)
 
 
 def check_latent_shape(latents: torch.Tensor, channels: int) -> None:

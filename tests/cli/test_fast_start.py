@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "diffusers", "transformers")
+HEAVY = ("torch", "diffusers", "transformers", "gradio")
 BLOCKED_EXIT = 97
 
 # runs `osp ARGS` (the console script's entry) with a finder that stops the process the moment
@@ -55,7 +55,7 @@ def test_importing_the_cli_imports_no_torch():
 def test_the_plan_modules_import_no_torch():
     """What plans and refuses (the jobs floor, the input and repository checks) loads without
     torch; the run paths import it when they start."""
-    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.io.paths"]
+    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.pipelines.edit_inputs", "osp_core.pipelines.vae_inputs", "osp_core.device", "osp_core.memory", "osp_core.data.shapes", "osp_core.io.paths"]
     code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print([m for m in {HEAVY!r} if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -86,10 +86,27 @@ def test_help_imports_no_torch(args):
 
 
 def _refusals(tmp_path: Path) -> list[list[str]]:
+    from osp_core.data.shapes import iter_clips, render
+    from osp_core.io import write_video
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "a-cat-7.mp4").write_bytes(b"an earlier run")
+    video = write_video(tmp_path / "clip.mp4", render(next(iter_clips(1, 0))), fps=8)  # 17x64x64, no sidecar
+    shapes = ["--model", "builtin:shapes"]
     return [
+        ["edit", str(video), "-o", str(tmp_path / "e.mp4"), "--box", "8,8,56", *shapes],  # three numbers
+        ["vae", "encode", str(video), "-o", str(tmp_path / "x.safetensors"), "--frames", "18", *shapes],  # not 4k+1
+        ["vae", "recon", str(video), "-o", str(tmp_path / "r.mp4"), "--device", "bogus", *shapes],
+        ["t2v", "sample", "a cat", *shapes, "--device", "bogus"],
+        ["t2v", "sample", "a cat", *shapes, "--dtype", "fp64"],
+        ["t2v", "sample", "a cat", *shapes, "--attention", "bogus"],
+        ["t2v", "sample", "a cat", *shapes, "-o", "/proc/forbidden"],  # no folder can be made there
+        ["data", "synth", "--num", "0", "-o", str(tmp_path / "synth")],
+        ["data", "synth", "--objects", "3", "-o", str(tmp_path / "synth")],
+        ["eval", "edit", str(video)],  # not an `osp edit` output
+        ["eval", "shapes", str(tmp_path / "missing.mp4")],
+        ["serve", *shapes, "--port", "99999"],
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--frames", "6"],  # bad --frames
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--height", "30"],  # bad size
         ["t2v", "sample", "--prompts", str(tmp_path / "missing.txt")],  # no prompt file
@@ -160,3 +177,12 @@ def test_train_print_config_imports_no_torch(tmp_path, group):
     proc = _osp(group, "train", "--preset", "debug", "--size", "32x32", "--print-config", blocked=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"height": 32' in proc.stdout
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
+    """The refusal names the folder asked for and the existing folder that refuses it."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc")
+    proc = _osp("t2v", "sample", "a cat", "--model", "builtin:shapes", "-o", "/proc/forbidden", blocked=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: cannot create output folder '/proc/forbidden': '/proc' is not writable"), proc.stderr
