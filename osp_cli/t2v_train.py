@@ -16,7 +16,7 @@ from .train import TextEncoderOpt, VaeOpt, run_standalone, run_training, train_c
 @train_command()
 def train(
     options: TrainOptions,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model repository (Hub id or folder) with vae/ and version folders.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model repository (Hub id, folder or builtin:NAME) with vae/ and version folders.")] = None,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from this transformer: a version folder of --model (e.g. 65x512x512) or a folder.")] = None,
     transformer_config: Annotated[str | None, typer.Option("--transformer-config", help="LatteT2V config.json for a fresh transformer.")] = None,
     vae: VaeOpt = None,

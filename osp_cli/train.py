@@ -23,19 +23,25 @@ VaeOpt = Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id
 TextEncoderOpt = Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")]
 
 
-def train_command(*, without: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def train_command(*, without: tuple[str, ...] = (), help: dict[str, str] | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:  # noqa: A002 - typer's name
     """Decorate a train command `command(options: TrainOptions, **own)`: the command typer sees
     takes every `TrainOptions` field (the preset first, then the common options, the command's
     own, then --set, --print-config, --json), less those named in `without`, and hands them
-    over as one `TrainOptions`. Flags, help and defaults come from the fields' declarations."""
+    over as one `TrainOptions`. Flags, help and defaults come from the fields' declarations;
+    `help` replaces a field's help line where an option means more (or less) for this command
+    (e.g. the VAE also reads a video folder); the decorated command keeps it as `option_help`."""
+    replaced = dict(help or {})
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         specs = [spec for spec in dataclasses.fields(TrainOptions) if spec.name not in without]
         hints = typing.get_type_hints(TrainOptions)
         common = {spec.name for spec in specs}
+        unknown = set(replaced) - common
+        if unknown:
+            raise TypeError(f"help for options the command does not take: {sorted(unknown)}")
 
         def parameter(spec: dataclasses.Field) -> inspect.Parameter:
-            info = typer.Option(*spec.metadata["flags"], help=spec.metadata["help"])
+            info = typer.Option(*spec.metadata["flags"], help=replaced.get(spec.name, spec.metadata["help"]))
             return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=Annotated[hints[spec.name], info])
 
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "options"]
@@ -51,6 +57,7 @@ def train_command(*, without: tuple[str, ...] = ()) -> Callable[[Callable[..., N
         parameters = [*head, *middle, *own, *tail]
         run.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in parameters}
+        run.option_help = replaced  # type: ignore[attr-defined]
         del run.__wrapped__  # typer reads the signature built here, not the command's
         return run
 
@@ -70,6 +77,14 @@ def run_training(options: TrainOptions, config_class: type, group: str, own: dic
 
         typer.echo(dumps(config_to_dict(config), indent=2))
         return
+    from osp_core.errors import InputError
+    from osp_core.train.plan import plan_training
+
+    try:
+        plan_training(config)  # every refusal that needs no model, before torch is imported
+    except InputError as exc:
+        exc.quiet = not is_main_process()  # every rank refuses the same input: rank 0 says it once
+        raise
     import importlib
 
     from osp_core.train.trainer import Trainer

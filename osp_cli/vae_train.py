@@ -12,7 +12,13 @@ from osp_core.train.options import TrainOptions
 from .train import run_standalone, run_training, train_command
 
 
-@train_command(without=("sequence_parallel",))
+@train_command(
+    without=("sequence_parallel",),
+    help={
+        "data": "Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl, or a video folder.",
+        "strategy": "ddp (whole model per rank); fsdp is refused: the VAE's activations, not its 3.8 GiB of weights and optimizer states, fill the memory.",
+    },
+)
 def train(
     options: TrainOptions,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Continue from these VAE weights (repo id, folder, or folder with vae/).")] = None,

@@ -68,12 +68,19 @@ def _entries_from_records(records: list, root: Path, where: str) -> list[Entry]:
     return out
 
 
+_MISSING_FIX = {"annotation file": "check the data list / --data path", "data list": "pass a file with lines ROOT,ANNOTATION.json"}
+
+
+def _require_file(path: Path, kind: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{kind} '{path}' does not exist", _MISSING_FIX[kind])
+
+
 def read_annotation(path: str | Path, root: str | Path | None = None) -> list[Entry]:
     """Entries of one annotation file (.json list or .jsonl); relative paths resolve against `root`
     (default: the annotation's folder)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"annotation file '{path}' does not exist", "check the data list / --data path")
+    _require_file(path, "annotation file")
     base = Path(root) if root is not None else path.parent
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".jsonl":
@@ -106,8 +113,7 @@ def read_data_list(path: str | Path) -> list[Entry]:
     """Entries of a data list file (`ROOT,ANNOTATION` per line); relative paths in the list are
     looked up beside the list file first, then in the working directory."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data list '{path}' does not exist", "pass a file with lines ROOT,ANNOTATION.json")
+    _require_file(path, "data list")
     entries: list[Entry] = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -126,12 +132,24 @@ def scan_folder(folder: str | Path, images: bool = False) -> list[Entry]:
     return [Entry(p, ("",)) for p in sorted(folder.rglob("*")) if p.suffix.lower() in suffixes and p.is_file()]
 
 
-def load_entries(source: str | Path, allow_folder: bool = False) -> list[Entry]:
-    """Entries from a data list, an annotation (.json/.jsonl) or, when allowed, a folder."""
+def check_data_source(source: str | Path, allow_folder: bool = False) -> Path:
+    """The path of a data list, an annotation or (when allowed) a folder; refuses one that is
+    not there before anything is read."""
     source = Path(source).expanduser()
     if source.is_dir():
         if not allow_folder:
             raise InputError(f"'{source}' is a folder", "pass a data list (ROOT,ANNOTATION.json lines) or an annotation .json/.jsonl")
+    elif source.suffix.lower() in (".json", ".jsonl"):
+        _require_file(source, "annotation file")
+    else:
+        _require_file(source, "data list")
+    return source
+
+
+def load_entries(source: str | Path, allow_folder: bool = False) -> list[Entry]:
+    """Entries from a data list, an annotation (.json/.jsonl) or, when allowed, a folder."""
+    source = check_data_source(source, allow_folder)
+    if source.is_dir():
         entries = scan_folder(source)
     elif source.suffix.lower() in (".json", ".jsonl"):
         entries = read_annotation(source)

@@ -21,7 +21,7 @@ _LAZY = {
     "frames_suffix": ".media",
     "Video": ".video",
     "from_model_output": ".video",
-    "parse_size": ".video",
+    "parse_size": ".media",
     "read_video": ".video",
     "resize_center_crop": ".video",
     "to_model_input": ".video",
@@ -41,11 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .jsonfile import dumps as json_dumps
     from .jsonfile import write_json
-    from .media import frames_suffix
+    from .media import frames_suffix, parse_size
     from .video import (
         Video,
         from_model_output,
-        parse_size,
         read_video,
         resize_center_crop,
         to_model_input,

@@ -86,3 +86,18 @@ def frames_suffix(num_frames: int) -> str:
     """The file type osp writes `num_frames` frames as: one frame is an image (.png), more an
     H.264 .mp4."""
     return ".png" if num_frames == 1 else ".mp4"
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """'HxW' (or 'N' for square) -> (H, W)."""
+    if size is None:
+        return None
+    try:
+        parts = [int(p) for p in size.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
+    return parts[0], parts[1]

@@ -97,21 +97,6 @@ def read_video(
     return Video(torch.from_numpy(np.stack(kept)), fps)
 
 
-def parse_size(size: str | None) -> tuple[int, int] | None:
-    """'HxW' (or 'N' for square) -> (H, W)."""
-    if size is None:
-        return None
-    try:
-        parts = [int(p) for p in size.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise InputError(f"cannot read size '{size}'", "write it as HxW, e.g. 256x256")
-    return parts[0], parts[1]
-
-
 def resize_center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Scale (T, H, W, 3) uint8 frames so they cover `size` (H, W), then center-crop to it."""
     out_h, out_w = size

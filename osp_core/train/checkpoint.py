@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import pickle
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,46 +30,10 @@ from ..errors import InputError, ModelLoadError
 from ..io.atomic import fsync_path, fsync_tree
 from ..io.jsonfile import dumps
 from ..parallel.layout import is_main_process
+from .plan import STATE_FILE, list_checkpoints, resolve_resume, step_dir_name
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
-
-STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def resolve_resume(root: Path, resume: str) -> Path | None:
-    """The checkpoint `--resume` names, for a run whose checkpoints go to `root`: '' -> None;
-    'latest' -> the newest under `root` or None; else the given folder (checked)."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(root)
-        return found[-1] if found else None
-    path = Path(resume).expanduser()
-    if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "checkpoints").is_dir():
-        found = list_checkpoints(path / "checkpoints")  # an output folder: take its newest
-        if found:
-            return found[-1]
-    if not (path / STATE_FILE).is_file():
-        raise InputError(f"'{resume}' is not a complete checkpoint (no {STATE_FILE})", "pass a checkpoints/step-N folder or --resume latest")
-    return path
 
 
 def checkpoint_strategy(checkpoint: Path) -> str:
@@ -577,10 +540,20 @@ class RunCheckpoints:
         model.save_pretrained(str(path))
 
     def _load_ema(self, folder: Path) -> None:
-        from diffusers.training_utils import EMAModel
+        """What `_save_ema` wrote, read back into the EMA: the average's settings (decay,
+        optimization_step, ...) from config.json and its weights from the safetensors.
+        `EMAModel.from_pretrained` would build a model from that config, which the model
+        refuses with warnings (the settings are not its options)."""
+        from safetensors.torch import load_file
 
         if not folder.is_dir():
             return  # a checkpoint from a run without EMA: start the average from the current weights
-        loaded = EMAModel.from_pretrained(str(folder), model_cls=type(self._inner()))
-        loaded.to(self.accelerator.device)
-        self.ema.load_state_dict(loaded.state_dict())
+        inner = self._inner()
+        config = type(inner).load_config(str(folder))
+        state = {key: config[key] for key in self.ema.state_dict() if key in config}
+        weights: dict[str, Any] = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(str(file)))
+        names = [name for name, _ in inner.named_parameters()]  # the order of the EMA's shadow parameters
+        state["shadow_params"] = [weights[name].to(shadow.device, shadow.dtype) for name, shadow in zip(names, self.ema.shadow_params, strict=True)]
+        self.ema.load_state_dict(state)

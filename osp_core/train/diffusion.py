@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDPMScheduler
 
+from .plan import check_objective_options
+
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
@@ -52,26 +54,6 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=dims)
     mask = mask.to(x.dtype).expand_as(x)
     return (x * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1.0)
-
-
-LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
-
-
-def check_objective_options(
-    num_train_timesteps: int, timestep_band_fraction: float, timestep_band: tuple[int, int], loss_weighting: str, max_loss_weight: float
-) -> None:
-    """Raise ValueError naming the first option of the objective beyond v1.1.0 that is out of range."""
-    lo, hi = timestep_band
-    if num_train_timesteps < 1:  # first: the range check below depends on it
-        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
-    if not 0.0 <= timestep_band_fraction <= 1.0:
-        raise ValueError(f"timestep_band_fraction must be in [0, 1], got {timestep_band_fraction}")
-    if not 0 <= lo < hi <= num_train_timesteps:
-        raise ValueError(f"timestep_band must satisfy 0 <= start < end <= {num_train_timesteps}, got {list(timestep_band)}")
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got '{loss_weighting}'")
-    if max_loss_weight < 1.0:
-        raise ValueError(f"max_loss_weight must be >= 1, got {max_loss_weight}")
 
 
 class GaussianDiffusionObjective:

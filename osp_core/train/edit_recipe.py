@@ -12,7 +12,6 @@ now and then (decoupled); 3 only the control blocks' temporal attention trains.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from ..errors import InputError, ModelLoadError
 from .config import EditTrainConfig
+from .plan import EDIT_DDP_ONLY
 from .t2v_recipe import T2VRecipe
 from .trainer import Built
 from .wrapping import TrainingForward
@@ -47,28 +47,11 @@ class EditRecipe(T2VRecipe):
     config: EditTrainConfig
 
     def check(self, accelerator) -> None:
+        # the rules that need no layout: `plan.check_edit_config`
         super().check(accelerator)
         layout = self.trainer.parallel.layout
         if layout.mode != "ddp" or layout.sp > 1:
-            # the control module is a few block pairs beside a frozen transformer: its states
-            # are small, and the frozen transformer would need sharding without training
-            raise InputError(
-                "osp edit train runs under --strategy ddp without sequence parallel",
-                "drop parallel.strategy / parallel.sequence_parallel from --set (torchrun with DDP works)",
-            )
-        e = self.config.edit
-        if e.stage not in (1, 2, 3):
-            raise InputError(f"edit.stage must be 1, 2 or 3, got {e.stage}", "pass --stage 1 (motion), 2 (content + motion) or 3 (seams)")
-        if e.stage == 3 and not e.pretrained:
-            raise InputError("stage 3 tunes a trained control module, and none was given", "pass --edit-module with stage 2's model/ folder")
-        if e.pretrained and not (Path(e.pretrained).expanduser() / "config.json").is_file():
-            raise InputError(f"--edit-module '{e.pretrained}' is not a control module folder (no config.json)", "pass a checkpoint's model/ folder written by `osp edit train`")
-        if not self.config.model.pretrained:
-            raise InputError("no transformer to control", "pass --version with the model's version folder (e.g. 17x64x64) or a LatteT2V folder")
-        if not 0 <= e.condition_dropout < 1:
-            raise InputError(f"edit.condition_dropout must be in [0, 1), got {e.condition_dropout}", "e.g. 0.1")
-        if self.config.data.use_image_num:
-            raise InputError("edit training takes videos only", "set data.use_image_num 0")
+            raise InputError(*EDIT_DDP_ONLY)
 
     def _check_memory(self, device) -> None:
         """Not the text-to-video estimate: here the transformer is frozen (no gradients or AdamW

@@ -27,7 +27,7 @@ class TrainOptions:
     given, the preset's or the config's default applies)."""
 
     preset: str | None = _option(("--preset", "-p"), "Preset name (see presets/) or a YAML file; CLI options override it.", place=HEAD)
-    data: str | None = _option(("--data",), "Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl (or, for the VAE, a video folder).", "data.data")
+    data: str | None = _option(("--data",), "Data list (ROOT,ANNOTATION.json lines) or an annotation .json/.jsonl.", "data.data")
     output: str | None = _option(("--output", "-o"), "Output folder: checkpoints/, logs/, samples/, summary.json.", "run.output_dir")
     frames: int | None = _option(("--frames",), "Frames per sample (4k+1).", "data.frames")
     stride: int | None = _option(("--stride",), "Take every N-th source frame.", "data.stride")
@@ -49,7 +49,7 @@ class TrainOptions:
     gradient_checkpointing: bool | None = _option(("--gradient-checkpointing/--no-gradient-checkpointing",), "Recompute activations to save memory.", "run.gradient_checkpointing")
     num_workers: int | None = _option(("--num-workers",), "DataLoader workers per process.", "run.num_workers")
     deterministic: bool | None = _option(("--deterministic/--no-deterministic",), "Deterministic kernels (bit-identical resumes on CPU).", "run.deterministic")
-    device: str | None = _option(("--device",), "Force cpu (else the launcher's device: CUDA / NPU / CPU).", "run.device")
+    device: str | None = _option(("--device",), "cpu trains on the CPU; cuda or npu refuses to start without one. Default: the launcher's device (CUDA / NPU if present, else CPU).", "run.device")
     strategy: str | None = _option(
         ("--strategy",),
         "ddp (whole model per rank) or fsdp (FSDP2: weights, gradients and optimizer states sharded; Distributed Checkpoint). Default: that of the checkpoint --resume continues, else ddp.",
@@ -63,7 +63,7 @@ class TrainOptions:
     def overrides(self) -> dict[str, Any]:
         """Dotted config keys of the options given (None: not given; `--overwrite` only when set).
         A bad --size is one `InputError` line."""
-        from ..io import parse_size
+        from ..io.media import parse_size
 
         size = parse_size(self.size)
         mapping: dict[str, Any] = {}

@@ -23,7 +23,6 @@ import torch
 
 from ..errors import InputError, ModelLoadError
 from .config import T2VTrainConfig
-from .diffusion import check_objective_options
 from .trainer import Built, Recipe
 
 
@@ -106,26 +105,10 @@ class T2VRecipe(Recipe):
     config: T2VTrainConfig
 
     def check(self, accelerator) -> None:
-        d, df = self.config.data, self.config.diffusion
-        if (d.frames - 1) % 4:
-            lower = (d.frames - 1) // 4 * 4 + 1
-            raise InputError(f"--frames {d.frames} is not 4k+1 (the VAE compresses time 4x)", f"use {lower} or {lower + 4}")
-        if d.height % 16 or d.width % 16:
-            raise InputError(f"size {d.height}x{d.width} is not a multiple of 16 (VAE 8x, patch 2)", "pick a multiple of 16")
-        if not 0.0 <= df.text_dropout <= 1.0:
-            raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
-        try:  # the objective's own checks, before any model is loaded
-            check_objective_options(df.num_train_timesteps, df.timestep_band_fraction, tuple(df.timestep_band), df.loss_weighting, df.max_loss_weight)
-        except ValueError as exc:
-            key = str(exc).split()[0]  # the messages start with the option's name
-            raise InputError(f"diffusion.{exc}", f"fix it with --set diffusion.{key}=VALUE or in the preset") from None
-        if d.use_image_num < 0:
-            raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
-        from ..pipelines.t2v_inputs import check_steps
-
-        check_steps("PNDM", self.config.validation.steps, "--validation-steps")  # validation samples use PNDM
+        # the rules that need no layout: `plan.check_t2v_config`
         from ..data.annotations import load_entries
 
+        d = self.config.data
         # the data lists are read now, so a wrong --data is one line before any model loads
         self.entries = load_entries(d.data)
         self.image_entries = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None

@@ -32,8 +32,9 @@ from ..errors import InputError
 from ..io.atomic import ensure_writable_dir, is_temp_name, release_folders
 from ..io.jsonfile import dumps, write_json
 from ..parallel.layout import is_main_process, launched_world, process_group, rank_device
-from .checkpoint import CheckpointUnreadableError, RunCheckpoints, checkpoint_strategy, list_checkpoints, resolve_resume
-from .config import config_to_dict, validate_common
+from .checkpoint import CheckpointUnreadableError, RunCheckpoints, checkpoint_strategy
+from .config import config_to_dict
+from .plan import RUN_FILES, check_config, check_previous_run, list_checkpoints, resolve_resume
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
@@ -41,10 +42,6 @@ logger = logging.getLogger("osp.train")
 Reporter = Callable[[str, dict[str, Any]], None]
 """Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop',
 'warning' (payload 'message'), 'end'."""
-
-RUN_FILES = ("checkpoints", "logs", "samples", "summary.json")
-"""What a run writes into its output folder (and what --overwrite removes)."""
-
 
 def _log_reporter(event: str, payload: dict[str, Any]) -> None:
     logger.info("%s %s", event, dumps(payload, default=str))
@@ -254,7 +251,7 @@ class Trainer:
     """Runs a `Recipe` under the `run` section of `config`."""
 
     def __init__(self, config: Any, recipe: Recipe, reporter: Reporter | None = None) -> None:
-        validate_common(config)
+        check_config(config)
         self.config = config
         self.run_cfg = config.run
         self.recipe = recipe
@@ -300,7 +297,7 @@ class Trainer:
 
         run = self.run_cfg
         self._check_device()
-        previous_run = self._check_previous_run()
+        previous_run = check_previous_run(self.output_dir, run.resume, run.overwrite)
         ensure_writable_dir(self.output_dir)
         stack.callback(torch.use_deterministic_algorithms, torch.are_deterministic_algorithms_enabled())
         if run.deterministic:
@@ -551,21 +548,6 @@ class Trainer:
 
     def _warn(self, message: str) -> None:
         self.report("warning", {"message": message})
-
-    def _check_previous_run(self) -> bool:
-        """Whether the output folder holds a run (checkpoints or a summary); refuses to train
-        into it unless the run resumes it (--resume) or starts over (--overwrite): checkpoints
-        of two runs must never mix."""
-        run = self.run_cfg
-        done = list_checkpoints(self.output_dir / "checkpoints")
-        held = bool(done) or (self.output_dir / "summary.json").is_file()
-        if held and not run.resume and not run.overwrite:
-            what = f"checkpoints up to step {int(done[-1].name.split('-')[1])}" if done else "a summary.json"
-            raise InputError(
-                f"'{self.output_dir}' already holds a training run ({what})",
-                "pass --resume latest to continue it, or --overwrite to start over (which removes it), or choose another --output",
-            )
-        return held
 
     def _remove_previous_run(self) -> None:
         for name in RUN_FILES:

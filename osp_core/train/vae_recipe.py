@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from .config import VAETrainConfig
+from .plan import VAE_DDP_ONLY
 from .trainer import Built, Recipe
 from .wrapping import TrainingForward
 
@@ -99,30 +100,10 @@ class VAERecipe(Recipe):
     config: VAETrainConfig
 
     def check(self, accelerator) -> None:
-        run, data = self.config.run, self.config.data
+        # the rules that need no layout: `plan.check_vae_config`
         layout = self.trainer.parallel.layout
         if layout.mode != "ddp" or layout.sp > 1:
-            # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its
-            # discriminator hold 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256
-            # sample ~74 GiB of saved activations; sharding the states saves < 3.8 GiB per rank
-            raise InputError(
-                "VAE training runs under --strategy ddp without sequence parallel: its weights and optimizer states (3.8 GiB) are small next to its activations, which sharding does not reduce",
-                "drop --strategy fsdp / --sequence-parallel for osp vae train; save memory with --gradient-checkpointing or a smaller --size / --frames",
-            )
-        if run.gradient_accumulation_steps != 1:
-            raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
-        if data.use_image_num or data.cache_dir:
-            raise InputError("use_image_num and cache_dir are text-to-video options", "remove them from the VAE config")
-        m = self.config.model
-        if m.freeze_encoder and not (m.pretrained or m.init_from_2d_vae):
-            raise InputError("model.freeze_encoder keeps a trained encoder, and none was given", "pass --pretrained WEIGHTS, or drop --freeze-encoder")
-        if m.freeze_encoder and m.reset_mix_factor is not None:
-            raise InputError("model.reset_mix_factor would change the frozen encoder's mix factors", "drop --reset-mix-factor or --freeze-encoder")
-        if (data.frames - 1) % 4:
-            lower = (data.frames - 1) // 4 * 4 + 1
-            raise InputError(f"--frames {data.frames} is not 4k+1", f"use {lower} or {lower + 4}")
-        if data.height % 8 or data.width % 8:
-            raise InputError(f"size {data.height}x{data.width} is not a multiple of 8", "pick a multiple of 8")
+            raise InputError(*VAE_DDP_ONLY)
 
     def build(self, accelerator) -> Built:
         from diffusers.optimization import get_scheduler

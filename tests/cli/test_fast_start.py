@@ -118,16 +118,65 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
     ]
 
 
+def _assert_refuses_without_heavy_imports(args: list[str], cwd: Path) -> None:
+    """`osp ARGS` gives the same one line and exit code with the heavy libraries blocked as without."""
+    blocked = _osp(*args, blocked=True, cwd=cwd)
+    assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
+    plain = _osp(*args, blocked=False, cwd=cwd)
+    assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
+    assert plain.stderr == blocked.stderr, args
+    assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+
+
 def test_refusals_that_need_no_model_import_no_torch(tmp_path):
     """Each refusal gives the same line and exit code as an unguarded run, and imports none of
     the heavy libraries."""
     for args in _refusals(tmp_path):
-        blocked = _osp(*args, blocked=True, cwd=tmp_path)
-        assert blocked.returncode != BLOCKED_EXIT, f"osp {' '.join(args)}: {blocked.stderr.strip()}"
-        plain = _osp(*args, blocked=False, cwd=tmp_path)
-        assert plain.returncode == blocked.returncode != 0, (args, plain.stderr, blocked.stderr)
-        assert plain.stderr == blocked.stderr, args
-        assert "Traceback" not in blocked.stderr and len(blocked.stderr.strip().splitlines()) == 1, blocked.stderr
+        _assert_refuses_without_heavy_imports(args, tmp_path)
+
+
+def _train_refusals(tmp_path: Path) -> list[list[str]]:
+    """The train commands' refusals that need no model: config keys and values, the recipes'
+    rules, the data source, an output folder holding another run."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "not-a-checkpoint").mkdir()
+    (tmp_path / "data.json").write_text("[]")
+    held = tmp_path / "held" / "checkpoints" / "step-00000002"
+    held.mkdir(parents=True)
+    (held / "trainer_state.json").write_text("{}")
+    vae = ["vae", "train", "--preset", "debug", "--data", "videos", "-o", "run"]
+    t2v = ["t2v", "train", "--preset", "debug", "--data", "data.json", "-o", "run"]
+    return [
+        [*vae, "--set", "run.nope=1"],  # unknown config key
+        [*vae, "--size", "wide"],  # unreadable size
+        [*vae, "--frames", "18"],  # not 4k+1
+        [*vae, "--strategy", "bogus"],
+        [*vae, "--strategy", "fsdp"],  # the VAE trains under ddp
+        [*vae, "--lr", "0"],
+        ["vae", "train", "--preset", "debug", "--data", "missing.txt", "-o", "run"],  # no data list
+        ["vae", "train", "--preset", "debug", "--data", "videos", "-o", "held"],  # would mix two runs
+        [*vae, "--resume", "not-a-checkpoint"],
+        [*t2v, "--frames", "18"],
+        ["t2v", "train", "--preset", "debug", "--data", "missing.json", "-o", "run"],  # no annotation
+        [*t2v, "--size", "24x24"],  # not a multiple of 16
+        ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "3"],  # stage 3 without --edit-module
+        ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "4"],
+    ]
+
+
+def test_train_refusals_that_need_no_model_import_no_torch(tmp_path):
+    """Each train refusal gives the same line and exit code as an unguarded run, imports none of
+    the heavy libraries and leaves no output folder behind."""
+    for args in _train_refusals(tmp_path):
+        _assert_refuses_without_heavy_imports(args, tmp_path)
+        assert not (tmp_path / "run").exists(), args
+
+
+@pytest.mark.parametrize("group", ["vae", "t2v", "edit"])
+def test_train_print_config_imports_no_torch(tmp_path, group):
+    proc = _osp(group, "train", "--preset", "debug", "--size", "32x32", "--print-config", blocked=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert '"height": 32' in proc.stdout
 
 
 def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
