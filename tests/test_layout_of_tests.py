@@ -30,6 +30,8 @@ def misplaced(root: Path) -> list[str]:
     problems = []
     for folder in sorted(p for p in tests.rglob("*") if p.is_dir() and "__pycache__" not in p.parts):
         name = folder.relative_to(tests).as_posix()
+        if not any(f.is_file() for f in folder.rglob("*") if "__pycache__" not in f.parts):
+            continue  # only bytecode a moved folder left behind in a working copy
         if any(name == infra or name.startswith(infra + "/") for infra in INFRASTRUCTURE):
             continue
         if not (root / source_of(name)).is_dir():
@@ -53,6 +55,9 @@ def test_the_check_finds_a_folder_by_feature_and_a_stray_file(tmp_path):
     for file in ("osp_core/metrics.py", "tests/test_metrics.py", "tests/test_eval_shapes.py", "tests/cli/test_main.py"):
         (tmp_path / file).write_text("")
     (tmp_path / "tests/cli/__init__.py").write_text("")
+    (tmp_path / "tests/edit/__init__.py").write_text("")
+    (tmp_path / "tests/moved/__pycache__").mkdir(parents=True)  # bytecode a moved folder left: not a test folder
+    (tmp_path / "tests/moved/__pycache__/test_x.cpython-311.pyc").write_bytes(b"")
     (tmp_path / "tests/pipelines/test_edit.py").write_text("")
     assert misplaced(tmp_path) == [
         "tests/edit/ has no osp_core/edit/",
