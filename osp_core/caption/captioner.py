@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from ..errors import InputError, ModelLoadError
 from ..hub import resolve_model_dir
 from .defaults import DEFAULT_CAPTION_MODEL, MAX_NEW_TOKENS
+
+if TYPE_CHECKING:
+    import torch
 
 FRAMES_AS = ("auto", "images", "video")
 logger = logging.getLogger(__name__)
@@ -123,12 +125,16 @@ class Captioner:
         cls,
         model: str = DEFAULT_CAPTION_MODEL,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         max_new_tokens: int = MAX_NEW_TOKENS,
         frames_as: str = "auto",
     ) -> Captioner:
-        """Load `model` (Hub repo id or folder); `ModelLoadError` when it is not a usable VLM."""
+        """Load `model` (Hub repo id or folder) in `dtype` (None: float32); `ModelLoadError` when it
+        is not a usable VLM."""
+        import torch
         from transformers import AutoModelForImageTextToText
+
+        dtype = torch.float32 if dtype is None else dtype
 
         if frames_as not in FRAMES_AS:
             raise InputError(f"unknown --frames-as '{frames_as}'", "use auto, images or video")
@@ -186,8 +192,13 @@ class Captioner:
                 return captions
         return self._generate(requests, as_video=False)
 
-    @torch.inference_mode()
     def _generate(self, requests: list[CaptionRequest], as_video: bool) -> list[str]:
+        import torch
+
+        with torch.inference_mode():
+            return self._generate_batch(requests, as_video)
+
+    def _generate_batch(self, requests: list[CaptionRequest], as_video: bool) -> list[str]:
         from PIL import Image
 
         texts = [self.prompt_text(len(r.frames), r.prompt, as_video) for r in requests]

@@ -21,8 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from ..device import parse_dtype, select_device
 from ..errors import InputError, OSPError
 from ..io import ensure_writable_dir
@@ -432,6 +430,15 @@ def _summary(state: jr.JournalState, output: Path, root: Path, model: str, world
     return summary
 
 
+def _ranks_joined(layout: ParallelLayout) -> contextlib.AbstractContextManager:
+    """The process group for the block under torchrun (torch loads only then)."""
+    if layout.world_size == 1:
+        return contextlib.nullcontext()
+    import torch
+
+    return process_group(torch.device("cpu"), timeout=BARRIER_TIMEOUT)
+
+
 def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress: ProgressHook | None = None) -> CaptionSummary:
     """Caption `job.inputs` into `job.output`; under torchrun each rank takes its shard.
 
@@ -445,7 +452,7 @@ def run_caption(job: CaptionJob, captioner: CaptionModel | None = None, progress
     run = _Run(job, layout, progress)
     # gloo even on GPUs: ranks only meet at the final barrier (no tensors are exchanged), and
     # gloo waits on the CPU without the NCCL watchdog
-    with process_group(torch.device("cpu"), timeout=BARRIER_TIMEOUT) if layout.world_size > 1 else contextlib.nullcontext():
+    with _ranks_joined(layout):
         # Validate everything (output, inputs, templates, model) before touching any output:
         # a refused run leaves the previous annotations and journal as they were.
         try:

@@ -55,7 +55,7 @@ def test_importing_the_cli_imports_no_torch():
 def test_the_plan_modules_import_no_torch():
     """What plans and refuses (the jobs floor, the input and repository checks) loads without
     torch; the run paths import it when they start."""
-    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.pipelines.edit_inputs", "osp_core.pipelines.vae_inputs", "osp_core.device", "osp_core.memory", "osp_core.data.shapes", "osp_core.io.paths"]
+    modules = ["osp_core.jobs.sampling_plan", "osp_core.jobs.sampling", "osp_core.jobs.calibrate", "osp_core.jobs.edit", "osp_core.jobs.vae", "osp_core.jobs.records", "osp_core.pipelines.t2v_inputs", "osp_core.pipelines.repository", "osp_core.pipelines.edit_inputs", "osp_core.pipelines.vae_inputs", "osp_core.device", "osp_core.memory", "osp_core.data.shapes", "osp_core.io.paths", "osp_core.caption.runner"]
     code = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print([m for m in {HEAVY!r} if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -107,6 +107,7 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["eval", "edit", str(video)],  # not an `osp edit` output
         ["eval", "shapes", str(tmp_path / "missing.mp4")],
         ["serve", *shapes, "--port", "99999"],
+        ["caption", str(tmp_path / "no-such-folder"), "-o", str(tmp_path / "captions.json")],
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--frames", "6"],  # bad --frames
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--height", "30"],  # bad size
         ["t2v", "sample", "--prompts", str(tmp_path / "missing.txt")],  # no prompt file
