@@ -124,6 +124,11 @@ def status(message: str) -> Iterator[None]:
         yield
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 frame', '17 frames'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def print_json(data: Any) -> None:
     from osp_core.io.jsonfile import dumps
 

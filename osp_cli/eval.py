@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import err, print_json
+from .console import counted, err, print_json
 from .options import JsonOpt
 
 app = typer.Typer(help="Measure videos: attributes of the shapes world, reconstruction quality.", no_args_is_help=True)
@@ -146,7 +146,7 @@ def edit(
         error = "-" if r["trajectory_error"] is None else f"{r['trajectory_error']:.2f}"
         table.add_row(Path(r["video"]).name, f"{r['psnr_outside']:.2f}", mark(r, "color"), mark(r, "shape"), error, f"{r['first_frame_psnr']:.2f}")
     err.print(table)
-    parts = [f"{summary['edits']} edits", f"outside PSNR {summary['psnr_outside']:.2f} dB"]
+    parts = [counted(summary['edits'], 'edit'), f"outside PSNR {summary['psnr_outside']:.2f} dB"]
     for key in ("color", "shape"):
         if summary[f"{key}_accuracy"] is not None:
             parts.append(f"{key} correct {summary[f'{key}_accuracy']:.1%}")

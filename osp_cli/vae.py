@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import vae_train
-from .console import JobBar, err, print_json
+from .console import JobBar, counted, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, TileOpt
 
 app = typer.Typer(help="CausalVideoVAE: encode videos to latents, decode latents, round trips, training.", no_args_is_help=True)
@@ -58,7 +58,7 @@ def encode(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("encode", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, sample=sample, seed=seed, overwrite=overwrite, device=device, dtype=dtype)
-    _run(job, "encoding", json_out, lambda summary: f"wrote {output}: latents {tuple(summary['latent_shape'])} from {summary['frames']} frames {summary['height']}x{summary['width']} in {summary['seconds']:.1f}s")
+    _run(job, "encoding", json_out, lambda summary: f"wrote {output}: latents {tuple(summary['latent_shape'])} from {counted(summary['frames'], 'frame')} {summary['height']}x{summary['width']} in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -77,7 +77,7 @@ def decode(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("decode", latents, output, model=model, fps=fps, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
-    _run(job, "decoding", json_out, lambda summary: f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']} at {summary['fps']:g} fps in {summary['seconds']:.1f}s")
+    _run(job, "decoding", json_out, lambda summary: f"wrote {output}: {counted(summary['frames'], 'frame')} {summary['height']}x{summary['width']} at {summary['fps']:g} fps in {summary['seconds']:.1f}s")
 
 
 @app.command()
@@ -98,7 +98,7 @@ def recon(
     from osp_core.jobs.vae import VaeJob
 
     job = VaeJob("recon", video, output, model=model, frames=frames, stride=stride, size=size, tile=tile, overwrite=overwrite, device=device, dtype=dtype)
-    _run(job, "round trip", json_out, lambda summary: f"wrote {output}: {summary['frames']} frames {summary['height']}x{summary['width']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({summary['seconds']:.1f}s)")
+    _run(job, "round trip", json_out, lambda summary: f"wrote {output}: {counted(summary['frames'], 'frame')} {summary['height']}x{summary['width']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}  ({summary['seconds']:.1f}s)")
 
 
 app.command("train")(vae_train.train)

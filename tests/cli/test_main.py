@@ -147,3 +147,9 @@ def test_print_config_prints_the_resolved_tree_and_writes_nothing(osp_in_process
     expected = json.loads(json.dumps(config_to_dict(load_config(VAETrainConfig, "debug", {"optim.lr": 0.25}, group="vae"))))  # tuples as JSON lists
     assert {k: printed[k] for k in ("optim", "model", "loss")} == {k: expected[k] for k in ("optim", "model", "loss")}
     assert not (tmp_path / "run").exists()
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    from osp_cli.console import counted
+
+    assert (counted(1, "frame"), counted(17, "frame"), counted(0, "edit")) == ("1 frame", "17 frames", "0 edits")
