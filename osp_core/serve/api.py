@@ -42,12 +42,6 @@ from .worker import job_settings, remove_job_files
 OWNER = "api"  # the queue's owner of every job made here: the page's jobs stay out of the API
 VIDEOS_FOLDER = "videos"  # OUTPUT_DIR/videos/<job id>/
 CONTENT = {"video": ("video", "video/mp4"), "thumbnail": ("thumbnail", "image/png"), "spritesheet": ("spritesheet", "image/png")}
-# SDEdit-style whole-frame remix: the source is noised to this fraction of the schedule and
-# denoised with the new prompt. Low values (the model's edit_strength, tuned for re-drawing a
-# region inside kept surroundings) barely change a whole frame; around 0.6 the new prompt
-# decides what is shown while the source still gives the layout and the motion (Meng et al.,
-# SDEdit, find 0.3-0.6 the range that keeps the guide's structure).
-REMIX_STRENGTH = 0.6
 # fields the Videos API names (or the CLI has) that osp does not do yet: refused, never ignored
 NOT_YET = {
     "speed": "speed profiles (fast sampling) are not available in this osp yet",
@@ -76,7 +70,6 @@ class ModelChoices:
     frames: list[int]  # every 4k+1 count from 5 up to the longest trained
     default_frames: int  # the shortest trained
     sizes: list[tuple[int, int]]  # trained (height, width), the default first
-    edit_strength: float
 
     @classmethod
     def of(cls, repository: ModelRepository) -> ModelChoices:
@@ -88,7 +81,6 @@ class ModelChoices:
             frames=list(range(5, longest + 1, 4)),
             default_frames=min(f for f, _, _ in shapes),
             sizes=list(dict.fromkeys((h, w) for _, h, w in shapes)),
-            edit_strength=float(repository.sampling["edit_strength"]),
         )
 
     def seconds(self, frames: int) -> str:
@@ -398,14 +390,16 @@ def create_api(context: ApiContext) -> FastAPI:
         source = await run_in_threadpool(find, video_id)
         if source.status != COMPLETED or not (source.result or {}).get("files", {}).get("video"):
             raise ApiError(400, f"video '{source.id}' is {source.status.replace('_', ' ')}: only a completed video can be remixed", "video_id", "video_not_ready")
-        strength = number_field(fields, "strength", float)
         folder = new_folder()
         job = EditJob(
             video=Path(source.settings["folder"]) / source.result["files"]["video"],
             output=Path("remix.mp4"),
             whole_frame=True,
             prompt=prompt,
-            strength=REMIX_STRENGTH if strength is None else strength,
+            # unset: the whole-frame edit's own default (`jobs.edit.REMIX_STRENGTH`, 0.6: the new
+            # prompt shows, the source's layout and motion stay); the model's edit_strength is
+            # tuned for region edits and would barely change a whole frame
+            strength=number_field(fields, "strength", float),
             engine="blend",
             model=context.model,
             steps=number_field(fields, "steps", int),

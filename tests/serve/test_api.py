@@ -166,10 +166,11 @@ def test_deleting_a_running_video_cancels_it(client, api):
     # the worker stops at its next report and leaves nothing behind
     after = client.videos.create_and_poll(prompt="a small blue circle", extra_body=FAST, poll_interval_ms=200)
     assert after.status == "completed"
-    assert not list((output_dir / "videos").glob(f"*{running.id}*"))
+    assert not list((output_dir / "videos").glob(f"*{running.id}*"))  # nor its attempt's .folder
+    assert [run["outcome"] for run in api[1].runs(running.id)] == ["cancelled"]  # it ran, then stopped
 
 
-def test_remix_makes_a_new_video_from_a_completed_one(client, video, tmp_path):
+def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_path):
     remix = client.videos.remix(video.id, prompt="a blue square moving left", extra_body={"steps": 4, "seed": 3})
     assert remix.remixed_from_video_id == video.id and remix.status in ("queued", "in_progress")
     done = client.videos.poll(remix.id, poll_interval_ms=200)
@@ -178,6 +179,12 @@ def test_remix_makes_a_new_video_from_a_completed_one(client, video, tmp_path):
     source = decode(client.videos.download_content(video.id).content, tmp_path, "a.mp4")
     remixed = decode(client.videos.download_content(done.id).content, tmp_path, "b.mp4")
     assert remixed.shape == source.shape and np.abs(remixed.astype(float) - source).mean() > 1
+    # a job that fails says why, in OpenAI's error object, without the server's paths
+    output_dir = api[2]
+    (output_dir / "videos" / done.id / "remix.mp4").unlink()
+    failed = client.videos.poll(client.videos.remix(done.id, prompt="a red circle", extra_body={"steps": 4}).id, poll_interval_ms=200)
+    assert failed.status == "failed" and failed.error.code and "remix.mp4" in failed.error.message
+    assert str(output_dir) not in failed.error.message and failed.progress < 100
     with pytest.raises(openai.NotFoundError):
         client.videos.remix("video_nope", prompt="x")
     with pytest.raises(openai.BadRequestError, match="strength"):
@@ -230,6 +237,8 @@ def test_unknown_ids_and_routes_are_404s(api, client):
         client.videos.retrieve("video_0123")
     with pytest.raises(openai.NotFoundError):
         client.videos.download_content("video_0123")
+    with pytest.raises(openai.BadRequestError, match="not available in this osp"):
+        client.videos.extend(prompt="more", seconds="4", video=("clip.mp4", b"\x00" * 64, "video/mp4"))
     answer = httpx.get(f"{server.base_url}/nothing/here", headers={"Authorization": f"Bearer {KEY}"})
     assert answer.status_code == 404 and answer.json()["error"]["type"] == "invalid_request_error"
 
