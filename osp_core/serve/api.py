@@ -169,19 +169,17 @@ async def read_fields(request: Request, allowed: set[str], refused: dict[str, st
             fields = {}
             for key, value in form.multi_items():
                 name = key.split("[")[0]  # the client writes a nested value as name[key]
-                if isinstance(value, UploadFile) or name in refused or name not in allowed:
-                    fields[name] = value if not isinstance(value, UploadFile) else "<file>"
-                elif name in fields:
-                    raise ApiError(400, f"field '{name}' was given twice", name)
-                else:
-                    fields[name] = value
+                if name in fields:
+                    raise ApiError(400, f"field '{name[:40]}' was given twice", name[:40])
+                fields[name] = "<file>" if isinstance(value, UploadFile) else value
     else:
         raise ApiError(400, f"Content-Type '{kind}' is not accepted: send application/json or multipart/form-data")
     for name in fields:
         if name in refused:
             raise ApiError(400, f"unsupported parameter '{name}': {refused[name]}", name, "unsupported_parameter")
         if name not in allowed:
-            raise ApiError(400, f"unknown parameter '{name}' (this server takes {', '.join(sorted(allowed))})", name, "unknown_parameter")
+            shown = name[:40]  # a client's text, echoed: bounded
+            raise ApiError(400, f"unknown parameter '{shown}' (this server takes {', '.join(sorted(allowed))})", shown, "unknown_parameter")
     return fields
 
 
@@ -219,6 +217,14 @@ def number_field(fields: dict[str, Any], name: str, kind: type) -> Any:
 CLI_OPTION = re.compile(r"--([a-z][a-z-]*)")
 
 
+def validate(job: Any, output_dir: Path) -> None:
+    """`job.validate()`, its `InputError` a 400 (`refusal`)."""
+    try:
+        job.validate()
+    except OSPError as exc:
+        raise refusal(exc, output_dir) from None
+
+
 def refusal(exc: OSPError, output_dir: Path) -> ApiError:
     """A job's `InputError` as a 400: its CLI option names (--steps) as the API's fields (steps)."""
     text = without_server_paths(str(exc), output_dir)
@@ -248,7 +254,8 @@ def create_api(context: ApiContext) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        path = request.url.path[:100]
+        message = {404: f"no route {request.method} {path}", 405: f"{request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, message, None, "not_found" if exc.status_code == 404 else None, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -288,10 +295,7 @@ def create_api(context: ApiContext) -> FastAPI:
             raise ApiError(400, f"model '{model[:80]}' is not served here: this server serves '{context.model}'", "model", "model_not_found")
 
     def submit(kind: str, job: Any, folder: Path, prompt: str, shown: dict[str, str], remixed_from: str | None = None) -> JobRow:
-        try:
-            job.validate()
-        except OSPError as exc:
-            raise refusal(exc, context.output_dir) from None
+        validate(job, context.output_dir)
         settings = job_settings(job, folder, previews=True, api=shown)
         try:
             return queue.submit(kind, settings, owner=OWNER, model=context.model, prompt=prompt, remixed_from=remixed_from, max_waiting=context.max_queue, job_id=folder.name)
@@ -384,13 +388,14 @@ def create_api(context: ApiContext) -> FastAPI:
     async def remix(video_id: str, request: Request) -> JSONResponse:
         fields = await read_fields(request, REMIX_FIELDS, {**NOT_YET, "negative_prompt": "a remix takes no negative prompt in this osp yet"})
         prompt = prompt_of(fields)
-        if not prompt.strip():
-            raise ApiError(400, "the prompt is empty (a remix says what to show instead)", "prompt")
         check_model(fields)
         source = await run_in_threadpool(find, video_id)
         if source.status != COMPLETED or not (source.result or {}).get("files", {}).get("video"):
             raise ApiError(400, f"video '{source.id}' is {source.status.replace('_', ' ')}: only a completed video can be remixed", "video_id", "video_not_ready")
         folder = new_folder()
+        steps, guidance, seed = number_field(fields, "steps", int), number_field(fields, "guidance", float), number_field(fields, "seed", int)
+        # the sampling settings checked as a create checks them (the edit job reads them later)
+        validate(SamplingJob(prompts=[prompt], steps=steps, guidance=guidance, seed=seed, model=context.model), context.output_dir)
         job = EditJob(
             video=Path(source.settings["folder"]) / source.result["files"]["video"],
             output=Path("remix.mp4"),
@@ -402,9 +407,9 @@ def create_api(context: ApiContext) -> FastAPI:
             strength=number_field(fields, "strength", float),
             engine="blend",
             model=context.model,
-            steps=number_field(fields, "steps", int),
-            guidance=number_field(fields, "guidance", float),
-            seed=number_field(fields, "seed", int),
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
         )
         row = await run_in_threadpool(submit, "edit", job, folder, prompt, dict(source.settings.get("api", {})), source.id)
         return JSONResponse(video_object(row))
@@ -444,11 +449,11 @@ class ApiGuard:
         if not declared.isdigit() or int(declared) > self.max_body_bytes:
             await too_large(scope, receive, send)
             return
-        body, more = b"", True
+        body, more = bytearray(), True
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away
+                return  # the client went away
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body_bytes:
@@ -460,7 +465,7 @@ class ApiGuard:
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)

@@ -187,8 +187,12 @@ def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_pa
     assert str(output_dir) not in failed.error.message and failed.progress < 100
     with pytest.raises(openai.NotFoundError):
         client.videos.remix("video_nope", prompt="x")
-    with pytest.raises(openai.BadRequestError, match="strength"):
-        client.videos.remix(video.id, prompt="x", extra_body={"strength": 2})
+    for extra, param in (({"strength": 2}, "strength"), ({"seed": -1}, "seed"), ({"speed": "fast"}, "speed"), ({"size": "64x64"}, "size")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.videos.remix(video.id, prompt="x", extra_body=extra)
+        assert refused.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError, match="the prompt is empty"):
+        client.videos.remix(video.id, prompt=" ")
 
 
 def test_the_api_key_is_required(api, client):
