@@ -157,7 +157,9 @@ async def read_fields(request: Request, allowed: set[str], refused: dict[str, st
     """The request's fields, from JSON (curl) or a form (the `openai` client sends
     multipart/form-data, every value a string); a 400 for a field not in `allowed`."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/json" or not kind:
+    # `curl -d '{...}'` without -H says application/x-www-form-urlencoded: JSON all the same
+    sent_json = kind == "application/x-www-form-urlencoded" and (await request.body()).lstrip().startswith(b"{")
+    if kind == "application/json" or not kind or sent_json:
         try:
             fields = json.loads(await request.body() or b"null")
         except ValueError:

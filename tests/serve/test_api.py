@@ -123,16 +123,22 @@ def test_json_bodies_work_as_curl_sends_them(api, video):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert (body["object"], body["status"], body["seconds"], body["size"]) == ("video", "queued", "2", "64x64")
+    # curl -d without -H "Content-Type: application/json" labels JSON as a form
+    bare = httpx.post(f"{server.base_url}/videos", content=b'{"prompt": "a blue square", "seconds": "1.5", "steps": 4}', headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"})
+    assert bare.status_code == 200 and bare.json()["seconds"] == "1.5", bare.text
+    for content, needle in ((b"[1, 2]", "must be a JSON object"), (b'{"prompt": ', "not valid JSON")):
+        refused = httpx.post(f"{server.base_url}/videos", content=content, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        assert refused.status_code == 400 and needle in refused.json()["error"]["message"]
 
 
 def test_list_is_newest_first_and_pages_with_limit_and_after(client, video):
     made = [client.videos.create(prompt=f"a green triangle {i}", extra_body=FAST).id for i in range(2)]
-    first = client.videos.list(limit=2)
-    assert [v.id for v in first.data] == made[::-1] and first.has_more
-    second = client.videos.list(limit=2, after=made[0])
-    assert video.id in [v.id for v in second.data] and not set(made) & {v.id for v in second.data}
     every = [v.id for v in client.videos.list(limit=1)]  # the client follows last_id page by page
-    assert every[:2] == made[::-1] and video.id in every and len(every) == len(set(every))
+    assert every[:2] == made[::-1] and video.id in every and len(every) == len(set(every)) >= 3
+    first = client.videos.list(limit=2)
+    assert [v.id for v in first.data] == made[::-1] and first.has_more and first.last_id == made[0]
+    second = client.videos.list(limit=2, after=made[0])
+    assert [v.id for v in second.data] == every[2:4]
     assert [v.id for v in client.videos.list(order="asc", limit=100)] == every[::-1]
     with pytest.raises(openai.BadRequestError, match="limit"):
         client.videos.list(limit=1000)
