@@ -118,7 +118,7 @@ class ApiContext:
     queue: JobQueue
     output_dir: Path
     model: str  # the served name, as the server was started with it
-    repository: ModelRepository  # `ModelRepository.resolve(model)`
+    repository: ModelRepository | None = None  # None: `ModelRepository.resolve(model)`
     api_key: str | None = None
     max_queue: int | None = 16  # jobs that may wait; more: 429
     workers: int = 1  # for the Retry-After estimate
@@ -126,6 +126,8 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir).absolute()
+        if self.repository is None:
+            self.repository = ModelRepository.resolve(self.model)
         self.choices = ModelChoices.of(self.repository)
 
 
@@ -217,6 +219,7 @@ def number_field(fields: dict[str, Any], name: str, kind: type) -> Any:
 
 
 CLI_OPTION = re.compile(r"--([a-z][a-z-]*)")
+CLI_OPTION_VALUE = re.compile(r"--([a-z][a-z-]*) (-?[0-9][0-9.e+-]*)\b")
 
 
 def validate(job: Any, output_dir: Path) -> None:
@@ -232,6 +235,7 @@ def refusal(exc: OSPError, output_dir: Path) -> ApiError:
     text = without_server_paths(str(exc), output_dir)
     first = CLI_OPTION.search(text)
     param = first.group(1).replace("-", "_") if first else ("prompt" if "prompt" in text else None)
+    text = CLI_OPTION_VALUE.sub(lambda m: f'"{m.group(1).replace("-", "_")}": {m.group(2)}', text)  # "pass --steps 150"
     return ApiError(400, CLI_OPTION.sub(lambda m: m.group(1).replace("-", "_"), text), param)
 
 

@@ -16,7 +16,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from osp_core.io.video import read_video
-from osp_core.pipelines.repository import ModelRepository
 from osp_core.serve.api import ApiContext, create_api
 from osp_core.serve.queue import SqliteJobQueue
 from osp_core.serve.worker import WorkerConfig, WorkerPool
@@ -62,7 +61,7 @@ def serve(output_dir: Path, **options: object) -> tuple[ThreadServer, SqliteJobQ
     output_dir.mkdir(parents=True, exist_ok=True)
     queue = SqliteJobQueue(output_dir / "queue.sqlite3")
     root = FastAPI()
-    root.mount("/v1", create_api(ApiContext(queue=queue, output_dir=output_dir, model=MODEL, repository=ModelRepository.resolve(MODEL), **options)))
+    root.mount("/v1", create_api(ApiContext(queue=queue, output_dir=output_dir, model=MODEL, **options)))
     return ThreadServer(root), queue
 
 
@@ -283,3 +282,10 @@ def test_a_full_queue_is_a_429_with_retry_after(tmp_path):
         assert client.videos.delete(waiting.id).deleted  # a queued job: gone, and room again
         assert client.videos.create(prompt="a blue circle").status == "queued"
         assert queue.counts()["queued"] == 1
+        # the page's jobs share the queue and stay out of the API
+        page_job = queue.submit("t2v", {"job": {}, "folder": str(tmp_path / "page")}, owner="page", model=MODEL, prompt="the page's")
+        with pytest.raises(openai.NotFoundError):
+            client.videos.retrieve(page_job.id)
+        with pytest.raises(openai.NotFoundError):
+            client.videos.delete(page_job.id)
+        assert page_job.id not in [v.id for v in client.videos.list()] and queue.get(page_job.id) is not None
