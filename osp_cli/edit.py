@@ -26,7 +26,7 @@ class _DefaultVideoGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_DefaultVideoGroup, help="Edit a video: new content (an edited first frame) and motion (tracks) in a region, everything else kept. `osp edit VIDEO -o OUT.mp4 --box X0,Y0,X1,Y1 ...`", no_args_is_help=True)
+app = typer.Typer(cls=_DefaultVideoGroup, help="Edit a video: new content (an edited first frame) and motion (tracks) in a region, everything else kept (`osp edit VIDEO -o OUT.mp4 --box X0,Y0,X1,Y1 ...`), or the whole video under a new prompt (`--whole-frame --prompt TEXT`).", no_args_is_help=True)
 
 
 @app.command("video")
@@ -40,6 +40,7 @@ def edit_video(
     track: Annotated[list[str] | None, typer.Option("--track", help="A moving point X0,Y0:X1,Y1, linear over the frames (repeatable, one per point).")] = None,
     track_file: Annotated[Path | None, typer.Option("--track-file", help="JSON tracks, [[\\[x, y], ...one per frame], ...one per track].")] = None,
     keep_motion: Annotated[bool, typer.Option("--keep-motion", help="Take the region's motion from the source (Lucas-Kanade tracking); the default without tracks.")] = False,
+    whole_frame: Annotated[bool, typer.Option("--whole-frame", help="Re-render the whole video with --prompt (a remix): its latents noised to --strength (default 0.6) and denoised, nothing held; no region, first frame or tracks.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (control when the model has an edit module, else blend), control or blend (training-free).")] = "auto",
     strength: Annotated[float | None, typer.Option("--strength", help="How far the region is re-noised, in (0, 1]: below 1 only the last S of the steps run, from the edited first frame's region moved along the tracks. Default: the model's sampling.json edit_strength, else 1.", show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
@@ -52,7 +53,7 @@ def edit_video(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Edit VIDEO inside a region and write OUT.mp4 + OUT.json."""
+    """Edit VIDEO inside a region (or all of it with --whole-frame) and write OUT.mp4 + OUT.json."""
     from osp_core.jobs.edit import EditJob, run_edit
 
     from .t2v import SamplingBar

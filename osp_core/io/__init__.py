@@ -22,6 +22,7 @@ _LAZY = {
     "Video": ".video",
     "from_model_output": ".video",
     "parse_size": ".media",
+    "write_previews": ".previews",
     "read_video": ".video",
     "resize_center_crop": ".video",
     "to_model_input": ".video",
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .jsonfile import dumps as json_dumps
     from .jsonfile import write_json
     from .media import frames_suffix, parse_size
+    from .previews import write_previews
     from .video import (
         Video,
         from_model_output,
@@ -77,5 +79,6 @@ __all__ = [
     "write_frames",
     "write_image",
     "write_json",
+    "write_previews",
     "write_video",
 ]

@@ -1,5 +1,6 @@
 """Video editing as a job (`osp edit`, the web page): change what a region shows (an edited
-first frame) and how it moves (tracks), keep everything outside it.
+first frame) and how it moves (tracks), keep everything outside it; or, with `whole_frame`,
+re-render the whole clip from its own latents under a new prompt (a remix, SDEdit).
 
 `plan_edit(job)` reads and checks every input (video, region, first frame, tracks; LK tracking
 for --keep-motion) and resolves the model through `plan_sampling` (repository, version, device,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 
 ENGINES = ("auto", "control", "blend")
+REMIX_STRENGTH = 0.6  # a whole-frame edit's unset --strength: the new prompt shows, the source's layout stays
 
 
 @dataclass
@@ -60,12 +62,15 @@ class EditJob:
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
+    whole_frame: bool = False  # a remix: the whole video re-rendered from its latents with `prompt`
 
     def validate(self) -> None:
         """`InputError` for option values that cannot work, before any file is read."""
         if self.engine not in ENGINES:
             raise InputError(f"unknown --engine '{self.engine}'", "use auto, control or blend")
-        if (self.box is None) == (self.mask is None):
+        if self.whole_frame:
+            self._validate_whole_frame()
+        elif (self.box is None) == (self.mask is None):
             raise InputError("give the region with --box or --mask" if self.box is None else "--box and --mask both give the region", "pass one of --box X0,Y0,X1,Y1 or --mask MASK.png")
         if self.strength is not None and not (math.isfinite(self.strength) and 0 < self.strength <= 1):
             raise InputError(f"--strength must be in (0, 1], got {self.strength}", "pass e.g. --strength 0.25; 1 starts the region from noise")
@@ -79,6 +84,15 @@ class EditJob:
             check_max_steps(self.steps)
         if self.box is not None:
             parse_box(self.box)  # its text now; against the frame once the video is read
+
+    def _validate_whole_frame(self) -> None:
+        held = [flag for flag, given in (("--box", self.box is not None), ("--mask", self.mask is not None), ("--first-frame", self.first_frame is not None), ("--track", bool(self.tracks)), ("--track-file", self.track_file is not None), ("--keep-motion", self.keep_motion)) if given]
+        if held:
+            raise InputError(f"--whole-frame re-renders every pixel and holds nothing, and {', '.join(held)} {'was' if len(held) == 1 else 'were'} given", "leave out --whole-frame to edit a region, or drop " + ", ".join(held))
+        if self.engine == "control":
+            raise InputError("--engine control edits a region, and --whole-frame was given", "pass --engine blend or auto with --whole-frame")
+        if not self.prompt.strip():
+            raise InputError("--whole-frame needs a --prompt (the new description of the video)", 'pass --prompt "..."')
 
 
 
@@ -104,6 +118,10 @@ def read_edit_inputs(job: EditJob, spatial_multiple: int = 16) -> EditInputs:
     if height % spatial_multiple or width % spatial_multiple:
         fit = frame_size(height // spatial_multiple * spatial_multiple, width // spatial_multiple * spatial_multiple)
         raise InputError(f"the video is {frame_size(height, width)}, not a multiple of {spatial_multiple} pixels", f"crop or resize it (e.g. to {fit}) first")
+    if job.whole_frame:
+        import torch
+
+        return EditInputs(frames, clip.fps, torch.ones(count, height, width), None, [], "whole-frame", whole_frame=True)
     if job.box is not None:
         mask = box_mask(check_box(parse_box(job.box), height, width), count, height, width)
     else:
@@ -179,15 +197,19 @@ def plan_edit(job: EditJob) -> EditPlan:
     has_module = sampling.repository.has_edit_module
     engine = job.engine
     if engine == "auto":
-        engine = "control" if has_module else "blend"
+        engine = "control" if has_module and not job.whole_frame else "blend"
     elif engine == "control" and not has_module:
         raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
-    strength = job.strength if job.strength is not None else float(sampling.repository.sampling["edit_strength"])
+    if job.strength is not None:
+        strength = job.strength
+    else:
+        # the model's edit_strength is tuned for region edits (the first frame held): a remix holds nothing
+        strength = REMIX_STRENGTH if job.whole_frame else float(sampling.repository.sampling["edit_strength"])
     plan = EditPlan(job, inputs, sampling, engine, strength)
     asked = steps_after_cut(sampling.steps, strength)
     if plan.steps_run > asked:
         least = fewest_steps(sampling.scheduler)
-        named = f"--strength {strength:g}" if job.strength is not None else f"the model's edit strength {strength:g}"
+        named = f"--strength {strength:g}" if job.strength is not None else f"the whole-frame edit strength {strength:g}" if job.whole_frame else f"the model's edit strength {strength:g}"
         enough = math.ceil(least / strength)
         fix = f"pass --steps {enough} to keep {strength:g}" if enough <= 10 * sampling.steps else "pass a higher --strength"
         sampling.warnings.append(f"{named} keeps {asked} of the {sampling.steps} steps, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
@@ -252,7 +274,8 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         seconds_denoise = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = pipe.decode_latents(final)[0]
-        frames = paste_outside(decoded, inputs.frames, inputs.mask)
+        # a whole-frame edit has no outside: the decoded frames are the result
+        frames = decoded if inputs.whole_frame else paste_outside(decoded, inputs.frames, inputs.mask)
         seconds_decode = time.perf_counter() - t0
 
     count, height, width = inputs.shape
@@ -262,7 +285,11 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         # any working directory, and the folder can move with them
         return os.path.relpath(Path(path).resolve(), job.output.parent.resolve())
 
-    region: dict[str, Any] = {"box": [int(v) for v in parse_box(job.box)]} if job.box is not None else {"mask": beside(job.mask)}
+    region: dict[str, Any]
+    if job.whole_frame:
+        region = {"whole_frame": True}
+    else:
+        region = {"box": [int(v) for v in parse_box(job.box)]} if job.box is not None else {"mask": beside(job.mask)}
     region["pixels_first_frame"] = int(inputs.mask[0].sum())
     fields: dict[str, Any] = {
         "source": beside(job.video),

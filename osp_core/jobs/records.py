@@ -85,6 +85,9 @@ def read_edit_sidecar(video: str | Path) -> tuple[Path, dict[str, Any]]:
         record = None
     if not isinstance(record, dict) or not all(key in record for key in ("source", "region", "tracks")):
         raise InputError(f"'{video}' has no readable `osp edit` sidecar ('{sidecar}')", "pass videos written by `osp edit`, with their .json beside them") from None
+    if isinstance(record["region"], dict) and record["region"].get("whole_frame"):
+        # its measures (outside kept, first frame, tracks followed) need a region and a held first frame
+        raise InputError(f"'{video}' is a whole-frame edit (--whole-frame): `osp eval edit` measures region edits", "pass videos edited with --box or --mask")
     return video, record
 
 

@@ -29,7 +29,8 @@ from .t2v_inputs import fewest_steps
 class EditInputs:
     """The checked inputs in pixels: source frames (T, H, W, 3) uint8, the region (T, H, W)
     {0, 1}, the edited first frame (H, W, 3) or None, tracks (T, 2) each (x, y) and where
-    they came from (track, track-file, keep-motion)."""
+    they came from (track, track-file, keep-motion, whole-frame); `whole_frame`: a remix (the
+    region is every pixel, nothing is held)."""
 
     frames: torch.Tensor
     fps: float
@@ -37,6 +38,7 @@ class EditInputs:
     first_frame: torch.Tensor | None
     tracks: list[torch.Tensor]
     track_source: str
+    whole_frame: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -95,16 +97,22 @@ class EditLatents:
     region: torch.Tensor  # (t, h, w): 1 inside the region
     displacement: torch.Tensor  # (t, 2) how the region's content moves, in latent cells (dx, dy)
     guide: torch.Tensor | None = None  # `motion_guide` encoded: where --strength < 1 starts
+    whole_frame: bool = False  # a remix: nothing held, the source is the start, plain noise
 
 
 def prepare_latents(vae: Any, inputs: EditInputs, guide: bool = False) -> EditLatents:
     """Encode the source and the reference first frame; the latent region and motion; with
-    `guide`, the motion guide too (one more encode, only needed for --strength < 1)."""
+    `guide`, the motion guide too (one more encode, only needed for --strength < 1). A
+    whole-frame edit holds nothing (keep is all zeros, not even the first latent frame) and
+    starts from the source latents themselves (SDEdit over the clip): no second encode."""
     from ..io import to_model_input
     from .video_vae import encode
 
     scale = float(vae.config.scaling_factor)
     source = encode(vae, to_model_input(inputs.frames)) * scale
+    if inputs.whole_frame:
+        t, h, w = source.shape[2:]
+        return EditLatents(source, source, torch.zeros(1, 1, t, h, w, dtype=source.dtype), torch.ones(t, h, w), torch.zeros(t, 2), source, whole_frame=True)
     known = source.clone()
     if inputs.first_frame is not None:
         # the video with its first frame edited, encoded whole as the source was (the encoder's
@@ -150,10 +158,13 @@ def noise_along(noise: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor
 def blend_start_latents(latents: EditLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(initial latents, noise): the motion guide inside the region (the source elsewhere),
     and noise whose region part moves along the path (content that follows its noise follows
-    the path)."""
+    the path). A whole-frame edit starts from the source under plain noise, drawn as
+    text-to-video draws it."""
+    base = torch.randn(latents.source.shape, generator=generator)
+    if latents.whole_frame:
+        return latents.source, base
     region = latents.region[None, None].to(latents.source.dtype)
     init = latents.source if latents.guide is None else region * latents.guide + (1 - region) * latents.source
-    base = torch.randn(latents.source.shape, generator=generator)
     moving = noise_along(base[:, :, 0], latents.displacement)
     noise = region * moving + (1 - region) * base
     noise[:, :, 0] = base[:, :, 0]

@@ -116,7 +116,14 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.safetensors")],
         ["vae", "decode", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.mp4")],
         ["edit", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--box", "0,0,8,8", "--mask", "m.png"],
+        *[["edit", str(video), "-o", str(tmp_path / "w.mp4"), "--whole-frame", "--prompt", "a red circle", *held, *shapes] for held in _WHOLE_FRAME_HELD],
+        ["edit", str(video), "-o", str(tmp_path / "w.mp4"), "--whole-frame", "--prompt", "a red circle", "--engine", "control", *shapes],
+        ["edit", str(video), "-o", str(tmp_path / "w.mp4"), "--whole-frame", *shapes],  # no prompt
     ]
+
+
+# a whole-frame edit holds nothing: each option that gives a region, a first frame or motion is refused
+_WHOLE_FRAME_HELD = [["--box", "8,8,56,56"], ["--mask", "m.png"], ["--first-frame", "f.png"], ["--track", "8,8:16,16"], ["--track-file", "t.json"], ["--keep-motion"]]
 
 
 def _assert_refuses_without_heavy_imports(args: list[str], cwd: Path) -> None:

@@ -135,3 +135,29 @@ def test_paste_keeps_outside_pixels_exact():
     outside = (mask == 0)[..., None].expand_as(source)
     assert torch.equal(out[outside], source[outside])
     assert bool((out[:, 12:20, 12:20] == 77).all())
+
+
+def test_a_whole_frame_edit_holds_nothing_and_starts_from_the_source(pipe):
+    from osp_core.pipelines.denoising import DenoisingCallback
+
+    frames = moving_square()
+    inputs = EditInputs(frames, 8.0, torch.ones(9, 32, 32), None, [], "whole-frame", whole_frame=True)
+    latents = prepare_latents(pipe.vae, inputs, guide=True)
+    assert latents.keep.shape == (1, 1, 3, 4, 4) and not bool(latents.keep.any())  # not even the first latent frame
+    assert latents.guide is latents.source and latents.known is latents.source  # no motion-guide encode
+    started = []
+
+    class Spy(DenoisingCallback):
+        def on_step_begin(self, step, x):
+            started.append((step.timestep, x.clone())) if step.is_first else None
+
+    generator = torch.Generator().manual_seed(0)
+    final = edit_latents(pipe, latents, _embeds(pipe), steps=4, guidance=4.0, strength=0.5, generator=generator, callbacks=[Spy()])
+    noise = torch.randn(latents.source.shape, generator=torch.Generator().manual_seed(0))  # plain noise, as text-to-video
+    t, start = started[0]
+    assert int(t) == 250  # the last 2 of 4 steps (DDIM: 750, 500, 250, 0)
+    assert torch.allclose(start, pipe.scheduler.add_noise(latents.source, noise, torch.tensor([t])), atol=1e-6)
+    assert not torch.allclose(final[:, :, 0], latents.source[:, :, 0], atol=1e-2)  # the first latent frame is redrawn too
+    # the paste-back would be a no-op over the whole frame: an all-ones mask feathers to all ones
+    decoded = pipe.decode_latents(final)[0]
+    assert torch.equal(paste_outside(decoded, frames, inputs.mask), decoded)
