@@ -101,6 +101,14 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
 
 
 def wait_for_ctrl_c() -> None:
+    """Block until Ctrl-C or SIGTERM (a service manager's stop): both end the server cleanly,
+    the workers handing their jobs back to the queue."""
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:  # the server runs in its own threads; this one waits for Ctrl-C
             time.sleep(1)
