@@ -72,7 +72,7 @@ def check_api_packages() -> None:
     """`InputError` naming the extra when the video API's server packages are missing."""
     import importlib.util
 
-    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"the video API needs {', '.join(missing)}, which is not installed", "pip install 'osp[serve]', or pass --no-api")
 
