@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +38,9 @@ from ..pipelines.t2v_inputs import parse_version
 from .paths import without_server_paths
 from .queue import COMPLETED, FAILED, JobQueue, JobRow, QueueFull, new_job_id
 from .worker import job_settings, remove_job_files
+
+if TYPE_CHECKING:
+    from .server import Service
 
 OWNER = "api"  # the queue's owner of every job made here: the page's jobs stay out of the API
 VIDEOS_FOLDER = "videos"  # OUTPUT_DIR/videos/<job id>/
@@ -123,6 +126,20 @@ class ApiContext:
     max_queue: int | None = 16  # jobs that may wait; more: 429
     workers: int = 1  # for the Retry-After estimate
     limits: ApiLimits = field(default_factory=ApiLimits)
+
+    @classmethod
+    def of(cls, service: Service) -> ApiContext:
+        """The API's view of `osp serve`'s queue, model and options."""
+        options = service.options
+        return cls(
+            queue=service.queue,
+            output_dir=service.output_dir,
+            model=options.model,
+            repository=service.repository,
+            api_key=options.api_key,
+            max_queue=options.max_queue,
+            workers=options.workers,
+        )
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir).absolute()

@@ -1,11 +1,12 @@
-"""The web page of `osp serve`: a Gradio face over the sampling runner and the VAE round trip.
+"""The web page of `osp serve`: a Gradio face over the job queue (text to video, the VAE round
+trip, editing), whose jobs the workers run.
 
 Imported only once Gradio is known to be installed (`session.check_gradio`). No
 `from __future__ import annotations` here: Gradio finds the `gr.Request` parameter of a
 handler by its annotation object.
 """
 
-import errno
+import hmac
 import logging
 import time
 import traceback
@@ -18,13 +19,14 @@ import gradio as gr
 
 from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
-from ..io.atomic import ensure_writable_dir
 from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.repository import ModelRepository
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
 from .guard import UploadGuard
 from .paths import without_server_paths
-from .session import Cancelled, Device, ServeOptions, Sessions, StepReporter, check_upload, job_folder, parse_tracks, run_text_to_video, sweep_upload_temps, use_gradio_folder, run_vae_round_trip, run_video_edit
+from .server import Service
+from .session import ServeOptions, Sessions, check_upload, job_folder, parse_tracks, sweep_upload_temps, use_gradio_folder
+from .worker import job_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ GENERAL_EXAMPLES = [
     "Time-lapse of clouds drifting over snowy mountains under a blue sky.",
 ]
 SHAPES_EXAMPLES = 8  # captions of the shapes world shown under the prompt
+POLL_SECONDS = 0.1  # how often a page job's handler reads its progress from the queue
 
 
 @dataclass
@@ -120,23 +123,53 @@ def result_views(path: str | None) -> tuple[Any, Any]:
     return gr.update(value=path, visible=True), gr.update(value=None, visible=False)
 
 
+class JobFailed(Exception):
+    """A page job that ended failed: `code` and the one-line `message` the worker recorded."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Server:
-    """The page's handlers and the state behind them (one device, sessions, kept models)."""
+    """The page's handlers and the state behind them: the sessions, and the queue (`service`)
+    its jobs go through, with the video API's."""
 
-    def __init__(self, options: ServeOptions) -> None:
-        from ..device import resolve
-
-        options.validate()
-        resolve(options.device, options.dtype)  # a bad --device/--dtype fails before the page starts
-        check_listen_address(options.host, options.port)  # before anything is loaded or created
+    def __init__(self, options: ServeOptions, service: Service) -> None:
         self.options = options
-        self.repository = ModelRepository.resolve(options.model)
+        self.service = service
+        self.repository = service.repository
         self.defaults = PageDefaults.of(self.repository)
-        self.output_dir = options.output_dir.absolute()
-        ensure_writable_dir(self.output_dir)
+        self.output_dir = service.output_dir
         sweep_upload_temps(self.output_dir / ".gradio")
-        self.device = Device()
         self.sessions = Sessions()
+
+    # -- running a job -----------------------------------------------------------------------
+
+    def run_job(self, kind: str, job: Any, folder: Path, prompt: str, session: str, progress: gr.Progress) -> dict[str, Any]:
+        """Queue `job` for the workers and wait for it, reporting its progress; a Cancel of the
+        session cancels it (queued or running). Returns the result, paths made absolute."""
+        cancelled = self.sessions.cancel_flag(session)
+        if cancelled.is_set():  # cancelled while it waited for the page's own queue
+            raise JobFailed("cancelled", "cancelled")
+        queue = self.service.queue
+        row = queue.submit(kind, job_settings(job, folder), owner="page", model=self.options.model, prompt=prompt)
+        shown, asked_cancel = None, False
+        while not row.finished:
+            if cancelled.is_set() and not asked_cancel:
+                queue.cancel(row.id)
+                asked_cancel = True
+            now = (row.progress or None, row.message or ("waiting for the device ..." if row.status == "queued" else "starting ..."))
+            if now != shown:
+                progress(now[0], desc=now[1])
+                shown = now
+            time.sleep(POLL_SECONDS)
+            row = queue.get(row.id) or row
+        if row.status == "failed":
+            raise JobFailed(row.error_code or "job_failed", row.error_message or "failed")
+        result = dict(row.result or {})
+        result["paths"] = {name: str(folder / file) for name, file in result.get("files", {}).items() if file}
+        return result
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -170,35 +203,34 @@ class Server:
                 guidance=float(guidance),
                 scheduler=scheduler,
                 seed=None if randomize or seed is None else int(seed),
-                output_dir=job_folder(self.output_dir, self.sessions.key(session), "t2v"),
                 model=self.options.model,
-                device=self.options.device,
-                dtype=self.options.dtype,
                 cache=cache,
             )
-            job.validate()  # an empty prompt is refused before the queue's device turn
-            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
-            summary = run_text_to_video(self.device, job, reporter)
+            job.validate()  # an empty prompt is refused before the queue
+            folder = job_folder(self.output_dir, self.sessions.key(session), "t2v")
+            result = self.run_job("t2v", job, folder, job.prompts[0], session, progress)
         except Exception as exc:  # one line in the page; the server goes on
             return *result_views(None), None, self.failed(exc), gr.update()
-        record = summary.videos[0]
+        record, paths = result["record"], result["paths"]
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
-        status = "; ".join([status, *reporter.notes])
-        return *result_views(record["video"]), [record["video"], record["sidecar"]], status, record["seed"]
+        status = "; ".join([status, *result["notes"]])
+        return *result_views(paths["video"]), [paths["video"], paths["sidecar"]], status, record["seed"]
 
     def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any, str]:
         """The VAE tab: (reconstruction as video, as image, [mp4 or png, sidecar], PSNR/SSIM line)."""
+        from ..jobs.vae import VaeJob
+
         session = request.session_hash or ""
         try:
             path = check_upload(upload, self.options.max_upload_mb * 2**20)
-            output = job_folder(self.output_dir, self.sessions.key(session), "vae")
-            result = run_vae_round_trip(
-                self.device, self.options.model, path, output, self.options.device, self.options.dtype, size, lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session)
-            )
+            job = VaeJob("recon", path, model=self.options.model, frames="auto", size=size.strip() or None if size else None, memory_hint="pass a smaller size")
+            folder = job_folder(self.output_dir, self.sessions.key(session), "vae")
+            result = self.run_job("vae", job, folder, "", session, progress)
         except Exception as exc:
             return *result_views(None), None, self.failed(exc)
-        status = f"{result.frames} frames {result.size[0]}x{result.size[1]}  PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}"
-        return *result_views(str(result.output)), [str(result.output), str(result.sidecar)], status
+        record, paths = result["record"], result["paths"]
+        status = f"{record['frames']} frames {record['size'][0]}x{record['size'][1]}  PSNR {record['psnr']:.2f} dB  SSIM {record['ssim']:.4f}"
+        return *result_views(paths["video"]), [paths["video"], paths["sidecar"]], status
 
     def edit(
         self,
@@ -224,7 +256,7 @@ class Server:
             folder = job_folder(self.output_dir, self.sessions.key(session), "edit")
             job = EditJob(
                 video=path,
-                output=folder / f"{slugify(path.stem)}-edited.mp4",
+                output=Path(f"{slugify(path.stem)}-edited.mp4"),
                 box=box or None,
                 first_frame=first,
                 prompt=prompt or "",
@@ -235,16 +267,14 @@ class Server:
                 frames="auto",
                 steps=int(steps),
                 seed=None if seed is None else int(seed),
-                device=self.options.device,
-                dtype=self.options.dtype,
             )
-            reporter = StepReporter(lambda fraction, text: progress(fraction, desc=text), self.sessions.cancel_flag(session))
-            summary = run_video_edit(self.device, job, reporter)
+            job.validate()  # a malformed box is refused before the queue
+            result = self.run_job("edit", job, folder, job.prompt, session, progress)
         except Exception as exc:
             return None, None, None, self.failed(exc)
-        r = summary.record
+        r, paths = result["record"], result["paths"]
         status = f"{r['num_frames']} frames {r['size'][0]}x{r['size'][1]}, {r['engine']} engine, {len(r['tracks'])} track(s) ({r['track_source']}), seed {r['seed']}"
-        return r["video"], str(path), [r["video"], r["sidecar"]], "; ".join([status, *reporter.notes])
+        return paths["video"], str(path), [paths["video"], paths["sidecar"]], "; ".join([status, *result["notes"]])
 
     def start_edit(self, request: gr.Request) -> tuple[None, None, None, str]:
         self.sessions.cancel_flag(request.session_hash or "").clear()
@@ -264,8 +294,8 @@ class Server:
 
     def failed(self, exc: Exception) -> str:
         """The status line of a failed job."""
-        if isinstance(exc, Cancelled):
-            return "cancelled"
+        if isinstance(exc, JobFailed):
+            return "cancelled" if exc.code == "cancelled" else without_server_paths(f"Error: {exc}", self.output_dir)
         if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
             log.error("job failed:\n%s", traceback.format_exc())
         return without_server_paths(one_line(exc), self.output_dir)
@@ -306,8 +336,8 @@ class Server:
                     self.generate,
                     [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
                     [video, image, files, status, seed],
-                    concurrency_id="device",  # both tabs share the device: one job at a time
-                    concurrency_limit=1,
+                    concurrency_id="device",  # the tabs share the workers: one page job at a time each
+                    concurrency_limit=self.options.workers,
                     api_visibility="private",
                     show_progress_on=video,  # one progress bar and queue position, not one per output
                 )
@@ -323,7 +353,7 @@ class Server:
                     with gr.Column():
                         recon, recon_image, recon_files, vae_status = result_boxes("vae", "Reconstruction", "Reconstruction", "PSNR / SSIM")
                 run.click(self.start, None, [recon, recon_image, recon_files, vae_status], queue=False, api_visibility="private").then(
-                    self.round_trip, [upload, vae_size], [recon, recon_image, recon_files, vae_status], concurrency_id="device", concurrency_limit=1, api_visibility="private", show_progress_on=recon
+                    self.round_trip, [upload, vae_size], [recon, recon_image, recon_files, vae_status], concurrency_id="device", concurrency_limit=self.options.workers, api_visibility="private", show_progress_on=recon
                 )
                 vae_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
             with gr.Tab("Edit", id="edit"):
@@ -354,15 +384,16 @@ class Server:
                     [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed],
                     [edited, source, edit_files, edit_status],
                     concurrency_id="device",
-                    concurrency_limit=1,
+                    concurrency_limit=self.options.workers,
                     api_visibility="private",
                     show_progress_on=edited,
                 )
                 edit_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
         return demo
 
-    def launch(self) -> tuple[gr.Blocks, str]:
-        """Start serving in the background; returns the page and its URL."""
+    def launch(self, routes: list[Any] | None = None) -> tuple[gr.Blocks, str]:
+        """Start serving in the background, with `routes` (the video API's mount) ahead of the
+        page's own; returns the page and its URL."""
         from starlette.middleware import Middleware
 
         gradio_dir = use_gradio_folder(self.output_dir)
@@ -370,6 +401,7 @@ class Server:
         demo.queue(max_size=self.options.max_queue, default_concurrency_limit=1)
         # system fonts: the page fetches nothing from third parties (and works offline)
         theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        key = self.options.api_key
         try:
             _, url, _ = demo.launch(
                 server_name=self.options.host,
@@ -382,41 +414,11 @@ class Server:
                 ssr_mode=False,
                 footer_links=[],
                 theme=theme,
+                # with a key the page asks for it too (any user name): the page can run jobs as the API can
+                auth=None if key is None else (lambda _user, password: hmac.compare_digest(password.encode(), key.encode())),
                 # uploads checked and files served on the server, whatever the page's picker allows
-                app_kwargs={"middleware": [Middleware(UploadGuard, upload_dir=gradio_dir)]},
+                app_kwargs={"middleware": [Middleware(UploadGuard, upload_dir=gradio_dir)], "routes": list(routes or [])},
             )
         except OSError as exc:
             raise InputError(f"cannot listen on {self.options.host}:{self.options.port} ({exc})".replace("\n", " "), "pass another --port, or stop what uses it") from None
         return demo, url
-
-
-def check_listen_address(host: str, port: int) -> None:
-    """`InputError` unless `host` resolves and `port` is free on it (Gradio's own failures name
-    its API, not the command's options)."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise InputError(f"--host '{host}' is not an address of this machine or a name that resolves", "pass e.g. --host 127.0.0.1 (or 0.0.0.0 for every interface)") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
-            raise InputError(f"{host}:{port} {reason}", "pass another --port, or stop what uses it" if exc.errno == errno.EADDRINUSE else "pass an address of this machine with --host") from None
-
-
-def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
-    """Serve the page until Ctrl-C; `on_ready(url)` once it answers."""
-    demo, url = Server(options).launch()
-    on_ready(url)
-    try:
-        while True:  # the server runs in its own threads; this one waits for Ctrl-C
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.close(verbose=False)

@@ -318,14 +318,21 @@ class SqliteJobQueue:
         return self._end(claim, code, "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, completed_at = ?, lease_until = NULL WHERE id = ?", (FAILED, code, message, time.time(), claim.job.id))
 
     def release(self, claim: Claim) -> bool:
-        """Give the job back unrun (its worker is stopping): queued again, this attempt not counted."""
-        return self._end(claim, "released", "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, attempts = attempts - 1, progress = 0, message = 'waiting (its worker stopped)' WHERE id = ?", (QUEUED, claim.job.id))
+        """Give the job back unrun (its worker is stopping): queued again, this attempt neither
+        counted nor kept in `runs`."""
+        with self._write() as con:
+            if self._held(con, claim) is None:
+                return False
+            con.execute("DELETE FROM runs WHERE job_id = ? AND attempt = ?", (claim.job.id, claim.attempt))
+            con.execute("UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, attempts = attempts - 1, progress = 0, message = 'waiting (its worker stopped)' WHERE id = ?", (QUEUED, claim.job.id))
+            return True
 
     def _end(self, claim: Claim, outcome: str, update: str, args: tuple[Any, ...]) -> bool:
         with self._write() as con:
             held = self._held(con, claim)
             if held is None:
                 return False
+            outcome = "deleted" if held["deleted"] else outcome
             con.execute("UPDATE runs SET ended_at = ?, outcome = ? WHERE job_id = ? AND attempt = ?", (time.time(), outcome, claim.job.id, claim.attempt))
             if held["deleted"]:
                 con.execute("DELETE FROM jobs WHERE id = ?", (claim.job.id,))

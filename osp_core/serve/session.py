@@ -1,29 +1,25 @@
-"""What the web page runs, without the page: per-session output folders, one job at a time on
-the device, cancellation, and the jobs (text to video through `run_sampling`, the VAE round
-trip through `jobs.vae`, editing through `run_edit`). `app.py` is the Gradio face over these.
+"""What `osp serve` needs besides its faces: its options, per-session output folders and
+cancel flags for the page, and the checks of uploads. The jobs themselves run in worker
+processes (`worker.py`) that take them from the queue (`queue.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..errors import InputError, OSPError
+from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import check_media_file
-from ..jobs.sampling import PipelineCache, SamplingSummary, run_sampling
-from ..jobs.sampling_plan import SamplingJob
-from ..jobs.vae import VaeCache, VaeJob, VaeSummary, plan_vae, run_vae
 
-Report = Callable[[float | None, str], None]  # (fraction done or None, what is happening)
+API_KEY_ENV = "OSP_API_KEY"
 
 
 @dataclass
@@ -38,6 +34,11 @@ class ServeOptions:
     output_dir: Path = Path("samples/serve")
     max_queue: int = 16
     max_upload_mb: int = 200
+    page: bool = True
+    api: bool = True
+    workers: int = 1
+    api_key: str | None = None
+    lease_seconds: float = 30.0
 
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -46,13 +47,34 @@ class ServeOptions:
             raise InputError(f"--max-queue must be >= 1, got {self.max_queue}", "pass e.g. --max-queue 16")
         if self.max_upload_mb < 1:
             raise InputError(f"--max-upload-mb must be >= 1, got {self.max_upload_mb}", "pass e.g. --max-upload-mb 200")
+        if not self.page and not self.api:
+            raise InputError("--no-page and --no-api leave nothing to serve", "drop one of them")
+        if not 1 <= self.workers <= 64:
+            raise InputError(f"--workers must be in 1..64, got {self.workers}", "pass one per device, e.g. --workers 1")
+        if not 1 <= self.lease_seconds <= 3600:
+            raise InputError(f"--lease-seconds must be in 1..3600, got {self.lease_seconds:g}", "pass e.g. --lease-seconds 30")
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise InputError("--api-key is shorter than 8 characters", "use a long random key, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`")
+        if self.api_key is None and not is_loopback(self.host):
+            raise InputError(f"--host {self.host} opens the server to the network without a key", f"pass --api-key KEY (or set {API_KEY_ENV}); clients then send it as a Bearer token and the page asks for it")
 
 
-class Cancelled(OSPError):
-    """The user cancelled the job in the page."""
+def is_loopback(host: str) -> bool:
+    """Whether `host` reaches this machine only (127.0.0.0/8, ::1, or a name resolving there)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return True  # an unknown name: the listen check refuses it with its own line
+    return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
-    def __init__(self) -> None:
-        super().__init__("cancelled", "press Generate to start again")
+
+def check_api_packages() -> None:
+    """`InputError` naming the extra when the video API's server packages are missing."""
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"the video API needs {', '.join(missing)}, which is not installed", "pip install 'osp[serve]', or pass --no-api")
 
 
 def check_gradio() -> None:
@@ -104,34 +126,9 @@ def check_upload(path: str | Path | None, max_bytes: int) -> Path:
     return path
 
 
-class StepReporter:
-    """`SamplingProgress` for the page: every callback first checks the session's cancel flag
-    (raising stops the run, as the protocol allows), then reports a fraction and a line."""
-
-    def __init__(self, report: Report, cancelled: threading.Event) -> None:
-        self.report = report
-        self.cancelled = cancelled
-        self.notes: list[str] = []
-        self.prompt_count = 1
-
-    def check(self) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
-
-    def status(self, message: str) -> None:
-        self.check()
-        self.report(None, message)
-
-    def video(self, index: int, total: int, prompt: str) -> None:
-        self.check()
-        self.prompt_count = total
-
-    def step(self, done: int, total: int) -> None:
-        self.check()
-        self.report(done / total, f"denoising step {done}/{total}")
-
-    def notice(self, kind: str, message: str) -> None:
-        self.notes.append(f"{kind}: {message}")
+def parse_tracks(text: str | None) -> list[str]:
+    """The page's track box: one X0,Y0:X1,Y1 per line (blank lines ignored)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 @dataclass
@@ -149,67 +146,3 @@ class Sessions:
 
     def cancel_flag(self, session_id: str) -> threading.Event:
         return self.flags.setdefault(self.key(session_id), threading.Event())
-
-
-class Device:
-    """One job at a time on the device (the page's queue lets one through per device; this
-    lock also holds when a cancelled job is still unwinding), and the models kept loaded."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pipelines = PipelineCache()
-        self.vaes = VaeCache()
-
-    @contextmanager
-    def turn(self, cancelled: threading.Event) -> Iterator[None]:
-        """Hold the device; a job cancelled while it waited does not start."""
-        with self.lock:
-            if cancelled.is_set():
-                raise Cancelled()
-            yield
-
-
-def run_text_to_video(device: Device, job: SamplingJob, reporter: StepReporter) -> SamplingSummary:
-    """`run_sampling` with the device's kept models, one job at a time."""
-    with device.turn(reporter.cancelled):
-        return run_sampling(job, reporter, pipelines=device.pipelines)
-
-
-def run_video_edit(device: Device, job: Any, reporter: StepReporter) -> Any:
-    """`run_edit` (an `EditJob`), one job at a time; its inputs are checked before the turn."""
-    from ..jobs.edit import plan_edit, run_edit
-
-    plan = plan_edit(job)  # bad boxes, frames, tracks: refused without waiting for the device
-    with device.turn(reporter.cancelled):
-        return run_edit(plan, reporter)
-
-
-def parse_tracks(text: str | None) -> list[str]:
-    """The page's track box: one X0,Y0:X1,Y1 per line (blank lines ignored)."""
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-class VaeReporter:
-    """`StepsProgress` for the page's VAE tab: reports each tile, and stops the job (raising
-    `Cancelled`) once the session's cancel flag is set."""
-
-    def __init__(self, report: Report, cancelled: threading.Event) -> None:
-        self.report = report
-        self.cancelled = cancelled
-
-    def status(self, message: str) -> None:
-        self.report(None, "loading the VAE ...")  # the server's folders stay out of the page
-
-    def step(self, done: int, total: int) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
-        self.report(done / total, f"VAE tile {done}/{total}")
-
-
-def run_vae_round_trip(device: Device, model: str, upload: Path, output: Path, device_name: str | None, dtype_name: str | None, size: str | None, report: Report, cancelled: threading.Event) -> VaeSummary:
-    """Round trip `upload` through `model`'s VAE (longest 4k+1 frame prefix, optional resize)
-    and write the result and a JSON sidecar (PSNR, SSIM) together into the folder `output`."""
-    job = VaeJob("recon", upload, output_dir=output, model=model, frames="auto", size=size.strip() or None if size else None, device=device_name, dtype=dtype_name, memory_hint="pass a smaller size")
-    plan = plan_vae(job)  # a clip too large is refused without waiting for the device
-    with device.turn(cancelled):
-        return run_vae(plan, VaeReporter(report, cancelled), device.vaes)

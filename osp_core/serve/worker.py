@@ -308,6 +308,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def device_env(env: dict[str, str], index: int, count: int, device: str | None) -> dict[str, str]:
+    """The environment of worker `index` of `count`: with several workers on accelerators, each
+    sees one device (the index-th of those visible to the server); several workers share the
+    CPU cores rather than each starting a thread per core."""
+    if count > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+    if count > 1 and device != "cpu":
+        for name in ("CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES"):
+            visible = [d for d in env[name].split(",") if d] if env.get(name) else [str(i) for i in range(count)]
+            env[name] = visible[index % len(visible)]
+    return env
+
+
 class WorkerPool:
     """`count` worker processes on one queue; a worker that dies is started again (its job goes
     back to the queue when its lease runs out)."""
@@ -319,12 +332,12 @@ class WorkerPool:
         self.restarts = 0
         self._watcher: threading.Thread | None = None
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "osp_core.serve.worker", json.dumps(dataclasses.asdict(self.config)), str(os.getpid())]
-        return subprocess.Popen(args, env=self.env)
+        return subprocess.Popen(args, env=device_env(dict(self.env or os.environ), index, self.count, self.config.device))
 
     def start(self) -> None:
-        self.processes = [self._spawn() for _ in range(self.count)]
+        self.processes = [self._spawn(i) for i in range(self.count)]
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
 
@@ -337,8 +350,9 @@ class WorkerPool:
             for i, process in enumerate(self.processes):
                 if process.poll() is not None and not self.stopping.is_set():
                     log.warning("worker %d exited (code %s); starting another", process.pid, process.returncode)
-                    self.processes[i] = self._spawn()
+                    self.processes[i] = self._spawn(i)
                     self.restarts += 1
+                    SqliteJobQueue(self.config.database).requeue_dead(is_alive)  # its job waits no lease out
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every worker: a running job goes back to the queue at its next report."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from osp_core.errors import InputError
-from osp_core.serve.session import ServeOptions, Sessions, StepReporter, check_upload, job_folder
+from osp_core.serve.session import ServeOptions, Sessions, check_upload, job_folder
 
 
 def test_session_folders_stay_inside_the_output_folder(tmp_path):
@@ -47,22 +47,40 @@ def test_uploads_must_be_small_videos_or_images_by_their_content(tmp_path):
         check_upload(None, 1024)
 
 
-def test_a_set_cancel_flag_stops_the_run_at_the_next_callback():
+def test_a_cancel_reaches_the_running_job_at_its_next_report(tmp_path):
+    """The worker's reporter carries progress to the queue and raises `Cancelled` at the first
+    report after a cancel (the page's Cancel and the API's DELETE go through the queue)."""
     import threading
 
-    flag, seen = threading.Event(), []
-    reporter = StepReporter(lambda fraction, text: seen.append((fraction, text)), flag)
+    from osp_core.serve.queue import SqliteJobQueue
+    from osp_core.serve.worker import Cancelled, JobReporter
+
+    queue = SqliteJobQueue(tmp_path / "q.sqlite3")
+    row = queue.submit("t2v", {"job": {}, "folder": str(tmp_path / "job")}, owner="page", model="m", prompt="p")
+    claim = queue.claim("w", 30)
+    reporter = JobReporter(queue, claim, 30, threading.Event())
     reporter.step(1, 4)
-    flag.set()
-    with pytest.raises(InputError.__mro__[1], match="cancelled"):
+    assert (queue.get(row.id).progress, queue.get(row.id).message) == (0.25, "denoising step 1/4")
+    queue.cancel(row.id)
+    reporter.last = 0  # past the report interval
+    with pytest.raises(Cancelled, match="cancelled"):
         reporter.step(2, 4)
-    assert seen == [(0.25, "denoising step 1/4")]
 
 
 def test_options_validate():
     ServeOptions(port=1).validate()
     with pytest.raises(InputError, match="--port"):
         ServeOptions(port=70000).validate()
+    for options, needle in (
+        (ServeOptions(page=False, api=False), "leave nothing to serve"),
+        (ServeOptions(workers=0), "--workers must be in 1..64"),
+        (ServeOptions(host="0.0.0.0"), "opens the server to the network without a key"),
+        (ServeOptions(host="0.0.0.0", api_key="short"), "shorter than 8"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            options.validate()
+    ServeOptions(host="0.0.0.0", api_key="a-long-enough-key").validate()
+    ServeOptions(host="localhost").validate()
 
 
 def test_upload_temps_left_by_a_killed_server_are_swept_at_start(tmp_path):
@@ -84,10 +102,12 @@ def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
     on this machine only: no share link is asked for."""
     pytest.importorskip("gradio")
     from osp_core.serve.app import Server
+    from osp_core.serve.server import Service
     from tests.serve.browser import free_port
 
     monkeypatch.setenv("GRADIO_SHARE", "True")
-    demo, url = Server(ServeOptions(model="builtin:shapes", port=free_port(), output_dir=tmp_path / "out")).launch()
+    options = ServeOptions(model="builtin:shapes", port=free_port(), output_dir=tmp_path / "out")
+    demo, url = Server(options, Service(options)).launch()
     try:
         assert url.startswith("http://127.0.0.1:")
         assert demo.share is False and demo.share_url is None
@@ -95,30 +115,52 @@ def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
         demo.close()
 
 
-def test_the_vae_tab_writes_the_round_trip_and_its_sidecar_and_keeps_the_vae(tmp_path):
-    """The page's round trip (`jobs.vae`): `<upload>-recon.mp4` and a PSNR/SSIM sidecar in the
-    job folder, tile progress reported, the VAE loaded once for two jobs; a set cancel flag
-    stops the job before anything is written."""
+def test_a_worker_runs_the_vae_round_trip_into_its_folder_and_keeps_the_vae(tmp_path):
+    """The page's VAE tab as a queued job, run by a worker in this process: `<upload>-recon.mp4`
+    and a PSNR/SSIM sidecar in the job's folder (written beside it, then moved in), tile
+    progress reported, the VAE loaded once for two jobs; a cancelled job writes nothing."""
     import json
-    import threading
 
     import torch
 
     from osp_core.io import write_video
-    from osp_core.serve.session import Cancelled, Device, run_vae_round_trip
+    from osp_core.jobs.vae import VaeJob
+    from osp_core.serve.queue import SqliteJobQueue
+    from osp_core.serve.worker import Worker, WorkerConfig, job_settings
 
     upload = tmp_path / "My Clip.mp4"
     write_video(upload, torch.randint(0, 256, (9, 64, 64, 3), dtype=torch.uint8), fps=8)
-    device, reports, cancelled = Device(), [], threading.Event()
-    result = run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job", "cpu", "fp32", " ", lambda f, text: reports.append(text), cancelled)
-    assert result.output == tmp_path / "job" / "my-clip-recon.mp4" and result.output.is_file()
-    sidecar = json.loads(result.sidecar.read_text())
-    assert sidecar["input"] == "My Clip.mp4" and sidecar["frames"] == 9 and sidecar["size"] == [64, 64] and sidecar["psnr"] == round(result.psnr, 3)
-    assert reports[0] == "loading the VAE ..." and reports[-1].startswith("VAE tile ")
-    held = device.vaes.held
-    run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job2", "cpu", "fp32", None, lambda f, text: None, cancelled)
-    assert device.vaes.held[1] is held[1]  # kept, not loaded again
-    cancelled.set()
-    with pytest.raises(Cancelled):
-        run_vae_round_trip(device, "builtin:shapes", upload, tmp_path / "job3", "cpu", "fp32", None, lambda f, text: None, cancelled)
-    assert not (tmp_path / "job3").exists()
+    queue = SqliteJobQueue(tmp_path / "q.sqlite3")
+    worker = Worker(WorkerConfig(str(queue.path), device="cpu", dtype="fp32"))
+
+    def run(folder, cancel=False):
+        row = queue.submit("vae", job_settings(VaeJob("recon", upload, model="builtin:shapes", frames="auto"), folder), owner="page", model="builtin:shapes", prompt="")
+        claim = queue.claim(worker.name, 30)
+        if cancel:
+            queue.cancel(row.id)
+        worker.run(claim)
+        return queue.get(row.id)
+
+    done = run(tmp_path / "job")
+    assert done.status == "completed" and done.result["files"] == {"video": "my-clip-recon.mp4", "sidecar": "my-clip-recon.json"}
+    sidecar = json.loads((tmp_path / "job" / "my-clip-recon.json").read_text())
+    assert sidecar["input"] == "My Clip.mp4" and sidecar["frames"] == 9 and sidecar["size"] == [64, 64] and sidecar["psnr"] == round(done.result["record"]["psnr"], 3)
+    assert (tmp_path / "job" / "my-clip-recon.mp4").is_file() and sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("q.sqlite3")) == ["My Clip.mp4", "job"]
+    held = worker.models.vaes.held
+    assert run(tmp_path / "job2").status == "completed"
+    assert worker.models.vaes.held[1] is held[1]  # kept, not loaded again
+    cancelled = run(tmp_path / "job3", cancel=True)
+    assert (cancelled.status, cancelled.error_code) == ("failed", "cancelled")
+    assert not (tmp_path / "job3").exists() and not list(tmp_path.glob(".job3*"))
+
+
+def test_several_workers_each_see_one_device_and_share_the_cores(monkeypatch):
+    from osp_core.serve.worker import device_env
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    envs = [device_env({"CUDA_VISIBLE_DEVICES": "2,3"}, i, 2, "cuda") for i in range(2)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "3"] and [e["ASCEND_RT_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"8"}
+    cpu = device_env({}, 1, 4, "cpu")
+    assert cpu == {"OMP_NUM_THREADS": "4"}  # nothing to hide on a CPU
+    assert device_env({"OMP_NUM_THREADS": "3"}, 0, 1, None) == {"OMP_NUM_THREADS": "3"}  # one worker: the server's own
