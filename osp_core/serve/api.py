@@ -101,7 +101,9 @@ class ModelChoices:
         # 3 decimals of a second is what `seconds()` writes (24 fps: 64 frames are "2.667")
         if math.isfinite(exact) and abs(exact - round(exact)) <= 0.01 * self.fps and round(exact) in self.frames:
             return round(exact)
-        raise ApiError(400, f"seconds '{seconds}' is not a length {self.name} can make (4k+1 frames at {self.fps:g} fps, up to {self.frames[-1]}): use one of {', '.join(allowed)}", "seconds")
+        if len(allowed) > 12:  # the released model: 55 lengths up to 221 frames
+            allowed = [*allowed[:3], "...", *allowed[-2:]]
+        raise ApiError(400, f"seconds '{seconds[:20]}' is not a length {self.name} can make (4k+1 frames at {self.fps:g} fps, up to {self.frames[-1]}): use one of {', '.join(allowed)}", "seconds")
 
     @staticmethod
     def size_text(height: int, width: int) -> str:
@@ -111,7 +113,7 @@ class ModelChoices:
         for height, width in self.sizes:
             if size.strip().lower() == self.size_text(height, width):
                 return height, width
-        raise ApiError(400, f"size '{size}' is not a size {self.name} was trained on: use {' or '.join(self.size_text(h, w) for h, w in self.sizes)} (width x height)", "size")
+        raise ApiError(400, f"size '{size[:20]}' is not a size {self.name} was trained on: use {' or '.join(self.size_text(h, w) for h, w in self.sizes)} (width x height)", "size")
 
 
 @dataclass
