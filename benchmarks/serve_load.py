@@ -1,7 +1,7 @@
 """Load and fault runs of `osp serve`'s video API, against real server processes on 127.0.0.1,
 driven by the official `openai` client.
 
-    python benchmarks/serve_load.py load   [--creates 200 --threads 20 --workers 1 --max-queue 64 --steps 2]
+    python benchmarks/serve_load.py load   [--creates 200 --threads 20 --workers 1 --max-queue 64 --steps 4]
     python benchmarks/serve_load.py faults [--jobs 20 --steps 30]
 
 load: `--threads` client threads send `--creates` creates in all (as fast as each gets its
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-queue", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--limit", type=float, default=900, help="seconds the jobs may take to drain")
     args = parser.parse_args()

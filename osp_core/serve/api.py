@@ -34,7 +34,7 @@ from ..errors import OSPError
 from ..jobs.edit import EditJob
 from ..jobs.sampling_plan import SamplingJob
 from ..pipelines.repository import ModelRepository
-from ..pipelines.t2v_inputs import parse_version
+from ..pipelines.t2v_inputs import check_steps, parse_version, scheduler_name
 from .paths import without_server_paths
 from .queue import COMPLETED, FAILED, JobQueue, JobRow, QueueFull, new_job_id
 from .worker import job_settings, remove_job_files
@@ -241,12 +241,15 @@ CLI_OPTION = re.compile(r"--([a-z][a-z-]*)")
 CLI_OPTION_VALUE = re.compile(r"--([a-z][a-z-]*) (-?[0-9][0-9.e+-]*)\b")
 
 
-def validate(job: Any, output_dir: Path) -> None:
-    """`job.validate()`, its `InputError` a 400 (`refusal`)."""
+def validate(job: SamplingJob, context: ApiContext) -> None:
+    """`job.validate()` and the scheduler's fewest steps (as `plan_sampling` checks them, so a
+    job that could never run is refused now, not failed later), an `InputError` a 400."""
     try:
         job.validate()
+        if job.steps is not None:
+            check_steps(scheduler_name(str(job.scheduler or context.repository.sampling["scheduler"])), job.steps)
     except OSPError as exc:
-        raise refusal(exc, output_dir) from None
+        raise refusal(exc, context.output_dir) from None
 
 
 def refusal(exc: OSPError, output_dir: Path) -> ApiError:
@@ -320,7 +323,7 @@ def create_api(context: ApiContext) -> FastAPI:
             raise ApiError(400, f"model '{model[:80]}' is not served here: this server serves '{context.model}'", "model", "model_not_found")
 
     def submit(kind: str, job: Any, folder: Path, prompt: str, shown: dict[str, str], remixed_from: str | None = None) -> JobRow:
-        validate(job, context.output_dir)
+        validate(job, context)
         settings = job_settings(job, folder, previews=True, api=shown)
         try:
             return queue.submit(kind, settings, owner=OWNER, model=context.model, prompt=prompt, remixed_from=remixed_from, max_waiting=context.max_queue, job_id=folder.name)
@@ -420,7 +423,7 @@ def create_api(context: ApiContext) -> FastAPI:
         folder = new_folder()
         steps, guidance, seed = number_field(fields, "steps", int), number_field(fields, "guidance", float), number_field(fields, "seed", int)
         # the sampling settings checked as a create checks them (the edit job reads them later)
-        validate(SamplingJob(prompts=[prompt], steps=steps, guidance=guidance, seed=seed, model=context.model), context.output_dir)
+        validate(SamplingJob(prompts=[prompt], steps=steps, guidance=guidance, seed=seed, model=context.model), context)
         job = EditJob(
             video=Path(source.settings["folder"]) / source.result["files"]["video"],
             output=Path("remix.mp4"),

@@ -224,6 +224,7 @@ def test_the_api_key_is_required(api, client):
         ({"extra_body": {"temperature": 1}}, "temperature", "unknown parameter 'temperature'"),
         ({"extra_body": {"steps": 0}}, "steps", "steps must be >= 1"),
         ({"extra_body": {"steps": "many"}}, "steps", "must be an integer"),
+        ({"extra_body": {"steps": 2}}, "steps", "PNDM needs at least 4 steps, got 2"),  # would only fail in the worker
         ({"extra_body": {"guidance": -1}}, "guidance", "guidance must be a number >= 0"),
         ({"extra_body": {"seed": -1}}, "seed", "seed must be a non-negative"),
         ({"prompt": "   "}, "prompt", "the prompt is empty"),
