@@ -118,7 +118,10 @@ def load(args: argparse.Namespace) -> dict[str, object]:
     out = Path(tempfile.mkdtemp(prefix="osp-load-")) / "out"
     server = Server(out, "--workers", str(args.workers), "--max-queue", str(args.max_queue))
     try:
-        time.sleep(5)  # workers start (torch import); memory "before" is the idle server
+        # one video first: the workers have loaded the model, so "before" and "after" compare
+        # the same processes at rest, and any growth is the load's
+        warm = server.api.videos.create(prompt="a red circle moving right", extra_body={"steps": args.steps, "seed": 0}).id
+        wait_all(server.api, [warm], 300)
         before = memory(server)
         creates, retrieves, accepted, refused, retry_after = [], [], [], [], []
         lock = threading.Lock()
@@ -151,7 +154,7 @@ def load(args: argparse.Namespace) -> dict[str, object]:
                         retrieves.append(time.perf_counter() - t0)
                     if status in ("completed", "failed"):
                         pending.discard(job)
-                time.sleep(0.5)
+                time.sleep(1.0)
 
         started = time.perf_counter()
         threads = [threading.Thread(target=client, args=(n, 1000 * i)) for i, n in enumerate(per_thread)]

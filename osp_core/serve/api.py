@@ -241,13 +241,13 @@ CLI_OPTION = re.compile(r"--([a-z][a-z-]*)")
 CLI_OPTION_VALUE = re.compile(r"--([a-z][a-z-]*) (-?[0-9][0-9.e+-]*)\b")
 
 
-def validate(job: SamplingJob, context: ApiContext) -> None:
+def validate(job: SamplingJob | EditJob, context: ApiContext) -> None:
     """`job.validate()` and the scheduler's fewest steps (as `plan_sampling` checks them, so a
     job that could never run is refused now, not failed later), an `InputError` a 400."""
     try:
         job.validate()
         if job.steps is not None:
-            check_steps(scheduler_name(str(job.scheduler or context.repository.sampling["scheduler"])), job.steps)
+            check_steps(scheduler_name(str(getattr(job, "scheduler", None) or context.repository.sampling["scheduler"])), job.steps)
     except OSPError as exc:
         raise refusal(exc, context.output_dir) from None
 
