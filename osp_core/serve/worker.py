@@ -153,7 +153,7 @@ class Models:
         self.vaes = VaeCache()
 
 
-def run_t2v(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+def run_t2v_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
     from ..jobs.sampling import run_sampling
     from ..jobs.sampling_plan import SamplingJob
 
@@ -162,7 +162,7 @@ def run_t2v(fields: dict[str, Any], folder: Path, reporter: JobReporter, models:
     return {"files": {"video": Path(record["video"]).name, "sidecar": Path(record["sidecar"]).name}, "record": record}
 
 
-def run_edit(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+def run_edit_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
     from ..jobs.edit import EditJob, plan_edit, run_edit
 
     job = job_from_settings(EditJob, fields)
@@ -171,17 +171,16 @@ def run_edit(fields: dict[str, Any], folder: Path, reporter: JobReporter, models
     return {"files": {"video": Path(record["video"]).name, "sidecar": Path(record["sidecar"]).name}, "record": record}
 
 
-def run_vae(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
-    from ..jobs.vae import VaeJob, plan_vae
-    from ..jobs.vae import run_vae as run
+def run_vae_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+    from ..jobs.vae import VaeJob, plan_vae, run_vae
 
     reporter.unit = "VAE tile"
-    summary = run(plan_vae(job_from_settings(VaeJob, fields, output_dir=folder)), reporter, models.vaes)
+    summary = run_vae(plan_vae(job_from_settings(VaeJob, fields, output_dir=folder)), reporter, models.vaes)
     record = {"frames": summary.frames, "size": list(summary.size), "psnr": summary.psnr, "ssim": summary.ssim}
     return {"files": {"video": summary.output.name, "sidecar": summary.sidecar.name if summary.sidecar else None}, "record": record}
 
 
-RUNNERS: dict[str, Callable[[dict[str, Any], Path, JobReporter, Models], dict[str, Any]]] = {"t2v": run_t2v, "edit": run_edit, "vae": run_vae}
+RUNNERS: dict[str, Callable[[dict[str, Any], Path, JobReporter, Models], dict[str, Any]]] = {"t2v": run_t2v_job, "edit": run_edit_job, "vae": run_vae_job}
 
 
 def attempt_folder(folder: Path, attempt: int) -> Path:
