@@ -265,6 +265,13 @@ class Worker:
     def _publish(self, claim: Claim, scratch: Path, folder: Path, result: dict[str, Any]) -> None:
         """Move the attempt's files into place, then record the result; if the queue refuses
         it (the job was deleted, or lost), the files go again."""
+        # still this worker's? (a worker that hung and came back must not touch the folder of
+        # the attempt that took its job over)
+        verdict = self.queue.heartbeat(claim, self.config.lease_seconds)
+        if verdict == "lost":
+            raise LeaseLost()
+        if verdict == "cancel":
+            raise Cancelled()
         if folder.exists():  # a failed earlier publish of this job (never another job's: ids are unique)
             shutil.rmtree(folder)
         scratch.rename(folder)
