@@ -2,7 +2,8 @@
 
 Layout of `OUTPUT/checkpoints/step-000123/`:
 
-    model/              diffusers format (config.json + diffusion_pytorch_model.safetensors)
+    model/              diffusers format (config.json + diffusion_pytorch_model.safetensors);
+                        a LoRA run writes adapter/ instead (PEFT format, `AdapterFiles`)
     model_ema/          the EMA weights, same format (when EMA is on)
     accelerate/         optimizers, lr schedulers, grad scaler, per-rank RNG states and the
                         other trained modules (e.g. the VAE discriminator), through
@@ -128,6 +129,52 @@ def _write_model(folder: Path, inner: nn.Module, prefix: str, state: dict[str, A
     save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
 
 
+class ModelFiles:
+    """How a checkpoint holds the trained model: the whole diffusers model in `model/`."""
+
+    def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+        """Write `inner`'s weights from the full state dict `state` (keys with `prefix`) into `checkpoint`."""
+        _write_model(checkpoint / "model", inner, prefix, state)
+
+    def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
+        """Load what `write` wrote into `inner` (checked to fit first: one line when it does not)."""
+        from safetensors.torch import load_file
+
+        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+        saved = load_file(str(weights))
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        inner.load_state_dict(saved)
+
+
+class AdapterFiles(ModelFiles):
+    """A LoRA run's checkpoints: only the trained adapter, in PEFT's format, in `adapter/` (the
+    frozen base is the run's --pretrained, rebuilt on resume and checked against the adapter's
+    base record)."""
+
+    folder = "adapter"
+
+    def __init__(self, base_source: str) -> None:
+        self.base_source = base_source
+
+    def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+        from ..models.lora import adapted_names, adapter_state, base_record, write_adapter
+
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source))
+
+    def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
+        from ..models.lora import TRAINED_ADAPTER, check_base, load_adapter_state, read_adapter
+
+        folder = checkpoint / self.folder
+        if not folder.is_dir():
+            raise ModelLoadError(f"checkpoint '{checkpoint}' holds no LoRA adapter (adapter/)", "resume it without --lora (it trained the whole transformer), or start over with --overwrite")
+        _, tensors, base = read_adapter(folder)
+        check_base(inner, base, f"checkpoint '{checkpoint}'")
+        load_adapter_state(inner, tensors, TRAINED_ADAPTER, f"checkpoint '{checkpoint}'")
+
+
 def _is_diffusers(module: nn.Module) -> bool:
     return diffusers_part(module)[0] is not None
 
@@ -139,8 +186,9 @@ class CheckpointManager:
     them (the trained network) is written to `model/`, the rest through Accelerate.
     """
 
-    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3, warn: Callable[[str], None] | None = None, model_files: ModelFiles | None = None) -> None:
         self.accelerator = accelerator
+        self.model_files = model_files or ModelFiles()
         self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
@@ -181,7 +229,7 @@ class CheckpointManager:
         full_state = acc.get_state_dict(model)
         if is_main_process():
             inner, prefix = diffusers_part(acc.unwrap_model(model))
-            _write_model(tmp / "model", inner, prefix, full_state)
+            self.model_files.write(tmp, inner, prefix, full_state)
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
@@ -223,8 +271,6 @@ class CheckpointManager:
         trainer state dict of the checkpoint. Every file is checked first
         (`verify_checkpoint`), so an unreadable one fails before anything is changed; a model
         that does not fit is one line naming the first mismatched tensor and both configs."""
-        from safetensors.torch import load_file
-
         acc = self.accelerator
         verify_checkpoint(checkpoint)
         state = read_state(checkpoint)
@@ -236,13 +282,8 @@ class CheckpointManager:
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
             self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
-        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
-        if not weights.is_file():
-            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
         inner, _ = diffusers_part(acc.unwrap_model(model))
-        saved = load_file(str(weights))
-        check_weights_fit(checkpoint, saved, inner, run_model)
-        inner.load_state_dict(saved)
+        self.model_files.read(checkpoint, inner, run_model)
         try:
             acc.load_state(str(checkpoint / "accelerate"))
         except Exception as exc:  # noqa: BLE001 - torch/accelerate raise many types; one line each
@@ -477,7 +518,9 @@ class RunCheckpoints:
     losses, the config, the recipe's extra state). A new part is one more entry in `states`.
     """
 
-    def __init__(self, accelerator, layout: Any, output_dir: Path, keep_last: int, warn: Callable[[str], None], states: dict[str, Any], run_model: str) -> None:
+    def __init__(
+        self, accelerator, layout: Any, output_dir: Path, keep_last: int, warn: Callable[[str], None], states: dict[str, Any], run_model: str, model_files: ModelFiles | None = None
+    ) -> None:
         from .ema import ShardedEMA
 
         self.accelerator = accelerator
@@ -489,7 +532,7 @@ class RunCheckpoints:
         if layout.mode == "fsdp":
             self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema)
         else:
-            self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn)
+            self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn, model_files=model_files)
 
     def _json_parts(self) -> list[Any]:
         return [part for name, part in self.states.items() if name not in _MANAGED_PARTS]
