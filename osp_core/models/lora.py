@@ -216,12 +216,16 @@ def merge_adapters(model: nn.Module, adapters: list[tuple[Path, float]], describ
     for path, _, _, tensors, base in read:
         check_adapter_fits(model, tensors, f"adapter '{describe(path)}'")
         check_base(model, base, f"adapter '{describe(path)}'")
+    import warnings
+
     scales = {}
     for index, (path, scale, config, tensors, _) in enumerate(read):
         name = f"osp_{index}"
         config.target_modules = sorted({key.partition(".lora_")[0] for key in tensors})  # exactly the projections it holds
         config.inference_mode = True
-        inject_adapter_in_model(config, model, adapter_name=name)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters are the point
+            inject_adapter_in_model(config, model, adapter_name=name)
         load_adapter_state(model, tensors, name, f"adapter '{describe(path)}'")
         scales[name] = scale
     with torch.no_grad():
