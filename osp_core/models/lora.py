@@ -197,6 +197,15 @@ def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor], adapt
     from peft import set_peft_model_state_dict
 
     check_adapter_fits(model, tensors, where)
+    own = dict(model.named_parameters())
+    for key, value in tensors.items():
+        head, _, tail = key.rpartition(".")  # NAME.lora_A . weight
+        target = own.get(f"{head}.{adapter_name}.{tail}")
+        if target is not None and target.shape != value.shape:
+            raise ModelLoadError(
+                f"{where} was trained with another LoRA rank: '{key}' is {tuple(value.shape)} there, {tuple(target.shape)} here",
+                "resume with the LoRA options it was trained with, or start over with --overwrite",
+            )
     result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [k for k in getattr(result, "missing_keys", []) or [] if f".lora_A.{adapter_name}." in k or f".lora_B.{adapter_name}." in k]
