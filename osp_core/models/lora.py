@@ -180,8 +180,10 @@ def check_adapter_fits(model: nn.Module, tensors: dict[str, torch.Tensor], where
         name, _, kind = key.partition(".lora_")
         module = modules.get(name)
         base = module.get_base_layer() if module is not None and hasattr(module, "get_base_layer") else module
+        if base is None:
+            raise ModelLoadError(f"{where} was made for another model: this transformer has no module '{name}'", "apply it to the model config it was trained on")
         if not isinstance(base, nn.Linear):
-            raise ModelLoadError(f"{where} was made for another model: this transformer has no projection '{name}'", "apply it to the model config it was trained on")
+            continue  # other layers PEFT adapts (convolutions): their shapes are checked as they load
         expected = (value.shape[0], base.in_features) if kind.startswith("A") else (base.out_features, value.shape[1])
         if tuple(value.shape) != expected:
             side = f"{base.in_features} inputs" if kind.startswith("A") else f"{base.out_features} outputs"
@@ -206,7 +208,11 @@ def load_adapter_state(model: nn.Module, tensors: dict[str, torch.Tensor], adapt
                 f"{where} was trained with another LoRA rank: '{key}' is {tuple(value.shape)} there, {tuple(target.shape)} here",
                 "resume with the LoRA options it was trained with, or start over with --overwrite",
             )
-    result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    try:
+        result = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    except RuntimeError as exc:  # torch's size mismatch, for layers `check_adapter_fits` leaves to it
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
+        raise ModelLoadError(f"{where} was made for another model config ({first})", "apply it to the model config it was trained on") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing = [k for k in getattr(result, "missing_keys", []) or [] if f".lora_A.{adapter_name}." in k or f".lora_B.{adapter_name}." in k]
     if unexpected or missing:

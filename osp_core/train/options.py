@@ -17,6 +17,7 @@ HEAD = "head"
 TAIL = "tail"
 LORA_OPTIONS = ("lora", "lora_alpha", "lora_dropout", "lora_targets")
 """The LoRA fields: only `osp t2v train` takes them (the VAE and edit trainers have no adapters yet)."""
+LORA_REFUSED = "LoRA adapters train on the text-to-video transformer only: osp t2v train --lora RANK"
 
 
 def _option(flags: tuple[str, ...], help: str, key: str | None = None, default: Any = None, place: str = "") -> Any:  # noqa: A002 - typer's name
