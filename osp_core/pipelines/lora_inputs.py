@@ -93,20 +93,19 @@ def parse_adapter_spec(spec: str | Path | tuple[str | Path, float] | AdapterSpec
     elif isinstance(spec, tuple):
         path, scale = Path(spec[0]), spec[1]
     else:
-        text = str(spec)
-        head, sep, tail = text.rpartition(":")
-        try:
-            scale = float(tail) if sep and head else 1.0
-            path = Path(head if sep and head else text)
-        except ValueError:
-            path, scale = Path(text), 1.0
+        head, sep, tail = str(spec).rpartition(":")
+        number = _number(tail) if sep and head else None
+        path, scale = (Path(head), number) if number is not None else (Path(str(spec)), 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InputError(f"--lora scale of '{path}' must be a finite number, got {scale!r}", "write PATH:SCALE, e.g. run/lora:0.8")
+    return AdapterSpec(path.expanduser(), float(scale))
+
+
+def _number(text: str) -> float | None:
     try:
-        scale = float(scale)
-    except (TypeError, ValueError):
-        raise InputError(f"--lora scale of '{path}' is not a number: {scale!r}", "write PATH:SCALE, e.g. run/lora:0.8") from None
-    if not math.isfinite(scale):
-        raise InputError(f"--lora scale of '{path}' must be a finite number, got {scale}", "write PATH:SCALE, e.g. run/lora:0.8")
-    return AdapterSpec(path.expanduser(), scale)
+        return float(text)
+    except ValueError:
+        return None
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
