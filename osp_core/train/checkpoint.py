@@ -141,6 +141,8 @@ class ModelFiles:
         from safetensors.torch import load_file
 
         weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file() and (checkpoint / AdapterFiles.folder).is_dir():
+            raise ModelLoadError(f"checkpoint '{checkpoint}' holds a LoRA adapter, not the whole transformer", "resume it with the --lora options it was trained with")
         if not weights.is_file():
             raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
         saved = load_file(str(weights))

@@ -139,7 +139,7 @@ class T2VRecipe(Recipe):
         check_rank(modules, lora.rank)
         return sum(lora.rank * (m.in_features + m.out_features) for m in modules.values())
 
-    def model_files(self):
+    def model_files(self) -> Any:
         """A LoRA run checkpoints its adapter (`AdapterFiles`), not the frozen transformer."""
         if self.config.lora.rank is None:
             return None

@@ -197,7 +197,13 @@ def test_options_that_need_the_model_are_one_line_before_weights_load(extra, nee
     assert not (tmp_path / "run").exists()
 
 
-def test_resuming_a_full_run_with_lora_or_another_rank_is_one_line(straight, clips, tiny_repo, tmp_path, osp_in_process):
+def test_validation_samples_with_the_adapters(straight, tmp_path):
+    _, _, trainer = straight
+    out = trainer.recipe.validate(4, tmp_path / "samples")
+    assert [Path(p).name for p in out["samples"]] == ["00.mp4"] and (tmp_path / "samples" / "00.mp4").stat().st_size > 0
+
+
+def test_resuming_with_another_rank_or_without_lora_is_one_line(straight, clips, tiny_repo, tmp_path, osp_in_process):
     import shutil
 
     reference, _, _ = straight
@@ -205,6 +211,11 @@ def test_resuming_a_full_run_with_lora_or_another_rank_is_one_line(straight, cli
     shutil.copytree(reference, out)
     proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest", "--lora", "2"))
     assert_one_line_error(proc, "another LoRA rank", "lora_A", code=3)
+    args = _args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest")
+    for flag in ("--lora", "--lora-alpha"):  # the flag and its value
+        del args[args.index(flag) : args.index(flag) + 2]
+    proc = osp_in_process("t2v", "train", *args)
+    assert_one_line_error(proc, "holds a LoRA adapter, not the whole transformer", "--lora", code=3)
     (out / "summary.json").unlink()
     shutil.rmtree(out / "checkpoints" / "step-00000004" / "adapter")
     proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", str(out / "checkpoints" / "step-00000004")))
