@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .session import ServeOptions, check_gradio, use_gradio_folder
+from .session import ServeOptions, check_api_packages, check_gradio, use_gradio_folder
 
 
 def run_server(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
@@ -16,6 +16,8 @@ def run_server(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
     options.validate()
     check_device_name(options.device)
     check_dtype_name(options.dtype)
+    if options.api or not options.page:
+        check_api_packages()
     if options.page:
         use_gradio_folder(options.output_dir)  # before Gradio is imported: it reads the folder then
         check_gradio()

@@ -8,7 +8,6 @@ handler by its annotation object.
 
 import hmac
 import logging
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.repository import ModelRepository
 from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
 from .guard import UploadGuard
+from .paths import without_server_paths
 from .server import Service
 from .session import ServeOptions, Sessions, check_upload, job_folder, parse_tracks, sweep_upload_temps, use_gradio_folder
 from .worker import job_settings
@@ -121,13 +121,6 @@ def result_views(path: str | None) -> tuple[Any, Any]:
     if path is not None and path.endswith(".png"):
         return gr.update(value=None, visible=False), gr.update(value=path, visible=True)
     return gr.update(value=path, visible=True), gr.update(value=None, visible=False)
-
-
-def without_server_paths(text: str, output_dir: Path) -> str:
-    """`text` with every path inside `output_dir` cut to its file name: the page names the
-    user's file (an upload keeps its name under `.gradio/<hash>/`), never the server's layout."""
-    inside = re.escape(str(output_dir).rstrip("/")) + r"/[^'\"\s]*"
-    return re.sub(inside, lambda m: Path(m.group(0)).name, text)
 
 
 class JobFailed(Exception):

@@ -89,7 +89,7 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
             from .app import Server
 
             demo, url = Server(options, service).launch(routes)
-            on_ready(url)
+            on_ready(f"{url} (video API: {url.rstrip('/')}/v1)" if options.api else url)
             try:
                 wait_for_ctrl_c()
             finally:

@@ -68,6 +68,15 @@ def is_loopback(host: str) -> bool:
     return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
+def check_api_packages() -> None:
+    """`InputError` naming the extra when the video API's server packages are missing."""
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"the video API needs {', '.join(missing)}, which is not installed", "pip install 'osp[serve]', or pass --no-api")
+
+
 def check_gradio() -> None:
     """`InputError` naming the extra when Gradio is not installed."""
     try:

@@ -310,7 +310,10 @@ def main(argv: list[str]) -> int:
 
 def device_env(env: dict[str, str], index: int, count: int, device: str | None) -> dict[str, str]:
     """The environment of worker `index` of `count`: with several workers on accelerators, each
-    sees one device (the index-th of those visible to the server)."""
+    sees one device (the index-th of those visible to the server); several workers share the
+    CPU cores rather than each starting a thread per core."""
+    if count > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
     if count > 1 and device != "cpu":
         for name in ("CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES"):
             visible = [d for d in env[name].split(",") if d] if env.get(name) else [str(i) for i in range(count)]

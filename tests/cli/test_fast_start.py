@@ -115,6 +115,9 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["eval", "edit", str(video)],  # not an `osp edit` output
         ["eval", "shapes", str(tmp_path / "missing.mp4")],
         ["serve", *shapes, "--port", "99999"],
+        ["serve", *shapes, "--host", "0.0.0.0"],  # the network without a key
+        ["serve", *shapes, "--no-page", "--no-api"],
+        ["serve", *shapes, "--workers", "0"],
         ["caption", str(tmp_path / "no-such-folder"), "-o", str(tmp_path / "captions.json")],
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--frames", "6"],  # bad --frames
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--height", "30"],  # bad size

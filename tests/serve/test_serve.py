@@ -152,3 +152,15 @@ def test_a_worker_runs_the_vae_round_trip_into_its_folder_and_keeps_the_vae(tmp_
     cancelled = run(tmp_path / "job3", cancel=True)
     assert (cancelled.status, cancelled.error_code) == ("failed", "cancelled")
     assert not (tmp_path / "job3").exists() and not list(tmp_path.glob(".job3*"))
+
+
+def test_several_workers_each_see_one_device_and_share_the_cores(monkeypatch):
+    from osp_core.serve.worker import device_env
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    envs = [device_env({"CUDA_VISIBLE_DEVICES": "2,3"}, i, 2, "cuda") for i in range(2)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "3"] and [e["ASCEND_RT_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"8"}
+    cpu = device_env({}, 1, 4, "cpu")
+    assert cpu == {"OMP_NUM_THREADS": "4"}  # nothing to hide on a CPU
+    assert device_env({"OMP_NUM_THREADS": "3"}, 0, 1, None) == {"OMP_NUM_THREADS": "3"}  # one worker: the server's own

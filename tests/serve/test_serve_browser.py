@@ -29,7 +29,7 @@ def stored_files(output_dir: Path) -> list[Path]:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     (root / "tmp").mkdir()
-    process = ServerProcess(root / "out", "--max-upload-mb", "1", "--no-api", env={"TMPDIR": str(root / "tmp")})
+    process = ServerProcess(root / "out", "--max-upload-mb", "1", env={"TMPDIR": str(root / "tmp")})
     process.temp_dir = root / "tmp"
     yield process
     process.stop()
