@@ -91,13 +91,15 @@ def _base_weight(module: nn.Module) -> torch.Tensor:
     return module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
 
 
-def base_record(model: nn.Module, names: list[str], source: str) -> dict[str, Any]:
+def base_record(model: nn.Module, names: list[str], source: str, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Where the base came from and a few of its weights at fixed places in each projection
-    `names` lists (a probe that tells bases apart without hashing gigabytes)."""
+    `names` lists (a probe that tells bases apart without hashing gigabytes); read from the
+    full state dict `state` when given (the model's own weights may be shards)."""
     modules = dict(model.named_modules())
     probe = []
     for name in names:
-        flat = _base_weight(modules[name]).detach().reshape(-1)
+        weight = state[f"{name}.base_layer.weight"] if state is not None else _base_weight(modules[name])
+        flat = weight.detach().reshape(-1)
         picks = torch.linspace(0, flat.numel() - 1, PROBE_VALUES).long()
         probe.append([round(float(v), 7) for v in flat[picks].float().cpu()])
     return {"source": source, "modules": names, "probe": probe}

@@ -89,11 +89,12 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], limit: i
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module, run_model: str) -> None:
-    """Raise one `ModelLoadError` line when the saved tensors do not fit `module`: the first
-    mis-shaped (or missing / unexpected) tensor, how the two model configs differ, and both
-    configs' sources (the checkpoint's model/config.json and this run's `run_model`)."""
-    own = module.state_dict()
+def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module, run_model: str, only: set[str] | None = None) -> None:
+    """Raise one `ModelLoadError` line when the saved tensors do not fit `module` (its tensors
+    named in `only`, when given): the first mis-shaped (or missing / unexpected) tensor, how the
+    two model configs differ, and both configs' sources (the checkpoint's model/config.json and
+    this run's `run_model`)."""
+    own = {k: v for k, v in module.state_dict().items() if only is None or k in only}
     mismatched = next((k for k, v in saved.items() if k in own and own[k].shape != v.shape), None)
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
@@ -132,6 +133,9 @@ def _write_model(folder: Path, inner: nn.Module, prefix: str, state: dict[str, A
 class ModelFiles:
     """How a checkpoint holds the trained model: the whole diffusers model in `model/`."""
 
+    holds_frozen = True
+    """Whether frozen parameters are saved too (a Distributed Checkpoint's shards included)."""
+
     def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
         """Write `inner`'s weights from the full state dict `state` (keys with `prefix`) into `checkpoint`."""
         _write_model(checkpoint / "model", inner, prefix, state)
@@ -156,6 +160,7 @@ class AdapterFiles(ModelFiles):
     base record)."""
 
     folder = "adapter"
+    holds_frozen = False
 
     def __init__(self, base_source: str) -> None:
         self.base_source = base_source
@@ -164,7 +169,7 @@ class AdapterFiles(ModelFiles):
         from ..models.lora import adapted_names, adapter_state, base_record, write_adapter
 
         own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source))
+        write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source, own))
 
     def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
         from ..models.lora import TRAINED_ADAPTER, check_base, load_adapter_state, read_adapter
@@ -395,7 +400,8 @@ class DistributedCheckpointManager(CheckpointManager):
     """
 
     def __init__(
-        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None
+        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None,
+        model_files: ModelFiles | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.warn = warn or logger.warning
@@ -405,6 +411,7 @@ class DistributedCheckpointManager(CheckpointManager):
         self.schedulers = schedulers
         self.layout = layout
         self.ema = ema  # a ShardedEMA: its shards go into the DCP folder, its average into model_ema/
+        self.model_files = model_files or ModelFiles()
 
     def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         """Sharded model and optimizer states keyed by the diffusers model's own names: not by
@@ -412,7 +419,15 @@ class DistributedCheckpointManager(CheckpointManager):
         checkpoint resumes under any layout."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        return get_state_dict(diffusers_part(model)[0], self.optimizers)
+        return get_state_dict(diffusers_part(model)[0], self.optimizers, options=self._options())
+
+    def _options(self) -> Any:
+        """DCP state-dict options: a LoRA run's frozen base is neither written nor expected on
+        load (the run rebuilds it; `check_weights_fit` checked the adapters are all there)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        frozen = self.model_files.holds_frozen
+        return StateDictOptions(ignore_frozen_params=not frozen, strict=frozen)
 
     def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
         """Write checkpoint `step` (collective: every rank must call it). Returns its folder.
@@ -438,7 +453,7 @@ class DistributedCheckpointManager(CheckpointManager):
         inner, prefix = diffusers_part(model)
         full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
         if is_main_process():
-            _write_model(tmp / "model", inner, prefix, full)
+            self.model_files.write(tmp, inner, prefix, full)
             if full_ema is not None:
                 _write_model(tmp / "model_ema", inner, prefix, full_ema)
             extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers], "dcp_files": dcp_files}
@@ -476,7 +491,9 @@ class DistributedCheckpointManager(CheckpointManager):
         # the saved tensors' shapes, as meta tensors: checked against this run's model before loading
         head = "model."
         saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
-        check_weights_fit(checkpoint, saved, inner, run_model)
+        # a LoRA run's checkpoint holds the adapters (and buffers), not the frozen base
+        trained = None if self.model_files.holds_frozen else {n for n, p in inner.named_parameters() if p.requires_grad} | {n for n, _ in inner.named_buffers()}
+        check_weights_fit(checkpoint, saved, inner, run_model, only=trained)
         model_state, optim_state = self._state_dicts(model)
         shards = {"model": model_state, "optim": optim_state}
         # a checkpoint of a run without EMA: the average starts from the restored weights
@@ -489,7 +506,7 @@ class DistributedCheckpointManager(CheckpointManager):
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
-        set_state_dict(inner, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        set_state_dict(inner, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state, options=self._options())
         if with_ema:
             self.ema.optimization_step = int(state.get("ema_step", state["step"]))
         elif self.ema is not None:
@@ -532,7 +549,7 @@ class RunCheckpoints:
         self.sharded_ema = isinstance(self.ema, ShardedEMA)
         self.manager: CheckpointManager
         if layout.mode == "fsdp":
-            self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema)
+            self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema, model_files=model_files)
         else:
             self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn, model_files=model_files)
 

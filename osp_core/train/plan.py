@@ -38,14 +38,6 @@ EDIT_DDP_ONLY = (
 )
 
 
-# a LoRA run's trained states are the adapters (megabytes); FSDP2 would shard only the frozen
-# base, and neither it nor sequence parallel has been run with adapters
-LORA_DDP_ONLY = (
-    "--lora runs under --strategy ddp without sequence parallel",
-    "drop --strategy fsdp / --sequence-parallel (torchrun with DDP trains adapters on several ranks)",
-)
-
-
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -164,7 +156,7 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
 
 
 def check_lora_config(cfg: T2VTrainConfig) -> None:
-    """The LoRA options' own rules, and the layouts a LoRA run refuses (see docs/training.md)."""
+    """The LoRA options' own rules (the rest needs the model: `T2VRecipe._check_lora`)."""
     from ..pipelines.lora_inputs import check_lora_options
 
     lora = cfg.lora
@@ -173,8 +165,6 @@ def check_lora_config(cfg: T2VTrainConfig) -> None:
     check_lora_options(lora.rank, lora.alpha, lora.dropout, lora.targets)
     if cfg.run.ema:
         raise InputError("--ema with --lora: a LoRA run keeps no EMA (the adapters train for few steps at a high learning rate)", "drop --ema (or set run.ema false in the preset)")
-    if _sharded(cfg):
-        raise InputError(*LORA_DDP_ONLY)
 
 
 def check_edit_config(cfg: EditTrainConfig) -> None:

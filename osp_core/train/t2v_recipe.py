@@ -273,14 +273,14 @@ class T2VRecipe(Recipe):
 
             self.cache = FeatureCache(cfg.data.cache_dir)
 
-        trained = None
         if cfg.lora.rank is not None:
             from ..models.lora import add_lora
 
-            trained = add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)  # the base frozen
+            add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)  # the base frozen
         model = self.trainer.parallelize(model)  # before the optimizer: FSDP2 replaces the parameters
         o = cfg.optim
-        optimizer = torch.optim.AdamW(model.parameters() if trained is None else trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA run: the adapters only
+        optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         scheduler = get_scheduler(
             o.lr_scheduler,
             optimizer,
@@ -477,8 +477,14 @@ class T2VRecipe(Recipe):
         model = acc.unwrap_model(self.model)
         if self.trainer.validation_weights is not None:
             # a sharded (or sequence-parallel) model: sample with a one-device copy of the gathered weights
-            model = type(self.trainer.inner).from_config(self.trainer.inner.config).to(acc.device)
-            model.load_state_dict(self.trainer.validation_weights)
+            model = type(self.trainer.inner).from_config(self.trainer.inner.config)
+            lora = cfg.lora
+            if lora.rank is not None:
+                from ..models.lora import add_lora
+
+                with torch.random.fork_rng():  # the adapters' initial draw is overwritten: it must not move the run's RNG
+                    add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)  # the gathered weights' names
+            model.to(acc.device).load_state_dict(self.trainer.validation_weights)
         ema = None if self.trainer.sharded_ema else self.trainer.ema  # a sharded average is in the gathered weights already
         if ema is not None:
             ema.store(model.parameters())

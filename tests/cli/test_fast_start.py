@@ -183,7 +183,6 @@ def _train_refusals(tmp_path: Path) -> list[list[str]]:
         [*t2v, "--lora", "0"],  # rank below 1
         [*t2v, "--lora", "4", "--lora-targets", "attn1.(to_q"],  # not a regular expression
         [*t2v, "--lora", "4", "--ema"],
-        [*t2v, "--lora", "4", "--strategy", "fsdp"],
         [*vae, "--lora", "4"],  # the VAE and edit trainers take no adapters
         ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--set", "lora.rank=4"],
     ]

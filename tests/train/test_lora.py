@@ -1,6 +1,6 @@
 """`osp t2v train --lora`: adapters learn on a frozen base, checkpoints hold the adapter in PEFT's
-format (PEFT and diffusers load it), a SIGKILLed run resumes bit-identically, 2 DDP ranks follow
-1 process, and the options' refusals that need the model."""
+format (PEFT and diffusers load it), a SIGKILLed run resumes bit-identically, 2 DDP ranks (and
+FSDP2 with sequence parallel) follow 1 process, and the options' refusals that need the model."""
 
 from __future__ import annotations
 
@@ -178,6 +178,30 @@ def test_two_ddp_ranks_follow_one_process(straight, clips, tiny_repo, tmp_path):
     one, two = _losses(reference / "checkpoints" / "step-00000004"), _losses(tmp_path / "two" / "checkpoints" / "step-00000004")
     assert max(abs(x - y) / abs(x) for x, y in zip(one, two)) < 1e-6
     a, b = _adapter(reference / "lora"), _adapter(tmp_path / "two" / "lora")
+    assert max(float((a[k] - b[k]).abs().max()) / max(1.0, float(a[k].abs().max())) for k in a) < 5e-6
+
+
+@pytest.mark.distributed
+def test_fsdp_with_sequence_parallel_follows_one_process(straight, clips, tiny_repo, tmp_path):
+    """FSDP2 with the frozen base (its shards are not checkpointed: the run rebuilds them) and
+    each sample's tokens over 2 ranks: the same numbers, and validation samples from the
+    gathered adapters."""
+    out = tmp_path / "fsdp"
+    proc = run_module("osp_cli.t2v_train", *_args(clips, tiny_repo, out, "--batch-size", "2", "--strategy", "fsdp", "--sequence-parallel", "2", "--validate-every", "4"), launcher=torchrun(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parallel"]["strategy"] == "fsdp" and summary["parallel"]["sequence_parallel"] == 2
+    last = out / "checkpoints" / "step-00000004"
+    assert sorted(p.name for p in last.iterdir()) == ["adapter", "dcp", "rng", "trainer_state.json"]
+    from osp_core.train.checkpoint import _dcp_reader
+
+    saved = [k for k in _dcp_reader(last / "dcp").read_metadata().state_dict_metadata if k.startswith("model.")]
+    assert any(".lora_A." in k for k in saved) and not any(".base_layer." in k for k in saved)  # no frozen shards
+    assert [p.name for p in (out / "samples" / "step-00000004").glob("*.mp4")] == ["00.mp4"]
+    reference, _, _ = straight
+    one, two = _losses(reference / "checkpoints" / "step-00000004"), _losses(last)
+    assert max(abs(x - y) / abs(x) for x, y in zip(one, two)) < 1e-6
+    a, b = _adapter(reference / "lora"), _adapter(out / "lora")
     assert max(float((a[k] - b[k]).abs().max()) / max(1.0, float(a[k].abs().max())) for k in a) < 5e-6
 
 
