@@ -78,7 +78,7 @@ def test_pipelines_do_not_import_jobs():
             assert not any(name.split(".")[0] == "jobs" or name.startswith("osp_core.jobs") for name in names), f"{path.name} imports {names}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["t2v", "lora", "merge", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
 def test_help_imports_no_torch(args):
     proc = _osp(*args, blocked=True)
     assert proc.returncode == 0, proc.stderr

@@ -122,6 +122,15 @@ def test_the_adapter_loads_in_peft_and_diffusers(straight, tiny_repo):
     torch.testing.assert_close(model.eval()(x, t, captions, return_dict=False)[0], expected, rtol=0, atol=0)
 
 
+def test_the_run_adapter_samples_with_osp_t2v_sample(straight, tiny_repo, tmp_path, osp_in_process):
+    out, _, _ = straight
+    args = ["t2v", "sample", "a gradient", "--model", str(tiny_repo), "--transformer", str(tiny_repo / "tiny"), "--frames", "5", "--height", "32", "--width", "32", "--steps", "4", "--seed", "1", "--json"]
+    proc = osp_in_process(*args, "-o", str(tmp_path / "videos"), "--lora", f"{out / 'lora'}:0.5")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)["videos"][0]
+    assert record["models"]["lora"][0]["scale"] == 0.5 and record["models"]["lora"][0]["path"] == str((out / "lora").absolute())
+
+
 def test_loss_goes_down_on_a_fixed_batch(one_clip, tiny_repo, tmp_path):
     from peft import PeftModel
 
