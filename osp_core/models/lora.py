@@ -75,12 +75,6 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None, dropout: float, t
     return trained
 
 
-def has_lora(model: nn.Module) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(module, LoraLayer) for module in model.modules())
-
-
 def adapted_names(model: nn.Module) -> list[str]:
     from peft.tuners.lora import LoraLayer
 
