@@ -73,7 +73,8 @@ class EditJob:
         elif (self.box is None) == (self.mask is None):
             raise InputError("give the region with --box or --mask" if self.box is None else "--box and --mask both give the region", "pass one of --box X0,Y0,X1,Y1 or --mask MASK.png")
         if self.strength is not None and not (math.isfinite(self.strength) and 0 < self.strength <= 1):
-            raise InputError(f"--strength must be in (0, 1], got {self.strength}", "pass e.g. --strength 0.25; 1 starts the region from noise")
+            starts = "the whole video" if self.whole_frame else "the region"
+            raise InputError(f"--strength must be in (0, 1], got {self.strength}", f"pass e.g. --strength {REMIX_STRENGTH if self.whole_frame else 0.25}; 1 starts {starts} from noise")
         if (self.tracks or self.track_file is not None) and self.keep_motion:
             raise InputError("--keep-motion takes the motion from the video, and tracks were given", "pass --track/--track-file or --keep-motion, not both")
         if self.tracks and self.track_file is not None:
@@ -154,7 +155,7 @@ class EditPlan:
     @property
     def steps_run(self) -> int:
         """The steps the edit runs: the last `strength` of them, at least the scheduler's fewest."""
-        from ..pipelines.edit import edit_steps
+        from ..pipelines.edit_inputs import edit_steps
 
         return edit_steps(self.sampling.steps, self.strength, self.sampling.scheduler)
 
@@ -191,7 +192,6 @@ def plan_edit(job: EditJob) -> EditPlan:
         ),
         check_outputs=False,
     )
-    from ..pipelines.edit import steps_after_cut
     from ..pipelines.repository import EDIT_MODULE_FOLDER
 
     has_module = sampling.repository.has_edit_module
@@ -206,14 +206,26 @@ def plan_edit(job: EditJob) -> EditPlan:
         # the model's edit_strength is tuned for region edits (the first frame held): a remix holds nothing
         strength = REMIX_STRENGTH if job.whole_frame else float(sampling.repository.sampling["edit_strength"])
     plan = EditPlan(job, inputs, sampling, engine, strength)
-    asked = steps_after_cut(sampling.steps, strength)
-    if plan.steps_run > asked:
-        least = fewest_steps(sampling.scheduler)
-        named = f"--strength {strength:g}" if job.strength is not None else f"the whole-frame edit strength {strength:g}" if job.whole_frame else f"the model's edit strength {strength:g}"
-        enough = math.ceil(least / strength)
-        fix = f"pass --steps {enough} to keep {strength:g}" if enough <= 10 * sampling.steps else "pass a higher --strength"
-        sampling.warnings.append(f"{named} keeps {asked} of the {sampling.steps} steps, and {sampling.scheduler} runs at least {least}: the edit runs {plan.steps_run} (as --strength {plan.steps_run / sampling.steps:.2g}); {fix}")
+    named = f"--strength {strength:g}" if job.strength is not None else f"the whole-frame edit strength {strength:g}" if job.whole_frame else f"the model's edit strength {strength:g}"
+    note = strength_not_kept(sampling.steps, strength, sampling.scheduler, named)
+    if note is not None:
+        sampling.warnings.append(note)
     return plan
+
+
+def strength_not_kept(steps: int, strength: float, scheduler: str, named: str, flag: str = "--") -> str | None:
+    """Why an edit at `strength` of `steps` runs more steps than the strength keeps (the
+    scheduler's fewest), and the step count that keeps it; None when it is kept. `flag` prefixes
+    the option names (the CLI's --steps, the API's steps)."""
+    from ..pipelines.edit_inputs import edit_steps, steps_after_cut
+
+    asked, runs = steps_after_cut(steps, strength), edit_steps(steps, strength, scheduler)
+    if runs <= asked:
+        return None
+    least = fewest_steps(scheduler)
+    enough = math.ceil(least / strength)
+    fix = f"pass {flag}steps {enough} to keep {strength:g}" if enough <= 10 * steps else f"pass a higher {flag}strength"
+    return f"{named} keeps {asked} of the {steps} steps, and {scheduler} runs at least {least}: the edit runs {runs} (as {flag}strength {runs / steps:.2g}); {fix}"
 
 
 @dataclass

@@ -16,13 +16,14 @@ import torch
 from ..errors import ModelLoadError
 from .denoising import DenoisingCallback, DenoisingStep
 from .edit_inputs import (
+    edit_steps,
     feather_width,
     feathered,
     latent_mask,
     region_displacement,
     shift,
+    steps_after_cut,
 )
-from .t2v_inputs import fewest_steps
 
 
 @dataclass
@@ -207,18 +208,6 @@ def edit_latents(
         transformer_forward=transformer_forward,
         first_step=first,
     ).frames
-
-
-def steps_after_cut(steps: int, strength: float, fewest: int = 1) -> int:
-    """How many of `steps` an edit at `strength` runs: the last round(steps * strength)
-    (image-to-image's strength), at least `fewest` (the scheduler's; one) and at most all."""
-    return steps if strength >= 1 else min(steps, max(fewest, 1, round(steps * strength)))
-
-
-def edit_steps(steps: int, strength: float, scheduler: Any) -> int:
-    """The steps an edit at `strength` runs with `scheduler` (a name or an instance): the last
-    `strength` of `steps`, at least the scheduler's fewest (`steps_after_cut`)."""
-    return steps_after_cut(steps, strength, fewest_steps(scheduler))
 
 
 def control_conditions(latents: EditLatents, inputs: EditInputs, temporal: int = 4, spatial: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

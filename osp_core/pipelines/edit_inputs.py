@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from .t2v_inputs import fewest_steps
 
 if TYPE_CHECKING:  # torch loads where a tensor is made: the text checks run before it (seconds)
     import torch
@@ -210,3 +211,17 @@ def shift(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     return F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False).reshape(shape).to(x.dtype)
 
+
+# -- steps --------------------------------------------------------------------------------------
+
+
+def steps_after_cut(steps: int, strength: float, fewest: int = 1) -> int:
+    """How many of `steps` an edit at `strength` runs: the last round(steps * strength)
+    (image-to-image's strength), at least `fewest` (the scheduler's; one) and at most all."""
+    return steps if strength >= 1 else min(steps, max(fewest, 1, round(steps * strength)))
+
+
+def edit_steps(steps: int, strength: float, scheduler: Any) -> int:
+    """The steps an edit at `strength` runs with `scheduler` (a name or an instance): the last
+    `strength` of `steps`, at least the scheduler's fewest (`steps_after_cut`)."""
+    return steps_after_cut(steps, strength, fewest_steps(scheduler))

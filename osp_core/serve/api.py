@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OSPError
-from ..jobs.edit import EditJob
+from ..jobs.edit import REMIX_STRENGTH, EditJob, strength_not_kept
 from ..jobs.sampling_plan import SamplingJob
 from ..pipelines.repository import ModelRepository
 from ..pipelines.t2v_inputs import check_steps, parse_version, scheduler_name
@@ -185,6 +185,8 @@ async def read_fields(request: Request, allowed: set[str], refused: dict[str, st
             fields = json.loads(await request.body() or b"null")
         except ValueError:
             raise ApiError(400, "the body is not valid JSON") from None
+        except RecursionError:
+            raise ApiError(400, "the body's JSON is nested too deeply: send one flat object") from None
         if not isinstance(fields, dict):
             raise ApiError(400, "the body must be a JSON object, e.g. {\"prompt\": \"a red circle\"}")
     elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -194,6 +196,8 @@ async def read_fields(request: Request, allowed: set[str], refused: dict[str, st
                 name = key.split("[")[0]  # the client writes a nested value as name[key]
                 if name in fields:
                     raise ApiError(400, f"field '{name[:40]}' was given twice", name[:40])
+                if isinstance(value, UploadFile) and name not in refused:
+                    raise ApiError(400, f"'{name[:40]}' must be a value, not a file", name[:40])
                 fields[name] = "<file>" if isinstance(value, UploadFile) else value
     else:
         raise ApiError(400, f"Content-Type '{kind}' is not accepted: send application/json or multipart/form-data")
@@ -211,7 +215,11 @@ def text_field(fields: dict[str, Any], name: str, limit: int | None = None) -> s
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ApiError(400, f"'{name}' must be a string", name)
+        raise ApiError(400, f"'{name}' must be text", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"'{name}' is not valid Unicode text (it holds a lone surrogate)", name) from None
     if limit is not None and len(value) > limit:
         raise ApiError(400, f"'{name}' is {len(value)} characters, more than the {limit} this server takes", name, "string_above_max_length")
     return value
@@ -328,7 +336,8 @@ def create_api(context: ApiContext) -> FastAPI:
         try:
             return queue.submit(kind, settings, owner=OWNER, model=context.model, prompt=prompt, remixed_from=remixed_from, max_waiting=context.max_queue, job_id=folder.name)
         except QueueFull as exc:
-            raise ApiError(429, f"{exc.waiting} videos are waiting, the most this server queues: try again later", None, "queue_full", {"Retry-After": str(retry_after())}) from None
+            waiting = f"{exc.waiting} videos are" if exc.waiting != 1 else "1 video is"
+            raise ApiError(429, f"{waiting} waiting, the most this server queues: try again later", None, "queue_full", {"Retry-After": str(retry_after())}) from None
 
     def retry_after() -> int:
         """Seconds until a place in the queue is likely free: one job's time (the mean of the
@@ -355,6 +364,8 @@ def create_api(context: ApiContext) -> FastAPI:
         check_model(fields)
         if isinstance(fields.get("seconds"), (int, float)) and not isinstance(fields.get("seconds"), bool):
             fields["seconds"] = str(fields["seconds"])  # curl users write "seconds": 2
+        if fields.get("seconds") is not None and not isinstance(fields["seconds"], str):
+            raise ApiError(400, "'seconds' must be a number of seconds, e.g. \"2\"", "seconds")
         seconds, size = text_field(fields, "seconds"), text_field(fields, "size")
         frames = choices.default_frames if seconds is None else choices.frames_of(seconds)
         height, width = choices.sizes[0] if size is None else choices.size_of(size)
@@ -399,10 +410,12 @@ def create_api(context: ApiContext) -> FastAPI:
         remove_job_files(row.settings, context.output_dir)
         return {"id": row.id, "object": "video.deleted", "deleted": True}
 
-    @app.get("/videos/{video_id}/content")
+    @app.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"])
     def content(video_id: str, variant: Literal["video", "thumbnail", "spritesheet"] = Query("video")) -> FileResponse:
         row = find(video_id)
         if row.status != COMPLETED:
+            if row.status == FAILED:
+                raise ApiError(400, f"video '{row.id}' failed, so it has no content (its error says why)", "video_id", "video_failed")
             raise ApiError(400, f"video '{row.id}' is {row.status.replace('_', ' ')}, not completed: its content is there once it completes", "video_id", "video_not_ready")
         key, media_type = CONTENT[variant]
         name = (row.result or {}).get("files", {}).get(key)
@@ -439,6 +452,11 @@ def create_api(context: ApiContext) -> FastAPI:
             guidance=guidance,
             seed=seed,
         )
+        strength = REMIX_STRENGTH if job.strength is None else job.strength
+        named = f"strength {strength:g}" if job.strength is not None else f"the remix's default strength {strength:g}"
+        sampling = context.repository.sampling
+        if math.isfinite(strength) and 0 < strength <= 1 and 1 <= (steps or 1) and (note := strength_not_kept(steps or int(sampling["steps"]), strength, scheduler_name(str(sampling["scheduler"])), named, flag="")):
+            raise ApiError(400, note, "steps")  # the CLI warns and goes on; a client would never see the warning
         row = await run_in_threadpool(submit, "edit", job, folder, prompt, dict(source.settings.get("api", {})), source.id)
         return JSONResponse(video_object(row))
 
@@ -453,6 +471,15 @@ def create_api(context: ApiContext) -> FastAPI:
 # -- access and body bounds ---------------------------------------------------------------------
 
 
+def same_origin(headers: dict[bytes, bytes]) -> bool:
+    """Whether the request came from no page at all (a program: no Origin header) or from a
+    page of this server (Origin's host:port is the Host the request was sent to)."""
+    origin = headers.get(b"origin")
+    if origin is None or headers.get(b"sec-fetch-site") == b"same-origin":
+        return True
+    return origin.partition(b"://")[2].rstrip(b"/").lower() == headers.get(b"host", b"").lower()
+
+
 class ApiGuard:
     """ASGI middleware: the API key (constant-time comparison) on every route, unknown ones
     too, and a bounded request body (Content-Length and the bytes that arrive), read whole
@@ -460,18 +487,29 @@ class ApiGuard:
 
     def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
         self.app, self.max_body_bytes = app, max_body_bytes
-        self.expected = None if api_key is None else f"Bearer {api_key}".encode()
+        self.expected = None if api_key is None else api_key.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
-        if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-            missing = b"authorization" not in headers
-            message = "no API key: send 'Authorization: Bearer KEY'" if missing else "the API key is not this server's"
-            await error_response(401, message, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if not same_origin(headers):
+            # a page on another site may send a form here (no preflight for forms): clients
+            # of this API are programs, which send no Origin, or this server's own page
+            await error_response(403, "requests from another site's page are refused", None, "cross_origin")(scope, receive, send)
             return
+        if self.expected is not None:
+            scheme, _, key = headers.get(b"authorization", b"").partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.expected)):
+                if b"authorization" not in headers:
+                    message = "no API key: send 'Authorization: Bearer KEY'"
+                elif scheme.lower() != b"bearer":
+                    message = "send the API key as 'Authorization: Bearer KEY'"
+                else:
+                    message = "the API key is not this server's"
+                await error_response(401, message, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
         declared = headers.get(b"content-length", b"0")
         too_large = error_response(413, f"the request body is larger than the {self.max_body_bytes} bytes this server takes", None, "request_too_large")
         if not declared.isdigit() or int(declared) > self.max_body_bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..errors import OSPError
+from ..errors import InputError, OSPError
 
 QUEUED, IN_PROGRESS, COMPLETED, FAILED = "queued", "in_progress", "completed", "failed"
 DATABASE_NAME = "queue.sqlite3"
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     lease_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     deleted INTEGER NOT NULL DEFAULT 0,
     result TEXT,
@@ -98,7 +99,8 @@ class JobRow:
     completed_at: float | None
     worker: str | None
     lease_until: float | None
-    attempts: int
+    attempts: int  # claims so far, released ones included
+    released: int  # claims handed back unrun by a stopping worker (not counted against max_attempts)
     cancel_requested: bool
     deleted: bool
     result: dict[str, Any] | None
@@ -134,11 +136,14 @@ class JobQueue(Protocol):
     def cancel(self, job_id: str, owner: str | None = None) -> JobRow | None: ...
     def delete(self, job_id: str, owner: str | None = None) -> JobRow | None: ...
     def requeue_dead(self, is_alive: Callable[[str], bool | None]) -> int: ...
+    def stale_workers(self) -> list[str]: ...
     def counts(self) -> dict[str, int]: ...
 
 
 def new_job_id() -> str:
-    return f"video_{secrets.token_hex(12)}"
+    """`video_` + the time in nanoseconds + randomness: ids sort in creation order, so a list's
+    `after` cursor works even when its video has been deleted since."""
+    return f"video_{time.time_ns():016x}{secrets.token_hex(4)}"
 
 
 def _row(values: sqlite3.Row) -> JobRow:
@@ -162,11 +167,17 @@ class SqliteJobQueue:
     def __init__(self, path: str | Path, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.path = Path(path)
         self.max_attempts = max_attempts
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
-                con.executescript(SCHEMA)
-                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    con.executescript(SCHEMA)
+                    con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"the job database '{self.path}' cannot be used ({exc})", "move it away to start with an empty queue, or pass another --output-dir") from None
+        if version != 0 and version != SCHEMA_VERSION:
+            raise InputError(f"the job database '{self.path}' was written by another osp (schema {version}, this osp reads {SCHEMA_VERSION})", "use that osp, or move the file away to start with an empty queue")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -215,20 +226,17 @@ class SqliteJobQueue:
 
     def list(self, owner: str | None = None, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[JobRow], bool]:
         """(jobs in creation order, newest first unless order="asc", whether more follow);
-        `after` is the id of the last job of the previous page."""
+        `after` is the id of the last job of the previous page (it need not exist any more)."""
         descending = order != "asc"
         where, args = ["deleted = 0"], []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
+        if after is not None:
+            where.append("id < ?" if descending else "id > ?")
+            args.append(after)
         with self._connect() as con:
-            if after is not None:
-                cursor = con.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
-                if cursor is None:
-                    return [], False
-                where.append("seq < ?" if descending else "seq > ?")
-                args.append(cursor[0])
-            rows = con.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?", (*args, limit + 1)).fetchall()
+            rows = con.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id {'DESC' if descending else 'ASC'} LIMIT ?", (*args, limit + 1)).fetchall()
         return [_row(r) for r in rows[:limit]], len(rows) > limit
 
     def cancel(self, job_id: str, owner: str | None = None) -> JobRow | None:
@@ -318,14 +326,9 @@ class SqliteJobQueue:
         return self._end(claim, code, "UPDATE jobs SET status = ?, error_code = ?, error_message = ?, completed_at = ?, lease_until = NULL WHERE id = ?", (FAILED, code, message, time.time(), claim.job.id))
 
     def release(self, claim: Claim) -> bool:
-        """Give the job back unrun (its worker is stopping): queued again, this attempt neither
-        counted nor kept in `runs`."""
-        with self._write() as con:
-            if self._held(con, claim) is None:
-                return False
-            con.execute("DELETE FROM runs WHERE job_id = ? AND attempt = ?", (claim.job.id, claim.attempt))
-            con.execute("UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, attempts = attempts - 1, progress = 0, message = 'waiting (its worker stopped)' WHERE id = ?", (QUEUED, claim.job.id))
-            return True
+        """Give the job back unrun (its worker is stopping): queued again; the attempt is kept
+        in `runs` as released and not counted against `max_attempts`."""
+        return self._end(claim, "released", "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, released = released + 1, progress = 0, message = 'waiting (its worker stopped)' WHERE id = ?", (QUEUED, claim.job.id))
 
     def _end(self, claim: Claim, outcome: str, update: str, args: tuple[Any, ...]) -> bool:
         with self._write() as con:
@@ -353,12 +356,17 @@ class SqliteJobQueue:
                 con.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
             elif row["cancel_requested"]:
                 con.execute("UPDATE jobs SET status = ?, error_code = 'cancelled', error_message = 'cancelled', completed_at = ? WHERE id = ?", (FAILED, now, row["id"]))
-            elif row["attempts"] >= self.max_attempts:
-                message = f"its worker stopped while running it, {row['attempts']} times; the server log says why"
+            elif row["attempts"] - row["released"] >= self.max_attempts:
+                message = f"its worker stopped while running it, {row['attempts'] - row['released']} times; the server log says why"
                 con.execute("UPDATE jobs SET status = ?, error_code = 'worker_lost', error_message = ?, completed_at = ? WHERE id = ?", (FAILED, message, now, row["id"]))
             else:
                 con.execute("UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, progress = 0, message = 'waiting again (its worker stopped)' WHERE id = ?", (QUEUED, row["id"]))
         return len(stale)
+
+    def stale_workers(self) -> list[str]:
+        """Workers holding a job whose lease ran out: dead, or hung."""
+        with self._connect() as con:
+            return [w for (w,) in con.execute("SELECT DISTINCT worker FROM jobs WHERE status = ? AND lease_until < ?", (IN_PROGRESS, time.time())).fetchall()]
 
     def reap(self) -> int:
         """Put back the jobs whose lease ran out (claims do this too); how many there were."""

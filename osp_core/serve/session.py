@@ -53,6 +53,8 @@ class ServeOptions:
             raise InputError(f"--workers must be in 1..64, got {self.workers}", "pass one per device, e.g. --workers 1")
         if not 1 <= self.lease_seconds <= 3600:
             raise InputError(f"--lease-seconds must be in 1..3600, got {self.lease_seconds:g}", "pass e.g. --lease-seconds 30")
+        if self.api_key is not None and self.api_key != self.api_key.strip() or any(c.isspace() for c in self.api_key or ""):
+            raise InputError("--api-key holds spaces or other white space, which HTTP headers cannot carry intact", "use a key without white space, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`")
         if self.api_key is not None and len(self.api_key) < 8:
             raise InputError("--api-key is shorter than 8 characters", "use a long random key, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`")
         if self.api_key is None and not is_loopback(self.host):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OSPError
+from ..errors import InputError, OSPError
 from .queue import Claim, SqliteJobQueue
 
 log = logging.getLogger("osp.serve")
@@ -96,7 +96,11 @@ def job_settings(job: Any, folder: Path, **extra: Any) -> dict[str, Any]:
 
 def job_from_settings(cls: type, fields: dict[str, Any], **overrides: Any) -> Any:
     """The dataclass `cls` from stored fields (paths back to `Path`)."""
-    paths = {f.name for f in dataclasses.fields(cls) if "Path" in str(f.type)}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise InputError(f"the job's settings have fields a {cls.__name__} has not: {', '.join(unknown)}", "submit jobs through the page or the API")
+    paths = {name for name, f in known.items() if "Path" in str(f.type)}
     values = {k: (Path(v) if k in paths and isinstance(v, str) else v) for k, v in fields.items()}
     return cls(**{**values, **overrides})
 
@@ -153,7 +157,7 @@ class Models:
         self.vaes = VaeCache()
 
 
-def run_t2v(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+def run_t2v_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
     from ..jobs.sampling import run_sampling
     from ..jobs.sampling_plan import SamplingJob
 
@@ -162,26 +166,27 @@ def run_t2v(fields: dict[str, Any], folder: Path, reporter: JobReporter, models:
     return {"files": {"video": Path(record["video"]).name, "sidecar": Path(record["sidecar"]).name}, "record": record}
 
 
-def run_edit(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+def run_edit_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
     from ..jobs.edit import EditJob, plan_edit, run_edit
 
     job = job_from_settings(EditJob, fields)
+    if not job.video.is_file():  # the API's remix source, deleted while the remix waited
+        raise InputError("the source video was deleted before this job ran", "start it again from a video that still exists")
     summary = run_edit(plan_edit(job_from_settings(EditJob, fields, output=folder / job.output.name)), reporter)
     record = summary.record
     return {"files": {"video": Path(record["video"]).name, "sidecar": Path(record["sidecar"]).name}, "record": record}
 
 
-def run_vae(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
-    from ..jobs.vae import VaeJob, plan_vae
-    from ..jobs.vae import run_vae as run
+def run_vae_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, models: Models) -> dict[str, Any]:
+    from ..jobs.vae import VaeJob, plan_vae, run_vae
 
     reporter.unit = "VAE tile"
-    summary = run(plan_vae(job_from_settings(VaeJob, fields, output_dir=folder)), reporter, models.vaes)
+    summary = run_vae(plan_vae(job_from_settings(VaeJob, fields, output_dir=folder)), reporter, models.vaes)
     record = {"frames": summary.frames, "size": list(summary.size), "psnr": summary.psnr, "ssim": summary.ssim}
     return {"files": {"video": summary.output.name, "sidecar": summary.sidecar.name if summary.sidecar else None}, "record": record}
 
 
-RUNNERS: dict[str, Callable[[dict[str, Any], Path, JobReporter, Models], dict[str, Any]]] = {"t2v": run_t2v, "edit": run_edit, "vae": run_vae}
+RUNNERS: dict[str, Callable[[dict[str, Any], Path, JobReporter, Models], dict[str, Any]]] = {"t2v": run_t2v_job, "edit": run_edit_job, "vae": run_vae_job}
 
 
 def attempt_folder(folder: Path, attempt: int) -> Path:
@@ -221,12 +226,15 @@ class Worker:
     def run(self, claim: Claim) -> None:
         """Run one claimed job to its end in the queue (finished, failed, released or lost)."""
         job = claim.job
-        folder = Path(job.settings["folder"])
-        scratch = attempt_folder(folder, claim.attempt)
+        scratch: Path | None = None
         reporter = JobReporter(self.queue, claim, self.config.lease_seconds, self.stopping)
         beat = threading.Event()
         threading.Thread(target=self._keep_lease, args=(claim, beat), daemon=True).start()
         try:
+            if job.kind not in RUNNERS or not isinstance(job.settings.get("job"), dict) or not isinstance(job.settings.get("folder"), str):
+                raise InputError(f"job {job.id} is not a job osp can run (kind '{job.kind}', settings without a job or a folder)", "submit jobs through the page or the API")
+            folder = Path(job.settings["folder"])
+            scratch = attempt_folder(folder, claim.attempt)
             if self.models is None:
                 self.models = Models()
             fields = {**job.settings["job"], "device": self.config.device, "dtype": self.config.dtype}
@@ -251,7 +259,8 @@ class Worker:
                 raise
         finally:
             beat.set()
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def _publish(self, claim: Claim, scratch: Path, folder: Path, result: dict[str, Any]) -> None:
         """Move the attempt's files into place, then record the result; if the queue refuses
@@ -303,7 +312,8 @@ def main(argv: list[str]) -> int:
     config = WorkerConfig(**json.loads(argv[0]))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    # Ctrl-C in a terminal reaches the whole process group: the server stops its workers (SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     Worker(config, stopping).run_forever()
     return 0
 
@@ -346,13 +356,26 @@ class WorkerPool:
         return [p.pid for p in self.processes]
 
     def _watch(self) -> None:
+        queue = SqliteJobQueue(self.config.database)
         while not self.stopping.wait(0.5):
+            self._kill_hung(queue)
             for i, process in enumerate(self.processes):
                 if process.poll() is not None and not self.stopping.is_set():
                     log.warning("worker %d exited (code %s); starting another", process.pid, process.returncode)
                     self.processes[i] = self._spawn(i)
                     self.restarts += 1
-                    SqliteJobQueue(self.config.database).requeue_dead(is_alive)  # its job waits no lease out
+                    queue.requeue_dead(is_alive)  # its job waits no lease out
+
+    def _kill_hung(self, queue: SqliteJobQueue) -> None:
+        """A worker of this pool whose job's lease ran out is alive but silent (stopped, stuck in
+        a call that never returns): kill it, so that it is started again and its job re-queued."""
+        ours = {str(p.pid): p for p in self.processes if p.poll() is None}
+        for worker in queue.stale_workers():
+            process = ours.get(worker.split(":")[1] if worker.count(":") >= 2 else "")
+            if process is not None and worker.split(":")[0] == socket.gethostname():
+                log.warning("worker %d stopped renewing its job's lease; killing it", process.pid)
+                process.kill()
+                process.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every worker: a running job goes back to the queue at its next report."""

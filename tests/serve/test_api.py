@@ -176,7 +176,7 @@ def test_deleting_a_running_video_cancels_it(client, api):
 
 
 def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_path):
-    remix = client.videos.remix(video.id, prompt="a blue square moving left", extra_body={"steps": 4, "seed": 3})
+    remix = client.videos.remix(video.id, prompt="a blue square moving left", extra_body={"steps": 8, "seed": 3})  # 0.6 of 8 keeps 5: PNDM's 4 fit
     assert remix.remixed_from_video_id == video.id and remix.status in ("queued", "in_progress")
     done = client.videos.poll(remix.id, poll_interval_ms=200)
     assert done.status == "completed", done.error
@@ -187,11 +187,16 @@ def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_pa
     # a job that fails says why, in OpenAI's error object, without the server's paths
     output_dir = api[2]
     (output_dir / "videos" / done.id / "remix.mp4").unlink()
-    failed = client.videos.poll(client.videos.remix(done.id, prompt="a red circle", extra_body={"steps": 4}).id, poll_interval_ms=200)
-    assert failed.status == "failed" and failed.error.code and "remix.mp4" in failed.error.message
+    failed = client.videos.poll(client.videos.remix(done.id, prompt="a red circle", extra_body={"steps": 8}).id, poll_interval_ms=200)
+    assert failed.status == "failed" and failed.error.code == "invalid_request" and "the source video was deleted before this job ran" in failed.error.message
     assert str(output_dir) not in failed.error.message and failed.progress < 100
+    with pytest.raises(openai.BadRequestError, match="failed, so it has no content"):
+        client.videos.download_content(failed.id)
     with pytest.raises(openai.NotFoundError):
         client.videos.remix("video_nope", prompt="x")
+    # a strength the steps cannot keep (PNDM runs at least 4 of them) would silently become 1
+    with pytest.raises(openai.BadRequestError, match="keeps 2 of the 4 steps, and PNDM runs at least 4"):
+        client.videos.remix(video.id, prompt="x", extra_body={"steps": 4})
     for extra, param in (({"strength": 2}, "strength"), ({"seed": -1}, "seed"), ({"speed": "fast"}, "speed"), ({"size": "64x64"}, "size")):
         with pytest.raises(openai.BadRequestError) as refused:
             client.videos.remix(video.id, prompt="x", extra_body=extra)
@@ -290,3 +295,29 @@ def test_a_full_queue_is_a_429_with_retry_after(tmp_path):
         with pytest.raises(openai.NotFoundError):
             client.videos.delete(page_job.id)
         assert page_job.id not in [v.id for v in client.videos.list()] and queue.get(page_job.id) is not None
+
+
+def test_what_a_browser_could_forge_or_a_client_garble_is_refused(api, client, video):
+    """A page on another site may post a form here without a preflight: refused (programs send
+    no Origin; this server's own pages are same-origin). Text that cannot be stored, a body
+    nested too deep and a file where a value belongs are 400s, not server faults."""
+    server, url = api[0], f"{api[0].base_url}/videos"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    forged = httpx.post(url, content=b"prompt=from+another+site&steps=4", headers={**auth, "Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"})
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "cross_origin"
+    own = httpx.get(url, headers={**auth, "Origin": f"http://127.0.0.1:{server.port}"})
+    assert own.status_code == 200
+    for body, needle in (
+        (b'{"prompt": "\\ud800 a lone surrogate", "steps": 4}', "lone surrogate"),
+        (b"[" * 20000 + b"]" * 20000, "nested too deeply"),
+    ):
+        answer = httpx.post(url, content=body, headers={**auth, "Content-Type": "application/json"})
+        assert answer.status_code == 400 and needle in answer.json()["error"]["message"], answer.text
+    as_file = httpx.post(url, files={"prompt": ("prompt.txt", b"a red circle")}, data={"steps": "4"}, headers=auth)
+    assert as_file.status_code == 400 and as_file.json()["error"]["message"] == "'prompt' must be a value, not a file"
+    # the auth scheme is case-insensitive (RFC 7235); another scheme is named as such
+    assert httpx.get(url, headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+    basic = httpx.get(url, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert basic.status_code == 401 and "Authorization: Bearer KEY" in basic.json()["error"]["message"]
+    head = httpx.head(f"{url}/{video.id}/content", headers=auth)
+    assert head.status_code == 200 and head.headers["content-type"] == "video/mp4"

@@ -1,6 +1,6 @@
 """`osp serve` as a durable queue, driven by the official `openai` client against real server
-processes: two workers never run a job twice, a worker killed with -9 mid-job loses nothing
-(its job runs again on the other), and a server killed with -9 mid-job restarts with its
+processes: two workers never run a job twice, a worker killed with -9 or hung mid-job loses
+nothing (its job runs again on another), and a server killed with -9 mid-job restarts with its
 finished jobs downloadable, its queued ones run, and the one it was running run again."""
 
 from __future__ import annotations
@@ -52,24 +52,34 @@ def attempt_folders(output_dir: Path) -> list[Path]:
     return list(output_dir.rglob(".*.attempt-*"))
 
 
-def test_two_workers_share_the_queue_and_a_killed_worker_loses_no_job(tmp_path):
+def test_two_workers_share_the_queue_and_a_killed_or_hung_worker_loses_no_job(tmp_path):
+    """One worker is killed with -9 mid-job, later another is stopped (SIGSTOP: alive, silent):
+    the server restarts the first at once and kills the second once its lease runs out; both
+    jobs run again on a live worker, and no job completes twice."""
     out = tmp_path / "out"
-    server = ServerProcess(out, "--no-page", "--workers", "2", "--device", "cpu", "--dtype", "fp32")
+    server = ServerProcess(out, "--no-page", "--workers", "2", "--device", "cpu", "--dtype", "fp32", "--lease-seconds", "5")
     try:
         api, queue = client(server), SqliteJobQueue(out / DATABASE_NAME)
-        ids = [create(api, SLOW if i < 2 else FAST, seed=i) for i in range(6)]
-        running = wait_until(lambda: [i for i in ids if queue.get(i).status == "in_progress" and queue.get(i).progress > 0] or None, what="a job to run")
-        victim = running[0]
-        pid = worker_pid(queue, victim)
-        os.kill(pid, signal.SIGKILL)
+        ids = [create(api, SLOW if i < 3 else FAST, seed=i) for i in range(6)]
+
+        def running_job(exclude: set[str]) -> str | None:
+            return next((i for i in ids if i not in exclude and queue.get(i).status == "in_progress" and queue.get(i).progress > 0), None)
+
+        killed = wait_until(lambda: running_job(set()), what="a job to run")
+        killed_pid = worker_pid(queue, killed)
+        os.kill(killed_pid, signal.SIGKILL)
+        hung = wait_until(lambda: (job := running_job({killed})) and worker_pid(queue, job) != killed_pid and job, what="another job to run")
+        hung_pid = worker_pid(queue, hung)
+        os.kill(hung_pid, signal.SIGSTOP)
         done = wait_until(lambda: ended(api, ids), what="every job to end")
         assert [r.status for r in done] == ["completed"] * 6, [r.error for r in done]
         runs = {i: queue.runs(i) for i in ids}
-        # every job completed exactly once; the killed worker's job ran again, on a live worker
+        # every job completed exactly once; the killed and the hung worker's jobs ran again, on other workers
         assert all([r["outcome"] for r in runs[i]].count("completed") == 1 for i in ids)
-        assert [r["outcome"] for r in runs[victim]] == ["lost", "completed"] and str(pid) not in runs[victim][1]["worker"]
-        assert all(len(runs[i]) == 1 for i in ids if i != victim)
-        assert len({r["worker"] for i in ids for r in runs[i] if r["outcome"] == "completed"}) >= 2  # both took work
+        for victim, pid in ((killed, killed_pid), (hung, hung_pid)):
+            assert [r["outcome"] for r in runs[victim]] == ["lost", "completed"] and f":{pid}:" not in runs[victim][1]["worker"]
+        assert all(len(runs[i]) == 1 for i in ids if i not in (killed, hung))
+        assert not Path(f"/proc/{hung_pid}").exists() or "zombie" in Path(f"/proc/{hung_pid}/status").read_text().lower()
         for i in ids:
             assert api.videos.download_content(i).content[4:8] == b"ftyp"
         assert attempt_folders(out) == []

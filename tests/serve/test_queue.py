@@ -112,7 +112,10 @@ def test_owners_see_only_their_jobs_and_lists_page_newest_first(tmp_path):
     assert [r.id for r in first + second + third] == api[::-1] and more and not more_after
     oldest, _ = queue.list(owner="api", limit=2, order="asc")
     assert [r.id for r in oldest] == api[:2]
-    assert queue.list(owner="api", after="video_unknown") == ([], False)
+    # a cursor whose video was deleted meanwhile still pages on (ids sort by creation time)
+    queue.delete(api[2])
+    rest, more = queue.list(owner="api", limit=10, after=api[2])
+    assert [r.id for r in rest] == [api[1], api[0]] and not more
 
 
 def test_waiting_jobs_are_bounded(tmp_path):
@@ -126,7 +129,7 @@ def test_waiting_jobs_are_bounded(tmp_path):
 
 def test_everything_committed_survives_a_new_process(tmp_path):
     """A server restart opens the same file: finished jobs keep their results, waiting jobs
-    wait, and the releasing worker's attempt is not counted."""
+    wait, and the releasing worker's attempt is kept on record but not counted."""
     import subprocess
     import sys
 
@@ -137,10 +140,20 @@ def test_everything_committed_survives_a_new_process(tmp_path):
     code = (
         "import sys, json; from osp_core.serve.queue import SqliteJobQueue;"
         "q = SqliteJobQueue(sys.argv[1]); rows = q.list(order='asc')[0];"
-        "print(json.dumps([(r.status, r.attempts, r.result) for r in rows]))"
+        "print(json.dumps([(r.status, r.attempts - r.released, r.result) for r in rows]))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(queue.path)], capture_output=True, text=True, check=True).stdout
     import json
 
     assert json.loads(out) == [["completed", 1, {"files": {"video": "v.mp4"}}], ["queued", 0, None], ["queued", 0, None]]
-    assert queue.claim("w2", 30).job.id == released
+    again = queue.claim("w2", 30)
+    assert again.job.id == released and again.attempt == 2
+    assert [(r["worker"], r["outcome"]) for r in queue.runs(released)] == [("w", "released"), ("w2", None)]  # every attempt kept
+
+
+def test_a_file_that_is_not_the_queue_is_refused_in_one_line(tmp_path):
+    from osp_core.errors import InputError
+
+    (tmp_path / "queue.sqlite3").write_bytes(b"not a database, but some bytes" * 100)
+    with pytest.raises(InputError, match="the job database .* cannot be used .*move it away"):
+        SqliteJobQueue(tmp_path / "queue.sqlite3")

@@ -76,6 +76,7 @@ def test_options_validate():
         (ServeOptions(workers=0), "--workers must be in 1..64"),
         (ServeOptions(host="0.0.0.0"), "opens the server to the network without a key"),
         (ServeOptions(host="0.0.0.0", api_key="short"), "shorter than 8"),
+        (ServeOptions(api_key="  a-long-key-with-spaces  "), "white space"),
     ):
         with pytest.raises(InputError, match=needle):
             options.validate()
