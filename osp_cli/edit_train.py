@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from osp_core.train.options import TrainOptions
+from osp_core.train.options import LORA_OPTIONS, LORA_REFUSED, TrainOptions
 
 from .train import TextEncoderOpt, VaeOpt, run_standalone, run_training, train_command
 
 
-@train_command(without=("ema", "strategy", "sequence_parallel"))
+@train_command(without=("ema", "strategy", "sequence_parallel"), refuse=(LORA_OPTIONS, LORA_REFUSED))
 def train(
     options: TrainOptions,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model repository (Hub id, folder or builtin:NAME) with vae/ and the transformer's version folder.")] = None,

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 
-from . import t2v_train
+from . import t2v_lora, t2v_train
 from .console import JobBar, err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt, job_from_options
 
@@ -69,6 +69,7 @@ def sample(
     cache_threshold: Annotated[float | None, typer.Option("--cache-threshold", help="TeaCache threshold in (0, 1]: higher skips more steps. Default: the model's, else 0.1.", show_default=False)] = None,
     compile_blocks: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer blocks (regional compilation).")] = False,
     parallel: Annotated[str | None, typer.Option("--parallel", help="Under torchrun, how the processes share the job: data (videos over ranks), cfg (guidance halves on 2 ranks), sp (each video's frames and patches over all ranks), cfg+sp, or auto (default under torchrun).", show_default=False)] = None,
+    lora: t2v_lora.LoraOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate one mp4 (+ JSON sidecar) per prompt and video (under torchrun, one per video, not per process)."""
@@ -133,7 +134,7 @@ def _sampling_job(options: dict[str, Any], **given: Any) -> SamplingJob:
     SamplingJob field filling it."""
     from osp_core.jobs.sampling_plan import SamplingJob, read_prompts
 
-    return job_from_options(SamplingJob, options, prompts=read_prompts(options["prompt"], options["prompts_file"]), **given)
+    return job_from_options(SamplingJob, options, prompts=read_prompts(options["prompt"], options["prompts_file"]), lora=options.get("lora") or [], **given)
 
 
 class SamplingBar(JobBar):
@@ -152,3 +153,4 @@ class SamplingBar(JobBar):
 
 
 app.command("train")(t2v_train.train)
+app.add_typer(t2v_lora.app, name="lora")

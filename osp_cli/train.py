@@ -23,14 +23,19 @@ VaeOpt = Annotated[str | None, typer.Option("--vae", help="VAE folder or repo id
 TextEncoderOpt = Annotated[str | None, typer.Option("--text-encoder", help="T5 encoder: repo id or folder (default: the --model repository's text_encoder/, else DeepFloyd/t5-v1_1-xxl).")]
 
 
-def train_command(*, without: tuple[str, ...] = (), help: dict[str, str] | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:  # noqa: A002 - typer's name
+def train_command(
+    *, without: tuple[str, ...] = (), help: dict[str, str] | None = None, refuse: tuple[tuple[str, ...], str] | None = None  # noqa: A002 - typer's name
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate a train command `command(options: TrainOptions, **own)`: the command typer sees
     takes every `TrainOptions` field (the preset first, then the common options, the command's
     own, then --set, --print-config, --json), less those named in `without`, and hands them
     over as one `TrainOptions`. Flags, help and defaults come from the fields' declarations;
     `help` replaces a field's help line where an option means more (or less) for this command
-    (e.g. the VAE also reads a video folder); the decorated command keeps it as `option_help`."""
+    (e.g. the VAE also reads a video folder); the decorated command keeps it as `option_help`.
+    `refuse` = (fields, hint): options the command does not support yet, hidden from its help
+    and refused in one line when given (rather than click's "no such option")."""
     replaced = dict(help or {})
+    refused, refuse_hint = refuse or ((), "")
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         specs = [spec for spec in dataclasses.fields(TrainOptions) if spec.name not in without]
@@ -41,7 +46,7 @@ def train_command(*, without: tuple[str, ...] = (), help: dict[str, str] | None 
             raise TypeError(f"help for options the command does not take: {sorted(unknown)}")
 
         def parameter(spec: dataclasses.Field) -> inspect.Parameter:
-            info = typer.Option(*spec.metadata["flags"], help=replaced.get(spec.name, spec.metadata["help"]))
+            info = typer.Option(*spec.metadata["flags"], help=replaced.get(spec.name, spec.metadata["help"]), hidden=spec.name in refused)
             return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=Annotated[hints[spec.name], info])
 
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "options"]
@@ -51,6 +56,11 @@ def train_command(*, without: tuple[str, ...] = (), help: dict[str, str] | None 
 
         @functools.wraps(command)
         def run(**given: Any) -> None:
+            unsupported = next((spec for spec in specs if spec.name in refused and given.get(spec.name) is not None), None)
+            if unsupported is not None:
+                from osp_core.errors import InputError
+
+                raise InputError(f"{unsupported.metadata['flags'][0]} is not an option of this command", refuse_hint)
             options = TrainOptions(**{k: v for k, v in given.items() if k in common})
             command(options, **{k: v for k, v in given.items() if k not in common})
 

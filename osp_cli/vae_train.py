@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from osp_core.train.options import TrainOptions
+from osp_core.train.options import LORA_OPTIONS, LORA_REFUSED, TrainOptions
 
 from .train import run_standalone, run_training, train_command
 
 
 @train_command(
     without=("sequence_parallel",),
+    refuse=(LORA_OPTIONS, LORA_REFUSED),
     help={
         "data": "Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl, or a video folder.",
         "strategy": "ddp (whole model per rank); fsdp is refused: the VAE's activations, not its 3.8 GiB of weights and optimizer states, fill the memory.",

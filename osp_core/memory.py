@@ -252,12 +252,14 @@ def t2v_train_memory(
     shards: int = 1,
     sequence_parallel: int = 1,
     ema: bool = False,
+    trained_params: int | None = None,
 ) -> MemoryEstimate:
     """Peak bytes on one rank of a `osp t2v train` step with `batch_size` clips of `frames` x
     `height` x `width` (plus `use_image_num` images each).
 
-    - the trained transformer in fp32 with its gradients and two AdamW states (and an EMA copy),
-      split over `shards` ranks under FSDP;
+    - the transformer in fp32 with the gradients and two AdamW states (and an EMA copy) of its
+      `trained_params` (None: all of them; a LoRA run: its adapters'), split over `shards`
+      ranks under FSDP;
     - the frozen VAE (`frozen_dtype`) and T5 (`text_dtype`) weights;
     - activations: the larger of the VAE encoding the batch (no grad, untiled, as training runs
       it) and the transformer's activations kept for backward, `TRANSFORMER_ACTIVATIONS` hidden
@@ -280,9 +282,10 @@ def t2v_train_memory(
     else:
         stored = num_blocks * TRANSFORMER_ACTIVATIONS * hidden
     encode = vae_memory(vae_config, "encode", frames, height, width, num_params=vae_params, dtype=frozen_dtype, tiled=False, batch=batch_size)
-    trained = -(-transformer_params * 4 // shards)  # fp32 master weights, also under mixed precision
+    weights = -(-transformer_params * 4 // shards)  # fp32 master weights, also under mixed precision
+    trained = weights if trained_params is None else -(-trained_params * 4 // shards)
     parts = {
-        "transformer weights": trained,
+        "transformer weights": weights,
         "gradients": trained,
         "optimizer states": 2 * trained,
         "VAE weights": vae_params * dtype_bytes(frozen_dtype),

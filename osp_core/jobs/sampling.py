@@ -141,6 +141,11 @@ class SamplingRun:
         )
         pipe.set_progress_bar_config(disable=True)
         configure_tiling(pipe.vae, job.tile)  # tiles only when the video exceeds a tile, unless --no-tile
+        if plan.adapters:
+            from ..models.lora import merge_adapters
+
+            self.progress.status(f"merging {len(plan.adapters)} LoRA adapter(s) ...")
+            merge_adapters(pipe.transformer, [(a.path, a.scale) for a in plan.adapters])
         return pipe
 
     def load(self) -> tuple[Any, dict[int, Any]]:
@@ -157,7 +162,8 @@ class SamplingRun:
         if job.offload and not use_offload:
             progress.notice("note", "--offload has no effect on the CPU")
         if self.pipelines is not None:
-            key = (job.model, str(plan.repository.root), plan.version, str(job.text_encoder), str(device), str(plan.dtype), str(use_offload))
+            adapters = [f"{a.sha256}:{a.scale!r}" for a in plan.adapters]  # merged into the weights: other adapters, another pipeline
+            key = (job.model, str(plan.repository.root), plan.version, str(job.text_encoder), str(device), str(plan.dtype), str(use_offload), *adapters)
             pipe, loaded = self.pipelines.get(key, self.load_pipeline)
             if loaded:
                 self.place(pipe, use_offload)
@@ -304,6 +310,8 @@ class SamplingRun:
 
         settings = self.settings(pipe, cache)
         models = {"model": job.model, "version": plan.version, "text_encoder": pipe.text_encoder_source}
+        if plan.adapters:
+            models["lora"] = [adapter.describe() for adapter in plan.adapters]
         scaling_factor = float(pipe.vae.config.scaling_factor)
         seconds = {"denoise": round(seconds_denoise / len(videos), 3), "decode": round(seconds_decode / len(videos), 3)}
         records = []

@@ -13,13 +13,14 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..device import attention_name, check_device_name, check_dtype_name
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
 from ..io.media import frames_suffix
 from ..parallel.launch import SINGLE_PROCESS, resolve_parallel
+from ..pipelines.lora_inputs import AdapterSpec, check_adapters, parse_adapter_spec
 from ..parallel.layout import ParallelLayout, launched_world, rank_device
 from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
@@ -119,6 +120,9 @@ class SamplingJob:
     compile: bool = False
     parallel: str | None = None  # under torchrun: auto, data, cfg, sp, cfg+sp (None: auto)
     allow_empty_prompt: bool = False  # `osp edit`: the video itself says what to show
+    lora: list[Any] = field(default_factory=list)
+    """LoRA adapters merged into the transformer: "PATH[:SCALE]" strings, (path, scale) pairs
+    or `AdapterSpec`s (scale 1 when not given); several add up."""
 
     def validate(self) -> None:
         """`InputError` for given values that cannot work (nothing is loaded or looked up)."""
@@ -145,6 +149,8 @@ class SamplingJob:
         check_cache_options(self.cache, self.cache_threshold)
         if self.clean_caption:
             check_clean_caption_deps()
+        for spec in self.lora:
+            parse_adapter_spec(spec)
 
 
 @dataclass
@@ -187,6 +193,8 @@ class SamplingPlan:
     videos: list[VideoOutput]
     warnings: list[str] = field(default_factory=list)
     parallel: ParallelLayout = SINGLE_PROCESS  # also says which process this is
+    adapters: list[AdapterSpec] = field(default_factory=list)
+    """The job's LoRA adapters, checked and hashed."""
 
     @property
     def output_dir(self) -> Path:
@@ -218,6 +226,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     scheduler = scheduler_name(str(job.scheduler or defaults["scheduler"]))
     check_steps(scheduler, steps)
 
+    adapters = check_adapters(job.lora)  # missing or corrupt adapter files, before torch
     warnings = []
     if job.transformer is not None:
         version = str(check_transformer_folder(job.transformer))
@@ -278,7 +287,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     if job.offload and parallel.sp > 1 and device.type != "cpu":
         # offload hooks move the weights when forward runs; DSP calls the model's stages itself
         raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
-    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, adapters)
     with quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
         check_memory(plan, t5)
     return plan

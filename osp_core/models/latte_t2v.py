@@ -24,6 +24,7 @@ from typing import Protocol
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import PatchEmbed, PixArtAlphaTextProjection, get_1d_sincos_pos_embed_from_grid
 from diffusers.models.modeling_utils import ModelMixin
@@ -112,7 +113,7 @@ def temporal_position_table(dim: int, num_frames: int, scale: int) -> torch.Tens
     return table.float()
 
 
-class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
+class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Latte text-to-video transformer with the v1.1.0 config and weight layout.
 
     Only the configuration that v1.1.0 released is supported (patch embedding, AdaLN-single,
@@ -122,7 +123,8 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin):
     unless `set_attention_backend` picks another backend).
 
     `forward` is `unpatchify(run_blocks(embed(...)))`; caches that skip the block stack
-    (TeaCache) compose the same three stages.
+    (TeaCache) compose the same three stages. `PeftAdapterMixin` gives diffusers' adapter
+    methods (`load_lora_adapter`, `add_adapter`); osp's own LoRA code is `models.lora`.
     """
 
     _supports_gradient_checkpointing = True

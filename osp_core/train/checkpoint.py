@@ -2,7 +2,8 @@
 
 Layout of `OUTPUT/checkpoints/step-000123/`:
 
-    model/              diffusers format (config.json + diffusion_pytorch_model.safetensors)
+    model/              diffusers format (config.json + diffusion_pytorch_model.safetensors);
+                        a LoRA run writes adapter/ instead (PEFT format, `AdapterFiles`)
     model_ema/          the EMA weights, same format (when EMA is on)
     accelerate/         optimizers, lr schedulers, grad scaler, per-rank RNG states and the
                         other trained modules (e.g. the VAE discriminator), through
@@ -88,11 +89,12 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], limit: i
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module, run_model: str) -> None:
-    """Raise one `ModelLoadError` line when the saved tensors do not fit `module`: the first
-    mis-shaped (or missing / unexpected) tensor, how the two model configs differ, and both
-    configs' sources (the checkpoint's model/config.json and this run's `run_model`)."""
-    own = module.state_dict()
+def check_weights_fit(checkpoint: Path, saved: dict[str, Any], module: nn.Module, run_model: str, only: set[str] | None = None) -> None:
+    """Raise one `ModelLoadError` line when the saved tensors do not fit `module` (its tensors
+    named in `only`, when given): the first mis-shaped (or missing / unexpected) tensor, how the
+    two model configs differ, and both configs' sources (the checkpoint's model/config.json and
+    this run's `run_model`)."""
+    own = {k: v for k, v in module.state_dict().items() if only is None or k in only}
     mismatched = next((k for k, v in saved.items() if k in own and own[k].shape != v.shape), None)
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
@@ -128,6 +130,58 @@ def _write_model(folder: Path, inner: nn.Module, prefix: str, state: dict[str, A
     save_file(weights, str(folder / "diffusion_pytorch_model.safetensors"))
 
 
+class ModelFiles:
+    """How a checkpoint holds the trained model: the whole diffusers model in `model/`."""
+
+    holds_frozen = True
+    """Whether frozen parameters are saved too (a Distributed Checkpoint's shards included)."""
+
+    def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+        """Write `inner`'s weights from the full state dict `state` (keys with `prefix`) into `checkpoint`."""
+        _write_model(checkpoint / "model", inner, prefix, state)
+
+    def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
+        """Load what `write` wrote into `inner` (checked to fit first: one line when it does not)."""
+        from safetensors.torch import load_file
+
+        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file() and (checkpoint / AdapterFiles.folder).is_dir():
+            raise ModelLoadError(f"checkpoint '{checkpoint}' holds a LoRA adapter, not the whole transformer", "resume it with the --lora options it was trained with")
+        if not weights.is_file():
+            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
+        saved = load_file(str(weights))
+        check_weights_fit(checkpoint, saved, inner, run_model)
+        inner.load_state_dict(saved)
+
+
+class AdapterFiles(ModelFiles):
+    """A LoRA run's checkpoints: only the trained adapter, in PEFT's format, in `adapter/` (the
+    frozen base is the run's --pretrained, rebuilt on resume and checked against the adapter's
+    base record)."""
+
+    folder = "adapter"
+    holds_frozen = False
+
+    def __init__(self, base_source: str) -> None:
+        self.base_source = base_source
+
+    def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+        from ..models.lora import adapted_names, adapter_state, base_record, write_adapter
+
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source, own))
+
+    def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
+        from ..models.lora import TRAINED_ADAPTER, check_base, load_adapter_state, read_adapter
+
+        folder = checkpoint / self.folder
+        if not folder.is_dir():
+            raise ModelLoadError(f"checkpoint '{checkpoint}' holds no LoRA adapter (adapter/)", "resume it without --lora (it trained the whole transformer), or start over with --overwrite")
+        _, tensors, base = read_adapter(folder)
+        check_base(inner, base, f"checkpoint '{checkpoint}'")
+        load_adapter_state(inner, tensors, TRAINED_ADAPTER, f"checkpoint '{checkpoint}'")
+
+
 def _is_diffusers(module: nn.Module) -> bool:
     return diffusers_part(module)[0] is not None
 
@@ -139,8 +193,9 @@ class CheckpointManager:
     them (the trained network) is written to `model/`, the rest through Accelerate.
     """
 
-    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3, warn: Callable[[str], None] | None = None, model_files: ModelFiles | None = None) -> None:
         self.accelerator = accelerator
+        self.model_files = model_files or ModelFiles()
         self.warn = warn or logger.warning
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
@@ -181,7 +236,7 @@ class CheckpointManager:
         full_state = acc.get_state_dict(model)
         if is_main_process():
             inner, prefix = diffusers_part(acc.unwrap_model(model))
-            _write_model(tmp / "model", inner, prefix, full_state)
+            self.model_files.write(tmp, inner, prefix, full_state)
             if ema_save is not None:
                 ema_save(tmp / "model_ema")
             # the state file goes last: its presence marks the checkpoint complete
@@ -223,8 +278,6 @@ class CheckpointManager:
         trainer state dict of the checkpoint. Every file is checked first
         (`verify_checkpoint`), so an unreadable one fails before anything is changed; a model
         that does not fit is one line naming the first mismatched tensor and both configs."""
-        from safetensors.torch import load_file
-
         acc = self.accelerator
         verify_checkpoint(checkpoint)
         state = read_state(checkpoint)
@@ -236,13 +289,8 @@ class CheckpointManager:
         rng_file = checkpoint / "accelerate" / f"random_states_{acc.process_index}.pkl"
         if not rng_file.is_file():
             self.warn(f"checkpoint '{checkpoint}' has no RNG state for rank {acc.process_index}: its random numbers will differ from an uninterrupted run's")
-        weights = checkpoint / "model" / "diffusion_pytorch_model.safetensors"
-        if not weights.is_file():
-            raise CheckpointUnreadableError(f"checkpoint '{checkpoint}' has no model weights", "pick another checkpoint")
         inner, _ = diffusers_part(acc.unwrap_model(model))
-        saved = load_file(str(weights))
-        check_weights_fit(checkpoint, saved, inner, run_model)
-        inner.load_state_dict(saved)
+        self.model_files.read(checkpoint, inner, run_model)
         try:
             acc.load_state(str(checkpoint / "accelerate"))
         except Exception as exc:  # noqa: BLE001 - torch/accelerate raise many types; one line each
@@ -352,7 +400,8 @@ class DistributedCheckpointManager(CheckpointManager):
     """
 
     def __init__(
-        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None
+        self, accelerator, output_dir: str | Path, keep_last: int, warn: Callable[[str], None] | None, optimizers: list, schedulers: list, layout: dict[str, Any], ema: Any = None,
+        model_files: ModelFiles | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.warn = warn or logger.warning
@@ -362,6 +411,7 @@ class DistributedCheckpointManager(CheckpointManager):
         self.schedulers = schedulers
         self.layout = layout
         self.ema = ema  # a ShardedEMA: its shards go into the DCP folder, its average into model_ema/
+        self.model_files = model_files or ModelFiles()
 
     def _state_dicts(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         """Sharded model and optimizer states keyed by the diffusers model's own names: not by
@@ -369,7 +419,15 @@ class DistributedCheckpointManager(CheckpointManager):
         checkpoint resumes under any layout."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        return get_state_dict(diffusers_part(model)[0], self.optimizers)
+        return get_state_dict(diffusers_part(model)[0], self.optimizers, options=self._options())
+
+    def _options(self) -> Any:
+        """DCP state-dict options: a LoRA run's frozen base is neither written nor expected on
+        load (the run rebuilds it; `check_weights_fit` checked the adapters are all there)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        frozen = self.model_files.holds_frozen
+        return StateDictOptions(ignore_frozen_params=not frozen, strict=frozen)
 
     def save(self, step: int, model: nn.Module, state: dict[str, Any], ema_save: Callable[[Path], None] | None = None) -> Path:
         """Write checkpoint `step` (collective: every rank must call it). Returns its folder.
@@ -395,7 +453,7 @@ class DistributedCheckpointManager(CheckpointManager):
         inner, prefix = diffusers_part(model)
         full_ema = self.ema.full_weights(full, prefix) if self.ema is not None else None  # collective too
         if is_main_process():
-            _write_model(tmp / "model", inner, prefix, full)
+            self.model_files.write(tmp, inner, prefix, full)
             if full_ema is not None:
                 _write_model(tmp / "model_ema", inner, prefix, full_ema)
             extra = {"checkpoint_format": "dcp", "parallel": self.layout, "schedulers": [s.state_dict() for s in self.schedulers], "dcp_files": dcp_files}
@@ -433,7 +491,9 @@ class DistributedCheckpointManager(CheckpointManager):
         # the saved tensors' shapes, as meta tensors: checked against this run's model before loading
         head = "model."
         saved = {k[len(head):]: torch.empty(tuple(v.size), device="meta") for k, v in metadata.state_dict_metadata.items() if k.startswith(head) and hasattr(v, "size")}
-        check_weights_fit(checkpoint, saved, inner, run_model)
+        # a LoRA run's checkpoint holds the adapters (and buffers), not the frozen base
+        trained = None if self.model_files.holds_frozen else {n for n, p in inner.named_parameters() if p.requires_grad} | {n for n, _ in inner.named_buffers()}
+        check_weights_fit(checkpoint, saved, inner, run_model, only=trained)
         model_state, optim_state = self._state_dicts(model)
         shards = {"model": model_state, "optim": optim_state}
         # a checkpoint of a run without EMA: the average starts from the restored weights
@@ -446,7 +506,7 @@ class DistributedCheckpointManager(CheckpointManager):
         except Exception as exc:  # noqa: BLE001 - DCP raises per-rank CheckpointException with many causes
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CheckpointUnreadableError(f"cannot restore '{checkpoint / DCP_DIR}' ({type(exc).__name__}: {first[:200]})", "resume from another checkpoint") from None
-        set_state_dict(inner, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
+        set_state_dict(inner, self.optimizers, model_state_dict=model_state, optim_state_dict=optim_state, options=self._options())
         if with_ema:
             self.ema.optimization_step = int(state.get("ema_step", state["step"]))
         elif self.ema is not None:
@@ -477,7 +537,9 @@ class RunCheckpoints:
     losses, the config, the recipe's extra state). A new part is one more entry in `states`.
     """
 
-    def __init__(self, accelerator, layout: Any, output_dir: Path, keep_last: int, warn: Callable[[str], None], states: dict[str, Any], run_model: str) -> None:
+    def __init__(
+        self, accelerator, layout: Any, output_dir: Path, keep_last: int, warn: Callable[[str], None], states: dict[str, Any], run_model: str, model_files: ModelFiles | None = None
+    ) -> None:
         from .ema import ShardedEMA
 
         self.accelerator = accelerator
@@ -487,9 +549,9 @@ class RunCheckpoints:
         self.sharded_ema = isinstance(self.ema, ShardedEMA)
         self.manager: CheckpointManager
         if layout.mode == "fsdp":
-            self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema)
+            self.manager = DistributedCheckpointManager(accelerator, output_dir, keep_last, warn, states["optimizers"], states["schedulers"], layout.to_dict(), ema=self.ema, model_files=model_files)
         else:
-            self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn)
+            self.manager = CheckpointManager(accelerator, output_dir, keep_last, warn=warn, model_files=model_files)
 
     def _json_parts(self) -> list[Any]:
         return [part for name, part in self.states.items() if name not in _MANAGED_PARTS]

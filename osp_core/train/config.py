@@ -250,6 +250,24 @@ class ValidationConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the transformer's projections (`osp t2v train --lora RANK`): the
+    transformer is frozen and only the adapters train (PEFT's LoRA layers)."""
+
+    rank: int | None = None
+    """Rank of each adapter (None: no adapters, the whole transformer trains)."""
+    alpha: float | None = None
+    """Scale numerator: an adapter adds alpha / rank x B A x (None: alpha = rank)."""
+    dropout: float = 0.0
+    """Dropout on an adapter's input while training."""
+    targets: str = "all"
+    """Which projections get adapters: spatial (self-attention q/k/v/out and feed-forward of the
+    spatial blocks), temporal (the same in the temporal blocks), cross (the caption
+    cross-attention's q/k/v/out), all, a comma list of these, or a regular expression that
+    matches whole module names (e.g. `transformer_blocks\\.0\\.attn1\\.to_q`)."""
+
+
+@dataclass
 class VAETrainConfig:
     """`osp vae train`."""
 
@@ -272,6 +290,7 @@ class T2VTrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass

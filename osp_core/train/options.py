@@ -15,6 +15,9 @@ from typing import Any
 HEAD = "head"
 """Fields shown before the common options (the preset), as opposed to the tail after a command's own."""
 TAIL = "tail"
+LORA_OPTIONS = ("lora", "lora_alpha", "lora_dropout", "lora_targets")
+"""The LoRA fields: only `osp t2v train` takes them (the VAE and edit trainers have no adapters yet)."""
+LORA_REFUSED = "LoRA adapters train on the text-to-video transformer only: osp t2v train --lora RANK"
 
 
 def _option(flags: tuple[str, ...], help: str, key: str | None = None, default: Any = None, place: str = "") -> Any:  # noqa: A002 - typer's name
@@ -56,6 +59,12 @@ class TrainOptions:
         "parallel.strategy",
     )
     sequence_parallel: int | None = _option(("--sequence-parallel",), "Ranks sharing one sample's tokens (DSP; t2v); divides the process count.", "parallel.sequence_parallel")
+    lora: int | None = _option(("--lora",), "Train LoRA adapters of this rank on a frozen transformer (written to OUTPUT/lora/ in the PEFT format) instead of the whole transformer.", "lora.rank")
+    lora_alpha: float | None = _option(("--lora-alpha",), "LoRA scale numerator: an adapter adds alpha/rank x BAx (default: the rank).", "lora.alpha")
+    lora_dropout: float | None = _option(("--lora-dropout",), "Dropout on the adapters' inputs while training (0).", "lora.dropout")
+    lora_targets: str | None = _option(
+        ("--lora-targets",), "Projections that get adapters: spatial, temporal, cross, all (default), a comma list of these, or a regex matching whole module names.", "lora.targets"
+    )
     set_values: list[str] | None = _option(("--set",), "Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.", place=TAIL)
     print_config: bool = _option(("--print-config",), "Print the resolved config as JSON and exit.", default=False, place=TAIL)
     json_out: bool = _option(("--json",), "Print the final summary as JSON on stdout.", default=False, place=TAIL)

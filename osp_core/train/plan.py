@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import InputError
 from .config import EditTrainConfig, T2VTrainConfig, VAETrainConfig, validate_common
 
-RUN_FILES = ("checkpoints", "logs", "samples", "summary.json")
+RUN_FILES = ("checkpoints", "logs", "samples", "lora", "summary.json")
 """What a run writes into its output folder (and what --overwrite removes)."""
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -152,10 +152,25 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     if d.use_image_num < 0:
         raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
     check_steps("PNDM", cfg.validation.steps, "--validation-steps")  # validation samples use PNDM
+    check_lora_config(cfg)
+
+
+def check_lora_config(cfg: T2VTrainConfig) -> None:
+    """The LoRA options' own rules (the rest needs the model: `T2VRecipe._check_lora`)."""
+    from ..pipelines.lora_inputs import check_lora_options
+
+    lora = cfg.lora
+    if lora.rank is None:
+        return
+    check_lora_options(lora.rank, lora.alpha, lora.dropout, lora.targets)
+    if cfg.run.ema:
+        raise InputError("--ema with --lora: a LoRA run keeps no EMA (the adapters train for few steps at a high learning rate)", "drop --ema (or set run.ema false in the preset)")
 
 
 def check_edit_config(cfg: EditTrainConfig) -> None:
     """`osp edit train`'s own rules, after the text-to-video ones."""
+    if cfg.lora.rank is not None:
+        raise InputError("osp edit train does not train LoRA adapters", "train the control module without lora.rank; LoRA adapters of the transformer train with osp t2v train --lora RANK")
     check_t2v_config(cfg)
     if _sharded(cfg):
         raise InputError(*EDIT_DDP_ONLY)

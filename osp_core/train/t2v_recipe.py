@@ -121,7 +121,48 @@ class T2VRecipe(Recipe):
                     f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
                     f"use --sequence-parallel {frames} or less, or longer clips",
                 )
+        self.lora_params = self._check_lora() if self.config.lora.rank is not None else None
         self._check_memory(accelerator.device)
+
+    def _check_lora(self) -> int:
+        """The LoRA options against the transformer built on the meta device (nothing loaded):
+        a target pattern that matches no projection, or a rank above a projection's width, is
+        one line before any weights load. Returns the adapters' parameter count."""
+        from ..models.latte_t2v import LatteT2V
+        from ..models.lora import check_rank, target_modules
+
+        lora = self.config.lora
+        config, _ = transformer_config(self.config)
+        with torch.device("meta"):
+            model = LatteT2V.from_config(config)
+        modules = target_modules(model, lora.targets)
+        check_rank(modules, lora.rank)
+        return sum(lora.rank * (m.in_features + m.out_features) for m in modules.values())
+
+    def model_files(self) -> Any:
+        """A LoRA run checkpoints its adapter (`AdapterFiles`), not the frozen transformer."""
+        if self.config.lora.rank is None:
+            return None
+        from .checkpoint import AdapterFiles
+
+        return AdapterFiles(self.base_source())
+
+    def base_source(self) -> str:
+        """The transformer this run starts from, as an adapter names its base."""
+        m = self.config.model
+        return f"{m.model}:{m.pretrained}" if m.pretrained else (m.config or "a fresh transformer")
+
+    def finished(self, checkpoint: Path) -> None:
+        """A finished LoRA run leaves its adapter in OUTPUT/lora/ (replacing an older one whole)."""
+        if self.config.lora.rank is None:
+            return
+        import shutil
+
+        from ..io.atomic import atomic_dir
+
+        with atomic_dir(Path(self.config.run.output_dir) / "lora") as tmp:
+            for file in (checkpoint / "adapter").iterdir():
+                shutil.copy2(file, tmp / file.name)
 
     def _frozen_dtypes(self) -> tuple[torch.dtype, torch.dtype]:
         """(VAE dtype, T5 dtype): the frozen encoders run in the mixed precision; T5 overflows in
@@ -178,6 +219,7 @@ class T2VRecipe(Recipe):
             shards=layout.world_size // max(1, cfg.parallel.replicate) if layout.mode == "fsdp" else 1,
             sequence_parallel=layout.sp,
             ema=cfg.run.ema,
+            trained_params=self.lora_params,
         )
         # --gradient-checkpointing is every block (the model's own switch under ddp)
         every = cfg.parallel.activation_checkpointing or (1 if cfg.run.gradient_checkpointing else 0)
@@ -231,9 +273,14 @@ class T2VRecipe(Recipe):
 
             self.cache = FeatureCache(cfg.data.cache_dir)
 
+        if cfg.lora.rank is not None:
+            from ..models.lora import add_lora
+
+            add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)  # the base frozen
         model = self.trainer.parallelize(model)  # before the optimizer: FSDP2 replaces the parameters
         o = cfg.optim
-        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA run: the adapters only
+        optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         scheduler = get_scheduler(
             o.lr_scheduler,
             optimizer,
@@ -430,8 +477,14 @@ class T2VRecipe(Recipe):
         model = acc.unwrap_model(self.model)
         if self.trainer.validation_weights is not None:
             # a sharded (or sequence-parallel) model: sample with a one-device copy of the gathered weights
-            model = type(self.trainer.inner).from_config(self.trainer.inner.config).to(acc.device)
-            model.load_state_dict(self.trainer.validation_weights)
+            model = type(self.trainer.inner).from_config(self.trainer.inner.config)
+            lora = cfg.lora
+            if lora.rank is not None:
+                from ..models.lora import add_lora
+
+                with torch.random.fork_rng():  # the adapters' initial draw is overwritten: it must not move the run's RNG
+                    add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)  # the gathered weights' names
+            model.to(acc.device).load_state_dict(self.trainer.validation_weights)
         ema = None if self.trainer.sharded_ema else self.trainer.ema  # a sharded average is in the gathered weights already
         if ema is not None:
             ema.store(model.parameters())

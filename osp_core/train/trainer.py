@@ -104,6 +104,14 @@ class Recipe:
         """JSON-able recipe state stored in the checkpoint."""
         return {}
 
+    def model_files(self) -> Any:
+        """How checkpoints hold the trained model (`checkpoint.ModelFiles`; None: the whole model in model/)."""
+        return None
+
+    def finished(self, checkpoint: Path) -> None:
+        """Called on the main process when the run reached max_steps, with its last checkpoint:
+        write what a finished run leaves beside its checkpoints (e.g. OUTPUT/lora/)."""
+
 
 class _PerOptimizerStep:
     """An lr schedule that advances once per optimizer step, not per micro-batch nor per rank
@@ -318,7 +326,7 @@ class Trainer:
 
             check_shared_output(self.output_dir, layout.rank, layout.world_size)
         self._build_model(accelerator)
-        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self._warn, self._states(), self._run_model())
+        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self._warn, self._states(), self._run_model(), self.recipe.model_files())
         resumed_from = self._restore()
         if layout.mode == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
             # after the restore: a refused checkpoint is one line
@@ -369,6 +377,8 @@ class Trainer:
                     stopped_by = stop.signal_name or "signal"
                     self.report("stop", {"step": step, "signal": stopped_by, "checkpoint": str(last_checkpoint)})
                     break
+        if progress.step >= cfg.max_steps and last_checkpoint is not None and self.parallel.layout.is_main:
+            self.recipe.finished(last_checkpoint)
         summary = self._summary(start_step, last_logs, last_checkpoint, stopped_by, sampler)
         self.accelerator.wait_for_everyone()  # no rank leaves while another is still in a collective
         self.accelerator.end_training()

@@ -78,7 +78,7 @@ def test_pipelines_do_not_import_jobs():
             assert not any(name.split(".")[0] == "jobs" or name.startswith("osp_core.jobs") for name in names), f"{path.name} imports {names}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["t2v", "sample", "--help"], ["t2v", "lora", "merge", "--help"], ["vae", "encode", "--help"], ["edit", "--help"]])
 def test_help_imports_no_torch(args):
     proc = _osp(*args, blocked=True)
     assert proc.returncode == 0, proc.stderr
@@ -94,7 +94,15 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
     (out / "a-cat-7.mp4").write_bytes(b"an earlier run")
     video = write_video(tmp_path / "clip.mp4", render(next(iter_clips(1, 0))), fps=8)  # 17x64x64, no sidecar
     shapes = ["--model", "builtin:shapes"]
+    corrupt = tmp_path / "corrupt-adapter"  # an adapter whose weights file was cut short
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00" + b'{"a.lora_A.weight": {"dtype": "F32", "shape": [4, 4]')
     return [
+        ["t2v", "sample", "a cat", *shapes, "--lora", str(tmp_path / "no-adapter")],  # missing adapter
+        ["t2v", "sample", "a cat", *shapes, "--lora", f"{corrupt}:nan"],  # a scale that is not finite
+        ["t2v", "sample", "a cat", *shapes, "--lora", str(corrupt)],
+        ["t2v", "lora", "merge", "--lora", str(tmp_path / "no-adapter"), "-o", str(tmp_path / "merged"), *shapes],
         ["edit", str(video), "-o", str(tmp_path / "e.mp4"), "--box", "8,8,56", *shapes],  # three numbers
         ["vae", "encode", str(video), "-o", str(tmp_path / "x.safetensors"), "--frames", "18", *shapes],  # not 4k+1
         ["vae", "recon", str(video), "-o", str(tmp_path / "r.mp4"), "--device", "bogus", *shapes],
@@ -172,6 +180,11 @@ def _train_refusals(tmp_path: Path) -> list[list[str]]:
         [*t2v, "--size", "24x24"],  # not a multiple of 16
         ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "3"],  # stage 3 without --edit-module
         ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "4"],
+        [*t2v, "--lora", "0"],  # rank below 1
+        [*t2v, "--lora", "4", "--lora-targets", "attn1.(to_q"],  # not a regular expression
+        [*t2v, "--lora", "4", "--ema"],
+        [*vae, "--lora", "4"],  # the VAE and edit trainers take no adapters
+        ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--set", "lora.rank=4"],
     ]
 
 
