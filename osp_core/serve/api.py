@@ -48,7 +48,7 @@ CONTENT = {"video": ("video", "video/mp4"), "thumbnail": ("thumbnail", "image/pn
 # fields the Videos API names (or the CLI has) that osp does not do yet: refused, never ignored
 NOT_YET = {
     "speed": "speed profiles (fast sampling) are not available in this osp yet",
-    "lora": "LoRA adapters are not available in this osp yet",
+    "lora": "LoRA adapters are not available through the API in this osp yet (osp t2v sample --lora takes them)",
 }
 
 

@@ -224,7 +224,7 @@ def test_the_api_key_is_required(api, client):
         ({"size": "720x1280"}, "size", "use 64x64"),
         ({"model": "sora-2"}, "model", "serves 'builtin:shapes'"),
         ({"extra_body": {"speed": "fast"}}, "speed", "not available in this osp yet"),
-        ({"extra_body": {"lora": "style.safetensors"}}, "lora", "not available in this osp yet"),
+        ({"extra_body": {"lora": "style.safetensors"}}, "lora", "not available through the API in this osp yet"),
         ({"input_reference": ("ref.png", PNG + b"\x00" * 16, "image/png")}, "input_reference", "no image conditioning"),
         ({"extra_body": {"temperature": 1}}, "temperature", "unknown parameter 'temperature'"),
         ({"extra_body": {"steps": 0}}, "steps", "steps must be >= 1"),
