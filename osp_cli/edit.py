@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from . import edit_train
+from . import edit_train, t2v_lora
 from .console import err, print_json
 from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, job_from_options
 
@@ -51,6 +51,7 @@ def edit_video(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (default: refuse).")] = False,
+    lora: t2v_lora.LoraOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Edit VIDEO inside a region (or all of it with --whole-frame) and write OUT.mp4 + OUT.json."""
@@ -58,7 +59,7 @@ def edit_video(
 
     from .t2v import SamplingBar
 
-    job = job_from_options(EditJob, locals(), tracks=list(track or []))
+    job = job_from_options(EditJob, locals(), tracks=list(track or []), lora=list(lora or []))
     with SamplingBar(enabled=not json_out) as bar:
         summary = run_edit(job, progress=bar)
     if json_out:

@@ -63,6 +63,7 @@ class EditJob:
     dtype: str | None = None
     overwrite: bool = False
     whole_frame: bool = False  # a remix: the whole video re-rendered from its latents with `prompt`
+    lora: list[Any] = field(default_factory=list)  # LoRA adapters, as `SamplingJob.lora`
 
     def validate(self) -> None:
         """`InputError` for option values that cannot work, before any file is read."""
@@ -189,6 +190,7 @@ def plan_edit(job: EditJob) -> EditPlan:
             model=job.model,
             device=job.device,
             dtype=job.dtype,
+            lora=list(job.lora),
         ),
         check_outputs=False,
     )
@@ -320,7 +322,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "size": [height, width],
         "fps": inputs.fps,
         "settings": run.settings(pipe, None),
-        "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir)},
+        "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir), **({"lora": [a.describe() for a in sampling.adapters]} if sampling.adapters else {})},
     }
     seconds = {"load": round(seconds_load, 3), "encode": round(seconds_encode, 3), "denoise": round(seconds_denoise, 3), "decode": round(seconds_decode, 3)}
     record = edit_sidecar(fields, seconds)

@@ -161,3 +161,20 @@ def test_an_adapter_for_another_model_config_or_base_is_one_line(adapters, tmp_p
     proc = osp_in_process("t2v", "lora", "merge", "--lora", str(tmp_path / "other-base"), "--model", SHAPES, "-o", str(tmp_path / "merged"))
     assert_one_line_error(proc, "trained on another base transformer", code=3)
     assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged*"))
+
+
+def test_edit_takes_adapters_as_sampling_does(adapters, tmp_path, osp_in_process):
+    """`osp edit --lora`: the edit loads through the one sampling loader, so its adapters merge
+    the same way (scale 0 changes nothing, bit for bit) and its sidecar names them."""
+    source = run_sampling(SamplingJob(prompts=["a red circle moving right"], output_dir=tmp_path / "src", **SAMPLE)).videos[0]["video"]
+    edit = ["edit", source, "--box", "8,8,40,40", "--prompt", "a blue square", "--model", SHAPES, "--engine", "blend", "--strength", "1", "--steps", "4", "--seed", "3", "--dtype", "fp32", "--json"]
+    frames = {}
+    for name, extra in (("plain", []), ("zero", ["--lora", f"{adapters['a']}:0"]), ("scaled", ["--lora", f"{adapters['a']}:1.5"])):
+        proc = osp_in_process(*edit, "-o", str(tmp_path / f"{name}.mp4"), *extra)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads(proc.stdout)
+        frames[name] = _frames(Path(record["video"]))
+    assert torch.equal(frames["plain"], frames["zero"]) and not torch.equal(frames["plain"], frames["scaled"])
+    sidecar = json.loads((tmp_path / "scaled.json").read_text())
+    assert [(a["path"], a["scale"]) for a in sidecar["models"]["lora"]] == [(str(adapters["a"].absolute()), 1.5)]
+    assert "lora" not in json.loads((tmp_path / "plain.json").read_text())["models"]
