@@ -25,6 +25,7 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Worker processes, one job at a time each: one per GPU (each sees one), or CPU processes.")] = 1,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="OSP_API_KEY", help="Require this key: API clients send it as a Bearer token, the page asks for it as its password. Also read from OSP_API_KEY.", show_default=False)] = None,
     lease_seconds: Annotated[float, typer.Option("--lease-seconds", help="How long a worker may go silent before its job is given to another.", hidden=True)] = 30.0,
+    lora_dir: Annotated[Path | None, typer.Option("--lora-dir", help="A folder of LoRA adapters (one subfolder each) that API clients may name in `lora`.", show_default=False)] = None,
 ) -> None:
     """Serve a web page and a video API for text to video, the VAE round trip and video editing until Ctrl-C."""
     from osp_core.serve import ServeOptions, run_server
@@ -33,6 +34,6 @@ def serve(
 
     options = ServeOptions(
         model=model, host=host, port=port, device=device, dtype=dtype, output_dir=output_dir, max_queue=max_queue, max_upload_mb=max_upload_mb,
-        page=page, api=api, workers=workers, api_key=api_key, lease_seconds=lease_seconds,
+        page=page, api=api, workers=workers, api_key=api_key, lease_seconds=lease_seconds, lora_dir=lora_dir,
     )
     run_server(options, on_ready=lambda url: err.print(f"serving {model} at {url}  (Ctrl-C stops)", highlight=False))

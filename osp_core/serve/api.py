@@ -48,7 +48,6 @@ CONTENT = {"video": ("video", "video/mp4"), "thumbnail": ("thumbnail", "image/pn
 # fields the Videos API names (or the CLI has) that osp does not do yet: refused, never ignored
 NOT_YET = {
     "speed": "speed profiles (fast sampling) are not available in this osp yet",
-    "lora": "LoRA adapters are not available through the API in this osp yet (osp t2v sample --lora takes them)",
 }
 
 
@@ -127,6 +126,7 @@ class ApiContext:
     api_key: str | None = None
     max_queue: int | None = 16  # jobs that may wait; more: 429
     workers: int = 1  # for the Retry-After estimate
+    lora_dir: Path | None = None  # the adapters clients may name (`lora`): its subfolders
     limits: ApiLimits = field(default_factory=ApiLimits)
 
     @classmethod
@@ -141,6 +141,7 @@ class ApiContext:
             api_key=options.api_key,
             max_queue=options.max_queue,
             workers=options.workers,
+            lora_dir=options.lora_dir,
         )
 
     def __post_init__(self) -> None:
@@ -170,7 +171,9 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 # -- requests -----------------------------------------------------------------------------------
 
-CREATE_FIELDS = {"prompt", "model", "seconds", "size", "seed", "steps", "guidance", "negative_prompt"}
+CREATE_FIELDS = {"prompt", "model", "seconds", "size", "seed", "steps", "guidance", "negative_prompt", "lora"}
+LIST_FIELDS = {"lora"}  # may repeat in a form (the client writes a list as lora[]); a JSON list or one string
+MAX_ADAPTERS = 8
 REMIX_FIELDS = {"prompt", "model", "seed", "steps", "guidance", "strength"}
 
 
@@ -194,6 +197,9 @@ async def read_fields(request: Request, allowed: set[str], refused: dict[str, st
             fields = {}
             for key, value in form.multi_items():
                 name = key.split("[")[0]  # the client writes a nested value as name[key]
+                if name in LIST_FIELDS and name in allowed and isinstance(value, str):
+                    fields.setdefault(name, []).append(value)
+                    continue
                 if name in fields:
                     raise ApiError(400, f"field '{name[:40]}' was given twice", name[:40])
                 if isinstance(value, UploadFile) and name not in refused:
@@ -223,6 +229,43 @@ def text_field(fields: dict[str, Any], name: str, limit: int | None = None) -> s
     if limit is not None and len(value) > limit:
         raise ApiError(400, f"'{name}' is {len(value)} characters, more than the {limit} this server takes", name, "string_above_max_length")
     return value
+
+
+def adapters_field(fields: dict[str, Any], lora_dir: Path | None) -> list[str]:
+    """`lora`: adapters by name, each a subfolder of the server's --lora-dir, with an optional
+    :SCALE ("style", "style:0.6", or a list of them). A name is never a path: a client picks
+    among what the server offers, nothing else on its disk."""
+    from ..pipelines.lora_inputs import AdapterSpec, check_adapters
+
+    value = fields.get("lora")
+    if value is None or value == []:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ApiError(400, "'lora' must be an adapter name, or a list of them (each NAME or NAME:SCALE)", "lora")
+    if lora_dir is None:
+        raise ApiError(400, "this server offers no LoRA adapters (its operator starts it with --lora-dir DIR)", "lora", "unsupported_parameter")
+    offered = sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())
+    if len(items) > MAX_ADAPTERS:
+        raise ApiError(400, f"'lora' names {len(items)} adapters, more than the {MAX_ADAPTERS} this server takes", "lora")
+    specs = []
+    for item in items:
+        name, _, scale = item.strip().partition(":")
+        if name not in offered:
+            shown = ", ".join(offered[:20]) or "none"
+            raise ApiError(400, f"no LoRA adapter '{name[:60]}' on this server: it offers {shown}", "lora", "adapter_not_found")
+        try:
+            value = float(scale) if scale else 1.0
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ApiError(400, f"lora '{item[:60]}': the scale '{scale[:20]}' is not a finite number (write NAME:SCALE, e.g. {name}:0.8)", "lora")
+        specs.append(AdapterSpec(Path(lora_dir) / name, value))
+    try:
+        check_adapters(specs)  # a corrupt or unreadable adapter: refused now, not failed later
+    except OSPError as exc:
+        raise ApiError(400, f"lora: {without_server_paths(str(exc), Path(lora_dir).absolute())}", "lora") from None
+    return [f"{spec.path}:{spec.scale!r}" for spec in specs]
 
 
 def number_field(fields: dict[str, Any], name: str, kind: type) -> Any:
@@ -381,6 +424,7 @@ def create_api(context: ApiContext) -> FastAPI:
             seed=number_field(fields, "seed", int),
             output_dir=folder,
             model=context.model,
+            lora=adapters_field(fields, context.lora_dir),
         )
         shown = {"seconds": choices.seconds(frames), "size": choices.size_text(height, width)}
         row = await run_in_threadpool(submit, "t2v", job, folder, prompt, shown)

@@ -39,6 +39,7 @@ class ServeOptions:
     workers: int = 1
     api_key: str | None = None
     lease_seconds: float = 30.0
+    lora_dir: Path | None = None  # LoRA adapters API clients may name: its subfolders
 
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -47,6 +48,8 @@ class ServeOptions:
             raise InputError(f"--max-queue must be >= 1, got {self.max_queue}", "pass e.g. --max-queue 16")
         if self.max_upload_mb < 1:
             raise InputError(f"--max-upload-mb must be >= 1, got {self.max_upload_mb}", "pass e.g. --max-upload-mb 200")
+        if self.lora_dir is not None and not Path(self.lora_dir).is_dir():
+            raise InputError(f"--lora-dir '{self.lora_dir}' is not a folder", "pass a folder whose subfolders are LoRA adapters (e.g. training runs' lora/ folders copied there)")
         if not self.page and not self.api:
             raise InputError("--no-page and --no-api leave nothing to serve", "drop one of them")
         if not 1 <= self.workers <= 64:

@@ -224,7 +224,7 @@ def test_the_api_key_is_required(api, client):
         ({"size": "720x1280"}, "size", "use 64x64"),
         ({"model": "sora-2"}, "model", "serves 'builtin:shapes'"),
         ({"extra_body": {"speed": "fast"}}, "speed", "not available in this osp yet"),
-        ({"extra_body": {"lora": "style.safetensors"}}, "lora", "not available through the API in this osp yet"),
+        ({"extra_body": {"lora": "style.safetensors"}}, "lora", "offers no LoRA adapters"),
         ({"input_reference": ("ref.png", PNG + b"\x00" * 16, "image/png")}, "input_reference", "no image conditioning"),
         ({"extra_body": {"temperature": 1}}, "temperature", "unknown parameter 'temperature'"),
         ({"extra_body": {"steps": 0}}, "steps", "steps must be >= 1"),
@@ -321,3 +321,34 @@ def test_what_a_browser_could_forge_or_a_client_garble_is_refused(api, client, v
     assert basic.status_code == 401 and "Authorization: Bearer KEY" in basic.json()["error"]["message"]
     head = httpx.head(f"{url}/{video.id}/content", headers=auth)
     assert head.status_code == 200 and head.headers["content-type"] == "video/mp4"
+
+
+def test_lora_names_an_adapter_the_server_offers(api, tmp_path):
+    """`lora`: a name among --lora-dir's subfolders, with an optional scale (a JSON string or
+    list, or repeated form fields from the client): the video's sidecar names the adapter; a
+    path, an unknown name, a bad scale and a server without adapters are 400s."""
+    import json
+
+    from tests.jobs.test_lora import peft_adapter
+
+    server, queue, output_dir = api
+    offered = tmp_path / "adapters"
+    peft_adapter(offered / "style", 1, 4, ["to_q", "to_v"])
+    second, _ = serve(output_dir, api_key=KEY, lora_dir=offered)  # the same queue, so the module's worker runs it
+    with second:
+        client = openai.OpenAI(base_url=second.base_url, api_key=KEY, max_retries=0)
+        done = client.videos.poll(client.videos.create(prompt="a red circle moving right", extra_body={**FAST, "lora": ["style:0.5"]}).id, poll_interval_ms=200)
+        assert done.status == "completed", done.error
+        sidecar = json.loads(next((output_dir / "videos" / done.id).glob("*.json")).read_text())
+        assert [(Path(a["path"]).name, a["scale"]) for a in sidecar["models"]["lora"]] == [("style", 0.5)]
+        for lora, needle in (
+            ("../adapters/style", "no LoRA adapter '../adapters/style' on this server: it offers style"),
+            ("other", "it offers style"),
+            ("style:abc", "is not a finite number"),
+            (["style"] * 9, "more than the 8"),
+        ):
+            with pytest.raises(openai.BadRequestError, match=needle.replace(".", r"\.")) as refused:
+                client.videos.create(prompt="x", extra_body={"lora": lora})
+            assert refused.value.body["param"] == "lora" and str(offered) not in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="offers no LoRA adapters"):
+        openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0).videos.create(prompt="x", extra_body={"lora": "style"})
