@@ -91,6 +91,16 @@ class ModelRepository:
             return self.model
         return str(Path(self.model).expanduser().absolute())
 
+    @property
+    def trained_frames(self) -> list[int]:
+        """The frame counts its weights were trained on, shortest first."""
+        return sorted({parse_version(v)[0] for v in self.versions})
+
+    @property
+    def trained_sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) its weights were trained on, in the order of its versions."""
+        return list(dict.fromkeys(parse_version(v)[1:] for v in self.versions))
+
     def check_version(self, version: str) -> None:
         """`ModelLoadError` unless `version` (FRAMESxHxW) is one of this repository's."""
         parse_version(version)

@@ -34,7 +34,7 @@ from ..errors import OSPError
 from ..jobs.edit import REMIX_STRENGTH, EditJob, strength_not_kept
 from ..jobs.sampling_plan import SamplingJob
 from ..pipelines.repository import ModelRepository
-from ..pipelines.t2v_inputs import check_steps, parse_version, scheduler_name
+from ..pipelines.t2v_inputs import check_steps, scheduler_name
 from .paths import without_server_paths
 from .queue import COMPLETED, FAILED, JobQueue, JobRow, QueueFull, new_job_id
 from .worker import job_settings, remove_job_files
@@ -75,14 +75,13 @@ class ModelChoices:
 
     @classmethod
     def of(cls, repository: ModelRepository) -> ModelChoices:
-        shapes = [parse_version(v) for v in repository.versions]
-        longest = max(f for f, _, _ in shapes)
+        trained = repository.trained_frames
         return cls(
             name=repository.model,
             fps=float(repository.sampling["fps"]),
-            frames=list(range(5, longest + 1, 4)),
-            default_frames=min(f for f, _, _ in shapes),
-            sizes=list(dict.fromkeys((h, w) for _, h, w in shapes)),
+            frames=list(range(5, trained[-1] + 1, 4)),
+            default_frames=trained[0],
+            sizes=repository.trained_sizes,
         )
 
     def seconds(self, frames: int) -> str:
@@ -374,7 +373,7 @@ def create_api(context: ApiContext) -> FastAPI:
             raise ApiError(400, f"model '{model[:80]}' is not served here: this server serves '{context.model}'", "model", "model_not_found")
 
     def submit(kind: str, job: Any, folder: Path, prompt: str, shown: dict[str, str], remixed_from: str | None = None) -> JobRow:
-        validate(job, context)
+        """Queue a checked job (`validate`); a 429 when the queue is full."""
         settings = job_settings(job, folder, previews=True, api=shown)
         try:
             return queue.submit(kind, settings, owner=OWNER, model=context.model, prompt=prompt, remixed_from=remixed_from, max_waiting=context.max_queue, job_id=folder.name)
@@ -427,6 +426,7 @@ def create_api(context: ApiContext) -> FastAPI:
             lora=adapters_field(fields, context.lora_dir),
         )
         shown = {"seconds": choices.seconds(frames), "size": choices.size_text(height, width)}
+        validate(job, context)
         row = await run_in_threadpool(submit, "t2v", job, folder, prompt, shown)
         return JSONResponse(video_object(row))
 
@@ -496,10 +496,12 @@ def create_api(context: ApiContext) -> FastAPI:
             guidance=guidance,
             seed=seed,
         )
+        validate(job, context)  # the strength
         strength = REMIX_STRENGTH if job.strength is None else job.strength
         named = f"strength {strength:g}" if job.strength is not None else f"the remix's default strength {strength:g}"
         sampling = context.repository.sampling
-        if math.isfinite(strength) and 0 < strength <= 1 and 1 <= (steps or 1) and (note := strength_not_kept(steps or int(sampling["steps"]), strength, scheduler_name(str(sampling["scheduler"])), named, flag="")):
+        note = strength_not_kept(steps or int(sampling["steps"]), strength, scheduler_name(str(sampling["scheduler"])), named, flag="")
+        if note is not None:
             raise ApiError(400, note, "steps")  # the CLI warns and goes on; a client would never see the warning
         row = await run_in_threadpool(submit, "edit", job, folder, prompt, dict(source.settings.get("api", {})), source.id)
         return JSONResponse(video_object(row))

@@ -10,7 +10,6 @@ import hmac
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,13 @@ from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
 from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.repository import ModelRepository
-from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, parse_version
+from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES
 from .guard import UploadGuard
 from .paths import without_server_paths
 from .server import Service
-from .session import ServeOptions, Sessions, check_upload, job_folder, parse_tracks, sweep_upload_temps, use_gradio_folder
-from .worker import job_settings
+from .session import Sessions, check_upload, job_folder, parse_tracks, sweep_upload_temps, use_gradio_folder
+from .queue import FAILED, QUEUED
+from .worker import error_of, job_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ class PageDefaults:
 
     @classmethod
     def of(cls, repository: ModelRepository) -> "PageDefaults":
-        shapes = [parse_version(v) for v in repository.versions]
-        sizes = list(dict.fromkeys(f"{h}x{w}" for _, h, w in shapes))
         sampling = repository.sampling
         if repository.model.startswith(f"{BUILTIN_PREFIX}shapes"):
             from ..data.shapes import all_captions
@@ -66,23 +64,15 @@ class PageDefaults:
         else:
             examples = list(GENERAL_EXAMPLES)
         return cls(
-            frames=min(f for f, _, _ in shapes),
-            max_frames=max(f for f, _, _ in shapes),
-            sizes=sizes,
+            frames=repository.trained_frames[0],
+            max_frames=repository.trained_frames[-1],
+            sizes=[f"{h}x{w}" for h, w in repository.trained_sizes],
             steps=int(sampling["steps"]),
             guidance=float(sampling["guidance"]),
             scheduler=str(sampling["scheduler"]),
             edit_strength=float(sampling["edit_strength"]),
             examples=examples,
         )
-
-
-def one_line(exc: BaseException) -> str:
-    """The page's error line: an `OSPError` as the CLI prints it, anything else by type."""
-    if isinstance(exc, OSPError):
-        return f"Error: {exc}"
-    text = str(exc).strip().splitlines()
-    return f"Error: {type(exc).__name__}" + (f": {text[0]}" if text else "")
 
 
 def upload_box(**kwargs: Any) -> gr.File:
@@ -135,8 +125,8 @@ class Server:
     """The page's handlers and the state behind them: the sessions, and the queue (`service`)
     its jobs go through, with the video API's."""
 
-    def __init__(self, options: ServeOptions, service: Service) -> None:
-        self.options = options
+    def __init__(self, service: Service) -> None:
+        self.options = service.options
         self.service = service
         self.repository = service.repository
         self.defaults = PageDefaults.of(self.repository)
@@ -159,13 +149,13 @@ class Server:
             if cancelled.is_set() and not asked_cancel:
                 queue.cancel(row.id)
                 asked_cancel = True
-            now = (row.progress or None, row.message or ("waiting for the device ..." if row.status == "queued" else "starting ..."))
+            now = (row.progress or None, row.message or ("waiting for the device ..." if row.status == QUEUED else "starting ..."))
             if now != shown:
                 progress(now[0], desc=now[1])
                 shown = now
             time.sleep(POLL_SECONDS)
             row = queue.get(row.id) or row
-        if row.status == "failed":
+        if row.status == FAILED:
             raise JobFailed(row.error_code or "job_failed", row.error_message or "failed")
         result = dict(row.result or {})
         result["paths"] = {name: str(folder / file) for name, file in result.get("files", {}).items() if file}
@@ -293,12 +283,15 @@ class Server:
         self.sessions.cancel_flag(request.session_hash or "").set()
 
     def failed(self, exc: Exception) -> str:
-        """The status line of a failed job."""
+        """The status line of a failed job: the worker's line, or (a refusal before the queue)
+        an `OSPError` as the CLI prints it and anything else by type, as a worker records it."""
         if isinstance(exc, JobFailed):
-            return "cancelled" if exc.code == "cancelled" else without_server_paths(f"Error: {exc}", self.output_dir)
-        if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
-            log.error("job failed:\n%s", traceback.format_exc())
-        return without_server_paths(one_line(exc), self.output_dir)
+            code, message = exc.code, str(exc)
+        else:
+            if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
+                log.error("job failed:\n%s", traceback.format_exc())
+            code, message = error_of(exc)
+        return "cancelled" if code == "cancelled" else without_server_paths(f"Error: {message}", self.output_dir)
 
     # -- the page ----------------------------------------------------------------------------
 

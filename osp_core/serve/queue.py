@@ -220,9 +220,7 @@ class SqliteJobQueue:
     def get(self, job_id: str, owner: str | None = None) -> JobRow | None:
         """The job, unless it is deleted or belongs to another owner."""
         with self._connect() as con:
-            found = con.execute("SELECT * FROM jobs WHERE id = ? AND deleted = 0", (job_id,)).fetchone()
-        row = None if found is None else _row(found)
-        return row if row is not None and (owner is None or row.owner == owner) else None
+            return self._owned(con, job_id, owner)
 
     def list(self, owner: str | None = None, limit: int = 20, after: str | None = None, order: str = "desc") -> tuple[list[JobRow], bool]:
         """(jobs in creation order, newest first unless order="asc", whether more follow);

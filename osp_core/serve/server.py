@@ -12,7 +12,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
@@ -28,7 +27,7 @@ log = logging.getLogger("osp.serve")
 class Service:
     """The queue and its workers, shared by the page and the API."""
 
-    def __init__(self, options: ServeOptions, worker_env: dict[str, str] | None = None) -> None:
+    def __init__(self, options: ServeOptions) -> None:
         from ..device import resolve
 
         resolve(options.device, options.dtype)  # a bad --device/--dtype fails before anything starts
@@ -38,7 +37,7 @@ class Service:
         ensure_writable_dir(self.output_dir)
         self.queue = SqliteJobQueue(self.output_dir / DATABASE_NAME)
         config = WorkerConfig(str(self.queue.path), options.device, options.dtype, options.lease_seconds)
-        self.workers = WorkerPool(config, options.workers, env=worker_env)
+        self.workers = WorkerPool(config, options.workers)
 
     def start(self) -> None:
         """Put back the jobs a killed server left running (its workers died with it), then start
@@ -88,7 +87,7 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None]) -> None:
         if options.page:
             from .app import Server
 
-            demo, url = Server(options, service).launch(routes)
+            demo, url = Server(service).launch(routes)
             on_ready(f"{url} (video API: {url.rstrip('/')}/v1)" if options.api else url)
             try:
                 wait_for_ctrl_c()

@@ -69,14 +69,20 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
-def is_alive(worker: str) -> bool | None:
-    """Whether the worker named `worker` runs: None when it ran on another host."""
+def local_pid(worker: str) -> int | None:
+    """The process id in a `worker_name`, when that worker ran on this host."""
     host, _, rest = worker.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def is_alive(worker: str) -> bool | None:
+    """Whether the worker named `worker` runs: None when it ran on another host."""
+    pid = local_pid(worker)
+    if pid is None:
         return None
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -113,8 +119,9 @@ class JobReporter:
     the queue: every report may raise `Cancelled`, `LeaseLost` or `Stopping`, which stops the
     job where it is."""
 
-    def __init__(self, queue: SqliteJobQueue, claim: Claim, lease_seconds: float, stopping: threading.Event) -> None:
+    def __init__(self, queue: SqliteJobQueue, claim: Claim, lease_seconds: float, stopping: threading.Event, unit: str = "denoising step") -> None:
         self.queue, self.claim, self.lease_seconds, self.stopping = queue, claim, lease_seconds, stopping
+        self.unit = unit  # what a step is: a denoising step, a VAE tile
         self.notes: list[str] = []
         self.verdict = "run"
         self.last = 0.0
@@ -143,8 +150,6 @@ class JobReporter:
     def notice(self, kind: str, message: str) -> None:
         self.notes.append(f"{kind}: {message}")
 
-    unit = "denoising step"
-
 
 class Models:
     """The models a worker keeps loaded between jobs."""
@@ -172,7 +177,7 @@ def run_edit_job(fields: dict[str, Any], folder: Path, reporter: JobReporter, mo
     job = job_from_settings(EditJob, fields)
     if not job.video.is_file():  # the API's remix source, deleted while the remix waited
         raise InputError("the source video was deleted before this job ran", "start it again from a video that still exists")
-    summary = run_edit(plan_edit(job_from_settings(EditJob, fields, output=folder / job.output.name)), reporter)
+    summary = run_edit(plan_edit(dataclasses.replace(job, output=folder / job.output.name)), reporter)
     record = summary.record
     return {"files": {"video": Path(record["video"]).name, "sidecar": Path(record["sidecar"]).name}, "record": record}
 
@@ -339,15 +344,13 @@ def device_env(env: dict[str, str], index: int, count: int, device: str | None) 
 
 
 class WorkerPool:
-    """`count` worker processes on one queue; a worker that dies is started again (its job goes
-    back to the queue when its lease runs out)."""
+    """`count` worker processes on one queue; a worker that dies, or hangs past its lease, is
+    started again and its job goes back to the queue at once."""
 
     def __init__(self, config: WorkerConfig, count: int, env: dict[str, str] | None = None) -> None:
         self.config, self.count, self.env = config, count, env
         self.processes: list[subprocess.Popen[bytes]] = []
         self.stopping = threading.Event()
-        self.restarts = 0
-        self._watcher: threading.Thread | None = None
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "osp_core.serve.worker", json.dumps(dataclasses.asdict(self.config)), str(os.getpid())]
@@ -355,12 +358,7 @@ class WorkerPool:
 
     def start(self) -> None:
         self.processes = [self._spawn(i) for i in range(self.count)]
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
+        threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         queue = SqliteJobQueue(self.config.database)
@@ -370,16 +368,15 @@ class WorkerPool:
                 if process.poll() is not None and not self.stopping.is_set():
                     log.warning("worker %d exited (code %s); starting another", process.pid, process.returncode)
                     self.processes[i] = self._spawn(i)
-                    self.restarts += 1
                     queue.requeue_dead(is_alive)  # its job waits no lease out
 
     def _kill_hung(self, queue: SqliteJobQueue) -> None:
         """A worker of this pool whose job's lease ran out is alive but silent (stopped, stuck in
         a call that never returns): kill it, so that it is started again and its job re-queued."""
-        ours = {str(p.pid): p for p in self.processes if p.poll() is None}
+        ours = {p.pid: p for p in self.processes if p.poll() is None}
         for worker in queue.stale_workers():
-            process = ours.get(worker.split(":")[1] if worker.count(":") >= 2 else "")
-            if process is not None and worker.split(":")[0] == socket.gethostname():
+            process = ours.get(local_pid(worker))
+            if process is not None:
                 log.warning("worker %d stopped renewing its job's lease; killing it", process.pid)
                 process.kill()
                 process.wait()

@@ -108,7 +108,7 @@ def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GRADIO_SHARE", "True")
     options = ServeOptions(model="builtin:shapes", port=free_port(), output_dir=tmp_path / "out")
-    demo, url = Server(options, Service(options)).launch()
+    demo, url = Server(Service(options)).launch()
     try:
         assert url.startswith("http://127.0.0.1:")
         assert demo.share is False and demo.share_url is None
