@@ -77,9 +77,10 @@ def test_synth_and_eval_take_the_same_colours_and_shapes(tmp_path, osp_in_proces
     summary = json.loads(proc.stdout)["summary"]
     assert (summary["color_accuracy"], summary["shape_accuracy"], summary["direction_accuracy"]) == (1.0, 1.0, 1.0)
     # without --color the captions name a colour the judge does not know
-    assert_one_line_error(osp_in_process("eval", "shapes", videos[0]), "not a caption of the shapes world", "--color")
+    orange = next(str(tmp_path / "d" / e["path"]) for e in entries if "orange" in e["cap"])
+    assert_one_line_error(osp_in_process("eval", "shapes", orange), "not a caption of the shapes world", "--color")
     for args, needle in ((["--color", "orange=235,150"], "NAME=R,G,B"), (["--colors", "pink"], "unknown colour 'pink'"), (["--shape", "hexagon"], "unknown shape"), (["--color", "red=200,0,0"], "built-in colour")):
         proc = osp_in_process("data", "synth", "--out", str(tmp_path / "bad"), "--num", "2", *args)
         assert_one_line_error(proc, needle)
         assert proc.returncode == 2 and not (tmp_path / "bad").exists()
-        assert_one_line_error(osp_in_process("eval", "shapes", videos[0], *args), needle)
+        assert_one_line_error(osp_in_process("eval", "shapes", orange, *args), needle)
