@@ -32,7 +32,8 @@ def test_the_preset_loads_and_plans_on_the_built_in_model(tmp_path, osp_in_proce
     assert len(modules) == 16  # q, k, v, out of the 4 spatial blocks' caption cross-attention
     proc = osp_in_process("t2v", "train", "--preset", "shapes-lora", "--data", str(tmp_path / "D" / "data.txt"), "-o", str(tmp_path / "run"), "--print-config")
     assert proc.returncode == 0, proc.stderr
-    assert "rank: 8" in proc.stdout and "builtin:shapes" in proc.stdout
+    printed = json.loads(proc.stdout)
+    assert printed["lora"]["rank"] == 8 and printed["model"]["model"] == "builtin:shapes" and printed["run"]["output_dir"] == str(tmp_path / "run")
     proc = osp_in_process("t2v", "train", "--preset", "shapes-lora", "--data", str(tmp_path / "D" / "data.txt"), "-o", str(tmp_path / "run"), "--set", "lora.rank=0")
     assert_one_line_error(proc, "rank")
     assert not (tmp_path / "run").exists()
