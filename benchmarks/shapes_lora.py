@@ -13,6 +13,9 @@ over the six colours (the five and orange):
 - old colours: the 60 captions of the five colours, `--old-seeds` seeds (3).
 Seeds: `val` (choosing the recipe) and `test` (reporting) never overlap. Sampling: PNDM,
 `--steps` (20), guidance 7.5, fp32.
+
+`python benchmarks/shapes_lora.py strip --lora LORA OUT.png`: the docs' before/after frames
+(first, middle and last frame of each prompt; top row without the adapter, bottom row with it).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _videos(prompts: list[str], seed: int, lora: list[str], out: Path, steps: in
     return run_sampling(job).videos  # video k gets seed + k
 
 
-def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, steps: int) -> dict:
+def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, steps: int, which: tuple[str, ...] = ("base", "adapter")) -> dict:
     from osp_core.data.shapes import all_captions, make_world, parse_caption
     from osp_core.eval.shapes import accuracy
     from osp_core.eval.shapes import measure as judge
@@ -66,6 +69,8 @@ def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, 
     result: dict = {"split": split, "lora": lora, "new_shapes": shapes, "steps": steps, "guidance": GUIDANCE}
     with tempfile.TemporaryDirectory() as tmp:
         for label, adapters in (("base", []), ("adapter", [f"{lora}:1"])):
+            if label not in which:
+                continue
             for part, prompts, seed in (("new", new, new_seed), ("old", old, old_seed)):
                 rows = []
                 for video in _videos(prompts, seed, adapters, Path(tmp) / f"{label}-{part}", steps):
@@ -79,6 +84,30 @@ def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, 
                 }
                 print(label, part, json.dumps(result[f"{label}_{part}"]), file=sys.stderr, flush=True)
     return result
+
+
+STRIP_PROMPTS = ["a orange circle moving right", "a orange square moving up", "a orange triangle moving left", "a red circle moving down", "a blue square moving left"]
+
+
+def strip(lora: str, out: Path, steps: int = 50, seed: int = 3) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from osp_core.io import read_video
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, adapters in (("base", []), ("adapter", [f"{lora}:1"])):
+            videos = _videos(STRIP_PROMPTS, seed, adapters, Path(tmp) / label, steps)
+            cells = []
+            for video in videos:
+                frames = read_video(video["video"]).frames.numpy()
+                cells.append(np.concatenate([frames[0], frames[len(frames) // 2], frames[-1]], axis=1))
+                cells.append(np.full((frames.shape[1], 6, 3), 96, dtype=np.uint8))  # a grey gap between prompts
+            rows.append(np.concatenate(cells[:-1], axis=1))
+    rows.insert(1, np.full((4, rows[0].shape[1], 3), 96, dtype=np.uint8))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out, optimize=True)
+    print(f"wrote {out}: {', '.join(STRIP_PROMPTS)}; seed {seed} + prompt index, {steps} PNDM steps")
 
 
 def main() -> None:
@@ -95,17 +124,26 @@ def main() -> None:
     m.add_argument("--new-seeds", type=int, default=15)
     m.add_argument("--old-seeds", type=int, default=3)
     m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--only", choices=("base", "adapter"), help="sample one side (two processes can share the work)")
     m.add_argument("--json", action="store_true")
+    st = sub.add_parser("strip")
+    st.add_argument("--lora", required=True)
+    st.add_argument("out", type=Path)
     args = parser.parse_args()
+    if args.command == "strip":
+        strip(args.lora, args.out)
+        return
     if args.command == "train":
         train(args.out, args.shape, [a for a in args.extra if a != "--"])
         return
-    result = measure(args.lora, args.split, args.new_shapes, args.new_seeds, args.old_seeds, args.steps)
+    result = measure(args.lora, args.split, args.new_shapes, args.new_seeds, args.old_seeds, args.steps, (args.only,) if args.only else ("base", "adapter"))
     if args.json:
         print(json.dumps(result, indent=1))
         return
     print(f"| {args.split} | videos | colour | shape | direction |\n|---|---:|---:|---:|---:|")
     for key in ("base_new", "adapter_new", "base_old", "adapter_old"):
+        if key not in result:
+            continue
         r = result[key]
         print(f"| {key.replace('_', ', ')} | {r['videos']} | {r['color']:.1%} | {r['shape']:.1%} | {r['direction']:.1%} |")
 
