@@ -114,6 +114,8 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["data", "synth", "--objects", "3", "-o", str(tmp_path / "synth")],
         ["eval", "edit", str(video)],  # not an `osp edit` output
         ["eval", "shapes", str(tmp_path / "missing.mp4")],
+        ["eval", "compare", str(tmp_path), str(tmp_path / "missing")],
+        ["eval", "compare", str(tmp_path), str(tmp_path), "--judge", "bogus"],
         ["serve", *shapes, "--port", "99999"],
         ["serve", *shapes, "--host", "0.0.0.0"],  # the network without a key
         ["serve", *shapes, "--no-page", "--no-api"],
