@@ -14,6 +14,7 @@ from osp_core.data.buckets import Bucket, parse_buckets, plan_clips
 from osp_core.data.datasets import GlobalBatchSampler
 from osp_core.errors import InputError
 from osp_core.io.probe import MediaInfo
+from tests.train.helpers import sampler_stream
 
 LARGEST = (17, 64, 64)
 
@@ -135,17 +136,8 @@ def test_bucketed_sampler_is_one_bucket_per_micro_batch_on_any_rank_count_and_re
 
     def stream(ranks: int, accumulation: int, start: int = 0, steps: int = 6) -> list[list[tuple[int, int]]]:
         samplers = [GlobalBatchSampler(len(groups), 2, accumulation, ranks, rank, seed=5, start=start, groups=groups) for rank in range(ranks)]
-        iters = [iter(s) for s in samplers]
-        out = []
-        for step in range(steps):
-            taken = {}
-            for rank, it in enumerate(iters):
-                for micro in range(accumulation):
-                    positions = samplers[rank].step_positions(start + step * samplers[0].global_batch, micro)
-                    batch = [next(it) for _ in positions]
-                    assert len({groups[i] for _, i in batch}) == 1, batch  # one bucket per micro-batch
-                    taken.update(zip(positions, batch))
-            out.append([taken[p] for p in sorted(taken)])
+        out, micro_batches = sampler_stream(samplers, start, steps)
+        assert all(len({groups[i] for _, i in batch}) == 1 for batch in micro_batches), micro_batches  # one bucket each
         return out
 
     one = stream(1, 2)
