@@ -120,7 +120,7 @@ class T2VRecipe(Recipe):
             frames = (shortest - 1) // 4 + 1 + d.use_image_num
             if frames < layout.sp:
                 raise InputError(
-                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
+                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({shortest} frames + {d.use_image_num} images): a rank would get none",
                     f"use --sequence-parallel {frames} or less, or longer clips",
                 )
         self.lora_params = self._check_lora() if self.config.lora.rank is not None else None
@@ -138,7 +138,7 @@ class T2VRecipe(Recipe):
         if not plan.kept:
             path, reason = plan.left_out[0]
             fit = "a bucket" if d.buckets else f"{d.frames} frames"
-            raise InputError(f"none of the {len(self.entries)} clips fits {fit} (e.g. {path}: {reason})", "lower --frames/--size, use --buckets auto, or pass --upscale")
+            raise InputError(f"none of the {len(self.entries)} clips fits {fit} (e.g. {path}: {reason})", "lower --frames / --size / --stride, or use --buckets auto (with --upscale for clips smaller than its grid)")
         if plan.left_out:
             path, reason = plan.left_out[0]
             self.trainer.progress.skipped.update(dict(plan.left_out))  # counted in summary.json like unreadable samples
