@@ -125,8 +125,8 @@ def check_vae_config(cfg: VAETrainConfig) -> None:
         raise InputError(*VAE_DDP_ONLY)
     if run.gradient_accumulation_steps != 1:
         raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
-    if data.use_image_num or data.cache_dir:
-        raise InputError("use_image_num and cache_dir are text-to-video options", "remove them from the VAE config")
+    if data.use_image_num or data.cache_dir or data.buckets or data.upscale or data.fps:
+        raise InputError("use_image_num, cache_dir, buckets, upscale and fps are text-to-video options", "remove them from the VAE config")
     if m.freeze_encoder and not (m.pretrained or m.init_from_2d_vae):
         raise InputError("model.freeze_encoder keeps a trained encoder, and none was given", "pass --pretrained WEIGHTS, or drop --freeze-encoder")
     if m.freeze_encoder and m.reset_mix_factor is not None:
@@ -144,6 +144,7 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     _check_frames(d.frames, " (the VAE compresses time 4x)")
     if d.height % 16 or d.width % 16:
         raise InputError(f"size {d.height}x{d.width} is not a multiple of 16 (VAE 8x, patch 2)", "pick a multiple of 16")
+    check_bucket_options(d)
     if not 0.0 <= df.text_dropout <= 1.0:
         raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
     try:
@@ -183,6 +184,18 @@ def sample_prompts(validation: ValidationConfig) -> list[str]:
     return prompts
 
 
+def check_bucket_options(data: Any) -> None:
+    """--buckets, --upscale and --fps on their own (the grid of the model is checked again by
+    the recipe, which reads its patch size)."""
+    from ..data.buckets import parse_buckets
+
+    parse_buckets(data.buckets, (data.frames, data.height, data.width), grid=16)
+    if data.upscale and not data.buckets:
+        raise InputError("--upscale without --buckets: every clip is already resized to --size", "pass --buckets auto or a list, or drop --upscale")
+    if data.fps < 0:
+        raise InputError(f"data.fps must be >= 0, got {data.fps:g}", "0 takes every --stride-th frame; e.g. --fps 8")
+
+
 def check_lora_config(cfg: T2VTrainConfig) -> None:
     """The LoRA options' own rules (the rest needs the model: `T2VRecipe._check_lora`)."""
     from ..pipelines.lora_inputs import check_lora_options
@@ -215,6 +228,8 @@ def check_edit_config(cfg: EditTrainConfig) -> None:
         raise InputError(f"edit.condition_dropout must be in [0, 1), got {e.condition_dropout}", "e.g. 0.1")
     if cfg.data.use_image_num:
         raise InputError("edit training takes videos only", "set data.use_image_num 0")
+    if cfg.data.buckets or cfg.data.fps:
+        raise InputError("osp edit train cuts every clip to --frames x --size at --stride (its regions and tracks follow that grid)", "drop data.buckets / data.fps")
 
 
 def check_config(cfg: Any) -> None:
@@ -229,7 +244,7 @@ def check_config(cfg: Any) -> None:
         check_t2v_config(cfg)
     elif isinstance(cfg, VAETrainConfig):
         check_vae_config(cfg)
-    check_data_source(cfg.data.data, allow_folder=isinstance(cfg, VAETrainConfig))
+    check_data_source(cfg.data.data, folder="videos" if isinstance(cfg, VAETrainConfig) else "captioned")
 
 
 def plan_training(cfg: Any) -> None:

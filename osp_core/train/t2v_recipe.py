@@ -110,15 +110,17 @@ class T2VRecipe(Recipe):
 
         d = self.config.data
         # the data lists are read now, so a wrong --data is one line before any model loads
-        self.entries = load_entries(d.data)
+        self.entries = load_entries(d.data, folder="captioned")
         self.image_entries = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
+        self.clip_plan = self._plan_clips() if (d.buckets or d.fps) else None
         layout = self.trainer.parallel.layout
         if layout.sp > 1:
             # each rank of a group needs at least one latent frame and one patch position
-            frames = (d.frames - 1) // 4 + 1 + d.use_image_num
+            shortest = min((bucket.frames for _, bucket in self.clip_plan.shapes), default=d.frames) if self.clip_plan else d.frames
+            frames = (shortest - 1) // 4 + 1 + d.use_image_num
             if frames < layout.sp:
                 raise InputError(
-                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
+                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({shortest} frames + {d.use_image_num} images): a rank would get none",
                     f"use --sequence-parallel {frames} or less, or longer clips",
                 )
         self.lora_params = self._check_lora() if self.config.lora.rank is not None else None
@@ -126,6 +128,29 @@ class T2VRecipe(Recipe):
         from .plan import sample_prompts
 
         self.prompts = sample_prompts(self.config.validation)  # a prompt file is read once, as the run starts
+
+    def _plan_clips(self):
+        """Each clip's bucket and stride (`data.buckets`, `data.fps`), from the annotation or the
+        files' headers, before any model loads; clips that fit none are left out, counted in
+        the summary and named in one warning."""
+        from ..data.buckets import plan_clips
+
+        d = self.config.data
+        config, _ = transformer_config(self.config)
+        plan = plan_clips(self.entries, d.buckets, (d.frames, d.height, d.width), d.stride, 8 * int(config.get("patch_size", 2)), d.upscale, d.fps)
+        if not plan.kept:
+            path, reason = plan.left_out[0]
+            fit = "a bucket" if d.buckets else f"{d.frames} frames"
+            raise InputError(f"none of the {len(self.entries)} clips fits {fit} (e.g. {path}: {reason})", "lower --frames / --size / --stride, or use --buckets auto (with --upscale for clips smaller than its grid)")
+        if plan.left_out:
+            path, reason = plan.left_out[0]
+            self.trainer.progress.skipped.update(dict(plan.left_out))  # counted in summary.json like unreadable samples
+            self.trainer.warn(f"{len(plan.left_out)} of {len(self.entries)} clips are left out (first: {path}: {reason}); summary.json lists them")
+        return plan
+
+    def buckets(self) -> dict[str, int]:
+        plan = getattr(self, "clip_plan", None)
+        return plan.counts() if plan is not None and self.config.data.buckets else {}
 
     def _check_lora(self) -> int:
         """The LoRA options against the transformer built on the meta device (nothing loaded):
@@ -303,13 +328,17 @@ class T2VRecipe(Recipe):
         d = self.config.data
         entries, images = self.entries, self.image_entries  # read by `check`
         spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
+        specs = None
+        if self.clip_plan is not None:  # planned by `check`: each clip its bucket and stride
+            entries = [entries[i] for i in self.clip_plan.kept]
+            specs = [ClipSpec(b.frames, stride, b.height, b.width, d.random_start) for stride, b in self.clip_plan.shapes]
         is_cached = None
         if self.cache is not None:
             from ..data.cache import HasEncoding
 
             is_cached = HasEncoding(self.cache.root, "vae", self.vae_id)
         self.clips = VideoClipDataset(
-            entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images, is_cached=is_cached
+            entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images, is_cached=is_cached, specs=specs
         )
         return self.clips
 
@@ -511,7 +540,7 @@ class T2VRecipe(Recipe):
                         num_inference_steps=v.steps, guidance_scale=v.guidance_scale, generator=generator,
                     )  # fmt: skip
                     name = f"{index:02d}.mp4"
-                    write_video(tmp / name, out.frames[0], fps=8.0)
+                    write_video(tmp / name, out.frames[0], fps=cfg.data.fps or 8.0)
                     names.append(name)
                     frames.append(out.frames[0].cpu())
                     records.append({"file": name, "prompt": prompt, "seed": v.seed + index})

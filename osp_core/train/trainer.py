@@ -114,6 +114,11 @@ class Recipe:
         """Called on the main process when the run reached max_steps, with its last checkpoint:
         write what a finished run leaves beside its checkpoints (e.g. OUTPUT/lora/)."""
 
+    def buckets(self) -> dict[str, int]:
+        """Samples per clip shape (FxHxW) of bucketed data, for the start line and the summary
+        ({}: one shape)."""
+        return {}
+
 
 class _PerOptimizerStep:
     """An lr schedule that advances once per optimizer step, not per micro-batch nor per rank
@@ -331,11 +336,11 @@ class Trainer:
 
             check_shared_output(self.output_dir, layout.rank, layout.world_size)
         self._build_model(accelerator)
-        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self._warn, self._states(), self._run_model(), self.recipe.model_files())
+        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self.warn, self._states(), self._run_model(), self.recipe.model_files())
         resumed_from = self._restore()
         if layout.mode == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
             # after the restore: a refused checkpoint is one line
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
+            self.warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if resumed_from is None:
             set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
         dataset = self.recipe.dataset()
@@ -496,6 +501,7 @@ class Trainer:
                 "resumed_from": str(resumed_from) if resumed_from else None,
                 "main": layout.is_main,
                 "parallel": layout.to_dict(),
+                "buckets": self.recipe.buckets(),
             },
         )
 
@@ -563,7 +569,8 @@ class Trainer:
         mean = acc.reduce(values, reduction="mean")
         return {**logs, **{k: float(v) for k, v in zip(keys, mean.tolist())}}
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """One warning line for the console (rank 0 prints it)."""
         self.report("warning", {"message": message})
 
     def _remove_previous_run(self) -> None:
@@ -592,7 +599,7 @@ class Trainer:
             except CheckpointUnreadableError as exc:
                 if index + 1 == len(candidates):
                     raise
-                self._warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
+                self.warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
         return None
 
     def _make_ema(self, model: nn.Module):
@@ -611,7 +618,9 @@ class Trainer:
 
         acc, run, layout = self.accelerator, self.run_cfg, self.parallel.layout
         # ranks of one sequence-parallel group read the same samples
-        sampler = GlobalBatchSampler(len(dataset), run.batch_size, run.gradient_accumulation_steps, layout.dp, layout.dp_rank, seed=run.seed, start=consumed)
+        # bucketed data: each micro-batch from one bucket (`groups`: the bucket of each sample)
+        groups = getattr(dataset, "groups", None)
+        sampler = GlobalBatchSampler(len(dataset), run.batch_size, run.gradient_accumulation_steps, layout.dp, layout.dp_rank, seed=run.seed, start=consumed, groups=groups)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.run_cfg.batch_size,
@@ -726,6 +735,7 @@ class Trainer:
             "processes": acc.num_processes,
             "parallel": layout.to_dict(),
             "global_batch": self._global_batch(),
+            "buckets": self.recipe.buckets(),
             "skipped_samples": len(skipped),
             "skipped": [{"path": p, "reason": r} for p, r in list(skipped.items())[:limit]],
             "losses": {

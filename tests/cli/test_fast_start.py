@@ -114,6 +114,8 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["data", "synth", "--objects", "3", "-o", str(tmp_path / "synth")],
         ["eval", "edit", str(video)],  # not an `osp edit` output
         ["eval", "shapes", str(tmp_path / "missing.mp4")],
+        ["eval", "compare", str(tmp_path), str(tmp_path / "missing")],
+        ["eval", "compare", str(tmp_path), str(tmp_path), "--judge", "bogus"],
         ["serve", *shapes, "--port", "99999"],
         ["serve", *shapes, "--host", "0.0.0.0"],  # the network without a key
         ["serve", *shapes, "--no-page", "--no-api"],
@@ -188,6 +190,7 @@ def _train_refusals(tmp_path: Path) -> list[list[str]]:
         [*t2v, "--frames", "18"],
         ["t2v", "train", "--preset", "debug", "--data", "missing.json", "-o", "run"],  # no annotation
         [*t2v, "--size", "24x24"],  # not a multiple of 16
+        [*t2v, "--buckets", "6x32x32"],  # a bucket's frames not 4k+1
         ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "3"],  # stage 3 without --edit-module
         ["edit", "train", "--preset", "debug", "--data", "data.json", "-o", "run", "--stage", "4"],
         [*t2v, "--lora", "0"],  # rank below 1
