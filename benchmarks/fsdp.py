@@ -19,6 +19,8 @@
       FSDP2 with activation checkpointing of every block, one sample per step: seconds per
       step, peak memory, model FLOPs per step (counted by torch's FlopCounterMode on the meta
       device, without the recomputation) and MFU against the GPU's dense bf16 peak.
+      `--lora RANK [--lora-targets all]`: the same step training LoRA adapters on the frozen
+      model (`osp t2v train --lora`), AdamW over the adapters alone.
 
 Prints markdown tables.
 """
@@ -203,12 +205,22 @@ def speed(args: argparse.Namespace) -> None:
 
 
 # --- device -----------------------------------------------------------------------------------
-def model_flops(frames: int, size: int, layers: int = 28, tokens: int = 300) -> float:
-    """Forward + backward FLOPs of one sample, counted on the meta device (no recomputation)."""
+def _with_lora(model, rank: int | None, targets: str):
+    """`model` frozen with trainable LoRA adapters (`osp t2v train --lora`), or as it is."""
+    if rank:
+        from osp_core.models.lora import add_lora
+
+        add_lora(model, rank, None, 0.0, targets)
+    return model
+
+
+def model_flops(frames: int, size: int, layers: int = 28, tokens: int = 300, lora: int | None = None, targets: str = "all") -> float:
+    """Forward + backward FLOPs of one sample, counted on the meta device (no recomputation);
+    with LoRA the frozen weights' gradients are not computed, so fewer than full training."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = _model(num_layers=layers, video_length=frames, sample_size=[size, size])
+        model = _with_lora(_model(num_layers=layers, video_length=frames, sample_size=[size, size]), lora, targets)
         x, captions = torch.randn(1, 4, frames, size, size), torch.randn(1, tokens, 4096)
         with FlopCounterMode(display=False) as counter:
             out = model(x, torch.tensor([500]), encoder_hidden_states=captions, return_dict=False)[0]
@@ -223,7 +235,7 @@ def device_check(args: argparse.Namespace) -> None:
 
     rank, world, local_rank = launched_world()
     device = rank_device(select_device(None), local_rank)
-    flops = model_flops(args.frames, args.size, args.layers)
+    flops = model_flops(args.frames, args.size, args.layers, lora=args.lora, targets=args.lora_targets)
     cuda = device.type == "cuda"  # elsewhere (a CPU check of this code path) no peak memory or MFU
     with process_group(device):
         config = SimpleNamespace(strategy="fsdp", sequence_parallel=1, replicate=1, activation_checkpointing=1, compile=args.compile)
@@ -232,9 +244,9 @@ def device_check(args: argparse.Namespace) -> None:
             # one GPU: FSDP2 still wraps (bf16 parameters, fp32 reduction), as it does on N
             parallel.fsdp_mesh = parallel.layout.build_fsdp_mesh(device.type)
         with torch.device(device):
-            model = _model(num_layers=args.layers, video_length=args.frames, sample_size=[args.size, args.size])
+            model = _with_lora(_model(num_layers=args.layers, video_length=args.frames, sample_size=[args.size, args.size]), args.lora, args.lora_targets)
         model = parallelize(model, parallel, config, mixed_precision="bf16")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         sync = torch.cuda.synchronize if cuda else (lambda device: None)
         g = torch.Generator(device).manual_seed(rank)
         x = torch.randn(1, 4, args.frames, args.size, args.size, generator=g, device=device)
@@ -256,10 +268,11 @@ def device_check(args: argparse.Namespace) -> None:
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
         memory = f"{torch.cuda.max_memory_allocated(device) / GiB:.1f}" if cuda else "n/a"
         if rank == 0:
-            print("| GPU | ranks | latents | s / step | peak memory (GiB) | model TFLOPs / step | MFU |")
-            print("|---|---:|---|---:|---:|---:|---:|")
+            trained = "full" if not args.lora else f"LoRA r{args.lora} {args.lora_targets}"
+            print("| GPU | ranks | trains | latents | s / step | peak memory (GiB) | model TFLOPs / step | MFU |")
+            print("|---|---:|---|---|---:|---:|---:|---:|")
             mfu = f"{flops / step / peak:.1%}" if peak else "unknown peak"
-            print(f"| {name} | {world} | 4x{args.frames}x{args.size}x{args.size} | {step:.2f} | {memory} | {flops / 1e12:.3g} | {mfu} |")
+            print(f"| {name} | {world} | {trained} | 4x{args.frames}x{args.size}x{args.size} | {step:.2f} | {memory} | {flops / 1e12:.3g} | {mfu} |")
 
 
 JOBS = {"meta": _meta_job, "measure": _measure_job, "speed": _speed_job}
@@ -277,6 +290,8 @@ def main() -> None:
     device.add_argument("--size", type=int, default=64)
     device.add_argument("--repeats", type=int, default=5)
     device.add_argument("--compile", action="store_true")
+    device.add_argument("--lora", type=int, default=None, help="train LoRA adapters of this rank on the frozen model")
+    device.add_argument("--lora-targets", default="all")
     args = parser.parse_args()
     {"memory": memory, "measure": measure, "speed": speed, "device": device_check}[args.command](args)
 

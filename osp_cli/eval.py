@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import counted, err, print_json
+from .console import counted, err, print_json, progress
 from .options import ColorOpt, ColorsOpt, JsonOpt, ShapeOpt
 
 app = typer.Typer(help="Measure videos: attributes of the shapes world, reconstruction quality.", no_args_is_help=True)
@@ -161,3 +161,73 @@ def edit(
         parts.append(f"trajectory error {summary['trajectory_error']:.2f} px")
     parts.append(f"first-frame PSNR {summary['first_frame_psnr']:.2f} dB")
     err.print(", ".join(parts))
+
+
+@app.command()
+def compare(
+    reference: Annotated[Path, typer.Argument(help="Folder of reference videos (e.g. `osp t2v sample -o REF` at the default settings).", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="Folder of videos made from the same prompts and seeds with the settings to judge.", show_default=False)],
+    lpips_weights: Annotated[str | None, typer.Option("--lpips-weights", help="LPIPS weights (VGG16 + linear heads) as a .safetensors file or REPO_ID:FILENAME: adds LPIPS (default: PSNR and SSIM only).")] = None,
+    judge: Annotated[str, typer.Option("--judge", help="auto: grade shapes-world videos (sidecars naming builtin:shapes) against their prompts; shapes: always; none: never.")] = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """PSNR, SSIM (and LPIPS) of each candidate video against the reference of the same name,
+    with both sides' denoising seconds and transformer evaluations from their sidecars."""
+    from osp_core.errors import InputError
+    from osp_core.eval.compare import pair_videos, wants_shapes_judge
+
+    if judge not in ("auto", "shapes", "none"):
+        raise InputError(f"unknown --judge '{judge}'", "use auto, shapes or none")
+    pairs, only_reference, only_candidate = pair_videos(reference, candidate)
+    lpips = None
+    if lpips_weights is not None:
+        from osp_core.train.losses import build_lpips, load_lpips_state
+
+        lpips = build_lpips(load_lpips_state(lpips_weights))
+    from osp_core.eval.compare import compare_pair, judge_shapes, summarize
+
+    grade = judge_shapes if judge == "shapes" or (judge == "auto" and wants_shapes_judge(pairs)) else None
+    rows = []
+    with progress(transient=True) as bar:
+        task = bar.add_task(f"comparing {counted(len(pairs), 'video')}", total=len(pairs))
+        for pair in pairs:
+            rows.append(compare_pair(pair, lpips, grade))
+            bar.advance(task)
+    summary = {**summarize(rows), "only_in_reference": only_reference, "only_in_candidate": only_candidate}
+    if json_out:
+        print_json({"summary": summary, "videos": rows})
+        return
+    _print_comparison(rows, summary)
+
+
+def _print_comparison(rows: list[dict], summary: dict) -> None:
+    from rich.table import Table
+
+    number = lambda value, digits: "-" if value is None else ("inf" if value == float("inf") else f"{value:.{digits}f}")  # noqa: E731
+    judged = any("judge" in r["candidate"] for r in rows)
+    table = Table(title="candidate against reference")
+    for column in ("video", "PSNR", "SSIM", "LPIPS", "denoise s (ref/cand)", "evaluations (ref/cand)", *(("judge (ref/cand)",) if judged else ())):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        ref, cand = r["reference"], r["candidate"]
+        cells = [
+            r["video"], number(r["psnr"], 2), number(r["ssim"], 4), number(r["lpips"], 4),
+            f"{number(ref['denoise_seconds'], 2)} / {number(cand['denoise_seconds'], 2)}",
+            f"{ref['transformer_evaluations'] or '-'} / {cand['transformer_evaluations'] or '-'}",
+        ]  # fmt: skip
+        if judged:
+            mark = lambda j: "-" if j is None else ("ok" if j["correct"] else f"{j['color']} {j['shape']} {j['direction']}")  # noqa: E731
+            cells.append(f"{mark(ref.get('judge'))} / {mark(cand.get('judge'))}")
+        table.add_row(*cells)
+    err.print(table)
+    line = f"{counted(summary['videos'], 'video')}: mean PSNR {number(summary['psnr'], 2)} dB, SSIM {number(summary['ssim'], 4)}"
+    if summary["lpips"] is not None:
+        line += f", LPIPS {summary['lpips']:.4f}"
+    if summary["denoise_speedup"] is not None:
+        line += f"; denoising {summary['reference']['denoise_seconds']:.1f} s -> {summary['candidate']['denoise_seconds']:.1f} s ({summary['denoise_speedup']:.2f}x)"
+    err.print(line)
+    if judged:
+        err.print(f"judge accuracy: reference {summary['reference'].get('judge_accuracy', 0):.1%}, candidate {summary['candidate'].get('judge_accuracy', 0):.1%}")
+    for side, names in (("reference", summary["only_in_reference"]), ("candidate", summary["only_in_candidate"])):
+        if names:
+            err.print(f"[yellow]{len(names)} videos only in the {side} folder (not compared), e.g. {names[0]}[/yellow]")

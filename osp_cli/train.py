@@ -140,8 +140,10 @@ def console_reporter() -> Callable[[str, dict[str, Any]], None]:
             resumed = f", resumed from {payload['resumed_from']}" if payload.get("resumed_from") else ""
             parallel = payload.get("parallel") or {}
             layout = parallel.get("strategy", "ddp") + (f", sequence parallel {parallel['sequence_parallel']}" if parallel.get("sequence_parallel", 1) > 1 else "")
+            buckets = payload.get("buckets") or {}
+            shapes = f", buckets {', '.join(f'{name} ({count})' for name, count in buckets.items())}" if buckets else ""
             err.print(
-                f"[bold]{payload['recipe']} training[/]: {payload['samples']} samples, {payload['processes']} process(es) "
+                f"[bold]{payload['recipe']} training[/]: {payload['samples']} samples{shapes}, {payload['processes']} process(es) "
                 f"({layout}, {payload['device']}), step {payload['step']}/{payload['max_steps']}{resumed}",
                 highlight=False,
                 soft_wrap=True,

@@ -2,13 +2,17 @@
 
 A *data list* is a text file with one `ROOT,ANNOTATION.json` per line. An *annotation* is a
 JSON list (or JSONL, one object per line) of `{"path": relative path, "cap": caption or list
-of captions, "frame_idx": "start:end" (optional)}`; other keys (resolution, fps, ...) are
-ignored, so the released v1.1.0 caption files work as they are. Images use the same format.
+of captions, "frame_idx": "start:end" (optional)}`, and optionally the Open-Sora-Plan
+fine-tuning keys `num_frames` (frames in the file), `resolution` (`{"height", "width"}`) and
+`fps`, which spare the trainer a look into the file; other keys are ignored, so the released
+v1.1.0 caption files work as they are. Images use the same format. A *captioned folder* holds
+videos with a `NAME.txt` caption file beside each `NAME.mp4`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,12 @@ class Entry:
     end: int | None = None
     objects: tuple | None = field(default=None, compare=False, hash=False)
     """Annotated objects (`osp data synth --objects 2`: per-frame boxes and centres), if any."""
+    num_frames: int | None = None
+    """Frames in the file (the annotation's `num_frames`), when the annotation says."""
+    size: tuple[int, int] | None = None
+    """(height, width) of the frames (the annotation's `resolution`), when it says."""
+    fps: float | None = None
+    """Frame rate of the file (the annotation's `fps`), when it says."""
 
     @property
     def is_image(self) -> bool:
@@ -43,6 +53,32 @@ def _parse_frame_idx(value: object, where: str) -> tuple[int, int | None]:
     if start < 0 or (end is not None and end <= start):
         raise InputError(f"bad frame_idx {value!r} in {where}", "need 0 <= start < end")
     return start, end
+
+
+def _positive(record: dict, key: str, where: str, kind: type = int) -> float | int | None:
+    """`record[key]` as a positive int (or float), None when absent; anything else is refused."""
+    value = record.get(key)
+    if value is None:
+        return None
+    try:
+        number = kind(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number <= 0 or (kind is int and number != float(value)):
+        raise InputError(f"bad {key} {value!r} in {where}", f"{key} must be a positive {'whole ' if kind is int else ''}number (or leave it out)")
+    return number
+
+
+def _media_fields(record: dict, where: str) -> dict:
+    """The fine-tuning keys of a record: num_frames, resolution {height, width} (used only when
+    it has both) and fps."""
+    resolution = record.get("resolution")
+    size = None
+    if isinstance(resolution, dict) and resolution.get("height") is not None and resolution.get("width") is not None:
+        size = (_positive(resolution, "height", where), _positive(resolution, "width", where))
+    elif resolution is not None and not isinstance(resolution, dict):
+        raise InputError(f"bad resolution {resolution!r} in {where}", 'write it as {"height": H, "width": W}')
+    return {"num_frames": _positive(record, "num_frames", where), "size": size, "fps": _positive(record, "fps", where, float)}
 
 
 def _captions(value: object) -> tuple[str, ...]:
@@ -64,7 +100,8 @@ def _entries_from_records(records: list, root: Path, where: str) -> list[Entry]:
             start, end = _parse_frame_idx(record["frame_idx"], f"entry {number} of {where}")
         path = Path(str(record["path"]))
         objects = tuple(record["objects"]) if isinstance(record.get("objects"), list) else None
-        out.append(Entry(path if path.is_absolute() else root / path, _captions(record.get("cap")), start, end, objects))
+        media = _media_fields(record, f"entry {number} of {where}")
+        out.append(Entry(path if path.is_absolute() else root / path, _captions(record.get("cap")), start, end, objects, **media))
     return out
 
 
@@ -132,12 +169,37 @@ def scan_folder(folder: str | Path, images: bool = False) -> list[Entry]:
     return [Entry(p, ("",)) for p in sorted(folder.rglob("*")) if p.suffix.lower() in suffixes and p.is_file()]
 
 
-def check_data_source(source: str | Path, allow_folder: bool = False) -> Path:
-    """The path of a data list, an annotation or (when allowed) a folder; refuses one that is
-    not there before anything is read."""
+def read_captioned_folder(folder: str | Path) -> list[Entry]:
+    """Every video under `folder` with its caption: the `NAME.txt` beside `NAME.mp4` (each
+    non-empty line one caption, drawn at random per sample; an empty file is the empty
+    caption). A video without its .txt is refused, naming it."""
+    folder = Path(folder)
+    videos = [entry.path for entry in scan_folder(folder)]
+    missing = [v for v in videos if not v.with_suffix(".txt").is_file()]
+    if missing:
+        others = f" (and {len(missing) - 1} other video(s))" if len(missing) > 1 else ""
+        raise InputError(
+            f"'{missing[0]}' has no caption file '{missing[0].with_suffix('.txt').name}' beside it{others}",
+            "write each video's caption to NAME.txt next to NAME.mp4, or pass a data list / annotation",
+        )
+    out = []
+    for video in videos:
+        lines = [line.strip() for line in video.with_suffix(".txt").read_text(encoding="utf-8").splitlines()]
+        out.append(Entry(video, tuple(line for line in lines if line) or ("",)))
+    return out
+
+
+FOLDER_KINDS = ("", "videos", "captioned")
+"""What a folder given as data means: '' refused, 'videos' every video (no captions: the VAE),
+'captioned' every video with its NAME.txt caption (the transformer trainers)."""
+
+
+def check_data_source(source: str | Path, folder: str = "") -> Path:
+    """The path of a data list, an annotation or (when `folder` names a kind, `FOLDER_KINDS`)
+    a folder; refuses one that is not there before anything is read."""
     source = Path(source).expanduser()
     if source.is_dir():
-        if not allow_folder:
+        if not folder:
             raise InputError(f"'{source}' is a folder", "pass a data list (ROOT,ANNOTATION.json lines) or an annotation .json/.jsonl")
     elif source.suffix.lower() in (".json", ".jsonl"):
         _require_file(source, "annotation file")
@@ -146,11 +208,12 @@ def check_data_source(source: str | Path, allow_folder: bool = False) -> Path:
     return source
 
 
-def load_entries(source: str | Path, allow_folder: bool = False) -> list[Entry]:
-    """Entries from a data list, an annotation (.json/.jsonl) or, when allowed, a folder."""
-    source = check_data_source(source, allow_folder)
+def load_entries(source: str | Path, folder: str = "") -> list[Entry]:
+    """Entries from a data list, an annotation (.json/.jsonl) or, when `folder` names a kind
+    (`FOLDER_KINDS`), a folder."""
+    source = check_data_source(source, folder)
     if source.is_dir():
-        entries = scan_folder(source)
+        entries = read_captioned_folder(source) if folder == "captioned" else scan_folder(source)
     elif source.suffix.lower() in (".json", ".jsonl"):
         entries = read_annotation(source)
     else:

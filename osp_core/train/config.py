@@ -95,7 +95,8 @@ class DataConfig:
     """Which samples to read and how to cut them."""
 
     data: str = ""
-    """Data list file (lines `ROOT,ANNOTATION.json`), one annotation .json/.jsonl, or (VAE only) a folder of videos."""
+    """Data list file (lines `ROOT,ANNOTATION.json`), one annotation .json/.jsonl, or a folder of
+    videos (t2v and edit: each `NAME.mp4` with its caption in `NAME.txt` beside it)."""
     image_data: str = ""
     """Image list file in the same format, for joint image-video training ('' draws images from the video)."""
     frames: int = 17
@@ -114,6 +115,19 @@ class DataConfig:
     """(t2v) Images trained alongside each video sample (joint image-video training)."""
     cache_dir: str = ""
     """(t2v) Cache VAE latent moments and T5 states here, so the frozen encoders run once per sample."""
+    buckets: str = ""
+    """(t2v) Frames x height x width buckets for clips of mixed sizes and lengths, each batch from
+    one bucket: 'auto' (each clip's own aspect ratio and length, rounded down to the grid, at
+    most frames x height x width), or a list such as `17x64x64,9x48x64` (each clip takes the
+    bucket nearest its aspect ratio among those it fills); '' cuts every clip to frames x height
+    x width. Clips that fit no bucket are left out and reported before training starts."""
+    upscale: bool = False
+    """(t2v, with buckets) Let a clip smaller than its bucket be resized up (frames are never
+    invented); without it such a clip takes a smaller bucket, or none."""
+    fps: float = 0.0
+    """(t2v) Target frame rate: each clip takes every round(clip fps / fps)-th frame (at least 1),
+    its rate read from the annotation's `fps` or else the file; 0 takes every `stride`-th frame
+    (also the stride of clips whose rate is unknown). Validation samples play at this rate."""
 
 
 @dataclass
@@ -235,12 +249,16 @@ class DiffusionConfig:
 
 @dataclass
 class ValidationConfig:
-    """Periodic sample videos with fixed prompts and seed."""
+    """Sample videos with fixed prompts and seed while training (`samples/step-N/` and TensorBoard)."""
 
     every: int = 0
-    """Write validation samples every N steps (0: never)."""
+    """Write samples every N steps and once before the first step (0: never); a resumed run
+    does not sample again a step it sampled already."""
     prompts: list[str] = field(default_factory=lambda: ["A cat playing with a ball of yarn."])
     """Prompts to sample."""
+    prompts_file: str = ""
+    """A text file of prompts to sample instead of `prompts` (`--sample-prompts`): one per line,
+    blank lines and lines starting with # skipped; read when the run starts (and again on resume)."""
     steps: int = 50
     """Sampler steps."""
     guidance_scale: float = 7.5
@@ -386,7 +404,7 @@ def load_config(cls: type[C], preset: str | None = None, overrides: dict[str, An
 
 
 # file-valued keys that a preset may give relative to its own folder
-_PRESET_RELATIVE_KEYS = (("model", "config"),)
+_PRESET_RELATIVE_KEYS = (("model", "config"), ("validation", "prompts_file"))
 
 
 def _resolve_preset_paths(tree: dict[str, Any], base: Path) -> dict[str, Any]:

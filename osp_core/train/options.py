@@ -30,7 +30,7 @@ class TrainOptions:
     given, the preset's or the config's default applies)."""
 
     preset: str | None = _option(("--preset", "-p"), "Preset name (see presets/) or a YAML file; CLI options override it.", place=HEAD)
-    data: str | None = _option(("--data",), "Data list (ROOT,ANNOTATION.json lines) or an annotation .json/.jsonl.", "data.data")
+    data: str | None = _option(("--data",), "Data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl, or a folder of videos with NAME.txt captions beside them.", "data.data")
     output: str | None = _option(("--output", "-o"), "Output folder: checkpoints/, logs/, samples/, summary.json.", "run.output_dir")
     frames: int | None = _option(("--frames",), "Frames per sample (4k+1).", "data.frames")
     stride: int | None = _option(("--stride",), "Take every N-th source frame.", "data.stride")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import EditTrainConfig, T2VTrainConfig, VAETrainConfig, validate_common
+from .config import EditTrainConfig, T2VTrainConfig, ValidationConfig, VAETrainConfig, validate_common
 
 RUN_FILES = ("checkpoints", "logs", "samples", "lora", "summary.json")
 """What a run writes into its output folder (and what --overwrite removes)."""
@@ -22,6 +22,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
+MAX_SAMPLE_PROMPTS = 16
+"""Most prompts a run samples at each interval (each one a whole sampling run on the model)."""
 
 # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its discriminator hold
 # 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256 sample ~74 GiB of saved
@@ -123,8 +125,8 @@ def check_vae_config(cfg: VAETrainConfig) -> None:
         raise InputError(*VAE_DDP_ONLY)
     if run.gradient_accumulation_steps != 1:
         raise InputError("VAE training does not accumulate gradients (two optimizers, adaptive GAN weight)", "set run.gradient_accumulation_steps to 1 and raise --batch-size")
-    if data.use_image_num or data.cache_dir:
-        raise InputError("use_image_num and cache_dir are text-to-video options", "remove them from the VAE config")
+    if data.use_image_num or data.cache_dir or data.buckets or data.upscale or data.fps:
+        raise InputError("use_image_num, cache_dir, buckets, upscale and fps are text-to-video options", "remove them from the VAE config")
     if m.freeze_encoder and not (m.pretrained or m.init_from_2d_vae):
         raise InputError("model.freeze_encoder keeps a trained encoder, and none was given", "pass --pretrained WEIGHTS, or drop --freeze-encoder")
     if m.freeze_encoder and m.reset_mix_factor is not None:
@@ -142,6 +144,7 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     _check_frames(d.frames, " (the VAE compresses time 4x)")
     if d.height % 16 or d.width % 16:
         raise InputError(f"size {d.height}x{d.width} is not a multiple of 16 (VAE 8x, patch 2)", "pick a multiple of 16")
+    check_bucket_options(d)
     if not 0.0 <= df.text_dropout <= 1.0:
         raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
     try:
@@ -152,7 +155,45 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     if d.use_image_num < 0:
         raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
     check_steps("PNDM", cfg.validation.steps, "--validation-steps")  # validation samples use PNDM
+    check_sampling_interval(cfg.validation)
+    if cfg.validation.every:
+        sample_prompts(cfg.validation)  # a bad prompt file is one line before anything loads
     check_lora_config(cfg)
+
+
+def check_sampling_interval(validation: ValidationConfig) -> None:
+    """`validation.every` is a step count, and a prompt file comes with one."""
+    if validation.every < 0:
+        raise InputError(f"validation.every must be >= 0, got {validation.every}", "pass --validate-every N (0 samples nothing)")
+    if validation.prompts_file and not validation.every:
+        raise InputError("--sample-prompts without an interval samples nothing", "pass --validate-every N as well (it samples before the first step and every N steps)")
+
+
+def sample_prompts(validation: ValidationConfig) -> list[str]:
+    """The prompts a run samples while it trains: those of `prompts_file` (`--sample-prompts`),
+    else `prompts`; at most `MAX_SAMPLE_PROMPTS`, one-line refusals otherwise."""
+    if validation.prompts_file:
+        from ..pipelines.t2v_inputs import read_prompt_file
+
+        return read_prompt_file(validation.prompts_file, comments=True, limit=MAX_SAMPLE_PROMPTS)
+    prompts = [p.strip() for p in validation.prompts if p.strip()]
+    if not prompts:
+        raise InputError("validation.prompts holds no prompt", "pass --validation-prompt TEXT or --sample-prompts FILE")
+    if len(prompts) > MAX_SAMPLE_PROMPTS:
+        raise InputError(f"validation.prompts holds {len(prompts)} prompts, more than the {MAX_SAMPLE_PROMPTS} allowed", f"keep {MAX_SAMPLE_PROMPTS} or fewer")
+    return prompts
+
+
+def check_bucket_options(data: Any) -> None:
+    """--buckets, --upscale and --fps on their own (the grid of the model is checked again by
+    the recipe, which reads its patch size)."""
+    from ..data.buckets import parse_buckets
+
+    parse_buckets(data.buckets, (data.frames, data.height, data.width), grid=16)
+    if data.upscale and not data.buckets:
+        raise InputError("--upscale without --buckets: every clip is already resized to --size", "pass --buckets auto or a list, or drop --upscale")
+    if data.fps < 0:
+        raise InputError(f"data.fps must be >= 0, got {data.fps:g}", "0 takes every --stride-th frame; e.g. --fps 8")
 
 
 def check_lora_config(cfg: T2VTrainConfig) -> None:
@@ -187,6 +228,8 @@ def check_edit_config(cfg: EditTrainConfig) -> None:
         raise InputError(f"edit.condition_dropout must be in [0, 1), got {e.condition_dropout}", "e.g. 0.1")
     if cfg.data.use_image_num:
         raise InputError("edit training takes videos only", "set data.use_image_num 0")
+    if cfg.data.buckets or cfg.data.fps:
+        raise InputError("osp edit train cuts every clip to --frames x --size at --stride (its regions and tracks follow that grid)", "drop data.buckets / data.fps")
 
 
 def check_config(cfg: Any) -> None:
@@ -201,7 +244,7 @@ def check_config(cfg: Any) -> None:
         check_t2v_config(cfg)
     elif isinstance(cfg, VAETrainConfig):
         check_vae_config(cfg)
-    check_data_source(cfg.data.data, allow_folder=isinstance(cfg, VAETrainConfig))
+    check_data_source(cfg.data.data, folder="videos" if isinstance(cfg, VAETrainConfig) else "captioned")
 
 
 def plan_training(cfg: Any) -> None:

@@ -110,19 +110,47 @@ class T2VRecipe(Recipe):
 
         d = self.config.data
         # the data lists are read now, so a wrong --data is one line before any model loads
-        self.entries = load_entries(d.data)
+        self.entries = load_entries(d.data, folder="captioned")
         self.image_entries = load_entries(d.image_data) if (d.image_data and d.use_image_num > 0) else None
+        self.clip_plan = self._plan_clips() if (d.buckets or d.fps) else None
         layout = self.trainer.parallel.layout
         if layout.sp > 1:
             # each rank of a group needs at least one latent frame and one patch position
-            frames = (d.frames - 1) // 4 + 1 + d.use_image_num
+            shortest = min((bucket.frames for _, bucket in self.clip_plan.shapes), default=d.frames) if self.clip_plan else d.frames
+            frames = (shortest - 1) // 4 + 1 + d.use_image_num
             if frames < layout.sp:
                 raise InputError(
-                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({d.frames} frames + {d.use_image_num} images): a rank would get none",
+                    f"--sequence-parallel {layout.sp} splits {frames} latent frame(s) ({shortest} frames + {d.use_image_num} images): a rank would get none",
                     f"use --sequence-parallel {frames} or less, or longer clips",
                 )
         self.lora_params = self._check_lora() if self.config.lora.rank is not None else None
         self._check_memory(accelerator.device)
+        from .plan import sample_prompts
+
+        self.prompts = sample_prompts(self.config.validation)  # a prompt file is read once, as the run starts
+
+    def _plan_clips(self):
+        """Each clip's bucket and stride (`data.buckets`, `data.fps`), from the annotation or the
+        files' headers, before any model loads; clips that fit none are left out, counted in
+        the summary and named in one warning."""
+        from ..data.buckets import plan_clips
+
+        d = self.config.data
+        config, _ = transformer_config(self.config)
+        plan = plan_clips(self.entries, d.buckets, (d.frames, d.height, d.width), d.stride, 8 * int(config.get("patch_size", 2)), d.upscale, d.fps)
+        if not plan.kept:
+            path, reason = plan.left_out[0]
+            fit = "a bucket" if d.buckets else f"{d.frames} frames"
+            raise InputError(f"none of the {len(self.entries)} clips fits {fit} (e.g. {path}: {reason})", "lower --frames / --size / --stride, or use --buckets auto (with --upscale for clips smaller than its grid)")
+        if plan.left_out:
+            path, reason = plan.left_out[0]
+            self.trainer.progress.skipped.update(dict(plan.left_out))  # counted in summary.json like unreadable samples
+            self.trainer.warn(f"{len(plan.left_out)} of {len(self.entries)} clips are left out (first: {path}: {reason}); summary.json lists them")
+        return plan
+
+    def buckets(self) -> dict[str, int]:
+        plan = getattr(self, "clip_plan", None)
+        return plan.counts() if plan is not None and self.config.data.buckets else {}
 
     def _check_lora(self) -> int:
         """The LoRA options against the transformer built on the meta device (nothing loaded):
@@ -300,13 +328,17 @@ class T2VRecipe(Recipe):
         d = self.config.data
         entries, images = self.entries, self.image_entries  # read by `check`
         spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
+        specs = None
+        if self.clip_plan is not None:  # planned by `check`: each clip its bucket and stride
+            entries = [entries[i] for i in self.clip_plan.kept]
+            specs = [ClipSpec(b.frames, stride, b.height, b.width, d.random_start) for stride, b in self.clip_plan.shapes]
         is_cached = None
         if self.cache is not None:
             from ..data.cache import HasEncoding
 
             is_cached = HasEncoding(self.cache.root, "vae", self.vae_id)
         self.clips = VideoClipDataset(
-            entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images, is_cached=is_cached
+            entries, spec, seed=self.config.run.seed, use_image_num=d.use_image_num, image_entries=images, is_cached=is_cached, specs=specs
         )
         return self.clips
 
@@ -469,7 +501,12 @@ class T2VRecipe(Recipe):
 
     @torch.no_grad()
     def validate(self, step: int, out_dir: Path) -> dict[str, Any]:
-        """Sample the fixed prompts with the fixed seed (EMA weights when EMA is on) to mp4."""
+        """Sample the run's prompts (`plan.sample_prompts`) with the fixed seeds (EMA weights when
+        EMA is on; a LoRA run's adapters as they are now) to `out_dir`/NN.mp4, with samples.json
+        naming each file's prompt and seed; the folder appears whole (written under a temporary
+        name, then renamed). Returns the files and their frames (for TensorBoard)."""
+        from ..io.atomic import atomic_dir
+        from ..io.jsonfile import write_json
         from ..io.video import write_video
         from ..pipelines.t2v import T2VPipeline, make_scheduler
 
@@ -491,21 +528,25 @@ class T2VRecipe(Recipe):
             ema.copy_to(model.parameters())
         was_training = model.training
         model.eval()
+        v = cfg.validation
         try:
             pipe = T2VPipeline(self.tokenizer, self.text_encoder, self.vae, model, make_scheduler("PNDM"))
-            written = []
-            for index, prompt in enumerate(cfg.validation.prompts):
-                generator = torch.Generator(device="cpu").manual_seed(cfg.validation.seed + index)
-                out = pipe(
-                    prompt, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width,
-                    num_inference_steps=cfg.validation.steps, guidance_scale=cfg.validation.guidance_scale, generator=generator,
-                )  # fmt: skip
-                path = out_dir / f"{index:02d}.mp4"
-                write_video(path, out.frames[0], fps=8.0)
-                written.append(str(path))
+            names, frames, records = [], [], []
+            with atomic_dir(out_dir) as tmp:
+                for index, prompt in enumerate(self.prompts):
+                    generator = torch.Generator(device="cpu").manual_seed(v.seed + index)
+                    out = pipe(
+                        prompt, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width,
+                        num_inference_steps=v.steps, guidance_scale=v.guidance_scale, generator=generator,
+                    )  # fmt: skip
+                    name = f"{index:02d}.mp4"
+                    write_video(tmp / name, out.frames[0], fps=cfg.data.fps or 8.0)
+                    names.append(name)
+                    frames.append(out.frames[0].cpu())
+                    records.append({"file": name, "prompt": prompt, "seed": v.seed + index})
+                write_json(tmp / "samples.json", {"step": step, "steps": v.steps, "guidance_scale": v.guidance_scale, "samples": records})
         finally:
             model.train(was_training)
             if ema is not None:
                 ema.restore(model.parameters())
-        return {"samples": written}
-
+        return {"samples": [str(out_dir / name) for name in names], "frames": frames, "prompts": list(self.prompts)}

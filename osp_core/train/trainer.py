@@ -38,6 +38,8 @@ from .plan import RUN_FILES, check_config, check_previous_run, list_checkpoints,
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
+TENSORBOARD_FRAMES = 9
+"""Frames of each sample in its TensorBoard image (a 3x3 grid)."""
 
 Reporter = Callable[[str, dict[str, Any]], None]
 """Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop',
@@ -111,6 +113,11 @@ class Recipe:
     def finished(self, checkpoint: Path) -> None:
         """Called on the main process when the run reached max_steps, with its last checkpoint:
         write what a finished run leaves beside its checkpoints (e.g. OUTPUT/lora/)."""
+
+    def buckets(self) -> dict[str, int]:
+        """Samples per clip shape (FxHxW) of bucketed data, for the start line and the summary
+        ({}: one shape)."""
+        return {}
 
 
 class _PerOptimizerStep:
@@ -214,13 +221,15 @@ class Progress:
     step_seconds: list[float] = field(default_factory=list)
     earlier_train_seconds: float = 0.0
     """Spent in training steps by the runs this one resumed."""
+    sampled_step: int | None = None
+    """The last step whose samples were written (a resume does not sample it again)."""
 
     def train_seconds(self) -> float:
         return self.earlier_train_seconds + sum(self.step_seconds)
 
     def state_dict(self) -> dict[str, Any]:
         data = {"consumed": self.consumed, "world_size": self.world_size, "batch_size": self.batch_size, "global_batch": self.global_batch}
-        return {"data": data, "samples_seen": self.consumed, "skipped": self.skipped, "loss_history": self.loss_history[-10000:], "train_seconds": self.train_seconds()}
+        return {"data": data, "samples_seen": self.consumed, "skipped": self.skipped, "loss_history": self.loss_history[-10000:], "train_seconds": self.train_seconds(), "sampled_step": self.sampled_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         data = state["data"]
@@ -231,6 +240,7 @@ class Progress:
         # strict JSON stored non-finite losses as null
         self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
         self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
+        self.sampled_step = None if state.get("sampled_step") is None else int(state["sampled_step"])
 
 
 class _JSONPart:
@@ -326,11 +336,11 @@ class Trainer:
 
             check_shared_output(self.output_dir, layout.rank, layout.world_size)
         self._build_model(accelerator)
-        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self._warn, self._states(), self._run_model(), self.recipe.model_files())
+        self.checkpoints = RunCheckpoints(accelerator, layout, self.output_dir, run.keep_last, self.warn, self._states(), self._run_model(), self.recipe.model_files())
         resumed_from = self._restore()
         if layout.mode == "fsdp" and layout.world_size == 1 and chosen:  # not when taken from the checkpoint resumed
             # after the restore: a refused checkpoint is one line
-            self._warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
+            self.warn("--strategy fsdp on one process: nothing to shard, it trains like a plain run (checkpoints are still Distributed Checkpoint folders, resumable on any number of ranks)")
         if resumed_from is None:
             set_seed(run.seed, device_specific=True)  # per-rank noise; a resume restores RNG states instead
         dataset = self.recipe.dataset()
@@ -349,6 +359,9 @@ class Trainer:
         cfg, progress, sampler = self.run_cfg, self.progress, run.sampler
         batches = iter(run.loader)
         start_step, stopped_by, last_logs, last_checkpoint = progress.step, "", {}, run.resumed_from
+        every = self.recipe.validation_every()
+        if every and progress.step < cfg.max_steps and progress.sampled_step != progress.step:
+            self._validate(progress.step)  # the start: before the first step (a resume: unless sampled)
         with _StopFlag() as stop:
             while progress.step < cfg.max_steps:
                 began = time.perf_counter()
@@ -367,7 +380,6 @@ class Trainer:
                 progress.loss_history.append(float(last_logs.get("loss", math.nan)))
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     self._log(step, last_logs)
-                every = self.recipe.validation_every()
                 if every and step % every == 0:
                     self._validate(step)
                 want_stop = self._agree_stop(stop.requested)
@@ -489,6 +501,7 @@ class Trainer:
                 "resumed_from": str(resumed_from) if resumed_from else None,
                 "main": layout.is_main,
                 "parallel": layout.to_dict(),
+                "buckets": self.recipe.buckets(),
             },
         )
 
@@ -556,7 +569,8 @@ class Trainer:
         mean = acc.reduce(values, reduction="mean")
         return {**logs, **{k: float(v) for k, v in zip(keys, mean.tolist())}}
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """One warning line for the console (rank 0 prints it)."""
         self.report("warning", {"message": message})
 
     def _remove_previous_run(self) -> None:
@@ -585,7 +599,7 @@ class Trainer:
             except CheckpointUnreadableError as exc:
                 if index + 1 == len(candidates):
                     raise
-                self._warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
+                self.warn(f"{exc.message}; resuming from the older checkpoint {candidates[index + 1]} instead")
         return None
 
     def _make_ema(self, model: nn.Module):
@@ -604,7 +618,9 @@ class Trainer:
 
         acc, run, layout = self.accelerator, self.run_cfg, self.parallel.layout
         # ranks of one sequence-parallel group read the same samples
-        sampler = GlobalBatchSampler(len(dataset), run.batch_size, run.gradient_accumulation_steps, layout.dp, layout.dp_rank, seed=run.seed, start=consumed)
+        # bucketed data: each micro-batch from one bucket (`groups`: the bucket of each sample)
+        groups = getattr(dataset, "groups", None)
+        sampler = GlobalBatchSampler(len(dataset), run.batch_size, run.gradient_accumulation_steps, layout.dp, layout.dp_rank, seed=run.seed, start=consumed, groups=groups)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.run_cfg.batch_size,
@@ -652,10 +668,31 @@ class Trainer:
                 full = self.ema.full_weights(full, prefix)  # sample with the average, as a DDP run does
             self.validation_weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
         if layout.is_main:
-            out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
+            with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):  # sampling must not move the run's RNG
+                out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
+            frames, prompts = out.pop("frames", None), out.pop("prompts", None)
+            if frames:
+                self._log_samples(step, frames, prompts or [])
             if out:
                 self.report("validate", {"step": step, **out})
+        self.progress.sampled_step = step
         acc.wait_for_everyone()
+
+    def _log_samples(self, step: int, frames: list[torch.Tensor], prompts: list[str]) -> None:
+        """Each sample's frames to TensorBoard as one image (`sprite_grid`: up to
+        `TENSORBOARD_FRAMES` frames taken evenly, tiled; add_video would need moviepy), tagged
+        samples/NN, and the prompts as text."""
+        tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
+        if tracker is None:
+            return
+        from ..io.previews import sprite_grid
+
+        for index, video in enumerate(frames):
+            grid, _, _, _ = sprite_grid(video, TENSORBOARD_FRAMES)
+            tracker.writer.add_image(f"samples/{index:02d}", grid.numpy(), step, dataformats="HWC")
+        if prompts:
+            tracker.writer.add_text("samples/prompts", "\n\n".join(f"{i:02d}: {p}" for i, p in enumerate(prompts)), step)
+        tracker.writer.flush()
 
     def _gather_skips(self) -> dict[str, str]:
         if self.accelerator.num_processes == 1:
@@ -698,6 +735,7 @@ class Trainer:
             "processes": acc.num_processes,
             "parallel": layout.to_dict(),
             "global_batch": self._global_batch(),
+            "buckets": self.recipe.buckets(),
             "skipped_samples": len(skipped),
             "skipped": [{"path": p, "reason": r} for p, r in list(skipped.items())[:limit]],
             "losses": {

@@ -171,7 +171,7 @@ class VAERecipe(Recipe):
         from ..data.datasets import ClipSpec, VideoClipDataset
 
         d = self.config.data
-        entries = load_entries(d.data, allow_folder=True)
+        entries = load_entries(d.data, folder="videos")
         spec = ClipSpec(d.frames, d.stride, d.height, d.width, d.random_start)
         return VideoClipDataset(entries, spec, seed=self.config.run.seed)
 

@@ -72,12 +72,13 @@ def produce(folder: Path) -> dict[str, torch.Tensor]:
     Image.fromarray(first).save(folder / "first.png")
     out: dict[str, torch.Tensor] = {}
 
-    osp("t2v", "sample", "a yellow circle moving right", "--steps", "6", "--seed", "5", "--save-latents", "-o", str(folder / "t2v"), *COMMON)
-    (video,) = sorted((folder / "t2v").glob("*.mp4"))
-    out["t2v.frames"] = read_mp4(video)
-    out["t2v.latents"] = next(iter(load_file(str(video.with_suffix(".latents.safetensors"))).values()))
+    def t2v() -> None:
+        osp("t2v", "sample", "a yellow circle moving right", "--steps", "6", "--seed", "5", "--save-latents", "-o", str(folder / "t2v"), *COMMON)
+        (video,) = sorted((folder / "t2v").glob("*.mp4"))
+        out["t2v.frames"] = read_mp4(video)
+        out["t2v.latents"] = next(iter(load_file(str(video.with_suffix(".latents.safetensors"))).values()))
 
-    for engine in ("control", "blend"):
+    def edit(engine: str) -> None:
         dest = folder / f"edit-{engine}.mp4"
         osp(
             "edit", "video", str(src), "-o", str(dest), "--box", "0,12,40,52", "--first-frame", str(folder / "first.png"),
@@ -86,12 +87,21 @@ def produce(folder: Path) -> dict[str, torch.Tensor]:
         )  # fmt: skip
         out[f"edit.{engine}.frames"] = read_mp4(dest)
 
-    osp("vae", "encode", str(src), "-o", str(folder / "source.safetensors"), *COMMON)
-    out["vae.latents"] = next(iter(load_file(str(folder / "source.safetensors")).values()))
-    osp("vae", "decode", str(folder / "source.safetensors"), "-o", str(folder / "decoded.mp4"), *COMMON)
-    out["vae.decoded.frames"] = read_mp4(folder / "decoded.mp4")
-    osp("vae", "recon", str(src), "-o", str(folder / "recon.mp4"), *COMMON)
-    out["vae.recon.frames"] = read_mp4(folder / "recon.mp4")
+    def vae() -> None:
+        osp("vae", "encode", str(src), "-o", str(folder / "source.safetensors"), *COMMON)
+        out["vae.latents"] = next(iter(load_file(str(folder / "source.safetensors")).values()))
+        osp("vae", "decode", str(folder / "source.safetensors"), "-o", str(folder / "decoded.mp4"), *COMMON)
+        out["vae.decoded.frames"] = read_mp4(folder / "decoded.mp4")
+        osp("vae", "recon", str(src), "-o", str(folder / "recon.mp4"), *COMMON)
+        out["vae.recon.frames"] = read_mp4(folder / "recon.mp4")
+
+    # independent commands, two at a time: most of each is the interpreter starting, and a
+    # process's numbers do not depend on what runs beside it (its thread count is fixed)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(t2v), pool.submit(vae), pool.submit(edit, "control"), pool.submit(edit, "blend")]:
+            done.result()
     return out
 
 

@@ -74,6 +74,12 @@ def test_runner_writes_videos_and_reports_progress(tiny_repo, tmp_path):
     assert len(steps) == 2 * evaluations and steps[evaluations - 1] == ("step", evaluations, evaluations)
     sidecar = json.loads((tmp_path / "out" / "a-dog-6.json").read_text())
     assert sidecar["settings"]["cache"] == {"method": "none", "transformer_evaluations": evaluations} and sidecar["settings"]["attention"] == "sdpa"
+    # each video's share of each phase; the run's sums and its one model load
+    assert set(sidecar["seconds"]) == {"text_encoder", "denoise", "decode", "write"} and all(v >= 0 for v in sidecar["seconds"].values())
+    phases = summary.to_dict()["seconds"]
+    assert set(phases) == {"load", "text_encoder", "denoise", "decode", "write", "total"} and phases["load"] > 0
+    assert phases["denoise"] == pytest.approx(sum(v["seconds"]["denoise"] for v in summary.videos), abs=1e-2)
+    assert sum(v for k, v in phases.items() if k != "total") <= phases["total"] + 1e-2
 
 
 def test_runner_equals_the_pipeline(tiny_repo, tmp_path):
@@ -183,11 +189,16 @@ def test_attention_math_and_teacache_from_the_command_line(tiny_repo, tmp_path):
         (repo / part.name).symlink_to(part)
     (repo / "sampling.json").write_text(json.dumps({"teacache_coefficients": [1.0, 0.0], "teacache_threshold": 0.5}))
     common = ("a cat", "--model", str(repo), "--seed", "4", "--steps", "8", "--save-latents", "--dtype", "fp32", "--json")
-    runs = {}
-    for name, options in (("sdpa", ()), ("math", ("--attention", "math")), ("teacache", ("--cache", "teacache"))):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sample(name: str, options: tuple[str, ...]) -> dict:
         proc = run_osp("t2v", "sample", *common, *options, "-o", str(tmp_path / name), env=ONE_THREAD)
         assert proc.returncode == 0, proc.stderr
-        runs[name] = json.loads(proc.stdout)["videos"][0]
+        return json.loads(proc.stdout)["videos"][0]
+
+    settings = {"sdpa": (), "math": ("--attention", "math"), "teacache": ("--cache", "teacache")}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one-thread processes, two at a time
+        runs = dict(zip(settings, pool.map(sample, settings, settings.values())))
     from osp_core.jobs.records import load_latents
 
     sdpa, math_ = (load_latents(runs[n]["latents"]).latents for n in ("sdpa", "math"))

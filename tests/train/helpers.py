@@ -95,3 +95,21 @@ def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
         for key, value in load_file(str(file)).items():
             out[f"{file.relative_to(checkpoint)}:{key}"] = value
     return out
+
+
+def sampler_stream(samplers: list, start: int = 0, steps: int = 4) -> tuple[list[list[tuple[int, int]]], list[list[tuple[int, int]]]]:
+    """What the ranks' `GlobalBatchSampler`s (one per rank) yield for `steps` steps from global
+    position `start`: per step, every rank's and micro-batch's samples in global-position order;
+    and each micro-batch as one rank drew it."""
+    iters = [iter(s) for s in samplers]
+    out, micro_batches = [], []
+    for step in range(steps):
+        taken = {}
+        for sampler, it in zip(samplers, iters):
+            for micro in range(sampler.accumulation):
+                positions = sampler.step_positions(start + step * sampler.global_batch, micro)
+                batch = [next(it) for _ in positions]
+                micro_batches.append(batch)
+                taken.update(zip(positions, batch))
+        out.append([taken[p] for p in sorted(taken)])
+    return out, micro_batches

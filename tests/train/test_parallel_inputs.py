@@ -134,19 +134,11 @@ def test_an_output_folder_the_ranks_do_not_share_is_refused(tmp_path):
 def test_data_order_is_a_function_of_the_global_batch():
     from osp_core.data.datasets import GlobalBatchSampler
 
+    from .helpers import sampler_stream
+
     def stream(ranks: int, batch: int, accumulation: int, start: int = 0, steps: int = 4) -> list[list[tuple[int, int]]]:
         """Per step, the samples of every rank and micro-batch, as a set in global-position order."""
-        samplers = [GlobalBatchSampler(7, batch, accumulation, ranks, rank, seed=3, start=start) for rank in range(ranks)]
-        iters = [iter(s) for s in samplers]
-        out = []
-        for _ in range(steps):
-            taken = {}
-            for rank, it in enumerate(iters):
-                for micro in range(accumulation):
-                    for position in samplers[rank].step_positions(start + len(out) * samplers[0].global_batch, micro):
-                        taken[position] = next(it)
-            out.append([taken[p] for p in sorted(taken)])
-        return out
+        return sampler_stream([GlobalBatchSampler(7, batch, accumulation, ranks, rank, seed=3, start=start) for rank in range(ranks)], start, steps)[0]
 
     one = stream(1, 4, 1)
     assert stream(2, 2, 1) == one == stream(4, 1, 1) == stream(2, 1, 2)
