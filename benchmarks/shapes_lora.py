@@ -89,7 +89,7 @@ def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, 
 STRIP_PROMPTS = ["a orange circle moving right", "a orange square moving up", "a orange triangle moving left", "a red circle moving down", "a blue square moving left"]
 
 
-def strip(lora: str, out: Path, steps: int = 50, seed: int = 3) -> None:
+def strip(lora: str, out: Path, steps: int = 20, seed: int = 3) -> None:
     import numpy as np
     from PIL import Image
 

@@ -35,7 +35,7 @@ TileOpt = Annotated[
 # the shapes world's vocabulary: `osp data synth` draws it, `osp eval shapes` judges it
 ColorOpt = Annotated[
     list[str] | None,
-    typer.Option("--color", help="Add a colour to the shapes world: NAME=R,G,B (repeatable), e.g. purple=170,60,220.", show_default=False),
+    typer.Option("--color", help="Add a colour to the shapes world: NAME=R,G,B (repeatable), e.g. orange=235,150,40.", show_default=False),
 ]
 ColorsOpt = Annotated[
     list[str] | None,

@@ -149,10 +149,10 @@ def _names(values: Iterable[str]) -> list[str]:
 def _parse_color(spec: str) -> tuple[str, tuple[int, int, int]]:
     match = re.fullmatch(r"\s*([A-Za-z]+)\s*=\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*", spec)
     if not match:
-        raise InputError(f"--color '{spec}' is not NAME=R,G,B", "write e.g. --color purple=170,60,220: a one-word name of letters, three channels 0-255")
+        raise InputError(f"--color '{spec}' is not NAME=R,G,B", "write e.g. --color orange=235,150,40: a one-word name of letters, three channels 0-255")
     name, rgb = match.group(1).lower(), tuple(int(v) for v in match.groups()[1:])
     if any(v > 255 for v in rgb):
-        raise InputError(f"--color {spec}: channels run from 0 to 255", "write e.g. --color purple=170,60,220")
+        raise InputError(f"--color {spec}: channels run from 0 to 255", "write e.g. --color orange=235,150,40")
     if name in ("a", "moving", "and", *ALL_SHAPES, *DIRECTIONS):
         raise InputError(f"--color {spec}: '{name}' is a word of the captions already", "choose another colour name")
     return name, rgb  # type: ignore[return-value]
