@@ -143,7 +143,7 @@ def test_plan_resolves_defaults_without_loading_weights(tiny_repo, tmp_path):
         (("--attention", "flash"), ("--attention flash needs the flash-attn package",)),
         (("--cache", "deepcache"), ("unknown cache 'deepcache'",)),
         (("--cache", "pab", "--cache-threshold", "0.1"), ("--cache-threshold applies to --cache teacache",)),
-        (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in (0, 1]",)),
+        (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in [0, 1]",)),
         (("--cache", "teacache"), ("no TeaCache coefficients", "osp t2v calibrate-cache")),
         (("--guidance", "nan"), ("--guidance", "not a finite number")),
         (("--fps", "inf"), ("--fps", "not a finite number")),
