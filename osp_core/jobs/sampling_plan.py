@@ -239,6 +239,10 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     check_steps(scheduler, steps)
     cache = check_cache_options(job.cache, job.cache_threshold)
     check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
+    if cache == "pab" and job.compile:
+        # PAB's hooks sit on the attention modules inside the compiled blocks: its per-step
+        # decision changes their graphs, and they recompile until torch gives up (measured)
+        raise InputError("--cache pab cannot run with --compile: PAB decides inside the blocks --compile compiles", "pass --cache teacache, fbcache, magcache, easycache or fastercache with --compile (they decide outside the blocks), or leave out --compile")
     interval = job.interval()
     if interval is not None and guidance <= 1.0:
         raise InputError(f"--guidance-interval limits guidance, and --guidance {guidance:g} turns it off", "pass --guidance above 1, or leave out --guidance-interval")
