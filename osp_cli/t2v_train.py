@@ -31,8 +31,9 @@ def train(
     upscale: Annotated[bool | None, typer.Option("--upscale/--no-upscale", help="With --buckets: let a clip smaller than its bucket be resized up (default: it takes a smaller bucket).")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Target frame rate: each clip's stride is its fps (annotation or file) / this, rounded (0: --stride for all).")] = None,
     text_dropout: Annotated[float | None, typer.Option("--text-dropout", help="Caption dropout for classifier-free guidance (0.1).")] = None,
-    validate_every: Annotated[int | None, typer.Option("--validate-every", help="Write validation samples every N steps (0: never).")] = None,
+    validate_every: Annotated[int | None, typer.Option("--validate-every", help="Write samples (samples/step-N/ and TensorBoard) before the first step and every N steps (0: never).")] = None,
     validation_prompt: Annotated[list[str] | None, typer.Option("--validation-prompt", help="Validation prompt (repeatable).")] = None,
+    sample_prompts: Annotated[str | None, typer.Option("--sample-prompts", help="File of prompts to sample every --validate-every steps: one per line, lines starting with # skipped.")] = None,
     validation_steps: Annotated[int | None, typer.Option("--validation-steps", help="Sampler steps of validation samples.")] = None,
 ) -> None:
     """Train the text-to-video transformer (IDDPM hybrid loss, v1.1.0 recipe); resumable."""
@@ -53,8 +54,13 @@ def train(
         "diffusion.text_dropout": text_dropout,
         "validation.every": validate_every,
         "validation.prompts": validation_prompt or None,
+        "validation.prompts_file": sample_prompts,
         "validation.steps": validation_steps,
     }  # fmt: skip
+    if validation_prompt and sample_prompts:
+        from osp_core.errors import InputError
+
+        raise InputError("--validation-prompt and --sample-prompts both given", "write every prompt in the --sample-prompts file")
     if pretrained and transformer_config:
         # --pretrained's own config.json sizes the model: a second config would be ignored
         from osp_core.errors import InputError

@@ -108,16 +108,22 @@ def write_video_files(
 ) -> None:
     """Write `frames` ((T, H, W, 3) uint8; a .png holds one), the latents and the sidecar
     together: all three appear, or none (a file another run wrote meanwhile is not replaced
-    unless `overwrite`; `rename_hint` says how the user picks other names)."""
+    unless `overwrite`; `rename_hint` says how the user picks other names). A record with
+    `seconds` gets the seconds the video and latents took to write, as `seconds.write`."""
+    import time
+
     from ..io.jsonfile import dumps
     from ..io.outputs import FileGroup
     from ..io.video import write_frames
 
     paths = [video, *([latents.path] if latents is not None else []), sidecar]
     with FileGroup(paths, overwrite=overwrite, **({"rename_hint": rename_hint} if rename_hint else {})) as group:
+        t0 = time.perf_counter()
         write_frames(group.path(video), frames, fps=fps)
         if latents is not None:
             save_latents(group.path(latents.path), latents.latents, latents.header)
+        if isinstance(record.get("seconds"), dict):
+            record["seconds"]["write"] = round(time.perf_counter() - t0, 3)
         group.path(sidecar).write_text(dumps(record, indent=2) + "\n", encoding="utf-8")
         group.commit()
 

@@ -57,9 +57,19 @@ class SamplingSummary:
     videos: list[dict[str, Any]]
     seconds_total: float
     rank: int = 0
+    seconds_load: float = 0.0
+
+    def seconds(self) -> dict[str, float]:
+        """Where the run's time went: loading the models once, then each phase summed over the
+        videos (their sidecars' `seconds`), and the whole run."""
+        phases = {"load": self.seconds_load}
+        for record in self.videos:
+            for phase, value in record.get("seconds", {}).items():
+                phases[phase] = phases.get(phase, 0.0) + value
+        return {phase: round(value, 3) for phase, value in phases.items()} | {"total": round(self.seconds_total, 3)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"videos": self.videos, "seconds_total": round(self.seconds_total, 3)}
+        return {"videos": self.videos, "seconds_total": round(self.seconds_total, 3), "seconds": self.seconds()}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -124,6 +134,8 @@ class SamplingRun:
         self.mesh = mesh
         self.pipelines = pipelines
         self.transformer_forward: Any = None  # the transformer wrapped for cfg / sp, else None
+        self.seconds_load = 0.0  # models loaded and placed (before the prompts are encoded)
+        self.seconds_encode: dict[int, float] = {}  # T5 seconds by prompt index
 
     def load_pipeline(self) -> Any:
         """The pipeline on the CPU, every component loaded."""
@@ -157,6 +169,7 @@ class SamplingRun:
         from ..pipelines.video_vae import configure_tiling
 
         plan, job, progress = self.plan, self.plan.job, self.progress
+        started = time.perf_counter()
         device = plan.device
         use_offload = job.offload and device.type != "cpu"
         if job.offload and not use_offload:
@@ -181,7 +194,12 @@ class SamplingRun:
         do_cfg = plan.guidance > 1.0
         # one prompt at a time, as the original loop (each cut to its own token count)
         prompt_indices = sorted({video.prompt_index for video in plan.rank_videos})
-        embeddings = {i: pipe.encode_prompt(job.prompts[i], job.negative_prompt, do_cfg, job.clean_caption, device=device) for i in prompt_indices}
+        self.seconds_load = time.perf_counter() - started
+        embeddings = {}
+        for i in prompt_indices:
+            t0 = time.perf_counter()
+            embeddings[i] = pipe.encode_prompt(job.prompts[i], job.negative_prompt, do_cfg, job.clean_caption, device=device)
+            self.seconds_encode[i] = time.perf_counter() - t0
         for index, encoded in embeddings.items():
             if encoded.truncated[0]:
                 limit = pipe.transformer.config.model_max_length
@@ -227,7 +245,7 @@ class SamplingRun:
         finally:
             if cache is not None:
                 cache.detach()
-        return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.parallel.rank)
+        return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.parallel.rank, self.seconds_load)
 
     def guidance_interval(self) -> Any:
         """The plan's `GuidanceInterval` callback (None without one)."""
@@ -323,12 +341,14 @@ class SamplingRun:
         if plan.adapters:
             models["lora"] = [adapter.describe() for adapter in plan.adapters]
         scaling_factor = float(pipe.vae.config.scaling_factor)
-        seconds = {"denoise": round(seconds_denoise / len(videos), 3), "decode": round(seconds_decode / len(videos), 3)}
+        # a prompt's videos are encoded, denoised and decoded as one batch: each gets its share
+        per_video = {"text_encoder": self.seconds_encode.get(prompt_index, 0.0), "denoise": seconds_denoise, "decode": seconds_decode}
+        seconds = {phase: round(value / len(videos), 3) for phase, value in per_video.items()}
         records = []
         for k, video in enumerate(videos):
             paths = [plan.output_dir / name for name in video.names]
             video_path, sidecar = paths[0], paths[-1]
-            record = sample_sidecar(prompt, job.negative_prompt, video.seed, settings, models, video_path, decoded[k], encoded.truncated[0], seconds)
+            record = sample_sidecar(prompt, job.negative_prompt, video.seed, settings, models, video_path, decoded[k], encoded.truncated[0], dict(seconds))
             # the summary gives absolute paths, the sidecar names its files relative to itself
             absolute = {"video": str(video_path.absolute()), "sidecar": str(sidecar.absolute())}
             latents_file = None

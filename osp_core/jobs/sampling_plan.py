@@ -33,6 +33,8 @@ from ..pipelines.t2v_inputs import (
     check_video_size,
     parse_guidance_interval,
     parse_version,
+    prompt_lines,
+    read_prompt_file,
     scheduler_name,
     version_size,
 )
@@ -52,23 +54,10 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[st
     ('-' = stdin)."""
     if prompts and prompts_file:
         raise InputError("both PROMPT arguments and --prompts were given", "pass prompts as arguments or in a file, not both")
+    if prompts_file == "-":
+        return prompt_lines(sys.stdin.read().removeprefix("\ufeff"), "-")  # a BOM is not part of the first prompt
     if prompts_file:
-        if prompts_file == "-":
-            text = sys.stdin.read().removeprefix("\ufeff")  # a BOM is not part of the first prompt
-        else:
-            path = Path(prompts_file)
-            if path.is_dir():
-                raise InputError(f"prompt file '{prompts_file}' is a directory", "pass a text file with one prompt per line, or - for stdin")
-            if not path.is_file():
-                raise InputError(f"prompt file '{prompts_file}' does not exist", "pass a text file with one prompt per line, or - for stdin")
-            try:
-                text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: editors on Windows start files with a BOM
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InputError(f"cannot read prompt file '{prompts_file}': {exc.__class__.__name__}", "pass a UTF-8 text file with one prompt per line") from None
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if not lines:
-            raise InputError(f"prompt file '{prompts_file}' has no prompts", "write one prompt per line")
-        return lines
+        return read_prompt_file(prompts_file)
     if not prompts:
         raise InputError("no prompt given", 'pass a prompt as an argument, e.g. "a shiba inu in a beret", or --prompts FILE')
     joined = " ".join(prompts).strip()

@@ -78,6 +78,33 @@ THRESHOLD_CACHES: dict[str, float | None] = {"teacache": None, "fbcache": 0.05, 
 GUIDANCE_CACHES = ("fastercache",)
 
 
+def prompt_lines(text: str, source: str, comments: bool = False, limit: int | None = None) -> list[str]:
+    """The prompts of a prompt file's `text`: one per non-blank line, stripped (with `comments`,
+    lines starting with # are skipped too). `source` names the file in the one-line error for
+    a file without prompts, or (with `limit`) with more than `limit`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not (comments and line.strip().startswith("#"))]
+    if not lines:
+        raise InputError(f"prompt file '{source}' has no prompts", "write one prompt per line" + (" (lines starting with # are comments)" if comments else ""))
+    if limit is not None and len(lines) > limit:
+        raise InputError(f"prompt file '{source}' has {len(lines)} prompts, more than the {limit} allowed", f"keep {limit} or fewer")
+    return lines
+
+
+def read_prompt_file(path: str | Path, comments: bool = False, limit: int | None = None) -> list[str]:
+    """`prompt_lines` of the UTF-8 text file `path` (a BOM is dropped); a one-line `InputError`
+    when it is missing, a folder or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"prompt file '{path}' is a directory", "pass a text file with one prompt per line")
+    if not path.is_file():
+        raise InputError(f"prompt file '{path}' does not exist", "pass a text file with one prompt per line")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: editors on Windows start files with a BOM
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prompt file '{path}': {exc.__class__.__name__}", "pass a UTF-8 text file with one prompt per line") from None
+    return prompt_lines(text, str(path), comments, limit)
+
+
 def scheduler_name(name: str) -> str:
     """The canonical scheduler name (case-insensitive, optional "Scheduler" suffix)."""
     key = name.strip().lower().removesuffix("scheduler")

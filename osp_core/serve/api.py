@@ -36,6 +36,7 @@ from ..jobs.sampling_plan import SamplingJob
 from ..pipelines.repository import ModelRepository
 from ..pipelines.t2v_inputs import check_steps, scheduler_name
 from .paths import without_server_paths
+from .session import AdapterRefused, resolve_adapters
 from .queue import COMPLETED, FAILED, JobQueue, JobRow, QueueFull, new_job_id
 from .worker import job_settings, remove_job_files
 
@@ -172,7 +173,6 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 CREATE_FIELDS = {"prompt", "model", "seconds", "size", "seed", "steps", "guidance", "negative_prompt", "lora"}
 LIST_FIELDS = {"lora"}  # may repeat in a form (the client writes a list as lora[]); a JSON list or one string
-MAX_ADAPTERS = 8
 REMIX_FIELDS = {"prompt", "model", "seed", "steps", "guidance", "strength"}
 
 
@@ -231,40 +231,28 @@ def text_field(fields: dict[str, Any], name: str, limit: int | None = None) -> s
 
 
 def adapters_field(fields: dict[str, Any], lora_dir: Path | None) -> list[str]:
-    """`lora`: adapters by name, each a subfolder of the server's --lora-dir, with an optional
-    :SCALE ("style", "style:0.6", or a list of them). A name is never a path: a client picks
-    among what the server offers, nothing else on its disk."""
-    from ..pipelines.lora_inputs import AdapterSpec, check_adapters
-
+    """`lora`: adapters by name among those the server offers (`session.resolve_adapters`),
+    each with an optional :SCALE ("style", "style:0.6", or a list of them)."""
     value = fields.get("lora")
     if value is None or value == []:
         return []
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
         raise ApiError(400, "'lora' must be an adapter name, or a list of them (each NAME or NAME:SCALE)", "lora")
-    if lora_dir is None:
-        raise ApiError(400, "this server offers no LoRA adapters (its operator starts it with --lora-dir DIR)", "lora", "unsupported_parameter")
-    offered = sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())
-    if len(items) > MAX_ADAPTERS:
-        raise ApiError(400, f"'lora' names {len(items)} adapters, more than the {MAX_ADAPTERS} this server takes", "lora")
-    specs = []
+    chosen = []
     for item in items:
         name, _, scale = item.strip().partition(":")
-        if name not in offered:
-            shown = ", ".join(offered[:20]) or "none"
-            raise ApiError(400, f"no LoRA adapter '{name[:60]}' on this server: it offers {shown}", "lora", "adapter_not_found")
         try:
-            value = float(scale) if scale else 1.0
+            number = float(scale) if scale else 1.0
         except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ApiError(400, f"lora '{item[:60]}': the scale '{scale[:20]}' is not a finite number (write NAME:SCALE, e.g. {name}:0.8)", "lora")
-        specs.append(AdapterSpec(Path(lora_dir) / name, value))
+            number = math.nan
+        if not math.isfinite(number) and lora_dir is not None:
+            raise ApiError(400, f"lora '{item[:60]}': the scale '{scale[:20]}' is not a finite number (write NAME:SCALE, e.g. {name[:60]}:0.8)", "lora")
+        chosen.append((name, number))
     try:
-        check_adapters(specs)  # a corrupt or unreadable adapter: refused now, not failed later
-    except OSPError as exc:
-        raise ApiError(400, f"lora: {without_server_paths(str(exc), Path(lora_dir).absolute())}", "lora") from None
-    return [f"{spec.path}:{spec.scale!r}" for spec in specs]
+        return resolve_adapters(chosen, lora_dir)
+    except AdapterRefused as exc:
+        raise ApiError(400, exc.message, "lora", exc.code) from None
 
 
 def number_field(fields: dict[str, Any], name: str, kind: type) -> Any:

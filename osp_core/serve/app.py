@@ -24,7 +24,7 @@ from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES
 from .guard import UploadGuard
 from .paths import without_server_paths
 from .server import Service
-from .session import Sessions, check_upload, job_folder, parse_tracks, sweep_upload_temps, use_gradio_folder
+from .session import Sessions, check_upload, job_folder, offered_adapters, parse_tracks, resolve_adapters, sweep_upload_temps, use_gradio_folder
 from .queue import FAILED, QUEUED
 from .worker import error_of, job_settings
 
@@ -38,6 +38,7 @@ GENERAL_EXAMPLES = [
 ]
 SHAPES_EXAMPLES = 8  # captions of the shapes world shown under the prompt
 POLL_SECONDS = 0.1  # how often a page job's handler reads its progress from the queue
+PAGE_ADAPTERS = 64  # adapters of --lora-dir the picker lists (the first, by name)
 
 
 @dataclass
@@ -133,6 +134,8 @@ class Server:
         self.output_dir = service.output_dir
         sweep_upload_temps(self.output_dir / ".gradio")
         self.sessions = Sessions()
+        self.adapters = offered_adapters(self.options.lora_dir)[:PAGE_ADAPTERS]
+        """The adapters the picker lists: those --lora-dir offers as the server starts."""
 
     # -- running a job -----------------------------------------------------------------------
 
@@ -178,10 +181,13 @@ class Server:
         single_image: bool,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        *picks: Any,
     ) -> tuple[Any, Any, str, Any]:
-        """Text to video: (video, [mp4, sidecar], status line, seed used)."""
+        """Text to video: (video, [mp4, sidecar], status line, seed used). `picks`: the adapter
+        picker's (chosen, scale) values (`chosen_adapters`)."""
         session = request.session_hash or ""
         try:
+            lora = self.chosen_adapters(picks)
             height, width = (int(v) for v in size.split("x"))
             job = SamplingJob(
                 prompts=[prompt or ""],
@@ -195,6 +201,7 @@ class Server:
                 seed=None if randomize or seed is None else int(seed),
                 model=self.options.model,
                 cache=cache,
+                lora=lora,
             )
             job.validate()  # an empty prompt is refused before the queue
             folder = job_folder(self.output_dir, self.sessions.key(session), "t2v")
@@ -235,12 +242,15 @@ class Server:
         seed: float | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        *picks: Any,
     ) -> tuple[Any, Any, Any, str]:
-        """The Edit tab: (edited video, source video, [mp4, sidecar], status line)."""
+        """The Edit tab: (edited video, source video, [mp4, sidecar], status line); `picks` as
+        for `generate`."""
         from ..jobs.edit import EditJob
 
         session = request.session_hash or ""
         try:
+            lora = self.chosen_adapters(picks)
             path = check_upload(upload, self.options.max_upload_mb * 2**20)
             first = check_upload(first_frame, self.options.max_upload_mb * 2**20) if first_frame else None
             folder = job_folder(self.output_dir, self.sessions.key(session), "edit")
@@ -257,6 +267,7 @@ class Server:
                 frames="auto",
                 steps=int(steps),
                 seed=None if seed is None else int(seed),
+                lora=lora,
             )
             job.validate()  # a malformed box is refused before the queue
             result = self.run_job("edit", job, folder, job.prompt, session, progress)
@@ -265,6 +276,36 @@ class Server:
         r, paths = result["record"], result["paths"]
         status = f"{r['num_frames']} frames {r['size'][0]}x{r['size'][1]}, {r['engine']} engine, {len(r['tracks'])} track(s) ({r['track_source']}), seed {r['seed']}"
         return paths["video"], str(path), [paths["video"], paths["sidecar"]], "; ".join([status, *result["notes"]])
+
+    def chosen_adapters(self, picks: tuple[Any, ...]) -> list[str]:
+        """The job's `lora` entries from the picker's values: a (chosen, scale) pair per listed
+        adapter (`adapter_picker`), checked as the API checks its `lora` (`resolve_adapters`).
+        They come over HTTP: anything but a pair per adapter, or a scale that is not a number,
+        is refused."""
+        if len(picks) != 2 * len(self.adapters):
+            raise InputError(f"the adapter picker sent {len(picks)} values for {len(self.adapters)} adapters", "reload the page")
+        chosen = []
+        for name, on, scale in zip(self.adapters, picks[::2], picks[1::2]):
+            if on:
+                try:
+                    chosen.append((name, float(scale)))
+                except (TypeError, ValueError):
+                    chosen.append((name, float("nan")))
+        return resolve_adapters(chosen, self.options.lora_dir) if chosen else []
+
+    def adapter_picker(self, tab: str) -> list[Any]:
+        """The adapters of --lora-dir, each a checkbox and a scale (elem_ids `TAB-lora-I` and
+        `TAB-lora-I-scale`), in a panel `TAB-lora`; nothing without --lora-dir. Returns the
+        components in the order `chosen_adapters` reads them."""
+        components: list[Any] = []
+        if not self.adapters:
+            return components
+        with gr.Accordion(f"LoRA adapters ({len(self.adapters)})", open=True, elem_id=f"{tab}-lora"):
+            for index, name in enumerate(self.adapters):
+                with gr.Row():
+                    components.append(gr.Checkbox(value=False, label=name, elem_id=f"{tab}-lora-{index}"))
+                    components.append(gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="Scale", elem_id=f"{tab}-lora-{index}-scale"))
+        return components
 
     def start_edit(self, request: gr.Request) -> tuple[None, None, None, str]:
         self.sessions.cancel_flag(request.session_hash or "").clear()
@@ -318,6 +359,7 @@ class Server:
                             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="t2v-seed")
                             randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="t2v-randomize")
                             single = gr.Checkbox(value=False, label="Single image (1 frame, temporal attention off)", elem_id="t2v-single")
+                        t2v_adapters = self.adapter_picker("t2v")
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary", elem_id="t2v-generate")
                             stop = gr.Button("Cancel", elem_id="t2v-cancel")
@@ -327,7 +369,7 @@ class Server:
                 # the last result and status clear first, so the page never shows a stale line
                 generate.click(self.start, None, [video, image, files, status], queue=False, api_visibility="private").then(
                     self.generate,
-                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single],
+                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single, *t2v_adapters],
                     [video, image, files, status, seed],
                     concurrency_id="device",  # the tabs share the workers: one page job at a time each
                     concurrency_limit=self.options.workers,
@@ -363,6 +405,7 @@ class Server:
                         with gr.Row():
                             edit_steps = gr.Slider(4, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="edit-steps")
                             edit_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="edit-seed")
+                        edit_adapters = self.adapter_picker("edit")
                         with gr.Row():
                             edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                             edit_stop = gr.Button("Cancel", elem_id="edit-cancel")
@@ -374,7 +417,7 @@ class Server:
                         edit_status = gr.Textbox(label="Status", interactive=False, elem_id="edit-status")
                 edit_run.click(self.start_edit, None, [edited, source, edit_files, edit_status], queue=False, api_visibility="private").then(
                     self.edit,
-                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed],
+                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed, *edit_adapters],
                     [edited, source, edit_files, edit_status],
                     concurrency_id="device",
                     concurrency_limit=self.options.workers,

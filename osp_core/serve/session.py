@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 import secrets
 import socket
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, OSPError
 from ..hub import DEFAULT_REPO
 from ..io.media import check_media_file
 
@@ -129,6 +130,54 @@ def check_upload(path: str | Path | None, max_bytes: int) -> Path:
     if path.stat().st_size > max_bytes:
         raise InputError(f"'{path.name}' is larger than {max_bytes // 2**20} MB", "upload a shorter or smaller video")
     return path
+
+
+MAX_ADAPTERS = 8
+"""Most LoRA adapters one job may take (the API's `lora`, the page's picker)."""
+
+
+class AdapterRefused(InputError):
+    """A choice of adapters the server does not take; `code` is the API's error code for it."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def offered_adapters(lora_dir: Path | None) -> list[str]:
+    """The adapters `--lora-dir` offers, by name: its subfolders holding an adapter_config.json,
+    sorted (none without a --lora-dir)."""
+    if lora_dir is None:
+        return []
+    return sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())
+
+
+def resolve_adapters(chosen: list[tuple[str, float]], lora_dir: Path | None) -> list[str]:
+    """A job's `lora` entries ("PATH:SCALE") for the (name, scale) pairs a client chose among
+    `offered_adapters` (a name is never a path: nothing else on the server's disk can be
+    named), each adapter's files checked. `AdapterRefused` (one line, no server path) for a
+    server without adapters, too many, a name it does not offer, a scale that is not finite,
+    or an adapter that does not read."""
+    from ..pipelines.lora_inputs import AdapterSpec, check_adapters
+    from .paths import without_server_paths
+
+    if lora_dir is None:
+        raise AdapterRefused("this server offers no LoRA adapters (its operator starts it with --lora-dir DIR)", "unsupported_parameter")
+    if len(chosen) > MAX_ADAPTERS:
+        raise AdapterRefused(f"{len(chosen)} LoRA adapters chosen, more than the {MAX_ADAPTERS} this server takes")
+    offered = offered_adapters(lora_dir)
+    specs = []
+    for name, scale in chosen:
+        if name not in offered:
+            raise AdapterRefused(f"no LoRA adapter '{name[:60]}' on this server: it offers {', '.join(offered[:20]) or 'none'}", "adapter_not_found")
+        if not math.isfinite(scale):
+            raise AdapterRefused(f"the scale of LoRA adapter '{name}' is not a finite number")
+        specs.append(AdapterSpec(Path(lora_dir) / name, scale))
+    try:
+        check_adapters(specs)  # a corrupt or unreadable adapter: refused now, not failed later
+    except OSPError as exc:
+        raise AdapterRefused(f"lora: {without_server_paths(str(exc), Path(lora_dir).absolute())}") from None
+    return [f"{spec.path}:{spec.scale!r}" for spec in specs]
 
 
 def parse_tracks(text: str | None) -> list[str]:

@@ -249,12 +249,16 @@ class DiffusionConfig:
 
 @dataclass
 class ValidationConfig:
-    """Periodic sample videos with fixed prompts and seed."""
+    """Sample videos with fixed prompts and seed while training (`samples/step-N/` and TensorBoard)."""
 
     every: int = 0
-    """Write validation samples every N steps (0: never)."""
+    """Write samples every N steps and once before the first step (0: never); a resumed run
+    does not sample again a step it sampled already."""
     prompts: list[str] = field(default_factory=lambda: ["A cat playing with a ball of yarn."])
     """Prompts to sample."""
+    prompts_file: str = ""
+    """A text file of prompts to sample instead of `prompts` (`--sample-prompts`): one per line,
+    blank lines and lines starting with # skipped; read when the run starts (and again on resume)."""
     steps: int = 50
     """Sampler steps."""
     guidance_scale: float = 7.5
@@ -400,7 +404,7 @@ def load_config(cls: type[C], preset: str | None = None, overrides: dict[str, An
 
 
 # file-valued keys that a preset may give relative to its own folder
-_PRESET_RELATIVE_KEYS = (("model", "config"),)
+_PRESET_RELATIVE_KEYS = (("model", "config"), ("validation", "prompts_file"))
 
 
 def _resolve_preset_paths(tree: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .config import EditTrainConfig, T2VTrainConfig, VAETrainConfig, validate_common
+from .config import EditTrainConfig, T2VTrainConfig, ValidationConfig, VAETrainConfig, validate_common
 
 RUN_FILES = ("checkpoints", "logs", "samples", "lora", "summary.json")
 """What a run writes into its output folder (and what --overwrite removes)."""
@@ -22,6 +22,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 LOSS_WEIGHTINGS = ("uniform", "inverse_snr")
+MAX_SAMPLE_PROMPTS = 16
+"""Most prompts a run samples at each interval (each one a whole sampling run on the model)."""
 
 # measured (benchmarks/README.md, VAE training memory): the v1.1.0 VAE and its discriminator hold
 # 3.8 GiB of fp32 weights, gradients and Adam states, one 17x256x256 sample ~74 GiB of saved
@@ -153,7 +155,33 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     if d.use_image_num < 0:
         raise InputError(f"use_image_num must be >= 0, got {d.use_image_num}", "0 turns joint training off")
     check_steps("PNDM", cfg.validation.steps, "--validation-steps")  # validation samples use PNDM
+    check_sampling_interval(cfg.validation)
+    if cfg.validation.every:
+        sample_prompts(cfg.validation)  # a bad prompt file is one line before anything loads
     check_lora_config(cfg)
+
+
+def check_sampling_interval(validation: ValidationConfig) -> None:
+    """`validation.every` is a step count, and a prompt file comes with one."""
+    if validation.every < 0:
+        raise InputError(f"validation.every must be >= 0, got {validation.every}", "pass --validate-every N (0 samples nothing)")
+    if validation.prompts_file and not validation.every:
+        raise InputError("--sample-prompts without an interval samples nothing", "pass --validate-every N as well (it samples before the first step and every N steps)")
+
+
+def sample_prompts(validation: ValidationConfig) -> list[str]:
+    """The prompts a run samples while it trains: those of `prompts_file` (`--sample-prompts`),
+    else `prompts`; at most `MAX_SAMPLE_PROMPTS`, one-line refusals otherwise."""
+    if validation.prompts_file:
+        from ..pipelines.t2v_inputs import read_prompt_file
+
+        return read_prompt_file(validation.prompts_file, comments=True, limit=MAX_SAMPLE_PROMPTS)
+    prompts = [p.strip() for p in validation.prompts if p.strip()]
+    if not prompts:
+        raise InputError("validation.prompts holds no prompt", "pass --validation-prompt TEXT or --sample-prompts FILE")
+    if len(prompts) > MAX_SAMPLE_PROMPTS:
+        raise InputError(f"validation.prompts holds {len(prompts)} prompts, more than the {MAX_SAMPLE_PROMPTS} allowed", f"keep {MAX_SAMPLE_PROMPTS} or fewer")
+    return prompts
 
 
 def check_bucket_options(data: Any) -> None:

@@ -125,6 +125,9 @@ class T2VRecipe(Recipe):
                 )
         self.lora_params = self._check_lora() if self.config.lora.rank is not None else None
         self._check_memory(accelerator.device)
+        from .plan import sample_prompts
+
+        self.prompts = sample_prompts(self.config.validation)  # a prompt file is read once, as the run starts
 
     def _plan_clips(self):
         """Each clip's bucket and stride (`data.buckets`, `data.fps`), from the annotation or the
@@ -498,7 +501,12 @@ class T2VRecipe(Recipe):
 
     @torch.no_grad()
     def validate(self, step: int, out_dir: Path) -> dict[str, Any]:
-        """Sample the fixed prompts with the fixed seed (EMA weights when EMA is on) to mp4."""
+        """Sample the run's prompts (`plan.sample_prompts`) with the fixed seeds (EMA weights when
+        EMA is on; a LoRA run's adapters as they are now) to `out_dir`/NN.mp4, with samples.json
+        naming each file's prompt and seed; the folder appears whole (written under a temporary
+        name, then renamed). Returns the files and their frames (for TensorBoard)."""
+        from ..io.atomic import atomic_dir
+        from ..io.jsonfile import write_json
         from ..io.video import write_video
         from ..pipelines.t2v import T2VPipeline, make_scheduler
 
@@ -520,21 +528,25 @@ class T2VRecipe(Recipe):
             ema.copy_to(model.parameters())
         was_training = model.training
         model.eval()
+        v = cfg.validation
         try:
             pipe = T2VPipeline(self.tokenizer, self.text_encoder, self.vae, model, make_scheduler("PNDM"))
-            written = []
-            for index, prompt in enumerate(cfg.validation.prompts):
-                generator = torch.Generator(device="cpu").manual_seed(cfg.validation.seed + index)
-                out = pipe(
-                    prompt, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width,
-                    num_inference_steps=cfg.validation.steps, guidance_scale=cfg.validation.guidance_scale, generator=generator,
-                )  # fmt: skip
-                path = out_dir / f"{index:02d}.mp4"
-                write_video(path, out.frames[0], fps=cfg.data.fps or 8.0)
-                written.append(str(path))
+            names, frames, records = [], [], []
+            with atomic_dir(out_dir) as tmp:
+                for index, prompt in enumerate(self.prompts):
+                    generator = torch.Generator(device="cpu").manual_seed(v.seed + index)
+                    out = pipe(
+                        prompt, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width,
+                        num_inference_steps=v.steps, guidance_scale=v.guidance_scale, generator=generator,
+                    )  # fmt: skip
+                    name = f"{index:02d}.mp4"
+                    write_video(tmp / name, out.frames[0], fps=cfg.data.fps or 8.0)
+                    names.append(name)
+                    frames.append(out.frames[0].cpu())
+                    records.append({"file": name, "prompt": prompt, "seed": v.seed + index})
+                write_json(tmp / "samples.json", {"step": step, "steps": v.steps, "guidance_scale": v.guidance_scale, "samples": records})
         finally:
             model.train(was_training)
             if ema is not None:
                 ema.restore(model.parameters())
-        return {"samples": written}
-
+        return {"samples": [str(out_dir / name) for name in names], "frames": frames, "prompts": list(self.prompts)}

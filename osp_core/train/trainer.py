@@ -38,6 +38,8 @@ from .plan import RUN_FILES, check_config, check_previous_run, list_checkpoints,
 from .wrapping import diffusers_part
 
 logger = logging.getLogger("osp.train")
+TENSORBOARD_FRAMES = 9
+"""Frames of each sample in its TensorBoard image (a 3x3 grid)."""
 
 Reporter = Callable[[str, dict[str, Any]], None]
 """Called as reporter(event, payload): 'start', 'log', 'checkpoint', 'skip', 'validate', 'stop',
@@ -219,13 +221,15 @@ class Progress:
     step_seconds: list[float] = field(default_factory=list)
     earlier_train_seconds: float = 0.0
     """Spent in training steps by the runs this one resumed."""
+    sampled_step: int | None = None
+    """The last step whose samples were written (a resume does not sample it again)."""
 
     def train_seconds(self) -> float:
         return self.earlier_train_seconds + sum(self.step_seconds)
 
     def state_dict(self) -> dict[str, Any]:
         data = {"consumed": self.consumed, "world_size": self.world_size, "batch_size": self.batch_size, "global_batch": self.global_batch}
-        return {"data": data, "samples_seen": self.consumed, "skipped": self.skipped, "loss_history": self.loss_history[-10000:], "train_seconds": self.train_seconds()}
+        return {"data": data, "samples_seen": self.consumed, "skipped": self.skipped, "loss_history": self.loss_history[-10000:], "train_seconds": self.train_seconds(), "sampled_step": self.sampled_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         data = state["data"]
@@ -236,6 +240,7 @@ class Progress:
         # strict JSON stored non-finite losses as null
         self.loss_history = [math.nan if v is None else float(v) for v in state.get("loss_history", [])]
         self.earlier_train_seconds = float(state.get("train_seconds", 0.0))
+        self.sampled_step = None if state.get("sampled_step") is None else int(state["sampled_step"])
 
 
 class _JSONPart:
@@ -354,6 +359,9 @@ class Trainer:
         cfg, progress, sampler = self.run_cfg, self.progress, run.sampler
         batches = iter(run.loader)
         start_step, stopped_by, last_logs, last_checkpoint = progress.step, "", {}, run.resumed_from
+        every = self.recipe.validation_every()
+        if every and progress.step < cfg.max_steps and progress.sampled_step != progress.step:
+            self._validate(progress.step)  # the start: before the first step (a resume: unless sampled)
         with _StopFlag() as stop:
             while progress.step < cfg.max_steps:
                 began = time.perf_counter()
@@ -372,7 +380,6 @@ class Trainer:
                 progress.loss_history.append(float(last_logs.get("loss", math.nan)))
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     self._log(step, last_logs)
-                every = self.recipe.validation_every()
                 if every and step % every == 0:
                     self._validate(step)
                 want_stop = self._agree_stop(stop.requested)
@@ -661,10 +668,31 @@ class Trainer:
                 full = self.ema.full_weights(full, prefix)  # sample with the average, as a DDP run does
             self.validation_weights = {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
         if layout.is_main:
-            out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
+            with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):  # sampling must not move the run's RNG
+                out = self.recipe.validate(step, self.output_dir / "samples" / f"step-{step:08d}")
+            frames, prompts = out.pop("frames", None), out.pop("prompts", None)
+            if frames:
+                self._log_samples(step, frames, prompts or [])
             if out:
                 self.report("validate", {"step": step, **out})
+        self.progress.sampled_step = step
         acc.wait_for_everyone()
+
+    def _log_samples(self, step: int, frames: list[torch.Tensor], prompts: list[str]) -> None:
+        """Each sample's frames to TensorBoard as one image (`sprite_grid`: up to
+        `TENSORBOARD_FRAMES` frames taken evenly, tiled; add_video would need moviepy), tagged
+        samples/NN, and the prompts as text."""
+        tracker = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
+        if tracker is None:
+            return
+        from ..io.previews import sprite_grid
+
+        for index, video in enumerate(frames):
+            grid, _, _, _ = sprite_grid(video, TENSORBOARD_FRAMES)
+            tracker.writer.add_image(f"samples/{index:02d}", grid.numpy(), step, dataformats="HWC")
+        if prompts:
+            tracker.writer.add_text("samples/prompts", "\n\n".join(f"{i:02d}: {p}" for i, p in enumerate(prompts)), step)
+        tracker.writer.flush()
 
     def _gather_skips(self) -> dict[str, str]:
         if self.accelerator.num_processes == 1:

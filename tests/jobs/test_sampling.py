@@ -74,6 +74,12 @@ def test_runner_writes_videos_and_reports_progress(tiny_repo, tmp_path):
     assert len(steps) == 2 * evaluations and steps[evaluations - 1] == ("step", evaluations, evaluations)
     sidecar = json.loads((tmp_path / "out" / "a-dog-6.json").read_text())
     assert sidecar["settings"]["cache"] == {"method": "none", "transformer_evaluations": evaluations} and sidecar["settings"]["attention"] == "sdpa"
+    # each video's share of each phase; the run's sums and its one model load
+    assert set(sidecar["seconds"]) == {"text_encoder", "denoise", "decode", "write"} and all(v >= 0 for v in sidecar["seconds"].values())
+    phases = summary.to_dict()["seconds"]
+    assert set(phases) == {"load", "text_encoder", "denoise", "decode", "write", "total"} and phases["load"] > 0
+    assert phases["denoise"] == pytest.approx(sum(v["seconds"]["denoise"] for v in summary.videos), abs=1e-2)
+    assert sum(v for k, v in phases.items() if k != "total") <= phases["total"] + 1e-2
 
 
 def test_runner_equals_the_pipeline(tiny_repo, tmp_path):

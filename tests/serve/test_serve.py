@@ -116,6 +116,38 @@ def test_the_page_never_opens_a_public_share_link(tmp_path, monkeypatch):
         demo.close()
 
 
+def test_the_adapter_picker_lists_the_lora_dir_and_checks_what_the_page_sends(tmp_path):
+    """The page lists --lora-dir's adapters (subfolders with adapter_config.json, by name) and
+    nothing without it; what a picker sends comes over HTTP and is checked (`chosen_adapters`)."""
+    pytest.importorskip("gradio")
+    from osp_core.serve.app import Server
+    from osp_core.serve.server import Service
+
+    def picker_ids(server: Server) -> list[str]:
+        return sorted(b.elem_id for b in server.build().blocks.values() if "lora" in (getattr(b, "elem_id", None) or ""))
+
+    offered = tmp_path / "adapters"
+    for name in ("style", "motion"):
+        (offered / name).mkdir(parents=True)
+        (offered / name / "adapter_config.json").write_text("{}")
+    (offered / "notes").mkdir()  # no adapter_config.json: not an adapter
+    assert picker_ids(Server(Service(ServeOptions(model="builtin:shapes", output_dir=tmp_path / "plain")))) == []
+    server = Server(Service(ServeOptions(model="builtin:shapes", output_dir=tmp_path / "out", lora_dir=offered)))
+    assert server.adapters == ["motion", "style"]
+    tabs = [f"{tab}-lora{suffix}" for tab in ("edit", "t2v") for suffix in ("", "-0", "-0-scale", "-1", "-1-scale")]
+    assert picker_ids(server) == sorted(tabs)
+    assert server.chosen_adapters((False, 1.0, False, 0.5)) == []
+    for picks, needle in (
+        ((True, 1.0), "sent 2 values for 2 adapters"),
+        ((True, "abc", False, 1.0), "the scale of LoRA adapter 'motion' is not a finite number"),
+        ((False, 1.0, True, None), "the scale of LoRA adapter 'style' is not a finite number"),
+        ((True, 1.0, False, 1.0), "has no adapter_model.safetensors"),  # offered, but its files are not an adapter
+    ):
+        with pytest.raises(InputError, match=needle) as refused:
+            server.chosen_adapters(picks)
+        assert str(offered) not in str(refused.value)
+
+
 def test_a_worker_runs_the_vae_round_trip_into_its_folder_and_keeps_the_vae(tmp_path):
     """The page's VAE tab as a queued job, run by a worker in this process: `<upload>-recon.mp4`
     and a PSNR/SSIM sidecar in the job's folder (written beside it, then moved in), tile

@@ -27,10 +27,15 @@ def stored_files(output_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from tests.jobs.test_lora import peft_adapter
+
     root = tmp_path_factory.mktemp("serve")
     (root / "tmp").mkdir()
-    process = ServerProcess(root / "out", "--max-upload-mb", "1", env={"TMPDIR": str(root / "tmp")})
-    process.temp_dir = root / "tmp"
+    offered = root / "adapters"  # two adapters made by PEFT on builtin:shapes, for the picker
+    peft_adapter(offered / "motion", 1, 2, ["to_q"])
+    peft_adapter(offered / "style", 2, 4, ["to_q", "to_v", "proj"])
+    process = ServerProcess(root / "out", "--max-upload-mb", "1", "--lora-dir", str(offered), env={"TMPDIR": str(root / "tmp")})
+    process.temp_dir, process.adapters = root / "tmp", offered
     yield process
     process.stop()
 
@@ -324,3 +329,27 @@ def test_jobs_and_refused_uploads_leave_no_empty_files(page, server, tmp_path):
     server.upload("evil.html", b"<html></html>")
     empty = [p for p in (server.output_dir / ".gradio").rglob("*") if p.is_file() and p.stat().st_size == 0]
     assert empty == []
+
+
+def test_the_page_picks_adapters_and_the_sidecar_names_them(page, server):
+    """With --lora-dir the text-to-video tab lists the adapters the API offers, each with a
+    scale; a chosen one reaches the worker: its hash and scale are in the sidecar, and the
+    video differs from the one without it at the same seed."""
+    import hashlib
+
+    names = [page.find(f"#t2v-lora-{i}").text.split("\n")[0].strip() for i in range(2)]
+    assert names == ["motion", "style"] and page.find("#t2v-lora-2") is None
+    page.tab("Edit")  # the edit tab has its own picker
+    assert page.wait_for(lambda: page.find("#edit-lora-1"), 10).text.split("\n")[0].strip() == "style"
+    page.tab("Text to video")
+    page.generate("a red circle moving right", steps=STEPS, seed=7)
+    plain = fetch(page.wait_for_result())
+    assert "lora" not in sidecar_of(page)["models"]
+    page.find("#t2v-lora-1 input").click()
+    page.type_into("#t2v-lora-1-scale input[type=number]", "0.5")
+    page.generate("a red circle moving right", steps=STEPS, seed=7)
+    adapted = fetch(page.wait_for_result())
+    weights = (server.adapters / "style" / "adapter_model.safetensors").read_bytes()
+    chosen = sidecar_of(page)["models"]["lora"]
+    assert [(Path(a["path"]).name, a["scale"], a["sha256"]) for a in chosen] == [("style", 0.5, hashlib.sha256(weights).hexdigest())]
+    assert adapted != plain
