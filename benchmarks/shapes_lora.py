@@ -39,9 +39,10 @@ def osp(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "osp_cli", *args], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def train(out: Path, shape: str | None, extra: list[str]) -> None:
+def train(out: Path, shape: str | None, extra: list[str], only_new: bool = False) -> None:
     started = time.time()
-    osp("data", "synth", "--out", str(out / "data"), "--color", COLOR, "--colors", NAME, *(["--shape", shape] if shape else []), "--overwrite")
+    colors = ["--colors", NAME] if only_new else []  # default: the world's colours beside the new one
+    osp("data", "synth", "--out", str(out / "data"), "--color", COLOR, *colors, *(["--shape", shape] if shape else []), "--overwrite")
     synthesized = time.time()
     osp("t2v", "train", "--preset", "shapes-lora", "--data", str(out / "data" / "data.txt"), "-o", str(out / "run"), "--overwrite", *extra)
     done = time.time()
@@ -116,6 +117,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("out", type=Path)
     t.add_argument("--shape", help="draw only these shapes (the measured adapter: circle,square)")
+    t.add_argument("--only-new", action="store_true", help="clips of the new colour alone (`--colors orange`): the model forgets the others")
     t.add_argument("extra", nargs=argparse.REMAINDER, help="more `osp t2v train` options, after --")
     m = sub.add_parser("measure")
     m.add_argument("--lora", required=True)
@@ -134,7 +136,7 @@ def main() -> None:
         strip(args.lora, args.out)
         return
     if args.command == "train":
-        train(args.out, args.shape, [a for a in args.extra if a != "--"])
+        train(args.out, args.shape, [a for a in args.extra if a != "--"], args.only_new)
         return
     result = measure(args.lora, args.split, args.new_shapes, args.new_seeds, args.old_seeds, args.steps, (args.only,) if args.only else ("base", "adapter"))
     if args.json:
