@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError, ModelLoadError
-from ..io.atomic import fsync_path, fsync_tree
+from ..io.atomic import fsync_path, fsync_tree, plain_modes
 from ..io.jsonfile import dumps
 from ..parallel.layout import is_main_process
 from .plan import STATE_FILE, list_checkpoints, resolve_resume, step_dir_name
@@ -260,6 +260,7 @@ class CheckpointManager:
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rank 0, once the checkpoint is complete: flush it, rename it into place, prune."""
+        plain_modes(tmp)  # shareable as a plain write would be (safetensors writes 0600)
         fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
         if final.exists():
             shutil.rmtree(final)
