@@ -187,6 +187,8 @@ def compare(
             rows.append(compare_pair(pair, lpips, grade))
             bar.advance(task)
     summary = {**summarize(rows), "only_in_reference": only_reference, "only_in_candidate": only_candidate}
+    if not summary["videos"]:
+        raise InputError(f"none of the {len(rows)} video pairs could be read: {rows[0]['error']}", "compare folders of readable videos")
     if json_out:
         print_json({"summary": summary, "videos": rows})
         return
@@ -197,6 +199,8 @@ def _print_comparison(rows: list[dict], summary: dict) -> None:
     from rich.table import Table
 
     number = lambda value, digits: "-" if value is None else ("inf" if value == float("inf") else f"{value:.{digits}f}")  # noqa: E731
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     judged = any("judge" in r["candidate"] for r in rows)
     table = Table(title="candidate against reference")
     for column in ("video", "PSNR", "SSIM", "LPIPS", "denoise s (ref/cand)", "evaluations (ref/cand)", *(("judge (ref/cand)",) if judged else ())):
@@ -221,6 +225,8 @@ def _print_comparison(rows: list[dict], summary: dict) -> None:
     err.print(line)
     if judged:
         err.print(f"judge accuracy: reference {summary['reference'].get('judge_accuracy', 0):.1%}, candidate {summary['candidate'].get('judge_accuracy', 0):.1%}")
+    for r in failed:
+        err.print(f"[yellow]not compared: {r['error']}[/yellow]")
     for side, names in (("reference", summary["only_in_reference"]), ("candidate", summary["only_in_candidate"])):
         if names:
             err.print(f"[yellow]{len(names)} videos only in the {side} folder (not compared), e.g. {names[0]}[/yellow]")

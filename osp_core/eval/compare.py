@@ -47,7 +47,8 @@ def pair_videos(reference: str | Path, candidate: str | Path) -> tuple[list[Vide
     for role, folder in (("reference", reference), ("candidate", candidate)):
         folder = Path(folder).expanduser()
         if not folder.is_dir():
-            raise InputError(f"{role} folder '{folder}' does not exist", "pass two folders of videos (e.g. two `osp t2v sample -o` folders)")
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise InputError(f"{role} folder '{folder}' {state}", "pass two folders of videos (e.g. two `osp t2v sample -o` folders)")
         folders.append(folder)
     ref, cand = (_videos(f) for f in folders)
     names = sorted(ref.keys() & cand.keys())
@@ -72,12 +73,19 @@ def read_sidecar(video: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _count(value: Any) -> float | int | None:
+    # a sidecar is a file anyone may have edited: only a finite, non-negative number counts
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
 def _cost(sidecar: dict[str, Any]) -> dict[str, Any]:
     """Denoising seconds and transformer evaluations a sidecar records (None where it does not)."""
     seconds = sidecar.get("seconds") if isinstance(sidecar.get("seconds"), dict) else {}
     settings = sidecar.get("settings") if isinstance(sidecar.get("settings"), dict) else {}
     cache = settings.get("cache") if isinstance(settings.get("cache"), dict) else {}
-    return {"denoise_seconds": seconds.get("denoise"), "transformer_evaluations": cache.get("transformer_evaluations")}
+    return {"denoise_seconds": _count(seconds.get("denoise")), "transformer_evaluations": _count(cache.get("transformer_evaluations"))}
 
 
 def _is_shapes(sidecar: dict[str, Any]) -> bool:
@@ -96,11 +104,14 @@ def lpips_distance(lpips: Callable, reference, candidate) -> float:
 
 def compare_pair(pair: VideoPair, lpips: Callable | None = None, judge: Callable | None = None) -> dict[str, Any]:
     """One row: the pair's PSNR/SSIM(/LPIPS), both sidecars' costs and, with `judge`, both
-    videos graded against the prompt."""
+    videos graded against the prompt; a video that cannot be read gives a row with `error`."""
     from ..io import read_video
     from ..metrics import psnr, ssim
 
-    ref, cand = read_video(pair.reference).frames, read_video(pair.candidate).frames
+    try:
+        ref, cand = read_video(pair.reference).frames, read_video(pair.candidate).frames
+    except InputError as exc:
+        return {"video": pair.name, "error": exc.message}
     if ref.shape != cand.shape:
         shape = lambda f: "x".join(str(n) for n in f.shape[:3])  # noqa: E731
         raise InputError(f"'{pair.name}' is {shape(ref)} in the reference and {shape(cand)} in the candidate", "compare videos sampled at the same frames and size")
@@ -156,10 +167,14 @@ def _total(values: list) -> float | None:
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means of the metrics, total costs of both sides and the candidate's speed-up, judge
-    accuracies (the fraction of videos whose colour, shape and direction all match)."""
+    accuracies (the fraction of videos whose colour, shape and direction all match); rows with
+    an `error` are listed as unreadable and left out of the rest."""
+    unreadable = [r["video"] for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     psnrs = [r["psnr"] for r in rows]
     summary: dict[str, Any] = {
         "videos": len(rows),
+        "unreadable": unreadable,
         "identical": sum(r["identical"] for r in rows),
         "psnr": float("inf") if rows and all(r["identical"] for r in rows) else _mean(psnrs),
         "ssim": _mean([r["ssim"] for r in rows]),
@@ -171,5 +186,5 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if judged:
             summary[side]["judge_accuracy"] = sum(j["correct"] for j in judged) / len(judged)
     ref_s, cand_s = summary["reference"]["denoise_seconds"], summary["candidate"]["denoise_seconds"]
-    summary["denoise_speedup"] = ref_s / cand_s if ref_s and cand_s else None
+    summary["denoise_speedup"] = ref_s / cand_s if ref_s and cand_s else None  # None when either side has no total
     return summary

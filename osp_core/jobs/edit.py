@@ -273,7 +273,8 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         progress.status("loading the edit control module ...")
         control_dir = sampling.repository.fetch_edit_module()
         module = load_control_module(control_dir, pipe.transformer, sampling.device, sampling.dtype)
-    seconds_load = time.perf_counter() - started
+    seconds_text = sum(run.seconds_encode.values())
+    seconds_load = time.perf_counter() - started - seconds_text  # models and the control module
     with oom_as_error("editing", "edit fewer --frames, or a smaller video"):
         t0 = time.perf_counter()
         progress.status("encoding the source video ...")
@@ -324,8 +325,10 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "settings": run.settings(pipe, None),
         "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir), **({"lora": [a.describe() for a in sampling.adapters]} if sampling.adapters else {})},
     }
-    seconds = {"load": round(seconds_load, 3), "encode": round(seconds_encode, 3), "denoise": round(seconds_denoise, 3), "decode": round(seconds_decode, 3)}
-    record = edit_sidecar(fields, seconds)
+    phases = {"load": seconds_load, "text_encoder": seconds_text, "encode": seconds_encode, "denoise": seconds_denoise, "decode": seconds_decode}
+    record = edit_sidecar(fields, {phase: round(value, 3) for phase, value in phases.items()})
     write_video_files(job.output, frames, inputs.fps, plan.sidecar, record, overwrite=job.overwrite, rename_hint="choose another -o")
-    record = {**record, "video": str(job.output.absolute()), "sidecar": str(plan.sidecar.absolute())}
+    # the summary gives absolute paths (the sidecar names files relative to itself) and the whole run's seconds
+    seconds = {**record["seconds"], "total": round(time.perf_counter() - started, 3)}
+    record = {**record, "source": str(Path(job.video).absolute()), "video": str(job.output.absolute()), "sidecar": str(plan.sidecar.absolute()), "seconds": seconds}
     return EditSummary(record, frames)

@@ -146,7 +146,11 @@ def load_lpips_state(source: str) -> dict[str, torch.Tensor]:
             raise HubUnavailableError(f"LPIPS weights '{source}' are not cached and the Hub cannot be reached", "download them first or pass a local .safetensors file") from None
     if path.suffix != ".safetensors":
         raise InputError(f"LPIPS weights '{path}' are not a .safetensors file", "convert them with osp_core.train.losses.convert_lpips_weights")
-    return _normalise_lpips_keys(load_file(str(path)))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+        raise InputError(f"LPIPS weights '{path}' are unreadable ({type(exc).__name__})", "it is truncated or not a safetensors file: pass the VGG16 LPIPS weights") from None
+    return _normalise_lpips_keys(state)
 
 
 def build_lpips(state: dict[str, torch.Tensor]) -> LPIPS:

@@ -105,3 +105,26 @@ def test_folders_sharing_no_video_or_videos_of_other_sizes_are_refused(folders, 
     (pair,), _, _ = pair_videos(ref, small)
     with pytest.raises(InputError, match="17x64x64 in the reference and 9x64x64 in the candidate"):
         compare_pair(pair)
+
+
+def test_unreadable_videos_and_sidecars_nobody_can_trust_are_left_out_not_fatal(folders, tmp_path):
+    ref, cand = folders
+    (cand / "shifted.mkv").write_bytes(b"not a video at all")
+    sidecar = json.loads((cand / "same.json").read_text())
+    sidecar["seconds"]["denoise"] = "NaN"
+    sidecar["settings"]["cache"]["transformer_evaluations"] = -1
+    (cand / "same.json").write_text(json.dumps(sidecar))
+    pairs, _, _ = pair_videos(ref, cand)
+    rows = [compare_pair(p) for p in pairs]
+    assert "error" in rows[1] and "shifted.mkv" in rows[1]["error"]
+    assert rows[0]["candidate"] == {"denoise_seconds": None, "transformer_evaluations": None}
+    summary = summarize(rows)
+    assert summary["videos"] == 1 and summary["unreadable"] == ["shifted.mkv"]
+    assert summary["candidate"]["denoise_seconds"] is None and summary["denoise_speedup"] is None
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        pair_videos(ref / "same.mkv", cand)
+    (tmp_path / "bad.safetensors").write_text("oops")
+    from osp_core.train.losses import load_lpips_state
+
+    with pytest.raises(InputError, match="bad.safetensors' are unreadable"):
+        load_lpips_state(str(tmp_path / "bad.safetensors"))

@@ -112,7 +112,8 @@ def test_run_edit_writes_video_and_sidecar_and_keeps_outside(tiny_repo, tmp_path
     sidecar = json.loads((tmp_path / "out" / "edited.json").read_text())
     assert sidecar["engine"] == "blend" and sidecar["region"]["box"] == [0, 0, 16, 32] and sidecar["seed"] == 3
     assert sidecar["track_source"] == "track" and sidecar["tracks"][0][0] == [10, 14] and sidecar["tracks"][0][-1] == [20, 14]
-    assert set(sidecar["seconds"]) == {"load", "encode", "denoise", "decode", "write"}
+    assert set(sidecar["seconds"]) == {"load", "text_encoder", "encode", "denoise", "decode", "write"}
+    assert set(summary.record["seconds"]) == {*sidecar["seconds"], "total"} and Path(summary.record["source"]).is_absolute()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edited.json", "edited.mp4"]
     # inputs are recorded relative to the sidecar: `osp eval edit` reads them from anywhere,
     # not what an unrelated file of the same name in the working directory holds
