@@ -1,7 +1,10 @@
-"""Sampling caches (none / pab / teacache) and dtypes, measured on the same machine in one run.
+"""Sampling caches (none / pab / teacache / fbcache / magcache / easycache / fastercache) and
+dtypes, measured on the same machine in one run.
 
   python benchmarks/caching.py shapes [--out DIR] [--chunks 5] [--captions 60] [--dtypes fp32 bf16]
                                      [--caches none pab teacache:0.05 teacache:0.1 teacache:0.2]
+      (any `--cache` value, with ":THRESHOLD" for the threshold caches: fbcache:0.05, easycache:0.05,
+      magcache:0.06 once builtin:shapes has its ratios, fastercache)
       builtin:shapes, the 60 captions of its world with seeds 0-59, 150 PNDM steps, guidance
       7.5 (what `osp t2v sample --model builtin:shapes` does): seconds per video, transformer
       evaluations, `osp eval shapes` accuracy and PSNR of each setting's videos against the

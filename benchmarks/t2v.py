@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="use the tiny reference repo configs (CPU smoke test)")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of indented JSON")
     parser.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, math, flash, npu)")
-    parser.add_argument("--cache", default="none", help="none, pab or teacache")
+    parser.add_argument("--cache", default="none", help="none, pab, teacache, fbcache, easycache or fastercache (magcache needs fitted ratios)")
     parser.add_argument("--cache-threshold", type=float, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = parser.parse_args()
@@ -79,7 +79,7 @@ def main() -> None:
     set_attention_backend(vae, attention)
     if args.compile:
         compile_blocks(transformer)
-    cache = make_cache(args.cache, args.cache_threshold, (RELEASED_TEACACHE_COEFFICIENTS, RELEASED_TEACACHE_THRESHOLD))
+    cache = make_cache(args.cache, args.cache_threshold, {"teacache_coefficients": RELEASED_TEACACHE_COEFFICIENTS, "teacache_threshold": RELEASED_TEACACHE_THRESHOLD})
     if cache is not None:
         cache.attach(transformer)
     pipe = T2VPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=make_scheduler("DDIM"))

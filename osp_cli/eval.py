@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .console import counted, err, print_json, progress
-from .options import JsonOpt
+from .options import ColorOpt, ColorsOpt, JsonOpt, ShapeOpt
 
 app = typer.Typer(help="Measure videos: attributes of the shapes world, reconstruction quality.", no_args_is_help=True)
 
@@ -55,28 +55,35 @@ def shapes(
     videos: Annotated[list[Path], typer.Argument(help="Videos of the shapes world to measure.", show_default=False)],
     prompts: Annotated[Path | None, typer.Option("--prompts", help="File with the caption of each video, one per line (default: the video's JSON sidecar or its dataset's annotations.json).")] = None,
     reference: Annotated[Path | None, typer.Option("--reference", help="Original clip (one video) or folder of originals with the same file names: adds PSNR/SSIM (for `osp vae recon` outputs).")] = None,
+    color: ColorOpt = None,
+    colors: ColorsOpt = None,
+    shape: ShapeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Color, shape and motion direction of each video, graded against its caption."""
+    """Color, shape and motion direction of each video, graded against its caption. The judge
+    answers with the colours and shapes of the world that --color, --colors and --shape describe
+    (as `osp data synth` takes them): leave --colors out to grade a colour against all the others."""
     from rich.table import Table
 
+    from osp_core.data.shapes import make_world, parse_caption
     from osp_core.errors import InputError
     from osp_core.io.paths import check_input_file
 
+    world = make_world(color or (), colors or (), shape or ())
     expected = _expected_captions(videos, prompts)
+    parsed = [None if caption is None else parse_caption(caption, world) for caption in expected]
     for video in videos:  # every video checked before the measuring libraries load
         check_input_file(video, "video")
-    from osp_core.data.shapes import parse_caption
     from osp_core.eval.shapes import accuracy, mean_finite, measure
     from osp_core.io import read_video
     from osp_core.metrics import psnr, ssim
 
     rows = []
-    for video, caption in zip(videos, expected):
+    for video, caption, answer in zip(videos, expected, parsed):
         frames = read_video(video).frames
-        row = {"video": str(video), **measure(frames).to_dict(), "caption": caption}
-        if caption is not None:
-            row["expected_color"], row["expected_shape"], row["expected_direction"] = parse_caption(caption)
+        row = {"video": str(video), **measure(frames, world).to_dict(), "caption": caption}
+        if answer is not None:
+            row["expected_color"], row["expected_shape"], row["expected_direction"] = answer
         if reference is not None:
             original = reference / video.name if reference.is_dir() else reference
             if not original.is_file():

@@ -32,6 +32,20 @@ TileOpt = Annotated[
     typer.Option("--tile/--no-tile", help="VAE tiling (default: on when the video exceeds the tile size)."),
 ]
 
+# the shapes world's vocabulary: `osp data synth` draws it, `osp eval shapes` judges it
+ColorOpt = Annotated[
+    list[str] | None,
+    typer.Option("--color", help="Add a colour to the shapes world: NAME=R,G,B (repeatable), e.g. orange=235,150,40.", show_default=False),
+]
+ColorsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--colors", help="Only these colours (comma list or repeated; built-in: red, green, blue, yellow, white; default: all, with the --color ones).", show_default=False),
+]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--shape", help="Only these shapes (comma list or repeated) of circle, square, triangle, star, diamond (default: circle, square, triangle).", show_default=False),
+]
+
 Job = TypeVar("Job")
 
 

@@ -65,8 +65,9 @@ def sample(
     tile: TileOpt = None,
     clean_caption: Annotated[bool, typer.Option("--clean-caption", help="Clean prompts like the PixArt/DeepFloyd captioner (needs beautifulsoup4, ftfy).")] = False,
     attention: AttentionOpt = "auto",
-    cache: Annotated[str, typer.Option("--cache", help="Reuse work between steps: none, pab (Pyramid Attention Broadcast) or teacache (skips whole steps; needs the model's fitted coefficients).")] = "none",
-    cache_threshold: Annotated[float | None, typer.Option("--cache-threshold", help="TeaCache threshold in (0, 1]: higher skips more steps. Default: the model's, else 0.1.", show_default=False)] = None,
+    cache: Annotated[str, typer.Option("--cache", help="Reuse work between steps: none, pab (Pyramid Attention Broadcast), teacache or magcache (skip whole steps; need the model's fitted values), fbcache (First Block Cache), easycache (adaptive, no calibration) or fastercache (reuses the unconditional half of guidance).")] = "none",
+    cache_threshold: Annotated[float | None, typer.Option("--cache-threshold", help="Threshold of teacache, fbcache, magcache or easycache, in [0, 1]: higher skips more steps, 0 never skips. Default: teacache the model's (else 0.1), fbcache 0.05, magcache 0.06, easycache 0.05.", show_default=False)] = None,
+    guidance_interval: Annotated[str | None, typer.Option("--guidance-interval", help="LO,HI: classifier-free guidance only at steps whose noise level (timestep / 1000 training timesteps: 0 clean, 1 pure noise) is in [LO, HI]; elsewhere the conditional half runs alone. Default: every step.", show_default=False)] = None,
     compile_blocks: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer blocks (regional compilation).")] = False,
     parallel: Annotated[str | None, typer.Option("--parallel", help="Under torchrun, how the processes share the job: data (videos over ranks), cfg (guidance halves on 2 ranks), sp (each video's frames and patches over all ranks), cfg+sp, or auto (default under torchrun).", show_default=False)] = None,
     lora: t2v_lora.LoraOpt = None,
@@ -107,24 +108,28 @@ def calibrate_cache(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     attention: AttentionOpt = "auto",
-    degree: Annotated[int, typer.Option("--degree", help="Degree of the fitted polynomial.")] = 4,
-    write: Annotated[bool, typer.Option("--write", help="Store the coefficients in the model folder's sampling.json (teacache_coefficients).")] = False,
+    method: Annotated[str, typer.Option("--method", help="teacache (fit the polynomial) or magcache (fit the per-step magnitude ratios).")] = "teacache",
+    degree: Annotated[int, typer.Option("--degree", help="Degree of TeaCache's fitted polynomial.")] = 4,
+    write: Annotated[bool, typer.Option("--write", help="Store the fit in the model folder's sampling.json (teacache_coefficients, or magcache_ratios and magcache_scheduler).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fit TeaCache's coefficients for a model (sampling.json's teacache_coefficients).
+    """Fit a cache's values for a model: TeaCache's coefficients or MagCache's ratios (sampling.json).
 
-    Samples the prompts without caching and fits how much the transformer's output changes from step to step against how much its timestep-modulated input changes.
+    Samples the prompts without caching and records how the transformer's input and output change from step to step.
     """
-    from osp_core.jobs.calibrate import calibrate_teacache
+    from osp_core.jobs.calibrate import calibrate_cache as run_calibration
 
     job = _sampling_job(locals())
     with SamplingBar(enabled=not json_out) as bar:
-        fit = calibrate_teacache(job, degree=degree, write=write, progress=bar)
+        fit = run_calibration(job, method=method, degree=degree, write=write, progress=bar)
     if json_out:
         print_json(fit.to_dict())
         return
-    coefficients = ", ".join(f"{c:.8g}" for c in fit.coefficients)
-    err.print(f"TeaCache coefficients ({fit.steps} steps, rms error {fit.rms_error:.3g}): [{coefficients}]")
+    values = ", ".join(f"{c:.8g}" for c in fit.coefficients)
+    if fit.method == "magcache":
+        err.print(f"MagCache ratios ({fit.steps} steps per run, {fit.sampling['scheduler']}): [{values}]")
+    else:
+        err.print(f"TeaCache coefficients ({fit.steps} steps, rms error {fit.rms_error:.3g}): [{values}]")
     if fit.written:
         err.print(f"[green]wrote[/green] {escape(fit.written)}")
 

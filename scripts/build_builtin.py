@@ -257,7 +257,8 @@ class Build:
         prompts.parent.mkdir(parents=True, exist_ok=True)
         prompts.write_text("\n".join(teacache_calibration_captions(self.scale.calibration_captions)) + "\n")
         steps = () if self.scale.calibration_steps is None else ("--steps", str(self.scale.calibration_steps))
-        self.osp("t2v", "calibrate-cache", "--prompts", str(prompts), "--model", str(self.repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *steps, "--device", "cpu", "--dtype", "fp32", "--write")
+        for method in ("teacache", "magcache"):  # MagCache's ratios from the same prompts
+            self.osp("t2v", "calibrate-cache", "--prompts", str(prompts), "--model", str(self.repo), "--method", method, "--seed", str(TEACACHE_CALIBRATION_SEED), *steps, "--device", "cpu", "--dtype", "fp32", "--write")
         self.repository_bytes = check_repository(self.repo)
         self.log(f"repository {self.repository_bytes / 1e6:.2f} MB")
         install(self.repo, self.target, overwrite=True)  # refused earlier unless --overwrite

@@ -8,7 +8,7 @@ Steps (each an `osp` command or a benchmark script):
   2. `osp vae train --preset shapes-two-objects` from the installed vae/, on both kinds of clips
      (the one-object VAE mixes two objects' colours), exported into a copy of the repository;
   3. `osp t2v train --preset shapes-two-objects` from the installed 17x64x64/ against that VAE,
-     on the one-object clips, and TeaCache fitted to it again (`osp t2v calibrate-cache --write`);
+     on the one-object clips, and TeaCache and MagCache fitted to it again (`osp t2v calibrate-cache --write`);
   4. `osp edit train --preset shapes-stage1` (motion only), `shapes-stage2` (content + motion,
      decoupled) and `shapes-stage3` (temporal attention of the control blocks), each from the
      previous stage's model/, beside the frozen new transformer, latents and T5 cached, most
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration.parent.mkdir(parents=True, exist_ok=True)
     calibration.write_text("\n".join(teacache_calibration_captions(scale["calibration_captions"])) + "\n")
     calibration_steps = ["--steps", "8"] if args.smoke else []
-    run("TeaCache fit (osp t2v calibrate-cache)", [*osp, "t2v", "calibrate-cache", "--prompts", str(calibration), "--model", str(repo), "--seed", str(TEACACHE_CALIBRATION_SEED), *calibration_steps, "--device", "cpu", "--dtype", "fp32", "--write"])
+    for method in ("teacache", "magcache"):  # MagCache's ratios are fitted to the transformer too
+        run(f"{method} fit (osp t2v calibrate-cache)", [*osp, "t2v", "calibrate-cache", "--prompts", str(calibration), "--model", str(repo), "--method", method, "--seed", str(TEACACHE_CALIBRATION_SEED), *calibration_steps, "--device", "cpu", "--dtype", "fp32", "--write"])
 
     # 4-5. the control module beside the new transformer
     previous = None

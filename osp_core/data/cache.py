@@ -31,7 +31,7 @@ class FeatureCache:
     """`get`/`put` of small tensor dicts under `root/<kind>/<key[:2]>/<key>.safetensors`."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # a preset's ~/.cache/osp/...
         ensure_writable_dir(self.root)
         self.hits = 0
         self.misses = 0

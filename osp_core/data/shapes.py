@@ -5,6 +5,13 @@ Each clip: 17 frames, 64x64, 8 fps, black background, one filled circle, square 
 1.5-2.5 px per frame, starting where it stays fully inside the frame for all 17 frames.
 Caption: "a {color} {shape} moving {direction}".
 
+A `World` says which colours and shapes a dataset draws (and which ones `osp eval shapes` may
+answer): by default the five colours and three shapes above, the world `builtin:shapes` knows.
+`--color NAME=R,G,B` adds a colour, `--colors A,B` draws only those, `--shape` picks among
+circle, square, triangle, star (five-pointed, point up) and diamond (a square on its corner);
+each fills the same size x size box. Options that name the default world draw exactly the clips
+that no options draw.
+
 With two objects (`--objects 2`, the editing world) the two differ in color and their paths'
 bounding boxes never meet (so they never overlap); the caption joins both with "and", and the
 annotation gives each object's per-frame box and centre.
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +53,11 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (235, 220, 40),
     "white": (240, 240, 240),
 }
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle")  # the default world's (what builtin:shapes knows)
+ALL_SHAPES = (*SHAPES, "star", "diamond")
+STAR_INNER = 0.382  # inner over outer radius: the regular pentagram's outline
+MIN_PEAK = 64  # an added colour's brightest channel: the judge needs the shape to stand off black
+MIN_COLOR_DISTANCE = 40.0  # RGB distance an added colour keeps from every other one, so the judge can tell them apart
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 SHAPE_PX = (14, 20)
 SPEED_PX = (1.5, 2.5)
@@ -67,7 +79,7 @@ class ShapeClip:
     speed_px: float
     start_y: float  # centre of the shape in the first frame, pixels
     start_x: float
-    rgb: tuple[int, int, int] | None = None  # the wide variety's jittered colour (None: COLORS[color])
+    rgb: tuple[int, int, int] | None = None  # the wide variety's jittered colour, or an added one (None: COLORS[color])
     antialias: bool = True  # False: one sample per pixel, hard edges
 
     @property
@@ -79,20 +91,87 @@ def caption(color: str, shape: str, direction: str) -> str:
     return f"a {color} {shape} moving {direction}"
 
 
-def all_captions() -> list[str]:
-    """The 60 captions of the world (5 colors x 3 shapes x 4 directions)."""
-    return [caption(c, s, d) for c, s, d in itertools.product(COLORS, SHAPES, DIRECTIONS)]
+@dataclass(frozen=True)
+class World:
+    """The colours (name -> RGB) and shapes a dataset draws, or that a judge may answer."""
+
+    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=lambda: dict(COLORS))
+    shapes: tuple[str, ...] = SHAPES
+
+    def combos(self) -> list[tuple[str, str, str]]:
+        """Every (colour, shape, direction), in the order the clips cycle through them."""
+        return list(itertools.product(self.colors, self.shapes, DIRECTIONS))
+
+    def rgb(self, color: str) -> tuple[int, int, int] | None:
+        """The RGB a clip of `color` carries itself: None for a built-in colour (drawn as COLORS says)."""
+        return None if COLORS.get(color) == self.colors[color] else self.colors[color]
 
 
-def parse_caption(text: str) -> tuple[str, str, str]:
-    """(color, shape, direction) from a caption of this world."""
+WORLD = World()
+
+
+def make_world(add_colors: Iterable[str] = (), only_colors: Iterable[str] = (), shapes: Iterable[str] = ()) -> World:
+    """The world of `--color NAME=R,G,B` (each adds a colour), `--colors A,B` (draw only
+    those) and `--shape NAME` (draw only those shapes); each option may repeat or hold a comma
+    list. None given: the default world."""
+    palette = dict(COLORS)
+    added: set[str] = set()
+    for spec in add_colors:
+        name, rgb = _parse_color(spec)
+        if name in palette and palette[name] != rgb:
+            where = "a built-in colour" if name in COLORS and name not in added else "given twice"
+            raise InputError(f"--color {spec}: '{name}' is {where}, with RGB {','.join(map(str, palette[name]))}", f"choose another name, or give '{name}' its RGB")
+        if name not in palette:
+            if max(rgb) < MIN_PEAK:
+                raise InputError(f"--color {spec} is too dark to see on the black background", f"make its brightest channel at least {MIN_PEAK}")
+            near = min(palette, key=lambda other: math.dist(palette[other], rgb))
+            if math.dist(palette[near], rgb) < MIN_COLOR_DISTANCE:
+                raise InputError(f"--color {spec} is too close to '{near}' ({','.join(map(str, palette[near]))}) to tell apart", f"choose an RGB whose Euclidean distance to every other colour is at least {MIN_COLOR_DISTANCE:.0f}")
+        palette[name] = rgb
+        added.add(name)
+    chosen = _names(only_colors)
+    unknown = [c for c in chosen if c not in palette]
+    if unknown:
+        raise InputError(f"--colors: unknown colour '{unknown[0]}'", f"choose from {', '.join(palette)}, or add it with --color {unknown[0]}=R,G,B")
+    picked = _names(shapes)
+    bad = [s for s in picked if s not in ALL_SHAPES]
+    if bad:
+        raise InputError(f"--shape: unknown shape '{bad[0]}'", f"choose from {', '.join(ALL_SHAPES)}")
+    # palette and shape order, whatever the options' order: the same world always draws the same clips
+    colors = {name: rgb for name, rgb in palette.items() if not chosen or name in chosen}
+    return World(colors, tuple(s for s in ALL_SHAPES if s in picked) if picked else SHAPES)
+
+
+def _names(values: Iterable[str]) -> list[str]:
+    return [name.strip().lower() for value in values for name in value.split(",") if name.strip()]
+
+
+def _parse_color(spec: str) -> tuple[str, tuple[int, int, int]]:
+    match = re.fullmatch(r"\s*([A-Za-z]+)\s*=\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*", spec)
+    if not match:
+        raise InputError(f"--color '{spec}' is not NAME=R,G,B", "write e.g. --color orange=235,150,40: a one-word name of letters, three channels 0-255")
+    name, rgb = match.group(1).lower(), tuple(int(v) for v in match.groups()[1:])
+    if any(v > 255 for v in rgb):
+        raise InputError(f"--color {spec}: channels run from 0 to 255", "write e.g. --color orange=235,150,40")
+    if name in ("a", "moving", "and", *ALL_SHAPES, *DIRECTIONS):
+        raise InputError(f"--color {spec}: '{name}' is a word of the captions already", "choose another colour name")
+    return name, rgb  # type: ignore[return-value]
+
+
+def all_captions(world: World = WORLD) -> list[str]:
+    """The captions of `world` (the default's 60: 5 colors x 3 shapes x 4 directions)."""
+    return [caption(c, s, d) for c, s, d in world.combos()]
+
+
+def parse_caption(text: str, world: World = WORLD) -> tuple[str, str, str]:
+    """(color, shape, direction) from a caption of `world`."""
     words = text.strip().lower().split()
-    if len(words) != 5 or words[0] != "a" or words[3] != "moving" or words[1] not in COLORS or words[2] not in SHAPES or words[4] not in DIRECTIONS:
-        raise InputError(f"'{text}' is not a caption of the shapes world", "write 'a {color} {shape} moving {direction}', e.g. 'a red circle moving right'")
+    if len(words) != 5 or words[0] != "a" or words[3] != "moving" or words[1] not in world.colors or words[2] not in ALL_SHAPES or words[4] not in DIRECTIONS:
+        raise InputError(f"'{text}' is not a caption of the shapes world", "write 'a {color} {shape} moving {direction}', e.g. 'a red circle moving right' (pass --color NAME=R,G,B for a colour of your own)")
     return words[1], words[2], words[4]
 
 
-def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str, variety: str = "world") -> ShapeClip:
+def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str, variety: str = "world", world: World = WORLD) -> ShapeClip:
     """Random size, speed and a start position that keeps the shape inside for every frame
     (the wide variety: see the module's docstring)."""
     wide = variety == "wide"
@@ -113,8 +192,8 @@ def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str
     y = float(rng.uniform(*start_range(dy)))
     x = float(rng.uniform(*start_range(dx)))
     if not wide:
-        return ShapeClip(color, shape, direction, size, speed, y, x)
-    base = np.array(COLORS[color])
+        return ShapeClip(color, shape, direction, size, speed, y, x, world.rgb(color))
+    base = np.array(world.colors[color])
     if color == "white" and rng.random() < 0.5:
         rgb = np.full(3, 255)
     else:
@@ -132,11 +211,46 @@ def _mask(shape: str, cy: float, cx: float, size: float, supersample: int = SUPE
         inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= half**2
     elif shape == "square":
         inside = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
-    else:  # triangle pointing up, its bounding box size x size
+    elif shape == "triangle":  # pointing up, its bounding box size x size
         top, bottom = cy - half, cy + half
         rel = (yy - top) / size  # 0 at apex, 1 at base
         inside = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= rel * half)
+    elif shape == "diamond":
+        inside = np.abs(yy - cy) + np.abs(xx - cx) <= half
+    elif shape == "star":
+        inside = _inside_polygon(yy, xx, cy + STAR_VERTICES[:, 0] * size, cx + STAR_VERTICES[:, 1] * size)
+    else:
+        raise ValueError(f"unknown shape '{shape}'")
     return inside.reshape(SIZE, supersample, SIZE, supersample).mean(axis=(1, 3))
+
+
+def _star_vertices() -> np.ndarray:
+    """(10, 2) (y, x) of a five-pointed star, point up, stretched to fill the box [-0.5, 0.5]^2."""
+    angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+    radii = np.where(np.arange(10) % 2 == 0, 1.0, STAR_INNER)
+    points = np.stack([radii * np.sin(angles), radii * np.cos(angles)], axis=1)
+    low, high = points.min(axis=0), points.max(axis=0)
+    return (points - (low + high) / 2) / (high - low)
+
+
+STAR_VERTICES = _star_vertices()
+
+
+def _inside_polygon(yy: np.ndarray, xx: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Even-odd rule: points crossing an odd number of edges on a ray to the right are inside."""
+    inside = np.zeros(yy.shape, dtype=bool)
+    for (y0, x0), (y1, x1) in zip(zip(ys, xs), zip(np.roll(ys, -1), np.roll(xs, -1))):
+        if y0 == y1:
+            continue
+        spans = (yy >= min(y0, y1)) & (yy < max(y0, y1))
+        inside ^= spans & (xx < x0 + (yy - y0) * (x1 - x0) / (y1 - y0))
+    return inside
+
+
+def _polygon_area_and_centroid_y(ys: np.ndarray, xs: np.ndarray) -> tuple[float, float]:
+    cross = xs * np.roll(ys, -1) - np.roll(xs, -1) * ys
+    area = cross.sum() / 2
+    return float(abs(area)), float(((ys + np.roll(ys, -1)) * cross).sum() / (6 * area))
 
 
 def centers(clip: ShapeClip) -> np.ndarray:
@@ -180,13 +294,13 @@ def render(clip: ShapeClip | list[ShapeClip]) -> torch.Tensor:
 PAIR_MARGIN = 3.0  # pixels between the two paths' boxes
 
 
-def sample_pair(rng: np.random.Generator, first: tuple[str, str, str], tries: int = 1000) -> tuple[ShapeClip, ShapeClip]:
+def sample_pair(rng: np.random.Generator, first: tuple[str, str, str], tries: int = 1000, world: World = WORLD) -> tuple[ShapeClip, ShapeClip]:
     """Two clips whose paths never meet: `first` (color, shape, direction) and a random other
     of another color (rejection sampling of sizes, speeds, starts and the second object)."""
-    others = [c for c in COLORS if c != first[0]]
+    others = [c for c in world.colors if c != first[0]]
     for _ in range(tries):
-        a = sample_clip(rng, *first)
-        b = sample_clip(rng, others[int(rng.integers(len(others)))], SHAPES[int(rng.integers(len(SHAPES)))], list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))])
+        a = sample_clip(rng, *first, world=world)
+        b = sample_clip(rng, others[int(rng.integers(len(others)))], world.shapes[int(rng.integers(len(world.shapes)))], list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))], world=world)
         if not boxes_meet(swept_box(a), swept_box(b), PAIR_MARGIN):
             return a, b
     raise RuntimeError(f"no non-overlapping pair for {first} in {tries} tries")
@@ -197,25 +311,25 @@ def object_annotation(clip: ShapeClip) -> dict:
     return {**clip_params(clip), "boxes": np.round(boxes(clip), 3).tolist(), "centers": np.round(centers(clip), 3).tolist()}
 
 
-def iter_clips(num: int, seed: int, variety: str = "world") -> Iterator[ShapeClip]:
-    """`num` clips cycling through all 60 captions (shuffled per cycle), reproducible from `seed`."""
+def iter_clips(num: int, seed: int, variety: str = "world", world: World = WORLD) -> Iterator[ShapeClip]:
+    """`num` clips cycling through all captions of `world` (shuffled per cycle), reproducible from `seed`."""
     rng = np.random.default_rng(seed)
-    for caption in _caption_cycle(rng, num):
-        yield sample_clip(rng, *caption, variety=variety)
+    for caption in _caption_cycle(rng, num, world):
+        yield sample_clip(rng, *caption, variety=variety, world=world)
 
 
-def iter_pairs(num: int, seed: int) -> Iterator[tuple[ShapeClip, ShapeClip]]:
-    """`num` two-object clips; the first object cycles through the 60 captions like `iter_clips`."""
+def iter_pairs(num: int, seed: int, world: World = WORLD) -> Iterator[tuple[ShapeClip, ShapeClip]]:
+    """`num` two-object clips; the first object cycles through the captions like `iter_clips`."""
     rng = np.random.default_rng(seed)
-    for caption in _caption_cycle(rng, num):
-        yield sample_pair(rng, caption)
+    for caption in _caption_cycle(rng, num, world):
+        yield sample_pair(rng, caption, world=world)
 
 
-def _caption_cycle(rng: np.random.Generator, num: int) -> Iterator[tuple[str, str, str]]:
-    """`num` (colour, shape, direction) triples cycling through all 60, shuffled per cycle; each
-    shuffle draws from `rng` just before its first triple is taken, so callers drawing from the
-    same `rng` between triples get the same clips as one loop doing both."""
-    combos = list(itertools.product(COLORS, SHAPES, DIRECTIONS))
+def _caption_cycle(rng: np.random.Generator, num: int, world: World = WORLD) -> Iterator[tuple[str, str, str]]:
+    """`num` (colour, shape, direction) triples cycling through all of `world`'s, shuffled per
+    cycle; each shuffle draws from `rng` just before its first triple is taken, so callers drawing
+    from the same `rng` between triples get the same clips as one loop doing both."""
+    combos = world.combos()
     order: list[tuple[str, str, str]] = []
     for _ in range(num):
         if not order:
@@ -238,7 +352,7 @@ def clip_params(clip: ShapeClip) -> dict:
     return params
 
 
-def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None, objects: int = 1, variety: str = "world") -> Path:
+def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = False, on_clip: Callable[[int], None] | None = None, objects: int = 1, variety: str = "world", world: World = WORLD) -> Path:
     """Write `num` clips as mp4 plus an Open-Sora-Plan annotation (`annotations.json`, paths
     relative to itself: `videos/00000.mp4`) and a data list (`data.txt`: `ROOT,ANNOTATION`)
     into `out_dir`; returns the data list path. Either one works as `--data`.
@@ -257,6 +371,8 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
         raise InputError(f"--variety must be one of {', '.join(VARIETIES)}, got '{variety}'", "pass --variety wide, or leave it out")
     if variety != "world" and objects != 1:
         raise InputError("--variety wide draws one object per clip", "drop --objects 2 or --variety wide")
+    if objects == 2 and len(world.colors) < 2:
+        raise InputError("--objects 2 draws two objects of different colours, and --colors names one", "name at least two colours in --colors")
     out = Path(out_dir)
     annotation = out / "annotations.json"
     data_list = out / "data.txt"
@@ -274,7 +390,7 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
     try:
         ensure_writable_dir(videos)
         entries = []
-        clips = iter_clips(num, seed, variety) if objects == 1 else iter_pairs(num, seed)
+        clips = iter_clips(num, seed, variety, world) if objects == 1 else iter_pairs(num, seed, world)
         for index, (name, clip) in enumerate(zip(names, clips)):
             write_video(videos / name, render(list(clip) if objects == 2 else clip), fps=FPS)
             if objects == 1:
@@ -301,4 +417,22 @@ def expected_displacement(clip: ShapeClip) -> tuple[float, float]:
 
 def fill_ratio(shape: str) -> float:
     """Area of the shape over its bounding box."""
-    return {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}[shape]
+    if shape == "star":
+        return _polygon_area_and_centroid_y(STAR_VERTICES[:, 0], STAR_VERTICES[:, 1])[0]
+    return {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}[shape]
+
+
+def solidity(shape: str) -> float:
+    """Area of the shape over its convex hull's (a star's hull is the pentagon of its points)."""
+    if shape != "star":
+        return 1.0
+    points = STAR_VERTICES[::2]
+    return fill_ratio("star") / _polygon_area_and_centroid_y(points[:, 0], points[:, 1])[0]
+
+
+def centroid_drop(shape: str) -> float:
+    """How far the shape's centroid sits below its bounding box's centre, over the box's height
+    (a triangle pointing up: 1/6; the symmetric shapes: 0)."""
+    if shape == "star":
+        return _polygon_area_and_centroid_y(STAR_VERTICES[:, 0], STAR_VERTICES[:, 1])[1]
+    return 1 / 6 if shape == "triangle" else 0.0

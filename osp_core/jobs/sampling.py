@@ -231,19 +231,29 @@ class SamplingRun:
 
         started = time.perf_counter()
         pipe, embeddings = self.load()
-        cache = make_cache(self.plan.cache, self.plan.cache_threshold, self.plan.repository.teacache())
+        cache = make_cache(self.plan.cache, self.plan.cache_threshold, self.plan.repository.sampling)
         if cache is not None:
             cache.attach(pipe.transformer)
+        interval = self.guidance_interval()  # steps outside it run the conditional half alone
+        callbacks = [c for c in (cache, interval) if c is not None]
         try:
             records = []
             for prompt_index, encoded in embeddings.items():
                 with oom_as_error("sampling", "use fewer --num-videos, a smaller --height/--width, or --offload"):
-                    latents, seconds_denoise = self.denoise(pipe, prompt_index, encoded, [cache] if cache is not None else [])
-                    records += self.write(pipe, prompt_index, self.plan.job.prompts[prompt_index], encoded, latents, seconds_denoise, cache)
+                    latents, seconds_denoise = self.denoise(pipe, prompt_index, encoded, callbacks)
+                    records += self.write(pipe, prompt_index, self.plan.job.prompts[prompt_index], encoded, latents, seconds_denoise, cache, interval)
         finally:
             if cache is not None:
                 cache.detach()
         return SamplingSummary(self.gather(records), time.perf_counter() - started, self.plan.parallel.rank, self.seconds_load)
+
+    def guidance_interval(self) -> Any:
+        """The plan's `GuidanceInterval` callback (None without one)."""
+        if self.plan.guidance_interval is None:
+            return None
+        from ..pipelines.denoising import GuidanceInterval
+
+        return GuidanceInterval(*self.plan.guidance_interval)
 
     def gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every rank's records, in the run's video order (this rank's alone in one process)."""
@@ -284,7 +294,7 @@ class SamplingRun:
         ).frames
         return latents, time.perf_counter() - t0
 
-    def settings(self, pipe: Any, cache: Any) -> dict[str, Any]:
+    def settings(self, pipe: Any, cache: Any, interval: Any = None) -> dict[str, Any]:
         plan, job = self.plan, self.plan.job
         from ..device import dtype_name
 
@@ -307,9 +317,9 @@ class SamplingRun:
             "compile": job.compile,
             # uncached, every timestep run (an edit's from its cut) ran the transformer once
             "cache": cache.describe() if cache is not None else {"method": "none", "transformer_evaluations": pipe.num_timesteps},
-        } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {})
+        } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {}) | ({"guidance_interval": interval.describe()} if interval is not None else {})
 
-    def write(self, pipe: Any, prompt_index: int, prompt: str, encoded: Any, latents: torch.Tensor, seconds_denoise: float, cache: Any) -> list[dict[str, Any]]:
+    def write(self, pipe: Any, prompt_index: int, prompt: str, encoded: Any, latents: torch.Tensor, seconds_denoise: float, cache: Any, interval: Any = None) -> list[dict[str, Any]]:
         """Decode prompt `prompt_index`'s latents and write each video's files together."""
         plan, job = self.plan, self.plan.job
         videos = [v for v in plan.rank_videos if v.prompt_index == prompt_index]
@@ -326,7 +336,7 @@ class SamplingRun:
         if not plan.writes:  # the first rank holds the video and writes it
             return []
 
-        settings = self.settings(pipe, cache)
+        settings = self.settings(pipe, cache, interval)
         models = {"model": job.model, "version": plan.version, "text_encoder": pipe.text_encoder_source}
         if plan.adapters:
             models["lora"] = [adapter.describe() for adapter in plan.adapters]

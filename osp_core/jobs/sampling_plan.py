@@ -25,11 +25,13 @@ from ..parallel.layout import ParallelLayout, launched_world, rank_device
 from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
     T5Location,
+    check_cache_for_model,
     check_cache_options,
     check_clean_caption_deps,
     check_max_steps,
     check_steps,
     check_video_size,
+    parse_guidance_interval,
     parse_version,
     prompt_lines,
     read_prompt_file,
@@ -106,6 +108,8 @@ class SamplingJob:
     attention: str = "auto"
     cache: str = "none"
     cache_threshold: float | None = None
+    guidance_interval: str | tuple[float, float] | None = None
+    """Noise levels "LO,HI" (or a pair) where classifier-free guidance runs; None: every step."""
     compile: bool = False
     parallel: str | None = None  # under torchrun: auto, data, cfg, sp, cfg+sp (None: auto)
     allow_empty_prompt: bool = False  # `osp edit`: the video itself says what to show
@@ -136,10 +140,16 @@ class SamplingJob:
         if self.version is not None:
             parse_version(self.version)
         check_cache_options(self.cache, self.cache_threshold)
+        self.interval()
         if self.clean_caption:
             check_clean_caption_deps()
         for spec in self.lora:
             parse_adapter_spec(spec)
+
+    def interval(self) -> tuple[float, float] | None:
+        """`guidance_interval` checked, as (LO, HI) noise levels."""
+        given = self.guidance_interval
+        return parse_guidance_interval(given if given is None or isinstance(given, str) else ",".join(str(v) for v in given))
 
 
 @dataclass
@@ -184,6 +194,8 @@ class SamplingPlan:
     parallel: ParallelLayout = SINGLE_PROCESS  # also says which process this is
     adapters: list[AdapterSpec] = field(default_factory=list)
     """The job's LoRA adapters, checked and hashed."""
+    guidance_interval: tuple[float, float] | None = None
+    """Noise levels where guidance runs (None: every step)."""
 
     @property
     def output_dir(self) -> Path:
@@ -214,6 +226,15 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     guidance = float(defaults["guidance"]) if job.guidance is None else float(job.guidance)
     scheduler = scheduler_name(str(job.scheduler or defaults["scheduler"]))
     check_steps(scheduler, steps)
+    cache = check_cache_options(job.cache, job.cache_threshold)
+    check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
+    if cache == "pab" and job.compile:
+        # PAB's hooks sit on the attention modules inside the compiled blocks: its per-step
+        # decision changes their graphs, and they recompile until torch gives up (measured)
+        raise InputError("--cache pab cannot run with --compile: PAB decides inside the blocks --compile compiles", "pass --cache teacache, fbcache, magcache, easycache or fastercache with --compile (they decide outside the blocks), or leave out --compile")
+    interval = job.interval()
+    if interval is not None and guidance <= 1.0:
+        raise InputError(f"--guidance-interval limits guidance, and --guidance {guidance:g} turns it off", "pass --guidance above 1, or leave out --guidance-interval")
 
     adapters = check_adapters(job.lora)  # missing or corrupt adapter files, before torch
     warnings = []
@@ -262,21 +283,19 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
         # faster and keeps the quality table within a video or two of fp32's (docs/speed-and-memory.md, bf16 on CPUs)
         dtype = torch.bfloat16
     attention = resolve_attention_backend(job.attention, device, dtype)
-    cache = check_cache_options(job.cache, job.cache_threshold)
-    if cache == "teacache" and repository.teacache() is None:
-        from ..pipelines.caching import make_cache
-
-        make_cache(cache, job.cache_threshold, None)  # raises: this model has no coefficients
     t5 = repository.t5_location()  # T5 found and checked now, before gigabytes of weights
 
     parallel = resolve_parallel(job.parallel, world_size, len(videos), guidance, rank, local_rank)
     if cache != "none" and parallel.shares_videos:
         # a cache decides per process which work to skip; ranks sharing a video must not differ
         raise InputError(f"--cache {cache} cannot run with --parallel {parallel.mode} (its ranks share each step's work)", "use --cache none, or --parallel data")
+    if interval is not None and parallel.cfg > 1:
+        # outside the interval there is no unconditional half for the second rank
+        raise InputError(f"--guidance-interval cannot run with --parallel {parallel.mode} (its ranks split the guidance halves)", "use --parallel data or sp, or leave out --guidance-interval")
     if job.offload and parallel.sp > 1 and device.type != "cpu":
         # offload hooks move the weights when forward runs; DSP calls the model's stages itself
         raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
-    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, adapters)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, adapters, interval)
     with quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
         check_memory(plan, t5)
     return plan

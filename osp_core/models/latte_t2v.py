@@ -360,16 +360,27 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
             enable_temporal_attentions=enable_temporal_attentions,
         )
 
-    def run_blocks(self, inputs: LatteBlockInputs, layout: BlockLayout | None = None, after_pair: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def run_blocks(
+        self,
+        inputs: LatteBlockInputs,
+        layout: BlockLayout | None = None,
+        after_pair: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        pairs: slice = slice(None),
+        hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The spatial and temporal block pairs: (B*(F+n), P, D) -> the same shape.
 
         `layout` switches between the spatial and temporal layouts (default: one rearrange
         in memory); a sequence-parallel layout hands in a frame shard of `inputs` and moves
         tokens between processes instead (`osp_core.parallel.sequence`). `after_pair(index, x)`
         may replace the tokens after each pair (the edit control module adds its residuals).
+        `pairs` runs some of the pairs, from tokens `hidden_states` (default: the embedded
+        ones): a cache runs the first pair alone, then the rest or not.
         """
-        x = inputs.hidden_states
-        for index, (spatial_block, temporal_block) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
+        x = inputs.hidden_states if hidden_states is None else hidden_states
+        every = list(zip(self.transformer_blocks, self.temporal_transformer_blocks))
+        for index in range(len(every))[pairs]:
+            spatial_block, temporal_block = every[index]
             x = self.run_pair(index, spatial_block, temporal_block, x, inputs, layout)
             if after_pair is not None:
                 x = after_pair(index, x)

@@ -3,7 +3,9 @@
 `denoise` steps a diffusers scheduler from noise to latents with classifier-free guidance, and
 tells its callbacks where it is: caches read the current timestep (`DenoisingStep`), progress
 bars count steps, and editing replaces latents between steps (a callback that returns a
-tensor replaces the latents).
+tensor replaces the latents). Guidance is decided here too, per step (`Unconditional`): a
+callback may drop the unconditional half (a guidance interval) or supply it from earlier
+steps (FasterCache), and the model then sees the conditional half alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,14 @@ class DenoisingStep:
         return self.index == self.num_steps - 1
 
 
+class Unconditional(Enum):
+    """What a guided step does with the unconditional half of the batch."""
+
+    RUN = "run"  # the model sees both halves: uncond + scale * (cond - uncond)
+    ESTIMATE = "estimate"  # the conditional half alone runs; a callback's `on_guidance` supplies uncond
+    DROP = "drop"  # no guidance at this step: the conditional prediction alone
+
+
 class DenoisingCallback:
     """Hooks into `denoise`; override what you need. `on_step_begin` and `on_step_end` may
     return new latents (same shape) to replace the current ones, or None to keep them."""
@@ -55,6 +66,16 @@ class DenoisingCallback:
         """After the scheduler stepped; `latents` are those of the next timestep."""
         return None
 
+    def unconditional(self, step: DenoisingStep) -> Unconditional:
+        """With guidance, what this step does with the unconditional half (DROP from any
+        callback wins, then ESTIMATE; asked before the model runs)."""
+        return Unconditional.RUN
+
+    def on_guidance(self, step: DenoisingStep, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor | None:
+        """After a guided step's model call: `uncond` is None when it did not run (ESTIMATE),
+        and the callback that asked for that returns its estimate."""
+        return None
+
     def on_run_end(self) -> None:
         """The run finished (or failed)."""
 
@@ -67,6 +88,32 @@ class StepProgress(DenoisingCallback):
 
     def on_step_end(self, step: DenoisingStep, latents: torch.Tensor) -> None:
         self.report(step.index + 1, step.num_steps)
+
+
+class GuidanceInterval(DenoisingCallback):
+    """Classifier-free guidance only at steps whose noise level, timestep / the scheduler's
+    training timesteps (0 clean .. 1 pure noise), lies in [`low`, `high`] (Kynkaenniemi et
+    al. 2024); elsewhere the conditional half runs alone. `dropped` counts those steps."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = float(low), float(high)
+        self.dropped = 0
+
+    def noise_level(self, step: DenoisingStep) -> float:
+        return float(step.timestep) / int(step.scheduler.config.num_train_timesteps)
+
+    def on_run_begin(self, timesteps: torch.Tensor) -> None:
+        self.dropped = 0
+
+    def unconditional(self, step: DenoisingStep) -> Unconditional:
+        if self.low <= self.noise_level(step) <= self.high:
+            return Unconditional.RUN
+        self.dropped += 1
+        return Unconditional.DROP
+
+    def describe(self) -> dict[str, Any]:
+        """What a sidecar records: the interval and the last run's steps without guidance."""
+        return {"interval": [self.low, self.high], "unit": "noise level (timestep / training timesteps)", "steps_without_guidance": self.dropped}
 
 
 def scheduler_step_kwargs(scheduler: Any, generator: torch.Generator | list[torch.Generator] | None, eta: float = 0.0) -> dict[str, Any]:
@@ -138,7 +185,9 @@ def denoise(
     to the first timestep); returns the final latents.
 
     With `guidance_scale` > 1 the model sees the batch twice, unconditional half first, and
-    the prediction is uncond + scale * (cond - uncond), as the original sampler.
+    the prediction is uncond + scale * (cond - uncond), as the original sampler; callbacks may
+    make a step run the conditional half alone (`DenoisingCallback.unconditional`), so
+    `predict_noise` gets either batch size.
     """
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     do_cfg = guidance_scale > 1.0
@@ -149,12 +198,14 @@ def denoise(
         for index, t in enumerate(timesteps):
             step = DenoisingStep(index, len(timesteps), t, timesteps, scheduler)
             latents = _apply(callbacks, "on_step_begin", step, latents)
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            mode = _unconditional(callbacks, step) if do_cfg else Unconditional.DROP
+            model_input = torch.cat([latents] * 2) if mode is Unconditional.RUN else latents
             model_input = scheduler.scale_model_input(model_input, t)
             batch_t = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t, device=latents.device)
             noise = predict_noise(model_input, batch_t)
-            if do_cfg:
-                uncond, cond = noise.chunk(2)
+            if mode is not Unconditional.DROP:
+                uncond, cond = noise.chunk(2) if mode is Unconditional.RUN else (None, noise)
+                uncond = _guide(callbacks, step, cond, uncond)
                 noise = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = _apply(callbacks, "on_step_end", step, latents)
@@ -162,6 +213,25 @@ def denoise(
         for callback in callbacks:
             callback.on_run_end()
     return latents
+
+
+def _unconditional(callbacks: Sequence[DenoisingCallback], step: DenoisingStep) -> Unconditional:
+    modes = {callback.unconditional(step) for callback in callbacks}
+    return next((mode for mode in (Unconditional.DROP, Unconditional.ESTIMATE) if mode in modes), Unconditional.RUN)
+
+
+def _guide(callbacks: Sequence[DenoisingCallback], step: DenoisingStep, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+    """Every callback sees the guided step; when uncond did not run, one of them estimates it."""
+    estimate = None
+    for callback in callbacks:
+        given = callback.on_guidance(step, cond, uncond)
+        if uncond is None and given is not None and estimate is None:
+            estimate = given
+    if uncond is not None:
+        return uncond
+    if estimate is None:
+        raise ValueError("a callback asked to estimate the unconditional prediction but none returned it")
+    return estimate
 
 
 def _apply(callbacks: Sequence[DenoisingCallback], hook: str, step: DenoisingStep, latents: torch.Tensor) -> torch.Tensor:

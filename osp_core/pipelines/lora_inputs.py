@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, ModelLoadError
+from ..hub import BUILTIN_PREFIX, BUILTIN_ROOT
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -87,7 +88,8 @@ class AdapterSpec:
 
 def parse_adapter_spec(spec: str | Path | tuple[str | Path, float] | AdapterSpec) -> AdapterSpec:
     """`PATH[:SCALE]` (or a (path, scale) pair) as an `AdapterSpec`; a suffix after the last ':'
-    is the scale when it reads as a number. A scale that is not finite is one `InputError`."""
+    is the scale when it reads as a number; `builtin:shapes/lora/orange` is a folder shipped in
+    the package (as `--model builtin:shapes`). A scale that is not finite is one `InputError`."""
     if isinstance(spec, AdapterSpec):
         path, scale = spec.path, spec.scale
     elif isinstance(spec, tuple):
@@ -98,6 +100,8 @@ def parse_adapter_spec(spec: str | Path | tuple[str | Path, float] | AdapterSpec
         path, scale = (Path(head), number) if number is not None else (Path(str(spec)), 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise InputError(f"--lora scale of '{path}' must be a finite number, got {scale!r}", "write PATH:SCALE, e.g. run/lora:0.8")
+    if str(path).startswith(BUILTIN_PREFIX):
+        path = BUILTIN_ROOT / str(path)[len(BUILTIN_PREFIX) :]
     return AdapterSpec(path.expanduser(), float(scale))
 
 

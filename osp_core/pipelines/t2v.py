@@ -366,11 +366,14 @@ class T2VPipeline(DiffusionPipeline):
         transformer = transformer_forward or self.transformer
 
         def predict_noise(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            # a step without the unconditional half (`denoising.Unconditional`) runs the
+            # conditional rows alone: the last ones, as the unconditional half comes first
+            rows = model_input.shape[0]
             noise = transformer(
                 model_input.to(self.transformer.dtype),
                 timestep,
-                states,
-                encoder_attention_mask=mask,
+                states[-rows:],
+                encoder_attention_mask=None if mask is None else mask[-rows:],
                 enable_temporal_attentions=enable_temporal_attentions,
                 return_dict=False,
             )[0].float()

@@ -53,6 +53,9 @@ SAMPLING_KEYS: dict[str, type] = {
     # TeaCache's fitted polynomial (highest power first) and its default threshold for this model
     "teacache_coefficients": list,
     "teacache_threshold": float,
+    # MagCache's fitted magnitude ratio per denoising step, and the scheduler they were fitted with
+    "magcache_ratios": list,
+    "magcache_scheduler": str,
     # `osp edit --strength` where none is given (1 without it: the region starts from noise)
     "edit_strength": float,
 }
@@ -61,10 +64,18 @@ FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "P
 an edit's region starts from noise."""
 # the smallest value each number may take, and whether the bound itself is allowed
 _SAMPLING_LOWER = {"fps": (0.0, False), "steps": (1, True), "guidance": (0.0, True), "teacache_threshold": (0.0, False), "edit_strength": (0.0, False)}
-TEACACHE_MAX_THRESHOLD = 1.0
-_SAMPLING_UPPER = {"steps": MAX_STEPS, "teacache_threshold": TEACACHE_MAX_THRESHOLD, "edit_strength": 1.0}  # the largest, allowed
+CACHE_MAX_THRESHOLD = 1.0  # every cache threshold lies in [0, 1]
+_SAMPLING_UPPER = {"steps": MAX_STEPS, "teacache_threshold": CACHE_MAX_THRESHOLD, "edit_strength": 1.0}  # the largest, allowed
 TEACACHE_MAX_DEGREE = 9  # sampling.json holds 2 to 10 coefficients
-CACHE_METHODS = ("none", "pab", "teacache")
+# list keys of sampling.json: (fewest, most) entries
+_SAMPLING_LIST_LENGTHS = {"teacache_coefficients": (2, TEACACHE_MAX_DEGREE + 1), "magcache_ratios": (2, 4 * MAX_STEPS)}
+
+CACHE_METHODS = ("none", "pab", "teacache", "fbcache", "magcache", "easycache", "fastercache")
+# the caches `--cache-threshold` applies to, and their default thresholds (None: the model's
+# sampling.json); every one takes [0, 1], and 0 never skips (the same video as --cache none)
+THRESHOLD_CACHES: dict[str, float | None] = {"teacache": None, "fbcache": 0.05, "magcache": 0.06, "easycache": 0.05}
+# the caches that skip work of the unconditional half: they need guidance to be on
+GUIDANCE_CACHES = ("fastercache",)
 
 
 def prompt_lines(text: str, source: str, comments: bool = False, limit: int | None = None) -> list[str]:
@@ -137,12 +148,13 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
         kind = SAMPLING_KEYS.get(key)
         if kind is None:
             raise ModelLoadError(f"unknown key '{key}' in '{source}'", f"use only {', '.join(SAMPLING_KEYS)}")
+        fewest, most = _SAMPLING_LIST_LENGTHS.get(key, (0, 0))
         if kind is list:
-            ok = isinstance(value, list) and 2 <= len(value) <= TEACACHE_MAX_DEGREE + 1 and all(_is_number(v, float) for v in value)
+            ok = isinstance(value, list) and fewest <= len(value) <= most and all(_is_number(v, float) for v in value)
         else:
             ok = isinstance(value, str) if kind is str else _is_number(value, kind)
         if not ok:
-            wanted = {int: "an integer", float: "a number", str: "a string", list: f"a list of 2 to {TEACACHE_MAX_DEGREE + 1} numbers"}[kind]
+            wanted = {int: "an integer", float: "a number", str: "a string", list: f"a list of {fewest} to {most} numbers"}[kind]
             raise ModelLoadError(f"'{key}' in '{source}' must be {wanted}, got {value!r}", f"fix {SAMPLING_FILE}")
         if key in _SAMPLING_LOWER:
             low, inclusive = _SAMPLING_LOWER[key]
@@ -150,8 +162,9 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
                 bounds = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {_SAMPLING_UPPER[key]:g}" if key in _SAMPLING_UPPER else "")
                 raise ModelLoadError(f"'{key}' in '{source}' is out of range: {value!r} (it must be {bounds})", f"fix {SAMPLING_FILE}")
         checked[key] = [float(v) for v in value] if kind is list else kind(value)
-    if "scheduler" in checked:
-        checked["scheduler"] = scheduler_name(str(checked["scheduler"]))
+    for key in ("scheduler", "magcache_scheduler"):
+        if key in checked:
+            checked[key] = scheduler_name(str(checked[key]))
     return checked
 
 
@@ -174,16 +187,52 @@ def sampling_defaults(root: Path | None) -> dict[str, float | int | str]:
 
 def check_cache_options(method: str, threshold: float | None) -> str:
     """The canonical cache name; one-line `InputError`s for an unknown method or a threshold that
-    does not apply or is out of range (0 < threshold <= 1)."""
+    does not apply or is out of range (0 <= threshold <= 1; 0 never skips)."""
     key = method.strip().lower()
     if key not in CACHE_METHODS:
         raise InputError(f"unknown cache '{method}'", "use " + ", ".join(CACHE_METHODS))
     if threshold is not None:
-        if key != "teacache":
-            raise InputError(f"--cache-threshold applies to --cache teacache, not to --cache {key}", "leave out --cache-threshold, or pass --cache teacache")
-        if not math.isfinite(threshold) or not 0 < threshold <= TEACACHE_MAX_THRESHOLD:
-            raise InputError(f"--cache-threshold must be in (0, {TEACACHE_MAX_THRESHOLD:g}], got {threshold}", "pass e.g. --cache-threshold 0.1 (higher skips more steps)")
+        if key not in THRESHOLD_CACHES:
+            raise InputError(f"--cache-threshold applies to --cache {', '.join(THRESHOLD_CACHES)}, not to --cache {key}", "leave out --cache-threshold, or pass one of those caches")
+        if not math.isfinite(threshold) or not 0 <= threshold <= CACHE_MAX_THRESHOLD:
+            raise InputError(f"--cache-threshold must be in [0, {CACHE_MAX_THRESHOLD:g}], got {threshold}", "pass e.g. --cache-threshold 0.1 (higher skips more steps; 0 never skips)")
     return key
+
+
+def check_cache_for_model(method: str, sampling: dict[str, Any], scheduler: str | None = None, guidance: float | None = None) -> None:
+    """One-line `InputError`s, before any model loads, for a cache this model or setting cannot
+    take: TeaCache / MagCache without the model's fitted values, MagCache ratios fitted with
+    another scheduler (a schedule's noise levels set how much each step changes), a cache of
+    the unconditional half without guidance. `method` is canonical, `scheduler` too (None:
+    not checked, as `guidance`)."""
+    if method == "teacache" and sampling.get("teacache_coefficients") is None:
+        raise InputError("this model has no TeaCache coefficients (teacache_coefficients in its sampling.json)", "fit them with `osp t2v calibrate-cache`, or use --cache pab")
+    if method == "magcache":
+        if sampling.get("magcache_ratios") is None:
+            raise InputError("this model has no MagCache ratios (magcache_ratios in its sampling.json)", "fit them with `osp t2v calibrate-cache --method magcache`, or use --cache easycache (no calibration)")
+        fitted = sampling.get("magcache_scheduler")
+        if fitted is not None and scheduler is not None and fitted != scheduler:
+            raise InputError(f"--cache magcache cannot take --scheduler {scheduler}: this model's MagCache ratios were fitted with {fitted}", f"pass --scheduler {fitted}, or fit ratios for {scheduler} with `osp t2v calibrate-cache --method magcache --scheduler {scheduler}`")
+    if method in GUIDANCE_CACHES and guidance is not None and guidance <= 1.0:
+        raise InputError(f"--cache {method} reuses the unconditional half of guidance, and --guidance {guidance:g} turns guidance off", "pass --guidance above 1, or another --cache")
+
+
+def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
+    """'LO,HI' -> (LO, HI): noise levels 0 <= LO <= HI <= 1 (timestep / the schedule's training
+    timesteps: 0 clean, 1 pure noise) where guidance runs; None for None. One-line `InputError`s."""
+    if text is None:
+        return None
+    hint = "pass two noise levels LO,HI with 0 <= LO <= HI <= 1, e.g. --guidance-interval 0.2,0.8 (1 is pure noise)"
+    parts = str(text).split(",")
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise InputError(f"--guidance-interval must be two numbers LO,HI, got '{text}'", hint) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or not (0 <= low <= 1 and 0 <= high <= 1):
+        raise InputError(f"--guidance-interval must lie in [0, 1], got '{text}'", hint)
+    if low > high:
+        raise InputError(f"--guidance-interval is reversed: {low:g} > {high:g}", f"pass --guidance-interval {high:g},{low:g}")
+    return low, high
 
 
 def read_sampling_file(root: Path) -> dict:

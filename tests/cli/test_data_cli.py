@@ -59,3 +59,28 @@ def test_synth_cli_writes_the_wide_variety_and_refuses_unknown_ones(tmp_path, os
         proc = osp_in_process("data", "synth", "--out", str(tmp_path / "bad"), "--num", "2", *args)
         assert_one_line_error(proc, needle)
         assert not (tmp_path / "bad").exists()
+
+
+def test_synth_and_eval_take_the_same_colours_and_shapes(tmp_path, osp_in_process):
+    """An added colour and the new shapes are drawn, written to mp4 and judged back (same
+    options); bad options are one line and leave nothing behind."""
+    world = ["--color", "orange=235,150,40", "--colors", "orange,blue", "--shape", "star,diamond"]
+    proc = osp_in_process("data", "synth", "--out", str(tmp_path / "d"), "--num", "8", "--seed", "2", *world, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["shapes"] == ["star", "diamond"]
+    entries = json.loads((tmp_path / "d" / "annotations.json").read_text())
+    assert {e["cap"].split()[1] for e in entries} == {"orange", "blue"} and {e["cap"].split()[2] for e in entries} == {"star", "diamond"}
+    assert all(e["params"]["rgb"] == [235, 150, 40] for e in entries if "orange" in e["cap"])
+    videos = sorted(str(p) for p in (tmp_path / "d" / "videos").glob("*.mp4"))
+    proc = osp_in_process("eval", "shapes", *videos, "--color", "orange=235,150,40", "--shape", "circle,square,triangle,star,diamond", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert (summary["color_accuracy"], summary["shape_accuracy"], summary["direction_accuracy"]) == (1.0, 1.0, 1.0)
+    # without --color the captions name a colour the judge does not know
+    orange = next(str(tmp_path / "d" / e["path"]) for e in entries if "orange" in e["cap"])
+    assert_one_line_error(osp_in_process("eval", "shapes", orange), "not a caption of the shapes world", "--color")
+    for args, needle in ((["--color", "orange=235,150"], "NAME=R,G,B"), (["--colors", "pink"], "unknown colour 'pink'"), (["--shape", "hexagon"], "unknown shape"), (["--color", "red=200,0,0"], "built-in colour")):
+        proc = osp_in_process("data", "synth", "--out", str(tmp_path / "bad"), "--num", "2", *args)
+        assert_one_line_error(proc, needle)
+        assert proc.returncode == 2 and not (tmp_path / "bad").exists()
+        assert_one_line_error(osp_in_process("eval", "shapes", orange, *args), needle)

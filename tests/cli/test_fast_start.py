@@ -126,6 +126,16 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["t2v", "sample", "--prompts", str(tmp_path / "missing.txt")],  # no prompt file
         ["t2v", "sample", "a cat", "--model", "builtin:shapes", "--seed", "7", "-o", str(out)],  # would overwrite
         ["t2v", "calibrate-cache", "a cat", "--model", "builtin:shapes", "--degree", "0"],
+        ["t2v", "calibrate-cache", "a cat", "--model", "builtin:shapes", "--method", "pab"],
+        ["t2v", "sample", "a cat", *shapes, "--guidance-interval", "0.8,0.2"],  # reversed
+        ["t2v", "sample", "a cat", *shapes, "--guidance-interval", "0.2,1.5"],  # out of range
+        ["t2v", "sample", "a cat", *shapes, "--guidance-interval", "0.5"],  # not two numbers
+        ["t2v", "sample", "a cat", *shapes, "--guidance-interval", "0.2,0.8", "--guidance", "1"],  # no guidance to limit
+        ["t2v", "sample", "a cat", *shapes, "--cache", "magcache", "--scheduler", "DDIM"],  # ratios fitted with PNDM
+        ["t2v", "sample", "a cat", *shapes, "--cache", "fastercache", "--guidance", "1"],  # no unconditional half
+        ["t2v", "sample", "a cat", *shapes, "--cache", "fastercache", "--cache-threshold", "0.1"],
+        ["t2v", "sample", "a cat", *shapes, "--cache", "easycache", "--cache-threshold", "1.5"],
+        ["t2v", "sample", "a cat", *shapes, "--cache", "pab", "--compile"],  # PAB decides inside the compiled blocks
         ["vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.safetensors")],
         ["vae", "decode", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.mp4")],
         ["edit", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--box", "0,0,8,8", "--mask", "m.png"],

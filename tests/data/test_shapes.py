@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +78,61 @@ def test_the_wide_variety_draws_the_world_more_loosely():
     assert len({tuple(v) for v in shapes.render(soft).reshape(-1, 3).tolist()}) > 2
     # the world itself is drawn as before
     assert all(c.rgb is None and c.antialias for c in shapes.iter_clips(8, seed=3))
+
+
+def test_the_default_world_draws_todays_clips_byte_for_byte(tmp_path):
+    """No options, or options naming the default world, draw exactly the clips drawn before
+    colours and shapes became options (hashes taken from that code, seed 3)."""
+    default = shapes.make_world(only_colors=["white,yellow", "blue", "green", "red"], shapes=["triangle", "square,circle"])
+    assert default == shapes.WORLD and shapes.make_world() == shapes.WORLD
+    shapes.synthesize(tmp_path / "d", 6, seed=3, world=default)
+    assert hashlib.sha256((tmp_path / "d" / "annotations.json").read_bytes()).hexdigest() == "e47079d6b51948b6e9538716d353a3153d2065555def8110c28edbfb263c4986"
+    frames = hashlib.sha256()
+    for clip in shapes.iter_clips(6, 3):
+        frames.update(shapes.render(clip).numpy().tobytes())
+    assert frames.hexdigest() == "29a546c6be99fd5baf8303060415511a9d868c1e9dd55963829796aa702984cf"
+
+
+def test_added_colours_and_new_shapes():
+    world = shapes.make_world(["orange=235,150,40"], ["orange,blue"], ["star", "diamond"])
+    assert dict(world.colors) == {"blue": shapes.COLORS["blue"], "orange": (235, 150, 40)} and world.shapes == ("star", "diamond")
+    captions = shapes.all_captions(world)
+    assert len(captions) == 16 and "a orange star moving up" in captions
+    assert shapes.parse_caption("a orange diamond moving left", world) == ("orange", "diamond", "left")
+    with pytest.raises(InputError, match="shapes world"):
+        shapes.parse_caption("a orange diamond moving left")  # not in the default world
+    clips = list(shapes.iter_clips(16, seed=0, world=world))
+    assert {c.caption for c in clips} == set(captions)
+    assert {c.rgb for c in clips} == {None, (235, 150, 40)}  # an added colour travels with its clip
+    rng = np.random.default_rng(1)
+    for shape in ("star", "diamond"):
+        clip = shapes.sample_clip(rng, "orange", shape, "right", world=world)
+        frames = shapes.render(clip)
+        coverage = frames.float().amax(-1) / 235
+        areas = coverage.sum(dim=(1, 2))
+        assert areas[0] / clip.size_px**2 == pytest.approx(shapes.fill_ratio(shape), rel=0.08)
+        assert torch.allclose(areas, areas[0].expand_as(areas), rtol=0.05)  # 4x4 samples a pixel: diagonal edges alias a little
+        assert (frames[0][coverage[0] > 0.999] == torch.tensor([235, 150, 40], dtype=torch.uint8)).all()
+        ys, xs = torch.nonzero(coverage[0] > 0.5, as_tuple=True)
+        x0, y0, x1, y1 = shapes.boxes(clip)[0]
+        assert x0 - 1 <= xs.min() and xs.max() <= x1 and y0 - 1 <= ys.min() and ys.max() <= y1  # inside its box
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"add_colors": ["red=1,2,3"]}, "built-in colour"),
+        ({"add_colors": ["teal=0,128,128", "teal=0,130,128"]}, "given twice"),
+        ({"add_colors": ["teal=0,128,300"]}, "0 to 255"),
+        ({"add_colors": ["teal=0,128"]}, "NAME=R,G,B"),
+        ({"add_colors": ["teal"]}, "NAME=R,G,B"),
+        ({"add_colors": ["navy=0,0,40"]}, "too dark"),
+        ({"add_colors": ["scarlet=235,45,40"]}, "too close to 'red'"),
+        ({"add_colors": ["star=100,100,200"]}, "word of the captions"),
+        ({"only_colors": ["red,pink"]}, "unknown colour 'pink'"),
+        ({"shapes": ["star,hexagon"]}, "unknown shape 'hexagon'"),
+    ],
+)
+def test_bad_world_options(options, needle):
+    with pytest.raises(InputError, match=needle):
+        shapes.make_world(**options)

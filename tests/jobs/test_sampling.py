@@ -149,7 +149,7 @@ def test_plan_resolves_defaults_without_loading_weights(tiny_repo, tmp_path):
         (("--attention", "flash"), ("--attention flash needs the flash-attn package",)),
         (("--cache", "deepcache"), ("unknown cache 'deepcache'",)),
         (("--cache", "pab", "--cache-threshold", "0.1"), ("--cache-threshold applies to --cache teacache",)),
-        (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in (0, 1]",)),
+        (("--cache", "teacache", "--cache-threshold", "2"), ("--cache-threshold must be in [0, 1]",)),
         (("--cache", "teacache"), ("no TeaCache coefficients", "osp t2v calibrate-cache")),
         (("--guidance", "nan"), ("--guidance", "not a finite number")),
         (("--fps", "inf"), ("--fps", "not a finite number")),
@@ -398,3 +398,28 @@ def test_compile_runs_and_samples_the_same_video(tiny_repo, tmp_path):
         latents[compiled] = load_latents(video["latents"]).latents
     scale = latents[False].abs().max().item()
     assert torch.allclose(latents[True], latents[False], rtol=0, atol=1e-4 * scale)
+
+
+def test_magcache_calibrated_then_sampled_and_recorded(tiny_repo, tmp_path):
+    """`calibrate-cache --method magcache --write` stores the ratios with their scheduler; a run
+    with --cache magcache records its settings and counts, another scheduler is refused before
+    any model loads, and a guidance interval is recorded with the steps it ran unguided."""
+    from osp_core.jobs.calibrate import calibrate_cache
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "sampling.json").write_text(json.dumps({"fps": 12, "scheduler": "DDIM", "steps": 10}))
+    fit = calibrate_cache(SamplingJob(prompts=["a cat", "a dog"], model=str(repo), seed=0, dtype="fp32", **SIZE), method="magcache", write=True)
+    written = json.loads((repo / "sampling.json").read_text())
+    assert written["magcache_ratios"] == fit.coefficients and len(fit.coefficients) == 10 and written["magcache_scheduler"] == "DDIM"
+    assert fit.to_dict()["ratios"] == fit.coefficients and fit.to_dict()["method"] == "magcache"
+    with pytest.raises(InputError, match="--cache magcache cannot take --scheduler EulerDiscrete: this model's MagCache ratios were fitted with DDIM"):
+        plan_sampling(SamplingJob(prompts=["a cat"], model=str(repo), cache="magcache", scheduler="EulerDiscrete", output_dir=tmp_path / "never"))
+    job = SamplingJob(prompts=["a cat"], model=str(repo), seed=1, dtype="fp32", cache="magcache", cache_threshold=0.5, guidance_interval="0,0.5", output_dir=tmp_path / "out", **SIZE)
+    settings = json.loads(Path(run_sampling(job).videos[0]["sidecar"]).read_text())["settings"]
+    cache = settings["cache"]
+    assert cache["method"] == "magcache" and cache["threshold"] == 0.5 and cache["fitted_steps"] == 10
+    assert cache["transformer_evaluations"] + cache["transformer_evaluations_skipped"] == 10
+    interval = settings["guidance_interval"]
+    assert interval["interval"] == [0.0, 0.5] and interval["steps_without_guidance"] == 4  # DDIM 10 steps: t = 900, 800, ... 0; 900-600 above 0.5
+    assert not (tmp_path / "never").exists()
