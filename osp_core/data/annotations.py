@@ -60,13 +60,11 @@ def _positive(record: dict, key: str, where: str, kind: type = int) -> float | i
     value = record.get(key)
     if value is None:
         return None
-    try:
-        number = kind(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not math.isfinite(number) or number <= 0 or (kind is int and number != float(value)):
+    # a JSON number only: "17" or true is a mistake in the annotation, not a frame count
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number <= 0 or (kind is int and number != int(number)):
         raise InputError(f"bad {key} {value!r} in {where}", f"{key} must be a positive {'whole ' if kind is int else ''}number (or leave it out)")
-    return number
+    return kind(number)
 
 
 def _media_fields(record: dict, where: str) -> dict:
@@ -194,13 +192,21 @@ FOLDER_KINDS = ("", "videos", "captioned")
 'captioned' every video with its NAME.txt caption (the transformer trainers)."""
 
 
+def _accepted(folder: str) -> str:
+    """The fix text naming every form of data a reader with this `folder` kind takes."""
+    forms = {"": "", "videos": ", or a folder of videos", "captioned": ", or a folder of videos with a NAME.txt caption beside each"}[folder]
+    return f"pass a data list (ROOT,ANNOTATION.json lines), an annotation .json/.jsonl{forms}"
+
+
 def check_data_source(source: str | Path, folder: str = "") -> Path:
     """The path of a data list, an annotation or (when `folder` names a kind, `FOLDER_KINDS`)
     a folder; refuses one that is not there before anything is read."""
     source = Path(source).expanduser()
+    if not source.exists():
+        raise InputError(f"data '{source}' does not exist", _accepted(folder))
     if source.is_dir():
         if not folder:
-            raise InputError(f"'{source}' is a folder", "pass a data list (ROOT,ANNOTATION.json lines) or an annotation .json/.jsonl")
+            raise InputError(f"'{source}' is a folder", _accepted(folder))
     elif source.suffix.lower() in (".json", ".jsonl"):
         _require_file(source, "annotation file")
     else:

@@ -265,6 +265,24 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def plain_modes(root: str | Path) -> None:
+    """Give `root` and everything under it the mode a plain `open()` / `mkdir()` would (0666 or
+    0777, less the umask): writers such as `mkstemp` and safetensors' `save_file` create files
+    0600, which another user of a shared folder (a served --lora-dir) could not read."""
+    mask = _umask()
+    for folder, folders, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode & 0o777
+            os.chmod(path, (0o777 if mode & 0o111 else 0o666) & ~mask)
+        for name in folders:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+    os.chmod(root, (0o777 if os.path.isdir(root) else 0o666) & ~mask)
+
+
 def fsync_tree(root: str | Path) -> None:
     """fsync every file and folder under `root` (deepest first), then `root` itself."""
     for folder, _, files in os.walk(root, topdown=False):
@@ -315,7 +333,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
         fd = os.open(tmp, os.O_RDONLY)
         _lock(fd)
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        plain_modes(tmp)
         fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")

@@ -57,12 +57,25 @@ def plan_merge(job: MergeJob) -> MergePlan:
     check_creatable_dir(output.parent)
     if job.transformer is not None:
         base = check_transformer_folder(job.transformer)
-        return MergePlan(job, base, str(base), adapters)
-    repository = ModelRepository.resolve(job.model)
-    version = repository.pick_version(None) if job.version is None else job.version
-    repository.check_version(version)
-    base = repository.fetch([version]) / version
-    return MergePlan(job, base, f"{job.model}:{version}", adapters)
+        base_name = str(base)
+    else:
+        repository = ModelRepository.resolve(job.model)
+        version = repository.pick_version(None) if job.version is None else job.version
+        repository.check_version(version)
+        base = repository.fetch([version]) / version
+        base_name = f"{job.model}:{version}"
+    _check_apart(output, [("adapter", a.path) for a in adapters] + [("base transformer", base)])
+    return MergePlan(job, base, base_name, adapters)
+
+
+def _check_apart(output: Path, inputs: list[tuple[str, Path]]) -> None:
+    """A one-line error when the output folder is, holds or lies inside a folder the merge reads
+    (symlinks resolved): --overwrite would delete the input it is made from."""
+    target = output.resolve()
+    for kind, folder in inputs:
+        source = folder.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise InputError(f"-o '{output}' overlaps the {kind} '{folder}' the merge reads", "write the merged transformer to a folder of its own")
 
 
 def run_merge(plan: MergePlan) -> dict[str, Any]:

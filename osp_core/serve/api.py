@@ -287,12 +287,12 @@ def validate(job: SamplingJob | EditJob, context: ApiContext) -> None:
         if job.steps is not None:
             check_steps(scheduler_name(str(getattr(job, "scheduler", None) or context.repository.sampling["scheduler"])), job.steps)
     except OSPError as exc:
-        raise refusal(exc, context.output_dir) from None
+        raise refusal(exc, context.output_dir, context.lora_dir) from None
 
 
-def refusal(exc: OSPError, output_dir: Path) -> ApiError:
+def refusal(exc: OSPError, *roots: Path | None) -> ApiError:
     """A job's `InputError` as a 400: its CLI option names (--steps) as the API's fields (steps)."""
-    text = without_server_paths(str(exc), output_dir)
+    text = without_server_paths(str(exc), *roots)
     first = CLI_OPTION.search(text)
     param = first.group(1).replace("-", "_") if first else ("prompt" if "prompt" in text else None)
     text = CLI_OPTION_VALUE.sub(lambda m: f'"{m.group(1).replace("-", "_")}": {m.group(2)}', text)  # "pass --steps 150"
@@ -332,7 +332,7 @@ def create_api(context: ApiContext) -> FastAPI:
         shown = row.settings.get("api", {})
         error = None
         if row.status == FAILED:
-            error = {"code": row.error_code or "failed", "message": without_server_paths(row.error_message or "failed", context.output_dir)}
+            error = {"code": row.error_code or "failed", "message": without_server_paths(row.error_message or "failed", context.output_dir, context.lora_dir)}
         return {
             "id": row.id,
             "object": "video",

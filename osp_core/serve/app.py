@@ -38,7 +38,6 @@ GENERAL_EXAMPLES = [
 ]
 SHAPES_EXAMPLES = 8  # captions of the shapes world shown under the prompt
 POLL_SECONDS = 0.1  # how often a page job's handler reads its progress from the queue
-PAGE_ADAPTERS = 64  # adapters of --lora-dir the picker lists (the first, by name)
 
 
 @dataclass
@@ -134,7 +133,7 @@ class Server:
         self.output_dir = service.output_dir
         sweep_upload_temps(self.output_dir / ".gradio")
         self.sessions = Sessions()
-        self.adapters = offered_adapters(self.options.lora_dir)[:PAGE_ADAPTERS]
+        self.adapters = offered_adapters(self.options.lora_dir)
         """The adapters the picker lists: those --lora-dir offers as the server starts."""
 
     # -- running a job -----------------------------------------------------------------------
@@ -332,7 +331,7 @@ class Server:
             if not isinstance(exc, OSPError):  # a bug, not a bad input: the server log keeps the traceback
                 log.error("job failed:\n%s", traceback.format_exc())
             code, message = error_of(exc)
-        return "cancelled" if code == "cancelled" else without_server_paths(f"Error: {message}", self.output_dir)
+        return "cancelled" if code == "cancelled" else without_server_paths(f"Error: {message}", self.output_dir, self.options.lora_dir)
 
     # -- the page ----------------------------------------------------------------------------
 

@@ -134,6 +134,13 @@ def check_upload(path: str | Path | None, max_bytes: int) -> Path:
 
 MAX_ADAPTERS = 8
 """Most LoRA adapters one job may take (the API's `lora`, the page's picker)."""
+MAX_OFFERED = 64
+"""Most adapters of --lora-dir the server offers (the first by name): the page lists them, the
+API takes only them."""
+MAX_SCALE = 2.0
+"""The largest |scale| an adapter is applied with (the page's sliders span -2..2)."""
+NAMES_SHOWN = 20
+"""Adapter names an unknown-name refusal lists."""
 
 
 class AdapterRefused(InputError):
@@ -146,18 +153,18 @@ class AdapterRefused(InputError):
 
 def offered_adapters(lora_dir: Path | None) -> list[str]:
     """The adapters `--lora-dir` offers, by name: its subfolders holding an adapter_config.json,
-    sorted (none without a --lora-dir)."""
+    sorted, the first `MAX_OFFERED` (none without a --lora-dir)."""
     if lora_dir is None:
         return []
-    return sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())
+    return sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())[:MAX_OFFERED]
 
 
 def resolve_adapters(chosen: list[tuple[str, float]], lora_dir: Path | None) -> list[str]:
     """A job's `lora` entries ("PATH:SCALE") for the (name, scale) pairs a client chose among
     `offered_adapters` (a name is never a path: nothing else on the server's disk can be
     named), each adapter's files checked. `AdapterRefused` (one line, no server path) for a
-    server without adapters, too many, a name it does not offer, a scale that is not finite,
-    or an adapter that does not read."""
+    server without adapters, too many, a name it does not offer, a scale that is not finite or
+    beyond +-`MAX_SCALE`, or an adapter that does not read."""
     from ..pipelines.lora_inputs import AdapterSpec, check_adapters
     from .paths import without_server_paths
 
@@ -169,14 +176,18 @@ def resolve_adapters(chosen: list[tuple[str, float]], lora_dir: Path | None) -> 
     specs = []
     for name, scale in chosen:
         if name not in offered:
-            raise AdapterRefused(f"no LoRA adapter '{name[:60]}' on this server: it offers {', '.join(offered[:20]) or 'none'}", "adapter_not_found")
+            shown = ", ".join(offered[:NAMES_SHOWN]) or "none"
+            more = f" and {len(offered) - NAMES_SHOWN} more" if len(offered) > NAMES_SHOWN else ""
+            raise AdapterRefused(f"no LoRA adapter '{name[:60]}' on this server: it offers {shown}{more}", "adapter_not_found")
         if not math.isfinite(scale):
             raise AdapterRefused(f"the scale of LoRA adapter '{name}' is not a finite number")
+        if abs(scale) > MAX_SCALE:
+            raise AdapterRefused(f"the scale of LoRA adapter '{name}' is {scale:g}, outside the -{MAX_SCALE:g}..{MAX_SCALE:g} this server takes")
         specs.append(AdapterSpec(Path(lora_dir) / name, scale))
     try:
         check_adapters(specs)  # a corrupt or unreadable adapter: refused now, not failed later
     except OSPError as exc:
-        raise AdapterRefused(f"lora: {without_server_paths(str(exc), Path(lora_dir).absolute())}") from None
+        raise AdapterRefused(f"lora: {without_server_paths(str(exc), lora_dir)}") from None
     return [f"{spec.path}:{spec.scale!r}" for spec in specs]
 
 

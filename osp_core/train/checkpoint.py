@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError, ModelLoadError
-from ..io.atomic import fsync_path, fsync_tree
+from ..io.atomic import fsync_path, fsync_tree, plain_modes
 from ..io.jsonfile import dumps
 from ..parallel.layout import is_main_process
 from .plan import STATE_FILE, list_checkpoints, resolve_resume, step_dir_name
@@ -177,9 +177,19 @@ class AdapterFiles(ModelFiles):
         folder = checkpoint / self.folder
         if not folder.is_dir():
             raise ModelLoadError(f"checkpoint '{checkpoint}' holds no LoRA adapter (adapter/)", "resume it without --lora (it trained the whole transformer), or start over with --overwrite")
-        _, tensors, base = read_adapter(folder)
+        saved, tensors, base = read_adapter(folder)
         check_base(inner, base, f"checkpoint '{checkpoint}'")
         load_adapter_state(inner, tensors, TRAINED_ADAPTER, f"checkpoint '{checkpoint}'")
+        # alpha and dropout leave no trace in the tensors' shapes: another value would silently
+        # change the adapter's scale (or noise) mid-run
+        own = inner.peft_config[TRAINED_ADAPTER]
+        for flag, field in (("--lora-alpha", "lora_alpha"), ("--lora-dropout", "lora_dropout")):
+            then, now = float(getattr(saved, field)), float(getattr(own, field))
+            if then != now:
+                raise ModelLoadError(
+                    f"checkpoint '{checkpoint}' was trained with {flag} {then:g}, this run asks for {now:g}",
+                    f"resume with {flag} {then:g} (the LoRA options it was trained with), or start over with --overwrite",
+                )
 
 
 def _is_diffusers(module: nn.Module) -> bool:
@@ -260,6 +270,7 @@ class CheckpointManager:
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Rank 0, once the checkpoint is complete: flush it, rename it into place, prune."""
+        plain_modes(tmp)  # shareable as a plain write would be (safetensors writes 0600)
         fsync_tree(tmp)  # on disk before the rename makes it the newest checkpoint
         if final.exists():
             shutil.rmtree(final)

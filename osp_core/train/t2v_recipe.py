@@ -38,7 +38,11 @@ def _resolve_transformer_source(cfg: T2VTrainConfig) -> tuple[Path | None, Path 
         root = resolve_model_dir(m.model, subfolders=[m.pretrained, "vae"])
         folder = root / m.pretrained
         if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"no transformer '{m.pretrained}' in '{m.model}'", "pass --pretrained with a version folder such as 65x512x512, or a folder with config.json")
+            from ..pipelines.t2v_inputs import local_versions
+
+            versions = local_versions(root)
+            such = f"one of {', '.join(versions)}" if versions else "a version folder such as 65x512x512"
+            raise ModelLoadError(f"no transformer '{m.pretrained}' in '{m.model}'", f"pass --pretrained with {such}, or a folder with config.json")
         return folder, root
     return None, None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,11 @@ def test_bad_lists_and_empty_sources(tmp_path):
         read_data_list(tmp_path / "list.txt")
     with pytest.raises(InputError, match="does not exist"):
         load_entries(tmp_path / "missing.txt")
+    # the fix names every form the reader takes, not only a data list
+    for folder, form in (("", "an annotation .json/.jsonl$"), ("videos", "or a folder of videos$"), ("captioned", "or a folder of videos with a NAME.txt caption")):
+        with pytest.raises(InputError, match="ROOT,ANNOTATION") as refused:
+            load_entries(tmp_path / "missing", folder=folder)
+        assert refused.value.hint.startswith("pass a data list") and re.search(form, refused.value.hint), refused.value.hint
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(InputError, match="no samples"):
         load_entries(tmp_path / "empty.json")

@@ -106,6 +106,11 @@ def test_annotation_fields_are_used_instead_of_the_file(tmp_path):
         ({"num_frames": 0}, "bad num_frames 0"),
         ({"num_frames": 4.5}, "bad num_frames"),
         ({"fps": "fast"}, "bad fps 'fast'"),
+        ({"num_frames": "17"}, "bad num_frames '17' in .*a.json"),  # a string, even of a number
+        ({"num_frames": True}, "bad num_frames True"),
+        ({"fps": "24"}, "bad fps '24'"),
+        ({"resolution": {"height": "64", "width": 64}}, "bad height '64'"),
+        ({"resolution": {"height": 64, "width": False}}, "bad width False"),
         ({"resolution": {"height": -4, "width": 8}}, "bad height -4"),
         ({"resolution": "720p"}, "bad resolution '720p'"),
     ],

@@ -145,3 +145,33 @@ def test_a_folder_that_cannot_take_a_file_is_refused_up_front():
 
     with pytest.raises(InputError, match="not writable"):
         ensure_writable_dir(Path("/proc"))
+
+
+def test_files_written_0600_inside_atomic_folders_get_the_mode_a_plain_write_would(tmp_path):
+    """safetensors' save_file (and mkstemp) create 0600 files: an adapter or checkpoint copied
+    into a folder another user serves must be readable like any other file osp writes."""
+    from safetensors.torch import save_file
+
+    from osp_core.train.checkpoint import CheckpointManager
+
+    from ..train.helpers import TINY_T2V
+
+    old = os.umask(0o022)
+    try:
+        with atomic.atomic_dir(tmp_path / "lora") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp / "adapter_model.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+            save_file({"a": torch.zeros(2)}, str(tmp / "sub" / "w.safetensors"))
+        from accelerate import Accelerator
+
+        from osp_core.models.latte_t2v import LatteT2V
+
+        accelerator = Accelerator(cpu=True)
+        final = CheckpointManager(accelerator, tmp_path / "run").save(1, accelerator.prepare(LatteT2V(**TINY_T2V)), {"data": {}})
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "lora" / "adapter_model.safetensors").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(tmp_path / "lora" / "sub").st_mode & 0o777) == oct(0o755)
+    assert oct(os.stat(tmp_path / "lora" / "sub" / "w.safetensors").st_mode & 0o777) == oct(0o644)
+    written = [p for p in final.rglob("*.safetensors")]
+    assert written and all(os.stat(p).st_mode & 0o777 == 0o644 for p in written), [(p.name, oct(os.stat(p).st_mode)) for p in written]

@@ -95,6 +95,20 @@ def test_merge_equals_base_plus_adapter(adapters, tmp_path, osp_in_process):
     assert_one_line_error(proc, str(out), "already exists", "--overwrite", code=2)
 
 
+def test_merge_never_writes_over_an_adapter_it_reads(adapters, tmp_path, osp_in_process):
+    """-o that is, holds or lies inside an input adapter (also through a symlink) is refused
+    before anything is read or written, --overwrite or not: it would delete the adapter."""
+    import shutil
+
+    copy = shutil.copytree(adapters["a"], tmp_path / "runs" / "lora")
+    (tmp_path / "link").symlink_to(copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    for out in (copy, tmp_path / "link", copy / "merged", tmp_path / "runs"):
+        proc = osp_in_process("t2v", "lora", "merge", "--lora", f"{adapters['b']}:0.5", "--lora", str(copy), "--model", SHAPES, "-o", str(out), "--overwrite")
+        assert_one_line_error(proc, "overlaps the adapter", code=2)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
 def test_adapters_add_up_in_any_order_with_their_scales(adapters):
     from osp_core.models.lora import merge_adapters
 

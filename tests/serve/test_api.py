@@ -3,6 +3,7 @@ SQLite queue and a real worker process running builtin:shapes on the CPU."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import warnings
@@ -334,21 +335,46 @@ def test_lora_names_an_adapter_the_server_offers(api, tmp_path):
     server, queue, output_dir = api
     offered = tmp_path / "adapters"
     peft_adapter(offered / "style", 1, 4, ["to_q", "to_v"])
+    from osp_core.models.latte_t2v import LatteT2V
+
+    from tests.train.helpers import TINY_T2V
+
+    peft_adapter(offered / "wide", 2, 2, ["to_q"], model=LatteT2V(**TINY_T2V))  # made for another model config
     second, _ = serve(output_dir, api_key=KEY, lora_dir=offered)  # the same queue, so the module's worker runs it
     with second:
         client = openai.OpenAI(base_url=second.base_url, api_key=KEY, max_retries=0)
         done = client.videos.poll(client.videos.create(prompt="a red circle moving right", extra_body={**FAST, "lora": ["style:0.5"]}).id, poll_interval_ms=200)
         assert done.status == "completed", done.error
+        # the worker's failure names the offered adapter by its name, never by its server path
+        failed = client.videos.poll(client.videos.create(prompt="a red circle", extra_body={**FAST, "lora": "wide"}).id, poll_interval_ms=200)
+        assert failed.status == "failed" and "adapter 'wide' was made for another model" in failed.error.message, failed.error
+        assert str(offered) not in failed.error.message and str(tmp_path) not in failed.error.message
         sidecar = json.loads(next((output_dir / "videos" / done.id).glob("*.json")).read_text())
         assert [(Path(a["path"]).name, a["scale"]) for a in sidecar["models"]["lora"]] == [("style", 0.5)]
         for lora, needle in (
             ("../adapters/style", "no LoRA adapter '../adapters/style' on this server: it offers style"),
-            ("other", "it offers style"),
+            ("other", "it offers style, wide"),
             ("style:abc", "is not a finite number"),
+            ("style:1e9", "is 1e+09, outside the -2..2 this server takes"),
+            ("style:-2.5", "outside the -2..2"),
             (["style"] * 9, "more than the 8"),
         ):
-            with pytest.raises(openai.BadRequestError, match=needle.replace(".", r"\.")) as refused:
+            with pytest.raises(openai.BadRequestError, match=re.escape(needle)) as refused:
                 client.videos.create(prompt="x", extra_body={"lora": lora})
             assert refused.value.body["param"] == "lora" and str(offered) not in refused.value.body["message"]
     with pytest.raises(openai.BadRequestError, match="offers no LoRA adapters"):
         openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0).videos.create(prompt="x", extra_body={"lora": "style"})
+
+
+def test_the_offered_adapters_are_one_bounded_list(tmp_path):
+    """--lora-dir offers its first 64 adapters by name, to the page's picker and the API alike;
+    an unknown name's refusal lists 20 and says how many more there are."""
+    from osp_core.serve.session import AdapterRefused, offered_adapters, resolve_adapters
+
+    for index in range(70):
+        (tmp_path / f"a{index:02d}").mkdir()
+        (tmp_path / f"a{index:02d}" / "adapter_config.json").write_text("{}")
+    offered = offered_adapters(tmp_path)
+    assert offered == [f"a{index:02d}" for index in range(64)]
+    with pytest.raises(AdapterRefused, match=r"no LoRA adapter 'a64' on this server: it offers a00, .*, a19 and 44 more$"):
+        resolve_adapters([("a64", 1.0)], tmp_path)

@@ -244,6 +244,9 @@ def test_resuming_with_another_rank_or_without_lora_is_one_line(straight, clips,
     shutil.copytree(reference, out)
     proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest", "--lora", "2"))
     assert_one_line_error(proc, "another LoRA rank", "lora_A", code=3)
+    for extra, needles in ((("--lora-alpha", "16"), ("--lora-alpha 8,", "asks for 16")), (("--lora-dropout", "0.1"), ("--lora-dropout 0,", "asks for 0.1"))):
+        proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest", *extra))
+        assert_one_line_error(proc, *needles, code=3)
     args = _args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest")
     for flag in ("--lora", "--lora-alpha"):  # the flag and its value
         del args[args.index(flag) : args.index(flag) + 2]

@@ -270,3 +270,11 @@ def test_pretrained_with_a_transformer_config_is_refused(clips, tiny_repo, tmp_p
     proc = osp_in_process(*_cli_args(clips, tiny_repo, tmp_path / "run"), "--transformer-config", str(config), "--max-steps", "1")
     assert_one_line_error(proc, "--pretrained and --transformer-config", "--pretrained", "--transformer-config")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pretrained_version_the_model_lacks_names_the_ones_it_has(clips, tmp_path, monkeypatch, osp_in_process):
+    """`--model builtin:shapes --pretrained builtin:shapes`: the hint names 17x64x64, not 65x512x512."""
+    monkeypatch.setattr(T2VRecipe, "build", lambda self, accelerator: pytest.fail("a model loaded"))
+    proc = osp_in_process("t2v", "train", "--preset", "debug", "--data", str(clips), "--model", "builtin:shapes", "--pretrained", "builtin:shapes", "-o", str(tmp_path / "run"), "--max-steps", "1")
+    assert_one_line_error(proc, "no transformer 'builtin:shapes' in 'builtin:shapes'", "--pretrained with one of 17x64x64,")
+    assert "65x512x512" not in proc.stderr and not (tmp_path / "run").exists()
