@@ -74,7 +74,8 @@ def shapes(
     parsed = [None if caption is None else parse_caption(caption, world) for caption in expected]
     for video in videos:  # every video checked before the measuring libraries load
         check_input_file(video, "video")
-    from osp_core.eval.shapes import accuracy, mean_finite, measure
+    from osp_core.eval.compare import mean_finite
+    from osp_core.eval.shapes import accuracy, measure
     from osp_core.io import read_video
     from osp_core.metrics import psnr, ssim
 

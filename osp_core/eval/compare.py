@@ -155,7 +155,8 @@ def wants_shapes_judge(pairs: list[VideoPair]) -> bool:
     return bool(pairs) and all(_is_shapes(read_sidecar(p.candidate)) for p in pairs)
 
 
-def _mean(values: list) -> float | None:
+def mean_finite(values: list) -> float | None:
+    """The mean of the finite numbers among `values` (None when there are none)."""
     finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
 
@@ -176,9 +177,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "videos": len(rows),
         "unreadable": unreadable,
         "identical": sum(r["identical"] for r in rows),
-        "psnr": float("inf") if rows and all(r["identical"] for r in rows) else _mean(psnrs),
-        "ssim": _mean([r["ssim"] for r in rows]),
-        "lpips": _mean([r["lpips"] for r in rows]),
+        "psnr": float("inf") if rows and all(r["identical"] for r in rows) else mean_finite(psnrs),
+        "ssim": mean_finite([r["ssim"] for r in rows]),
+        "lpips": mean_finite([r["lpips"] for r in rows]),
     }
     for side in ("reference", "candidate"):
         summary[side] = {key: _total([r[side][key] for r in rows]) for key in ("denoise_seconds", "transformer_evaluations")}

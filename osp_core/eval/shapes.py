@@ -16,7 +16,6 @@ generated videos as well as synthetic clips:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -141,8 +140,3 @@ def accuracy(rows: list[dict], key: str) -> float | None:
     if not graded:
         return None
     return sum(r[key] == r[f"expected_{key}"] for r in graded) / len(graded)
-
-
-def mean_finite(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
