@@ -1,6 +1,6 @@
 """The shapes world learns a new colour (benchmarks/README.md, "shapes_lora.py").
 
-`python benchmarks/shapes_lora.py train OUT [--shape circle,square]`: the recipe of
+`python benchmarks/shapes_lora.py train [--shape circle,square] [--mix] OUT`: the recipe of
 docs/builtin-model.md as a user runs it (`osp data synth --color orange=235,150,40 --colors
 orange [--shape ...]`, then `osp t2v train --preset shapes-lora`), timed by the wall clock;
 the adapter lands in OUT/run/lora.
@@ -39,9 +39,9 @@ def osp(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "osp_cli", *args], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def train(out: Path, shape: str | None, extra: list[str], only_new: bool = False) -> None:
+def train(out: Path, shape: str | None, extra: list[str], mix: bool = False) -> None:
     started = time.time()
-    colors = ["--colors", NAME] if only_new else []  # default: the world's colours beside the new one
+    colors = [] if mix else ["--colors", NAME]  # --mix: the world's colours beside the new one
     osp("data", "synth", "--out", str(out / "data"), "--color", COLOR, *colors, *(["--shape", shape] if shape else []), "--overwrite")
     synthesized = time.time()
     osp("t2v", "train", "--preset", "shapes-lora", "--data", str(out / "data" / "data.txt"), "-o", str(out / "run"), "--overwrite", *extra)
@@ -117,7 +117,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("out", type=Path)
     t.add_argument("--shape", help="draw only these shapes (the measured adapter: circle,square)")
-    t.add_argument("--only-new", action="store_true", help="clips of the new colour alone (`--colors orange`): the model forgets the others")
+    t.add_argument("--mix", action="store_true", help="clips of every colour, the new one among them (the recipe draws the new colour alone)")
     t.add_argument("extra", nargs=argparse.REMAINDER, help="more `osp t2v train` options, after --")
     m = sub.add_parser("measure")
     m.add_argument("--lora", required=True)
@@ -136,7 +136,7 @@ def main() -> None:
         strip(args.lora, args.out)
         return
     if args.command == "train":
-        train(args.out, args.shape, [a for a in args.extra if a != "--"], args.only_new)
+        train(args.out, args.shape, [a for a in args.extra if a != "--"], args.mix)
         return
     result = measure(args.lora, args.split, args.new_shapes, args.new_seeds, args.old_seeds, args.steps, (args.only,) if args.only else ("base", "adapter"))
     if args.json:
