@@ -26,16 +26,12 @@ def _expected_captions(videos: list[Path], prompts: Path | None) -> list[str | N
         if len(lines) != len(videos):
             raise InputError(f"{len(lines)} prompts for {len(videos)} videos", "give one prompt per video, in the same order")
         return lines
+    from osp_core.eval.compare import read_sidecar
+
     captions: list[str | None] = []
     annotation_cache: dict[Path, dict[str, str]] = {}
     for video in videos:
-        sidecar = video.with_suffix(".json")
-        caption = None
-        if sidecar.is_file():
-            try:
-                caption = json.loads(sidecar.read_text()).get("prompt")
-            except (json.JSONDecodeError, AttributeError):
-                caption = None
+        caption = read_sidecar(video).get("prompt")
         if caption is None:
             annotation = video.parent.parent / "annotations.json"
             if annotation.is_file():
