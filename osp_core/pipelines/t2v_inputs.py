@@ -316,7 +316,7 @@ def check_speed_name(speed: str | None) -> str:
     """The canonical profile name (None: default); a one-line `InputError` for an unknown one."""
     name = "default" if speed is None else str(speed).strip().lower()
     if name not in SPEED_PROFILES:
-        raise InputError(f"unknown speed profile '{speed}'", "use --speed " + ", ".join(SPEED_PROFILES))
+        raise InputError(f"unknown speed profile '{str(speed)[:40]}'", "use --speed " + ", ".join(SPEED_PROFILES))  # cut: it may come over HTTP
     return name
 
 
