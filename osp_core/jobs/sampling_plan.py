@@ -250,13 +250,21 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     # the speed profile fills what the user left unset (default: the model's plain settings)
     speed = resolve_speed(job.speed, defaults, job.scheduler, job.steps, job.cache, job.cache_threshold, job.interval(), guidance, f"'{job.model}'")
     scheduler, steps = speed.scheduler, speed.steps
-    chosen = f" (--speed {speed.speed} chooses {', '.join(f'{name} {getattr(speed, name)}' for name in speed.from_profile if name in ('scheduler', 'steps'))})" if {"scheduler", "steps"} & set(speed.from_profile) else ""
+
+    def chosen(*names: str) -> str:
+        """What the profile chose of `names`, for a refusal of them."""
+        named = [f"{name} {getattr(speed, name)}" for name in names if name in speed.from_profile]
+        return f" (--speed {speed.speed} chooses {', '.join(named)})" if named else ""
+
     try:
         check_steps(scheduler, steps)
+    except InputError as exc:
+        raise InputError(exc.message + chosen("scheduler", "steps"), exc.hint) from None
+    try:
         cache = check_cache_options(speed.cache, speed.cache_threshold)
         check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
     except InputError as exc:
-        raise InputError(exc.message + chosen, exc.hint) from None
+        raise InputError(exc.message + chosen("scheduler", "cache"), exc.hint) from None
     if cache == "pab" and job.compile:
         # PAB's hooks sit on the attention modules inside the compiled blocks: its per-step
         # decision changes their graphs, and they recompile until torch gives up (measured)

@@ -33,10 +33,11 @@ def tiny_repo(reference_dir):
 
 @pytest.fixture(scope="module")
 def profiled(tiny_repo, tmp_path_factory):
-    """The tiny model with sampling defaults (DDIM, 4 steps) and two profiles."""
+    """The tiny model with sampling defaults (DDIM, 4 steps), MagCache ratios fitted with DDIM
+    and two profiles."""
     repo = tmp_path_factory.mktemp("profiled") / "repo"
     shutil.copytree(tiny_repo, repo)
-    sampling = {"steps": 4, "scheduler": "DDIM", "teacache_coefficients": COEFFICIENTS, "speed_profiles": PROFILES}
+    sampling = {"steps": 4, "scheduler": "DDIM", "teacache_coefficients": COEFFICIENTS, "magcache_ratios": [1.0, 0.9, 0.8], "magcache_scheduler": "DDIM", "speed_profiles": PROFILES}
     (repo / SAMPLING_FILE).write_text(json.dumps(sampling))
     return repo
 
@@ -64,9 +65,12 @@ def test_a_profile_fills_what_is_not_given_and_explicit_options_win(profiled):
     assert _settings(profiled, speed="fast", guidance=1.0)[5] is None
     with pytest.raises(InputError, match="--guidance 1 turns it off"):
         _settings(profiled, speed="fast", guidance=1.0, guidance_interval="0.2,0.8")
-    # explicit steps the profile's scheduler cannot run: refused, naming where the scheduler came from
-    with pytest.raises(InputError, match="PNDM needs at least 4 steps"):
-        _settings(profiled, speed="fast", scheduler="PNDM", steps=2)
+    # an explicit cache the profile's scheduler cannot take: refused as with --scheduler, naming the profile's choice
+    with pytest.raises(InputError, match=r"fitted with DDIM \(--speed fast chooses scheduler EulerDiscrete\)"):
+        _settings(profiled, speed="fast", cache="magcache")
+    assert _settings(profiled, speed="fast", cache="magcache", scheduler="DDIM")[1:4] == ("DDIM", 3, "magcache")
+    with pytest.raises(InputError, match=r"PNDM needs at least 4 steps, got 2 \(pass --steps 4"):
+        _settings(profiled, speed="fast", scheduler="PNDM", steps=2)  # nothing the profile chose
 
 
 def test_unknown_and_undefined_profiles_are_refused(profiled, tiny_repo, osp_in_process, tmp_path):
