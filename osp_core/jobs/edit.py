@@ -271,6 +271,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     import torch
 
     from ..memory import oom_as_error
+    from ..pipelines.caching import make_cache
     from ..pipelines.denoising import StepProgress
     from ..pipelines.edit import (
         control_forward,
@@ -280,8 +281,6 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         prepare_latents,
     )
     from ..pipelines.edit_inputs import parse_box
-
-    from ..pipelines.caching import make_cache
 
     job, inputs, sampling = plan.job, plan.inputs, plan.sampling
     started = time.perf_counter()

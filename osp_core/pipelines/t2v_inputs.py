@@ -336,7 +336,8 @@ def resolve_speed(
     sampling defaults), else the model's default (no cache, guidance at every step). The
     profile's threshold goes with its cache only (an explicit --cache takes its own default),
     and its interval is dropped where `guidance` turns guidance off. One-line `InputError`s:
-    unknown profile, a profile the model does not define, steps the scheduler cannot run."""
+    an unknown profile, scheduler or cache, a profile the model does not define. Whether the
+    result can run (steps for the scheduler, a cache for the model) is the caller's check."""
     name = check_speed_name(speed)
     profile: dict[str, Any] = {}
     if name != "default":
