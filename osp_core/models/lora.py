@@ -11,6 +11,8 @@ of its weights) in the safetensors metadata, so an adapter is not applied to ano
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +262,18 @@ def _unload(model: nn.Module) -> None:
         setattr(parent, child, module.get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """`model`'s LoRA adapters switched off (the frozen base alone) inside the block."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

@@ -292,6 +292,10 @@ class LoraConfig:
     meaning. '' turns it off."""
     preserve_weight: float = 1.0
     """Weight of the prior-preservation term beside the diffusion loss."""
+    preserve_sample_steps: int = 20
+    """The clean latents the preservation term noises are the frozen base's own samples of its
+    captions (one each, DPMSolverMultistep with this many steps, guidance as validation's,
+    at --frames x --size), drawn once as the run starts; 0 noises the batch's clips instead."""
 
 
 @dataclass

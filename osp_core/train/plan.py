@@ -186,8 +186,9 @@ def sample_prompts(validation: ValidationConfig) -> list[str]:
     return prompts
 
 
-MAX_PRESERVE_CAPTIONS = 100_000
-"""Most captions `--lora-preserve` reads (each is encoded by T5 once, cached)."""
+MAX_PRESERVE_CAPTIONS = 1000
+"""Most captions `--lora-preserve` reads: the base samples each once as the run starts."""
+MAX_PRESERVE_SAMPLE_STEPS = 1000
 MODEL_CAPTIONS = "captions.txt"
 """A model repository's own captions (builtin:shapes: its world's), what `--lora-preserve model` reads."""
 
@@ -232,6 +233,8 @@ def check_lora_config(cfg: T2VTrainConfig) -> None:
     check_lora_options(lora.rank, lora.alpha, lora.dropout, lora.targets)
     if lora.preserve_captions and not (math.isfinite(lora.preserve_weight) and lora.preserve_weight > 0):
         raise InputError(f"lora.preserve_weight must be a finite number above 0, got {lora.preserve_weight}", "e.g. --set lora.preserve_weight=1")
+    if lora.preserve_captions and not 0 <= lora.preserve_sample_steps <= MAX_PRESERVE_SAMPLE_STEPS:
+        raise InputError(f"lora.preserve_sample_steps must be in [0, {MAX_PRESERVE_SAMPLE_STEPS}], got {lora.preserve_sample_steps}", "e.g. --set lora.preserve_sample_steps=20 (0: noise the batch's clips)")
     if cfg.run.ema:
         raise InputError("--ema with --lora: a LoRA run keeps no EMA (the adapters train for few steps at a high learning rate)", "drop --ema (or set run.ema false in the preset)")
 

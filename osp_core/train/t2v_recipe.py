@@ -26,6 +26,10 @@ from .config import T2VTrainConfig
 from .trainer import Built, Recipe
 
 
+PRIOR_BATCH = 8
+"""Captions the base samples at once for prior preservation."""
+
+
 def _resolve_transformer_source(cfg: T2VTrainConfig) -> tuple[Path | None, Path | None]:
     """(folder with the transformer config.json to start from, model repository root)."""
     from ..hub import resolve_model_dir
@@ -487,33 +491,70 @@ class T2VRecipe(Recipe):
 
     def _preservation(self, batch: dict[str, Any], latents: torch.Tensor, images: int) -> torch.Tensor:
         """Prior preservation (`lora.preserve_captions`): each sample draws one of the captions
-        and a fresh timestep and noise for its video latents; the adapters' prediction for that
-        caption is pulled to the frozen base's (adapters off) on the same noisy latents. The
-        target is the base's own output, not a clip's noise, so the term is zero exactly when
-        the adapters change nothing for these captions. Weighted by `preserve_weight`."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
+        and a fresh timestep and noise; the adapters' prediction for that caption is pulled to
+        the frozen base's (adapters off) on the same noisy latents, which are the base's own
+        sample of that caption (`_prior_latents`; with `preserve_sample_steps` 0, the sample's
+        clip). The target is the base's output, not a clip's noise, so the term is zero exactly
+        when the adapters change nothing for these captions. Weighted by `preserve_weight`."""
+        from ..models.lora import adapters_off
         from .randomness import batch_positions, sample_generator, sample_rand, sample_randn
 
         seed, positions = self.config.run.seed, batch_positions(batch)
-        video = latents[:, :, : latents.shape[2] - images]  # the clips' frames, without joint images
-        picks = sample_rand(seed, positions, "preserve-caption")
-        states, mask = self._text([self.preserve[min(int(u * len(self.preserve)), len(self.preserve) - 1)] for u in picks.tolist()])
-        t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "preserve-timestep")) for p in positions]).to(video.device)
-        noise = sample_randn(seed, [(p, "preserve-noise") for p in positions], tuple(video.shape[1:]), video.device)
-        x_t = self.objective.q_sample(video, t, noise)
-        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-        with torch.no_grad():
-            for layer in layers:
-                layer.enable_adapters(False)
-            try:
-                target = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
-            finally:
-                for layer in layers:
-                    layer.enable_adapters(True)
+        picks = [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(seed, positions, "preserve-caption").tolist()]
+        states, mask = self._text([self.preserve[k] for k in picks])
+        prior = self._prior_latents()
+        clean = latents[:, :, : latents.shape[2] - images] if prior is None else prior[picks].to(latents.device)  # clips: without joint images
+        t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "preserve-timestep")) for p in positions]).to(clean.device)
+        noise = sample_randn(seed, [(p, "preserve-noise") for p in positions], tuple(clean.shape[1:]), clean.device)
+        x_t = self.objective.q_sample(clean, t, noise)
+        with torch.no_grad(), adapters_off(self.model):
+            target = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
         prediction = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
-        channels = video.shape[1]  # the noise channels: sampling drops the learned variance
+        channels = clean.shape[1]  # the noise channels: sampling drops the learned variance
         return self.config.lora.preserve_weight * torch.nn.functional.mse_loss(prediction[:, :channels].float(), target[:, :channels].float())
+
+    @torch.no_grad()
+    def _prior_latents(self) -> torch.Tensor | None:
+        """The frozen base's own sample of each preserve caption (N, C, f, h, w), drawn the first
+        time they are needed (every rank alike: caption k's noise comes from the run's seed and
+        k), with the adapters off, so a resumed run draws the same ones; None when
+        `preserve_sample_steps` is 0."""
+        steps = self.config.lora.preserve_sample_steps
+        if steps == 0:
+            return None
+        if getattr(self, "_prior", None) is None:
+            from ..models.lora import adapters_off
+            from ..pipelines.t2v import T2VPipeline, make_scheduler
+
+            from .wrapping import diffusers_part
+
+            cfg = self.config
+            model = self.trainer.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+
+            def forward(x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, encoder_attention_mask: Any = None, **_: Any) -> Any:
+                # through the training wrapper (sharded, sequence-parallel): every rank runs it
+                return self.model(x, t, encoder_hidden_states=states, encoder_attention_mask=encoder_attention_mask, return_dict=False)
+
+            pipe = T2VPipeline(self.tokenizer, self.text_encoder, self.vae, diffusers_part(model)[0], make_scheduler("DPMSolverMultistep"))
+            pipe.set_progress_bar_config(disable=True)
+            rows = []
+            try:
+                with adapters_off(self.model):
+                    for start in range(0, len(self.preserve), PRIOR_BATCH):
+                        captions = self.preserve[start : start + PRIOR_BATCH]
+                        generators = [torch.Generator("cpu").manual_seed(cfg.run.seed * 1_000_003 + start + k) for k in range(len(captions))]
+                        rows.append(
+                            pipe(
+                                captions, num_frames=cfg.data.frames, height=cfg.data.height, width=cfg.data.width, num_inference_steps=steps,
+                                guidance_scale=cfg.validation.guidance_scale, generator=generators, output_type="latent", transformer_forward=forward,
+                            ).frames.float().cpu()
+                        )  # fmt: skip
+            finally:
+                model.train(was_training)
+            self._prior = torch.cat(rows)
+        return self._prior
 
     def _clipped_parameters(self) -> Iterable[torch.nn.Parameter]:
         """The parameters whose gradient norm --max-grad-norm clips."""
