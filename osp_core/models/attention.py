@@ -229,7 +229,9 @@ class AttentionProcessor:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        if attn.rescale_output_factor != 1.0:  # dividing by 1 is a full-size kernel that changes nothing
+            hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> None:
