@@ -4,14 +4,15 @@
 
 For each dtype:
 
-1. This machine's matmul peak: the best of several 4096x4096x4096 products (what the
-   transformer's linear layers are made of, at their best shape).
+1. This machine's matmul peak: the best 4096x4096x4096 product (what the transformer's linear
+   layers are made of, at their best shape), one before each timed step.
 2. One denoising step of the full-width LatteT2V (width 1152, 16 heads, T5-XXL caption width
    4096, random weights, `--layers` spatial+temporal pairs: a step's cost is the same per pair,
    so a few stand for 28) on `--frames`x`--size`x`--size` latents (17x32x32: a 65x256x256
    video), batch 2 as under classifier-free guidance, 120 caption tokens with a padding mask:
-   model FLOPs counted by torch's FlopCounterMode on the meta device, the median seconds of
-   `--repeats` timed steps, MFU = FLOPs / seconds / peak.
+   model FLOPs counted by torch's FlopCounterMode on the meta device, the best seconds of
+   `--repeats` timed steps, MFU = FLOPs / seconds / peak. Peak and steps alternate and each
+   takes its best run, so that other work on a shared machine slows both alike.
 3. The step under torch.profiler, its three stages (embed, blocks, unpatchify) and the layout
    changes between the spatial and temporal blocks labelled: by operator, the calls, self CPU
    time and share, and the bytes written by copies and element-wise kernels; then every copy by
@@ -23,7 +24,6 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -48,14 +48,13 @@ ELEMENTWISE_OPS = {
     "aten::exp",
 }  # fmt: skip
 STAGES = ("embed", "blocks", "layout", "unpatchify")
+PEAK_SIZE = 4096
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Best FLOP/s of an n x n x n matrix product in `dtype`."""
+def _matmul(dtype: torch.dtype, n: int = PEAK_SIZE):
+    """An n x n x n matrix product in `dtype`, to call (2 n^3 FLOPs)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)  # warm-up (kernel selection, page faults)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * n**3 / best
+    return lambda: torch.mm(a, b)
 
 
 def _timed(fn) -> float:
@@ -73,7 +72,7 @@ def _model(args: argparse.Namespace, device: str = "cpu"):
 
 def _inputs(args: argparse.Namespace, dtype: torch.dtype, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(0) if device == "cpu" else None
-    make = (lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)) if g else (lambda *shape: torch.empty(*shape, device=device, dtype=dtype))  # noqa: E731
+    make = (lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)) if g else (lambda *shape: torch.empty(*shape, device=device, dtype=dtype))
     mask = torch.zeros(2, CAPTION_TOKENS, dtype=torch.long, device=device)
     mask[:, :KEPT_TOKENS] = 1
     return {
@@ -125,7 +124,10 @@ def labelled_step(model, inputs: dict) -> torch.Tensor:
 
 
 def _bytes_written(event) -> int:
-    """Bytes an event's output holds: the destination of a copy, else the largest input."""
+    """Bytes an event's output holds: the destination of a copy, the allocation of a cat (whose
+    tensor-list inputs the profiler does not record), else the largest input."""
+    if event.name == "aten::cat":
+        return max(event.cpu_memory_usage, 0)
     sizes = []
     for shape, dtype in zip(event.input_shapes, event.input_dtypes or []):
         if not shape or not dtype:
@@ -213,24 +215,28 @@ def measure(args: argparse.Namespace, name: str, flops: float, by_op: dict[str, 
     from torch.profiler import ProfilerActivity, profile
 
     dtype = DTYPES[name]
-    peak = matmul_peak(dtype)
     torch.manual_seed(0)
     model = _model(args).to(dtype)
     inputs = _inputs(args, dtype)
+    product, n = _matmul(dtype), PEAK_SIZE
     with torch.no_grad():
-        model(**inputs)  # warm-up
-        seconds = [_timed(lambda: model(**inputs)) for _ in range(args.repeats)]
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        product(), model(**inputs)  # warm-up
+        products, seconds = [], []
+        for _ in range(args.repeats):
+            products.append(_timed(product))
+            seconds.append(_timed(lambda: model(**inputs)))
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as prof:
             labelled_step(model, inputs)
-    step = statistics.median(seconds)
+    peak, step = 2 * n**3 / min(products), min(seconds)
     rows, copy_rows, totals = profile_tables(prof)
     linear = by_op.get("addmm", 0.0) + by_op.get("mm", 0.0)
     print(f"\n### {name}: {torch.get_num_threads()} threads, {args.layers} layer pairs, latents 2x4x{args.frames}x{args.size}x{args.size}, {CAPTION_TOKENS} caption tokens\n")
-    print("| matmul peak (TFLOP/s) | model GFLOPs / step | of which linear | seconds / step (median) | achieved TFLOP/s | MFU | linear layers' own TFLOP/s |")
+    print(f"seconds per step: {', '.join(f'{s:.2f}' for s in seconds)}; per 4096^3 product: {', '.join(f'{s:.2f}' for s in products)}\n")
+    print("| matmul peak (TFLOP/s) | model GFLOPs / step | of which linear | seconds / step (best) | achieved TFLOP/s | MFU | linear layers' own TFLOP/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     own = linear / (totals["addmm_ms"] / 1e3) / 1e12 if totals["addmm_ms"] else float("nan")
     print(f"| {peak / 1e12:.3f} | {flops / 1e9:.1f} | {linear / flops:.1%} | {step:.3f} | {flops / step / 1e12:.3f} | {flops / step / peak:.1%} | {own:.3f} |")
-    print(f"\nFLOPs by operator: " + ", ".join(f"{op} {n / 1e9:.1f} G" for op, n in sorted(by_op.items(), key=lambda kv: -kv[1])))
+    print("\nFLOPs by operator: " + ", ".join(f"{op} {n / 1e9:.1f} G" for op, n in sorted(by_op.items(), key=lambda kv: -kv[1])))
     print(
         f"\nProfiled step: {totals['self_ms']:.0f} ms self CPU; copies {totals['copies']} calls, {totals['copy_bytes'] / 2**20:.1f} MiB, "
         f"{totals['copy_share']:.1%} of the time; element-wise kernels {totals['elementwise']} calls, "
