@@ -205,7 +205,6 @@ def profile_tables(prof) -> tuple[list[tuple], list[tuple], dict[str, float]]:
         "elementwise_share": sum(self_ms[n] for n in ELEMENTWISE_OPS) / total,
         "self_ms": total,
         "addmm_ms": self_ms.get("aten::addmm", 0.0),
-        "sdpa_ms": sum(ms for name, ms in self_ms.items() if "attention" in name),
     }
     return rows, copy_rows, totals
 
