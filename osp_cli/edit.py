@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from . import edit_train, t2v_lora
 from .console import err, print_json
-from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, job_from_options
+from .options import DEFAULT_MODEL, CacheOpt, CacheThresholdOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, JsonOpt, ModelOpt, SpeedOpt, job_from_options
 
 
 class _DefaultVideoGroup(TyperGroup):
@@ -45,8 +45,12 @@ def edit_video(
     strength: Annotated[float | None, typer.Option("--strength", help="How far the region is re-noised, in (0, 1]: below 1 only the last S of the steps run, from the edited first frame's region moved along the tracks. Default: the model's sampling.json edit_strength, else 1.", show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     frames: Annotated[str | None, typer.Option("--frames", "-f", help="Frames to edit: N (4k+1) or auto (the longest 4k+1 prefix). Default: every frame (must be 4k+1).", show_default=False)] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps. Default: the model's.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps of the whole schedule (the edit runs the last --strength of them). Default: the --speed profile's, else the model's.", show_default=False)] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale. Default: the model's.", show_default=False)] = None,
+    cache: CacheOpt = None,
+    cache_threshold: CacheThresholdOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
+    speed: SpeedOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a random one, written to the sidecar).")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

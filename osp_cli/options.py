@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from osp_core.hub import DEFAULT_REPO
+from osp_core.pipelines.t2v_inputs import SPEED_HELP
 
 ModelOpt = Annotated[
     str,
@@ -31,6 +32,21 @@ TileOpt = Annotated[
     bool | None,
     typer.Option("--tile/--no-tile", help="VAE tiling (default: on when the video exceeds the tile size)."),
 ]
+
+# how a denoising run skips work: `osp t2v sample` and `osp edit`
+CacheOpt = Annotated[
+    str | None,
+    typer.Option("--cache", help="Reuse work between steps: none, pab (Pyramid Attention Broadcast), teacache or magcache (skip whole steps; need the model's fitted values), fbcache (First Block Cache), easycache (adaptive, no calibration) or fastercache (reuses the unconditional half of guidance). Default: the --speed profile's, else none.", show_default=False),
+]
+CacheThresholdOpt = Annotated[
+    float | None,
+    typer.Option("--cache-threshold", help="Threshold of teacache, fbcache, magcache or easycache, in [0, 1]: higher skips more steps, 0 never skips. Default: the --speed profile's (with its cache), else teacache the model's (else 0.1), fbcache 0.05, magcache 0.06, easycache 0.05.", show_default=False),
+]
+GuidanceIntervalOpt = Annotated[
+    str | None,
+    typer.Option("--guidance-interval", help="LO,HI: classifier-free guidance only at steps whose noise level (timestep / 1000 training timesteps: 0 clean, 1 pure noise) is in [LO, HI]; elsewhere the conditional half runs alone. Default: the --speed profile's, else every step.", show_default=False),
+]
+SpeedOpt = Annotated[str | None, typer.Option("--speed", help=SPEED_HELP + " Default: default.", show_default=False)]
 
 # the shapes world's vocabulary: `osp data synth` draws it, `osp eval shapes` judges it
 ColorOpt = Annotated[

@@ -12,7 +12,7 @@ from osp_core.jobs.sampling_plan import DEFAULT_OUTPUT
 
 from . import t2v_lora, t2v_train
 from .console import JobBar, err, print_json
-from .options import DEFAULT_MODEL, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TileOpt, job_from_options
+from .options import DEFAULT_MODEL, CacheOpt, CacheThresholdOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, JsonOpt, ModelOpt, SpeedOpt, TileOpt, job_from_options
 
 if TYPE_CHECKING:
     from osp_core.jobs.sampling_plan import SamplingJob
@@ -26,10 +26,10 @@ PromptsOpt = Annotated[str | None, typer.Option("--prompts", help="File with one
 FramesOpt = Annotated[int | None, typer.Option("--frames", "-f", help="Video frames, 4k+1 (65: 2.7 s at 24 fps; 221: 9.2 s). Default: what the weights were trained on (65 for the released model).", show_default=False)]
 HeightOpt = Annotated[int | None, typer.Option("--height", help="Height in pixels (multiple of 16). Default: the weights' (512).", show_default=False)]
 WidthOpt = Annotated[int | None, typer.Option("--width", help="Width in pixels (multiple of 16). Default: the weights' (512).", show_default=False)]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps. Default: the model's sampling.json, else 150.", show_default=False)]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps. Default: the --speed profile's, else the model's sampling.json, else 150.", show_default=False)]
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (1 turns it off). Default: the model's sampling.json, else 7.5.", show_default=False)]
 NegativeOpt = Annotated[str, typer.Option("--negative-prompt", help="What the video should not show.")]
-SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="PNDM, DDIM, DDPM, EulerDiscrete, EulerAncestralDiscrete, DPMSolverMultistep, DPMSolverSinglestep, HeunDiscrete, DEISMultistep or KDPM2AncestralDiscrete. Default: the model's sampling.json, else PNDM.", show_default=False)]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="PNDM, DDIM, DDPM, EulerDiscrete, EulerAncestralDiscrete, DPMSolverMultistep, DPMSolverSinglestep, HeunDiscrete, DEISMultistep or KDPM2AncestralDiscrete. Default: the --speed profile's, else the model's sampling.json, else PNDM.", show_default=False)]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: a random one, written to the sidecar). Video k of a run uses seed + k.")]
 NumVideosOpt = Annotated[int, typer.Option("--num-videos", "-n", help="Videos per prompt.")]
 VersionOpt = Annotated[str | None, typer.Option("--version", help="Transformer weights folder, e.g. 65x512x512 (default: picked by --frames, else the shortest).")]
@@ -65,9 +65,10 @@ def sample(
     tile: TileOpt = None,
     clean_caption: Annotated[bool, typer.Option("--clean-caption", help="Clean prompts like the PixArt/DeepFloyd captioner (needs beautifulsoup4, ftfy).")] = False,
     attention: AttentionOpt = "auto",
-    cache: Annotated[str, typer.Option("--cache", help="Reuse work between steps: none, pab (Pyramid Attention Broadcast), teacache or magcache (skip whole steps; need the model's fitted values), fbcache (First Block Cache), easycache (adaptive, no calibration) or fastercache (reuses the unconditional half of guidance).")] = "none",
-    cache_threshold: Annotated[float | None, typer.Option("--cache-threshold", help="Threshold of teacache, fbcache, magcache or easycache, in [0, 1]: higher skips more steps, 0 never skips. Default: teacache the model's (else 0.1), fbcache 0.05, magcache 0.06, easycache 0.05.", show_default=False)] = None,
-    guidance_interval: Annotated[str | None, typer.Option("--guidance-interval", help="LO,HI: classifier-free guidance only at steps whose noise level (timestep / 1000 training timesteps: 0 clean, 1 pure noise) is in [LO, HI]; elsewhere the conditional half runs alone. Default: every step.", show_default=False)] = None,
+    cache: CacheOpt = None,
+    cache_threshold: CacheThresholdOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
+    speed: SpeedOpt = None,
     compile_blocks: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer blocks (regional compilation).")] = False,
     parallel: Annotated[str | None, typer.Option("--parallel", help="Under torchrun, how the processes share the job: data (videos over ranks), cfg (guidance halves on 2 ranks), sp (each video's frames and patches over all ranks), cfg+sp, or auto (default under torchrun).", show_default=False)] = None,
     lora: t2v_lora.LoraOpt = None,

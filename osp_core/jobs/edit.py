@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError, ModelLoadError
 from ..hub import DEFAULT_REPO
 from ..pipelines.edit_inputs import parse_box
-from ..pipelines.t2v_inputs import check_max_steps, fewest_steps
+from ..pipelines.t2v_inputs import BLOCK_STACK_CACHES, check_max_steps, fewest_steps
 from .progress import NoProgress, SamplingProgress
 from .records import edit_sidecar, write_video_files
 from .sampling import SamplingRun, output_folder
-from .sampling_plan import SamplingJob, SamplingPlan, plan_sampling
+from .sampling_plan import SamplingJob, SamplingPlan, check_speed_options, interval_of, plan_sampling
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +64,11 @@ class EditJob:
     overwrite: bool = False
     whole_frame: bool = False  # a remix: the whole video re-rendered from its latents with `prompt`
     lora: list[Any] = field(default_factory=list)  # LoRA adapters, as `SamplingJob.lora`
+    # how the denoising skips work, as `SamplingJob`'s (None: the speed profile's, else none)
+    cache: str | None = None
+    cache_threshold: float | None = None
+    guidance_interval: str | None = None
+    speed: str | None = None
 
     def validate(self) -> None:
         """`InputError` for option values that cannot work, before any file is read."""
@@ -86,6 +91,8 @@ class EditJob:
             check_max_steps(self.steps)
         if self.box is not None:
             parse_box(self.box)  # its text now; against the frame once the video is read
+        check_speed_options(self.speed, self.cache, self.cache_threshold)
+        interval_of(self.guidance_interval)
 
     def _validate_whole_frame(self) -> None:
         held = [flag for flag, given in (("--box", self.box is not None), ("--mask", self.mask is not None), ("--first-frame", self.first_frame is not None), ("--track", bool(self.tracks)), ("--track-file", self.track_file is not None), ("--keep-motion", self.keep_motion)) if given]
@@ -191,6 +198,10 @@ def plan_edit(job: EditJob) -> EditPlan:
             device=job.device,
             dtype=job.dtype,
             lora=list(job.lora),
+            cache=job.cache,
+            cache_threshold=job.cache_threshold,
+            guidance_interval=job.guidance_interval,
+            speed=job.speed,
         ),
         check_outputs=False,
     )
@@ -202,6 +213,12 @@ def plan_edit(job: EditJob) -> EditPlan:
         engine = "control" if has_module and not job.whole_frame else "blend"
     elif engine == "control" and not has_module:
         raise ModelLoadError(f"'{job.model}' has no edit control module (no {EDIT_MODULE_FOLDER}/config.json)", "use --engine blend (training-free), or train one with `osp edit train`")
+    if engine == "control" and sampling.cache in BLOCK_STACK_CACHES:
+        # the control module runs the transformer's blocks itself, past the hook these caches skip them in
+        if job.cache is not None:
+            raise InputError(f"--cache {sampling.cache} cannot run with the control engine: it runs the transformer's blocks itself", "pass --engine blend, or --cache pab or fastercache")
+        sampling.warnings.append(f"--speed {sampling.speed}'s cache {sampling.cache} cannot run with the control engine (it runs the transformer's blocks itself): editing without it")
+        sampling.cache, sampling.cache_threshold = "none", None
     if job.strength is not None:
         strength = job.strength
     else:
@@ -254,6 +271,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     import torch
 
     from ..memory import oom_as_error
+    from ..pipelines.caching import make_cache
     from ..pipelines.denoising import StepProgress
     from ..pipelines.edit import (
         control_forward,
@@ -268,6 +286,9 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
     started = time.perf_counter()
     run = SamplingRun(sampling, progress)
     pipe, embeddings = run.load()
+    cache = make_cache(sampling.cache, sampling.cache_threshold, sampling.repository.sampling)
+    interval = run.guidance_interval()  # steps outside it run the conditional half alone
+    callbacks = [c for c in (cache, interval) if c is not None]
     transformer_forward, control_dir = None, None
     if plan.engine == "control":
         progress.status("loading the edit control module ...")
@@ -285,7 +306,13 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         progress.video(0, 1, job.prompt or "(no prompt)")
         t0 = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(sampling.seed)
-        final = edit_latents(pipe, latents, embeddings[0], sampling.steps, sampling.guidance, plan.strength, generator, [StepProgress(progress.step)], transformer_forward)
+        if cache is not None:
+            cache.attach(pipe.transformer)
+        try:
+            final = edit_latents(pipe, latents, embeddings[0], sampling.steps, sampling.guidance, plan.strength, generator, [*callbacks, StepProgress(progress.step)], transformer_forward)
+        finally:
+            if cache is not None:
+                cache.detach()
         seconds_denoise = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = pipe.decode_latents(final)[0]
@@ -322,7 +349,7 @@ def _edit(plan: EditPlan, progress: SamplingProgress) -> EditSummary:
         "num_frames": count,
         "size": [height, width],
         "fps": inputs.fps,
-        "settings": run.settings(pipe, None),
+        "settings": run.settings(pipe, cache, interval),
         "models": {"model": job.model, "version": sampling.version, "edit": None if control_dir is None else str(control_dir), **({"lora": [a.describe() for a in sampling.adapters]} if sampling.adapters else {})},
     }
     phases = {"load": seconds_load, "text_encoder": seconds_text, "encode": seconds_encode, "denoise": seconds_denoise, "decode": seconds_decode}

@@ -315,6 +315,7 @@ class SamplingRun:
             "clean_caption": job.clean_caption,
             "attention": plan.attention,
             "compile": job.compile,
+            "speed": plan.speed,  # the profile; the settings above and below are what it resolved to
             # uncached, every timestep run (an edit's from its cut) ran the transformer once
             "cache": cache.describe() if cache is not None else {"method": "none", "transformer_evaluations": pipe.num_timesteps},
         } | ({"parallel": plan.parallel.to_dict()} if plan.parallel.world_size > 1 else {}) | ({"guidance_interval": interval.describe()} if interval is not None else {})

@@ -27,14 +27,17 @@ from ..pipelines.t2v_inputs import (
     T5Location,
     check_cache_for_model,
     check_cache_options,
+    check_cache_threshold,
     check_clean_caption_deps,
     check_max_steps,
+    check_speed_name,
     check_steps,
     check_video_size,
     parse_guidance_interval,
     parse_version,
     prompt_lines,
     read_prompt_file,
+    resolve_speed,
     scheduler_name,
     version_size,
 )
@@ -106,10 +109,15 @@ class SamplingJob:
     tile: bool | None = None
     clean_caption: bool = False
     attention: str = "auto"
-    cache: str = "none"
+    cache: str | None = None
+    """A `CACHE_METHODS` name; None: the speed profile's, else none."""
     cache_threshold: float | None = None
     guidance_interval: str | tuple[float, float] | None = None
-    """Noise levels "LO,HI" (or a pair) where classifier-free guidance runs; None: every step."""
+    """Noise levels "LO,HI" (or a pair) where classifier-free guidance runs; None: the speed
+    profile's, else every step."""
+    speed: str | None = None
+    """A `SPEED_PROFILES` name (None: default); it fills scheduler, steps, cache, threshold and
+    interval where they are None (`t2v_inputs.resolve_speed`)."""
     compile: bool = False
     parallel: str | None = None  # under torchrun: auto, data, cfg, sp, cfg+sp (None: auto)
     allow_empty_prompt: bool = False  # `osp edit`: the video itself says what to show
@@ -139,7 +147,7 @@ class SamplingJob:
             raise InputError("--transformer and --version both choose the transformer weights", "pass only one of them")
         if self.version is not None:
             parse_version(self.version)
-        check_cache_options(self.cache, self.cache_threshold)
+        check_speed_options(self.speed, self.cache, self.cache_threshold)
         self.interval()
         if self.clean_caption:
             check_clean_caption_deps()
@@ -148,8 +156,22 @@ class SamplingJob:
 
     def interval(self) -> tuple[float, float] | None:
         """`guidance_interval` checked, as (LO, HI) noise levels."""
-        given = self.guidance_interval
-        return parse_guidance_interval(given if given is None or isinstance(given, str) else ",".join(str(v) for v in given))
+        return interval_of(self.guidance_interval)
+
+
+def interval_of(given: str | tuple[float, float] | list[float] | None) -> tuple[float, float] | None:
+    """A job's guidance interval ("LO,HI" or a pair) checked, as (LO, HI) noise levels."""
+    return parse_guidance_interval(given if given is None or isinstance(given, str) else ",".join(str(v) for v in given))
+
+
+def check_speed_options(speed: str | None, cache: str | None, threshold: float | None) -> None:
+    """The checks of `--speed`, `--cache` and `--cache-threshold` that need no model (one-line
+    `InputError`s); without --cache the threshold's cache is the profile's, known once the model is."""
+    check_speed_name(speed)
+    if cache is not None:
+        check_cache_options(cache, threshold)
+    else:
+        check_cache_threshold(threshold)
 
 
 @dataclass
@@ -196,6 +218,8 @@ class SamplingPlan:
     """The job's LoRA adapters, checked and hashed."""
     guidance_interval: tuple[float, float] | None = None
     """Noise levels where guidance runs (None: every step)."""
+    speed: str = "default"
+    """The `--speed` profile the settings were resolved with."""
 
     @property
     def output_dir(self) -> Path:
@@ -222,17 +246,30 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     # trained on (so `--model builtin:shapes` samples 17x64x64 at 8 fps without flags)
     defaults = repository.sampling
     fps = float(defaults["fps"]) if job.fps is None else float(job.fps)
-    steps = int(defaults["steps"]) if job.steps is None else job.steps
     guidance = float(defaults["guidance"]) if job.guidance is None else float(job.guidance)
-    scheduler = scheduler_name(str(job.scheduler or defaults["scheduler"]))
-    check_steps(scheduler, steps)
-    cache = check_cache_options(job.cache, job.cache_threshold)
-    check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
+    # the speed profile fills what the user left unset (default: the model's plain settings)
+    speed = resolve_speed(job.speed, defaults, job.scheduler, job.steps, job.cache, job.cache_threshold, job.interval(), guidance, f"'{job.model}'")
+    scheduler, steps = speed.scheduler, speed.steps
+
+    def chosen(*names: str) -> str:
+        """What the profile chose of `names`, for a refusal of them."""
+        named = [f"{name} {getattr(speed, name)}" for name in names if name in speed.from_profile]
+        return f" (--speed {speed.speed} chooses {', '.join(named)})" if named else ""
+
+    try:
+        check_steps(scheduler, steps)
+    except InputError as exc:
+        raise InputError(exc.message + chosen("scheduler", "steps"), exc.hint) from None
+    try:
+        cache = check_cache_options(speed.cache, speed.cache_threshold)
+        check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
+    except InputError as exc:
+        raise InputError(exc.message + chosen("scheduler", "cache"), exc.hint) from None
     if cache == "pab" and job.compile:
         # PAB's hooks sit on the attention modules inside the compiled blocks: its per-step
         # decision changes their graphs, and they recompile until torch gives up (measured)
         raise InputError("--cache pab cannot run with --compile: PAB decides inside the blocks --compile compiles", "pass --cache teacache, fbcache, magcache, easycache or fastercache with --compile (they decide outside the blocks), or leave out --compile")
-    interval = job.interval()
+    interval = speed.guidance_interval
     if interval is not None and guidance <= 1.0:
         raise InputError(f"--guidance-interval limits guidance, and --guidance {guidance:g} turns it off", "pass --guidance above 1, or leave out --guidance-interval")
 
@@ -295,7 +332,7 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     if job.offload and parallel.sp > 1 and device.type != "cpu":
         # offload hooks move the weights when forward runs; DSP calls the model's stages itself
         raise InputError(f"--offload cannot run with --parallel {parallel.mode}", "leave out --offload (each process holds a share of the activations), or use --parallel cfg or data")
-    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, job.cache_threshold, videos, warnings, parallel, adapters, interval)
+    plan = SamplingPlan(job, repository, version, frames, height, width, steps, guidance, scheduler, fps, seed, device, dtype, attention, cache, speed.cache_threshold, videos, warnings, parallel, adapters, interval, speed.speed)
     with quiet_libraries():  # diffusers notes a checkpoint config's EMA keys
         check_memory(plan, t5)
     return plan

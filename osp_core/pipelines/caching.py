@@ -347,7 +347,9 @@ class MagCache(BlockStackCache):
     ratio fitted per model (`ratios`, one per step; `osp t2v calibrate-cache --method
     magcache`). From step `retention` x steps on, the block stack is skipped while the
     accumulated error sum |1 - product of the ratios since the last computed step| stays under
-    `threshold` (0 never skips) and at most `max_skip` steps in a row are skipped."""
+    `threshold` (0 never skips) and at most `max_skip` steps in a row are skipped. Steps count
+    over the whole schedule (`DenoisingStep.schedule_index`): an edit's run from its cut takes
+    the ratios of the steps it runs."""
 
     method = "magcache"
 
@@ -366,10 +368,11 @@ class MagCache(BlockStackCache):
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         step = self.step
-        if step is None or self.must_compute(inputs) or step.index < int(self.retention * step.num_steps + 0.5):
+        # ratios are per step of a whole run: a run begun at a cut (an edit) indexes them from there
+        if step is None or self.must_compute(inputs) or step.schedule_index < int(self.retention * step.schedule_steps + 0.5):
             self._restart()
             return self.compute(model, inputs)
-        self.ratio *= interpolate_ratios(self.ratios, step.num_steps)[step.index]
+        self.ratio *= interpolate_ratios(self.ratios, step.schedule_steps)[step.schedule_index]
         self.run_length += 1
         self.error += abs(1.0 - self.ratio)
         if self.threshold > 0 and self.error < self.threshold and self.run_length <= self.max_skip:

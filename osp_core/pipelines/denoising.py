@@ -26,13 +26,24 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class DenoisingStep:
     """Where a denoising run is: step `index` of `num_steps` (0-based), at scheduler timestep
-    `timestep` (one of `timesteps`), stepped by `scheduler`."""
+    `timestep` (one of `timesteps`), stepped by `scheduler`. A run begun later in its schedule
+    (an edit's cut, `timesteps_from`) skipped its first `offset` steps: it is step
+    `schedule_index` of `schedule_steps`, what values fitted per step of a whole run index."""
 
     index: int
     num_steps: int
     timestep: torch.Tensor
     timesteps: torch.Tensor
     scheduler: Any
+    offset: int = 0
+
+    @property
+    def schedule_index(self) -> int:
+        return self.offset + self.index
+
+    @property
+    def schedule_steps(self) -> int:
+        return self.offset + self.num_steps
 
     @property
     def is_first(self) -> bool:
@@ -179,10 +190,12 @@ def denoise(
     step_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[DenoisingCallback] = (),
     timesteps: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Run `timesteps` (default: `scheduler.timesteps`, set beforehand; a later start:
     `timesteps_from`) from `latents` (already scaled by the scheduler's init sigma, or noised
-    to the first timestep); returns the final latents.
+    to the first timestep); returns the final latents. `offset`: the schedule's steps before
+    `timesteps` (`DenoisingStep.offset`).
 
     With `guidance_scale` > 1 the model sees the batch twice, unconditional half first, and
     the prediction is uncond + scale * (cond - uncond), as the original sampler; callbacks may
@@ -196,7 +209,7 @@ def denoise(
         callback.on_run_begin(timesteps)
     try:
         for index, t in enumerate(timesteps):
-            step = DenoisingStep(index, len(timesteps), t, timesteps, scheduler)
+            step = DenoisingStep(index, len(timesteps), t, timesteps, scheduler, offset)
             latents = _apply(callbacks, "on_step_begin", step, latents)
             mode = _unconditional(callbacks, step) if do_cfg else Unconditional.DROP
             model_input = torch.cat([latents] * 2) if mode is Unconditional.RUN else latents

@@ -31,6 +31,17 @@ from .t2v_inputs import (
 # trained from the 65-frame weights. Highest power first.
 RELEASED_TEACACHE_COEFFICIENTS = [2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00, 2.39658469e-03]
 RELEASED_TEACACHE_THRESHOLD = 0.1  # the published "slow" setting (0.2 is "fast")
+# `--speed` profiles of the released weights (no sampling.json), from TeaCache's measurements on
+# them: its evaluation of Open-Sora-Plan v1.1.0 65x512x512 (ali-vilab/TeaCache,
+# eval/teacache/experiments/opensora_plan.py) runs the original's sampler with rel_l1_thresh 0.1
+# ("TeaCache-slow") and 0.2 ("TeaCache-fast"); the paper (arXiv 2411.19108) reports up to 4.41x
+# over Open-Sora-Plan at -0.07% VBench. Step counts and schedulers stay the original's: the
+# scheduler x steps curve is measured on builtin:shapes only, not on these weights
+# (docs/sampling.md, Speed profiles).
+RELEASED_SPEED_PROFILES = {
+    "fast": {"scheduler": "PNDM", "steps": 150, "cache": "teacache", "cache_threshold": RELEASED_TEACACHE_THRESHOLD},
+    "fastest": {"scheduler": "PNDM", "steps": 150, "cache": "teacache", "cache_threshold": 0.2},
+}
 EDIT_MODULE_FOLDER = "edit"  # an `osp edit` control module trained for the repository's transformer
 
 
@@ -72,7 +83,7 @@ class ModelRepository:
         encoder = None if text_encoder is None else str(text_encoder)
         if model == DEFAULT_REPO:
             # the released repository is frozen at v1.1.0: its layout is known without the Hub
-            sampling = {**FALLBACK_SAMPLING, "teacache_coefficients": RELEASED_TEACACHE_COEFFICIENTS, "teacache_threshold": RELEASED_TEACACHE_THRESHOLD}
+            sampling = {**FALLBACK_SAMPLING, "teacache_coefficients": RELEASED_TEACACHE_COEFFICIENTS, "teacache_threshold": RELEASED_TEACACHE_THRESHOLD, "speed_profiles": RELEASED_SPEED_PROFILES}
             return cls(model, None, list(RELEASED_VERSIONS), sampling, encoder)
         root = resolve_model_dir(model, subfolders=[])  # a Hub repo: its JSON files only
         return cls(model, root, local_versions(root), sampling_defaults(root), encoder)

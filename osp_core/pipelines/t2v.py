@@ -355,6 +355,7 @@ class T2VPipeline(DiffusionPipeline):
 
         try:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
+            whole = len(self.scheduler.timesteps)  # before `timesteps_from` (PNDM's is rebuilt)
             timesteps = timesteps_from(self.scheduler, first_step)
         except ValueError as exc:  # e.g. PNDM below 4 steps
             ran = f"steps {first_step}.. of {num_inference_steps}" if first_step else f"{num_inference_steps} steps"
@@ -391,6 +392,7 @@ class T2VPipeline(DiffusionPipeline):
                 step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
                 callbacks=[*callbacks, StepProgress(lambda done, total: bar.update())],
                 timesteps=timesteps,
+                offset=whole - len(timesteps),
             )
 
         frames = latents if output_type == "latent" else self.decode_latents(latents)

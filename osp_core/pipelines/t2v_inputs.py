@@ -58,6 +58,8 @@ SAMPLING_KEYS: dict[str, type] = {
     "magcache_scheduler": str,
     # `osp edit --strength` where none is given (1 without it: the region starts from noise)
     "edit_strength": float,
+    # `--speed fast|fastest`: {name: {SPEED_FIELDS}} (`check_speed_profiles`)
+    "speed_profiles": dict,
 }
 FALLBACK_SAMPLING = {"fps": 24.0, "steps": 150, "guidance": 7.5, "scheduler": "PNDM", "edit_strength": 1.0}
 """Defaults of the original sampler, for repositories without sampling.json (the released one);
@@ -76,6 +78,8 @@ CACHE_METHODS = ("none", "pab", "teacache", "fbcache", "magcache", "easycache", 
 THRESHOLD_CACHES: dict[str, float | None] = {"teacache": None, "fbcache": 0.05, "magcache": 0.06, "easycache": 0.05}
 # the caches that skip work of the unconditional half: they need guidance to be on
 GUIDANCE_CACHES = ("fastercache",)
+# the caches that replace the transformer's forward to skip its block stack (`caching.BlockStackCache`)
+BLOCK_STACK_CACHES = ("teacache", "fbcache", "magcache", "easycache")
 
 
 def prompt_lines(text: str, source: str, comments: bool = False, limit: int | None = None) -> list[str]:
@@ -149,6 +153,9 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
         if kind is None:
             raise ModelLoadError(f"unknown key '{key}' in '{source}'", f"use only {', '.join(SAMPLING_KEYS)}")
         fewest, most = _SAMPLING_LIST_LENGTHS.get(key, (0, 0))
+        if kind is dict:
+            checked[key] = check_speed_profiles(value, source)
+            continue
         if kind is list:
             ok = isinstance(value, list) and fewest <= len(value) <= most and all(_is_number(v, float) for v in value)
         else:
@@ -165,6 +172,15 @@ def check_sampling_settings(settings: object, source: str) -> dict[str, float | 
     for key in ("scheduler", "magcache_scheduler"):
         if key in checked:
             checked[key] = scheduler_name(str(checked[key]))
+    if "speed_profiles" in checked:
+        # a profile's cache may need values read after it (TeaCache's coefficients, MagCache's ratios)
+        for name, profile in checked["speed_profiles"].items():
+            scheduler = profile.get("scheduler", checked.get("scheduler", FALLBACK_SAMPLING["scheduler"]))
+            try:
+                check_steps(scheduler, profile.get("steps", checked.get("steps", FALLBACK_SAMPLING["steps"])), "steps")
+                check_cache_for_model(profile.get("cache", "none"), checked, scheduler)
+            except InputError as exc:
+                raise ModelLoadError(f"speed profile '{name}' in '{source}' cannot run: {exc.message}", f"fix speed_profiles.{name} in {SAMPLING_FILE}") from None
     return checked
 
 
@@ -194,9 +210,14 @@ def check_cache_options(method: str, threshold: float | None) -> str:
     if threshold is not None:
         if key not in THRESHOLD_CACHES:
             raise InputError(f"--cache-threshold applies to --cache {', '.join(THRESHOLD_CACHES)}, not to --cache {key}", "leave out --cache-threshold, or pass one of those caches")
-        if not math.isfinite(threshold) or not 0 <= threshold <= CACHE_MAX_THRESHOLD:
-            raise InputError(f"--cache-threshold must be in [0, {CACHE_MAX_THRESHOLD:g}], got {threshold}", "pass e.g. --cache-threshold 0.1 (higher skips more steps; 0 never skips)")
+        check_cache_threshold(threshold)
     return key
+
+
+def check_cache_threshold(threshold: float | None) -> None:
+    """A one-line `InputError` for a cache threshold outside [0, 1] (None: not given)."""
+    if threshold is not None and (not math.isfinite(threshold) or not 0 <= threshold <= CACHE_MAX_THRESHOLD):
+        raise InputError(f"--cache-threshold must be in [0, {CACHE_MAX_THRESHOLD:g}], got {threshold}", "pass e.g. --cache-threshold 0.1 (higher skips more steps; 0 never skips)")
 
 
 def check_cache_for_model(method: str, sampling: dict[str, Any], scheduler: str | None = None, guidance: float | None = None) -> None:
@@ -215,6 +236,138 @@ def check_cache_for_model(method: str, sampling: dict[str, Any], scheduler: str 
             raise InputError(f"--cache magcache cannot take --scheduler {scheduler}: this model's MagCache ratios were fitted with {fitted}", f"pass --scheduler {fitted}, or fit ratios for {scheduler} with `osp t2v calibrate-cache --method magcache --scheduler {scheduler}`")
     if method in GUIDANCE_CACHES and guidance is not None and guidance <= 1.0:
         raise InputError(f"--cache {method} reuses the unconditional half of guidance, and --guidance {guidance:g} turns guidance off", "pass --guidance above 1, or another --cache")
+
+
+# -- speed profiles (`--speed`) -------------------------------------------------------------
+
+SPEED_PROFILES = ("default", "fast", "fastest")
+"""`--speed` names: default is the model's plain settings; the others are held in its
+sampling.json (`speed_profiles`) or, for the released weights, `RELEASED_SPEED_PROFILES`."""
+SPEED_FIELDS: dict[str, type] = {"scheduler": str, "steps": int, "cache": str, "cache_threshold": float, "guidance_interval": list}
+"""What a profile may set; each field is filled only where the user passed no option of its own."""
+SPEED_HELP = "Speed profile: default (the model's settings), fast or fastest (the scheduler, steps, cache and threshold recorded in the model's sampling.json; the released weights' come from published measurements). Options given explicitly win over the profile's."
+
+
+def check_speed_profiles(profiles: object, source: str) -> dict[str, dict[str, Any]]:
+    """sampling.json's `speed_profiles` checked field by field (canonical scheduler and cache
+    names, steps, threshold and interval in range); a one-line `ModelLoadError` naming `source`
+    and the key. Whether a profile's cache fits the model is checked by the caller, once every
+    key is read."""
+    fix = f"fix speed_profiles in {SAMPLING_FILE}"
+    if not isinstance(profiles, dict):
+        raise ModelLoadError(f"'speed_profiles' in '{source}' must be an object of profiles, got {profiles!r}", fix)
+    checked: dict[str, dict[str, Any]] = {}
+    for name, profile in profiles.items():
+        key = f"speed_profiles.{name}"
+        if name not in SPEED_PROFILES[1:]:
+            raise ModelLoadError(f"unknown speed profile '{name}' in '{source}'", f"name profiles {' or '.join(SPEED_PROFILES[1:])} (default is the model's own settings)")
+        if not isinstance(profile, dict):
+            raise ModelLoadError(f"'{key}' in '{source}' must be an object, got {profile!r}", fix)
+        entry: dict[str, Any] = {}
+        for field_name, value in profile.items():
+            kind = SPEED_FIELDS.get(field_name)
+            if kind is None:
+                raise ModelLoadError(f"unknown key '{key}.{field_name}' in '{source}'", f"use only {', '.join(SPEED_FIELDS)}")
+            ok = isinstance(value, list) and len(value) == 2 and all(_is_number(v, float) for v in value) if kind is list else isinstance(value, str) if kind is str else _is_number(value, kind)
+            if not ok:
+                wanted = {int: "an integer", float: "a number", str: "a string", list: "a list of two numbers [LO, HI]"}[kind]
+                raise ModelLoadError(f"'{key}.{field_name}' in '{source}' must be {wanted}, got {value!r}", fix)
+            try:
+                if field_name == "scheduler":
+                    value = scheduler_name(value)
+                elif field_name == "cache":
+                    value = check_cache_options(value, None)
+                elif field_name == "steps":
+                    value = int(value)
+                    if value < 1:
+                        raise InputError(f"steps must be >= 1, got {value}")
+                    check_max_steps(value, "steps")
+                elif field_name == "guidance_interval":
+                    value = list(parse_guidance_interval(",".join(repr(float(v)) for v in value)))
+                else:
+                    value = float(value)
+            except InputError as exc:
+                raise ModelLoadError(f"'{key}.{field_name}' in '{source}' is not valid: {exc.message}", fix) from None
+            entry[field_name] = value
+        if "cache_threshold" in entry:
+            try:
+                check_cache_options(entry.get("cache", "none"), entry["cache_threshold"])
+            except InputError as exc:
+                raise ModelLoadError(f"'{key}.cache_threshold' in '{source}' is not valid: {exc.message}", fix) from None
+        checked[name] = entry
+    return checked
+
+
+@dataclass(frozen=True)
+class SpeedChoice:
+    """The settings a run uses once its `--speed` profile and explicit options are resolved
+    (`resolve_speed`); `from_profile` names the fields the profile filled."""
+
+    speed: str
+    scheduler: str
+    steps: int
+    cache: str
+    cache_threshold: float | None
+    guidance_interval: tuple[float, float] | None
+    from_profile: tuple[str, ...] = ()
+
+
+def check_speed_name(speed: str | None) -> str:
+    """The canonical profile name (None: default); a one-line `InputError` for an unknown one."""
+    name = "default" if speed is None else str(speed).strip().lower()
+    if name not in SPEED_PROFILES:
+        raise InputError(f"unknown speed profile '{str(speed)[:40]}'", "use --speed " + ", ".join(SPEED_PROFILES))  # cut: it may come over HTTP
+    return name
+
+
+def resolve_speed(
+    speed: str | None,
+    sampling: dict[str, Any],
+    scheduler: str | None = None,
+    steps: int | None = None,
+    cache: str | None = None,
+    cache_threshold: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    guidance: float | None = None,
+    model: str = "the model",
+) -> SpeedChoice:
+    """The scheduler, steps, cache, threshold and guidance interval a run uses: each explicit
+    option (not None) as given, else the `speed` profile's field (from `sampling`, the model's
+    sampling defaults), else the model's default (no cache, guidance at every step). The
+    profile's threshold goes with its cache only (an explicit --cache takes its own default),
+    and its interval is dropped where `guidance` turns guidance off. One-line `InputError`s:
+    an unknown profile, scheduler or cache, a profile the model does not define. Whether the
+    result can run (steps for the scheduler, a cache for the model) is the caller's check."""
+    name = check_speed_name(speed)
+    profile: dict[str, Any] = {}
+    if name != "default":
+        profiles = sampling.get("speed_profiles") or {}
+        if name not in profiles:
+            have = ", ".join(["default", *profiles])
+            raise InputError(f"{model} has no '{name}' speed profile (speed_profiles in its {SAMPLING_FILE})", f"use --speed {have}")
+        profile = profiles[name]
+    filled: list[str] = []
+
+    def pick(field_name: str, given: Any, fallback: Any) -> Any:
+        if given is not None:
+            return given
+        if field_name in profile:
+            filled.append(field_name)
+            return profile[field_name]
+        return fallback
+
+    chosen_scheduler = scheduler_name(str(pick("scheduler", scheduler, sampling["scheduler"])))
+    chosen_steps = int(pick("steps", steps, sampling["steps"]))
+    chosen_cache = check_cache_options(str(pick("cache", cache, "none")), None)
+    threshold = cache_threshold
+    if threshold is None and "cache_threshold" in profile and profile.get("cache", "none") == chosen_cache:
+        threshold = profile["cache_threshold"]
+        filled.append("cache_threshold")
+    interval = guidance_interval
+    if interval is None and "guidance_interval" in profile and (guidance is None or guidance > 1.0):
+        interval = tuple(profile["guidance_interval"])
+        filled.append("guidance_interval")
+    return SpeedChoice(name, chosen_scheduler, chosen_steps, chosen_cache, threshold, interval, tuple(filled))
 
 
 def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:

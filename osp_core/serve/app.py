@@ -20,7 +20,7 @@ from ..errors import InputError, OSPError
 from ..hub import BUILTIN_PREFIX
 from ..jobs.sampling_plan import SamplingJob, slugify
 from ..pipelines.repository import ModelRepository
-from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES
+from ..pipelines.t2v_inputs import CACHE_METHODS, SCHEDULER_NAMES, resolve_speed
 from .guard import UploadGuard
 from .paths import without_server_paths
 from .server import Service
@@ -52,6 +52,8 @@ class PageDefaults:
     scheduler: str
     edit_strength: float
     examples: list[str] = field(default_factory=list)
+    speeds: list[str] = field(default_factory=lambda: ["default"])
+    """The `--speed` profiles the model defines (default always)."""
 
     @classmethod
     def of(cls, repository: ModelRepository) -> "PageDefaults":
@@ -72,6 +74,7 @@ class PageDefaults:
             scheduler=str(sampling["scheduler"]),
             edit_strength=float(sampling["edit_strength"]),
             examples=examples,
+            speeds=["default", *sampling.get("speed_profiles", {})],
         )
 
 
@@ -177,6 +180,7 @@ class Server:
         seed: float | None,
         randomize: bool,
         cache: str,
+        speed: str,
         single_image: bool,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
@@ -186,23 +190,7 @@ class Server:
         picker's (chosen, scale) values (`chosen_adapters`)."""
         session = request.session_hash or ""
         try:
-            lora = self.chosen_adapters(picks)
-            height, width = (int(v) for v in size.split("x"))
-            job = SamplingJob(
-                prompts=[prompt or ""],
-                negative_prompt=negative_prompt or "",
-                frames=1 if single_image else int(frames),
-                height=height,
-                width=width,
-                steps=int(steps),
-                guidance=float(guidance),
-                scheduler=scheduler,
-                seed=None if randomize or seed is None else int(seed),
-                model=self.options.model,
-                cache=cache,
-                lora=lora,
-            )
-            job.validate()  # an empty prompt is refused before the queue
+            job = self.t2v_job(prompt, negative_prompt, frames, size, steps, guidance, scheduler, None if randomize else seed, cache, speed, single_image, picks)
             folder = job_folder(self.output_dir, self.sessions.key(session), "t2v")
             result = self.run_job("t2v", job, folder, job.prompts[0], session, progress)
         except Exception as exc:  # one line in the page; the server goes on
@@ -211,6 +199,39 @@ class Server:
         status = f"{record['num_frames']} frames {record['size'][0]}x{record['size'][1]}, seed {record['seed']}, {record['seconds']['denoise']:.1f}s denoising"
         status = "; ".join([status, *result["notes"]])
         return *result_views(paths["video"]), [paths["video"], paths["sidecar"]], status, record["seed"]
+
+    def t2v_job(self, prompt: str, negative_prompt: str, frames: float, size: str, steps: float, guidance: float, scheduler: str, seed: float | None, cache: str, speed: str, single_image: bool, picks: tuple[Any, ...] = ()) -> SamplingJob:
+        """The text-to-video tab's job from its controls, checked (an empty prompt is refused
+        before the queue). The controls are explicit settings: the speed profile fills only what
+        the page has no control for (its cache threshold and guidance interval); picking a
+        profile sets the controls to its values first (`speed_controls`)."""
+        height, width = (int(v) for v in size.split("x"))
+        job = SamplingJob(
+            prompts=[prompt or ""],
+            negative_prompt=negative_prompt or "",
+            frames=1 if single_image else int(frames),
+            height=height,
+            width=width,
+            steps=int(steps),
+            guidance=float(guidance),
+            scheduler=scheduler,
+            seed=None if seed is None else int(seed),
+            model=self.options.model,
+            cache=cache,
+            speed=speed,
+            lora=self.chosen_adapters(picks),
+        )
+        job.validate()
+        return job
+
+    def speed_controls(self, speed: str) -> tuple[Any, Any, Any]:
+        """A speed profile picked: the steps, scheduler and cache controls set to its values
+        (`resolve_speed`, the one place profiles resolve); the rest stays as the user left it."""
+        try:
+            chosen = resolve_speed(speed, self.repository.sampling, model=f"'{self.options.model}'")
+        except OSPError:  # not a profile of this model: the job refuses it when it runs
+            return gr.update(), gr.update(), gr.update()
+        return gr.update(value=chosen.steps), gr.update(value=chosen.scheduler), gr.update(value=chosen.cache)
 
     def round_trip(self, upload: str | None, size: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any, Any, str]:
         """The VAE tab: (reconstruction as video, as image, [mp4 or png, sidecar], PSNR/SSIM line)."""
@@ -239,6 +260,7 @@ class Server:
         strength: float,
         steps: float,
         seed: float | None,
+        speed: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
         *picks: Any,
@@ -267,6 +289,7 @@ class Server:
                 steps=int(steps),
                 seed=None if seed is None else int(seed),
                 lora=lora,
+                speed=speed,
             )
             job.validate()  # a malformed box is refused before the queue
             result = self.run_job("edit", job, folder, job.prompt, session, progress)
@@ -354,6 +377,7 @@ class Server:
                         with gr.Row():
                             scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value=d.scheduler, label="Scheduler", elem_id="t2v-scheduler")
                             cache = gr.Radio(list(CACHE_METHODS), value="none", label="Cache", elem_id="t2v-cache")
+                        speed = gr.Dropdown(d.speeds, value="default", label="Speed (sets steps, scheduler and cache; change them after to override)", elem_id="t2v-speed")
                         with gr.Row():
                             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="t2v-seed")
                             randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="t2v-randomize")
@@ -368,7 +392,7 @@ class Server:
                 # the last result and status clear first, so the page never shows a stale line
                 generate.click(self.start, None, [video, image, files, status], queue=False, api_visibility="private").then(
                     self.generate,
-                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, single, *t2v_adapters],
+                    [prompt, negative, frames, size, steps, guidance, scheduler, seed, randomize, cache, speed, single, *t2v_adapters],
                     [video, image, files, status, seed],
                     concurrency_id="device",  # the tabs share the workers: one page job at a time each
                     concurrency_limit=self.options.workers,
@@ -376,6 +400,7 @@ class Server:
                     show_progress_on=video,  # one progress bar and queue position, not one per output
                 )
                 stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+                speed.change(self.speed_controls, [speed], [steps, scheduler, cache], queue=False, api_visibility="private")
             with gr.Tab("VAE round trip", id="vae"):
                 with gr.Row():
                     with gr.Column():
@@ -404,6 +429,7 @@ class Server:
                         with gr.Row():
                             edit_steps = gr.Slider(4, max(500, d.steps), value=d.steps, step=1, label="Steps", elem_id="edit-steps")
                             edit_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="edit-seed")
+                        edit_speed = gr.Dropdown(d.speeds, value="default", label="Speed (sets the steps; its scheduler and cache apply too)", elem_id="edit-speed")
                         edit_adapters = self.adapter_picker("edit")
                         with gr.Row():
                             edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
@@ -416,7 +442,7 @@ class Server:
                         edit_status = gr.Textbox(label="Status", interactive=False, elem_id="edit-status")
                 edit_run.click(self.start_edit, None, [edited, source, edit_files, edit_status], queue=False, api_visibility="private").then(
                     self.edit,
-                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed, *edit_adapters],
+                    [edit_upload, edit_box, edit_first, edit_prompt, edit_tracks, edit_engine, edit_strength, edit_steps, edit_seed, edit_speed, *edit_adapters],
                     [edited, source, edit_files, edit_status],
                     concurrency_id="device",
                     concurrency_limit=self.options.workers,
@@ -424,6 +450,7 @@ class Server:
                     show_progress_on=edited,
                 )
                 edit_stop.click(self.cancel, None, None, queue=False, api_visibility="private")
+                edit_speed.change(lambda picked: self.speed_controls(picked)[0], [edit_speed], [edit_steps], queue=False, api_visibility="private")
         return demo
 
     def launch(self, routes: list[Any] | None = None) -> tuple[gr.Blocks, str]:

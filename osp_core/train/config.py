@@ -283,6 +283,15 @@ class LoraConfig:
     spatial blocks), temporal (the same in the temporal blocks), cross (the caption
     cross-attention's q/k/v/out), all, a comma list of these, or a regular expression that
     matches whole module names (e.g. `transformer_blocks\\.0\\.attn1\\.to_q`)."""
+    preserve_captions: str = ""
+    """Prior preservation: captions the adapters must keep drawing as the base model draws them,
+    a text file (one a line) or `model` (the base model repository's `captions.txt`, such as
+    builtin:shapes' world). Each sample of a step also draws one of these captions, noises its
+    latents afresh, and the adapters' prediction for that caption is pulled to the frozen
+    base's (mean squared error, `preserve_weight`): a word spelled like the new one keeps its
+    meaning. '' turns it off."""
+    preserve_weight: float = 1.0
+    """Weight of the prior-preservation term beside the diffusion loss."""
 
 
 @dataclass

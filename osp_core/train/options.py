@@ -15,7 +15,7 @@ from typing import Any
 HEAD = "head"
 """Fields shown before the common options (the preset), as opposed to the tail after a command's own."""
 TAIL = "tail"
-LORA_OPTIONS = ("lora", "lora_alpha", "lora_dropout", "lora_targets")
+LORA_OPTIONS = ("lora", "lora_alpha", "lora_dropout", "lora_targets", "lora_preserve")
 """The LoRA fields: only `osp t2v train` takes them (the VAE and edit trainers have no adapters yet)."""
 LORA_REFUSED = "LoRA adapters train on the text-to-video transformer only: osp t2v train --lora RANK"
 
@@ -64,6 +64,11 @@ class TrainOptions:
     lora_dropout: float | None = _option(("--lora-dropout",), "Dropout on the adapters' inputs while training (0).", "lora.dropout")
     lora_targets: str | None = _option(
         ("--lora-targets",), "Projections that get adapters: spatial, temporal, cross, all (default), a comma list of these, or a regex matching whole module names.", "lora.targets"
+    )
+    lora_preserve: str | None = _option(
+        ("--lora-preserve",),
+        "Prior preservation: a caption file (one a line) or 'model' (the base model's captions.txt); each sample also pulls the adapters' prediction for one of these captions to the frozen base's, so they keep drawing what the base drew.",
+        "lora.preserve_captions",
     )
     set_values: list[str] | None = _option(("--set",), "Any config value as section.key=value (repeatable), e.g. --set optim.lr_warmup_steps=500.", place=TAIL)
     print_config: bool = _option(("--print-config",), "Print the resolved config as JSON and exit.", default=False, place=TAIL)

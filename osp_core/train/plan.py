@@ -9,6 +9,8 @@ the same things.
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,28 @@ def sample_prompts(validation: ValidationConfig) -> list[str]:
     return prompts
 
 
+MAX_PRESERVE_CAPTIONS = 100_000
+"""Most captions `--lora-preserve` reads (each is encoded by T5 once, cached)."""
+MODEL_CAPTIONS = "captions.txt"
+"""A model repository's own captions (builtin:shapes: its world's), what `--lora-preserve model` reads."""
+
+
+def preserve_captions(cfg: Any, model_root: Path | None) -> list[str]:
+    """The captions of `lora.preserve_captions` (`--lora-preserve`): a caption file, or `model`
+    for `model_root`/captions.txt; [] when off. One-line refusals otherwise."""
+    from ..pipelines.t2v_inputs import read_prompt_file
+
+    source = cfg.lora.preserve_captions
+    if not source:
+        return []
+    if source == "model":
+        if model_root is None or not (model_root / MODEL_CAPTIONS).is_file():
+            where = f"model '{cfg.model.model}'" if model_root is not None else "a transformer without --pretrained"
+            raise InputError(f"--lora-preserve model: {where} ships no {MODEL_CAPTIONS}", "pass a caption file (one caption a line): --lora-preserve FILE")
+        source = str(model_root / MODEL_CAPTIONS)
+    return read_prompt_file(source, comments=True, limit=MAX_PRESERVE_CAPTIONS)
+
+
 def check_bucket_options(data: Any) -> None:
     """--buckets, --upscale and --fps on their own (the grid of the model is checked again by
     the recipe, which reads its patch size)."""
@@ -202,8 +226,12 @@ def check_lora_config(cfg: T2VTrainConfig) -> None:
 
     lora = cfg.lora
     if lora.rank is None:
+        if lora.preserve_captions:
+            raise InputError("--lora-preserve without --lora: prior preservation keeps a LoRA run's adapters from changing other captions", "add --lora RANK, or drop --lora-preserve")
         return
     check_lora_options(lora.rank, lora.alpha, lora.dropout, lora.targets)
+    if lora.preserve_captions and not (math.isfinite(lora.preserve_weight) and lora.preserve_weight > 0):
+        raise InputError(f"lora.preserve_weight must be a finite number above 0, got {lora.preserve_weight}", "e.g. --set lora.preserve_weight=1")
     if cfg.run.ema:
         raise InputError("--ema with --lora: a LoRA run keeps no EMA (the adapters train for few steps at a high learning rate)", "drop --ema (or set run.ema false in the preset)")
 

@@ -132,6 +132,11 @@ class T2VRecipe(Recipe):
         from .plan import sample_prompts
 
         self.prompts = sample_prompts(self.config.validation)  # a prompt file is read once, as the run starts
+        self.preserve: list[str] = []
+        if self.config.lora.rank is not None and self.config.lora.preserve_captions:
+            from .plan import preserve_captions
+
+            self.preserve = preserve_captions(self.config, _resolve_transformer_source(self.config)[1])
 
     def _plan_clips(self):
         """Each clip's bucket and stride (`data.buckets`, `data.fps`), from the annotation or the
@@ -459,14 +464,19 @@ class T2VRecipe(Recipe):
         noise = sample_randn(seed, [(p, "noise") for p in positions], tuple(latents.shape[1:]), latents.device)
         return t, noise
 
-    def _diffusion_step(self, batch: dict[str, Any], latents: torch.Tensor, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One micro-batch inside `accelerator.accumulate`: the objective at this batch's draws, its
-        backward, and the optimizer and schedule steps (gradients clipped when they sync).
-        Returns the objective's terms."""
+    def _diffusion_step(
+        self, batch: dict[str, Any], latents: torch.Tensor, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], extra: Callable[[], torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One micro-batch inside `accelerator.accumulate`: the objective at this batch's draws (plus
+        `extra()`, a term of the recipe's own, reported as "extra"), its backward, and the
+        optimizer and schedule steps (gradients clipped when they sync). Returns the terms."""
         acc, clip = self.trainer.accelerator, self.config.optim.max_grad_norm
         t, noise = self._draws(batch, latents)
         terms = self.objective.training_losses(model_fn, latents, t=t, noise=noise)
         loss = terms["loss"].mean()
+        if extra is not None:
+            terms["extra"] = extra()
+            loss = loss + terms["extra"]
         self.trainer.backward(loss)
         if acc.sync_gradients and clip > 0:
             acc.clip_grad_norm_(self._clipped_parameters(), clip)
@@ -474,6 +484,36 @@ class T2VRecipe(Recipe):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return terms
+
+    def _preservation(self, batch: dict[str, Any], latents: torch.Tensor, images: int) -> torch.Tensor:
+        """Prior preservation (`lora.preserve_captions`): each sample draws one of the captions
+        and a fresh timestep and noise for its video latents; the adapters' prediction for that
+        caption is pulled to the frozen base's (adapters off) on the same noisy latents. The
+        target is the base's own output, not a clip's noise, so the term is zero exactly when
+        the adapters change nothing for these captions. Weighted by `preserve_weight`."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from .randomness import batch_positions, sample_generator, sample_rand, sample_randn
+
+        seed, positions = self.config.run.seed, batch_positions(batch)
+        video = latents[:, :, : latents.shape[2] - images]  # the clips' frames, without joint images
+        picks = sample_rand(seed, positions, "preserve-caption")
+        states, mask = self._text([self.preserve[min(int(u * len(self.preserve)), len(self.preserve) - 1)] for u in picks.tolist()])
+        t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "preserve-timestep")) for p in positions]).to(video.device)
+        noise = sample_randn(seed, [(p, "preserve-noise") for p in positions], tuple(video.shape[1:]), video.device)
+        x_t = self.objective.q_sample(video, t, noise)
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        with torch.no_grad():
+            for layer in layers:
+                layer.enable_adapters(False)
+            try:
+                target = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
+            finally:
+                for layer in layers:
+                    layer.enable_adapters(True)
+        prediction = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
+        channels = video.shape[1]  # the noise channels: sampling drops the learned variance
+        return self.config.lora.preserve_weight * torch.nn.functional.mse_loss(prediction[:, :channels].float(), target[:, :channels].float())
 
     def _clipped_parameters(self) -> Iterable[torch.nn.Parameter]:
         """The parameters whose gradient norm --max-grad-norm clips."""
@@ -490,10 +530,15 @@ class T2VRecipe(Recipe):
                 def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                     return self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, use_image_num=n, return_dict=False)[0]
 
-                terms = self._diffusion_step(batch, latents, model_fn)
+                preserve = (lambda: self._preservation(batch, latents, n)) if self.preserve else None
+                terms = self._diffusion_step(batch, latents, model_fn, preserve)
             for key in totals:
                 totals[key] += float(terms[key].detach().mean()) / len(micro_batches)
+            if preserve is not None:
+                totals["preserve"] = totals.get("preserve", 0.0) + float(terms["extra"].detach()) / len(micro_batches)
         logs = {"loss": totals["loss"], "diffusion/mse": totals["mse"], "diffusion/vb": totals["vb"], "lr": self.scheduler.get_last_lr()[0]}
+        if "preserve" in totals:
+            logs["lora/preserve"] = totals["preserve"]
         if self.cache is not None:
             logs["cache/hits"] = float(self.cache.hits)
             logs["cache/misses"] = float(self.cache.misses)

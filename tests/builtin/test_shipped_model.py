@@ -26,7 +26,7 @@ def test_shipped_repository_is_complete_and_small():
     sampling = json.loads((root / "sampling.json").read_text())
     assert sampling["fps"] == 8
     # TeaCache fitted for this model (osp t2v calibrate-cache), and the threshold measured for it
-    assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold", "edit_strength", "magcache_ratios", "magcache_scheduler"}
+    assert set(sampling) == {"fps", "teacache_coefficients", "teacache_threshold", "edit_strength", "magcache_ratios", "magcache_scheduler", "speed_profiles"}
     assert len(sampling["teacache_coefficients"]) == 5 and 0 < sampling["teacache_threshold"] <= 1
     # MagCache's ratios (calibrate-cache --method magcache), one per evaluation of 150 PNDM steps
     assert len(sampling["magcache_ratios"]) == 159 and sampling["magcache_scheduler"] == "PNDM"

@@ -4,6 +4,7 @@ diffusers or transformers (importing them costs seconds before any option is rea
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,7 @@ def test_help_imports_no_torch(args):
 
 def _refusals(tmp_path: Path) -> list[list[str]]:
     from osp_core.data.shapes import iter_clips, render
+    from osp_core.hub import resolve_model_dir
     from osp_core.io import write_video
 
     out = tmp_path / "out"
@@ -94,6 +96,12 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
     (out / "a-cat-7.mp4").write_bytes(b"an earlier run")
     video = write_video(tmp_path / "clip.mp4", render(next(iter_clips(1, 0))), fps=8)  # 17x64x64, no sidecar
     shapes = ["--model", "builtin:shapes"]
+    plain = tmp_path / "no-profiles"  # builtin:shapes' configs, a sampling.json without speed_profiles
+    shutil.copytree(resolve_model_dir("builtin:shapes"), plain, ignore=shutil.ignore_patterns("*.safetensors", "edit", "lora"))
+    (plain / "sampling.json").write_text('{"fps": 8}')
+    bad_profile = tmp_path / "bad-profile"  # a profile whose steps its scheduler cannot run
+    shutil.copytree(plain, bad_profile)
+    (bad_profile / "sampling.json").write_text('{"speed_profiles": {"fast": {"scheduler": "PNDM", "steps": 2}}}')
     corrupt = tmp_path / "corrupt-adapter"  # an adapter whose weights file was cut short
     corrupt.mkdir()
     (corrupt / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
@@ -136,6 +144,13 @@ def _refusals(tmp_path: Path) -> list[list[str]]:
         ["t2v", "sample", "a cat", *shapes, "--cache", "fastercache", "--cache-threshold", "0.1"],
         ["t2v", "sample", "a cat", *shapes, "--cache", "easycache", "--cache-threshold", "1.5"],
         ["t2v", "sample", "a cat", *shapes, "--cache", "pab", "--compile"],  # PAB decides inside the compiled blocks
+        ["t2v", "sample", "a cat", *shapes, "--speed", "bogus"],  # unknown profile
+        ["t2v", "sample", "a cat", "--model", str(plain), "--speed", "fast"],  # a profile the model does not define
+        ["t2v", "sample", "a cat", "--model", str(bad_profile)],  # a malformed profile, even unused
+        ["t2v", "sample", "a cat", "--model", str(plain), "--speed", "default", "--cache-threshold", "0.1"],  # no cache to take it
+        ["edit", str(video), "-o", str(tmp_path / "s.mp4"), "--box", "8,8,56,56", "--speed", "bogus", *shapes],
+        ["edit", str(video), "-o", str(tmp_path / "s.mp4"), "--box", "8,8,56,56", "--guidance-interval", "0.9,0.1", *shapes],
+        ["edit", str(video), "-o", str(tmp_path / "s.mp4"), "--box", "8,8,56,56", "--cache", "bogus", *shapes],
         ["vae", "encode", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.safetensors")],
         ["vae", "decode", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.mp4")],
         ["edit", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--box", "0,0,8,8", "--mask", "m.png"],

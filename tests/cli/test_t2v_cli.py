@@ -67,7 +67,7 @@ def test_sidecar_is_complete(sampled, tiny_repo):
     assert sidecar["settings"] == {
         "frames": 9, "temporal_attention": True, "height": 32, "width": 32, "steps": 4, "guidance": 7.5, "scheduler": "PNDMScheduler",
         "fps": 12.0, "num_videos": 1, "device": "cpu", "dtype": "fp32", "offload": False, "tile": True,
-        "clean_caption": False, "attention": "sdpa", "compile": False,
+        "clean_caption": False, "attention": "sdpa", "compile": False, "speed": "default",
         "cache": {"method": "none", "transformer_evaluations": 13},  # PNDM: 4 steps, Runge-Kutta warm-up included
     }  # fmt: skip
     assert sidecar["models"] == {"model": str(tiny_repo), "version": "9x32x32", "text_encoder": f"{tiny_repo}/text_encoder"}

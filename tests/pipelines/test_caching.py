@@ -287,6 +287,49 @@ def test_magcache_rule_follows_the_ratios():
     assert fit_magcache_ratios([[1.0, 0.5], [1.0, 0.7]]) == pytest.approx([1.0, 0.6])
 
 
+def test_magcache_indexes_a_run_begun_at_a_cut_by_its_schedule_steps():
+    """An edit runs the last steps of its schedule: its step i is step offset + i of the whole
+    run, and the ratios fitted per whole-run step are read there, not resampled to the steps run."""
+    inputs = type("Inputs", (), {"hidden_states": torch.ones(2, 3)})()
+    model = type("Model", (), {"run_blocks": lambda self, inputs: inputs.hidden_states * 2})()
+
+    def skipped(offset: int) -> list[int]:
+        cache = MagCache([1.0] * 5 + [0.4] * 5, 0.5, max_skip=9, retention=0.2)
+        cache.on_run_begin(torch.zeros(5))
+        for index in range(5):
+            cache.on_step_begin(DenoisingStep(index, 5, torch.tensor(499 - index), torch.zeros(5), None, offset), None)
+            cache.forward(model, inputs)
+        return cache.skipped_steps
+
+    # steps 5-9 of 10: each ratio 0.4 adds 0.6 > 0.5, nothing is skipped
+    assert skipped(5) == []
+    # read as a whole 5-step run the ratios resample to [1, 1, 1, 0.4, 0.4]: steps 1 and 2 would be skipped
+    assert skipped(0) == [1, 2]
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "PNDM"])
+def test_a_run_from_a_cut_tells_its_callbacks_the_steps_before_it(pipe, embeds, scheduler):
+    from osp_core.pipelines.denoising import DenoisingCallback
+    from osp_core.pipelines.t2v import make_scheduler
+
+    class Offsets(DenoisingCallback):
+        seen: list[tuple[int, int]] = []
+
+        def on_step_begin(self, step, latents):
+            self.seen.append((step.schedule_index, step.schedule_steps))
+
+    kept = pipe.scheduler
+    pipe.scheduler = make_scheduler(scheduler)
+    try:
+        pipe.scheduler.set_timesteps(8)
+        whole = len(pipe.scheduler.timesteps)  # PNDM runs more evaluations than steps
+        pipe(prompt_embeds=embeds, num_frames=9, height=32, width=32, num_inference_steps=8, generator=torch.Generator().manual_seed(1), output_type="latent", callbacks=[Offsets()], first_step=3)
+    finally:
+        pipe.scheduler = kept
+    # the run's last step is the whole schedule's last: it began `whole - run` steps in
+    assert Offsets.seen[-1] == (whole - 1, whole) and Offsets.seen[0][0] == whole - len(Offsets.seen) > 0
+
+
 def test_magcache_calibration_records_one_ratio_per_step(magcache_ratios, pipe):
     assert len(magcache_ratios) == _evaluations(pipe) and magcache_ratios[0] == 1.0
     assert all(math.isfinite(r) and r > 0 for r in magcache_ratios)

@@ -197,3 +197,41 @@ def test_several_workers_each_see_one_device_and_share_the_cores(monkeypatch):
     cpu = device_env({}, 1, 4, "cpu")
     assert cpu == {"OMP_NUM_THREADS": "4"}  # nothing to hide on a CPU
     assert device_env({"OMP_NUM_THREADS": "3"}, 0, 1, None) == {"OMP_NUM_THREADS": "3"}  # one worker: the server's own
+
+
+def test_the_speed_dropdown_sets_the_controls_and_its_profile_reaches_the_job(reference_dir, tmp_path):
+    """Picking a profile sets the steps, scheduler and cache controls to its values (the user may
+    change them after: the controls are what the job gets); the job carries the profile's name
+    through the queue, and the profile fills what the page has no control for."""
+    import json
+    import shutil
+
+    gr = pytest.importorskip("gradio")
+    from osp_core.serve.app import Server
+    from osp_core.serve.queue import SqliteJobQueue
+    from osp_core.serve.server import Service
+    from osp_core.serve.worker import Worker, WorkerConfig, job_settings
+
+    repo = tmp_path / "repo"
+    shutil.copytree(reference_dir / "pipeline" / "tiny-osp-v1.1.0", repo)
+    fast = {"scheduler": "EulerDiscrete", "steps": 3, "cache": "teacache", "cache_threshold": 0.3, "guidance_interval": [0.2, 0.9]}
+    (repo / "sampling.json").write_text(json.dumps({"steps": 4, "scheduler": "DDIM", "teacache_coefficients": [1.0, 0.0], "speed_profiles": {"fast": fast}}))
+    server = Server(Service(ServeOptions(model=str(repo), output_dir=tmp_path / "out")))
+    assert server.defaults.speeds == ["default", "fast"]
+    assert [update["value"] for update in server.speed_controls("fast")] == [3, "EulerDiscrete", "teacache"]
+    assert [update["value"] for update in server.speed_controls("default")] == [4, "DDIM", "none"]
+    assert server.speed_controls("fastest") == (gr.update(), gr.update(), gr.update())  # not this model's: nothing moves
+    with pytest.raises(InputError, match="unknown speed profile"):
+        server.t2v_job("a cat", "", 9, "32x32", 3, 7.5, "EulerDiscrete", 1, "teacache", "x" * 10_000, False)
+
+    # the controls as the dropdown left them, but one step more: the control wins
+    job = server.t2v_job("a cat", "", 9, "32x32", 4, 7.5, "EulerDiscrete", 1, "teacache", "fast", False)
+    queue = SqliteJobQueue(tmp_path / "q.sqlite3")
+    worker = Worker(WorkerConfig(str(queue.path), device="cpu", dtype="fp32"))
+    row = queue.submit("t2v", job_settings(job, tmp_path / "job"), owner="page", model=str(repo), prompt="a cat")
+    worker.run(queue.claim(worker.name, 30))
+    done = queue.get(row.id)
+    assert done.status == "completed", done.error_message
+    settings = json.loads((tmp_path / "job" / done.result["files"]["sidecar"]).read_text())["settings"]
+    assert (settings["speed"], settings["steps"], settings["scheduler"]) == ("fast", 4, "EulerDiscreteScheduler")
+    assert (settings["cache"]["method"], settings["cache"]["threshold"], settings["guidance_interval"]["interval"]) == ("teacache", 0.3, [0.2, 0.9])

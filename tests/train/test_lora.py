@@ -27,7 +27,16 @@ from .helpers import run_module
 RANK = 4
 KILL_TRIES = 5
 # Adam eps as the parallel tests use it (tests/train/test_fsdp.py says why)
-SETTINGS = {"run.max_steps": 4, "run.checkpoint_every": 1, "run.keep_last": 0, "run.deterministic": True, "optim.eps": 1e-6, "lora.rank": RANK, "lora.alpha": 8.0}
+# the runs compared below keep prior preservation on (the base repository's captions.txt), so
+# resume and rank-count equality cover its draws too
+SETTINGS = {"run.max_steps": 4, "run.checkpoint_every": 1, "run.keep_last": 0, "run.deterministic": True, "optim.eps": 1e-6, "lora.rank": RANK, "lora.alpha": 8.0, "lora.preserve_captions": "model"}
+PRESERVED = ["a red ball rolls left", "a blue cube falls", "a white star spins"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _repo_captions(tiny_repo):
+    """The tiny repository's own captions (`--lora-preserve model` reads them)."""
+    (tiny_repo / "captions.txt").write_text("\n".join(PRESERVED) + "\n")
 
 
 def _args(clips: Path, repo: Path, out: Path, *extra: str) -> list[str]:
@@ -35,7 +44,7 @@ def _args(clips: Path, repo: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--preset", "debug", "--data", str(clips), "--model", str(repo), "--pretrained", "tiny", "--text-encoder", str(repo), "-o", str(out),
         "--max-steps", "4", "--checkpoint-every", "1", "--set", "run.keep_last=0", "--deterministic", "--set", "optim.eps=1e-6",
-        "--lora", str(RANK), "--lora-alpha", "8", *extra,
+        "--lora", str(RANK), "--lora-alpha", "8", "--lora-preserve", "model", *extra,
     ]  # fmt: skip
 
 
@@ -220,6 +229,8 @@ def test_fsdp_with_sequence_parallel_follows_one_process(straight, clips, tiny_r
         (("--lora-targets", r"nothing\.here"), ("--lora-targets", "matches no module")),
         (("--lora-targets", "proj_out|pos_embed.proj"), ("not a linear projection",)),
         (("--lora", "17"), ("--lora 17 is above the width", "--lora 16 or less")),
+        (("--lora-preserve", "nothing.txt"), ("prompt file 'nothing.txt' does not exist",)),
+        (("--set", "lora.preserve_weight=0"), ("lora.preserve_weight must be a finite number above 0",)),
     ],
 )
 def test_options_that_need_the_model_are_one_line_before_weights_load(extra, needles, clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
@@ -228,6 +239,46 @@ def test_options_that_need_the_model_are_one_line_before_weights_load(extra, nee
     proc = osp_in_process(*args, *extra)
     assert_one_line_error(proc, *needles, code=2)
     assert not (tmp_path / "run").exists()
+
+
+def test_prior_preservation_pulls_toward_the_frozen_base(straight):
+    """The term is exactly 0 while the adapters change nothing (B = 0) and positive once they
+    do; its captions come from the repository's captions.txt."""
+    _, _, trainer = straight
+    recipe = trainer.recipe
+    assert recipe.preserve == PRESERVED
+    batch = recipe.collate([recipe.dataset()[0], recipe.dataset()[1]])
+    latents = recipe._inputs(batch)[0]
+    with torch.no_grad():
+        trained = float(recipe._preservation(batch, latents, 0))
+    lora_b = [p for name, p in recipe.model.named_parameters() if ".lora_B." in name]
+    saved = [p.detach().clone() for p in lora_b]
+    with torch.no_grad():
+        for p in lora_b:
+            p.zero_()
+    try:
+        with torch.no_grad():
+            assert float(recipe._preservation(batch, latents, 0)) == 0.0
+    finally:
+        with torch.no_grad():
+            for p, value in zip(lora_b, saved):
+                p.copy_(value)
+    assert trained > 0.0
+
+
+def test_preserve_captions_bad_input(tmp_path):
+    from osp_core.errors import InputError
+    from osp_core.train.plan import preserve_captions
+
+    cfg = load_config(T2VTrainConfig, "debug", {"lora.rank": 4, "lora.preserve_captions": "model"}, group="t2v")
+    with pytest.raises(InputError, match="ships no captions.txt"):
+        preserve_captions(cfg, tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n")
+    for source, needle in ((str(tmp_path / "missing.txt"), "does not exist"), (str(empty), "has no prompts"), (str(tmp_path), "is a directory")):
+        cfg = load_config(T2VTrainConfig, "debug", {"lora.rank": 4, "lora.preserve_captions": source}, group="t2v")
+        with pytest.raises(InputError, match=needle):
+            preserve_captions(cfg, None)
 
 
 def test_validation_samples_with_the_adapters(straight, tmp_path):
@@ -250,6 +301,9 @@ def test_resuming_with_another_rank_or_without_lora_is_one_line(straight, clips,
     args = _args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest")
     for flag in ("--lora", "--lora-alpha"):  # the flag and its value
         del args[args.index(flag) : args.index(flag) + 2]
+    proc = osp_in_process("t2v", "train", *args)
+    assert_one_line_error(proc, "--lora-preserve without --lora", code=2)
+    del args[args.index("--lora-preserve") : args.index("--lora-preserve") + 2]
     proc = osp_in_process("t2v", "train", *args)
     assert_one_line_error(proc, "holds a LoRA adapter, not the whole transformer", "--lora", code=3)
     (out / "summary.json").unlink()

@@ -1,0 +1,242 @@
+"""Step counts and schedulers against 150 PNDM steps on `builtin:shapes` (issue 25, item 2).
+
+  python benchmarks/steps.py curve --out DIR [--split val|test] [--seeds 1] [--captions 60]
+                                   [--dtype bf16|fp32] [--chunks 3] [--batch 20]
+                                   [--settings PNDM:150 DPMSolverMultistep:10 DDIM:20:magcache:0.06 ...]
+      every setting is SCHEDULER:STEPS[:CACHE[:THRESHOLD]]; the first is the reference (PNDM:150,
+      what `osp t2v sample --model builtin:shapes` runs by default). Each setting samples the
+      world's captions (`--captions` of them) x `--seeds` seeds, guidance 7.5, 17x64x64; the
+      captions are cut into `--chunks` chunks and the settings alternate chunk by chunk, so load
+      on the machine falls on all of them alike. Videos are denoised `--batch` at a time (one
+      batched pipeline call: on 2 cores about twice the throughput of one video a call, for
+      every setting alike); a cache's skip decision is then taken for the batch as a whole.
+      Each video is graded in memory (no mp4 round trip) by `osp eval shapes`' judge and
+      compared with the reference's video of the same caption and seed (PSNR).
+      Writes DIR/steps.json and prints a markdown table.
+  python benchmarks/steps.py plot DIR/steps.json OUT.png   (needs matplotlib)
+      seconds per video against judge accuracy, one line per scheduler.
+
+Judge accuracy is the mean of the colour, shape and direction accuracies (the criterion the
+speed profiles are chosen by, benchmarks/README.md). Seeds: `val` (caption k, seed round r:
+5000 + 100 r + k) to choose, `test` (7000 + ...) to report; they never overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SEED_BASE = {"val": 5000, "test": 7000}
+GUIDANCE = 7.5
+DEFAULT_SETTINGS = ["PNDM:150"] + [f"{s}:{n}" for s in ("DPMSolverMultistep", "DDIM", "EulerDiscrete", "PNDM") for n in (10, 20, 30)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    scheduler: str
+    steps: int
+    cache: str = "none"
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Setting:
+        parts = spec.split(":")
+        if not 2 <= len(parts) <= 4:
+            raise SystemExit(f"bad setting '{spec}': use SCHEDULER:STEPS[:CACHE[:THRESHOLD]]")
+        return cls(parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "none", float(parts[3]) if len(parts) > 3 else None)
+
+    @property
+    def name(self) -> str:
+        cache = "" if self.cache == "none" else f" + {self.cache}" + ("" if self.threshold is None else f" {self.threshold:g}")
+        return f"{self.scheduler} {self.steps}{cache}"
+
+
+def curve(args: argparse.Namespace) -> None:
+    import torch
+
+    from osp_core.data.shapes import all_captions, parse_caption
+    from osp_core.eval.shapes import accuracy, measure
+    from osp_core.metrics import psnr
+    from osp_core.pipelines.caching import make_cache
+    from osp_core.pipelines.repository import ModelRepository
+    from osp_core.pipelines.t2v import T2VPipeline, make_scheduler
+    from osp_core.pipelines.t2v_inputs import scheduler_name
+
+    settings = [Setting.parse(s) for s in args.settings]
+    if len({s.name for s in settings}) < len(settings):
+        raise SystemExit("a setting is given twice")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    pipe = T2VPipeline.from_pretrained("builtin:shapes", torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    sampling = ModelRepository.resolve("builtin:shapes").sampling  # TeaCache/MagCache fits for the caches
+    captions = all_captions()[: args.captions]
+    chunk = -(-len(captions) // args.chunks)
+    base = SEED_BASE[args.split]
+    jobs = [(r, start) for r in range(args.seeds) for start in range(0, len(captions), chunk)]
+    out: dict[str, dict] = {s.name: {"setting": s.__dict__, "seconds": 0.0, "evaluations": 0, "videos": {}} for s in settings}
+    for done, (r, start) in enumerate(jobs, 1):
+        part = captions[start : start + chunk]
+        embeds = pipe.encode_prompt(part, "", True)
+        for setting in settings:
+            pipe.scheduler = make_scheduler(scheduler_name(setting.scheduler))
+            cache = make_cache(setting.cache, setting.threshold, sampling)
+            if cache is not None:
+                cache.attach(pipe.transformer)
+            record = out[setting.name]
+            try:
+                seeds = [base + 100 * r + start + k for k in range(len(part))]
+                frames, seconds, evaluations = sample_frames(pipe, part, seeds, setting.steps, GUIDANCE, args.batch, [cache] if cache is not None else [], embeds)
+                record["seconds"] += seconds
+                record["evaluations"] += evaluations
+                record["videos"].update({(caption, seed): video for caption, seed, video in zip(part, seeds, frames)})
+            finally:
+                if cache is not None:
+                    cache.detach()
+        print(f"chunk {done}/{len(jobs)} done", flush=True)
+
+    reference = out[settings[0].name]["videos"]
+    rows = []
+    for setting in settings:
+        record = out[setting.name]
+        graded, psnrs = [], []
+        for (caption, seed), frames in record["videos"].items():
+            row = measure(frames).to_dict()
+            row["expected_color"], row["expected_shape"], row["expected_direction"] = parse_caption(caption)
+            graded.append(row)
+            if setting != settings[0]:
+                psnrs.append(psnr(reference[(caption, seed)], frames))
+        n = len(record["videos"])
+        acc = {key: accuracy(graded, key) for key in ("color", "shape", "direction")}
+        finite = [p for p in psnrs if math.isfinite(p)]
+        rows.append(
+            {
+                "setting": setting.name,
+                **setting.__dict__,
+                "videos": n,
+                "seconds_per_video": record["seconds"] / n,
+                "evaluations_per_video": record["evaluations"] / n,
+                **acc,
+                "judge": sum(acc.values()) / 3,
+                "psnr": sum(finite) / len(finite) if finite else None,
+            }
+        )
+    ref = rows[0]
+    for row in rows:
+        row["speedup"] = ref["seconds_per_video"] / row["seconds_per_video"]
+        row["evaluation_ratio"] = ref["evaluations_per_video"] / row["evaluations_per_video"]
+        row["judge_delta_points"] = 100 * (row["judge"] - ref["judge"])
+    result = {"split": args.split, "seeds": args.seeds, "captions": len(captions), "dtype": args.dtype, "batch": args.batch, "guidance": GUIDANCE, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "steps.json").write_text(json.dumps(result, indent=1))
+    print(f"\n{args.split} seeds x {args.seeds}, {len(captions)} captions, {args.dtype}, batch {args.batch}")
+    print("| setting | s / video | speed-up | evaluations | judge | vs ref (points) | colour | shape | direction | PSNR vs ref |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        p = "-" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
+        print(
+            f"| {r['setting']} | {r['seconds_per_video']:.2f} | {r['speedup']:.1f}x | {r['evaluations_per_video']:.0f} | {r['judge']:.1%} | "
+            f"{r['judge_delta_points']:+.1f} | {r['color']:.1%} | {r['shape']:.1%} | {r['direction']:.1%} | {p} |"
+        )
+
+
+def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int, callbacks: list | None = None, embeds=None):
+    """uint8 (T, H, W, 3) frames of each prompt (17x64x64, its own seed's noise, as `osp t2v
+    sample` draws it), `batch` videos a pipeline call, the pipeline's scheduler; and the
+    denoising seconds and transformer evaluations (per video, summed over the videos)."""
+    import torch
+
+    embeds = embeds if embeds is not None else pipe.encode_prompt(prompts, "", guidance > 1)
+    frames, seconds, evaluations = [], 0.0, 0
+    calls = [0]
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return pipe.transformer(*a, **k)
+
+    for b in range(0, len(prompts), batch):
+        rows = list(range(b, min(b + batch, len(prompts))))
+        calls[0] = 0
+        t0 = time.perf_counter()
+        latents = pipe(
+            prompt_embeds=_rows(embeds, rows), num_frames=17, height=64, width=64, num_inference_steps=steps,
+            guidance_scale=guidance, generator=[torch.Generator("cpu").manual_seed(seeds[k]) for k in rows],
+            output_type="latent", callbacks=callbacks or [], transformer_forward=counted,
+        ).frames
+        seconds += time.perf_counter() - t0
+        evaluations += calls[0] * len(rows)
+        frames += list(pipe.decode_latents(latents))
+    return frames, seconds, evaluations
+
+
+def _rows(embeds, rows: list[int]):
+    """The prompt embeddings of `rows` (negative and positive halves alike)."""
+    from osp_core.pipelines.t2v import PromptEmbeddings
+
+    def pick(t):
+        return None if t is None else t[rows]
+
+    return PromptEmbeddings(pick(embeds.prompt), pick(embeds.prompt_mask), pick(embeds.negative), pick(embeds.negative_mask), [embeds.truncated[k] for k in rows])
+
+
+def plot(args: argparse.Namespace) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plot needs matplotlib: pip install matplotlib") from None
+    result = json.loads(args.result.read_text())
+    rows = result["rows"]
+    ref = rows[0]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    lines: dict[str, list[dict]] = {}
+    for row in rows[1:]:
+        if row["cache"] == "none":
+            lines.setdefault(row["scheduler"], []).append(row)
+    for name, points in sorted(lines.items()):
+        points.sort(key=lambda p: p["seconds_per_video"])
+        ax.plot([p["seconds_per_video"] for p in points], [100 * p["judge"] for p in points], marker="o", label=name)
+        for p in points:
+            ax.annotate(str(p["steps"]), (p["seconds_per_video"], 100 * p["judge"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    cached = [r for r in rows[1:] if r["cache"] != "none"]
+    if cached:
+        ax.scatter([p["seconds_per_video"] for p in cached], [100 * p["judge"] for p in cached], marker="x", color="black", label="with a cache")
+    ax.scatter([ref["seconds_per_video"]], [100 * ref["judge"]], marker="*", s=150, color="red", zorder=5, label=f"{ref['setting']} (default)")
+    ax.axhline(100 * ref["judge"] - 1, color="grey", lw=0.6, ls="--")
+    ax.axhline(100 * ref["judge"] - 3, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"denoising seconds per video ({result['dtype']}, 2 CPU cores, log scale)")
+    ax.set_ylabel("judge accuracy, %")
+    ax.set_title(f"builtin:shapes, {result['captions']} captions x {result['seeds']} {result['split']} seeds; dashed: default -1 / -3 points", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("curve")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--split", choices=SEED_BASE, default="val")
+    c.add_argument("--seeds", type=int, default=1)
+    c.add_argument("--captions", type=int, default=60)
+    c.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    c.add_argument("--chunks", type=int, default=3)
+    c.add_argument("--batch", type=int, default=20)
+    c.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
+    p = sub.add_parser("plot")
+    p.add_argument("result", type=Path)
+    p.add_argument("out", type=Path)
+    args = parser.parse_args()
+    {"curve": curve, "plot": plot}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
