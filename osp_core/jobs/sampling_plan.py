@@ -24,6 +24,7 @@ from ..pipelines.lora_inputs import AdapterSpec, check_adapters, parse_adapter_s
 from ..parallel.layout import ParallelLayout, launched_world, rank_device
 from ..pipelines.repository import ModelRepository, check_transformer_folder, model_sizes, read_t5_config
 from ..pipelines.t2v_inputs import (
+    SpeedChoice,
     T5Location,
     check_cache_for_model,
     check_cache_options,
@@ -237,6 +238,31 @@ class SamplingPlan:
         return not self.parallel.shares_videos or self.parallel.is_main
 
 
+def resolve_job_speed(job: SamplingJob, sampling: dict[str, Any], guidance: float) -> SpeedChoice:
+    """The job's scheduler, steps, cache, threshold and guidance interval, its speed profile
+    filling what it left unset (`resolve_speed`; default: the model's plain settings), checked
+    against the model (`sampling`, its sampling defaults) before anything loads: steps the
+    scheduler can run, a cache the model and `guidance` can take. One-line `InputError`s; a
+    refusal of what the profile chose names the choice."""
+    speed = resolve_speed(job.speed, sampling, job.scheduler, job.steps, job.cache, job.cache_threshold, job.interval(), guidance, f"'{job.model}'")
+
+    def chosen(*names: str) -> str:
+        """What the profile chose of `names`, for a refusal of them."""
+        named = [f"{name} {getattr(speed, name)}" for name in names if name in speed.from_profile]
+        return f" (--speed {speed.speed} chooses {', '.join(named)})" if named else ""
+
+    try:
+        check_steps(speed.scheduler, speed.steps)
+    except InputError as exc:
+        raise InputError(exc.message + chosen("scheduler", "steps"), exc.hint) from None
+    try:
+        check_cache_options(speed.cache, speed.cache_threshold)
+        check_cache_for_model(speed.cache, sampling, speed.scheduler, guidance)  # fitted values, their scheduler, guidance on
+    except InputError as exc:
+        raise InputError(exc.message + chosen("scheduler", "cache"), exc.hint) from None
+    return speed
+
+
 def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     """Check `job` and resolve its settings from the model repository, before any weights load
     (`check_outputs`: refuse existing outputs unless job.overwrite). Raises one-line `OSPError`s."""
@@ -247,24 +273,8 @@ def plan_sampling(job: SamplingJob, check_outputs: bool = True) -> SamplingPlan:
     defaults = repository.sampling
     fps = float(defaults["fps"]) if job.fps is None else float(job.fps)
     guidance = float(defaults["guidance"]) if job.guidance is None else float(job.guidance)
-    # the speed profile fills what the user left unset (default: the model's plain settings)
-    speed = resolve_speed(job.speed, defaults, job.scheduler, job.steps, job.cache, job.cache_threshold, job.interval(), guidance, f"'{job.model}'")
-    scheduler, steps = speed.scheduler, speed.steps
-
-    def chosen(*names: str) -> str:
-        """What the profile chose of `names`, for a refusal of them."""
-        named = [f"{name} {getattr(speed, name)}" for name in names if name in speed.from_profile]
-        return f" (--speed {speed.speed} chooses {', '.join(named)})" if named else ""
-
-    try:
-        check_steps(scheduler, steps)
-    except InputError as exc:
-        raise InputError(exc.message + chosen("scheduler", "steps"), exc.hint) from None
-    try:
-        cache = check_cache_options(speed.cache, speed.cache_threshold)
-        check_cache_for_model(cache, repository.sampling, scheduler, guidance)  # fitted values, their scheduler, guidance on
-    except InputError as exc:
-        raise InputError(exc.message + chosen("scheduler", "cache"), exc.hint) from None
+    speed = resolve_job_speed(job, defaults, guidance)
+    scheduler, steps, cache = speed.scheduler, speed.steps, speed.cache
     if cache == "pab" and job.compile:
         # PAB's hooks sit on the attention modules inside the compiled blocks: its per-step
         # decision changes their graphs, and they recompile until torch gives up (measured)

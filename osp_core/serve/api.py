@@ -32,9 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OSPError
 from ..jobs.edit import REMIX_STRENGTH, EditJob, strength_not_kept
-from ..jobs.sampling_plan import SamplingJob
+from ..jobs.sampling_plan import SamplingJob, resolve_job_speed
 from ..pipelines.repository import ModelRepository
-from ..pipelines.t2v_inputs import check_steps, scheduler_name
+from ..pipelines.t2v_inputs import SPEED_PROFILES, SpeedChoice
 from .paths import without_server_paths
 from .session import AdapterRefused, resolve_adapters
 from .queue import COMPLETED, FAILED, JobQueue, JobRow, QueueFull, new_job_id
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 OWNER = "api"  # the queue's owner of every job made here: the page's jobs stay out of the API
 VIDEOS_FOLDER = "videos"  # OUTPUT_DIR/videos/<job id>/
 CONTENT = {"video": ("video", "video/mp4"), "thumbnail": ("thumbnail", "image/png"), "spritesheet": ("spritesheet", "image/png")}
-# fields the Videos API names (or the CLI has) that osp does not do yet: refused, never ignored
-NOT_YET = {
-    "speed": "speed profiles (fast sampling) are not available in this osp yet",
-}
 
 
 @dataclass(frozen=True)
@@ -171,9 +167,9 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 # -- requests -----------------------------------------------------------------------------------
 
-CREATE_FIELDS = {"prompt", "model", "seconds", "size", "seed", "steps", "guidance", "negative_prompt", "lora"}
+CREATE_FIELDS = {"prompt", "model", "seconds", "size", "seed", "steps", "guidance", "negative_prompt", "lora", "speed"}
 LIST_FIELDS = {"lora"}  # may repeat in a form (the client writes a list as lora[]); a JSON list or one string
-REMIX_FIELDS = {"prompt", "model", "seed", "steps", "guidance", "strength"}
+REMIX_FIELDS = {"prompt", "model", "seed", "steps", "guidance", "strength", "speed"}
 
 
 async def read_fields(request: Request, allowed: set[str], refused: dict[str, str]) -> dict[str, Any]:
@@ -280,14 +276,36 @@ CLI_OPTION_VALUE = re.compile(r"--([a-z][a-z-]*) (-?[0-9][0-9.e+-]*)\b")
 
 
 def validate(job: SamplingJob | EditJob, context: ApiContext) -> None:
-    """`job.validate()` and the scheduler's fewest steps (as `plan_sampling` checks them, so a
-    job that could never run is refused now, not failed later), an `InputError` a 400."""
+    """`job.validate()` (a `SamplingJob`'s settings resolved too: `sampling_settings`), an
+    `InputError` a 400."""
+    if isinstance(job, SamplingJob):
+        sampling_settings(job, context)
+        return
     try:
         job.validate()
-        if job.steps is not None:
-            check_steps(scheduler_name(str(getattr(job, "scheduler", None) or context.repository.sampling["scheduler"])), job.steps)
     except OSPError as exc:
         raise refusal(exc, context.output_dir, context.lora_dir) from None
+
+
+def sampling_settings(job: SamplingJob, context: ApiContext) -> SpeedChoice:
+    """`job.validate()` and its speed profile resolved and checked against the served model as
+    `plan_sampling` does it (`resolve_job_speed`: steps the scheduler can run, a cache the
+    model can take), so a job that could never run is refused now, not failed later; an
+    `InputError` a 400."""
+    try:
+        job.validate()
+        sampling = context.repository.sampling
+        return resolve_job_speed(job, sampling, float(sampling["guidance"]) if job.guidance is None else job.guidance)
+    except OSPError as exc:
+        raise refusal(exc, context.output_dir, context.lora_dir) from None
+
+
+def speed_field(fields: dict[str, Any]) -> str | None:
+    """`speed`: a profile name (`SPEED_PROFILES`), checked with the job (`validate`)."""
+    value = fields.get("speed")
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'speed' must be one of {', '.join(SPEED_PROFILES)}, got {json.dumps(value)[:40]}", "speed")
+    return value
 
 
 def refusal(exc: OSPError, *roots: Path | None) -> ApiError:
@@ -388,7 +406,7 @@ def create_api(context: ApiContext) -> FastAPI:
 
     @app.post("/videos")
     async def create(request: Request) -> JSONResponse:
-        refused = {**NOT_YET, "input_reference": f"{context.model} has no image conditioning (text to video only)", "extend": "extending a video is not available in this osp"}
+        refused = {"input_reference": f"{context.model} has no image conditioning (text to video only)", "extend": "extending a video is not available in this osp"}
         fields = await read_fields(request, CREATE_FIELDS, refused)
         prompt = prompt_of(fields)
         check_model(fields)
@@ -412,6 +430,7 @@ def create_api(context: ApiContext) -> FastAPI:
             output_dir=folder,
             model=context.model,
             lora=adapters_field(fields, context.lora_dir),
+            speed=speed_field(fields),
         )
         shown = {"seconds": choices.seconds(frames), "size": choices.size_text(height, width)}
         validate(job, context)
@@ -459,7 +478,7 @@ def create_api(context: ApiContext) -> FastAPI:
 
     @app.post("/videos/{video_id}/remix")
     async def remix(video_id: str, request: Request) -> JSONResponse:
-        fields = await read_fields(request, REMIX_FIELDS, {**NOT_YET, "negative_prompt": "a remix takes no negative prompt in this osp yet"})
+        fields = await read_fields(request, REMIX_FIELDS, {"negative_prompt": "a remix takes no negative prompt in this osp yet"})
         prompt = prompt_of(fields)
         check_model(fields)
         source = await run_in_threadpool(find, video_id)
@@ -467,8 +486,9 @@ def create_api(context: ApiContext) -> FastAPI:
             raise ApiError(400, f"video '{source.id}' is {source.status.replace('_', ' ')}: only a completed video can be remixed", "video_id", "video_not_ready")
         folder = new_folder()
         steps, guidance, seed = number_field(fields, "steps", int), number_field(fields, "guidance", float), number_field(fields, "seed", int)
+        speed = speed_field(fields)
         # the sampling settings checked as a create checks them (the edit job reads them later)
-        validate(SamplingJob(prompts=[prompt], steps=steps, guidance=guidance, seed=seed, model=context.model), context)
+        chosen = sampling_settings(SamplingJob(prompts=[prompt], steps=steps, guidance=guidance, seed=seed, model=context.model, speed=speed), context)
         job = EditJob(
             video=Path(source.settings["folder"]) / source.result["files"]["video"],
             output=Path("remix.mp4"),
@@ -483,12 +503,12 @@ def create_api(context: ApiContext) -> FastAPI:
             steps=steps,
             guidance=guidance,
             seed=seed,
+            speed=speed,
         )
         validate(job, context)  # the strength
         strength = REMIX_STRENGTH if job.strength is None else job.strength
         named = f"strength {strength:g}" if job.strength is not None else f"the remix's default strength {strength:g}"
-        sampling = context.repository.sampling
-        note = strength_not_kept(steps or int(sampling["steps"]), strength, scheduler_name(str(sampling["scheduler"])), named, flag="")
+        note = strength_not_kept(chosen.steps, strength, chosen.scheduler, named, flag="")
         if note is not None:
             raise ApiError(400, note, "steps")  # the CLI warns and goes on; a client would never see the warning
         row = await run_in_threadpool(submit, "edit", job, folder, prompt, dict(source.settings.get("api", {})), source.id)

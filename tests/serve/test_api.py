@@ -3,6 +3,7 @@ SQLite queue and a real worker process running builtin:shapes on the CPU."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -198,12 +199,37 @@ def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_pa
     # a strength the steps cannot keep (PNDM runs at least 4 of them) would silently become 1
     with pytest.raises(openai.BadRequestError, match="keeps 2 of the 4 steps, and PNDM runs at least 4"):
         client.videos.remix(video.id, prompt="x", extra_body={"steps": 4})
-    for extra, param in (({"strength": 2}, "strength"), ({"seed": -1}, "seed"), ({"speed": "fast"}, "speed"), ({"size": "64x64"}, "size")):
+    for extra, param in (({"strength": 2}, "strength"), ({"seed": -1}, "seed"), ({"speed": "turbo"}, "speed"), ({"size": "64x64"}, "size")):
         with pytest.raises(openai.BadRequestError) as refused:
             client.videos.remix(video.id, prompt="x", extra_body=extra)
         assert refused.value.body["param"] == param
     with pytest.raises(openai.BadRequestError, match="the prompt is empty"):
         client.videos.remix(video.id, prompt=" ")
+
+
+def test_speed_picks_the_profile_the_job_runs_with(client, api, video):
+    """`speed` resolves as `--speed` does (builtin:shapes' fastest: DPMSolverMultistep, 10
+    steps; explicit steps win) and the sidecar records what it resolved to."""
+    done = client.videos.create_and_poll(prompt="a red circle moving right", extra_body={"speed": "fastest", "seed": 1}, poll_interval_ms=200)
+    assert done.status == "completed", done.error
+    queue, output_dir = api[1], api[2]
+    files = queue.get(done.id, owner="api").result["files"]
+    sidecar = json.loads((output_dir / "videos" / done.id / files["sidecar"]).read_text())
+    settings = sidecar["settings"]
+    assert (settings["speed"], settings["scheduler"], settings["steps"]) == ("fastest", "DPMSolverMultistepScheduler", 10), settings
+    # a remix resolves it too: 4 steps at strength 0.6 keep 2, too few for the default PNDM, enough for fastest's scheduler
+    with pytest.raises(openai.BadRequestError, match="PNDM runs at least 4"):
+        client.videos.remix(video.id, prompt="x", extra_body={"steps": 4})
+    remix = client.videos.remix(video.id, prompt="x", extra_body={"steps": 4, "speed": "fastest"})
+    assert queue.get(remix.id, owner="api").settings["job"]["speed"] == "fastest"
+    client.videos.delete(remix.id)  # not needed to run: the worker stays free for the other tests
+    for bad in ("turbo", "x" * 500):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.videos.create(prompt="x", extra_body={"speed": bad})
+        error = refused.value.body
+        assert error["param"] == "speed" and "default, fast, fastest" in error["message"] and len(error["message"]) < 200, error
+    answer = httpx.post(f"{api[0].base_url}/videos", json={"prompt": "x", "speed": ["fast"]}, headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "speed", answer.text
 
 
 def test_the_api_key_is_required(api, client):
@@ -224,7 +250,7 @@ def test_the_api_key_is_required(api, client):
         ({"seconds": "4"}, "seconds", "use one of"),
         ({"size": "720x1280"}, "size", "use 64x64"),
         ({"model": "sora-2"}, "model", "serves 'builtin:shapes'"),
-        ({"extra_body": {"speed": "fast"}}, "speed", "not available in this osp yet"),
+        ({"extra_body": {"speed": "turbo"}}, "speed", "unknown speed profile 'turbo' (use speed default, fast, fastest)"),
         ({"extra_body": {"lora": "style.safetensors"}}, "lora", "offers no LoRA adapters"),
         ({"input_reference": ("ref.png", PNG + b"\x00" * 16, "image/png")}, "input_reference", "no image conditioning"),
         ({"extra_body": {"temperature": 1}}, "temperature", "unknown parameter 'temperature'"),
