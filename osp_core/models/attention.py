@@ -178,7 +178,9 @@ class AttentionProcessor:
     """A diffusers attention processor that runs `attention` with a chosen backend.
 
     Computes what diffusers' `AttnProcessor2_0` computes for the Attention configurations osp's
-    models use; the mask is broadcast over heads instead of repeated per head.
+    models use; the mask is broadcast over heads instead of repeated per head. Keys for G items
+    and queries for N = G * k items: each run of k consecutive query items attends to one key
+    set (a video's frames to its caption), with that set's mask (G, 1, Lk).
     """
 
     def __init__(self, backend: str = DEFAULT_BACKEND) -> None:
@@ -204,6 +206,17 @@ class AttentionProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
+        # keys from fewer items than the queries (LatteT2V's cross-attention: one caption per
+        # video, the video's frames consecutive): each group of items shares one key set, so its
+        # queries become one sequence and the keys and values are computed once per group, not
+        # once per frame (softmax runs per query, so the result is the same)
+        groups = batch
+        if encoder_hidden_states is not None and encoder_hidden_states.shape[0] != batch and input_ndim == 3:
+            groups = encoder_hidden_states.shape[0]
+            if groups == 0 or batch % groups:
+                raise ValueError(f"{batch} query items cannot share {groups} key sets in equal groups")
+            hidden_states = hidden_states.reshape(groups, -1, hidden_states.shape[-1])
+
         query = attn.to_q(hidden_states)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
@@ -213,14 +226,14 @@ class AttentionProcessor:
         value = attn.to_v(encoder_hidden_states)
 
         head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+        query, key, value = (t.view(groups, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if attention_mask is not None:
-            # (B, Lk) or (B, Lq|1, Lk) -> (B, 1, Lq|1, Lk): one mask for every head
-            attention_mask = attention_mask.reshape(batch, 1, -1, attention_mask.shape[-1])
+            # (B, Lk) or (B, Lq|1, Lk) -> (B, 1, Lq|1, Lk): one mask for every head (B: the groups)
+            attention_mask = attention_mask.reshape(groups, 1, -1, attention_mask.shape[-1])
 
         hidden_states = attention(query, key, value, attention_mask, self.backend)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
@@ -229,7 +242,9 @@ class AttentionProcessor:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        if attn.rescale_output_factor != 1.0:  # dividing by 1 is a full-size kernel that changes nothing
+            hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> None:

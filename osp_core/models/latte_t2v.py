@@ -50,9 +50,12 @@ class LatteBlockInputs:
 
     `hidden_states` (B*(F+n), P, D) patch tokens per frame; `modulation_spatial` (B*(F+n), 6D)
     and `modulation_temporal` (B*P, 6D) the AdaLN-single modulation per block row;
-    `captions` (B*(F+n), L, D) and `caption_bias` (B*(F+n), 1, L) or None. A sequence-parallel
-    shard holds some of the frames in the per-frame fields and some of the patch positions in
-    `modulation_temporal`; `num_frames` and `use_image_num` always count the whole video.
+    `captions` (B, L, D) and `caption_bias` (B, 1, L) or None: one caption per video, shared
+    by its frames (the cross-attention computes its keys and values once, not once per frame);
+    with images (n > 0) one per spatial item, (B*(F+n), L, D) and (B*(F+n), 1, L). A
+    sequence-parallel shard holds some of the frames in the per-frame fields (and in the
+    captions, when they are per item) and some of the patch positions in `modulation_temporal`;
+    `num_frames` and `use_image_num` always count the whole video.
     """
 
     hidden_states: torch.Tensor
@@ -258,9 +261,9 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
         use_image_num: int,
         dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Captions and cross-attention bias per spatial item: (B * (F + n), L, D), (B * (F + n), 1, L).
-
-        The video caption is shared by its F frames; image i gets caption 1 + i.
+        """Captions and cross-attention bias: (B, L, D), (B, 1, L) for videos alone (the F frames
+        share their video's caption), else per spatial item: (B * (F + n), L, D), (B * (F + n), 1, L),
+        image i with caption 1 + i.
         """
         captions = encoder_hidden_states if encoder_hidden_states.ndim == 4 else encoder_hidden_states.unsqueeze(1)
         if captions.shape[1] != 1 + use_image_num:
@@ -269,12 +272,16 @@ class LatteT2V(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f"of shape {tuple(encoder_hidden_states.shape)}"
             )
         captions = self.caption_projection(captions.to(dtype))
+        mask = None
+        if encoder_attention_mask is not None:
+            mask = encoder_attention_mask if encoder_attention_mask.ndim == 3 else encoder_attention_mask.unsqueeze(1)
+        if use_image_num == 0:
+            return captions[:, 0], None if mask is None else (1 - mask[:, :1].to(dtype)) * MASK_BIAS
         per_frame = torch.cat([repeat(captions[:, :1], "b 1 l d -> b f l d", f=num_frames), captions[:, 1:]], dim=1)
         per_frame = rearrange(per_frame, "b f l d -> (b f) l d")
 
-        if encoder_attention_mask is None:
+        if mask is None:
             return per_frame, None
-        mask = encoder_attention_mask if encoder_attention_mask.ndim == 3 else encoder_attention_mask.unsqueeze(1)
         bias = (1 - mask.to(dtype)) * MASK_BIAS  # 1 = keep -> +0, 0 = drop -> -10000
         bias = torch.cat([repeat(bias[:, :1], "b 1 l -> b f l", f=num_frames), bias[:, 1:]], dim=1)
         return per_frame, rearrange(bias, "b f l -> (b f) 1 l")

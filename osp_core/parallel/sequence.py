@@ -139,8 +139,9 @@ def shard_block_inputs(inputs: LatteBlockInputs, frames: tuple[int, int], patche
         inputs,
         hidden_states=frames_of(inputs.hidden_states),
         modulation_spatial=frames_of(inputs.modulation_spatial),
-        captions=frames_of(inputs.captions),
-        caption_bias=frames_of(inputs.caption_bias),
+        # captions per video (no images) are shared by every frame: each shard keeps them whole
+        captions=frames_of(inputs.captions) if inputs.use_image_num else inputs.captions,
+        caption_bias=frames_of(inputs.caption_bias) if inputs.use_image_num else inputs.caption_bias,
         modulation_temporal=modulation_temporal,
     )
 

@@ -377,9 +377,10 @@ class T2VPipeline(DiffusionPipeline):
                 encoder_attention_mask=None if mask is None else mask[-rows:],
                 enable_temporal_attentions=enable_temporal_attentions,
                 return_dict=False,
-            )[0].float()
-            # the learned-variance channels are dropped before the scheduler step
-            return noise[:, :latent_channels] if learned_variance else noise
+            )[0]
+            # the learned-variance channels are dropped before the scheduler step (and before
+            # the cast to float32, which then converts only the channels the scheduler reads)
+            return (noise[:, :latent_channels] if learned_variance else noise).float()
 
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as bar:

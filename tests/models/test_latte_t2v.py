@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -129,6 +130,23 @@ def test_masked_caption_tokens_do_not_matter():
     assert torch.allclose(out, out_changed, atol=1e-5)
     # without the mask the same change does reach the output
     assert (unmasked - out).abs().max() > 1e-3
+
+
+def test_a_caption_shared_by_the_frames_equals_a_copy_per_frame():
+    """Without images a video's frames share one caption (its keys and values computed once);
+    handing every frame its own copy of the caption and mask gives the same tokens."""
+    model = tiny_model()
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        shared = model.embed(**tiny_inputs(), encoder_attention_mask=mask)
+        assert shared.captions.shape == (2, 6, 16) and shared.caption_bias.shape == (2, 1, 6)
+        per_frame = dataclasses.replace(
+            shared, captions=shared.captions.repeat_interleave(5, 0), caption_bias=shared.caption_bias.repeat_interleave(5, 0)
+        )
+        assert torch.allclose(model.run_blocks(shared), model.run_blocks(per_frame), atol=1e-6)
+        # the frames of video 0 must see caption 0: swapping the per-frame copies changes the tokens
+        swapped = dataclasses.replace(per_frame, captions=per_frame.captions.flip(0), caption_bias=per_frame.caption_bias.flip(0))
+        assert (model.run_blocks(swapped) - model.run_blocks(shared)).abs().max() > 1e-3
 
 
 def test_cut_caption_equals_masked_caption():
