@@ -125,12 +125,13 @@ def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
 
 
 def cpu_has_native_bf16() -> bool:
-    """The CPU has bf16 matrix instructions (AVX512-BF16 or AMX, as oneDNN detects them), on
-    which bf16 matmuls run 2-4x faster than fp32."""
+    """The CPU has bf16 matrix tiles (AMX), on which bf16 matmuls run 2-2.5x faster than fp32.
+    AVX512-BF16 alone is not enough: there oneDNN's bf16 products run at about half the fp32
+    rate (benchmarks/mfu.py, docs/speed-and-memory.md)."""
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
