@@ -491,8 +491,8 @@ class T2VRecipe(Recipe):
 
     def _preservation(self, batch: dict[str, Any], latents: torch.Tensor, images: int) -> torch.Tensor:
         """Prior preservation (`lora.preserve_captions`): each sample draws one of the captions
-        and a fresh timestep and noise; the adapters' prediction for that caption is pulled to
-        the frozen base's (adapters off) on the same noisy latents, which are the base's own
+        and a fresh timestep and noise; the adapters' predictions for that caption and for the
+        empty one are pulled to the frozen base's (adapters off) on the same noisy latents, which are the base's own
         sample of that caption (`_prior_latents`; with `preserve_sample_steps` 0, the sample's
         clip). The target is the base's output, not a clip's noise, so the term is zero exactly
         when the adapters change nothing for these captions. Weighted by `preserve_weight`."""
@@ -501,12 +501,15 @@ class T2VRecipe(Recipe):
 
         seed, positions = self.config.run.seed, batch_positions(batch)
         picks = [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(seed, positions, "preserve-caption").tolist()]
-        states, mask = self._text([self.preserve[k] for k in picks])
+        # each caption with the empty one beside it: guidance extrapolates from the unconditional
+        # prediction, so an adapter that moved it would move every guided video
+        states, mask = self._text([self.preserve[k] for k in picks] + [""] * len(picks))
         prior = self._prior_latents()
         clean = latents[:, :, : latents.shape[2] - images] if prior is None else prior[picks].to(latents.device)  # clips: without joint images
         t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "preserve-timestep")) for p in positions]).to(clean.device)
         noise = sample_randn(seed, [(p, "preserve-noise") for p in positions], tuple(clean.shape[1:]), clean.device)
-        x_t = self.objective.q_sample(clean, t, noise)
+        x_t = self.objective.q_sample(clean, t, noise).repeat(2, 1, 1, 1, 1)
+        t = t.repeat(2)
         with torch.no_grad(), adapters_off(self.model):
             target = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
         prediction = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
