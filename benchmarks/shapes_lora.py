@@ -14,6 +14,9 @@ over the six colours (the five and orange):
 Seeds: `val` (choosing the recipe) and `test` (reporting) never overlap. Sampling: PNDM,
 `--steps` (20), guidance 7.5, fp32.
 
+`python benchmarks/shapes_lora.py screen [--lora LORA]`: the quick check recipes are screened
+with (25 old-colour captions and 8 unseen orange triangles, 50 steps, validation seeds).
+
 `python benchmarks/shapes_lora.py strip --lora LORA OUT.png`: the docs' before/after frames
 (first, middle and last frame of each prompt; top row without the adapter, bottom row with it).
 """
@@ -94,6 +97,31 @@ def measure(lora: str, split: str, shapes: str, new_seeds: int, old_seeds: int, 
     return result
 
 
+def screen(lora: str | None, steps: int = 50) -> dict:
+    """The quick check recipes were screened with (benchmarks/README.md): 5 captions of each old
+    colour (the 60 shuffled with seed 0) and the 4 orange triangles twice, caption k with seed
+    1100 + k (validation), PNDM, fp32; colours read per expected colour."""
+    import random
+    from collections import Counter, defaultdict
+
+    from osp_core.data.shapes import all_captions, make_world
+    from osp_core.eval.shapes import measure as judge
+
+    world = make_world([COLOR])
+    old = all_captions()
+    random.Random(0).shuffle(old)
+    per: dict[str, list[str]] = defaultdict(list)
+    for caption in old:
+        if len(per[caption.split()[1]]) < 5:
+            per[caption.split()[1]].append(caption)
+    captions = [c for group in per.values() for c in group] + [f"a {NAME} triangle moving {d}" for d in ("left", "up", "right", "down")] * 2
+    read: dict[str, Counter] = defaultdict(Counter)
+    for caption, frames in zip(captions, _frames(captions, 1100, [f"{lora}:1"] if lora else [], steps, batch=len(captions))):
+        read[caption.split()[1]][judge(frames, world).color] += 1
+    right = {colour: counts[colour] for colour, counts in read.items()}
+    return {"lora": lora, "old_right": sum(v for k, v in right.items() if k != NAME), "old_videos": 25, "new_right": right[NAME], "new_videos": 8, "read": {k: dict(v) for k, v in read.items()}}
+
+
 STRIP_PROMPTS = ["a orange circle moving right", "a orange square moving up", "a orange triangle moving left", "a red circle moving down", "a blue square moving left"]
 
 
@@ -131,10 +159,15 @@ def main() -> None:
     m.add_argument("--steps", type=int, default=20)
     m.add_argument("--only", choices=("base", "adapter"), help="sample one side (two processes can share the work)")
     m.add_argument("--json", action="store_true")
+    sc = sub.add_parser("screen")
+    sc.add_argument("--lora", help="the adapter (none: the base model)")
     st = sub.add_parser("strip")
     st.add_argument("--lora", required=True)
     st.add_argument("out", type=Path)
     args = parser.parse_args()
+    if args.command == "screen":
+        print(json.dumps(screen(args.lora)))
+        return
     if args.command == "strip":
         strip(args.lora, args.out)
         return
