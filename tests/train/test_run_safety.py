@@ -150,6 +150,7 @@ def test_ctrl_c_in_training_checkpoints_and_a_second_one_stops_at_once(clips, tm
 
         return report
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when pytest was started in the background
     settings = {"run.max_steps": 50, "run.checkpoint_every": 1000, "run.log_every": 1, "loss.disc_start": 1000}
     cfg = load_config(VAETrainConfig, "debug", {"data.data": str(clips), "run.output_dir": str(tmp_path / "once"), **settings}, group="vae")
     events: list = []
@@ -163,7 +164,7 @@ def test_ctrl_c_in_training_checkpoints_and_a_second_one_stops_at_once(clips, tm
         Trainer(cfg, VAERecipe(cfg), reporter=interrupt(2, events)).train()
     assert events[-1] == "log" and not list_checkpoints(tmp_path / "twice" / "checkpoints")
     assert not (tmp_path / "twice" / "summary.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handler is gone
+    assert signal.getsignal(signal.SIGINT) is before  # the trainer's handler is gone, the one before it back
 
 
 def _torchrun_until_signalled(args: list[str], checkpoint: Path, send) -> tuple[subprocess.CompletedProcess, dict]:
