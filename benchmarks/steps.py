@@ -130,6 +130,7 @@ def curve(args: argparse.Namespace) -> None:
         row["evaluation_ratio"] = ref["evaluations_per_video"] / row["evaluations_per_video"]
         row["judge_delta_points"] = 100 * (row["judge"] - ref["judge"])
     result = {"split": args.split, "seeds": args.seeds, "captions": len(captions), "dtype": args.dtype, "batch": args.batch, "guidance": GUIDANCE, "rows": rows}
+    result["profiles"] = {name: (row["setting"] if row else None) for name, row in choose_profiles(rows).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "steps.json").write_text(json.dumps(result, indent=1))
     print(f"\n{args.split} seeds x {args.seeds}, {len(captions)} captions, {args.dtype}, batch {args.batch}")
@@ -141,6 +142,22 @@ def curve(args: argparse.Namespace) -> None:
             f"| {r['setting']} | {r['seconds_per_video']:.2f} | {r['speedup']:.1f}x | {r['evaluations_per_video']:.0f} | {r['judge']:.1%} | "
             f"{r['judge_delta_points']:+.1f} | {r['color']:.1%} | {r['shape']:.1%} | {r['direction']:.1%} | {p} |"
         )
+    print("\nby the criterion: " + ", ".join(f"{name}: {setting or 'none fits'}" for name, setting in result["profiles"].items()))
+
+
+PROFILE_RULES = {"fast": (1.0, 5.0), "fastest": (3.0, 10.0)}
+"""Profile: (most judge points below the reference, least speed-up), benchmarks/README.md."""
+
+
+def choose_profiles(rows: list[dict]) -> dict[str, dict | None]:
+    """Each profile's setting by the criterion: the fewest denoising seconds among the rows
+    within its points of the first row (the reference) and at least its speed-up."""
+    ref = rows[0]
+    chosen: dict[str, dict | None] = {}
+    for name, (points, speedup) in PROFILE_RULES.items():
+        fits = [r for r in rows[1:] if 100 * (r["judge"] - ref["judge"]) >= -points and r["speedup"] >= speedup]
+        chosen[name] = min(fits, key=lambda r: r["seconds_per_video"]) if fits else None
+    return chosen
 
 
 def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int, callbacks: list | None = None, embeds=None):
