@@ -13,8 +13,10 @@
       Each video is graded in memory (no mp4 round trip) by `osp eval shapes`' judge and
       compared with the reference's video of the same caption and seed (PSNR).
       Writes DIR/steps.json and prints a markdown table.
-  python benchmarks/steps.py plot DIR/steps.json OUT.png   (needs matplotlib)
-      seconds per video against judge accuracy, one line per scheduler.
+  python benchmarks/steps.py plot DIR/steps.json OUT.png [--x seconds|evaluations]   (needs matplotlib)
+      seconds (or transformer evaluations) per video against judge accuracy, one line per scheduler.
+  python benchmarks/steps.py choose DIR/steps.json [--cost seconds|evaluations]
+      the fast and fastest settings by the criterion.
 
 Judge accuracy is the mean of the colour, shape and direction accuracies (the criterion the
 speed profiles are chosen by, benchmarks/README.md). Seeds: `val` (caption k, seed round r:
@@ -149,14 +151,16 @@ PROFILE_RULES = {"fast": (1.0, 5.0), "fastest": (3.0, 10.0)}
 """Profile: (most judge points below the reference, least speed-up), benchmarks/README.md."""
 
 
-def choose_profiles(rows: list[dict]) -> dict[str, dict | None]:
-    """Each profile's setting by the criterion: the fewest denoising seconds among the rows
-    within its points of the first row (the reference) and at least its speed-up."""
+def choose_profiles(rows: list[dict], cost: str = "seconds") -> dict[str, dict | None]:
+    """Each profile's setting by the criterion: the cheapest row within its points of the first
+    row (the reference) and at least its speed-up; `cost` "seconds" (denoising seconds) or
+    "evaluations" (transformer evaluations, when the seconds were disturbed)."""
     ref = rows[0]
+    key, ratio = ("seconds_per_video", "speedup") if cost == "seconds" else ("evaluations_per_video", "evaluation_ratio")
     chosen: dict[str, dict | None] = {}
     for name, (points, speedup) in PROFILE_RULES.items():
-        fits = [r for r in rows[1:] if 100 * (r["judge"] - ref["judge"]) >= -points and r["speedup"] >= speedup]
-        chosen[name] = min(fits, key=lambda r: r["seconds_per_video"]) if fits else None
+        fits = [r for r in rows[1:] if 100 * (r["judge"] - ref["judge"]) >= -points and r[ratio] >= speedup]
+        chosen[name] = min(fits, key=lambda r: (r[key], -r["judge"])) if fits else None
     return chosen
 
 
@@ -209,28 +213,29 @@ def plot(args: argparse.Namespace) -> None:
         raise SystemExit("plot needs matplotlib: pip install matplotlib") from None
     result = json.loads(args.result.read_text())
     rows = result["rows"]
+    x = "seconds_per_video" if args.x == "seconds" else "evaluations_per_video"
     ref = rows[0]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.6, 4.2), dpi=110)
     lines: dict[str, list[dict]] = {}
     for row in rows[1:]:
         if row["cache"] == "none":
             lines.setdefault(row["scheduler"], []).append(row)
     for name, points in sorted(lines.items()):
-        points.sort(key=lambda p: p["seconds_per_video"])
-        ax.plot([p["seconds_per_video"] for p in points], [100 * p["judge"] for p in points], marker="o", label=name)
+        points.sort(key=lambda p: p[x])
+        ax.plot([p[x] for p in points], [100 * p["judge"] for p in points], marker="o", label=name)
         for p in points:
-            ax.annotate(str(p["steps"]), (p["seconds_per_video"], 100 * p["judge"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            ax.annotate(str(p["steps"]), (p[x], 100 * p["judge"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
     cached = [r for r in rows[1:] if r["cache"] != "none"]
     if cached:
-        ax.scatter([p["seconds_per_video"] for p in cached], [100 * p["judge"] for p in cached], marker="x", color="black", label="with a cache")
-    ax.scatter([ref["seconds_per_video"]], [100 * ref["judge"]], marker="*", s=150, color="red", zorder=5, label=f"{ref['setting']} (default)")
+        ax.scatter([p[x] for p in cached], [100 * p["judge"] for p in cached], marker="x", color="black", label="with a cache")
+    ax.scatter([ref[x]], [100 * ref["judge"]], marker="*", s=150, color="red", zorder=5, label=f"{ref['setting']} (default)")
     ax.axhline(100 * ref["judge"] - 1, color="grey", lw=0.6, ls="--")
     ax.axhline(100 * ref["judge"] - 3, color="grey", lw=0.6, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel(f"denoising seconds per video ({result['dtype']}, 2 CPU cores, log scale)")
+    ax.set_xlabel(f"denoising seconds per video ({result['dtype']}, 2 CPU cores, log scale)" if args.x == "seconds" else "transformer evaluations per video (each a guided pair; log scale)")
     ax.set_ylabel("judge accuracy, %")
     ax.set_title(f"builtin:shapes, {result['captions']} captions x {result['seeds']} {result['split']} seeds; dashed: default -1 / -3 points", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"wrote {args.out}")
@@ -251,7 +256,15 @@ def main() -> None:
     p = sub.add_parser("plot")
     p.add_argument("result", type=Path)
     p.add_argument("out", type=Path)
+    p.add_argument("--x", choices=("seconds", "evaluations"), default="seconds", help="the cost axis (evaluations when the run's seconds were disturbed)")
+    ch = sub.add_parser("choose")
+    ch.add_argument("result", type=Path)
+    ch.add_argument("--cost", choices=("seconds", "evaluations"), default="seconds")
     args = parser.parse_args()
+    if args.command == "choose":
+        chosen = choose_profiles(json.loads(args.result.read_text())["rows"], args.cost)
+        print(json.dumps({name: row and {k: row[k] for k in ("setting", "scheduler", "steps", "judge", "judge_delta_points", "evaluation_ratio", "speedup", "psnr")} for name, row in chosen.items()}, indent=1))
+        return
     {"curve": curve, "plot": plot}[args.command](args)
 
 

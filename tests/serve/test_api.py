@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from osp_core.hub import BUILTIN_ROOT
 from osp_core.io.video import read_video
 from osp_core.serve.api import ApiContext, create_api
 from osp_core.serve.queue import SqliteJobQueue
@@ -208,15 +209,16 @@ def test_remix_makes_a_new_video_from_a_completed_one(client, api, video, tmp_pa
 
 
 def test_speed_picks_the_profile_the_job_runs_with(client, api, video):
-    """`speed` resolves as `--speed` does (builtin:shapes' fastest: DPMSolverMultistep, 10
-    steps; explicit steps win) and the sidecar records what it resolved to."""
+    """`speed` resolves as `--speed` does (builtin:shapes' fastest, read from its sampling.json;
+    explicit steps win) and the sidecar records what it resolved to."""
     done = client.videos.create_and_poll(prompt="a red circle moving right", extra_body={"speed": "fastest", "seed": 1}, poll_interval_ms=200)
     assert done.status == "completed", done.error
     queue, output_dir = api[1], api[2]
     files = queue.get(done.id, owner="api").result["files"]
     sidecar = json.loads((output_dir / "videos" / done.id / files["sidecar"]).read_text())
     settings = sidecar["settings"]
-    assert (settings["speed"], settings["scheduler"], settings["steps"]) == ("fastest", "DPMSolverMultistepScheduler", 10), settings
+    fastest = json.loads((BUILTIN_ROOT / "shapes" / "sampling.json").read_text())["speed_profiles"]["fastest"]
+    assert (settings["speed"], settings["scheduler"], settings["steps"]) == ("fastest", fastest["scheduler"] + "Scheduler", fastest["steps"]), settings
     # a remix resolves it too: 4 steps at strength 0.6 keep 2, too few for the default PNDM, enough for fastest's scheduler
     with pytest.raises(openai.BadRequestError, match="PNDM runs at least 4"):
         client.videos.remix(video.id, prompt="x", extra_body={"steps": 4})
