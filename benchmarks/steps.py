@@ -183,7 +183,7 @@ def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidan
         calls[0] = 0
         t0 = time.perf_counter()
         latents = pipe(
-            prompt_embeds=_rows(embeds, rows), num_frames=17, height=64, width=64, num_inference_steps=steps,
+            prompt_embeds=embeds.select(rows), num_frames=17, height=64, width=64, num_inference_steps=steps,
             guidance_scale=guidance, generator=[torch.Generator("cpu").manual_seed(seeds[k]) for k in rows],
             output_type="latent", callbacks=callbacks or [], transformer_forward=counted,
         ).frames
@@ -191,16 +191,6 @@ def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidan
         evaluations += calls[0] * len(rows)
         frames += list(pipe.decode_latents(latents))
     return frames, seconds, evaluations
-
-
-def _rows(embeds, rows: list[int]):
-    """The prompt embeddings of `rows` (negative and positive halves alike)."""
-    from osp_core.pipelines.t2v import PromptEmbeddings
-
-    def pick(t):
-        return None if t is None else t[rows]
-
-    return PromptEmbeddings(pick(embeds.prompt), pick(embeds.prompt_mask), pick(embeds.negative), pick(embeds.negative_mask), [embeds.truncated[k] for k in rows])
 
 
 def plot(args: argparse.Namespace) -> None:

@@ -76,6 +76,14 @@ class PromptEmbeddings:
 
         return PromptEmbeddings(rep(self.prompt), rep(self.prompt_mask), rep(self.negative), rep(self.negative_mask), self.truncated)
 
+    def select(self, rows: list[int]) -> PromptEmbeddings:
+        """Items `rows` only (several prompts encoded at once, denoised in parts)."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        return PromptEmbeddings(pick(self.prompt), pick(self.prompt_mask), pick(self.negative), pick(self.negative_mask), [self.truncated[k] for k in rows])
+
     def to(self, device: torch.device, dtype: torch.dtype) -> PromptEmbeddings:
         def move(t: torch.Tensor | None, as_dtype: torch.dtype | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=as_dtype or t.dtype)

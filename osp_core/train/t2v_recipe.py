@@ -137,6 +137,7 @@ class T2VRecipe(Recipe):
 
         self.prompts = sample_prompts(self.config.validation)  # a prompt file is read once, as the run starts
         self.preserve: list[str] = []
+        self._prior: torch.Tensor | None = None  # the base's samples of `preserve`, drawn at the first step
         if self.config.lora.rank is not None and self.config.lora.preserve_captions:
             from .plan import preserve_captions
 
@@ -525,7 +526,7 @@ class T2VRecipe(Recipe):
         steps = self.config.lora.preserve_sample_steps
         if steps == 0:
             return None
-        if getattr(self, "_prior", None) is None:
+        if self._prior is None:
             from ..models.lora import adapters_off
             from ..pipelines.t2v import T2VPipeline, make_scheduler
 
