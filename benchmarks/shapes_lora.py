@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-COLOR = "orange=235,150,40"
+COLOR = "orange=235,150,40"  # `--color NAME=R,G,B` replaces it (the new word and its colour)
 NAME = COLOR.split("=")[0]
 SEEDS = {"val": (1000, 1100), "test": (2000, 2100)}  # (new-colour start, old-colour start)
 GUIDANCE = 7.5
@@ -122,7 +122,8 @@ def screen(lora: str | None, steps: int = 50) -> dict:
     return {"lora": lora, "old_right": sum(v for k, v in right.items() if k != NAME), "old_videos": 25, "new_right": right[NAME], "new_videos": 8, "read": {k: dict(v) for k, v in read.items()}}
 
 
-STRIP_PROMPTS = ["a orange circle moving right", "a orange square moving up", "a orange triangle moving left", "a red circle moving down", "a blue square moving left"]
+def strip_prompts() -> list[str]:
+    return [f"a {NAME} circle moving right", f"a {NAME} square moving up", f"a {NAME} triangle moving left", "a red circle moving down", "a blue square moving left"]
 
 
 def strip(lora: str, out: Path, steps: int = 20, seed: int = 3) -> None:
@@ -132,18 +133,19 @@ def strip(lora: str, out: Path, steps: int = 20, seed: int = 3) -> None:
     rows = []
     for adapters in ([], [f"{lora}:1"]):
         cells = []
-        for video in _frames(STRIP_PROMPTS, seed, adapters, steps):
+        for video in _frames(strip_prompts(), seed, adapters, steps):
             frames = video.numpy()
             cells.append(np.concatenate([frames[0], frames[len(frames) // 2], frames[-1]], axis=1))
             cells.append(np.full((frames.shape[1], 6, 3), 96, dtype=np.uint8))  # a grey gap between prompts
         rows.append(np.concatenate(cells[:-1], axis=1))
     rows.insert(1, np.full((4, rows[0].shape[1], 3), 96, dtype=np.uint8))
     Image.fromarray(np.concatenate(rows, axis=0)).save(out, optimize=True)
-    print(f"wrote {out}: {', '.join(STRIP_PROMPTS)}; seed {seed} + prompt index, {steps} PNDM steps")
+    print(f"wrote {out}: {', '.join(strip_prompts())}; seed {seed} + prompt index, {steps} PNDM steps")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--color", default=COLOR, help=f"the new word and its colour, NAME=R,G,B (default {COLOR})")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("out", type=Path)
@@ -165,6 +167,7 @@ def main() -> None:
     st.add_argument("--lora", required=True)
     st.add_argument("out", type=Path)
     args = parser.parse_args()
+    globals()["COLOR"], globals()["NAME"] = args.color, args.color.split("=")[0]
     if args.command == "screen":
         print(json.dumps(screen(args.lora)))
         return

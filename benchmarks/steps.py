@@ -17,6 +17,13 @@
       seconds (or transformer evaluations) per video against judge accuracy, one line per scheduler.
   python benchmarks/steps.py choose DIR/steps.json [--cost seconds|evaluations]
       the fast and fastest settings by the criterion.
+  python benchmarks/steps.py profiles --out DIR [--split test] [--captions 12] [--chunks 3] [--dtype fp32]
+      each `--speed` profile end to end, as a user runs it: `osp t2v sample --model
+      builtin:shapes --prompts ... --speed P --json` per caption chunk, the profiles alternating
+      chunk by chunk (caption k gets the split's seed + k), then `osp eval compare` of fast and
+      fastest against default's mp4s. Prints seconds per video by phase (T5, denoise, VAE
+      decode, write), speed-ups, the judge (colour, shape and direction all right), PSNR and
+      SSIM against default; writes DIR/profiles.json.
 
 Judge accuracy is the mean of the colour, shape and direction accuracies (the criterion the
 speed profiles are chosen by, benchmarks/README.md). Seeds: `val` (caption k, seed round r:
@@ -164,10 +171,21 @@ def choose_profiles(rows: list[dict], cost: str = "seconds") -> dict[str, dict |
     return chosen
 
 
+def _saved_evaluations(callbacks: list) -> float:
+    """Transformer calls of the last pipeline run that a cache cut short: a skipped block stack
+    counts whole, an unconditional half estimated instead of run (FasterCache) counts half."""
+    saved = 0.0
+    for callback in callbacks:
+        stats = callback.stats() if hasattr(callback, "stats") else {}
+        saved += stats.get("transformer_evaluations_skipped", 0) + 0.5 * stats.get("unconditional_estimated", 0)
+    return saved
+
+
 def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int, callbacks: list | None = None, embeds=None):
     """uint8 (T, H, W, 3) frames of each prompt (17x64x64, its own seed's noise, as `osp t2v
     sample` draws it), `batch` videos a pipeline call, the pipeline's scheduler; and the
-    denoising seconds and transformer evaluations (per video, summed over the videos)."""
+    denoising seconds and transformer evaluations (per video, summed over the videos; those a
+    cache skipped are not counted)."""
     import torch
 
     embeds = embeds if embeds is not None else pipe.encode_prompt(prompts, "", guidance > 1)
@@ -188,7 +206,7 @@ def sample_frames(pipe, prompts: list[str], seeds: list[int], steps: int, guidan
             output_type="latent", callbacks=callbacks or [], transformer_forward=counted,
         ).frames
         seconds += time.perf_counter() - t0
-        evaluations += calls[0] * len(rows)
+        evaluations += (calls[0] - _saved_evaluations(callbacks or [])) * len(rows)
         frames += list(pipe.decode_latents(latents))
     return frames, seconds, evaluations
 
@@ -231,16 +249,69 @@ def plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+PROFILES = ("default", "fast", "fastest")
+
+
+def profiles(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    from osp_core.data.shapes import all_captions
+
+    captions = all_captions()[: args.captions]
+    size = math.ceil(len(captions) / args.chunks)
+    osp = [sys.executable, "-m", "osp_cli"]
+    runs: dict[str, list[dict]] = {name: [] for name in PROFILES}
+    for c, start in enumerate(range(0, len(captions), size)):
+        prompts = args.out / f"prompts-{c}.txt"
+        prompts.parent.mkdir(parents=True, exist_ok=True)
+        prompts.write_text("\n".join(captions[start : start + size]) + "\n")
+        for name in PROFILES[c % 3 :] + PROFILES[: c % 3]:  # who goes first rotates
+            command = [*osp, "t2v", "sample", "--model", "builtin:shapes", "--prompts", str(prompts), "--seed", str(SEED_BASE[args.split] + start)]
+            command += ["--speed", name, "--dtype", args.dtype, "-o", str(args.out / name), "--json", "--overwrite"]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            runs[name].append(json.loads(done.stdout))
+            print(f"chunk {c + 1}: {name} done", flush=True)
+    result: dict = {"split": args.split, "captions": len(captions), "dtype": args.dtype, "profiles": {}}
+    for name in PROFILES:
+        videos = sum(len(run["videos"]) for run in runs[name])
+        phases: dict[str, float] = {}
+        for run in runs[name]:
+            for phase, value in run["seconds"].items():
+                phases[phase] = phases.get(phase, 0.0) + value
+        row = {"videos": videos, "seconds_per_video": {k: v / videos for k, v in phases.items() if k not in ("load", "total")}, "load_seconds_per_run": phases.get("load", 0.0) / len(runs[name])}
+        row["seconds_per_video"]["video"] = sum(row["seconds_per_video"].values())
+        compared = subprocess.run([*osp, "eval", "compare", str(args.out / "default"), str(args.out / name), "--json"], check=True, capture_output=True, text=True)
+        summary = json.loads(compared.stdout)["summary"]
+        row |= {"judge": summary["candidate"].get("judge_accuracy"), "psnr": summary["psnr"], "ssim": summary["ssim"], "identical": summary["identical"]}
+        result["profiles"][name] = row
+    base = result["profiles"]["default"]["seconds_per_video"]
+    print(f"\n{args.split} seeds, {len(captions)} captions, {args.dtype}, `osp t2v sample` per chunk of {size}")
+    print("| profile | denoise s / video | speed-up | whole video s (T5 + denoise + decode + write) | speed-up | judge (all three right) | PSNR vs default | SSIM vs default |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in result["profiles"].items():
+        sec = row["seconds_per_video"]
+        psnr = "identical" if name == "default" else f"{row['psnr']:.1f} dB"
+        ssim = "1" if name == "default" else f"{row['ssim']:.3f}"
+        print(f"| {name} | {sec['denoise']:.3f} | {base['denoise'] / sec['denoise']:.1f}x | {sec['video']:.3f} | {base['video'] / sec['video']:.1f}x | {row['judge']:.1%} | {psnr} | {ssim} |")
+    (args.out / "profiles.json").write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("curve")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--split", choices=SEED_BASE, default="val")
+
+    def sampling_run(name: str, split: str, captions: int, dtype: str) -> argparse.ArgumentParser:
+        run = sub.add_parser(name)
+        run.add_argument("--out", type=Path, required=True)
+        run.add_argument("--split", choices=SEED_BASE, default=split)
+        run.add_argument("--captions", type=int, default=captions)
+        run.add_argument("--dtype", choices=("bf16", "fp32"), default=dtype)
+        run.add_argument("--chunks", type=int, default=3)
+        return run
+
+    c = sampling_run("curve", "val", 60, "bf16")
     c.add_argument("--seeds", type=int, default=1)
-    c.add_argument("--captions", type=int, default=60)
-    c.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    c.add_argument("--chunks", type=int, default=3)
     c.add_argument("--batch", type=int, default=20)
     c.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
     p = sub.add_parser("plot")
@@ -250,12 +321,13 @@ def main() -> None:
     ch = sub.add_parser("choose")
     ch.add_argument("result", type=Path)
     ch.add_argument("--cost", choices=("seconds", "evaluations"), default="seconds")
+    sampling_run("profiles", "test", 12, "fp32")
     args = parser.parse_args()
     if args.command == "choose":
         chosen = choose_profiles(json.loads(args.result.read_text())["rows"], args.cost)
         print(json.dumps({name: row and {k: row[k] for k in ("setting", "scheduler", "steps", "judge", "judge_delta_points", "evaluation_ratio", "speedup", "psnr")} for name, row in chosen.items()}, indent=1))
         return
-    {"curve": curve, "plot": plot}[args.command](args)
+    {"curve": curve, "plot": plot, "profiles": profiles}[args.command](args)
 
 
 if __name__ == "__main__":

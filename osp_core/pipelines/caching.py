@@ -250,7 +250,12 @@ class BlockStackCache(SamplingCache):
 
 class TeaCache(BlockStackCache):
     """Skips LatteT2V's block stack while the rescaled, accumulated relative L1 change of block
-    0's modulated input stays below `threshold` (0 never skips); the first and last steps always run."""
+    0's modulated input stays below `threshold` (0 never skips); the first and last steps always run.
+
+    The polynomial is trusted only where it rises from 0 (`trusted_change`): a fit over the small
+    changes of a many-step schedule can turn down and below zero past them, and a few-step
+    schedule's large changes would then accumulate nothing and skip every step. A change beyond
+    that point runs the step, and a rescaled change never counts below zero."""
 
     method = "teacache"
 
@@ -258,6 +263,7 @@ class TeaCache(BlockStackCache):
         _check_threshold("TeaCache", threshold)
         self.coefficients = [float(c) for c in coefficients]
         self.threshold = float(threshold)
+        self.trusted_change = polynomial_rise_end(self.coefficients)
         super().__init__()
 
     def _reset(self) -> None:
@@ -282,8 +288,9 @@ class TeaCache(BlockStackCache):
         if self.must_compute(inputs, previous):
             self.accumulated = 0.0
         else:
-            self.accumulated += self.rescale(relative_l1(modulated, previous))
-            if self.threshold > 0 and self.accumulated < self.threshold:
+            change = relative_l1(modulated, previous)
+            self.accumulated += max(self.rescale(change), 0.0)
+            if self.threshold > 0 and self.accumulated < self.threshold and change <= self.trusted_change:
                 return self.reuse(inputs)
             self.accumulated = 0.0
         return self.compute(model, inputs)
@@ -464,6 +471,24 @@ class TeaCacheCalibration(BlockStackCache):
             self.pairs.append((relative_l1(modulated, self._previous[0]), relative_l1(out, self._previous[1])))
         self._previous = (modulated, out)
         return x
+
+
+def polynomial_rise_end(coefficients: list[float]) -> float:
+    """The first x > 0 where the polynomial (highest power first) stops rising: the smallest
+    positive real root of its derivative at which the derivative changes sign; inf if it rises
+    for every x > 0 (and 0 if it falls from the start)."""
+    import numpy as np
+
+    poly = np.poly1d(np.array(coefficients, dtype=np.float64))
+    slope = poly.deriv()
+    if slope.order == 0 and not slope.coeffs.any():
+        return math.inf  # constant: nothing to trust or distrust, the threshold decides
+    if slope(0.0) < 0:
+        return 0.0
+    for root in sorted(r.real for r in slope.roots if abs(r.imag) < 1e-12 and r.real > 0):
+        if slope(root * (1 + 1e-9) + 1e-15) < 0:
+            return float(root)
+    return math.inf
 
 
 def fit_teacache_coefficients(pairs: list[tuple[float, float]], degree: int = 4) -> list[float]:

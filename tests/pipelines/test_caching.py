@@ -4,6 +4,7 @@ keep what the uncached ones show."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -26,6 +27,7 @@ from osp_core.pipelines.caching import (
     fit_teacache_coefficients,
     interpolate_ratios,
     make_cache,
+    polynomial_rise_end,
 )
 from osp_core.pipelines.denoising import DenoisingStep, GuidanceInterval
 from osp_core.pipelines.t2v_inputs import check_cache_for_model, check_cache_options, parse_guidance_interval
@@ -135,6 +137,32 @@ def test_teacache_skips_by_accumulated_change_but_never_the_first_or_last_step(p
 def test_teacache_rescale_is_the_polynomial():
     cache = TeaCache([2.0, -3.0, 0.5], 0.1)  # 2x^2 - 3x + 0.5
     assert cache.rescale(0.0) == 0.5 and cache.rescale(2.0) == pytest.approx(2.5)
+
+
+def test_teacache_never_skips_where_its_polynomial_turns_down(pipe, embeds):
+    # -100x^2 + x rises until x = 0.005 and is negative past 0.01: a few-step schedule's large
+    # changes would accumulate below zero and skip every step if the fit were trusted there
+    cache = TeaCache([-100.0, 1.0, 0.0], 1.0)
+    assert cache.trusted_change == pytest.approx(0.005)
+    assert torch.equal(_sample(pipe, embeds, cache), _sample(pipe, embeds))
+    assert cache.stats()["transformer_evaluations_skipped"] == 0
+
+
+@pytest.mark.parametrize(
+    "coefficients, end",
+    [([1.0, 0.0], math.inf), ([1.0, 0.0, 0.0, 0.0], math.inf), ([-1.0, 2.0, 0.0], 1.0), ([2.0, -3.0, 0.5], 0.0), ([0.5], math.inf)],
+)
+def test_polynomial_rise_end(coefficients, end):
+    assert polynomial_rise_end(coefficients) == pytest.approx(end)
+
+
+def test_the_shipped_coefficients_are_trusted_over_their_calibrated_changes():
+    from osp_core.hub import BUILTIN_ROOT
+    from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS
+
+    assert polynomial_rise_end(RELEASED_TEACACHE_COEFFICIENTS) == math.inf
+    shapes = json.loads((BUILTIN_ROOT / "shapes" / "sampling.json").read_text())["teacache_coefficients"]
+    assert 0.05 < polynomial_rise_end(shapes) < math.inf
 
 
 def test_calibration_records_steps_and_the_fit_recovers_a_known_polynomial(pipe, embeds):
