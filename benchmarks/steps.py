@@ -262,9 +262,9 @@ def profiles(args: argparse.Namespace) -> None:
     size = math.ceil(len(captions) / args.chunks)
     osp = [sys.executable, "-m", "osp_cli"]
     runs: dict[str, list[dict]] = {name: [] for name in PROFILES}
+    args.out.mkdir(parents=True, exist_ok=True)
     for c, start in enumerate(range(0, len(captions), size)):
         prompts = args.out / f"prompts-{c}.txt"
-        prompts.parent.mkdir(parents=True, exist_ok=True)
         prompts.write_text("\n".join(captions[start : start + size]) + "\n")
         for name in PROFILES[c % 3 :] + PROFILES[: c % 3]:  # who goes first rotates
             command = [*osp, "t2v", "sample", "--model", "builtin:shapes", "--prompts", str(prompts), "--seed", str(SEED_BASE[args.split] + start)]

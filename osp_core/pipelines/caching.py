@@ -480,9 +480,7 @@ def polynomial_rise_end(coefficients: list[float]) -> float:
     import numpy as np
 
     poly = np.poly1d(np.array(coefficients, dtype=np.float64))
-    slope = poly.deriv()
-    if slope.order == 0 and not slope.coeffs.any():
-        return math.inf  # constant: nothing to trust or distrust, the threshold decides
+    slope = poly.deriv()  # a constant's is 0 everywhere, without roots: inf below
     if slope(0.0) < 0:
         return 0.0
     for root in sorted(r.real for r in slope.roots if abs(r.imag) < 1e-12 and r.real > 0):

@@ -156,13 +156,15 @@ def test_polynomial_rise_end(coefficients, end):
     assert polynomial_rise_end(coefficients) == pytest.approx(end)
 
 
-def test_the_shipped_coefficients_are_trusted_over_their_calibrated_changes():
+def test_the_shipped_coefficients_are_trusted_over_the_changes_of_150_steps():
     from osp_core.hub import BUILTIN_ROOT
     from osp_core.pipelines.repository import RELEASED_TEACACHE_COEFFICIENTS
 
     assert polynomial_rise_end(RELEASED_TEACACHE_COEFFICIENTS) == math.inf
     shapes = json.loads((BUILTIN_ROOT / "shapes" / "sampling.json").read_text())["teacache_coefficients"]
-    assert 0.05 < polynomial_rise_end(shapes) < math.inf
+    # 150 PNDM steps on builtin:shapes change block 0's input by at most 0.097 a step (4 captions,
+    # TeaCacheCalibration): the fitted polynomial must still rise there, so those runs skip as before
+    assert 0.097 < polynomial_rise_end(shapes) < math.inf
 
 
 def test_calibration_records_steps_and_the_fit_recovers_a_known_polynomial(pipe, embeds):
