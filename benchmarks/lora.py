@@ -2,7 +2,8 @@
 
 `python benchmarks/lora.py released`: trainable parameters and their training state (fp32
 gradients and two AdamW moments, plus the fp32 adapter weights) of the released v1.1.0
-transformer, built on the meta device, for ranks 16-128 and each `--lora-targets` set.
+transformer, built on the meta device, for ranks 16-128 and each `--lora-targets` set (and `text`:
+the T5-XXL encoder's).
 
 `python benchmarks/lora.py cpu DATA`: `osp t2v train` on `builtin:shapes` (17x64x64 clips of the
 shapes world, e.g. from `osp data synth -n 16 -o DATA`, batch 8, latents and T5 states cached, one
@@ -42,6 +43,16 @@ def released() -> None:
             params = sum(rank * (m.in_features + m.out_features) for m in modules.values())
             cells.append(f"{params / 1e6:.1f} M, {params * 16 / 2**20:.0f} MiB")
         print(f"| {targets} | {len(modules)} | " + " | ".join(cells) + " |")
+    # `text`: the T5-XXL encoder the released model reads captions with (DeepFloyd/t5-v1_1-xxl's config)
+    from transformers import T5Config, T5EncoderModel
+
+    from osp_core.pipelines.lora_inputs import TEXT_PATTERN
+
+    with torch.device("meta"):
+        encoder = T5EncoderModel(T5Config(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu", vocab_size=32128))
+    modules = target_modules(encoder, TEXT_PATTERN)
+    cells = [f"{sum(rank * (m.in_features + m.out_features) for m in modules.values()) / 1e6:.1f} M, {sum(rank * (m.in_features + m.out_features) for m in modules.values()) * 16 / 2**20:.0f} MiB" for rank in RANKS]
+    print(f"| text (T5-XXL encoder) | {len(modules)} | " + " | ".join(cells) + " |")
 
 
 def _train(data: Path, out: Path, steps: int, lora: int | None) -> tuple[float, int]:

@@ -57,7 +57,8 @@ def _frames(prompts: list[str], seed: int, lora: list[str], steps: int, batch: i
     about twice the throughput of `osp t2v sample`'s one prompt a call on 2 cores)."""
     import torch
 
-    from osp_core.models.lora import merge_adapters
+    from osp_core.models.lora import apply_adapters
+    from osp_core.pipelines.lora_inputs import check_adapters
     from osp_core.pipelines.t2v import T2VPipeline
 
     from steps import sample_frames
@@ -65,7 +66,7 @@ def _frames(prompts: list[str], seed: int, lora: list[str], steps: int, batch: i
     pipe = T2VPipeline.from_pretrained("builtin:shapes", scheduler="PNDM", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     if lora:
-        merge_adapters(pipe.transformer, [(Path(spec.rpartition(":")[0]), float(spec.rpartition(":")[2])) for spec in lora])
+        apply_adapters(pipe.transformer, pipe.text_encoder, check_adapters(lora))  # both parts, as `osp t2v sample --lora`
     return sample_frames(pipe, prompts, [seed + k for k in range(len(prompts))], steps, GUIDANCE, batch)[0]
 
 
@@ -126,7 +127,7 @@ def strip_prompts() -> list[str]:
     return [f"a {NAME} circle moving right", f"a {NAME} square moving up", f"a {NAME} triangle moving left", "a red circle moving down", "a blue square moving left"]
 
 
-def strip(lora: str, out: Path, steps: int = 20, seed: int = 3) -> None:
+def strip(lora: str, out: Path, steps: int = 50, seed: int = 3) -> None:
     import numpy as np
     from PIL import Image
 

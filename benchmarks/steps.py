@@ -13,6 +13,11 @@
       Each video is graded in memory (no mp4 round trip) by `osp eval shapes`' judge and
       compared with the reference's video of the same caption and seed (PSNR).
       Writes DIR/steps.json and prints a markdown table.
+      `--first-round R` starts at seed round R (a later run adds rounds to an earlier one).
+  python benchmarks/steps.py merge DIR1/steps.json DIR2/steps.json ... --out DIR
+      runs of the same split, dtype and settings over other seed rounds, as one curve (each
+      run's figures weighted by its videos; seconds as each run measured them, or
+      `--seconds-from K` those of the K-th run alone, when the others shared the cores).
   python benchmarks/steps.py plot DIR/steps.json OUT.png [--x seconds|evaluations]   (needs matplotlib)
       seconds (or transformer evaluations) per video against judge accuracy, one line per scheduler.
   python benchmarks/steps.py choose DIR/steps.json [--cost seconds|evaluations]
@@ -85,7 +90,7 @@ def curve(args: argparse.Namespace) -> None:
     captions = all_captions()[: args.captions]
     chunk = -(-len(captions) // args.chunks)
     base = SEED_BASE[args.split]
-    jobs = [(r, start) for r in range(args.seeds) for start in range(0, len(captions), chunk)]
+    jobs = [(r, start) for r in range(args.first_round, args.first_round + args.seeds) for start in range(0, len(captions), chunk)]
     out: dict[str, dict] = {s.name: {"setting": s.__dict__, "seconds": 0.0, "evaluations": 0, "videos": {}} for s in settings}
     for done, (r, start) in enumerate(jobs, 1):
         part = captions[start : start + chunk]
@@ -133,16 +138,23 @@ def curve(args: argparse.Namespace) -> None:
                 "psnr": sum(finite) / len(finite) if finite else None,
             }
         )
+    result = {"split": args.split, "seeds": args.seeds, "first_round": args.first_round, "captions": len(captions), "dtype": args.dtype, "batch": args.batch, "guidance": GUIDANCE, "rows": rows}
+    report(result, args.out)
+
+
+def report(result: dict, out: Path) -> None:
+    """Speed-ups and points against the first row, the profiles by the criterion; writes
+    out/steps.json and prints the table."""
+    rows = result["rows"]
     ref = rows[0]
     for row in rows:
         row["speedup"] = ref["seconds_per_video"] / row["seconds_per_video"]
         row["evaluation_ratio"] = ref["evaluations_per_video"] / row["evaluations_per_video"]
         row["judge_delta_points"] = 100 * (row["judge"] - ref["judge"])
-    result = {"split": args.split, "seeds": args.seeds, "captions": len(captions), "dtype": args.dtype, "batch": args.batch, "guidance": GUIDANCE, "rows": rows}
     result["profiles"] = {name: (row["setting"] if row else None) for name, row in choose_profiles(rows).items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "steps.json").write_text(json.dumps(result, indent=1))
-    print(f"\n{args.split} seeds x {args.seeds}, {len(captions)} captions, {args.dtype}, batch {args.batch}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "steps.json").write_text(json.dumps(result, indent=1))
+    print(f"\n{result['split']} seeds x {result['seeds']}, {result['captions']} captions, {result['dtype']}, batch {result['batch']}")
     print("| setting | s / video | speed-up | evaluations | judge | vs ref (points) | colour | shape | direction | PSNR vs ref |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -152,6 +164,34 @@ def curve(args: argparse.Namespace) -> None:
             f"{r['judge_delta_points']:+.1f} | {r['color']:.1%} | {r['shape']:.1%} | {r['direction']:.1%} | {p} |"
         )
     print("\nby the criterion: " + ", ".join(f"{name}: {setting or 'none fits'}" for name, setting in result["profiles"].items()))
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Curves of the same split, dtype and settings over other seed rounds, as one: accuracies,
+    PSNR and seconds per video weighted by each run's videos (each run's seconds were
+    measured in its own run, settings alternating)."""
+    results = [json.loads(path.read_text()) for path in args.results]
+    first = results[0]
+    for other in results[1:]:
+        if (other["split"], other["dtype"], other["captions"]) != (first["split"], first["dtype"], first["captions"]) or [r["setting"] for r in other["rows"]] != [r["setting"] for r in first["rows"]]:
+            raise SystemExit("merge: the runs differ in split, dtype, captions or settings")
+    rounds = sorted(r for result in results for r in range(result.get("first_round", 0), result.get("first_round", 0) + result["seeds"]))
+    if len(set(rounds)) < len(rounds):
+        raise SystemExit(f"merge: seed rounds overlap ({rounds})")
+    rows = []
+    for parts in zip(*(result["rows"] for result in results)):
+        n = sum(part["videos"] for part in parts)
+        row = {**parts[0], "videos": n}
+        for key in ("seconds_per_video", "evaluations_per_video", "color", "shape", "direction"):
+            row[key] = sum(part[key] * part["videos"] for part in parts) / n
+        if args.seconds_from is not None:  # the other runs shared the cores: their seconds are not comparable
+            row["seconds_per_video"] = parts[args.seconds_from]["seconds_per_video"]
+        row["judge"] = (row["color"] + row["shape"] + row["direction"]) / 3
+        psnrs = [(part["psnr"], part["videos"]) for part in parts if part["psnr"] is not None]
+        row["psnr"] = sum(p * v for p, v in psnrs) / sum(v for _, v in psnrs) if psnrs else None
+        rows.append(row)
+    result = {**first, "seeds": len(rounds), "first_round": rounds[0], "merged_from": [str(path) for path in args.results], "seconds_from": args.seconds_from, "rows": rows}
+    report(result, args.out)
 
 
 PROFILE_RULES = {"fast": (1.0, 5.0), "fastest": (3.0, 10.0)}
@@ -312,6 +352,7 @@ def main() -> None:
 
     c = sampling_run("curve", "val", 60, "bf16")
     c.add_argument("--seeds", type=int, default=1)
+    c.add_argument("--first-round", type=int, default=0, help="the first seed round (a later run adds rounds: merge)")
     c.add_argument("--batch", type=int, default=20)
     c.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
     p = sub.add_parser("plot")
@@ -322,12 +363,16 @@ def main() -> None:
     ch.add_argument("result", type=Path)
     ch.add_argument("--cost", choices=("seconds", "evaluations"), default="seconds")
     sampling_run("profiles", "test", 12, "fp32")
+    m = sub.add_parser("merge")
+    m.add_argument("results", type=Path, nargs="+")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--seconds-from", type=int, help="take seconds from this run alone (index among the results: the undisturbed one)")
     args = parser.parse_args()
     if args.command == "choose":
         chosen = choose_profiles(json.loads(args.result.read_text())["rows"], args.cost)
         print(json.dumps({name: row and {k: row[k] for k in ("setting", "scheduler", "steps", "judge", "judge_delta_points", "evaluation_ratio", "speedup", "psnr")} for name, row in chosen.items()}, indent=1))
         return
-    {"curve": curve, "plot": plot, "profiles": profiles}[args.command](args)
+    {"curve": curve, "plot": plot, "profiles": profiles, "merge": merge}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..hub import DEFAULT_REPO
-from ..pipelines.lora_inputs import AdapterSpec, check_adapters
+from ..pipelines.lora_inputs import TEXT_FOLDER, AdapterSpec, check_adapters
 
 MERGED_RECORD = "lora_merged.json"
 """What a merged folder says it was made of (the base and each adapter's hash and scale)."""
@@ -49,6 +49,12 @@ def plan_merge(job: MergeJob) -> MergePlan:
     if not job.lora:
         raise InputError("no adapter to merge", "pass --lora PATH[:SCALE] (repeatable)")
     adapters = check_adapters(job.lora)
+    text = next((a for a in adapters if a.text_encoder), None)
+    if text is not None:
+        raise InputError(
+            f"adapter '{text.path}' also adapts the text encoder ({TEXT_FOLDER}/), which a merged transformer folder cannot hold",
+            "apply it with --lora PATH (osp t2v sample, osp edit, the web page) instead of merging it",
+        )
     if job.transformer is not None and job.version is not None:
         raise InputError("--transformer and --version both choose the base weights", "pass only one of them")
     output = Path(job.output).expanduser()

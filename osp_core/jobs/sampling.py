@@ -154,10 +154,10 @@ class SamplingRun:
         pipe.set_progress_bar_config(disable=True)
         configure_tiling(pipe.vae, job.tile)  # tiles only when the video exceeds a tile, unless --no-tile
         if plan.adapters:
-            from ..models.lora import merge_adapters
+            from ..models.lora import apply_adapters
 
             self.progress.status(f"merging {len(plan.adapters)} LoRA adapter(s) ...")
-            merge_adapters(pipe.transformer, [(a.path, a.scale) for a in plan.adapters])
+            apply_adapters(pipe.transformer, pipe.text_encoder, plan.adapters)
         return pipe
 
     def load(self) -> tuple[Any, dict[int, Any]]:

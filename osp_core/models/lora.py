@@ -179,7 +179,7 @@ def check_adapter_fits(model: nn.Module, tensors: dict[str, torch.Tensor], where
         module = modules.get(name)
         base = module.get_base_layer() if module is not None and hasattr(module, "get_base_layer") else module
         if base is None:
-            raise ModelLoadError(f"{where} was made for another model: this transformer has no module '{name}'", "apply it to the model config it was trained on")
+            raise ModelLoadError(f"{where} was made for another model: this {type(model).__name__} has no module '{name}'", "apply it to the model config it was trained on")
         if not isinstance(base, nn.Linear):
             continue  # other layers PEFT adapts (convolutions): their shapes are checked as they load
         expected = (value.shape[0], base.in_features) if kind.startswith("A") else (base.out_features, value.shape[1])
@@ -249,6 +249,20 @@ def merge_adapters(model: nn.Module, adapters: list[tuple[Path, float]], describ
                     module.set_scale(name, scales[name])
                 module.merge(adapter_names=names)
     _unload(model)
+
+
+def apply_adapters(transformer: nn.Module, text_encoder: nn.Module, adapters: list[Any]) -> None:
+    """Merge checked adapters (`lora_inputs.AdapterSpec`s) into a pipeline's models: each
+    folder's transformer part into `transformer`, its `text_encoder/` part into `text_encoder`,
+    both at the adapter's scale."""
+    from ..pipelines.lora_inputs import TEXT_FOLDER
+
+    parts = [(a.path, a.scale) for a in adapters if a.transformer]
+    text = [(a.path / TEXT_FOLDER, a.scale) for a in adapters if a.text_encoder]
+    if parts:
+        merge_adapters(transformer, parts)
+    if text:
+        merge_adapters(text_encoder, text)
 
 
 def _unload(model: nn.Module) -> None:

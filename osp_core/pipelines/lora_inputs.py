@@ -39,6 +39,22 @@ TARGET_SETS = {
 }
 """Named sets of LatteT2V projections (regular expressions over whole module names); `all` is
 their union."""
+TEXT_TARGETS = "text"
+"""The `--lora-targets` name of the T5 text encoder's projections (`TEXT_PATTERN`): beside the
+transformer's sets (`cross,text`) or alone (`text`: the transformer stays as it is)."""
+TEXT_PATTERN = r"encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.(q|k|v|o)|DenseReluDense\.(wi|wi_0|wi_1|wo))"
+"""The T5 encoder's attention and feed-forward projections (T5 v1.0 `wi` and v1.1 `wi_0`/`wi_1`)."""
+TEXT_FOLDER = "text_encoder"
+"""Where an adapter folder keeps its text encoder part (PEFT's format, as the transformer's part)."""
+
+
+def split_targets(targets: str) -> tuple[str, bool]:
+    """(the transformer's `--lora-targets`, '' for none; whether the text encoder gets
+    adapters): `text` may stand in a comma list of named sets; a regex is the transformer's."""
+    names = [part.strip() for part in targets.split(",")]
+    if TEXT_TARGETS not in names or not all(name in (*TARGET_SETS, "all", TEXT_TARGETS) for name in names):
+        return targets, False
+    return ",".join(name for name in names if name != TEXT_TARGETS), True
 
 
 def target_pattern(targets: str) -> str:
@@ -51,7 +67,7 @@ def target_pattern(targets: str) -> str:
     try:
         re.compile(targets)
     except re.error as exc:
-        raise InputError(f"--lora-targets '{targets}' is neither spatial, temporal, cross, all nor a valid regular expression ({exc})", "pass e.g. --lora-targets spatial,cross") from None
+        raise InputError(f"--lora-targets '{targets}' is neither spatial, temporal, cross, all, text nor a valid regular expression ({exc})", "pass e.g. --lora-targets spatial,cross") from None
     return targets
 
 
@@ -67,8 +83,10 @@ def check_lora_options(rank: int | None, alpha: float | None, dropout: float, ta
     if not 0.0 <= dropout < 1.0:
         raise InputError(f"--lora-dropout must be in [0, 1), got {dropout}", "pass e.g. --lora-dropout 0.05")
     if not targets.strip():
-        raise InputError("--lora-targets is empty", "pass spatial, temporal, cross, all or a regular expression")
-    target_pattern(targets)
+        raise InputError("--lora-targets is empty", "pass spatial, temporal, cross, all, text or a regular expression")
+    transformer, _ = split_targets(targets)
+    if transformer:
+        target_pattern(transformer)
 
 
 @dataclass
@@ -80,10 +98,15 @@ class AdapterSpec:
     scale: float = 1.0
     sha256: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    transformer: bool = True
+    """Whether the folder holds a transformer part (its own adapter_model.safetensors)."""
+    text_encoder: bool = False
+    """Whether it holds a text encoder part (`text_encoder/`)."""
 
     def describe(self) -> dict[str, Any]:
         """What a sidecar records of the adapter."""
-        return {"path": str(self.path), "sha256": self.sha256, "scale": self.scale}
+        parts = {"parts": [name for name, held in (("transformer", self.transformer), (TEXT_FOLDER, self.text_encoder)) if held]} if self.text_encoder else {}
+        return {"path": str(self.path), "sha256": self.sha256, "scale": self.scale, **parts}
 
 
 def parse_adapter_spec(spec: str | Path | tuple[str | Path, float] | AdapterSpec) -> AdapterSpec:
@@ -136,18 +159,32 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def check_adapter(spec: AdapterSpec) -> AdapterSpec:
-    """`spec` with its config read and its weights file hashed, after checking the folder holds
-    an adapter in the PEFT format: a missing path, a missing file, unreadable JSON, a config
-    that is not LoRA, or a truncated weights file is one line naming the path."""
+    """`spec` with its config read and its weights hashed, after checking the folder holds an
+    adapter in the PEFT format: the transformer's part in the folder itself and/or the text
+    encoder's in `text_encoder/`. A missing path, a missing file, unreadable JSON, a config that
+    is not LoRA, or a truncated weights file is one line naming the path."""
     folder = spec.path
     if not folder.exists():
         raise InputError(f"LoRA adapter '{folder}' does not exist", f"pass a folder with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}, e.g. a training run's lora/")
     if folder.is_file():
         folder = folder.parent if folder.name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) else folder
-    config_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    parts = [part for part in (folder, folder / TEXT_FOLDER) if (part / ADAPTER_CONFIG).exists() or (part / ADAPTER_WEIGHTS).exists()]
+    configs = [_check_part(spec.path, part) for part in parts or [folder]]
+    digest = hashlib.sha256()  # both parts' weights, the transformer's first
+    for part in parts:
+        with (part / ADAPTER_WEIGHTS).open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+    return AdapterSpec(folder.absolute(), spec.scale, digest.hexdigest(), configs[0], transformer=folder in parts, text_encoder=folder / TEXT_FOLDER in parts)
+
+
+def _check_part(given: Path, part: Path) -> dict[str, Any]:
+    """The LoRA config of one part of an adapter folder, its files checked (`check_adapter`)."""
+    config_file, weights = part / ADAPTER_CONFIG, part / ADAPTER_WEIGHTS
     for needed in (config_file, weights):
         if not needed.is_file():
-            raise InputError(f"LoRA adapter '{spec.path}' has no {needed.name}", f"pass a folder with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}, e.g. a training run's lora/")
+            where = f"'{given}'" if part == given or part.name != TEXT_FOLDER else f"'{given}' ({TEXT_FOLDER}/)"
+            raise InputError(f"LoRA adapter {where} has no {needed.name}", f"pass a folder with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}, e.g. a training run's lora/")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -157,11 +194,7 @@ def check_adapter(spec: AdapterSpec) -> AdapterSpec:
     header = read_safetensors_header(weights)
     if not any(".lora_A." in key for key in header):
         raise ModelLoadError(f"adapter file '{weights}' holds no LoRA tensors (lora_A / lora_B)", "pass an adapter written by osp t2v train --lora or PEFT")
-    digest = hashlib.sha256()
-    with weights.open("rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return AdapterSpec(folder.absolute(), spec.scale, digest.hexdigest(), config)
+    return config
 
 
 def check_adapters(specs: list[Any] | None) -> list[AdapterSpec]:

@@ -152,11 +152,14 @@ class AdapterRefused(InputError):
 
 
 def offered_adapters(lora_dir: Path | None) -> list[str]:
-    """The adapters `--lora-dir` offers, by name: its subfolders holding an adapter_config.json,
-    sorted, the first `MAX_OFFERED` (none without a --lora-dir)."""
+    """The adapters `--lora-dir` offers, by name: its subfolders holding an adapter_config.json
+    (or a text encoder part's, in text_encoder/), sorted, the first `MAX_OFFERED` (none without
+    a --lora-dir)."""
+    from ..pipelines.lora_inputs import ADAPTER_CONFIG, TEXT_FOLDER
+
     if lora_dir is None:
         return []
-    return sorted(p.name for p in Path(lora_dir).iterdir() if (p / "adapter_config.json").is_file())[:MAX_OFFERED]
+    return sorted(p.name for p in Path(lora_dir).iterdir() if (p / ADAPTER_CONFIG).is_file() or (p / TEXT_FOLDER / ADAPTER_CONFIG).is_file())[:MAX_OFFERED]
 
 
 def resolve_adapters(chosen: list[tuple[str, float]], lora_dir: Path | None) -> list[str]:

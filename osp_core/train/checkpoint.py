@@ -157,39 +157,63 @@ class ModelFiles:
 class AdapterFiles(ModelFiles):
     """A LoRA run's checkpoints: only the trained adapter, in PEFT's format, in `adapter/` (the
     frozen base is the run's --pretrained, rebuilt on resume and checked against the adapter's
-    base record)."""
+    base record); the text encoder's adapter, when the run trains one, in `adapter/text_encoder/`."""
 
     folder = "adapter"
     holds_frozen = False
 
-    def __init__(self, base_source: str) -> None:
+    def __init__(self, base_source: str, text: Callable[[], tuple[nn.Module, str] | None] = lambda: None) -> None:
         self.base_source = base_source
+        self.text = text  # (the adapted text encoder, where it came from), or None
 
     def write(self, checkpoint: Path, inner: nn.Module, prefix: str, state: dict[str, Any]) -> None:
         from ..models.lora import adapted_names, adapter_state, base_record, write_adapter
+        from ..pipelines.lora_inputs import TEXT_FOLDER
 
         own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source, own))
+        if adapted_names(inner):
+            write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source, own))
+        text = self.text()
+        if text is not None:
+            encoder, source = text
+            write_adapter(checkpoint / self.folder / TEXT_FOLDER, encoder, adapter_state(encoder), base_record(encoder, adapted_names(encoder), source))
 
     def read(self, checkpoint: Path, inner: nn.Module, run_model: str) -> None:
-        from ..models.lora import TRAINED_ADAPTER, check_base, load_adapter_state, read_adapter
+        from ..models.lora import adapted_names
+        from ..pipelines.lora_inputs import ADAPTER_WEIGHTS, TEXT_FOLDER
 
         folder = checkpoint / self.folder
         if not folder.is_dir():
             raise ModelLoadError(f"checkpoint '{checkpoint}' holds no LoRA adapter (adapter/)", "resume it without --lora (it trained the whole transformer), or start over with --overwrite")
-        saved, tensors, base = read_adapter(folder)
-        check_base(inner, base, f"checkpoint '{checkpoint}'")
-        load_adapter_state(inner, tensors, TRAINED_ADAPTER, f"checkpoint '{checkpoint}'")
-        # alpha and dropout leave no trace in the tensors' shapes: another value would silently
-        # change the adapter's scale (or noise) mid-run
-        own = inner.peft_config[TRAINED_ADAPTER]
-        for flag, field in (("--lora-alpha", "lora_alpha"), ("--lora-dropout", "lora_dropout")):
-            then, now = float(getattr(saved, field)), float(getattr(own, field))
-            if then != now:
-                raise ModelLoadError(
-                    f"checkpoint '{checkpoint}' was trained with {flag} {then:g}, this run asks for {now:g}",
-                    f"resume with {flag} {then:g} (the LoRA options it was trained with), or start over with --overwrite",
-                )
+        text = self.text()
+        for part, adapted, saved in (("the transformer", bool(adapted_names(inner)), (folder / ADAPTER_WEIGHTS).is_file()), ("the text encoder", text is not None, (folder / TEXT_FOLDER).is_dir())):
+            if adapted != saved:
+                held = "holds" if saved else "holds no"
+                raise ModelLoadError(f"checkpoint '{checkpoint}' {held} an adapter of {part}, and this run's --lora-targets {'does not adapt' if saved else 'adapts'} it", "resume with the --lora-targets it was trained with, or start over with --overwrite")
+        if adapted_names(inner):
+            _read_adapter_part(folder, inner, checkpoint)
+        if text is not None:
+            _read_adapter_part(folder / TEXT_FOLDER, text[0], checkpoint)
+
+
+def _read_adapter_part(folder: Path, model: nn.Module, checkpoint: Path) -> None:
+    """Load one adapter folder of a checkpoint into `model`'s trained adapter (base, shapes,
+    alpha and dropout checked: one line when they differ)."""
+    from ..models.lora import TRAINED_ADAPTER, check_base, load_adapter_state, read_adapter
+
+    saved, tensors, base = read_adapter(folder)
+    check_base(model, base, f"checkpoint '{checkpoint}'")
+    load_adapter_state(model, tensors, TRAINED_ADAPTER, f"checkpoint '{checkpoint}'")
+    # alpha and dropout leave no trace in the tensors' shapes: another value would silently
+    # change the adapter's scale (or noise) mid-run
+    own = model.peft_config[TRAINED_ADAPTER]
+    for flag, field in (("--lora-alpha", "lora_alpha"), ("--lora-dropout", "lora_dropout")):
+        then, now = float(getattr(saved, field)), float(getattr(own, field))
+        if then != now:
+            raise ModelLoadError(
+                f"checkpoint '{checkpoint}' was trained with {flag} {then:g}, this run asks for {now:g}",
+                f"resume with {flag} {then:g} (the LoRA options it was trained with), or start over with --overwrite",
+            )
 
 
 def _is_diffusers(module: nn.Module) -> bool:

@@ -223,7 +223,7 @@ def check_bucket_options(data: Any) -> None:
 
 def check_lora_config(cfg: T2VTrainConfig) -> None:
     """The LoRA options' own rules (the rest needs the model: `T2VRecipe._check_lora`)."""
-    from ..pipelines.lora_inputs import check_lora_options
+    from ..pipelines.lora_inputs import check_lora_options, split_targets
 
     lora = cfg.lora
     if lora.rank is None:
@@ -231,6 +231,10 @@ def check_lora_config(cfg: T2VTrainConfig) -> None:
             raise InputError("--lora-preserve without --lora: prior preservation keeps a LoRA run's adapters from changing other captions", "add --lora RANK, or drop --lora-preserve")
         return
     check_lora_options(lora.rank, lora.alpha, lora.dropout, lora.targets)
+    if split_targets(lora.targets)[1] and _sharded(cfg):
+        # the encoder is outside the sharded/sequence-parallel transformer: its adapters'
+        # gradients are averaged over data-parallel ranks only (`T2VRecipe._sync_text_gradients`)
+        raise InputError("--lora-targets text trains the text encoder's adapters under data parallelism only", "drop --strategy fsdp / --sequence-parallel (plain torchrun ranks work), or train transformer adapters only")
     if lora.preserve_captions and not (math.isfinite(lora.preserve_weight) and lora.preserve_weight > 0):
         raise InputError(f"lora.preserve_weight must be a finite number above 0, got {lora.preserve_weight}", "e.g. --set lora.preserve_weight=1")
     if lora.preserve_captions and not 0 <= lora.preserve_sample_steps <= MAX_PRESERVE_SAMPLE_STEPS:

@@ -172,13 +172,29 @@ class T2VRecipe(Recipe):
         one line before any weights load. Returns the adapters' parameter count."""
         from ..models.latte_t2v import LatteT2V
         from ..models.lora import check_rank, target_modules
+        from ..pipelines.lora_inputs import TEXT_PATTERN, split_targets
 
         lora = self.config.lora
-        config, _ = transformer_config(self.config)
-        with torch.device("meta"):
-            model = LatteT2V.from_config(config)
-        modules = target_modules(model, lora.targets)
-        check_rank(modules, lora.rank)
+        transformer_targets, text = split_targets(lora.targets)
+        modules = {}
+        if transformer_targets:
+            config, _ = transformer_config(self.config)
+            with torch.device("meta"):
+                model = LatteT2V.from_config(config)
+            modules = target_modules(model, transformer_targets)
+            check_rank(modules, lora.rank)
+        if text:
+            layout = self.trainer.parallel.layout
+            if layout.sharded or layout.sp > 1:  # a layout a resumed checkpoint chose (`plan.check_lora_config` saw the options)
+                raise InputError("--lora-targets text trains the text encoder's adapters under data parallelism only", "drop --strategy fsdp / --sequence-parallel (plain torchrun ranks work), or train transformer adapters only")
+            from ..pipelines.repository import read_t5_config
+            from transformers import T5Config, T5EncoderModel
+
+            with torch.device("meta"):
+                encoder = T5EncoderModel(T5Config(**read_t5_config(self._frozen_sources()[2])))
+            text_modules = target_modules(encoder, TEXT_PATTERN)
+            check_rank(text_modules, lora.rank)
+            modules = {**modules, **{f"text_encoder.{name}": m for name, m in text_modules.items()}}
         return sum(lora.rank * (m.in_features + m.out_features) for m in modules.values())
 
     def model_files(self) -> Any:
@@ -187,12 +203,18 @@ class T2VRecipe(Recipe):
             return None
         from .checkpoint import AdapterFiles
 
-        return AdapterFiles(self.base_source())
+        return AdapterFiles(self.base_source(), lambda: (self.text_encoder, self.text_source()) if getattr(self, "text_params", None) else None)
 
     def base_source(self) -> str:
         """The transformer this run starts from, as an adapter names its base."""
         m = self.config.model
         return f"{m.model}:{m.pretrained}" if m.pretrained else (m.config or "a fresh transformer")
+
+    def text_source(self) -> str:
+        """The text encoder, as its adapter names its base: the --text-encoder given, else the
+        model repository's (no local path)."""
+        m = self.config.model
+        return str(m.text_encoder) if m.text_encoder else f"{m.model}:text_encoder"
 
     def finished(self, checkpoint: Path) -> None:
         """A finished LoRA run leaves its adapter in OUTPUT/lora/ (replacing an older one whole)."""
@@ -203,8 +225,8 @@ class T2VRecipe(Recipe):
         from ..io.atomic import atomic_dir
 
         with atomic_dir(Path(self.config.run.output_dir) / "lora") as tmp:
-            for file in (checkpoint / "adapter").iterdir():
-                shutil.copy2(file, tmp / file.name)
+            for item in (checkpoint / "adapter").iterdir():
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)  # text_encoder/: the encoder's part
 
     def _frozen_dtypes(self) -> tuple[torch.dtype, torch.dtype]:
         """(VAE dtype, T5 dtype): the frozen encoders run in the mixed precision; T5 overflows in
@@ -315,13 +337,22 @@ class T2VRecipe(Recipe):
 
             self.cache = FeatureCache(cfg.data.cache_dir)
 
+        self.text_params: list[torch.nn.Parameter] = []  # the text encoder's adapters (`--lora-targets text`)
         if cfg.lora.rank is not None:
             from ..models.lora import add_lora
+            from ..pipelines.lora_inputs import TEXT_PATTERN, split_targets
 
-            add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)  # the base frozen
+            transformer_targets, text = split_targets(cfg.lora.targets)
+            model.requires_grad_(False)  # the base frozen
+            if transformer_targets:
+                add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, transformer_targets)
+            if text:
+                self.text_params = add_lora(self.text_encoder, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, TEXT_PATTERN)
+                for p in self.text_params:
+                    p.data = p.data.float()  # adapters train in fp32 whatever the frozen encoder's dtype
         model = self.trainer.parallelize(model)  # before the optimizer: FSDP2 replaces the parameters
         o = cfg.optim
-        trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA run: the adapters only
+        trained = [p for p in model.parameters() if p.requires_grad] + self.text_params  # a LoRA run: the adapters only
         optimizer = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         scheduler = get_scheduler(
             o.lr_scheduler,
@@ -391,9 +422,34 @@ class T2VRecipe(Recipe):
         noise = sample_randn(self.config.run.seed, draws, tuple(posterior.mean.shape[1:]), posterior.mean.device)
         return (posterior.mean + posterior.std * noise) * self.vae.config.scaling_factor
 
-    @torch.no_grad()
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 states (N, L, D) and mask (N, L) for `captions` (L = max_text_tokens)."""
+        """T5 states (N, L, D) and mask (N, L) for `captions` (L = max_text_tokens): from the
+        cache or the frozen encoder; with text encoder adapters, through them (with gradients,
+        never cached)."""
+        if self.text_params:
+            return self._encode_text(captions)
+        with torch.no_grad():
+            return self._frozen_text(captions)
+
+    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 states and mask of `captions` as `_frozen_text` lays them out (padding zeroed), uncached."""
+        device = self.trainer.accelerator.device
+        tokens = self.tokenizer(
+            captions, padding="max_length", max_length=self.config.model.max_text_tokens, truncation=True,
+            return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
+        )  # fmt: skip
+        mask = tokens.attention_mask.to(device)
+        states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        return states.float() * mask[..., None], mask
+
+    def _base_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder's states of `captions` (text adapters off)."""
+        from ..models.lora import adapters_off
+
+        with torch.no_grad(), adapters_off(self.text_encoder):
+            return self._encode_text(captions)
+
+    def _frozen_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from ..data.cache import text_key
 
         device = self.trainer.accelerator.device
@@ -483,6 +539,8 @@ class T2VRecipe(Recipe):
             terms["extra"] = extra()
             loss = loss + terms["extra"]
         self.trainer.backward(loss)
+        if acc.sync_gradients and self.text_params and acc.num_processes > 1:
+            self._sync_text_gradients()
         if acc.sync_gradients and clip > 0:
             acc.clip_grad_norm_(self._clipped_parameters(), clip)
         self.optimizer.step()
@@ -490,21 +548,47 @@ class T2VRecipe(Recipe):
         self.optimizer.zero_grad(set_to_none=True)
         return terms
 
+    def _sync_text_gradients(self) -> None:
+        """Average the text encoder adapters' gradients over the ranks, as DDP does the
+        transformer's (the encoder is not wrapped: its frozen weights stay out of checkpoints)."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.text_params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.trainer.accelerator.num_processes
+        offset = 0
+        for p, g in zip(self.text_params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+            offset += g.numel()
+
+    def _preserve_picks(self, batch: dict[str, Any]) -> list[int]:
+        """Which preserve caption each sample of the batch holds this step."""
+        from .randomness import batch_positions, sample_rand
+
+        positions = batch_positions(batch)
+        return [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(self.config.run.seed, positions, "preserve-caption").tolist()]
+
     def _preservation(self, batch: dict[str, Any], latents: torch.Tensor, images: int) -> torch.Tensor:
         """Prior preservation (`lora.preserve_captions`): each sample draws one of the captions
         and a fresh timestep and noise; the adapters' predictions for that caption and for the
         empty one are pulled to the frozen base's (adapters off) on the same noisy latents, which are the base's own
         sample of that caption (`_prior_latents`; with `preserve_sample_steps` 0, the sample's
         clip). The target is the base's output, not a clip's noise, so the term is zero exactly
-        when the adapters change nothing for these captions. Weighted by `preserve_weight`."""
+        when the adapters change nothing for these captions. Weighted by `preserve_weight`.
+        With text encoder adapters the prediction reads the adapted states (its gradient reaches
+        the encoder's adapters through them) and the target the frozen encoder's: what is held is
+        the video those captions make, not their states."""
         from ..models.lora import adapters_off
-        from .randomness import batch_positions, sample_generator, sample_rand, sample_randn
+        from .randomness import batch_positions, sample_generator, sample_randn
 
         seed, positions = self.config.run.seed, batch_positions(batch)
-        picks = [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(seed, positions, "preserve-caption").tolist()]
+        picks = self._preserve_picks(batch)
         # each caption with the empty one beside it: guidance extrapolates from the unconditional
         # prediction, so an adapter that moved it would move every guided video
-        states, mask = self._text([self.preserve[k] for k in picks] + [""] * len(picks))
+        captions = [self.preserve[k] for k in picks] + [""] * len(picks)
+        states, mask = self._text(captions)
+        base_states = self._base_text(captions)[0] if self.text_params else states  # the target: the base as a whole
         prior = self._prior_latents()
         clean = latents[:, :, : latents.shape[2] - images] if prior is None else prior[picks].to(latents.device)  # clips: without joint images
         t = torch.cat([self.objective.sample_timesteps(1, "cpu", sample_generator(seed, p, "preserve-timestep")) for p in positions]).to(clean.device)
@@ -512,7 +596,7 @@ class T2VRecipe(Recipe):
         x_t = self.objective.q_sample(clean, t, noise).repeat(2, 1, 1, 1, 1)
         t = t.repeat(2)
         with torch.no_grad(), adapters_off(self.model):
-            target = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
+            target = self.model(x_t, t, encoder_hidden_states=base_states, encoder_attention_mask=mask, return_dict=False)[0]
         prediction = self.model(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
         channels = clean.shape[1]  # the noise channels: sampling drops the learned variance
         return self.config.lora.preserve_weight * torch.nn.functional.mse_loss(prediction[:, :channels].float(), target[:, :channels].float())
@@ -545,7 +629,7 @@ class T2VRecipe(Recipe):
             pipe.set_progress_bar_config(disable=True)
             rows = []
             try:
-                with adapters_off(self.model):
+                with adapters_off(self.model), adapters_off(self.text_encoder):
                     for start in range(0, len(self.preserve), PRIOR_BATCH):
                         captions = self.preserve[start : start + PRIOR_BATCH]
                         generators = [torch.Generator("cpu").manual_seed(cfg.run.seed * 1_000_003 + start + k) for k in range(len(captions))]
@@ -562,7 +646,7 @@ class T2VRecipe(Recipe):
 
     def _clipped_parameters(self) -> Iterable[torch.nn.Parameter]:
         """The parameters whose gradient norm --max-grad-norm clips."""
-        return self.model.parameters()
+        return [*self.model.parameters(), *self.text_params]
 
     def train_step(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         acc = self.trainer.accelerator
@@ -612,9 +696,10 @@ class T2VRecipe(Recipe):
             lora = cfg.lora
             if lora.rank is not None:
                 from ..models.lora import add_lora
+                from ..pipelines.lora_inputs import split_targets
 
                 with torch.random.fork_rng():  # the adapters' initial draw is overwritten: it must not move the run's RNG
-                    add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)  # the gathered weights' names
+                    add_lora(model, lora.rank, lora.alpha, lora.dropout, split_targets(lora.targets)[0])  # the gathered weights' names
             model.to(acc.device).load_state_dict(self.trainer.validation_weights)
         ema = None if self.trainer.sharded_ema else self.trainer.ema  # a sharded average is in the gathered weights already
         if ema is not None:

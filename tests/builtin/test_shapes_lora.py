@@ -17,19 +17,22 @@ EXAMPLE = BUILTIN_ROOT / "shapes" / "lora" / "orange"
 
 
 def test_the_preset_loads_and_plans_on_the_built_in_model(tmp_path, osp_in_process):
-    from osp_core.models.latte_t2v import LatteT2V
     from osp_core.models.lora import check_rank, target_modules
+    from osp_core.pipelines.lora_inputs import TEXT_PATTERN, split_targets
+    from osp_core.pipelines.t2v import load_t5_encoder
+    from osp_core.pipelines.t2v_inputs import locate_t5
     from osp_core.train.config import T2VTrainConfig, load_config
     from osp_core.train.plan import check_t2v_config
 
     cfg = load_config(T2VTrainConfig, "shapes-lora", group="t2v")
     check_t2v_config(cfg)
-    assert (cfg.model.model, cfg.model.pretrained, cfg.lora.rank, cfg.lora.targets, cfg.run.ema) == ("builtin:shapes", "17x64x64", 8, "cross", False)
+    assert (cfg.model.model, cfg.model.pretrained, cfg.lora.rank, cfg.lora.targets, cfg.lora.preserve_captions, cfg.run.ema) == ("builtin:shapes", "17x64x64", 8, "text", "model", False)
+    assert split_targets(cfg.lora.targets) == ("", True)  # the text encoder alone: the transformer stays as it is
     assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (17, 64, 64) and cfg.data.cache_dir
-    base = LatteT2V.from_pretrained(str(resolve_model_dir(cfg.model.model, subfolders=[]) / cfg.model.pretrained))
-    modules = target_modules(base, cfg.lora.targets)
+    encoder = load_t5_encoder(locate_t5(None, resolve_model_dir(cfg.model.model, subfolders=[])), None)
+    modules = target_modules(encoder, TEXT_PATTERN)
     check_rank(modules, cfg.lora.rank)
-    assert len(modules) == 16  # q, k, v, out of the 4 spatial blocks' caption cross-attention
+    assert len(modules) == 14  # q, k, v, o, wi_0, wi_1, wo of the tiny T5's 2 layers
     proc = osp_in_process("t2v", "train", "--preset", "shapes-lora", "--data", str(tmp_path / "D" / "data.txt"), "-o", str(tmp_path / "run"), "--print-config")
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
@@ -40,9 +43,9 @@ def test_the_preset_loads_and_plans_on_the_built_in_model(tmp_path, osp_in_proce
 
 
 def test_the_example_adapter_is_small_loads_by_name_and_changes_the_video(tmp_path, osp_in_process):
-    files = {p.name: p.stat().st_size for p in EXAMPLE.iterdir()}
-    assert set(files) == {"adapter_config.json", "adapter_model.safetensors"} and sum(files.values()) < 2 * 2**20
-    assert json.loads((EXAMPLE / "adapter_config.json").read_text())["r"] == 8
+    files = {str(p.relative_to(EXAMPLE)): p.stat().st_size for p in EXAMPLE.rglob("*") if p.is_file()}
+    assert set(files) == {"text_encoder/adapter_config.json", "text_encoder/adapter_model.safetensors"} and sum(files.values()) < 2 * 2**20
+    assert json.loads((EXAMPLE / "text_encoder" / "adapter_config.json").read_text())["r"] == 8
     sample = ["t2v", "sample", "a orange circle moving right", "--model", "builtin:shapes", "--steps", "4", "--seed", "5", "--dtype", "fp32", "--json"]
     base = osp_in_process(*sample, "-o", str(tmp_path / "base"))
     adapted = osp_in_process(*sample, "-o", str(tmp_path / "adapted"), "--lora", "builtin:shapes/lora/orange")
@@ -52,4 +55,5 @@ def test_the_example_adapter_is_small_loads_by_name_and_changes_the_video(tmp_pa
     assert difference > 1.0
     sidecar = json.loads(open(after["video"].rsplit(".", 1)[0] + ".json").read())
     assert sidecar["models"]["lora"][0]["path"] == str(EXAMPLE) and sidecar["models"]["lora"][0]["scale"] == 1.0
+    assert sidecar["models"]["lora"][0]["parts"] == ["text_encoder"]
     assert_one_line_error(osp_in_process(*sample, "-o", str(tmp_path / "none"), "--lora", "builtin:shapes/lora/mauve"), "does not exist")

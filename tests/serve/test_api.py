@@ -400,8 +400,10 @@ def test_the_offered_adapters_are_one_bounded_list(tmp_path):
     from osp_core.serve.session import AdapterRefused, offered_adapters, resolve_adapters
 
     for index in range(70):
-        (tmp_path / f"a{index:02d}").mkdir()
-        (tmp_path / f"a{index:02d}" / "adapter_config.json").write_text("{}")
+        part = tmp_path / f"a{index:02d}" / ("text_encoder" if index % 2 else "")  # a text encoder's adapter alone counts too
+        part.mkdir(parents=True)
+        (part / "adapter_config.json").write_text("{}")
+    (tmp_path / "0_not_an_adapter").mkdir()
     offered = offered_adapters(tmp_path)
     assert offered == [f"a{index:02d}" for index in range(64)]
     with pytest.raises(AdapterRefused, match=r"no LoRA adapter 'a64' on this server: it offers a00, .*, a19 and 44 more$"):
