@@ -188,8 +188,8 @@ class AdapterFiles(ModelFiles):
         text = self.text()
         for part, adapted, saved in (("the transformer", bool(adapted_names(inner)), (folder / ADAPTER_WEIGHTS).is_file()), ("the text encoder", text is not None, (folder / TEXT_FOLDER).is_dir())):
             if adapted != saved:
-                held = "holds" if saved else "holds no"
-                raise ModelLoadError(f"checkpoint '{checkpoint}' {held} an adapter of {part}, and this run's --lora-targets {'does not adapt' if saved else 'adapts'} it", "resume with the --lora-targets it was trained with, or start over with --overwrite")
+                held = "holds an" if saved else "holds no"
+                raise ModelLoadError(f"checkpoint '{checkpoint}' {held} adapter of {part}, and this run's --lora-targets {'does not adapt' if saved else 'adapts'} it", "resume with the --lora-targets it was trained with, or start over with --overwrite")
         if adapted_names(inner):
             _read_adapter_part(folder, inner, checkpoint)
         if text is not None:

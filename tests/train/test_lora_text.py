@@ -155,13 +155,16 @@ def test_sampling_applies_the_text_part_and_merge_refuses_it(text_run, tiny_repo
     assert not (tmp_path / "merged").exists()
 
 
-def test_resuming_without_the_text_targets_is_one_line(text_run, clips, tiny_repo, tmp_path, osp_in_process):
+def test_resuming_with_other_text_targets_is_one_line(text_run, clips, tiny_repo, tmp_path, osp_in_process):
     reference, _, _ = text_run
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     (out / "summary.json").unlink()
     proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest", "--lora-targets", "cross"))
-    assert_one_line_error(proc, "an adapter of the text encoder", "--lora-targets", code=3)
+    assert_one_line_error(proc, "holds an adapter of the text encoder", "--lora-targets", code=3)
+    shutil.rmtree(out / "checkpoints" / "step-00000004" / "adapter" / "text_encoder")
+    proc = osp_in_process("t2v", "train", *_args(clips, tiny_repo, out, "--max-steps", "5", "--resume", "latest", "--lora-targets", TARGETS))
+    assert_one_line_error(proc, "holds no adapter of the text encoder", "--lora-targets", code=3)
 
 
 def test_text_targets_under_fsdp_are_one_line_before_weights_load(clips, tiny_repo, tmp_path, monkeypatch, osp_in_process):
