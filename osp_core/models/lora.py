@@ -1,8 +1,9 @@
-"""LoRA adapters on a LatteT2V, through PEFT: added for training (`add_lora`), written in
+"""LoRA adapters on a LatteT2V (or its T5 text encoder), through PEFT: added for training (`add_lora`), written in
 PEFT's format (`write_adapter`: `adapter_config.json` + `adapter_model.safetensors`, which
 `peft.PeftModel.from_pretrained` and diffusers' `load_lora_adapter` read), read back and
 fitted (`read_adapter`, `load_adapter_state`), and merged into the weights at a scale each
-(`merge_adapters`: sampling and `osp t2v lora merge` alike).
+(`merge_adapters`: sampling and `osp t2v lora merge` alike; `apply_adapters` merges a folder's
+transformer part and its `text_encoder/` part into a pipeline's two models).
 
 An adapter records the base it was trained on (`base_record`: where it came from and a probe
 of its weights) in the safetensors metadata, so an adapter is not applied to another base.
