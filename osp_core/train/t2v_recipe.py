@@ -562,13 +562,6 @@ class T2VRecipe(Recipe):
             p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
             offset += g.numel()
 
-    def _preserve_picks(self, batch: dict[str, Any]) -> list[int]:
-        """Which preserve caption each sample of the batch holds this step."""
-        from .randomness import batch_positions, sample_rand
-
-        positions = batch_positions(batch)
-        return [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(self.config.run.seed, positions, "preserve-caption").tolist()]
-
     def _preservation(self, batch: dict[str, Any], latents: torch.Tensor, images: int) -> torch.Tensor:
         """Prior preservation (`lora.preserve_captions`): each sample draws one of the captions
         and a fresh timestep and noise; the adapters' predictions for that caption and for the
@@ -580,10 +573,10 @@ class T2VRecipe(Recipe):
         the encoder's adapters through them) and the target the frozen encoder's: what is held is
         the video those captions make, not their states."""
         from ..models.lora import adapters_off
-        from .randomness import batch_positions, sample_generator, sample_randn
+        from .randomness import batch_positions, sample_generator, sample_rand, sample_randn
 
         seed, positions = self.config.run.seed, batch_positions(batch)
-        picks = self._preserve_picks(batch)
+        picks = [min(int(u * len(self.preserve)), len(self.preserve) - 1) for u in sample_rand(seed, positions, "preserve-caption").tolist()]
         # each caption with the empty one beside it: guidance extrapolates from the unconditional
         # prediction, so an adapter that moved it would move every guided video
         captions = [self.preserve[k] for k in picks] + [""] * len(picks)
