@@ -34,15 +34,6 @@ def released() -> None:
         model = LatteT2V()  # the defaults are the released config
     total = sum(p.numel() for p in model.parameters())
     print(f"full fine-tuning: {total / 1e6:.1f} M trainable, {total * 16 / 2**30:.2f} GiB of weights + gradients + AdamW states\n")
-    print("| targets | projections | " + " | ".join(f"rank {r}" for r in RANKS) + " |")
-    print("|---|---:|" + "---:|" * len(RANKS))
-    for targets in TARGETS:
-        modules = target_modules(model, targets)
-        cells = []
-        for rank in RANKS:
-            params = sum(rank * (m.in_features + m.out_features) for m in modules.values())
-            cells.append(f"{params / 1e6:.1f} M, {params * 16 / 2**20:.0f} MiB")
-        print(f"| {targets} | {len(modules)} | " + " | ".join(cells) + " |")
     # `text`: the T5-XXL encoder the released model reads captions with (DeepFloyd/t5-v1_1-xxl's config)
     from transformers import T5Config, T5EncoderModel
 
@@ -50,9 +41,15 @@ def released() -> None:
 
     with torch.device("meta"):
         encoder = T5EncoderModel(T5Config(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu", vocab_size=32128))
-    modules = target_modules(encoder, TEXT_PATTERN)
-    cells = [f"{sum(rank * (m.in_features + m.out_features) for m in modules.values()) / 1e6:.1f} M, {sum(rank * (m.in_features + m.out_features) for m in modules.values()) * 16 / 2**20:.0f} MiB" for rank in RANKS]
-    print(f"| text (T5-XXL encoder) | {len(modules)} | " + " | ".join(cells) + " |")
+    sets = [(targets, target_modules(model, targets)) for targets in TARGETS] + [("text (T5-XXL encoder)", target_modules(encoder, TEXT_PATTERN))]
+    print("| targets | projections | " + " | ".join(f"rank {r}" for r in RANKS) + " |")
+    print("|---|---:|" + "---:|" * len(RANKS))
+    for label, modules in sets:
+        cells = []
+        for rank in RANKS:
+            params = sum(rank * (m.in_features + m.out_features) for m in modules.values())
+            cells.append(f"{params / 1e6:.1f} M, {params * 16 / 2**20:.0f} MiB")
+        print(f"| {label} | {len(modules)} | " + " | ".join(cells) + " |")
 
 
 def _train(data: Path, out: Path, steps: int, lora: int | None) -> tuple[float, int]:

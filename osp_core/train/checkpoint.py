@@ -171,8 +171,9 @@ class AdapterFiles(ModelFiles):
         from ..pipelines.lora_inputs import TEXT_FOLDER
 
         own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if adapted_names(inner):
-            write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, adapted_names(inner), self.base_source, own))
+        names = adapted_names(inner)
+        if names:
+            write_adapter(checkpoint / self.folder, inner, adapter_state(inner, own), base_record(inner, names, self.base_source, own))
         text = self.text()
         if text is not None:
             encoder, source = text
@@ -185,12 +186,12 @@ class AdapterFiles(ModelFiles):
         folder = checkpoint / self.folder
         if not folder.is_dir():
             raise ModelLoadError(f"checkpoint '{checkpoint}' holds no LoRA adapter (adapter/)", "resume it without --lora (it trained the whole transformer), or start over with --overwrite")
-        text = self.text()
-        for part, adapted, saved in (("the transformer", bool(adapted_names(inner)), (folder / ADAPTER_WEIGHTS).is_file()), ("the text encoder", text is not None, (folder / TEXT_FOLDER).is_dir())):
+        text, transformer_adapted = self.text(), bool(adapted_names(inner))
+        for part, adapted, saved in (("the transformer", transformer_adapted, (folder / ADAPTER_WEIGHTS).is_file()), ("the text encoder", text is not None, (folder / TEXT_FOLDER).is_dir())):
             if adapted != saved:
                 held = "holds an" if saved else "holds no"
                 raise ModelLoadError(f"checkpoint '{checkpoint}' {held} adapter of {part}, and this run's --lora-targets {'does not adapt' if saved else 'adapts'} it", "resume with the --lora-targets it was trained with, or start over with --overwrite")
-        if adapted_names(inner):
+        if transformer_adapted:
             _read_adapter_part(folder, inner, checkpoint)
         if text is not None:
             _read_adapter_part(folder / TEXT_FOLDER, text[0], checkpoint)

@@ -431,15 +431,19 @@ class T2VRecipe(Recipe):
         with torch.no_grad():
             return self._frozen_text(captions)
 
-    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 states and mask of `captions` as `_frozen_text` lays them out (padding zeroed), uncached."""
+    def _run_encoder(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's states of `captions` (its dtype, padding as it comes out) and their mask."""
         device = self.trainer.accelerator.device
         tokens = self.tokenizer(
             captions, padding="max_length", max_length=self.config.model.max_text_tokens, truncation=True,
             return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
         )  # fmt: skip
         mask = tokens.attention_mask.to(device)
-        states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        return self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0], mask
+
+    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 states and mask of `captions` as `_frozen_text` lays them out (padding zeroed), uncached."""
+        states, mask = self._run_encoder(captions)
         return states.float() * mask[..., None], mask
 
     def _base_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,12 +466,7 @@ class T2VRecipe(Recipe):
                 out_states[i] = hit["states"].to(device) if hit else None
         todo = [i for i, s in enumerate(out_states) if s is None]
         if todo:
-            tokens = self.tokenizer(
-                [captions[i] for i in todo], padding="max_length", max_length=length, truncation=True,
-                return_attention_mask=True, add_special_tokens=True, return_tensors="pt",
-            )  # fmt: skip
-            mask = tokens.attention_mask.to(device)
-            states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+            states, mask = self._run_encoder([captions[i] for i in todo])
             for j, i in enumerate(todo):
                 kept = states[j, : int(mask[j].sum())]  # padding is masked out anyway: store the real tokens
                 out_states[i] = kept
