@@ -38,6 +38,12 @@ VIDEO_IO_BYTES_PER_VALUE = 13
 # Transformer activations per block in flight, in hidden states (B x tokens x width): the
 # feed-forward inner state (4), attention q/k/v/out (4), the residual and norm outputs (2).
 TRANSFORMER_ACTIVATIONS = 10
+# Values a T5 encoder layer keeps for backward per token when gradients flow through it (LoRA on
+# the text encoder), counted with saved_tensors_hooks on transformers' T5 (tests/test_memory.py):
+# 4 of d_model (norms, residuals), 5 of the attention's inner width (q, k, v, the attended
+# output), 7 of d_ff for a gated feed-forward (its tanh GELU saves its intermediates) or 2
+# ungated, and a row of scores per head (counted whole here, an upper bound).
+T5_TRAIN_ACTIVATIONS = {"d_model": 4, "inner": 5, "d_ff_gated": 7, "d_ff": 2}
 DEFAULT_TILE = (65, 256)  # CausalVideoVAE.enable_tiling's defaults: frames, pixels
 
 
@@ -253,6 +259,8 @@ def t2v_train_memory(
     sequence_parallel: int = 1,
     ema: bool = False,
     trained_params: int | None = None,
+    text_encoder_config: Mapping[str, Any] | None = None,
+    text_backward_rows: int = 0,
 ) -> MemoryEstimate:
     """Peak bytes on one rank of a `osp t2v train` step with `batch_size` clips of `frames` x
     `height` x `width` (plus `use_image_num` images each).
@@ -265,7 +273,10 @@ def t2v_train_memory(
       it) and the transformer's activations kept for backward, `TRANSFORMER_ACTIVATIONS` hidden
       states per block over the sample's tokens (split over `sequence_parallel` ranks); with
       `checkpoint_every` = k > 0 every k-th block keeps only its input and one block is
-      recomputed at a time.
+      recomputed at a time;
+    - with `text_backward_rows` > 0 (adapters on the text encoder), what the encoder's forward
+      over that many captions keeps for backward (`text_encoder_train_activations` of
+      `text_encoder_config`), held at the same time as the transformer's.
     """
     vae = VAEShape.from_config(vae_config)
     cfg = transformer_config
@@ -296,9 +307,22 @@ def t2v_train_memory(
     }
     if ema:
         parts["EMA weights"] = trained
+    if text_backward_rows > 0:
+        parts["text encoder activations"] = text_encoder_train_activations(text_encoder_config or {}, text_backward_rows, text_tokens, text_dtype)
     if cfg.get("attention_mode") == "math":  # no fused kernel: the score matrices are kept for backward
         parts["attention scores"] = 2 * num_blocks * batch_size * heads * (latent_frames * per_frame**2 + per_frame * latent_frames**2) * dtype_bytes(activation_dtype) // sequence_parallel
     return MemoryEstimate(parts)
+
+
+def text_encoder_train_activations(t5_config: Mapping[str, Any], rows: int, tokens: int, dtype: torch.dtype | str) -> int:
+    """Bytes a T5 encoder's forward keeps for backward over `rows` captions of `tokens` tokens
+    (`T5_TRAIN_ACTIVATIONS`): what training its adapters adds to a step."""
+    d_model, heads = int(t5_config.get("d_model", 4096)), int(t5_config.get("num_heads", 64))
+    inner = heads * int(t5_config.get("d_kv", 64))
+    gated = str(t5_config.get("feed_forward_proj", "relu")).startswith("gated")
+    a = T5_TRAIN_ACTIVATIONS
+    per_token = a["d_model"] * d_model + a["inner"] * inner + a["d_ff_gated" if gated else "d_ff"] * int(t5_config.get("d_ff", 10240)) + heads * tokens
+    return rows * int(t5_config.get("num_layers", 24)) * tokens * per_token * dtype_bytes(dtype)
 
 
 # --- what the device has ---------------------------------------------------------------------

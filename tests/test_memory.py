@@ -191,3 +191,46 @@ def test_training_refusals_name_what_would_fit(t2v_config, vae_config, monkeypat
     assert h % 16 == 0 and w % 16 == 0 and abs(w / h - 2) < 0.05 and "--batch-size 1" in hint and "activation_checkpointing" not in hint
     assert estimate_for(h, w, 1, 1).total <= checkpointed < estimate_for(int(h * 1.1), int(w * 1.1), 1, 1).total
     assert "--strategy fsdp" in refusal(20 * GB, 512, 512, 1, 0).hint  # weights and optimizer states alone are 26 GB
+
+
+@pytest.mark.parametrize("feed_forward", ["gated-gelu", "relu"])
+def test_text_encoder_training_activations_follow_what_t5_saves(feed_forward):
+    """What a T5 encoder with LoRA adapters (the frozen weights excluded) keeps for backward,
+    counted with saved_tensors_hooks, against `text_encoder_train_activations`: the estimate
+    covers it and stays within +35% (the score rows are counted whole)."""
+    from transformers import T5Config, T5EncoderModel
+
+    from osp_core.models.lora import add_lora
+    from osp_core.pipelines.lora_inputs import TEXT_PATTERN
+
+    config = T5Config(d_model=256, d_ff=704, num_heads=4, d_kv=48, num_layers=2, feed_forward_proj=feed_forward, vocab_size=300)
+    encoder = T5EncoderModel(config).eval().requires_grad_(False)
+    add_lora(encoder, 4, 4, 0.0, TEXT_PATTERN)
+    weights = {p.data_ptr() for p in encoder.parameters()}
+    saved: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in weights:  # a tensor saved twice counts once
+            saved[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    rows, tokens = 3, 64
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        encoder(torch.randint(0, 300, (rows, tokens)), attention_mask=torch.ones(rows, tokens, dtype=torch.long))
+    measured = sum(saved.values())
+    estimate = memory.text_encoder_train_activations(config.to_dict(), rows, tokens, torch.float32)
+    assert measured <= estimate <= 1.35 * measured, (estimate, measured)
+
+
+def test_training_estimate_counts_text_encoder_activations(t2v_config, vae_config):
+    """LoRA on T5-XXL at 300 tokens in bf16: about 1.8 GB a caption, held beside the transformer's."""
+    t5_xxl = {"d_model": 4096, "d_ff": 10240, "num_heads": 64, "d_kv": 64, "num_layers": 24, "feed_forward_proj": "gated-gelu"}
+    estimate = functools.partial(
+        memory.t2v_train_memory, frames=65, height=512, width=512, batch_size=1, transformer_config=t2v_config, transformer_params=1_060_000_000,
+        num_blocks=56, vae_config=vae_config, vae_params=250_000_000, text_encoder_params=4_760_000_000, text_dtype=torch.bfloat16,
+        trained_params=30_000_000, text_encoder_config=t5_xxl,
+    )  # fmt: skip
+    assert "text encoder activations" not in estimate().parts
+    three = estimate(text_backward_rows=3)  # a clip's caption, a preserve caption, the empty caption
+    assert 1.7 * GB <= three.parts["text encoder activations"] / 3 <= 2.0 * GB
+    assert three.total == estimate().total + three.parts["text encoder activations"]

@@ -257,6 +257,7 @@ class T2VRecipe(Recipe):
         import functools
 
         from ..memory import check_t2v_train_memory, t2v_train_memory
+        from ..pipelines.lora_inputs import split_targets
         from ..pipelines.repository import model_sizes, read_config_json, read_t5_config
 
         cfg, layout = self.config, self.trainer.parallel.layout
@@ -284,11 +285,15 @@ class T2VRecipe(Recipe):
             sequence_parallel=layout.sp,
             ema=cfg.run.ema,
             trained_params=self.lora_params,
+            text_encoder_config=t5_config,
         )
+        # captions through the encoder's adapters, with gradients: the batch's (a clip's and its
+        # images'), and with preservation one preserve caption and one empty caption per clip
+        rows_per_clip = (1 + cfg.data.use_image_num + (2 if cfg.lora.preserve_captions else 0)) if cfg.lora.rank is not None and split_targets(cfg.lora.targets)[1] else 0
         # --gradient-checkpointing is every block (the model's own switch under ddp)
         every = cfg.parallel.activation_checkpointing or (1 if cfg.run.gradient_checkpointing else 0)
         self.memory_estimate = check_t2v_train_memory(
-            lambda h, w, b, k: estimate(height=h, width=w, batch_size=b, checkpoint_every=k), cfg.data.height, cfg.data.width, cfg.run.batch_size, every, device
+            lambda h, w, b, k: estimate(height=h, width=w, batch_size=b, checkpoint_every=k, text_backward_rows=b * rows_per_clip), cfg.data.height, cfg.data.width, cfg.run.batch_size, every, device
         )
 
     # --- building ---------------------------------------------------------------------------

@@ -60,6 +60,13 @@ def test_the_encoder_stays_frozen_and_its_adapter_is_a_peft_folder(text_run, tin
     trained = [name for name, p in encoder.named_parameters() if p.requires_grad]
     assert trained and all(".lora_" in name for name in trained)
     assert sum(len(g["params"]) for g in trainer.optimizers[0].param_groups) == len(trained) + sum(p.requires_grad for p in trainer.inner.parameters())
+    # the memory check counted what the encoder keeps for backward: per clip its caption, a preserve caption, the empty one
+    from osp_core.memory import text_encoder_train_activations
+
+    cfg = trainer.recipe.config
+    t5_config = json.loads((tiny_repo / "text_encoder" / "config.json").read_text())
+    rows = cfg.run.batch_size * (1 + cfg.data.use_image_num + 2)
+    assert trainer.recipe.memory_estimate.parts["text encoder activations"] == text_encoder_train_activations(t5_config, rows, cfg.model.max_text_tokens, torch.float32) > 0
     last = Path(summary["checkpoint"])
     assert sorted(p.name for p in (last / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "text_encoder"]
     assert sorted(p.name for p in (out / "lora" / "text_encoder").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
