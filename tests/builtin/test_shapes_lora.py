@@ -26,8 +26,8 @@ def test_the_preset_loads_and_plans_on_the_built_in_model(tmp_path, osp_in_proce
 
     cfg = load_config(T2VTrainConfig, "shapes-lora", group="t2v")
     check_t2v_config(cfg)
-    assert (cfg.model.model, cfg.model.pretrained, cfg.lora.rank, cfg.lora.targets, cfg.lora.preserve_captions, cfg.run.ema) == ("builtin:shapes", "17x64x64", 8, "text", "model", False)
-    assert split_targets(cfg.lora.targets) == ("", True)  # the text encoder alone: the transformer stays as it is
+    assert (cfg.model.model, cfg.model.pretrained, cfg.lora.rank, cfg.lora.targets, cfg.lora.preserve_captions, cfg.lora.preserve_weight, cfg.run.ema) == ("builtin:shapes", "17x64x64", 8, "cross,text", "model", 3.0, False)
+    assert split_targets(cfg.lora.targets) == ("cross", True)  # the caption cross-attention and the text encoder
     assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (17, 64, 64) and cfg.data.cache_dir
     encoder = load_t5_encoder(locate_t5(None, resolve_model_dir(cfg.model.model, subfolders=[])), None)
     modules = target_modules(encoder, TEXT_PATTERN)
@@ -44,8 +44,9 @@ def test_the_preset_loads_and_plans_on_the_built_in_model(tmp_path, osp_in_proce
 
 def test_the_example_adapter_is_small_loads_by_name_and_changes_the_video(tmp_path, osp_in_process):
     files = {str(p.relative_to(EXAMPLE)): p.stat().st_size for p in EXAMPLE.rglob("*") if p.is_file()}
-    assert set(files) == {"text_encoder/adapter_config.json", "text_encoder/adapter_model.safetensors"} and sum(files.values()) < 2 * 2**20
-    assert json.loads((EXAMPLE / "text_encoder" / "adapter_config.json").read_text())["r"] == 8
+    parts = {"adapter_config.json", "adapter_model.safetensors"}
+    assert set(files) == parts | {f"text_encoder/{name}" for name in parts} and sum(files.values()) < 2 * 2**20
+    assert json.loads((EXAMPLE / "adapter_config.json").read_text())["r"] == json.loads((EXAMPLE / "text_encoder" / "adapter_config.json").read_text())["r"] == 8
     sample = ["t2v", "sample", "a orange circle moving right", "--model", "builtin:shapes", "--steps", "4", "--seed", "5", "--dtype", "fp32", "--json"]
     base = osp_in_process(*sample, "-o", str(tmp_path / "base"))
     adapted = osp_in_process(*sample, "-o", str(tmp_path / "adapted"), "--lora", "builtin:shapes/lora/orange")
@@ -55,5 +56,5 @@ def test_the_example_adapter_is_small_loads_by_name_and_changes_the_video(tmp_pa
     assert difference > 1.0
     sidecar = json.loads(open(after["video"].rsplit(".", 1)[0] + ".json").read())
     assert sidecar["models"]["lora"][0]["path"] == str(EXAMPLE) and sidecar["models"]["lora"][0]["scale"] == 1.0
-    assert sidecar["models"]["lora"][0]["parts"] == ["text_encoder"]
+    assert sidecar["models"]["lora"][0]["parts"] == ["transformer", "text_encoder"]
     assert_one_line_error(osp_in_process(*sample, "-o", str(tmp_path / "none"), "--lora", "builtin:shapes/lora/mauve"), "does not exist")
