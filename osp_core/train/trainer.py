@@ -393,8 +393,25 @@ class Trainer:
             self.recipe.finished(last_checkpoint)
         summary = self._summary(start_step, last_logs, last_checkpoint, stopped_by, sampler)
         self.accelerator.wait_for_everyone()  # no rank leaves while another is still in a collective
+        self._drop_wrappers()
         self.accelerator.end_training()
         return summary
+
+    def _drop_wrappers(self) -> None:
+        """After a run of several DDP processes: the trainer and the recipe keep the bare modules,
+        and the DDP wrappers (whose reducers hold the process group) are freed now, so the group
+        is torn down with `end_training` while the interpreter is whole. A wrapper left for
+        interpreter exit frees the group there, where gloo's worker threads can still reach for
+        the GIL, and the rank aborts ("terminate called without an active exception") after a
+        complete run. FSDP2's sharded modules are the model itself and stay as they are."""
+        layout, acc = self.parallel.layout, self.accelerator
+        if layout.world_size == 1 or layout.sharded:
+            return
+        self.model = acc.unwrap_model(self.model)
+        self.extra_models = [acc.unwrap_model(m) for m in self.extra_models]
+        self.recipe.prepared(self.model, self.optimizers, self.schedulers, self.extra_models)
+        self.checkpoints = None  # its states held the wrapper; the run's last checkpoint is written
+        acc.free_memory()  # Accelerate's own references to what it prepared; collects the cycles
 
     # --- build ------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -467,7 +484,8 @@ class Trainer:
         self.schedulers = list(objects[n_models + len(built.optimizers) :])
         if self.ema is not None:
             self.ema.to(accelerator.device)
-        self.recipe.prepared(self.model, self.optimizers, self.schedulers, list(objects[1:n_models]))
+        self.extra_models = list(objects[1:n_models])
+        self.recipe.prepared(self.model, self.optimizers, self.schedulers, self.extra_models)
 
     def _states(self) -> dict[str, Any]:
         """The checkpoint's stateful parts, saved and loaded together (`RunCheckpoints`); the

@@ -278,3 +278,31 @@ def test_a_pretrained_version_the_model_lacks_names_the_ones_it_has(clips, tmp_p
     proc = osp_in_process("t2v", "train", "--preset", "debug", "--data", str(clips), "--model", "builtin:shapes", "--pretrained", "builtin:shapes", "-o", str(tmp_path / "run"), "--max-steps", "1")
     assert_one_line_error(proc, "no transformer 'builtin:shapes' in 'builtin:shapes'", "--pretrained with one of 17x64x64,")
     assert "65x512x512" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def _wrappers_left_after_training(rank: int, world: int, clips: str, repo: str, out: str) -> dict:
+    """A rank of a 2-process Python-API run (the group already joined, as torchrun's env says):
+    the DDP wrappers still alive once `train()` returns, with the trainer still held."""
+    import gc
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    cfg = _config(Path(clips), Path(repo), Path(out), **{"run.max_steps": 1, "run.batch_size": 1})
+    trainer = Trainer(cfg, T2VRecipe(cfg), reporter=lambda event, payload: None)
+    summary = trainer.train()
+    gc.collect()
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    return {"processes": summary["processes"], "ddp_alive": alive, "bare": type(trainer.model).__name__, "recipe_model": type(trainer.recipe.model).__name__}
+
+
+@pytest.mark.distributed
+def test_a_ddp_run_lets_go_of_its_wrappers_before_the_group_ends(clips, tiny_repo, tmp_path):
+    """The DDP wrappers hold the process group: left for interpreter exit, gloo's worker threads
+    can reach for the GIL in finalization and abort a rank after a complete run (seen in CI).
+    Once `train()` returns, no wrapper is alive and trainer and recipe hold the bare module."""
+    from tests.distributed import run_ranks
+
+    for result in run_ranks(_wrappers_left_after_training, 2, str(clips), str(tiny_repo), str(tmp_path / "run")):
+        assert result == {"processes": 2, "ddp_alive": 0, "bare": "LatteT2V", "recipe_model": "LatteT2V"}, result
