@@ -300,7 +300,7 @@ def _wrappers_left_after_training(rank: int, world: int, clips: str, repo: str, 
 @pytest.mark.distributed
 def test_a_ddp_run_lets_go_of_its_wrappers_before_the_group_ends(clips, tiny_repo, tmp_path):
     """The DDP wrappers hold the process group: left for interpreter exit, gloo's worker threads
-    can reach for the GIL in finalization and abort a rank after a complete run (seen in CI).
+    can reach for the GIL in finalization and abort a rank after a complete run.
     Once `train()` returns, no wrapper is alive and trainer and recipe hold the bare module."""
     from tests.distributed import run_ranks
 
