@@ -78,7 +78,7 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
             traceback.print_exc()
         if not exc.quiet:
             typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _end(exc.exit_code)
     except KeyboardInterrupt:
         code = interrupted_exit_code()
     except _click_exception_types() as exc:
@@ -87,7 +87,7 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
         else:
             argv = sys.argv[1:] if args is None else list(args)
             typer.echo(usage_error_line(exc, command_path(command, argv, prog_name or "osp")), err=True)
-        sys.exit(exc.exit_code)
+        _end(exc.exit_code)
     except typer.Abort:  # click's form of a KeyboardInterrupt
         code = interrupted_exit_code()
     except Exception as exc:
@@ -95,10 +95,30 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
             raise
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         typer.echo(f"error: {type(exc).__name__}: {first} (set OSP_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+        _end(1)
     code = code if isinstance(code, int) else 0
     if code == 130:  # click's code for any KeyboardInterrupt: say which signal it was
         code = interrupted_exit_code()
     if code in (130, 143) and catch_interrupts:
         typer.echo("interrupted" if code == 130 else "terminated", err=True)
+    _end(code)
+
+
+def _end(code: int) -> NoReturn:
+    """Exit with `code`. A rank of a torchrun launch that joined a process group ends without
+    the interpreter's teardown, once what it printed is flushed: gloo's worker threads may still
+    be releasing the tensors of a finished collective, which takes the GIL, and a thread that
+    reaches for it while the interpreter finalizes aborts the rank ("terminate called without
+    an active exception") after all its work is written. The group itself was left already
+    (`parallel.layout.process_group`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+                pass
+        os._exit(code)
     sys.exit(code)

@@ -153,3 +153,32 @@ def test_counts_are_said_in_the_singular_for_one():
     from osp_cli.console import counted
 
     assert (counted(1, "frame"), counted(17, "frame"), counted(0, "edit")) == ("1 frame", "17 frames", "0 edits")
+
+
+_RANK_PROGRAM = """
+import atexit, sys
+import torch.distributed
+import typer
+from osp_cli.errors import run_app
+
+atexit.register(lambda: print("teardown ran", flush=True))
+app = typer.Typer(add_completion=False)
+
+@app.command()
+def job() -> None:
+    print("written", end="")  # unflushed: the exit must flush it
+    raise typer.Exit(3)
+
+run_app(app, args=[])
+"""
+
+
+@pytest.mark.parametrize(("world", "teardown"), [("2", False), ("1", True)])
+def test_a_torchrun_rank_ends_without_the_interpreters_teardown(world, teardown):
+    """A rank of a torchrun launch (WORLD_SIZE > 1, torch.distributed loaded) exits with its code
+    and everything it printed, but skips the teardown where gloo's threads can abort it; a
+    plain process ends as usual."""
+    env = {**os.environ, "WORLD_SIZE": world}
+    proc = subprocess.run([sys.executable, "-c", _RANK_PROGRAM], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("written") and ("teardown ran" in proc.stdout) is teardown, proc.stdout
