@@ -105,13 +105,14 @@ def run_app(app: typer.Typer, *, args: list[str] | None = None, prog_name: str |
 
 
 def _end(code: int) -> NoReturn:
-    """Exit with `code`. A rank of a torchrun launch that joined a process group ends without
-    the interpreter's teardown, once what it printed is flushed: gloo's worker threads may still
-    be releasing the tensors of a finished collective, which takes the GIL, and a thread that
+    """Exit with `code`. A rank of a torchrun launch that finished its work ends without the
+    interpreter's teardown, once what it printed is flushed: gloo's worker threads may still be
+    releasing the tensors of a finished collective, which takes the GIL, and a thread that
     reaches for it while the interpreter finalizes aborts the rank ("terminate called without
     an active exception") after all its work is written. The group itself was left already
-    (`parallel.layout.process_group`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+    (`parallel.layout.process_group`). A rank that fails exits as usual: leaving at once, a
+    quiet rank would have torchrun stop the rank that reports the error before it says it."""
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
         import logging
 
         logging.shutdown()

@@ -167,18 +167,18 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def job() -> None:
     print("written", end="")  # unflushed: the exit must flush it
-    raise typer.Exit(3)
+    raise typer.Exit(int(sys.argv[1]))
 
 run_app(app, args=[])
 """
 
 
-@pytest.mark.parametrize(("world", "teardown"), [("2", False), ("1", True)])
-def test_a_torchrun_rank_ends_without_the_interpreters_teardown(world, teardown):
-    """A rank of a torchrun launch (WORLD_SIZE > 1, torch.distributed loaded) exits with its code
-    and everything it printed, but skips the teardown where gloo's threads can abort it; a
-    plain process ends as usual."""
+@pytest.mark.parametrize(("world", "code", "teardown"), [("2", 0, False), ("2", 3, True), ("1", 0, True)])
+def test_a_torchrun_rank_ends_without_the_interpreters_teardown(world, code, teardown):
+    """A rank of a torchrun launch (WORLD_SIZE > 1, torch.distributed loaded) that finished
+    exits with everything it printed but skips the teardown where gloo's threads can abort it;
+    a failing rank and a plain process end as usual."""
     env = {**os.environ, "WORLD_SIZE": world}
-    proc = subprocess.run([sys.executable, "-c", _RANK_PROGRAM], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 3, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", _RANK_PROGRAM, str(code)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith("written") and ("teardown ran" in proc.stdout) is teardown, proc.stdout
