@@ -112,14 +112,17 @@ def _end(code: int) -> NoReturn:
     an active exception") after all its work is written. The group itself was left already
     (`parallel.layout.process_group`). A rank that fails exits as usual: leaving at once, a
     quiet rank would have torchrun stop the rank that reports the error before it says it."""
-    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+    if code == 0 and "torch.distributed" in sys.modules:
         import logging
 
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more to say on it
-                pass
-        os._exit(code)
+        from osp_core.parallel.layout import launched_world
+
+        if launched_world()[1] > 1:
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+                    pass
+            os._exit(code)
     sys.exit(code)
