@@ -19,7 +19,7 @@ def synth(
     num: Annotated[int, typer.Option("--num", "-n", help="Number of clips.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same clips).")] = 0,
     objects: Annotated[int, typer.Option("--objects", help="Objects per clip: 1, or 2 (the editing world: two objects that never overlap, with per-frame boxes and centres in the annotation).")] = 1,
-    variety: Annotated[str, typer.Option("--variety", help="world: the world as the built-in model knows it; wide: looser drawings of it (sizes 12-22 px, speeds 1-3 px/frame, jittered and pure-white colours, hard edges, paths past the frame's edges) for training a VAE.")] = "world",
+    variety: Annotated[str, typer.Option("--variety", help="world: the world as the built-in model knows it; wide: looser drawings of it (sizes 12-22 px, speeds 1-3 px/frame, jittered and pure-white colours, hard edges, paths past the frame's edges) for training a VAE; hues: the wide drawing in any colour (captions name the nearest of the world's).")] = "world",
     color: ColorOpt = None,
     colors: ColorsOpt = None,
     shape: ShapeOpt = None,

@@ -20,11 +20,15 @@ The wide variety (`--variety wide`) draws the same captions more loosely, for tr
 that must also reconstruct shapes drawn by other code: sizes 12-22 px, speeds 1-3 px per
 frame, colours jittered by up to 30 per channel around the named ones (pure 255 white in half
 the white clips), half the clips hard-edged (one sample per pixel), and starts anywhere that
-keeps the shape's centre in the frame, so about half the paths run into or past an edge.
+keeps the shape's centre in the frame, so about half the paths run into or past an edge. The
+hues variety (`--variety hues`) draws the same way in any colour (hue uniform, saturation
+0.4-1, value 0.6-1 in HSV), so a VAE learns the colours between the world's five as well;
+its captions name the world's nearest colour.
 """
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 import math
 import re
@@ -62,10 +66,12 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up"
 SHAPE_PX = (14, 20)
 SPEED_PX = (1.5, 2.5)
 SUPERSAMPLE = 4  # render at 4x and average down: smooth edges and sub-pixel motion
-VARIETIES = ("world", "wide")
+VARIETIES = ("world", "wide", "hues")
 WIDE_SHAPE_PX = (12, 22)
 WIDE_SPEED_PX = (1.0, 3.0)
 WIDE_COLOR_JITTER = 30
+HUES_SATURATION = (0.4, 1.0)  # the hues variety's colours, drawn in HSV
+HUES_VALUE = (0.6, 1.0)
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ def parse_caption(text: str, world: World = WORLD) -> tuple[str, str, str]:
 def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str, variety: str = "world", world: World = WORLD) -> ShapeClip:
     """Random size, speed and a start position that keeps the shape inside for every frame
     (the wide variety: see the module's docstring)."""
-    wide = variety == "wide"
+    wide = variety in ("wide", "hues")  # hues: the wide drawing in any colour
     size = float(rng.uniform(*(WIDE_SHAPE_PX if wide else SHAPE_PX)))
     speed = float(rng.uniform(*(WIDE_SPEED_PX if wide else SPEED_PX)))
     half = 0.0 if wide else size / 2  # wide: only the centre must stay in the frame
@@ -194,7 +200,11 @@ def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str
     if not wide:
         return ShapeClip(color, shape, direction, size, speed, y, x, world.rgb(color))
     base = np.array(world.colors[color])
-    if color == "white" and rng.random() < 0.5:
+    if variety == "hues":  # any colour: the caption names the world's nearest one
+        hsv = (rng.uniform(0.0, 1.0), rng.uniform(*HUES_SATURATION), rng.uniform(*HUES_VALUE))
+        rgb = np.array([round(255 * v) for v in colorsys.hsv_to_rgb(*hsv)])
+        color = min(world.colors, key=lambda name: math.dist(world.colors[name], rgb))
+    elif color == "white" and rng.random() < 0.5:
         rgb = np.full(3, 255)
     else:
         rgb = np.clip(base + rng.integers(-WIDE_COLOR_JITTER, WIDE_COLOR_JITTER + 1, 3), 0, 255)
@@ -368,9 +378,9 @@ def synthesize(out_dir: str | Path, num: int, seed: int = 0, overwrite: bool = F
     if objects not in (1, 2):
         raise InputError(f"--objects must be 1 or 2, got {objects}", "pass --objects 2 for the editing world")
     if variety not in VARIETIES:
-        raise InputError(f"--variety must be one of {', '.join(VARIETIES)}, got '{variety}'", "pass --variety wide, or leave it out")
+        raise InputError(f"--variety must be one of {', '.join(VARIETIES)}, got '{variety}'", "pass --variety wide or hues, or leave it out")
     if variety != "world" and objects != 1:
-        raise InputError("--variety wide draws one object per clip", "drop --objects 2 or --variety wide")
+        raise InputError(f"--variety {variety} draws one object per clip", f"drop --objects 2 or --variety {variety}")
     if objects == 2 and len(world.colors) < 2:
         raise InputError("--objects 2 draws two objects of different colours, and --colors names one", "name at least two colours in --colors")
     out = Path(out_dir)

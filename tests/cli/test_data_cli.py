@@ -55,7 +55,7 @@ def test_synth_cli_writes_the_wide_variety_and_refuses_unknown_ones(tmp_path, os
     assert all(len(e["params"]["rgb"]) == 3 and isinstance(e["params"]["antialias"], bool) for e in entries)
     plain = osp_in_process("data", "synth", "--out", str(tmp_path / "p"), "--num", "1")
     assert plain.returncode == 0 and "rgb" not in json.loads((tmp_path / "p" / "annotations.json").read_text())[0]["params"]
-    for args, needle in ((["--variety", "loose"], "--variety"), (["--variety", "wide", "--objects", "2"], "one object")):
+    for args, needle in ((["--variety", "loose"], "--variety"), (["--variety", "wide", "--objects", "2"], "one object"), (["--variety", "hues", "--objects", "2"], "--variety hues draws one object")):
         proc = osp_in_process("data", "synth", "--out", str(tmp_path / "bad"), "--num", "2", *args)
         assert_one_line_error(proc, needle)
         assert not (tmp_path / "bad").exists()

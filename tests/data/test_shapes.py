@@ -80,6 +80,24 @@ def test_the_wide_variety_draws_the_world_more_loosely():
     assert all(c.rgb is None and c.antialias for c in shapes.iter_clips(8, seed=3))
 
 
+def test_the_hues_variety_draws_the_wide_way_in_any_colour():
+    """`--variety hues`: the wide variety's sizes, edges and paths, colours anywhere on the hue
+    circle (between the world's five too), each caption naming the world's nearest colour."""
+    import colorsys
+    import math
+
+    hues = list(shapes.iter_clips(200, seed=5, variety="hues"))
+    assert 12 <= min(c.size_px for c in hues) < 14 and any(not c.antialias for c in hues) and any(c.antialias for c in hues)
+    hsv = np.array([colorsys.rgb_to_hsv(*(v / 255 for v in c.rgb)) for c in hues])
+    assert np.histogram(hsv[:, 0], bins=6, range=(0, 1))[0].min() >= 15  # every sixth of the hue circle
+    assert 0.38 <= hsv[:, 1].min() and hsv[:, 1].max() <= 1.0 and 0.58 <= hsv[:, 2].min()
+    assert any(100 <= c.rgb[1] <= 170 and c.rgb[0] > 200 and c.rgb[2] < 90 for c in hues)  # oranges, which the world lacks
+    for c in hues:
+        assert c.color == min(shapes.COLORS, key=lambda name: math.dist(shapes.COLORS[name], c.rgb))
+    hard = next(c for c in hues if not c.antialias)
+    assert {tuple(v) for v in shapes.render(hard).reshape(-1, 3).tolist()} == {(0, 0, 0), hard.rgb}
+
+
 def test_the_default_world_draws_todays_clips_byte_for_byte(tmp_path):
     """No options, or options naming the default world, draw exactly the clips drawn before
     colours and shapes became options (hashes taken from that code, seed 3)."""
