@@ -3,8 +3,10 @@
 `produce` runs `osp t2v sample`, `osp edit video` (control and blend engines) and `osp vae
 encode` / `decode` / `recon` on `builtin:shapes` in fp32 and reads back every tensor they write.
 `golden/outputs.safetensors` holds what f828117 wrote for the same commands: recorded with
-`python tests/jobs/test_same_outputs.py --record` from a checkout of that commit. Only
-subprocesses, safetensors and PyAV are used here, so the recorder runs on any version.
+`python tests/jobs/test_same_outputs.py --record` from a checkout of that commit, its
+`osp_core/builtin/shapes/vae/` replaced by the shipped one (the decoder changed after it; the
+encoder, transformer and edit module did not). Only subprocesses, safetensors and PyAV are used
+here, so the recorder runs on any version.
 """
 
 from __future__ import annotations
@@ -135,5 +137,5 @@ if __name__ == "__main__":  # pragma: no cover - the recorder
     with tempfile.TemporaryDirectory() as tmp:
         tensors = {k: v.contiguous() for k, v in produce(Path(tmp)).items()}
     GOLDEN.parent.mkdir(exist_ok=True)
-    save_file(tensors, str(GOLDEN), metadata={"recorded_from": "f828117"})
+    save_file(tensors, str(GOLDEN), metadata={"recorded_from": "f828117, with the shipped vae/"})
     print(f"wrote {GOLDEN}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(tensors.items())))
