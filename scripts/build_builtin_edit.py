@@ -26,7 +26,7 @@ Steps (each an `osp` command or a benchmark script):
      to video keep `make builtin`'s bars and the control engine beats blend on trajectory error
      (else the numbers are reported and nothing is installed), with EDIT_RESULTS.md.
 
-    python scripts/build_builtin_edit.py             # the full build (about 1.4 h on 2 CPU cores)
+    python scripts/build_builtin_edit.py             # the full build (about 1.6 h on 2 CPU cores: 1.01 h + the decoder's ~35 min)
     python scripts/build_builtin_edit.py --smoke     # minutes: tiny step counts, nothing installed
 """
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     loose = work / "decoder.txt"  # the decoder's: the world itself and looser drawings of it
     for name, options, num, seed in DECODER_DATA:
         if not (args.resume and (work / name / "data.txt").is_file()):
-            run(f"data (osp data synth {' '.join(options)})", [*osp, "data", "synth", *options, "--out", str(work / name), "--num", str(scale["decoder_clips"] or num), "--seed", str(seed), "--overwrite"])
+            run(f"data (osp data synth {' '.join(options) or '--variety world'})", [*osp, "data", "synth", *options, "--out", str(work / name), "--num", str(scale["decoder_clips"] or num), "--seed", str(seed), "--overwrite"])
     loose.write_text("".join((work / name / "data.txt").read_text() for name, *_ in DECODER_DATA))
 
     # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)

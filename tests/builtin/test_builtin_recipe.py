@@ -372,13 +372,17 @@ def test_results_page_shows_a_build_note():
 @pytest.mark.slow
 def test_edit_build_smoke_end_to_end(tmp_path):
     """`make builtin-edit SMOKE=1`: every step at tiny counts, `make builtin`'s checks on the
-    changed base, both engines benchmarked, nothing installed (about 2 minutes on 2 cores)."""
+    changed base (the decoder step and the round trip of clips drawn by other code included), both
+    engines benchmarked, nothing installed (a few minutes on 2 cores)."""
     installed = {p: p.stat().st_mtime_ns for p in (BUILTIN_ROOT / "shapes").rglob("*") if p.is_file()}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_builtin_edit.py"), "--smoke", "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "work" / "edit_results.json").read_text())
     assert results["vae_psnr"]["two-object"] > 0 and results["t2v"]["videos"] == 2
+    # the decoder step ran on the exported two-object VAE, and both VAEs met clips drawn by other code
+    decoder = json.loads((tmp_path / "work" / "decoder" / "summary.json").read_text())
+    assert decoder["steps"] == 2 and set(results["vae_ood"]) == {"installed", "after"} and all(r["mean_psnr"] > 0 for r in results["vae_ood"].values())
     # the build benchmarks at 1 and at the strength it writes as the model's default
     guided = f'{json.loads((BUILTIN_ROOT / "shapes" / "sampling.json").read_text())["edit_strength"]:g}'
     assert set(results["bench"]) == {"1", guided} and {"blend", "control"} <= set(results["bench"][guided]) and "reference" in results["bench"]["1"]
