@@ -199,7 +199,6 @@ def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str
     x = float(rng.uniform(*start_range(dx)))
     if not wide:
         return ShapeClip(color, shape, direction, size, speed, y, x, world.rgb(color))
-    base = np.array(world.colors[color])
     if variety == "hues":  # any colour: the caption names the world's nearest one
         hsv = (rng.uniform(0.0, 1.0), rng.uniform(*HUES_SATURATION), rng.uniform(*HUES_VALUE))
         rgb = np.array([round(255 * v) for v in colorsys.hsv_to_rgb(*hsv)])
@@ -207,7 +206,7 @@ def sample_clip(rng: np.random.Generator, color: str, shape: str, direction: str
     elif color == "white" and rng.random() < 0.5:
         rgb = np.full(3, 255)
     else:
-        rgb = np.clip(base + rng.integers(-WIDE_COLOR_JITTER, WIDE_COLOR_JITTER + 1, 3), 0, 255)
+        rgb = np.clip(np.array(world.colors[color]) + rng.integers(-WIDE_COLOR_JITTER, WIDE_COLOR_JITTER + 1, 3), 0, 255)
     return ShapeClip(color, shape, direction, size, speed, y, x, tuple(int(v) for v in rgb), bool(rng.random() < 0.5))
 
 
