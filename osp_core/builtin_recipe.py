@@ -150,9 +150,17 @@ def latent_scaling_factor(vae: Any, videos: Sequence[str | Path], seed: int = 0)
 # --- export ----------------------------------------------------------------------------------
 
 
-def _save_fp16(model: Any, folder: Path) -> None:
+def save_fp16(model: Any, folder: str | Path) -> Path:
+    """`model` as a shipped model folder: fp16 safetensors and a config without the path it
+    was loaded from (diffusers records `_name_or_path`: a training machine's folder)."""
+    folder = Path(folder)
     with atomic_dir(folder) as tmp:
         model.to(torch.float16).save_pretrained(str(tmp), safe_serialization=True)
+        config_file = Path(tmp) / "config.json"
+        config = json.loads(config_file.read_text())
+        config.pop("_name_or_path", None)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder
 
 
 def export_vae(checkpoint: str | Path, repo: str | Path, scaling_factor: float) -> Path:
@@ -164,7 +172,7 @@ def export_vae(checkpoint: str | Path, repo: str | Path, scaling_factor: float) 
     vae = CausalVideoVAE.from_pretrained(str(Path(checkpoint) / "model"))
     vae.register_to_config(scaling_factor=float(scaling_factor))
     folder = Path(repo) / "vae"
-    _save_fp16(vae, folder)
+    save_fp16(vae, folder)
     return folder
 
 
@@ -180,7 +188,7 @@ def export_transformer(checkpoint: str | Path, repo: str | Path, prefer_ema: boo
     transformer = LatteT2V.from_config(LatteT2V.options_of(dict(loaded.config)))
     transformer.load_state_dict(loaded.state_dict())
     folder = Path(repo) / VERSION
-    _save_fp16(transformer, folder)
+    save_fp16(transformer, folder)
     return folder, source
 
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     loose.write_text("".join((work / name / "data.txt").read_text() for name, *_ in DECODER_DATA))
 
     # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)
-    from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, repository_size, teacache_calibration_captions, write_sampling_defaults
+    from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, repository_size, save_fp16, teacache_calibration_captions, write_sampling_defaults
     from osp_core.models.edit_control import EditControl
     from osp_core.pipelines.t2v_inputs import read_sampling_file
 
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             command += ["--edit-module", str(previous)]
         previous = train(f"edit training, stage {stage} (osp edit train --preset shapes-stage{stage})", work / f"stage{stage}", command, scale[f"stage{stage}"]) / "model"
-    module = EditControl.from_pretrained(str(previous)).half()
-    module.save_pretrained(str(repo / "edit"), safe_serialization=True)
+    save_fp16(EditControl.from_pretrained(str(previous)), repo / "edit")
     # `osp edit` without --strength edits at the strength the module was trained and measured for
     write_sampling_defaults(repo, **{**read_sampling_file(repo), "edit_strength": GUIDED_STRENGTH})
     size = repository_size(repo)

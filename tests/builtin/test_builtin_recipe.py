@@ -261,6 +261,7 @@ def test_exported_repository_is_fp16_and_samples(assembled):
     assert source == "model_ema"
     config = json.loads((repo / VERSION / "config.json").read_text())
     assert not {"decay", "optimization_step", "use_ema_warmup", "_name_or_path"} & set(config)  # options only
+    assert "_name_or_path" not in json.loads((repo / "vae" / "config.json").read_text())  # no training machine's folder
     for part in ("vae", VERSION):
         weights = load_file(str(repo / part / "diffusion_pytorch_model.safetensors"))
         assert {t.dtype for t in weights.values()} == {torch.float16}

@@ -35,6 +35,8 @@ def test_shipped_repository_is_complete_and_small():
     # the text-to-video repository within its limit; with the edit module (issue 14) under 25 MB
     assert repository_size(root) - repository_size(root / "edit") <= SIZE_LIMIT_BYTES
     assert repository_size(root) <= 25 * 1000 * 1000
+    # no config names the folder a part was exported from (a build machine's path)
+    assert not [c for c in root.rglob("config.json") if "_name_or_path" in json.loads(c.read_text())]
 
 
 def test_samples_a_short_video_without_size_flags(tmp_path):
