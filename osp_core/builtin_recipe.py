@@ -159,7 +159,7 @@ def save_fp16(model: Any, folder: str | Path) -> Path:
         config_file = Path(tmp) / "config.json"
         config = json.loads(config_file.read_text())
         config.pop("_name_or_path", None)
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(config_file, config)  # diffusers wrote the keys sorted; their order stays
     return folder
 
 
