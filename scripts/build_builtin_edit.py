@@ -117,17 +117,20 @@ def main(argv: list[str] | None = None) -> int:
             run(name, command + ["-o", str(out)] + (["--resume", "latest"] if args.resume else ["--overwrite"]))
         return Path(json.loads((out / "summary.json").read_text())["checkpoint"])
 
+    def synth(folder: Path, options: list[str], num: int, seed: int) -> None:
+        """`osp data synth OPTIONS` into `folder` (with --resume, kept when it is there)."""
+        if not (args.resume and (folder / "data.txt").is_file()):
+            run(f"data (osp data synth {' '.join(options) or '--variety world'})", [*osp, "data", "synth", *options, "--out", str(folder), "--num", str(num), "--seed", str(seed), "--overwrite"])
+
     # 1. data: two-object clips, one-object clips, the held-out one-object clips
     data, single, heldout = work / "data", work / "data-one", work / "heldout"
     for folder, objects, num, seed in ((data, 2, scale["clips"], DATA_SEED), (single, 1, scale["single_clips"], SINGLE_SEED), (heldout, 1, scale["heldout"], HELDOUT_SEED)):
-        if not (args.resume and (folder / "data.txt").is_file()):
-            run(f"data (osp data synth --objects {objects})", [*osp, "data", "synth", "--objects", str(objects), "--out", str(folder), "--num", str(num), "--seed", str(seed), "--overwrite"])
+        synth(folder, ["--objects", str(objects)], num, seed)
     mixed = work / "mixed.txt"
     mixed.write_text((data / "data.txt").read_text() + (single / "data.txt").read_text())
     loose = work / "decoder.txt"  # the decoder's: the world itself and looser drawings of it
     for name, options, num, seed in DECODER_DATA:
-        if not (args.resume and (work / name / "data.txt").is_file()):
-            run(f"data (osp data synth {' '.join(options) or '--variety world'})", [*osp, "data", "synth", *options, "--out", str(work / name), "--num", str(scale["decoder_clips"] or num), "--seed", str(seed), "--overwrite"])
+        synth(work / name, options, scale["decoder_clips"] or num, seed)
     loose.write_text("".join((work / name / "data.txt").read_text() for name, *_ in DECODER_DATA))
 
     # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)
