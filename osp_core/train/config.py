@@ -232,6 +232,10 @@ class DiffusionConfig:
     """The model predicts variance channels, trained with the variational bound ('hybrid' loss)."""
     text_dropout: float = 0.1
     """Probability of replacing a caption by the empty caption (classifier-free guidance)."""
+    caption_word_dropout: float = 0.0
+    """Probability of leaving each word out of a training caption (never every word): the words
+    then appear in varied company (kohya's caption tag dropout, by words); what a dropped word
+    named is then learned from the words left."""
     timestep_band_fraction: float = 0.0
     """Share of training timesteps drawn from `timestep_band` instead of all steps (0: the
     original uniform draw). A high-noise band with loss_weighting 'inverse_snr' teaches what the

@@ -149,6 +149,8 @@ def check_t2v_config(cfg: T2VTrainConfig) -> None:
     check_bucket_options(d)
     if not 0.0 <= df.text_dropout <= 1.0:
         raise InputError(f"text_dropout must be in [0, 1], got {df.text_dropout}", "e.g. 0.1")
+    if not 0.0 <= df.caption_word_dropout < 1.0:
+        raise InputError(f"caption_word_dropout must be in [0, 1), got {df.caption_word_dropout}", "e.g. 0.3")
     try:
         check_objective_options(df.num_train_timesteps, df.timestep_band_fraction, tuple(df.timestep_band), df.loss_weighting, df.max_loss_weight)
     except ValueError as exc:

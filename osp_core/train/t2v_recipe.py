@@ -102,6 +102,22 @@ def build_transformer(cfg: T2VTrainConfig, latent_frames: int, latent_size: tupl
     return model
 
 
+def drop_words(captions: list[str], p: float, seed: int, positions: list[int], purpose: str) -> list[str]:
+    """Each caption with each word left out with probability `p` (a caption keeps at least one
+    word); the draws are the sample's own (its global position), as every other draw."""
+    from .randomness import sample_generator
+
+    out = []
+    for caption, position in zip(captions, positions):
+        words = caption.split()
+        if len(words) < 2:
+            out.append(caption)
+            continue
+        keep = torch.rand(len(words), generator=sample_generator(seed, position, purpose)) >= p
+        out.append(" ".join(w for w, k in zip(words, keep.tolist()) if k) if keep.any() else words[int(torch.randint(len(words), (), generator=sample_generator(seed, position, purpose + "-keep")))])
+    return out
+
+
 def _caption(text: str) -> str:
     from ..pipelines.t2v import T2VPipeline
 
@@ -504,6 +520,8 @@ class T2VRecipe(Recipe):
             latents = torch.cat([latents, image_latents.squeeze(3).permute(0, 2, 1, 3, 4)], dim=2)
         # text dropout for classifier-free guidance (per-sample draws: the same on any rank count)
         texts: list[list[str]] = [[_caption(c) for c in group] for group in captions]
+        if self.config.diffusion.caption_word_dropout > 0:
+            texts = [drop_words(group, self.config.diffusion.caption_word_dropout, self.config.run.seed, positions, f"caption-words-{g}") for g, group in enumerate(texts)]
         p = self.config.diffusion.text_dropout
         for g, group in enumerate(texts):
             drop = sample_rand(self.config.run.seed, positions, f"caption-dropout-{g}") < p

@@ -306,3 +306,42 @@ def test_a_ddp_run_lets_go_of_its_wrappers_before_the_group_ends(clips, tiny_rep
 
     for result in run_ranks(_wrappers_left_after_training, 2, str(clips), str(tiny_repo), str(tmp_path / "run")):
         assert result == {"processes": 2, "ddp_alive": 0, "bare": "LatteT2V", "recipe_model": "LatteT2V"}, result
+
+
+def test_caption_word_dropout_leaves_words_out_per_sample_and_reproducibly(clips, tiny_repo, tmp_path, monkeypatch):
+    """diffusion.caption_word_dropout: the captions the text encoder reads lose words (in their
+    order, never all of them), drawn from each sample's own seed, so a rerun reads the same."""
+    from osp_core.train.t2v_recipe import drop_words
+
+    read: list[list[str]] = []
+    real_text = T2VRecipe._text
+    monkeypatch.setattr(T2VRecipe, "_text", lambda self, captions: read.append(list(captions)) or real_text(self, captions))
+    extra = {"run.max_steps": 4, "data.random_start": False, "diffusion.text_dropout": 0.0, "data.use_image_num": 0, "diffusion.caption_word_dropout": 0.5}
+    _run(_config(clips, tiny_repo, tmp_path / "one", **extra))
+    first, read[:] = list(read), []
+    _run(_config(clips, tiny_repo, tmp_path / "two", **extra))
+    assert read == first
+    texts = [t for batch in first for t in batch]
+    assert texts and all(t.strip() for t in texts)
+    assert any(len(t.split()) < 6 for t in texts), texts  # the clips' captions have six words
+    for t in texts:  # the words kept, in their order
+        template = iter("a gradient moving right, clip #".split())
+        assert all(("#" if w.isdigit() else w) in template for w in t.split()), t
+
+    captions = ["a orange circle moving right"] * 400
+    out = drop_words(captions, 0.3, seed=0, positions=list(range(400)), purpose="p")
+    assert out == drop_words(captions, 0.3, seed=0, positions=list(range(400)), purpose="p")
+    assert out != drop_words(captions, 0.3, seed=1, positions=list(range(400)), purpose="p")
+    kept = sum(len(t.split()) for t in out) / (5 * 400)
+    assert 0.65 < kept < 0.75  # each word kept with probability 0.7
+    words = captions[0].split()
+    for t in out:  # the words kept, in order
+        it = iter(words)
+        assert t and all(w in it for w in t.split())
+    assert drop_words(["single"], 0.9, 0, [0], "p") == ["single"]
+
+
+def test_caption_word_dropout_outside_its_range_is_a_one_line_error(clips, tiny_repo, tmp_path):
+    r = run_osp("t2v", "train", "--preset", "debug", "--data", str(clips), "--model", str(tiny_repo), "-o", str(tmp_path / "run"), "--set", "diffusion.caption_word_dropout=1")
+    assert_one_line_error(r, "caption_word_dropout must be in [0, 1)")
+    assert not (tmp_path / "run").exists()
