@@ -139,11 +139,13 @@ def refined_psnr(vae, frames: np.ndarray, steps: int) -> tuple[float, float, flo
     """The round trip from the encoder's latents (posterior mean), and from those latents after
     `steps` Adam steps on the decoder's squared error (lr 0.03, then 0.01 from half way): what
     the decoder can draw when it is given better latents than the encoder writes. Returns both
-    PSNRs (in memory) and how far the latents moved (|z - z0| / |z0|)."""
+    PSNRs (in memory, of the uint8 frames, as `round_trip_psnr`) and how far the latents moved
+    (|z - z0| / |z0|)."""
     import torch
 
-    from osp_core.io import to_model_input
-    from osp_core.pipelines.video_vae import encode
+    from osp_core.io import from_model_output, to_model_input
+    from osp_core.metrics import psnr
+    from osp_core.pipelines.video_vae import decode, encode
 
     x = to_model_input(torch.from_numpy(frames))
     start = encode(vae, x)
@@ -158,10 +160,8 @@ def refined_psnr(vae, frames: np.ndarray, steps: int) -> tuple[float, float, flo
         loss.backward()
         opt.step()
 
-    def db(z: torch.Tensor) -> float:
-        with torch.no_grad():
-            mse = float(((vae.decode(z).sample.clamp(-1, 1) - x) ** 2).mean()) / 4  # [-1, 1] -> [0, 1]
-        return 10 * float(np.log10(1 / mse))
+    def db(z: torch.Tensor) -> float:  # as `reconstruct` measures: uint8 frames
+        return psnr(torch.from_numpy(frames), from_model_output(decode(vae, z)[0]))
 
     return db(start), db(latents.detach()), float((latents.detach() - start).norm() / start.norm())
 
