@@ -110,11 +110,13 @@ def drop_words(captions: list[str], p: float, seed: int, positions: list[int], p
     out = []
     for caption, position in zip(captions, positions):
         words = caption.split()
-        if len(words) < 2:
+        if len(words) < 2:  # nothing to leave out (also the empty caption)
             out.append(caption)
             continue
-        keep = torch.rand(len(words), generator=sample_generator(seed, position, purpose)) >= p
-        out.append(" ".join(w for w, k in zip(words, keep.tolist()) if k) if keep.any() else words[int(torch.randint(len(words), (), generator=sample_generator(seed, position, purpose + "-keep")))])
+        keep = (torch.rand(len(words), generator=sample_generator(seed, position, purpose)) >= p).tolist()
+        if not any(keep):  # every word drawn out: keep one, at random
+            keep[int(torch.randint(len(words), (), generator=sample_generator(seed, position, purpose + "-keep")))] = True
+        out.append(" ".join(w for w, k in zip(words, keep) if k))
     return out
 
 
@@ -518,7 +520,8 @@ class T2VRecipe(Recipe):
             draws = [(p, f"image-posterior-{j}") for p in positions for j in range(n)]
             image_latents = self._latents(flat, keys, draws).reshape(b, n, *latents.shape[1:2], 1, *latents.shape[-2:])
             latents = torch.cat([latents, image_latents.squeeze(3).permute(0, 2, 1, 3, 4)], dim=2)
-        # text dropout for classifier-free guidance (per-sample draws: the same on any rank count)
+        # word dropout, then text dropout for classifier-free guidance (per-sample draws: the same
+        # on any rank count)
         texts: list[list[str]] = [[_caption(c) for c in group] for group in captions]
         if self.config.diffusion.caption_word_dropout > 0:
             texts = [drop_words(group, self.config.diffusion.caption_word_dropout, self.config.run.seed, positions, f"caption-words-{g}") for g, group in enumerate(texts)]
