@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from build_builtin import run_osp, t2v_eval, vae_heldout_eval  # noqa: E402  (make builtin's own)
+from build_builtin import VAE_DATA, run_osp, t2v_eval, vae_heldout_eval  # noqa: E402  (make builtin's own)
 from osp_core.hub import BUILTIN_ROOT  # noqa: E402
 from osp_core.pipelines.t2v_inputs import fewest_steps  # noqa: E402
 
@@ -59,8 +59,6 @@ HELDOUT_SEED, SAMPLE_SEED = 1, 0  # `make builtin`'s held-out clips and sampling
 GUIDED_STRENGTH = 0.1
 BASE_MARKER = "edit_results.json"  # written into the shapes folder with the install: its base is this build's
 EDIT_BARS = {"psnr_outside": 35.0, "color_accuracy": 0.9, "shape_accuracy": 0.7, "trajectory_error": 3.0}  # issue 14's
-# the decoder's data (`osp data synth`): (folder, options, clips, seed)
-DECODER_DATA = (("decoder-one", [], 400, 0), ("decoder-two", ["--objects", "2"], 400, 0), ("decoder-wide", ["--variety", "wide"], 2000, 10))
 FULL = {"clips": 1200, "single_clips": 1200, "heldout": 100, "vae": None, "decoder": None, "decoder_clips": None, "t2v": None, "stage1": 1500, "stage2": None, "stage3": None, "captions": 60, "edits": 40, "calibration_captions": 12}
 SMOKE = {"clips": 16, "single_clips": 8, "heldout": 2, "vae": 2, "decoder": 2, "decoder_clips": 4, "t2v": 2, "stage1": 4, "stage2": 4, "stage3": 2, "captions": 2, "edits": 2, "calibration_captions": 2}
 BARS = {"vae_psnr": 30.0, "color_accuracy": 0.9, "direction_accuracy": 0.9, "shape_accuracy": 0.7}  # `make builtin`'s
@@ -129,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     mixed = work / "mixed.txt"
     mixed.write_text((data / "data.txt").read_text() + (single / "data.txt").read_text())
     loose = work / "decoder.txt"  # the decoder's: the world itself and looser drawings of it
-    for name, options, num, seed in DECODER_DATA:
-        synth(work / name, options, scale["decoder_clips"] or num, seed)
-    loose.write_text("".join((work / name / "data.txt").read_text() for name, *_ in DECODER_DATA))
+    for name, options, num, seed in VAE_DATA:  # the data `make builtin` trains the VAE on
+        synth(work / f"decoder-{name}", options, scale["decoder_clips"] or num, seed)
+    loose.write_text("".join((work / f"decoder-{name}" / "data.txt").read_text() for name, *_ in VAE_DATA))
 
     # 2-3. the base model on two objects, in a copy of the repository (the installed one stays)
     from osp_core.builtin_recipe import TEACACHE_CALIBRATION_SEED, export_transformer, export_vae, repository_size, save_fp16, teacache_calibration_captions, write_sampling_defaults

@@ -233,7 +233,9 @@ def assembled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("assembled")
     data = synthesize(tmp / "clips", 2, seed=0)
     clips = sorted((tmp / "clips" / "videos").glob("*.mp4"))
-    runs = {"vae": _one_run("vae", "shapes", data, tmp / "vae-run")}
+    # fp32 as the t2v run below: accelerate keeps one mixed precision per process (the build runs
+    # each training in its own, at the preset's bf16)
+    runs = {"vae": _one_run("vae", "shapes", data, tmp / "vae-run", **{"run.mixed_precision": "no"})}
     vae_checkpoint = Path(runs["vae"]["checkpoint"])
     scale = latent_scaling_factor(CausalVideoVAE.from_pretrained(str(vae_checkpoint / "model")).eval(), clips, seed=0)
     repo = tmp / "repo"
@@ -324,6 +326,24 @@ def test_build_refuses_an_existing_model_before_doing_anything(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
     assert not (tmp_path / "work").exists()
+
+
+def test_the_vae_trains_on_the_world_two_objects_and_looser_drawings(tmp_path):
+    # the build's data step (smoke scale): the VAE's data list names its three sets, and the sets
+    # are what their names say (the round trip on clips drawn by other code needs the wide ones)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_builtin
+
+    build = build_builtin.Build(build_builtin.parse_args(["--smoke", "--work-dir", str(tmp_path / "work"), "--target", str(tmp_path / "model")]))
+    build.data()
+    data = tmp_path / "work" / "data"
+    assert [line.split(",")[0] for line in (data / "vae.txt").read_text().splitlines()] == [str(data / f"vae-{name}") for name in ("one", "two", "wide")]
+    clips = {name: json.loads((data / f"vae-{name}" / "annotations.json").read_text()) for name in ("one", "two", "wide")}
+    assert all(len(c) == build.scale.vae_clips for c in clips.values())
+    assert all(" and " in clip["cap"] for clip in clips["two"]) and not any(" and " in clip["cap"] for clip in clips["one"] + clips["wide"])
+    # the wide drawings carry their own colour and edges; the world's clips draw the five exactly
+    assert all("rgb" in clip["params"] and "antialias" in clip["params"] for clip in clips["wide"])
+    assert not any("rgb" in clip["params"] for clip in clips["one"])
 
 
 @pytest.mark.slow
