@@ -2,7 +2,8 @@
 """`make builtin`: build the shipped `builtin:shapes` model from scratch with `osp` itself.
 
 Steps (every one an `osp` command or an osp_core function):
-  1. `osp data synth`: training clips and 100 held-out clips of the shapes world;
+  1. `osp data synth`: training clips and 100 held-out clips of the shapes world, and the VAE's
+     own data (VAE_DATA);
   2. the tiny frozen T5 (random weights from a seed, byte-level tokenizer);
   3. `osp vae train --preset shapes-image --pretrained INIT` on single frames, INIT being the
      preset's architecture initialised with a near-deterministic posterior
