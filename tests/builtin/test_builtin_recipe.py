@@ -328,10 +328,10 @@ def test_build_refuses_an_existing_model_before_doing_anything(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-def test_the_vae_trains_on_the_world_two_objects_and_looser_drawings(tmp_path):
+def test_the_vae_trains_on_the_world_two_objects_and_looser_drawings(tmp_path, monkeypatch):
     # the build's data step (smoke scale): the VAE's data list names its three sets, and the sets
     # are what their names say (the round trip on clips drawn by other code needs the wide ones)
-    sys.path.insert(0, str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import build_builtin
 
     build = build_builtin.Build(build_builtin.parse_args(["--smoke", "--work-dir", str(tmp_path / "work"), "--target", str(tmp_path / "model")]))
