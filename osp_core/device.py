@@ -136,6 +136,22 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def native_mixed_precision(device: torch.device | str) -> str:
+    """What training's `mixed_precision: auto` autocasts to on `device`: bf16 where bf16 products
+    run natively (NPU, bf16-capable CUDA, CPUs with AMX), else no (fp32). On a CPU without AMX
+    bf16 autocast is far slower than fp32, not faster (docs/training.md, "Mixed precision")."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "npu":
+        return "bf16"
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if kind == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "no"
+    return "no"
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name osp uses for `dtype` (fp32, fp16, bf16)."""
     import torch

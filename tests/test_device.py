@@ -92,3 +92,15 @@ def test_overrides_and_errors(no_accelerators):
         dev.select_device("tpu")
     with pytest.raises(DeviceError, match="fp32, fp16, bf16"):
         dev.parse_dtype("int8", "cpu")
+
+
+def test_training_auto_precision_is_bf16_only_where_it_runs_natively(monkeypatch):
+    # a CPU without AMX runs bf16 autocast far slower than fp32 (docs/training.md, "Mixed precision")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.native_mixed_precision("cpu") == "no"
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.native_mixed_precision("cpu") == "bf16"
+    for supported, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert dev.native_mixed_precision("cuda") == expected
+    assert dev.native_mixed_precision("mps") == "no"

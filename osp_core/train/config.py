@@ -42,7 +42,8 @@ class RunConfig:
     deterministic: bool = False
     """Use deterministic torch kernels (slower; makes resumed runs bit-identical on CPU)."""
     mixed_precision: str = "no"
-    """Autocast precision: no, fp16 or bf16 (Accelerate's `mixed_precision`)."""
+    """Autocast precision: no, fp16 or bf16 (Accelerate's `mixed_precision`), or auto: bf16 where
+    the training device runs it natively, else no (resolved when the run starts)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (models that support it)."""
     checkpoint_every: int = 500
@@ -581,8 +582,8 @@ def validate_common(cfg: Any) -> None:
     """Checks every trainer shares: values that would only fail deep inside a run."""
     run: RunConfig = cfg.run
     data: DataConfig = cfg.data
-    if run.mixed_precision not in ("no", "fp16", "bf16"):
-        raise InputError(f"run.mixed_precision '{run.mixed_precision}' is not one of no, fp16, bf16", "pass --mixed-precision no|fp16|bf16")
+    if run.mixed_precision not in ("no", "fp16", "bf16", "auto"):
+        raise InputError(f"run.mixed_precision '{run.mixed_precision}' is not one of no, fp16, bf16, auto", "pass --mixed-precision no|fp16|bf16|auto")
     if run.report_to not in ("tensorboard", "wandb", "all", "none"):
         raise InputError(f"run.report_to '{run.report_to}' is not one of tensorboard, wandb, all, none", "pick one of them")
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every"):

@@ -39,7 +39,7 @@ class TrainOptions:
     batch_size: int | None = _option(("--batch-size",), "Samples per data-parallel rank per step (global batch: x ranks / sequence-parallel x accumulation).", "run.batch_size")
     lr: float | None = _option(("--lr",), "Learning rate.", "optim.lr")
     seed: int | None = _option(("--seed",), "Seed of init, data order and noise.", "run.seed")
-    mixed_precision: str | None = _option(("--mixed-precision",), "no, fp16 or bf16.", "run.mixed_precision")
+    mixed_precision: str | None = _option(("--mixed-precision",), "no, fp16, bf16, or auto (bf16 where the device runs it natively: GPU, NPU, CPU with AMX; else no).", "run.mixed_precision")
     checkpoint_every: int | None = _option(("--checkpoint-every",), "Checkpoint every N steps.", "run.checkpoint_every")
     keep_last: int | None = _option(("--keep-last",), "Keep the newest K checkpoints (0: all).", "run.keep_last")
     resume: str | None = _option(("--resume",), "'latest' (the newest checkpoint that loads) or a checkpoint folder.", "run.resume")

@@ -321,6 +321,11 @@ class Trainer:
         if run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         device = self._device()
+        if run.mixed_precision == "auto":
+            from ..device import native_mixed_precision
+
+            # resolved before anything reads it; checkpoints record what the run trained in
+            run.mixed_precision = native_mixed_precision(device)
         if launched_world()[1] > 1:
             stack.enter_context(process_group(device))  # Accelerate finds it joined and uses it
         set_seed(run.seed)  # identical initial weights on every rank: seed before building

@@ -41,6 +41,17 @@ def test_loss_goes_down_on_a_fixed_batch(one_clip, tmp_path):
     assert summary["checkpoint"].endswith("step-00000008")
 
 
+def test_auto_mixed_precision_trains_in_what_the_device_runs_natively(one_clip, tmp_path):
+    from osp_core.device import native_mixed_precision
+
+    # its own process: accelerate keeps the first run's mixed precision for the rest of a process
+    proc = run_module("osp_cli.vae_train", "--preset", "debug", "--data", str(one_clip), "-o", str(tmp_path), "--max-steps", "1", "--mixed-precision", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((Path(json.loads(proc.stdout)["checkpoint"]) / "trainer_state.json").read_text())
+    # the checkpoint records what the run trained in, not "auto"
+    assert state["config"]["run"]["mixed_precision"] == native_mixed_precision("cpu") != "auto"
+
+
 def test_resume_gives_the_same_weights_as_a_straight_run(clips, tmp_path):
     # GAN on from step 2, EMA on: discriminator, both optimizers, schedulers, RNG and data position must all resume
     extra = {"run.deterministic": True, "run.ema": True, "run.ema_decay": 0.5, "loss.disc_start": 2}
