@@ -70,13 +70,11 @@ builtin: $(STAMP)
 builtin-smoke: $(STAMP)
 	$(PY) scripts/build_builtin.py --smoke
 
-# builtin:shapes on two objects and its edit control module (osp_core/builtin/shapes/edit):
-# one- and two-object clips, the VAE and transformer fine-tuned on them (the decoder also on looser
-# drawings, the encoder frozen), `osp edit train` stages
-# 1-3 beside the new transformer, then `make builtin`'s checks and 40 unseen edits with both
-# engines (benchmarks/edit.py). Installs vae/, 17x64x64/, edit/ and sampling.json only when the
-# base keeps its bars and control beats blend on trajectory error; results in
-# outputs/builtin-shapes-edit/EDIT_RESULTS.md. About 1.6 h on 2 CPU cores; refuses to replace an
+# builtin:shapes's edit control module (osp_core/builtin/shapes/edit): `osp edit train` stages
+# 1-3 on two-object clips beside the installed transformer (make builtin's VAE has seen two
+# objects), then 40 unseen edits with both engines (benchmarks/edit.py). Installs edit/ and
+# sampling.json only when control beats blend on trajectory error; results in
+# outputs/builtin-shapes-edit/EDIT_RESULTS.md. About 41 min on 2 AMX CPU cores (its steps in the last build); refuses to replace an
 # installed module unless OVERWRITE=1; SMOKE=1 checks the recipe in a few minutes.
 builtin-edit: $(STAMP)
 	$(PY) scripts/build_builtin_edit.py $(if $(filter 1 yes true,$(SMOKE)),--smoke) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)

@@ -41,6 +41,8 @@ def final_checkpoint(run_dir: str | Path) -> Path:
     if not summary.is_file():
         raise ModelLoadError(f"'{run}' has no summary.json", "run the training to its end first (or resume it with --resume latest)")
     checkpoint = json.loads(summary.read_text()).get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_dir() and (run / "checkpoints" / Path(checkpoint).name).is_dir():
+        checkpoint = run / "checkpoints" / Path(checkpoint).name  # the run folder was moved since
     if not checkpoint or not (Path(checkpoint) / "model" / "config.json").is_file():
         raise ModelLoadError(f"the summary of '{run}' names no usable checkpoint ({checkpoint})", "rerun the training")
     return Path(checkpoint)

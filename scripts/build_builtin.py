@@ -224,6 +224,9 @@ class Build:
         init_vae(resolve_preset("shapes", "vae").parent / "shapes-vae.json", init, seed=VAE_SEED)
         self._train("vae", "shapes-image", self.work / "vae-image", s.vae_image_steps, s.vae_image_batch, "--pretrained", str(init), *data)
         # stage 2, clips: from the image model with its temporal kernels collapsed (tail init)
+        if self.args.resume and self._finished("vae", "shapes", self.work / "vae", s.vae_steps):
+            self.log(f"reusing the finished run {self.work / 'vae'}")  # its start, the image model's weights, is not needed
+            return
         inflated = collapse_to_last_tap(final_checkpoint(self.work / "vae-image") / "model", self.work / "vae-inflated")
         self._train("vae", "shapes", self.work / "vae", s.vae_steps, s.vae_batch, "--pretrained", str(inflated), *data)
 
