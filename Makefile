@@ -59,7 +59,8 @@ clean:
 # Build the built-in model osp_core/builtin/shapes from scratch with osp itself: synthetic data,
 # tiny T5, `osp vae train --preset shapes`, `osp t2v train --preset shapes` (then shapes-stage2 and
 # shapes-stage3), export (fp16, <= 20 MB),
-# evaluation, RESULTS.md. About 2.6 hours on 2 CPU cores (2.48 h of it training); refuses to replace an existing model
+# evaluation, RESULTS.md. About 2.8 hours on 2 CPU cores with AMX (the VAE 41 min of it, bf16), about
+# 4.5 hours on 2 AVX2 cores (fp32: the VAE about 2 h); refuses to replace an existing model
 # unless OVERWRITE=1. `make builtin SMOKE=1` (or `make builtin-smoke`) checks the whole recipe in
 # minutes with tiny step counts and a throwaway model (osp_core/builtin/shapes-smoke, removed after).
 OVERWRITE ?=

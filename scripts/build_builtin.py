@@ -23,7 +23,7 @@ Steps (every one an `osp` command or an osp_core function):
      `osp t2v sample` of all 60 captions with fixed seeds + `osp eval shapes` (accuracy);
   7. RESULTS.md (quality table, wall time per stage, loss curves as SVG + CSV) beside the model.
 
-    python scripts/build_builtin.py                 # the full build (about 2.6 h on 2 CPU cores)
+    python scripts/build_builtin.py                 # the full build (about 2.8 h on 2 AMX cores, 4.5 h on 2 AVX2 cores)
     python scripts/build_builtin.py --smoke         # minutes: tiny step counts, a throwaway model
     python scripts/build_builtin.py --overwrite     # replace an existing osp_core/builtin/shapes
 
