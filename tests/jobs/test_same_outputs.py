@@ -122,11 +122,15 @@ def test_same_latents_and_frames_as_before_the_move(tmp_path):
             scale = float(expected.abs().max())
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * max(scale, 1.0), msg=name)
         else:
-            # frames pass through libx264, whose choices flip on a one-level change of a pixel:
-            # 51 dB against the golden there, where a changed computation is far below 45 dB
+            # frames pass through libx264, whose inter-frame choices flip on a one-level change of
+            # a pixel and carry it through the later frames: from latents 1.7e-5 apart, t2v's
+            # frames were 51 dB from the golden on one AMD EPYC and 45.9 dB (0.60 levels mean) on
+            # an AVX2-only one. The first frame is coded alone, so it shows a change in the frames
+            # themselves: identical on both, while the same latents decoded by `osp vae decode`
+            # (another conversion to uint8) put it 0.93 levels off (43.4 dB over the video)
             diff = got.float() - expected.float()
-            db = psnr(expected, got)
-            assert db >= 45 and diff.abs().mean() < 0.5, f"{name}: {db:.1f} dB, mean {diff.abs().mean():.3f}"
+            db, first = psnr(expected, got), diff[0].abs().mean()
+            assert db >= 40 and first < 0.25, f"{name}: {db:.1f} dB, first frame {first:.3f} levels off"
 
 
 if __name__ == "__main__":  # pragma: no cover - the recorder

@@ -109,8 +109,9 @@ def test_batched_prompts_equal_one_prompt_calls(pipe):
     together = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], **common).frames
     for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
         alone = pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).frames
-        # docs/sampling.md's figures: padding and masking change float rounding only (8e-6 measured)
-        assert torch.allclose(together[index : index + 1], alone, rtol=0, atol=2e-5 * alone.abs().max().item())
+        # docs/sampling.md's figures: padding and masking change float rounding only (8e-6 of the
+        # scale measured with AVX-512 kernels, 2.0e-5 with AVX2 ones)
+        assert torch.allclose(together[index : index + 1], alone, rtol=0, atol=5e-5 * alone.abs().max().item())
         assert (pipe.decode_latents(together[index : index + 1])[0].int() - pipe.decode_latents(alone)[0].int()).abs().max() <= 1
 
 
