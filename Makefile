@@ -75,7 +75,7 @@ builtin-smoke: $(STAMP)
 # 1-3 on two-object clips beside the installed transformer (make builtin's VAE has seen two
 # objects), then 40 unseen edits with both engines (benchmarks/edit.py). Installs edit/ and
 # sampling.json only when control beats blend on trajectory error; results in
-# outputs/builtin-shapes-edit/EDIT_RESULTS.md. About 41 min on 2 AMX CPU cores (its steps in the last build); refuses to replace an
+# outputs/builtin-shapes-edit/EDIT_RESULTS.md. About 41 min on 2 AMX CPU cores; refuses to replace an
 # installed module unless OVERWRITE=1; SMOKE=1 checks the recipe in a few minutes.
 builtin-edit: $(STAMP)
 	$(PY) scripts/build_builtin_edit.py $(if $(filter 1 yes true,$(SMOKE)),--smoke) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)

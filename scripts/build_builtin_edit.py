@@ -18,7 +18,7 @@ Steps (each an `osp` command or a benchmark script):
      the control engine beats blend on trajectory error (else the numbers are reported and nothing
      is installed), with EDIT_RESULTS.md and edit_results.json.
 
-    python scripts/build_builtin_edit.py             # the full build (its steps took 41 min of the last 1.6 h build on 2 AMX cores)
+    python scripts/build_builtin_edit.py             # the full build (about 41 min on 2 AMX cores)
     python scripts/build_builtin_edit.py --smoke     # minutes: tiny step counts, nothing installed
 """
 
